@@ -1,0 +1,290 @@
+"""The consume loop of one consumer: poll, classify, dead-letter, count atomically, commit.
+
+Redis holds the truth of what was counted (per partition, the next offset to count). On
+assignment the consumer seeks to that offset (else Kafka's committed offset, else
+``auto_offset_reset``). Each poll becomes one Lua call; Kafka commits follow periodically so
+external lag tools stay right. Pausing uses aiokafka ``pause()`` while the loop keeps polling,
+so the group keeps this member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.engine.clients import kafka_kwargs
+from kafkaconsole.engine.counting import ApplyResult, WindowCounter
+from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink
+from kafkaconsole.engine.events import EventClassifier, build_batch
+from kafkaconsole.engine.status import ConsumerState, PartitionSnapshot, RateMeter
+
+log = logging.getLogger("kafkaconsole.consumer")
+
+
+class ConsumerStopped(Exception):
+    """The consumer stopped itself (``on_error = "stop"`` or a fatal error)."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.runner._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.runner._on_assigned(set(assigned))
+
+
+class ConsumerRunner:
+    """Runs one ``[[consumers]]`` entry on this instance."""
+
+    def __init__(self, cfg: ConsumerConfig, app: AppConfig, counter: WindowCounter,
+                 dlq: DeadLetterSink, *, on_applied: Callable[[ApplyResult], None],
+                 fault_hook: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.app = app
+        self.counter = counter
+        self.dlq = dlq
+        self.on_applied = on_applied
+        self.fault_hook = fault_hook or (lambda point: None)
+        self.classifier = EventClassifier(cfg)
+        self.topic = cfg.kafka_topic
+        self.state = ConsumerState.STARTING
+        self.paused = False
+        self._pause_applied = False
+        self.rate = RateMeter()
+        self.errors = 0
+        self.dlq_count = 0
+        self.last_error: str | None = None
+        self.local_next: dict[int, int] = {}
+        self.assigned: set[int] = set()
+        self.highwater: dict[int, int] = {}
+        self.positions: dict[int, int] = {}  # fetch position where nothing was applied yet
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last_commit = 0.0
+        self._committed: dict[int, int] = {}
+        self.redis_ok = True
+        self.kafka_ok = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        k = self.app.kafka
+        return AIOKafkaConsumer(
+            group_id=self.cfg.effective_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self.cfg.auto_offset_reset,
+            max_poll_records=self.cfg.batch_size,
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            isolation_level="read_committed",
+            **kafka_kwargs(k),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; commit and close on the way out."""
+        consumer = self._make_consumer()
+        self._consumer = consumer
+        consumer.subscribe([self.topic], listener=_Listener(self))
+        try:
+            await consumer.start()
+            self.kafka_ok = True
+            timeout_ms = int(self.cfg.poll_timeout * 1000)
+            while not stop.is_set():
+                self._apply_pause()
+                try:
+                    batch = await consumer.getmany(timeout_ms=timeout_ms,
+                                                   max_records=self.cfg.batch_size)
+                    self.kafka_ok = True
+                except KafkaError as exc:
+                    self.kafka_ok = False
+                    self._note_error(f"Kafka poll failed: {type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.5)
+                    continue
+                for tp in consumer.assignment():
+                    hw = consumer.highwater(tp)
+                    if hw is not None:
+                        self.highwater[tp.partition] = hw
+                if batch:
+                    await self._process(batch, stop)
+                if self.state == ConsumerState.STARTING and self.assigned:
+                    self.state = ConsumerState.RUNNING
+                await self._maybe_commit()
+        except ConsumerStopped:
+            pass
+        finally:
+            await self._commit(force=True)
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            self._consumer = None
+            if self.state != ConsumerState.ERROR:
+                self.state = ConsumerState.STOPPED
+
+    # ---- the hot path ----------------------------------------------------------------------
+    async def _process(self, batch: dict[TopicPartition, list[Any]], stop: asyncio.Event) -> None:
+        on_error = self.cfg.error_handling.on_error
+        deltas, bad, _seen = build_batch(self.classifier, self.topic, batch, self.local_next,
+                                         stop_at_bad=on_error == "stop")
+        if bad:
+            for b in bad:
+                log.warning("%s: bad event %s", self.cfg.consumer_id, b.describe())
+            if on_error == "dlq":
+                while True:
+                    try:
+                        await self.dlq.publish(self.cfg.dlq_topic, self.cfg.consumer_id, bad)
+                        self.dlq_count += len(bad)
+                        break
+                    except DeadLetterError as exc:
+                        self._note_error(str(exc))
+                        if stop.is_set():
+                            return  # nothing applied: the bad events will be read again
+                        await asyncio.sleep(1.0)
+        if deltas:
+            result = await self._apply(deltas, stop)
+            if result is None:
+                return
+            for d in deltas:
+                self.local_next[d.partition] = max(self.local_next.get(d.partition, 0),
+                                                   d.next_offset)
+            self.fault_hook("after_apply")
+            self.rate.add(result.added)
+            self.errors += result.errors
+            self.on_applied(result)
+        if bad and on_error == "stop":
+            first = bad[0]
+            self.state = ConsumerState.ERROR
+            self.last_error = f"stopped at bad event {first.describe()}"
+            log.error("%s: %s", self.cfg.consumer_id, self.last_error)
+            raise ConsumerStopped(self.last_error)
+
+    async def _apply(self, deltas: list[Any], stop: asyncio.Event) -> ApplyResult | None:
+        delay = 0.1
+        while True:
+            try:
+                result = await self.counter.apply(deltas)
+                if not self.redis_ok:
+                    log.info("%s: Redis is reachable again", self.cfg.consumer_id)
+                self.redis_ok = True
+                return result
+            except (RedisError, OSError) as exc:
+                self.redis_ok = False
+                self._note_error(f"Redis update failed (will retry): {type(exc).__name__}: {exc}")
+                if stop.is_set():
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("%s: %s", self.cfg.consumer_id, message)
+        self.last_error = message
+
+    # ---- pause -----------------------------------------------------------------------------
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self._apply_pause()
+
+    def _apply_pause(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        parts = consumer.assignment()
+        if self.paused:
+            if parts:
+                consumer.pause(*parts)
+            if self.state in (ConsumerState.RUNNING, ConsumerState.STARTING):
+                self.state = ConsumerState.PAUSED
+        else:
+            if self._pause_applied and parts:
+                consumer.resume(*parts)
+            if self.state == ConsumerState.PAUSED:
+                self.state = ConsumerState.RUNNING
+        self._pause_applied = self.paused
+
+    # ---- rebalance -------------------------------------------------------------------------
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.state = ConsumerState.REBALANCING if self.state != ConsumerState.ERROR else self.state
+        await self._commit(force=True, only={tp.partition for tp in revoked})
+        for tp in revoked:
+            self.local_next.pop(tp.partition, None)
+            self.highwater.pop(tp.partition, None)
+            self.positions.pop(tp.partition, None)
+            self.assigned.discard(tp.partition)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        parts = sorted(tp.partition for tp in assigned)
+        stored: dict[int, int] = {}
+        for attempt in range(50):
+            try:
+                stored = await self.counter.stored_offsets(parts)
+                break
+            except (RedisError, OSError) as exc:
+                self._note_error(f"Redis unreachable on assignment: {exc}")
+                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        for tp in assigned:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+                self.local_next[tp.partition] = stored[tp.partition]
+        self.assigned = {tp.partition for tp in consumer.assignment()}
+        if self.paused and assigned:
+            consumer.pause(*assigned)
+        if self.state != ConsumerState.ERROR:
+            self.state = ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING
+        log.info("%s: assigned partitions %s of %s", self.cfg.consumer_id, parts, self.topic)
+
+    # ---- commits ---------------------------------------------------------------------------
+    async def _maybe_commit(self) -> None:
+        if time.monotonic() - self._last_commit >= self.app.kafka.commit_interval:
+            await self._commit()
+
+    async def _commit(self, force: bool = False, only: set[int] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        self._last_commit = time.monotonic()
+        owned = {tp.partition for tp in consumer.assignment()}
+        offsets = {
+            TopicPartition(self.topic, p): o for p, o in self.local_next.items()
+            if p in owned and (only is None or p in only) and self._committed.get(p) != o
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+            for tp, o in offsets.items():
+                self._committed[tp.partition] = o
+        except Exception as exc:  # commits are advisory: Redis holds the truth
+            log.debug("%s: commit skipped: %s", self.cfg.consumer_id, exc)
+
+    # ---- status ----------------------------------------------------------------------------
+    async def refresh_positions(self) -> None:
+        """Learn the fetch position of assigned partitions that have had no records yet."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in list(consumer.assignment()):
+            if tp.partition in self.local_next:
+                continue
+            with contextlib.suppress(Exception):
+                self.positions[tp.partition] = await asyncio.wait_for(consumer.position(tp), 0.5)
+
+    def partitions(self) -> tuple[PartitionSnapshot, ...]:
+        out = []
+        for p in sorted(self.assigned):
+            pos = self.local_next.get(p, self.positions.get(p))
+            hw = self.highwater.get(p)
+            lag = max(hw - pos, 0) if hw is not None and pos is not None else None
+            out.append(PartitionSnapshot(p, pos, hw, lag))
+        return tuple(out)

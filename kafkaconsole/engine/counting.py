@@ -1,0 +1,358 @@
+"""Exact, atomic window counting in Redis: one Lua call per polled batch.
+
+The :class:`WindowCounter` owns the three scripts that change a consumer's counting state:
+
+- ``apply``: skips offsets already counted (per partition, the stored *next offset to count*),
+  adds the new events to the open window, closes windows at exactly ``max_event`` (carrying the
+  excess into the next one), appends a trigger record for each closed window to the history and
+  dispatch streams, and advances the stored offsets, all in one step;
+- ``close``: closes the open window for a reason (``time`` only once the deadline has passed on
+  Redis's clock and only for the expected window id, so several instances' timers close it once;
+  ``manual`` also when empty);
+- ``reset``: empties the open window without triggering.
+
+A batch arrives as compact per-partition *ranges* of consecutive counted offsets, so a
+contiguous batch costs a handful of arguments whatever its size, and gaps (compacted or
+transactional topics) are handled by offset, never by assuming contiguity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.records import OffsetRange, TriggerReason
+
+_PRELUDE = r"""
+local K_EVENTS, K_WINDOW, K_STATS, K_OFFSETS, K_HISTORY, K_DISPATCH =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local count = tonumber(redis.call('GET', K_EVENTS) or '0')
+local wid = tonumber(redis.call('HGET', K_WINDOW, 'id') or '1')
+local opened = redis.call('HGET', K_WINDOW, 'opened_at')
+if opened then opened = tonumber(opened) end
+local ranges = nil      -- "topic|partition" -> {first, last} of the open window (lazy)
+local range_order = nil
+local window_dirty = false
+
+local function load_ranges()
+  if ranges ~= nil then return end
+  ranges = {}
+  range_order = {}
+  local all = redis.call('HGETALL', K_WINDOW)
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.sub(f, 1, 2) == 'r|' then
+      local key = string.sub(f, 3)
+      local sp = string.find(all[i + 1], ' ', 1, true)
+      ranges[key] = {tonumber(string.sub(all[i + 1], 1, sp - 1)),
+                     tonumber(string.sub(all[i + 1], sp + 1))}
+      table.insert(range_order, key)
+    end
+  end
+end
+
+local function offsets_json()
+  load_ranges()
+  if #range_order == 0 then return '[]' end
+  table.sort(range_order, function(a, b)
+    local ta, pa = string.match(a, '^(.*)|(%d+)$')
+    local tb, pb = string.match(b, '^(.*)|(%d+)$')
+    if ta ~= tb then return ta < tb end
+    return tonumber(pa) < tonumber(pb)
+  end)
+  local out = {}
+  for _, key in ipairs(range_order) do
+    local tp, p = string.match(key, '^(.*)|(%d+)$')
+    local r = ranges[key]
+    table.insert(out, cjson.encode({topic = tp, partition = tonumber(p), first = r[1], last = r[2]}))
+  end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
+local function close_window(reason, history_limit)
+  local offs = offsets_json()
+  local fields = {'window_id', wid, 'reason', reason, 'count', count,
+                  'opened_at', opened or '', 'closed_at', now, 'offsets', offs}
+  redis.call('XADD', K_HISTORY, 'MAXLEN', '~', history_limit, '*', unpack(fields))
+  redis.call('XADD', K_DISPATCH, '*', unpack(fields))
+  redis.call('HINCRBY', K_STATS, 'windows', 1)
+  local closed_id = wid
+  wid = wid + 1
+  count = 0
+  opened = nil
+  ranges = {}
+  range_order = {}
+  window_dirty = true
+  return closed_id
+end
+
+local function save_window()
+  redis.call('SET', K_EVENTS, count)
+  if not window_dirty then return end
+  redis.call('DEL', K_WINDOW)
+  local f = {'id', wid}
+  if opened then table.insert(f, 'opened_at'); table.insert(f, opened) end
+  if ranges ~= nil then
+    for _, key in ipairs(range_order) do
+      local r = ranges[key]
+      table.insert(f, 'r|' .. key)
+      table.insert(f, r[1] .. ' ' .. r[2])
+    end
+  end
+  redis.call('HSET', K_WINDOW, unpack(f))
+end
+"""
+
+_APPLY = _PRELUDE + r"""
+-- ARGV: max_event, history_limit, topic, n_parts, then per partition:
+--   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*
+local max_event = tonumber(ARGV[1])
+local history_limit = tonumber(ARGV[2])
+local topic = ARGV[3]
+local n_parts = tonumber(ARGV[4])
+local i = 5
+local closed = {}
+local added, errors, filtered, skipped = 0, 0, 0, 0
+
+for _ = 1, n_parts do
+  local p = ARGV[i]
+  local next_after = tonumber(ARGV[i + 1])
+  local first_offset = tonumber(ARGV[i + 2])
+  local n_records = tonumber(ARGV[i + 3])
+  local n_ranges = tonumber(ARGV[i + 4])
+  i = i + 5
+  local key = topic .. '|' .. p
+  local stored = tonumber(redis.call('HGET', K_OFFSETS, key) or '-1')
+  local counted_here = 0
+  for _ = 1, n_ranges do
+    local a = tonumber(ARGV[i])
+    local b = tonumber(ARGV[i + 1])
+    i = i + 2
+    if a < stored then
+      skipped = skipped + math.min(b, stored - 1) - a + 1
+      a = stored
+    end
+    while a <= b do
+      load_ranges()
+      if count == 0 then opened = now end
+      local take = math.min(max_event - count, b - a + 1)
+      local e = a + take - 1
+      local r = ranges[key]
+      if r == nil then
+        ranges[key] = {a, e}
+        table.insert(range_order, key)
+      else
+        r[2] = e
+      end
+      window_dirty = true
+      count = count + take
+      added = added + take
+      counted_here = counted_here + take
+      a = e + 1
+      if count >= max_event then
+        table.insert(closed, close_window('count', history_limit))
+      end
+    end
+  end
+  local n_err = tonumber(ARGV[i])
+  i = i + 1
+  local errors_here = 0
+  for _ = 1, n_err do
+    if tonumber(ARGV[i]) >= stored then errors_here = errors_here + 1 end
+    i = i + 1
+  end
+  errors = errors + errors_here
+  if first_offset >= stored then
+    filtered = filtered + n_records - counted_here - errors_here
+  end
+  if next_after > stored then
+    redis.call('HSET', K_OFFSETS, key, next_after)
+  end
+end
+
+if added > 0 then redis.call('HINCRBY', K_STATS, 'total', added) end
+if errors > 0 then redis.call('HINCRBY', K_STATS, 'errors', errors) end
+if filtered > 0 then redis.call('HINCRBY', K_STATS, 'filtered', filtered) end
+save_window()
+return {count, wid, opened or -1, now, added, skipped, errors, closed}
+"""
+
+_CLOSE = _PRELUDE + r"""
+-- ARGV: reason, expected_wid (-1 = any), max_time_ms, allow_empty, history_limit
+local reason = ARGV[1]
+local expected = tonumber(ARGV[2])
+local max_time_ms = tonumber(ARGV[3])
+local allow_empty = ARGV[4] == '1'
+local history_limit = tonumber(ARGV[5])
+if expected >= 0 and expected ~= wid then return {'stale', wid, 0, now} end
+if count == 0 and not allow_empty then return {'empty', wid, 0, now} end
+if reason == 'time' then
+  if opened == nil then return {'empty', wid, 0, now} end
+  local due = opened + max_time_ms
+  if now < due then return {'early', wid, due - now, now} end
+end
+local n = count
+local closed_id = close_window(reason, history_limit)
+save_window()
+return {'closed', closed_id, n, now}
+"""
+
+_RESET = _PRELUDE + r"""
+local n = count
+redis.call('SET', K_EVENTS, 0)
+redis.call('DEL', K_WINDOW)
+redis.call('HSET', K_WINDOW, 'id', wid)
+if n > 0 then redis.call('HINCRBY', K_STATS, 'discarded', n) end
+return {wid, n, now}
+"""
+
+
+@dataclass(slots=True)
+class PartitionDelta:
+    """What one polled batch holds for one partition, in the script's terms."""
+
+    partition: int
+    next_offset: int  # last offset in the batch + 1
+    first_offset: int
+    n_records: int
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # consecutive counted offsets
+    errors: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    count: int
+    window_id: int
+    opened_at_ms: int | None
+    redis_now_ms: int
+    added: int
+    skipped: int
+    errors: int
+    closed_window_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    status: str  # closed | stale | empty | early
+    window_id: int
+    count: int  # events in the closed window (or ms left when early)
+    redis_now_ms: int
+
+    @property
+    def closed(self) -> bool:
+        return self.status == "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ResetResult:
+    window_id: int
+    discarded: int
+    redis_now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    window_id: int
+    count: int
+    opened_at_ms: int | None
+    ranges: tuple[OffsetRange, ...]
+
+
+def ranges_of(offsets: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive offsets, e.g. [1, 2, 3, 7, 8] -> [(1, 3), (7, 8)]."""
+    out: list[tuple[int, int]] = []
+    if not offsets:
+        return out
+    start = prev = offsets[0]
+    for o in offsets[1:]:
+        if o != prev + 1:
+            out.append((start, prev))
+            start = o
+        prev = o
+    out.append((start, prev))
+    return out
+
+
+def _int(value: Any) -> int:
+    return int(value.decode() if isinstance(value, bytes) else value)
+
+
+class WindowCounter:
+    """The counting state of one consumer in Redis."""
+
+    def __init__(self, redis: Redis, keys: ConsumerKeys, *, topic: str, max_event: int,
+                 history_limit: int = 1000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.topic = topic
+        self.max_event = max_event
+        self.history_limit = history_limit
+        self._apply = redis.register_script(_APPLY)
+        self._close = redis.register_script(_CLOSE)
+        self._reset = redis.register_script(_RESET)
+
+    async def apply(self, deltas: list[PartitionDelta]) -> ApplyResult:
+        args: list[Any] = [self.max_event, self.history_limit, self.topic, len(deltas)]
+        for d in deltas:
+            args += [d.partition, d.next_offset, d.first_offset, d.n_records, len(d.ranges)]
+            for a, b in d.ranges:
+                args += [a, b]
+            args.append(len(d.errors))
+            args += d.errors
+        res = await self._apply(keys=self.keys.counting_keys(), args=args)
+        opened = _int(res[2])
+        return ApplyResult(
+            count=_int(res[0]), window_id=_int(res[1]), opened_at_ms=None if opened < 0 else opened,
+            redis_now_ms=_int(res[3]), added=_int(res[4]), skipped=_int(res[5]),
+            errors=_int(res[6]), closed_window_ids=tuple(_int(x) for x in res[7]),
+        )
+
+    async def close(self, reason: TriggerReason, *, expected_window_id: int | None = None,
+                    max_time_ms: int = 0) -> CloseResult:
+        allow_empty = reason == TriggerReason.MANUAL
+        res = await self._close(
+            keys=self.keys.counting_keys(),
+            args=[str(reason), -1 if expected_window_id is None else expected_window_id,
+                  max_time_ms, "1" if allow_empty else "0", self.history_limit],
+        )
+        status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        return CloseResult(status, _int(res[1]), _int(res[2]), _int(res[3]))
+
+    async def reset(self) -> ResetResult:
+        res = await self._reset(keys=self.keys.counting_keys(), args=[])
+        return ResetResult(_int(res[0]), _int(res[1]), _int(res[2]))
+
+    async def window(self) -> WindowState:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(self.keys.events)
+        pipe.hgetall(self.keys.window)
+        count_raw, window = await pipe.execute()
+        fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                  for k, v in window.items()}
+        ranges = []
+        for f, v in fields.items():
+            if f.startswith("r|"):
+                topic, _, part = f[2:].rpartition("|")
+                first, last = v.split(" ")
+                ranges.append(OffsetRange(topic, int(part), int(first), int(last)))
+        ranges.sort(key=lambda r: (r.topic, r.partition))
+        opened = fields.get("opened_at")
+        return WindowState(
+            window_id=int(fields.get("id", 1)), count=_int(count_raw or 0),
+            opened_at_ms=int(opened) if opened else None, ranges=tuple(ranges),
+        )
+
+    async def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Next offset to count per partition, for those Redis knows."""
+        if not partitions:
+            return {}
+        fields = [f"{self.topic}|{p}" for p in partitions]
+        values = await self.redis.hmget(self.keys.offsets, fields)
+        return {p: _int(v) for p, v in zip(partitions, values, strict=True) if v is not None}

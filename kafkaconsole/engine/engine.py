@@ -1,0 +1,460 @@
+"""The engine: every configured consumer, its timer and dispatcher, control and status.
+
+One :class:`Engine` runs in one asyncio loop: ``asyncio.run`` in headless mode, a Textual
+worker in the TUI. It exposes the seam every face uses: ``start``/``stop``, ``pause``/
+``resume``, ``reset``, ``force_trigger`` and status snapshots (published to listeners and, as
+a heartbeat with a TTL, to Redis for the CLI and the rest of the fleet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.engine.batch_reader import WindowEventReader
+from kafkaconsole.engine.clients import kafka_kwargs, redis_client
+from kafkaconsole.engine.consumer import ConsumerRunner
+from kafkaconsole.engine.control import FleetControl, actor
+from kafkaconsole.engine.counting import (
+    ApplyResult,
+    CloseResult,
+    ResetResult,
+    WindowCounter,
+)
+from kafkaconsole.engine.dispatch import TriggerDispatcher
+from kafkaconsole.engine.dlq import DeadLetterSink
+from kafkaconsole.engine.faults import fault_hook_from_env
+from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.pipelines import build_pipeline
+from kafkaconsole.engine.pipelines.base import Pipeline
+from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
+from kafkaconsole.engine.status import (
+    ConsumerSnapshot,
+    ConsumerState,
+    InstanceSnapshot,
+    TriggerSummary,
+)
+from kafkaconsole.engine.timer import WindowTimer
+
+log = logging.getLogger("kafkaconsole.engine")
+trigger_log = logging.getLogger("kafkaconsole.trigger")
+
+HEARTBEAT_TTL_S = 5
+
+
+class UnknownConsumer(KeyError):
+    """No consumer with that id in the config."""
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class _SharedState:
+    """What Redis says about a consumer (fleet-wide), refreshed by the status loop."""
+
+    count: int = 0
+    window_id: int = 1
+    opened_at_ms: int | None = None
+    total: int = 0
+    errors: int = 0
+    last_trigger: TriggerSummary | None = None
+    paused: bool = False
+
+
+@dataclass
+class _Consumer:
+    cfg: ConsumerConfig
+    keys: ConsumerKeys
+    counter: WindowCounter
+    runner: ConsumerRunner
+    timer: WindowTimer
+    dispatcher: TriggerDispatcher
+    shared: _SharedState = field(default_factory=_SharedState)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+class Engine:
+    """Runs every consumer of a config in this process."""
+
+    def __init__(self, config: AppConfig, *, instance_id: str | None = None,
+                 lease_ms: int = 10_000, snapshot_interval: float = 1.0,
+                 redis: Redis | None = None) -> None:
+        self.config = config
+        self.instance_id = instance_id or default_instance_id()
+        self.lease_ms = lease_ms
+        self.snapshot_interval = snapshot_interval
+        self.prefix = config.redis.key_prefix
+        self.fleet_keys = FleetKeys(self.prefix)
+        self.redis: Redis = redis or redis_client(config.redis)
+        self.control = FleetControl(self.redis, self.prefix)
+        self.started_at_ms = int(time.time() * 1000)
+        self._stop = asyncio.Event()
+        self._consumers: dict[str, _Consumer] = {}
+        self._pipelines: dict[str, Pipeline] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._listeners: list[Callable[[InstanceSnapshot], None]] = []
+        self._snapshot: InstanceSnapshot | None = None
+        self._redis_ok = False
+        self._last_heartbeat = 0.0
+        self._fault = fault_hook_from_env()
+        self.started = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, build every consumer and start its tasks. Raises if Redis is unreachable."""
+        await self.redis.ping()
+        self._redis_ok = True
+        self._producer = AIOKafkaProducer(acks="all", linger_ms=5, **kafka_kwargs(self.config.kafka))
+        await self._producer.start()
+        await self._ensure_dlq_topics()
+        for name, pcfg in self.config.pipelines.items():
+            if any(c.pipeline_name == name for c in self.config.consumers):
+                pipeline = build_pipeline(name, pcfg)
+                await pipeline.start()
+                self._pipelines[name] = pipeline
+        dlq = DeadLetterSink(self._producer)
+        for cfg in self.config.consumers:
+            self._consumers[cfg.consumer_id] = self._build_consumer(cfg, dlq)
+        await self._load_pause_flags()
+        for c in self._consumers.values():
+            cid = c.cfg.consumer_id
+            c.tasks = [
+                asyncio.create_task(self._guard(c.runner.run(self._stop), f"consumer {cid}"),
+                                    name=f"consume:{cid}"),
+                asyncio.create_task(self._guard(c.timer.run(self._stop), f"timer {cid}"),
+                                    name=f"timer:{cid}"),
+                asyncio.create_task(self._guard(c.dispatcher.run(self._stop), f"dispatch {cid}"),
+                                    name=f"dispatch:{cid}"),
+            ]
+        self._tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        self._tasks.append(asyncio.create_task(self._control_listener(), name="control"))
+        self.started = True
+        log.info("engine %s started with %d consumer(s)", self.instance_id, len(self._consumers))
+
+    def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
+        keys = ConsumerKeys(self.prefix, cfg.consumer_id)
+        counter = WindowCounter(self.redis, keys, topic=cfg.kafka_topic, max_event=cfg.max_event,
+                                history_limit=self.config.redis.history_limit)
+        holder: dict[str, _Consumer] = {}
+
+        def on_applied(res: ApplyResult) -> None:
+            c = holder["c"]
+            c.timer.observe(res.window_id, res.count, res.opened_at_ms, res.redis_now_ms)
+            c.shared.count, c.shared.window_id = res.count, res.window_id
+            c.shared.opened_at_ms = res.opened_at_ms
+            if res.closed_window_ids:
+                for wid in res.closed_window_ids:
+                    trigger_log.info("%s: window %d closed (count, %d events)", cfg.consumer_id,
+                                     wid, cfg.max_event)
+                if self._fault:
+                    self._fault("after_close")
+                c.dispatcher.wake()
+
+        def on_timer_closed(res: CloseResult) -> None:
+            c = holder["c"]
+            trigger_log.info("%s: window %d closed (time, %d events)", cfg.consumer_id,
+                             res.window_id, res.count)
+            c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
+            if self._fault:
+                self._fault("after_close")
+            c.dispatcher.wake()
+
+        def on_result(record: TriggerRecord, result: RunResult) -> None:
+            c = holder["c"]
+            c.shared.last_trigger = TriggerSummary(record.window_id, str(record.reason),
+                                                   record.count, record.closed_at_ms,
+                                                   str(result.status))
+            if result.status == RunStatus.FAILED:
+                trigger_log.error("%s: pipeline %s FAILED for window %d after %d attempt(s): %s",
+                                  record.consumer_id, record.pipeline_name, record.window_id,
+                                  result.attempts, result.error)
+            else:
+                trigger_log.info("%s: pipeline %s %s for window %d (%s, %d events, %s ms)",
+                                 record.consumer_id, record.pipeline_name, result.status,
+                                 record.window_id, record.reason, record.count,
+                                 result.duration_ms)
+
+        runner = ConsumerRunner(cfg, self.config, counter, dlq, on_applied=on_applied,
+                                fault_hook=self._fault)
+        timer = WindowTimer(counter, cfg.max_time, on_timer_closed)
+        loader = None
+        if cfg.job_type == "batch":
+            loader = WindowEventReader(self.config.kafka, runner.classifier)
+        dispatcher = TriggerDispatcher(
+            self.redis, keys, cfg, self._pipelines[cfg.pipeline_name],
+            self.config.retry_policy_for(cfg), self.instance_id, lease_ms=self.lease_ms,
+            history_limit=self.config.redis.history_limit, events_loader=loader,
+            on_result=on_result,
+        )
+        c = _Consumer(cfg, keys, counter, runner, timer, dispatcher)
+        holder["c"] = c
+        return c
+
+    async def _ensure_dlq_topics(self) -> None:
+        wanted = {c.dlq_topic for c in self.config.consumers if c.error_handling.on_error == "dlq"}
+        if not wanted:
+            return
+        admin = AIOKafkaAdminClient(**kafka_kwargs(self.config.kafka))
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = sorted(wanted - existing)
+            if missing:
+                await admin.create_topics([NewTopic(t, 1, 1) for t in missing])
+                log.info("created DLQ topic(s) %s", ", ".join(missing))
+        except Exception as exc:
+            log.warning("could not check or create DLQ topics: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    async def _guard(self, coro: Any, what: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s failed: %s", what, exc)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand, record counts and offsets, commit, close everything."""
+        self._stop.set()
+        tasks = [t for c in self._consumers.values() for t in c.tasks] + self._tasks
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            for t in pending:
+                with contextlib.suppress(BaseException):
+                    await t
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.fleet_keys.instance(self.instance_id))
+        for pipeline in self._pipelines.values():
+            with contextlib.suppress(Exception):
+                await pipeline.close()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        self.started = False
+        log.info("engine %s stopped", self.instance_id)
+
+    async def run(self) -> None:
+        """Start, run until :meth:`request_stop`, stop."""
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    # ---- control ---------------------------------------------------------------------------
+    def _get(self, consumer_id: str) -> _Consumer:
+        try:
+            return self._consumers[consumer_id]
+        except KeyError:
+            raise UnknownConsumer(consumer_id) from None
+
+    def consumer_ids(self) -> list[str]:
+        return [c.consumer_id for c in self.config.consumers]
+
+    async def pause(self, consumer_id: str | None = None, by: str | None = None) -> list[str]:
+        """Pause one consumer (or all) fleet-wide. Returns the ids paused."""
+        ids = [consumer_id] if consumer_id else self.consumer_ids()
+        for cid in ids:
+            c = self._get(cid)
+            await self.control.set_paused(cid, True, by or f"{actor()} ({self.instance_id})")
+            c.runner.set_paused(True)
+            c.shared.paused = True
+        return ids
+
+    async def resume(self, consumer_id: str | None = None) -> list[str]:
+        ids = [consumer_id] if consumer_id else self.consumer_ids()
+        for cid in ids:
+            c = self._get(cid)
+            await self.control.set_paused(cid, False)
+            c.runner.set_paused(False)
+            c.shared.paused = False
+        return ids
+
+    async def reset(self, consumer_id: str) -> ResetResult:
+        """Empty the open window without triggering."""
+        c = self._get(consumer_id)
+        res = await c.counter.reset()
+        c.timer.observe(res.window_id, 0, None, res.redis_now_ms)
+        c.shared.count, c.shared.opened_at_ms = 0, None
+        await self.control.announce(consumer_id, "reset")
+        log.info("%s: window %d reset, %d event(s) discarded", consumer_id, res.window_id,
+                 res.discarded)
+        return res
+
+    async def force_trigger(self, consumer_id: str) -> CloseResult:
+        """Close the open window now (even when empty) and dispatch its pipeline."""
+        c = self._get(consumer_id)
+        res = await c.counter.close(TriggerReason.MANUAL)
+        trigger_log.info("%s: window %d closed (manual, %d events)", consumer_id,
+                         res.window_id, res.count)
+        c.timer.observe(res.window_id + 1, 0, None, res.redis_now_ms)
+        c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
+        c.dispatcher.wake()
+        await self.control.announce(consumer_id, "trigger")
+        return res
+
+    async def _load_pause_flags(self) -> None:
+        states = await self.control.pause_states(list(self._consumers))
+        for cid, st in states.items():
+            c = self._consumers[cid]
+            c.runner.set_paused(st.paused)
+            c.shared.paused = st.paused
+
+    async def _control_listener(self) -> None:
+        """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.fleet_keys.control_channel)
+        except (RedisError, OSError):
+            pubsub = None  # polling alone still applies changes within a second
+        try:
+            while not self._stop.is_set():
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                else:
+                    await asyncio.sleep(0.5)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._load_pause_flags()
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # ---- status ----------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[InstanceSnapshot], None]) -> None:
+        """Call ``listener`` with every new snapshot (on the engine's loop)."""
+        self._listeners.append(listener)
+
+    def snapshot(self) -> InstanceSnapshot:
+        return self._snapshot or self._build_snapshot()
+
+    async def refresh_snapshot(self) -> InstanceSnapshot:
+        await self._read_shared()
+        snap = self._build_snapshot()
+        self._snapshot = snap
+        return snap
+
+    async def _status_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                snap = await self.refresh_snapshot()
+                now = time.monotonic()
+                if now - self._last_heartbeat >= 1.0:
+                    self._last_heartbeat = now
+                    await self.redis.set(self.fleet_keys.instance(self.instance_id),
+                                         orjson.dumps(snap.to_json_dict()), ex=HEARTBEAT_TTL_S)
+                    for c in self._consumers.values():
+                        await c.runner.refresh_positions()
+                for listener in list(self._listeners):
+                    try:
+                        listener(snap)
+                    except Exception:
+                        log.exception("status listener failed")
+            except (RedisError, OSError) as exc:
+                if self._redis_ok:
+                    log.error("Redis unreachable: %s", exc)
+                self._redis_ok = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.snapshot_interval)
+
+    async def _read_shared(self) -> None:
+        consumers = list(self._consumers.values())
+        if not consumers:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        for c in consumers:
+            pipe.get(c.keys.events)
+            pipe.hmget(c.keys.window, ["id", "opened_at"])
+            pipe.hmget(c.keys.stats, ["total", "errors"])
+            pipe.xrevrange(c.keys.history, count=1)
+        res = await pipe.execute()
+        self._redis_ok = True
+        sec, usec = res[0]
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        i = 1
+        for c in consumers:
+            count_raw, (wid, opened), (total, errors), last = res[i:i + 4]
+            i += 4
+            s = c.shared
+            s.count = int(count_raw or 0)
+            s.window_id = int(wid or 1)
+            s.opened_at_ms = int(opened) if opened else None
+            s.total = int(total or 0)
+            s.errors = int(errors or 0)
+            c.timer.observe(s.window_id, s.count, s.opened_at_ms, now_ms)
+            if last:
+                _, fields = last[0]
+                f = {k.decode(): v.decode() for k, v in fields.items()}
+                wid_closed = int(f["window_id"])
+                status = "pending"
+                if s.last_trigger is None or s.last_trigger.window_id != wid_closed or \
+                        s.last_trigger.status in ("pending", "running"):
+                    run = await self.redis.hget(c.keys.runs, str(wid_closed))
+                    if run:
+                        status = orjson.loads(run).get("status", "pending")
+                    s.last_trigger = TriggerSummary(wid_closed, f["reason"], int(f["count"]),
+                                                    int(f["closed_at"]), status)
+
+    def _build_snapshot(self) -> InstanceSnapshot:
+        consumers = []
+        for c in self._consumers.values():
+            r = c.runner
+            parts = r.partitions()
+            lags = [p.lag for p in parts if p.lag is not None]
+            state = r.state
+            if c.shared.paused and state in (ConsumerState.RUNNING, ConsumerState.STARTING):
+                state = ConsumerState.PAUSED
+            consumers.append(ConsumerSnapshot(
+                consumer_id=c.cfg.consumer_id, kafka_topic=c.cfg.kafka_topic,
+                pipeline_name=c.cfg.pipeline_name, state=state, count=c.shared.count,
+                max_event=c.cfg.max_event, max_time=c.cfg.max_time, window_id=c.shared.window_id,
+                window_opened_at_ms=c.shared.opened_at_ms, total=c.shared.total,
+                errors=c.shared.errors, rate=round(r.rate.rate(), 1),
+                lag=sum(lags) if lags else (0 if parts else None), partitions=parts,
+                last_trigger=c.shared.last_trigger, last_error=r.last_error, dlq=r.dlq_count,
+            ))
+        kafka_ok = any(c.runner.kafka_ok for c in self._consumers.values()) or not self._consumers
+        return InstanceSnapshot(
+            instance_id=self.instance_id, host=socket.gethostname(), pid=os.getpid(),
+            started_at_ms=self.started_at_ms, taken_at_ms=int(time.time() * 1000),
+            redis_ok=self._redis_ok, kafka_ok=kafka_ok, consumers=tuple(consumers),
+        )
+
+    def with_state(self, snap: InstanceSnapshot, **changes: Any) -> InstanceSnapshot:
+        return replace(snap, **changes)

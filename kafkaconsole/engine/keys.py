@@ -1,0 +1,98 @@
+"""Redis key names, in one place, so engine, CLI, API and TUI agree on the layout.
+
+Per consumer (``<prefix>:<consumer_id>:...``):
+
+- ``events``   string  count in the open window (the seed's ``redis-cli get`` reads it)
+- ``window``   hash    ``id`` (open window id), ``opened_at`` (ms, Redis TIME), and
+                       ``r|<topic>|<partition>`` = ``"<first> <last>"`` for the open window
+- ``stats``    hash    ``total``, ``errors``, ``filtered``, ``windows``, ``discarded``
+- ``offsets``  hash    ``<topic>|<partition>`` -> next offset to count (the truth)
+- ``history``  stream  trigger records, capped at ``history_limit``
+- ``dispatch`` stream  triggers waiting for their pipeline (consumer group ``dispatchers``)
+- ``runs``     hash    window id -> JSON pipeline run status
+- ``control``  hash    ``paused`` (0/1), ``paused_by``, ``paused_at``
+- ``dispatch_lease``   string  the instance allowed to dispatch this consumer's triggers
+
+Fleet-wide (``<prefix>:_fleet:...``; consumer ids cannot start with ``_``):
+
+- ``instance:<instance_id>`` string JSON status snapshot with a TTL (heartbeat)
+- ``control``  pub/sub channel announcing control changes
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DISPATCH_GROUP = "dispatchers"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerKeys:
+    prefix: str
+    consumer_id: str
+
+    def _k(self, suffix: str) -> str:
+        return f"{self.prefix}:{self.consumer_id}:{suffix}"
+
+    @property
+    def events(self) -> str:
+        return self._k("events")
+
+    @property
+    def window(self) -> str:
+        return self._k("window")
+
+    @property
+    def stats(self) -> str:
+        return self._k("stats")
+
+    @property
+    def offsets(self) -> str:
+        return self._k("offsets")
+
+    @property
+    def history(self) -> str:
+        return self._k("history")
+
+    @property
+    def dispatch(self) -> str:
+        return self._k("dispatch")
+
+    @property
+    def runs(self) -> str:
+        return self._k("runs")
+
+    @property
+    def control(self) -> str:
+        return self._k("control")
+
+    @property
+    def dispatch_lease(self) -> str:
+        return self._k("dispatch_lease")
+
+    def counting_keys(self) -> list[str]:
+        """KEYS of the counting scripts, in the order the Lua code expects."""
+        return [self.events, self.window, self.stats, self.offsets, self.history, self.dispatch]
+
+    def all_keys(self) -> list[str]:
+        return [*self.counting_keys(), self.runs, self.control, self.dispatch_lease]
+
+
+def partition_field(topic: str, partition: int) -> str:
+    return f"{topic}|{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetKeys:
+    prefix: str
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:_fleet:instance:{instance_id}"
+
+    @property
+    def instance_pattern(self) -> str:
+        return f"{self.prefix}:_fleet:instance:*"
+
+    @property
+    def control_channel(self) -> str:
+        return f"{self.prefix}:_fleet:control"

@@ -1,0 +1,130 @@
+"""What every pipeline kind shares: one call attempt, its outcome and its failure.
+
+A :class:`Pipeline` makes exactly one attempt per :meth:`Pipeline.call`; retries, backoff and
+the final :class:`~kafkaconsole.engine.records.RunResult` belong to
+:func:`kafkaconsole.engine.retry.call_with_retry`. A call either returns a
+:class:`CallOutcome` or raises :class:`PipelineError`, which says whether trying again may help.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from kafkaconsole.config.models import PipelineBase, RetryPolicy
+from kafkaconsole.engine.records import RunStatus, TriggerRecord
+
+ERROR_LIMIT = 500
+"""Longest error message kept (after folding it onto one line)."""
+
+
+def one_line(text: str, limit: int = ERROR_LIMIT) -> str:
+    """Fold whitespace (newlines included) to single spaces and cut to ``limit`` characters."""
+    line = " ".join(str(text).split())
+    if len(line) > limit:
+        line = line[: max(limit - 1, 0)] + "…"
+    return line
+
+
+def format_seconds(seconds: float) -> str:
+    """``30.0`` -> ``"30s"``, ``0.5`` -> ``"0.5s"``."""
+    return f"{seconds:g}s"
+
+
+class PipelineError(Exception):
+    """One failed call attempt.
+
+    ``retryable`` says whether another attempt may succeed (timeouts, 5xx, non-zero exit);
+    ``retry_after`` is the delay in seconds the far side asked for, if it asked.
+    The message is always one line.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
+        self.message = one_line(message) or "pipeline call failed"
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, retryable={self.retryable}, "
+            f"retry_after={self.retry_after})"
+        )
+
+
+class PipelineConfigError(PipelineError):
+    """A pipeline that cannot work as configured (unknown kind, unimportable target, ...).
+
+    Never retryable.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """A successful call attempt.
+
+    ``status`` is SUCCEEDED for kinds that finish within the call; a kind that only starts a
+    run elsewhere may answer QUEUED or RUNNING.
+    """
+
+    run_id: str | None
+    status: RunStatus = RunStatus.SUCCEEDED
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(ABC):
+    """One configured pipeline. Use it as ``async with`` or call start() / close()."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, cfg: PipelineBase) -> None:
+        self.name = name
+        self.cfg = cfg
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may take."""
+        return self.cfg.timeout
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.cfg.retry_policy
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open sessions, import targets. The default does nothing."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what start() opened. The default does nothing."""
+
+    @abstractmethod
+    async def call(self, record: TriggerRecord, payload: dict[str, Any]) -> CallOutcome:
+        """Make ONE attempt to run the pipeline for ``record``.
+
+        ``payload`` is the JSON dict to send (``record.to_json_dict(events)``), built by the
+        caller. Raises :class:`PipelineError` on failure.
+        """
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} kind={self.kind}>"

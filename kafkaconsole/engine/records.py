@@ -1,0 +1,122 @@
+"""Trigger records and pipeline run results: the data that crosses every boundary.
+
+A :class:`TriggerRecord` is one closed window. Its JSON form (``to_json_dict``) is what every
+pipeline kind receives (HTTP body, command stdin, python argument, kafka value, Airflow conf).
+A :class:`RunResult` is what a pipeline reports back and what history shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+def iso_ms(epoch_ms: int | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, or None."""
+    if epoch_ms is None:
+        return None
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+class TriggerReason(StrEnum):
+    COUNT = "count"
+    TIME = "time"
+    MANUAL = "manual"
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"  # recorded, not yet dispatched
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COALESCED = "coalesced"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.COALESCED,
+                        RunStatus.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "first": self.first,
+                "last": self.last}
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRecord:
+    consumer_id: str
+    pipeline_name: str
+    connection_id: str
+    job_type: str
+    window_id: int
+    reason: TriggerReason
+    count: int
+    opened_at_ms: int | None
+    closed_at_ms: int
+    offsets: tuple[OffsetRange, ...] = ()
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.consumer_id}:{self.window_id}"
+
+    def to_json_dict(self, events: list[Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "consumer_id": self.consumer_id,
+            "pipeline_name": self.pipeline_name,
+            "connection_id": self.connection_id,
+            "job_type": self.job_type,
+            "window_id": self.window_id,
+            "idempotency_key": self.idempotency_key,
+            "reason": str(self.reason),
+            "count": self.count,
+            "opened_at": iso_ms(self.opened_at_ms),
+            "closed_at": iso_ms(self.closed_at_ms),
+            "offsets": [r.to_json_dict() for r in self.offsets],
+        }
+        if events is not None:
+            body["events"] = events
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of one pipeline run (after retries)."""
+
+    status: RunStatus
+    run_id: str | None = None
+    attempts: int = 1
+    error: str | None = None
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at_ms is None or self.finished_at_ms is None:
+            return None
+        return self.finished_at_ms - self.started_at_ms
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "run_id": self.run_id,
+            "attempts": self.attempts,
+            "error": self.error,
+            "started_at": iso_ms(self.started_at_ms),
+            "finished_at": iso_ms(self.finished_at_ms),
+            "duration_ms": self.duration_ms,
+            **({"detail": self.detail} if self.detail else {}),
+        }

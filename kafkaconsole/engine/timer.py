@@ -1,0 +1,101 @@
+"""The time trigger: a timer per open window, fired even while the topic is idle.
+
+The deadline is ``opened_at + max_time`` on Redis's clock (``TIME``), so every instance agrees;
+each instance keeps an estimate of the offset between Redis's clock and its own. When the timer
+fires, the close script re-checks the deadline and the window id on Redis, so timers of several
+instances close a window once, and a window that was closed by count meanwhile is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from kafkaconsole.engine.counting import CloseResult, WindowCounter
+from kafkaconsole.engine.records import TriggerReason
+
+log = logging.getLogger("kafkaconsole.timer")
+
+
+def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
+    """Redis-clock time at which a window opened at ``opened_at_ms`` time-triggers."""
+    if opened_at_ms is None:
+        return None
+    return opened_at_ms + round(max_time_s * 1000)
+
+
+class WindowTimer:
+    """Closes the open window of one consumer at its time deadline."""
+
+    def __init__(self, counter: WindowCounter, max_time_s: float,
+                 on_closed: Callable[[CloseResult], None],
+                 clock_ms: Callable[[], float] = lambda: time.time() * 1000) -> None:
+        self.counter = counter
+        self.max_time_s = max_time_s
+        self.on_closed = on_closed
+        self.clock_ms = clock_ms
+        self.skew_ms = 0.0  # redis_now - local_now
+        self._window_id: int | None = None
+        self._deadline: int | None = None  # Redis clock
+        self._version = -1  # redis_now_ms of the newest observation applied
+        self._changed = asyncio.Event()
+
+    def observe(self, window_id: int, count: int, opened_at_ms: int | None,
+                redis_now_ms: int) -> None:
+        """Tell the timer what the open window looks like (from an apply or a status read)."""
+        if redis_now_ms < self._version:
+            return
+        self._version = redis_now_ms
+        self.skew_ms = redis_now_ms - self.clock_ms()
+        if count > 0 and opened_at_ms is not None:
+            target = deadline_ms(opened_at_ms, self.max_time_s)
+        else:
+            target = None
+        if (window_id, target) != (self._window_id, self._deadline):
+            self._window_id, self._deadline = window_id, target
+            self._changed.set()
+
+    @property
+    def deadline_redis_ms(self) -> int | None:
+        return self._deadline
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._changed.clear()
+            if self._deadline is None:
+                await self._wait_change(1.0)
+                continue
+            delay = (self._deadline - self.skew_ms - self.clock_ms()) / 1000
+            if delay > 0:
+                await self._wait_change(delay)
+                continue
+            await self._fire()
+
+    async def _wait_change(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _fire(self) -> None:
+        wid = self._window_id
+        assert wid is not None
+        try:
+            res = await self.counter.close(TriggerReason.TIME, expected_window_id=wid,
+                                           max_time_ms=round(self.max_time_s * 1000))
+        except (RedisError, OSError) as exc:
+            log.warning("time trigger of window %s delayed: Redis: %s", wid, exc)
+            await asyncio.sleep(0.2)
+            return
+        self.skew_ms = res.redis_now_ms - self.clock_ms()
+        if res.status == "early":
+            self._deadline = res.redis_now_ms + res.count
+            return
+        if res.closed:
+            self.on_closed(res)
+        if self._window_id == wid:
+            self._window_id, self._deadline = wid + 1 if res.closed else wid, None

@@ -1,0 +1,118 @@
+"""The counting script against a real Redis: exact windows, dedupe by offset, time/manual close."""
+
+from __future__ import annotations
+
+import orjson
+import redis.asyncio as aredis
+
+from kafkaconsole.engine.counting import PartitionDelta, WindowCounter, ranges_of
+from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.records import TriggerReason
+
+
+def counter(r: aredis.Redis, unique: str, max_event: int = 1000) -> WindowCounter:
+    return WindowCounter(r, ConsumerKeys(unique, "c1"), topic="orders", max_event=max_event)
+
+
+def delta(p: int, offsets: list[int], errors: list[int] | None = None,
+          n_records: int | None = None) -> PartitionDelta:
+    allo = sorted(offsets + (errors or []))
+    return PartitionDelta(p, allo[-1] + 1, allo[0], n_records or len(allo), ranges_of(offsets),
+                          errors or [])
+
+
+def test_ranges_of() -> None:
+    assert ranges_of([]) == []
+    assert ranges_of([5]) == [(5, 5)]
+    assert ranges_of([1, 2, 3, 7, 8, 10]) == [(1, 3), (7, 8), (10, 10)]
+
+
+async def history(r: aredis.Redis, unique: str) -> list[dict[str, str]]:
+    entries = await r.xrange(ConsumerKeys(unique, "c1").history)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def test_exact_windows_with_overshoot(redis_client: aredis.Redis, unique: str) -> None:
+    c = counter(redis_client, unique, max_event=1000)
+    # 10,500 events in batches of 700 over 3 partitions
+    next_off = [0, 0, 0]
+    total = 0
+    closed: list[int] = []
+    while total < 10_500:
+        deltas = []
+        for p in range(3):
+            n = min(700 // 3 + (1 if p == 0 else 0), 10_500 - total)
+            if n <= 0:
+                break
+            deltas.append(delta(p, list(range(next_off[p], next_off[p] + n))))
+            next_off[p] += n
+            total += n
+        res = await c.apply(deltas)
+        closed += res.closed_window_ids
+    assert closed == list(range(1, 11))
+    assert int(await redis_client.get(f"{unique}:c1:events")) == 500
+    recs = await history(redis_client, unique)
+    assert [int(x["count"]) for x in recs] == [1000] * 10
+    assert all(x["reason"] == "count" for x in recs)
+    # offset ranges cover every counted event exactly once
+    covered = 0
+    for x in recs:
+        for rng in orjson.loads(x["offsets"]):
+            covered += rng["last"] - rng["first"] + 1
+    state = await c.window()
+    covered += sum(r.last - r.first + 1 for r in state.ranges)
+    assert covered == 10_500
+    assert state.count == 500 and state.window_id == 11 and state.opened_at_ms is not None
+
+
+async def test_replayed_batch_changes_nothing(redis_client: aredis.Redis, unique: str) -> None:
+    c = counter(redis_client, unique, max_event=10)
+    first = await c.apply([delta(0, [0, 1, 2, 3]), delta(1, [0, 1])])
+    assert first.count == 6
+    again = await c.apply([delta(0, [0, 1, 2, 3]), delta(1, [0, 1])])
+    assert again.count == 6 and again.added == 0 and again.skipped == 6
+    # partial overlap with a gap (compacted topic): only the new offsets count
+    third = await c.apply([delta(0, [2, 3, 7, 9])])
+    assert third.added == 2 and third.count == 8
+    assert await c.stored_offsets([0, 1, 2]) == {0: 10, 1: 2}
+
+
+async def test_errors_and_filtered_advance_offsets(redis_client: aredis.Redis, unique: str) -> None:
+    c = counter(redis_client, unique, max_event=10)
+    res = await c.apply([delta(0, [0, 2], errors=[1], n_records=5)])  # offsets 3, 4 filtered
+    assert res.count == 2 and res.errors == 1
+    stats = await redis_client.hgetall(f"{unique}:c1:stats")
+    assert stats[b"errors"] == b"1" and stats[b"filtered"] == b"2" and stats[b"total"] == b"2"
+
+
+async def test_time_close_only_after_deadline_and_once(redis_client: aredis.Redis,
+                                                       unique: str) -> None:
+    c = counter(redis_client, unique, max_event=100)
+    res = await c.apply([delta(0, [0, 1, 2])])
+    early = await c.close(TriggerReason.TIME, expected_window_id=res.window_id, max_time_ms=60_000)
+    assert early.status == "early" and 0 < early.count <= 60_000
+    done = await c.close(TriggerReason.TIME, expected_window_id=res.window_id, max_time_ms=0)
+    assert done.closed and done.count == 3 and done.window_id == 1
+    stale = await c.close(TriggerReason.TIME, expected_window_id=res.window_id, max_time_ms=0)
+    assert stale.status == "stale"
+    empty = await c.close(TriggerReason.TIME, expected_window_id=2, max_time_ms=0)
+    assert empty.status == "empty"
+
+
+async def test_manual_close_allowed_on_empty_window(redis_client: aredis.Redis, unique: str) -> None:
+    c = counter(redis_client, unique)
+    res = await c.close(TriggerReason.MANUAL)
+    assert res.closed and res.count == 0
+    recs = await history(redis_client, unique)
+    assert recs[0]["reason"] == "manual" and recs[0]["offsets"] == "[]"
+
+
+async def test_reset_discards_without_trigger(redis_client: aredis.Redis, unique: str) -> None:
+    c = counter(redis_client, unique, max_event=100)
+    await c.apply([delta(0, list(range(40)))])
+    res = await c.reset()
+    assert res.discarded == 40 and res.window_id == 1
+    assert int(await redis_client.get(f"{unique}:c1:events")) == 0
+    assert await history(redis_client, unique) == []
+    nxt = await c.apply([delta(0, [40, 41])])
+    assert nxt.count == 2 and nxt.window_id == 1

@@ -1,0 +1,153 @@
+"""The engine against the real broker and Redis: windows, time triggers, DLQ, control."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import redis.asyncio as aredis
+
+from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.status import ConsumerState
+from tests import pipeline_targets
+from tests.engine_support import make_config
+from tests.helpers import KafkaHelper, wait_for
+
+
+async def started(cfg) -> Engine:  # type: ignore[no-untyped-def]
+    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    await engine.start()
+    return engine
+
+
+async def test_count_windows_exact(services: EmbeddedServices, kafka: KafkaHelper,
+                                   redis_client: aredis.Redis, unique: str) -> None:
+    await kafka.create_topic(unique, 3)
+    await kafka.produce(unique, ({"type": "order", "i": i} for i in range(10_500)))
+    cid = f"{unique}-c"
+    cfg = make_config(services, unique, [{"consumer_id": cid, "kafka_topic": unique,
+                                          "max_event": 1000, "batch_size": 700}])
+    engine = await started(cfg)
+    try:
+        async def ten_runs() -> bool:
+            return len(pipeline_targets.calls_for(cid)) >= 10
+        await wait_for(ten_runs, 30, what="10 pipeline calls")
+        await asyncio.sleep(0.5)
+        calls = pipeline_targets.calls_for(cid)
+        assert len(calls) == 10
+        assert [c["window_id"] for c in calls] == list(range(1, 11))
+        assert all(c["count"] == 1000 and c["reason"] == "count" for c in calls)
+        assert len({c["idempotency_key"] for c in calls}) == 10
+        covered = sum(r["last"] - r["first"] + 1 for c in calls for r in c["offsets"])
+        assert covered == 10_000
+        assert int(await redis_client.get(f"{unique}:{cid}:events")) == 500
+        runs = await redis_client.hgetall(f"{unique}:{cid}:runs")
+        assert {orjson.loads(v)["status"] for v in runs.values()} == {"succeeded"}
+    finally:
+        await engine.stop()
+
+
+async def test_time_trigger_fires_while_idle(services: EmbeddedServices, kafka: KafkaHelper,
+                                             redis_client: aredis.Redis, unique: str) -> None:
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(services, unique, [{"consumer_id": cid, "kafka_topic": unique,
+                                          "max_event": 1000, "max_time": 1.0}])
+    engine = await started(cfg)
+    try:
+        await kafka.produce(unique, ({"i": i} for i in range(5)), partitions=1)
+
+        async def one_call() -> bool:
+            return len(pipeline_targets.calls_for(cid)) >= 1
+        await wait_for(one_call, 10, what="time trigger")
+        call = pipeline_targets.calls_for(cid)[0]
+        assert call["reason"] == "time" and call["count"] == 5
+        # an empty window never time-triggers
+        await asyncio.sleep(1.5)
+        assert len(pipeline_targets.calls_for(cid)) == 1
+        assert int(await redis_client.get(f"{unique}:{cid}:events")) == 0
+    finally:
+        await engine.stop()
+
+
+async def test_bad_events_go_to_dlq_and_filter_applies(
+        services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis,
+        unique: str) -> None:
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(services, unique, [{
+        "consumer_id": cid, "kafka_topic": unique, "max_event": 100,
+        "filter": {"type": "order"}, "processor": "tests.pipeline_targets:only_orders"}])
+    values: list[object] = [{"type": "order"}] * 7 + [{"type": "refund"}] * 3 + [
+        b"{not json", b"\xff\xfe", {"type": "order", "poison": True}, b""]
+    await kafka.produce(unique, values, partitions=1)
+    engine = await started(cfg)
+    try:
+        async def applied() -> bool:
+            return int(await redis_client.hget(f"{unique}:{cid}:stats", "errors") or 0) == 4
+        await wait_for(applied, 15, what="errors counted")
+        assert int(await redis_client.get(f"{unique}:{cid}:events")) == 7
+        from aiokafka import AIOKafkaConsumer
+        dlq = AIOKafkaConsumer(f"{unique}.dlq", bootstrap_servers=services.bootstrap_servers,
+                               auto_offset_reset="earliest", group_id=None)
+        await dlq.start()
+        try:
+            got = []
+            for _ in range(20):
+                batch = await dlq.getmany(timeout_ms=500)
+                got += [r for recs in batch.values() for r in recs]
+                if len(got) >= 4:
+                    break
+        finally:
+            await dlq.stop()
+        assert len(got) == 4
+        headers = [dict(r.headers) for r in got]
+        assert [int(h["__connect.errors.offset"]) for h in headers] == [10, 11, 12, 13]
+        assert {h["__connect.errors.topic"].decode() for h in headers} == {unique}
+        assert headers[2]["__connect.errors.stage"] == b"process"
+        assert all(h["kafkaconsole.consumer_id"] == cid.encode() for h in headers)
+    finally:
+        await engine.stop()
+
+
+async def test_pause_reset_and_force_trigger(services: EmbeddedServices, kafka: KafkaHelper,
+                                             redis_client: aredis.Redis, unique: str) -> None:
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(services, unique, [{"consumer_id": cid, "kafka_topic": unique,
+                                          "max_event": 1000}])
+    engine = await started(cfg)
+    key = f"{unique}:{cid}:events"
+    try:
+        await kafka.produce(unique, ({"i": i} for i in range(10)), partitions=1)
+
+        async def count_is(n: int) -> bool:
+            return int(await redis_client.get(key) or 0) == n
+        await wait_for(lambda: count_is(10), 15, what="10 counted")
+        await engine.pause(cid)
+        await wait_for(lambda: _state_is(engine, cid, ConsumerState.PAUSED), 5, what="paused")
+        await asyncio.sleep(0.3)
+        await kafka.produce(unique, ({"i": i} for i in range(5)), partitions=1)
+        await asyncio.sleep(1.0)
+        assert await count_is(10)
+        await engine.resume(cid)
+        await wait_for(lambda: count_is(15), 10, what="counting resumed")
+        res = await engine.reset(cid)
+        assert res.discarded == 15 and await count_is(0)
+        await kafka.produce(unique, ({"i": i} for i in range(3)), partitions=1)
+        await wait_for(lambda: count_is(3), 10, what="3 counted")
+        closed = await engine.force_trigger(cid)
+        assert closed.closed and closed.count == 3
+
+        async def manual_call() -> bool:
+            return any(c["reason"] == "manual" for c in pipeline_targets.calls_for(cid))
+        await wait_for(manual_call, 10, what="manual pipeline call")
+    finally:
+        await engine.stop()
+
+
+async def _state_is(engine: Engine, cid: str, state: ConsumerState) -> bool:
+    snap = await engine.refresh_snapshot()
+    c = snap.consumer(cid)
+    return c is not None and c.state == state
