@@ -246,10 +246,14 @@ class Engine:
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch in hand, record counts and offsets, commit, close everything."""
         self._stop.set()
+        for c in self._consumers.values():
+            c.timer.wake()
+            c.dispatcher.wake()
         tasks = [t for c in self._consumers.values() for t in c.tasks] + self._tasks
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for t in pending:
+                log.warning("task %s did not stop within %.0fs; cancelling", t.get_name(), timeout)
                 t.cancel()
             for t in pending:
                 with contextlib.suppress(BaseException):

@@ -59,6 +59,10 @@ class WindowTimer:
             self._window_id, self._deadline = window_id, target
             self._changed.set()
 
+    def wake(self) -> None:
+        """Re-examine the deadline now (also used to let ``run`` see a stop request)."""
+        self._changed.set()
+
     @property
     def deadline_redis_ms(self) -> int | None:
         return self._deadline

@@ -1,0 +1,3 @@
+from kafkaconsole.cli.app import main
+
+main()

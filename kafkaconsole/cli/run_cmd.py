@@ -1,0 +1,106 @@
+"""``kafkaconsole run`` and ``kafkaconsole demo``: start the engine with a face.
+
+``run --no-ui`` is the headless process for containers (no Textual import at all); without
+``--no-ui`` the Textual console embeds the engine. ``demo`` starts its own broker, Redis,
+webhook receiver and event stream, then runs the same engine on a demo config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kafkaconsole.cli.config_cmd import ExitCode, _load
+from kafkaconsole.config import AppConfig, load_config, secret_values
+from kafkaconsole.logs import setup_logging
+
+log = logging.getLogger("kafkaconsole.cli")
+
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", "-c", metavar="FILE", show_default=False,
+    help="Configuration file (default: $KAFKACONSOLE_CONFIG, then ./kafkaconsole.toml).")]
+NoUiOpt = Annotated[bool, typer.Option(
+    "--no-ui", help="Run headless: logs on stderr, no terminal UI (for containers).")]
+LogFormatOpt = Annotated[str, typer.Option(
+    "--log-format", help="Headless log lines: text or json.")]
+InstanceOpt = Annotated[str | None, typer.Option(
+    "--instance-id", help="Name of this instance in the fleet (default: hostname-pid).",
+    show_default=False)]
+
+
+def _check_log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    return value
+
+
+def run_headless_cli(config: AppConfig, log_format: str, instance_id: str | None) -> int:
+    from kafkaconsole.headless import run_headless
+
+    setup_logging(log_format, secrets=secret_values(config))
+    return run_headless(config, instance_id=instance_id)
+
+
+def run(
+    config: ConfigOpt = None,
+    no_ui: NoUiOpt = False,
+    log_format: LogFormatOpt = "text",
+    instance_id: InstanceOpt = None,
+) -> None:
+    """Run every consumer of the config until interrupted.
+
+    Example: kafkaconsole run --config kafkaconsole.toml --no-ui --log-format json
+    """
+    _check_log_format(log_format)
+    cfg = _load(None, config)
+    if no_ui:
+        raise typer.Exit(run_headless_cli(cfg, log_format, instance_id))
+    from kafkaconsole.tui.app import run_tui
+
+    raise typer.Exit(run_tui(cfg, instance_id=instance_id))
+
+
+def demo(
+    no_ui: NoUiOpt = False,
+    log_format: LogFormatOpt = "text",
+    rate: Annotated[float, typer.Option(help="Synthetic events per second.")] = 300.0,
+    workdir: Annotated[Path | None, typer.Option(
+        help="Folder for the demo config and service logs (default: a temporary one).",
+        show_default=False)] = None,
+) -> None:
+    """Start a broker, Redis and a demo stream, then run the console on them.
+
+    Example: kafkaconsole demo            (Ctrl-C or q stops everything it started)
+    """
+    _check_log_format(log_format)
+    from kafkaconsole.demo import demo_environment
+
+    async def main() -> int:
+        async with demo_environment(workdir, rate=rate) as env:
+            cfg = load_config(env.config_path)
+            sys.stderr.write(f"kafkaconsole demo: config at {env.config_path}\n"
+                             f"  try: kafkaconsole status --config {env.config_path}\n")
+            if no_ui:
+                from kafkaconsole.headless import serve
+
+                setup_logging(log_format)
+                return await serve(cfg)
+            from kafkaconsole.tui.app import KafkaConsoleApp
+
+            app = KafkaConsoleApp(cfg)
+            await app.run_async()
+            return app.return_code or 0
+
+    try:
+        code = asyncio.run(main())
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+__all__ = ["ExitCode", "demo", "run"]
