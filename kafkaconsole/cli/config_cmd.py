@@ -1,0 +1,214 @@
+"""``kafkaconsole config validate|show``: check a configuration file, print the effective one.
+
+stdout is data (``ok``, or the configuration), stderr is diagnostics (one problem per line as
+``FILE: dotted.key: message``). Exit codes: 0 ok, 1 unexpected failure, 2 configuration or
+usage error. Secrets never reach either stream: ``show`` masks them and problems never
+contain them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from enum import IntEnum
+from typing import Annotated, Any
+
+import typer
+
+from kafkaconsole.config import (
+    AppConfig,
+    ConfigError,
+    load_config,
+    mask_config,
+    resolve_config_path,
+)
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    CONFIG_ERROR = 2
+
+
+DEBUG_ENV = "KAFKACONSOLE_DEBUG"
+"""Set to 1 to let unexpected errors raise with a traceback."""
+
+config_app = typer.Typer(
+    name="config",
+    help="Check the configuration file and show the effective configuration.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+FileArgument = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="FILE",
+        help="Configuration file (default: --config, $KAFKACONSOLE_CONFIG, ./kafkaconsole.toml).",
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="Configuration file (same as the FILE argument).",
+        show_default=False,
+    ),
+]
+
+
+def _chosen_file(file: str | None, config: str | None) -> str | None:
+    if file and config and file != config:
+        typer.echo(
+            f"error: two configuration files given ({file} and --config {config}); give one",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.CONFIG_ERROR)
+    return file or config
+
+
+def _load(file: str | None, config: str | None) -> AppConfig:
+    """Load the configuration or exit: problems to stderr with exit 2, never a traceback."""
+    chosen = _chosen_file(file, config)
+    try:
+        return load_config(chosen)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        raise typer.Exit(ExitCode.CONFIG_ERROR) from None
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        # The exception text could quote a secret, so only its type is shown.
+        typer.echo(
+            f"{resolve_config_path(chosen)}: (internal): unexpected {type(exc).__name__} while "
+            f"loading the configuration (set {DEBUG_ENV}=1 for a traceback)",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.FAILURE) from None
+
+
+@config_app.command("validate")
+def validate(file: FileArgument = None, config: ConfigOption = None) -> None:
+    """Check a configuration file: print "ok", or every problem (exit 2).
+
+    Problems go to stderr, one per line, as FILE: dotted.key: message. ${VAR} references
+    and KAFKACONSOLE_<SECTION>__<KEY> overrides are applied first, as at run time.
+
+    Example:
+
+        kafkaconsole config validate kafkaconsole.toml
+
+        KAFKACONSOLE_API__PORT=8001 kafkaconsole config validate --config prod.toml
+    """
+    _load(file, config)
+    typer.echo("ok")
+
+
+@config_app.command("show")
+def show(
+    file: FileArgument = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
+) -> None:
+    """Print the effective configuration (file + env overrides), secrets masked.
+
+    Every key is shown with its value, defaults included; every secret is printed as ******.
+
+    Example:
+
+        kafkaconsole config show kafkaconsole.toml
+
+        kafkaconsole config show --config prod.toml --json | jq .consumers
+    """
+    cfg = _load(file, config)
+    masked = mask_config(cfg)
+    if as_json:
+        typer.echo(json.dumps(_json_safe(masked), indent=2, ensure_ascii=False))
+    else:
+        chosen = resolve_config_path(_chosen_file(file, config))
+        typer.echo(f"# effective configuration of {chosen} (secrets masked)\n")
+        typer.echo(to_toml(masked), nl=False)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # "${" would be read back as a reference: write the escape the loader understands.
+        return json.dumps(value.replace("${", "$${"), ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value if item is not None) + "]"
+    if isinstance(value, dict):
+        items = [
+            f"{_toml_key(str(key))} = {_toml_value(item)}"
+            for key, item in value.items()
+            if item is not None
+        ]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    return json.dumps(str(value))
+
+
+def _table_body(table: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in table.items():
+        if value is None:
+            lines.append(f"# {_toml_key(key)} is not set")
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    return lines
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Render a configuration dict as TOML: one table per section, pipeline and consumer;
+    tables nested deeper are inline; unset keys are comments."""
+    lines: list[str] = []
+    for section, value in data.items():
+        if section == "consumers" and isinstance(value, list):
+            for consumer in value:
+                lines += ["", "[[consumers]]", *_table_body(consumer)]
+        elif section == "pipelines" and isinstance(value, dict):
+            if not value:
+                lines += ["", "[pipelines]"]
+            for name, pipeline in value.items():
+                ordered = {"kind": pipeline.get("kind"), **pipeline}
+                lines += ["", f"[pipelines.{_toml_key(name)}]", *_table_body(ordered)]
+        elif isinstance(value, dict):
+            lines += ["", f"[{_toml_key(section)}]", *_table_body(value)]
+        else:
+            lines.insert(0, f"{_toml_key(section)} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
