@@ -81,6 +81,8 @@ class RedisConfig(Section):
     """CA bundle for TLS."""
     history_limit: int = Field(1000, ge=10)
     """How many trigger records to keep per consumer."""
+    dispatch_lease_ms: int = Field(10_000, ge=500)
+    """How long a dead instance keeps the right to dispatch a consumer's triggers."""
 
 
 class ApiConfig(Section):

@@ -93,11 +93,11 @@ class Engine:
     """Runs every consumer of a config in this process."""
 
     def __init__(self, config: AppConfig, *, instance_id: str | None = None,
-                 lease_ms: int = 10_000, snapshot_interval: float = 1.0,
+                 lease_ms: int | None = None, snapshot_interval: float = 1.0,
                  redis: Redis | None = None) -> None:
         self.config = config
         self.instance_id = instance_id or default_instance_id()
-        self.lease_ms = lease_ms
+        self.lease_ms = lease_ms or config.redis.dispatch_lease_ms
         self.snapshot_interval = snapshot_interval
         self.prefix = config.redis.key_prefix
         self.fleet_keys = FleetKeys(self.prefix)
