@@ -7,7 +7,6 @@ Tests isolate themselves by unique topic names and Redis key prefixes, not by re
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,8 +24,6 @@ _counter = itertools.count()
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServices]:
     log_dir = Path(tmp_path_factory.mktemp("services"))
     with EmbeddedServices.start(log_dir=log_dir) as svc:
-        os.environ["KAFKACONSOLE_TEST_BOOTSTRAP"] = svc.bootstrap_servers
-        os.environ["KAFKACONSOLE_TEST_REDIS_URL"] = svc.redis_url
         yield svc
 
 
