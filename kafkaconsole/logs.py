@@ -61,15 +61,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(body).decode()
 
 
-def setup_logging(fmt: str = "text", level: int = logging.INFO, *,
-                  secrets: Iterable[str] = (), stream: IO[str] | None = None) -> logging.Handler:
+def setup_logging(
+    fmt: str = "text",
+    level: int = logging.INFO,
+    *,
+    secrets: Iterable[str] = (),
+    stream: IO[str] | None = None,
+) -> logging.Handler:
     """Route the ``kafkaconsole`` loggers to stderr (or ``stream``)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
-                                               datefmt="%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
+            )
+        )
     handler.addFilter(SecretMaskFilter(secrets))
     root = logging.getLogger()
     for h in list(root.handlers):

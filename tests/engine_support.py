@@ -8,21 +8,38 @@ from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
 
 
-def make_config(services: EmbeddedServices, prefix: str, consumers: list[dict[str, Any]],
-                pipelines: dict[str, dict[str, Any]] | None = None, **sections: Any) -> AppConfig:
+def make_config(
+    services: EmbeddedServices,
+    prefix: str,
+    consumers: list[dict[str, Any]],
+    pipelines: dict[str, dict[str, Any]] | None = None,
+    **sections: Any,
+) -> AppConfig:
     pipelines = pipelines or {
-        "record": {"kind": "python", "target": "tests.pipeline_targets:record",
-                   "retry_policy": {"max_attempts": 3, "initial_backoff": 0.01}},
+        "record": {
+            "kind": "python",
+            "target": "tests.pipeline_targets:record",
+            "retry_policy": {"max_attempts": 3, "initial_backoff": 0.01},
+        },
     }
     base: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": services.bootstrap_servers, "session_timeout_ms": 6000,
-                  "heartbeat_interval_ms": 500, **sections.pop("kafka", {})},
+        "kafka": {
+            "bootstrap_servers": services.bootstrap_servers,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 500,
+            **sections.pop("kafka", {}),
+        },
         "redis": {"url": services.redis_url, "key_prefix": prefix, **sections.pop("redis", {})},
         "api": {"enabled": False},
         "pipelines": pipelines,
         "consumers": [
-            {"pipeline_name": next(iter(pipelines)), "connection_id": "conn-1",
-             "max_time": 3600, "poll_timeout": 0.2, **c}
+            {
+                "pipeline_name": next(iter(pipelines)),
+                "connection_id": "conn-1",
+                "max_time": 3600,
+                "poll_timeout": 0.2,
+                **c,
+            }
             for c in consumers
         ],
         **sections,

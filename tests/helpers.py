@@ -29,8 +29,14 @@ class KafkaHelper:
     async def create_topic(self, name: str, partitions: int = 3) -> None:
         await self.admin.create_topics([NewTopic(name, partitions, 1)])
 
-    async def produce(self, topic: str, values: Iterable[Any], *, partitions: int = 3,
-                      key: Callable[[int], bytes | None] | None = None) -> int:
+    async def produce(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        *,
+        partitions: int = 3,
+        key: Callable[[int], bytes | None] | None = None,
+    ) -> int:
         """Produce values round-robin over partitions; dicts are JSON-encoded. Returns count."""
         n = 0
         futures = []
@@ -41,8 +47,11 @@ class KafkaHelper:
                 raw = value.encode()
             else:
                 raw = value
-            futures.append(await self.producer.send(
-                topic, raw, partition=i % partitions, key=key(i) if key else None))
+            futures.append(
+                await self.producer.send(
+                    topic, raw, partition=i % partitions, key=key(i) if key else None
+                )
+            )
             n += 1
         await self.producer.flush()
         for fut in futures:
@@ -50,8 +59,12 @@ class KafkaHelper:
         return n
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0,
-                   interval: float = 0.05, what: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await predicate():

@@ -16,12 +16,21 @@ from kafkaconsole.embedded import EmbeddedServices
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_config(path: Path, services: EmbeddedServices, prefix: str, topic: str,
-                 consumer_id: str, runs_file: Path, **consumer: Any) -> Path:
+def write_config(
+    path: Path,
+    services: EmbeddedServices,
+    prefix: str,
+    topic: str,
+    consumer_id: str,
+    runs_file: Path,
+    **consumer: Any,
+) -> Path:
     """A config with one consumer whose command pipeline appends each record to ``runs_file``."""
-    script = ("import sys; data = sys.stdin.read(); "
-              f"f = open({str(runs_file)!r}, 'a'); f.write(data.replace(chr(10), ' ') + chr(10)); "
-              "f.close()")
+    script = (
+        "import sys; data = sys.stdin.read(); "
+        f"f = open({str(runs_file)!r}, 'a'); f.write(data.replace(chr(10), ' ') + chr(10)); "
+        "f.close()"
+    )
     command = orjson.dumps([sys.executable, "-c", script]).decode()
     extra = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in consumer.items())
     path.write_text(f"""
@@ -54,15 +63,28 @@ poll_timeout = 0.2
     return path
 
 
-def start(config: Path, instance_id: str, log: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def start(
+    config: Path, instance_id: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.pop("KAFKACONSOLE_FAULT", None) if not env or "KAFKACONSOLE_FAULT" not in env else None
     return subprocess.Popen(
-        [sys.executable, "-m", "kafkaconsole", "run", "--config", str(config), "--no-ui",
-         "--instance-id", instance_id],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),  # noqa: SIM115
-        env=full_env, cwd=str(REPO),
+        [
+            sys.executable,
+            "-m",
+            "kafkaconsole",
+            "run",
+            "--config",
+            str(config),
+            "--no-ui",
+            "--instance-id",
+            instance_id,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),
+        env=full_env,
+        cwd=str(REPO),
     )
 
 

@@ -14,11 +14,13 @@ def counter(r: aredis.Redis, unique: str, max_event: int = 1000) -> WindowCounte
     return WindowCounter(r, ConsumerKeys(unique, "c1"), topic="orders", max_event=max_event)
 
 
-def delta(p: int, offsets: list[int], errors: list[int] | None = None,
-          n_records: int | None = None) -> PartitionDelta:
+def delta(
+    p: int, offsets: list[int], errors: list[int] | None = None, n_records: int | None = None
+) -> PartitionDelta:
     allo = sorted(offsets + (errors or []))
-    return PartitionDelta(p, allo[-1] + 1, allo[0], n_records or len(allo), ranges_of(offsets),
-                          errors or [])
+    return PartitionDelta(
+        p, allo[-1] + 1, allo[0], n_records or len(allo), ranges_of(offsets), errors or []
+    )
 
 
 def test_ranges_of() -> None:
@@ -85,8 +87,9 @@ async def test_errors_and_filtered_advance_offsets(redis_client: aredis.Redis, u
     assert stats[b"errors"] == b"1" and stats[b"filtered"] == b"2" and stats[b"total"] == b"2"
 
 
-async def test_time_close_only_after_deadline_and_once(redis_client: aredis.Redis,
-                                                       unique: str) -> None:
+async def test_time_close_only_after_deadline_and_once(
+    redis_client: aredis.Redis, unique: str
+) -> None:
     c = counter(redis_client, unique, max_event=100)
     res = await c.apply([delta(0, [0, 1, 2])])
     early = await c.close(TriggerReason.TIME, expected_window_id=res.window_id, max_time_ms=60_000)
@@ -99,7 +102,9 @@ async def test_time_close_only_after_deadline_and_once(redis_client: aredis.Redi
     assert empty.status == "empty"
 
 
-async def test_manual_close_allowed_on_empty_window(redis_client: aredis.Redis, unique: str) -> None:
+async def test_manual_close_allowed_on_empty_window(
+    redis_client: aredis.Redis, unique: str
+) -> None:
     c = counter(redis_client, unique)
     res = await c.close(TriggerReason.MANUAL)
     assert res.closed and res.count == 0

@@ -27,8 +27,9 @@ def _jsonable(event: Any) -> Any:
 class WindowEventReader:
     """Loads the counted events of a window by its recorded offset ranges."""
 
-    def __init__(self, kafka: KafkaConfig, classifier: EventClassifier,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self, kafka: KafkaConfig, classifier: EventClassifier, timeout: float = 60.0
+    ) -> None:
         self.kafka = kafka
         self.classifier = classifier
         self.timeout = timeout
@@ -36,8 +37,12 @@ class WindowEventReader:
     async def __call__(self, record: TriggerRecord) -> list[Any]:
         if not record.offsets:
             return []
-        consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None,
-                                    isolation_level="read_committed", **kafka_kwargs(self.kafka))
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed",
+            **kafka_kwargs(self.kafka),
+        )
         await consumer.start()
         try:
             ranges = {TopicPartition(r.topic, r.partition): r for r in record.offsets}

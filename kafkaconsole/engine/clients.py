@@ -46,7 +46,7 @@ def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
         kwargs["password"] = cfg.password
     url = cfg.url
     if cfg.tls and url.startswith("redis://"):
-        url = "rediss://" + url[len("redis://"):]
+        url = "rediss://" + url[len("redis://") :]
     if url.startswith("rediss://") and cfg.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
     kwargs.update(extra)

@@ -57,13 +57,20 @@ class FleetControl:
         key = self.keys(consumer_id).control
         pipe = self.redis.pipeline(transaction=True)
         if paused:
-            pipe.hset(key, mapping={"paused": 1, "paused_by": by or actor(),
-                                    "paused_at": int(time.time() * 1000)})
+            pipe.hset(
+                key,
+                mapping={
+                    "paused": 1,
+                    "paused_by": by or actor(),
+                    "paused_at": int(time.time() * 1000),
+                },
+            )
         else:
             pipe.hset(key, mapping={"paused": 0})
             pipe.hdel(key, "paused_by", "paused_at")
-        pipe.publish(self.fleet.control_channel,
-                     orjson.dumps({"consumer_id": consumer_id, "paused": paused}))
+        pipe.publish(
+            self.fleet.control_channel, orjson.dumps({"consumer_id": consumer_id, "paused": paused})
+        )
         await pipe.execute()
 
     async def pause_states(self, consumer_ids: list[str]) -> dict[str, PauseState]:
@@ -74,11 +81,13 @@ class FleetControl:
         for cid, raw in zip(consumer_ids, await pipe.execute(), strict=True):
             f = {_s(k): _s(v) for k, v in raw.items()}
             out[cid] = PauseState(
-                paused=f.get("paused") == "1", by=f.get("paused_by"),
+                paused=f.get("paused") == "1",
+                by=f.get("paused_by"),
                 since_ms=int(f["paused_at"]) if f.get("paused_at") else None,
             )
         return out
 
     async def announce(self, consumer_id: str, action: str) -> None:
-        await self.redis.publish(self.fleet.control_channel,
-                                 orjson.dumps({"consumer_id": consumer_id, "action": action}))
+        await self.redis.publish(
+            self.fleet.control_channel, orjson.dumps({"consumer_id": consumer_id, "action": action})
+        )

@@ -42,15 +42,17 @@ class DeadLetterSink:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
 
-    async def publish(self, topic: str, consumer_id: str, events: list[BadEvent],
-                      timeout: float = 30.0) -> None:
+    async def publish(
+        self, topic: str, consumer_id: str, events: list[BadEvent], timeout: float = 30.0
+    ) -> None:
         if not events:
             return
         try:
             async with asyncio.timeout(timeout):
                 futures = [
-                    await self.producer.send(topic, bad.value, key=bad.key,
-                                             headers=dlq_headers(bad, consumer_id))
+                    await self.producer.send(
+                        topic, bad.value, key=bad.key, headers=dlq_headers(bad, consumer_id)
+                    )
                     for bad in events
                 ]
                 for fut in futures:
@@ -58,4 +60,5 @@ class DeadLetterSink:
         except Exception as exc:
             raise DeadLetterError(
                 f"DLQ topic {topic!r} did not accept {len(events)} bad event(s): "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{type(exc).__name__}: {exc}"
+            ) from exc

@@ -17,8 +17,10 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     """ISO 8601 UTC with milliseconds, or None."""
     if epoch_ms is None:
         return None
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -39,8 +41,12 @@ class RunStatus(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.COALESCED,
-                        RunStatus.CANCELLED)
+        return self in (
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.COALESCED,
+            RunStatus.CANCELLED,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +57,12 @@ class OffsetRange:
     last: int
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "first": self.first,
-                "last": self.last}
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "first": self.first,
+            "last": self.last,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ instances close a window once, and a window that was closed by count meanwhile i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,9 +32,13 @@ def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
 class WindowTimer:
     """Closes the open window of one consumer at its time deadline."""
 
-    def __init__(self, counter: WindowCounter, max_time_s: float,
-                 on_closed: Callable[[CloseResult], None],
-                 clock_ms: Callable[[], float] = lambda: time.time() * 1000) -> None:
+    def __init__(
+        self,
+        counter: WindowCounter,
+        max_time_s: float,
+        on_closed: Callable[[CloseResult], None],
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+    ) -> None:
         self.counter = counter
         self.max_time_s = max_time_s
         self.on_closed = on_closed
@@ -44,8 +49,9 @@ class WindowTimer:
         self._version = -1  # redis_now_ms of the newest observation applied
         self._changed = asyncio.Event()
 
-    def observe(self, window_id: int, count: int, opened_at_ms: int | None,
-                redis_now_ms: int) -> None:
+    def observe(
+        self, window_id: int, count: int, opened_at_ms: int | None, redis_now_ms: int
+    ) -> None:
         """Tell the timer what the open window looks like (from an apply or a status read)."""
         if redis_now_ms < self._version:
             return
@@ -80,17 +86,18 @@ class WindowTimer:
             await self._fire()
 
     async def _wait_change(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def _fire(self) -> None:
         wid = self._window_id
         assert wid is not None
         try:
-            res = await self.counter.close(TriggerReason.TIME, expected_window_id=wid,
-                                           max_time_ms=round(self.max_time_s * 1000))
+            res = await self.counter.close(
+                TriggerReason.TIME,
+                expected_window_id=wid,
+                max_time_ms=round(self.max_time_s * 1000),
+            )
         except (RedisError, OSError) as exc:
             log.warning("time trigger of window %s delayed: Redis: %s", wid, exc)
             await asyncio.sleep(0.2)
