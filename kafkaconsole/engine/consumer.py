@@ -96,15 +96,26 @@ class ConsumerRunner:
         consumer = self._make_consumer()
         self._consumer = consumer
         consumer.subscribe([self.topic], listener=_Listener(self))
+        stopped: asyncio.Future[Any] | None = None
         try:
             await consumer.start()
             self.kafka_ok = True
             timeout_ms = int(self.cfg.poll_timeout * 1000)
+            stopped = asyncio.ensure_future(stop.wait())
             while not stop.is_set():
                 self._apply_pause()
                 try:
-                    batch = await consumer.getmany(timeout_ms=timeout_ms,
-                                                   max_records=self.cfg.batch_size)
+                    # a poll can block for a whole rebalance: a stop request must not wait
+                    poll = asyncio.ensure_future(
+                        consumer.getmany(timeout_ms=timeout_ms, max_records=self.cfg.batch_size)
+                    )
+                    await asyncio.wait((poll, stopped), return_when=asyncio.FIRST_COMPLETED)
+                    if not poll.done():
+                        poll.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                            await poll
+                        break
+                    batch = poll.result()
                     self.kafka_ok = True
                 except KafkaError as exc:
                     self.kafka_ok = False
@@ -123,6 +134,8 @@ class ConsumerRunner:
         except ConsumerStopped:
             pass
         finally:
+            if stopped is not None:
+                stopped.cancel()
             await self._commit(force=True)
             with contextlib.suppress(Exception):
                 await consumer.stop()

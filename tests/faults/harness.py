@@ -1,0 +1,340 @@
+"""The cluster under test and the oracle that judges it.
+
+A :class:`Cluster` owns its own broker and Redis (so a scenario may stop or pause them), a local
+:class:`~tests.faults.target.PipelineTarget`, and several headless kafkaconsole processes in one
+consumer group. Its producer numbers every event and remembers where each landed, including the
+bad events it injects, so :meth:`Cluster.oracle` knows exactly what must have been counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from kafkaconsole.embedded import ManagedProcess, start_broker, start_redis
+from tests.faults.target import PipelineTarget
+
+REPO = Path(__file__).resolve().parents[2]
+CONSUMER = "c1"
+TOPIC = "events"
+PARTITIONS = 3
+
+BAD_VALUES = [
+    b"{not json",  # invalid JSON
+    b"\xff\xfe\xfa",  # invalid UTF-8
+    b"",  # empty
+    b"null",  # JSON null: fails the processor (not an object)
+    b'{"seq": "x", "kind": "wrong-type"}',  # wrong type: the processor rejects it
+]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class Verdict:
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append(Check(name, ok, detail))
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+
+class Cluster:
+    def __init__(self, workdir: Path, *, max_event: int = 500, max_time: float = 3600,
+                 redis_args: list[str] | None = None, extra_consumer: str = "",
+                 retry: str = "{ max_attempts = 3, initial_backoff = 0.05, max_backoff = 0.5 }",
+                 pipeline_extra: str = "",
+                 error_handling: str = '{ on_error = "dlq" }') -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.max_event = max_event
+        self.max_time = max_time
+        self.redis_args = redis_args or []
+        self.extra_consumer = extra_consumer
+        self.retry = retry
+        self.pipeline_extra = pipeline_extra
+        self.error_handling = error_handling
+        self.broker: ManagedProcess | None = None
+        self.redis: ManagedProcess | None = None
+        self.redis_dir = workdir / "redis"
+        self.target = PipelineTarget()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.valid = 0
+        self.bad: list[tuple[int, int]] = []  # (partition, offset) of injected bad events
+        self.last_offsets: dict[int, int] = {}
+        self.seq = 0
+        self.producer: AIOKafkaProducer | None = None
+        self.config_path = workdir / "kafkaconsole.toml"
+        self.prefix = "faults"
+
+    # ---- services --------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        assert self.broker is not None
+        return f"127.0.0.1:{self.broker.port}"
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    async def start(self) -> None:
+        self.broker = await asyncio.to_thread(start_broker, log_dir=self.workdir)
+        self.redis_dir.mkdir(exist_ok=True)
+        self.redis = await asyncio.to_thread(start_redis, extra_args=self.redis_args,
+                                             workdir=self.redis_dir)
+        await self.target.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1),
+                                       NewTopic(f"{TOPIC}.dlq", 1, 1)])
+        finally:
+            await admin.close()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await self.producer.start()
+        self.write_config()
+
+    async def restart_redis(self, down_for: float) -> float:
+        """Stop Redis (SIGTERM: it writes its AOF), wait, start it again on the same port."""
+        assert self.redis is not None
+        port = self.redis.port
+        await asyncio.to_thread(self.redis.stop)
+        await asyncio.sleep(down_for)
+        t0 = time.monotonic()
+        self.redis = await asyncio.to_thread(start_redis, port, extra_args=self.redis_args,
+                                             workdir=self.redis_dir)
+        return time.monotonic() - t0
+
+    def write_config(self) -> None:
+        self.config_path.write_text(f"""
+[kafka]
+bootstrap_servers = "{self.bootstrap}"
+session_timeout_ms = 6000
+heartbeat_interval_ms = 500
+
+[redis]
+url = "{self.redis_url}"
+key_prefix = "{self.prefix}"
+dispatch_lease_ms = 3000
+
+[api]
+enabled = false
+
+[pipelines.target]
+kind = "http"
+url = "{self.target.url}"
+timeout = 5
+retry_policy = {self.retry}
+{self.pipeline_extra}
+
+[[consumers]]
+consumer_id = "{CONSUMER}"
+kafka_topic = "{TOPIC}"
+pipeline_name = "target"
+connection_id = "conn-1"
+max_event = {self.max_event}
+max_time = {self.max_time}
+batch_size = 200
+poll_timeout = 0.2
+processor = "tests.faults.processors:validate"
+error_handling = {self.error_handling}
+{self.extra_consumer}
+""")
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+        self.procs.clear()
+        if self.producer is not None:
+            await self.producer.stop()
+        await self.target.stop()
+        for proc in (self.redis, self.broker):
+            if proc is not None:
+                await asyncio.to_thread(proc.stop)
+
+    # ---- instances -------------------------------------------------------------------------
+    def start_instance(self, name: str, env: dict[str, str] | None = None) -> None:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs[name] = self._popen(name, log, env)
+
+    def _popen(self, name: str, log: Any, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kafkaconsole", "run", "--config", str(self.config_path),
+             "--no-ui", "--instance-id", name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=str(REPO),
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+
+    def stop_instance(self, name: str, timeout: float = 20) -> tuple[int, float]:
+        """SIGTERM and wait: (exit code, seconds taken)."""
+        proc = self.procs.pop(name)
+        t0 = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait(5)
+        return code, time.monotonic() - t0
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    # ---- production ------------------------------------------------------------------------
+    async def produce(self, n: int, *, bad_every: int = 0, rate: float | None = None) -> None:
+        """n valid events (+ one bad event after every ``bad_every`` valid ones)."""
+        assert self.producer is not None
+        futures: list[tuple[bool, Any]] = []
+        t0 = time.monotonic()
+        for i in range(n):
+            value = orjson.dumps({"seq": self.seq, "pad": "x" * 150})
+            self.seq += 1
+            futures.append((False, await self.producer.send(TOPIC, value,
+                                                            partition=self.seq % PARTITIONS)))
+            if bad_every and (i + 1) % bad_every == 0:
+                bad = BAD_VALUES[(i // bad_every) % len(BAD_VALUES)]
+                futures.append((True, await self.producer.send(TOPIC, bad,
+                                                               partition=self.seq % PARTITIONS)))
+            if rate and i % 50 == 0:
+                ahead = i / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await self.producer.flush()
+        for is_bad, fut in futures:
+            md = await fut
+            self.last_offsets[md.partition] = max(self.last_offsets.get(md.partition, -1),
+                                                  md.offset)
+            if is_bad:
+                self.bad.append((md.partition, md.offset))
+            else:
+                self.valid += 1
+
+    # ---- observation -----------------------------------------------------------------------
+    async def redis_client(self) -> aredis.Redis:
+        return aredis.from_url(self.redis_url)
+
+    async def counted(self) -> tuple[int, list[int], list[int]]:
+        r = await self.redis_client()
+        try:
+            entries = await r.xrange(f"{self.prefix}:{CONSUMER}:history")
+            open_count = int(await r.get(f"{self.prefix}:{CONSUMER}:events") or 0)
+        finally:
+            await r.aclose()
+        wids = [int(f[b"window_id"]) for _, f in entries]
+        counts = [int(f[b"count"]) for _, f in entries]
+        return sum(counts) + open_count, wids, counts
+
+    async def wait_counted(self, timeout: float = 120) -> float:
+        """Wait until every valid event is counted; returns the seconds it took."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                if (await self.counted())[0] >= self.valid:
+                    return time.monotonic() - t0
+            except Exception:
+                pass
+            await asyncio.sleep(0.2)
+        return float("inf")
+
+    async def wait_dispatched(self, timeout: float = 60) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            _, wids, _ = await self.counted()
+            want = {f"{CONSUMER}:{w}" for w in wids}
+            if want <= self.target.log.accepted_keys():
+                return time.monotonic() - t0
+            await asyncio.sleep(0.2)
+        return float("inf")
+
+    async def dlq_records(self) -> list[Any]:
+        consumer = AIOKafkaConsumer(f"{TOPIC}.dlq", bootstrap_servers=self.bootstrap,
+                                    group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        out: list[Any] = []
+        try:
+            idle = 0
+            while idle < 3:
+                batch = await consumer.getmany(timeout_ms=300)
+                got = [r for recs in batch.values() for r in recs]
+                out += got
+                idle = 0 if got else idle + 1
+        finally:
+            await consumer.stop()
+        return out
+
+    async def stored_offsets(self) -> dict[int, int]:
+        r = await self.redis_client()
+        try:
+            raw = await r.hgetall(f"{self.prefix}:{CONSUMER}:offsets")
+        finally:
+            await r.aclose()
+        return {int(k.decode().rpartition("|")[2]): int(v) for k, v in raw.items()}
+
+    # ---- the oracle ------------------------------------------------------------------------
+    async def oracle(self, *, count_only: bool = True, healthy: list[str] | None = None
+                     ) -> Verdict:
+        v = Verdict()
+        total, wids, counts = await self.counted()
+        v.add("exact count", total == self.valid, f"counted {total}, produced {self.valid}")
+        v.add("window ids contiguous", wids == list(range(1, len(wids) + 1)), str(wids[:20]))
+        if count_only:
+            expect = self.valid // self.max_event
+            v.add("count windows", len(wids) == expect and all(c == self.max_event
+                                                               for c in counts),
+                  f"{len(wids)} windows, expected {expect}")
+        keys = {f"{CONSUMER}:{w}" for w in wids}
+        missing = keys - self.target.log.accepted_keys()
+        v.add("every window accepted by the target", not missing, f"missing {sorted(missing)[:5]}")
+        dup = self.target.log.duplicates()
+        v.figures["redeliveries absorbed"] = dup
+        dlq = await self.dlq_records()
+        got = sorted((int(dict(r.headers)["__connect.errors.partition"]),
+                      int(dict(r.headers)["__connect.errors.offset"])) for r in dlq)
+        v.add("DLQ holds every bad event", sorted(set(got)) == sorted(self.bad),
+              f"{len(set(got))} distinct in DLQ, {len(self.bad)} injected")
+        v.figures["DLQ duplicates"] = len(got) - len(set(got))
+        headers_ok = all(dict(r.headers).get("__connect.errors.topic") == TOPIC.encode()
+                         and dict(r.headers).get("__connect.errors.exception.message")
+                         for r in dlq)
+        v.add("DLQ headers", headers_ok)
+        stored = await self.stored_offsets()
+        want = {p: o + 1 for p, o in self.last_offsets.items()}
+        v.add("lag 0 at the end", all(stored.get(p) == o for p, o in want.items()),
+              f"stored {stored}, end {want}")
+        if healthy is not None:
+            alive = set(self.alive())
+            v.add("instances healthy", set(healthy) <= alive, f"alive {sorted(alive)}")
+        return v

@@ -1,0 +1,318 @@
+"""The fault scenarios. Each builds a fresh :class:`Cluster`, injects its fault, and returns the
+oracle's verdict with the figures it measured. ``quick`` shrinks volumes and durations."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.faults.harness import CONSUMER, PARTITIONS, REPO, Cluster, Verdict
+
+Scenario = Callable[[Path, bool], Awaitable[Verdict]]
+
+
+async def _owners(cluster: Cluster) -> dict[str, list[int]]:
+    """Which live instance owns which partitions, from the heartbeats in Redis."""
+    import orjson
+
+    r = await cluster.redis_client()
+    try:
+        out: dict[str, list[int]] = {}
+        async for key in r.scan_iter(match=f"{cluster.prefix}:_fleet:instance:*"):
+            raw = await r.get(key)
+            if not raw:
+                continue
+            snap = orjson.loads(raw)
+            for c in snap.get("consumers", []):
+                if c["consumer_id"] == CONSUMER:
+                    out[snap["instance_id"]] = [p["partition"] for p in c["partitions"]]
+        return out
+    finally:
+        await r.aclose()
+
+
+async def _wait_owned_by(cluster: Cluster, names: set[str], timeout: float = 60) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        owners = await _owners(cluster)
+        parts = sorted(p for n, ps in owners.items() if n in names for p in ps)
+        if parts == list(range(PARTITIONS)) and set(owners) <= names:
+            return time.monotonic() - t0
+        await asyncio.sleep(0.2)
+    return float("inf")
+
+
+async def _run(workdir: Path, body: Callable[[Cluster], Awaitable[Verdict]],
+               **cluster_args: object) -> Verdict:
+    cluster = Cluster(workdir, **cluster_args)  # type: ignore[arg-type]
+    await cluster.start()
+    try:
+        return await body(cluster)
+    finally:
+        await cluster.stop()
+
+
+# 1 -------------------------------------------------------------------------------------------
+async def baseline(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        n = 6_000 if quick else 60_000
+        t0 = time.monotonic()
+        await c.produce(n, bad_every=1000)
+        took = await c.wait_counted()
+        elapsed = time.monotonic() - t0
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a", "b"])
+        v.figures["events/s (produce+count)"] = round(n / elapsed)
+        v.figures["count catch-up after produce (s)"] = round(took, 2)
+        return v
+    return await _run(workdir, body)
+
+
+# 2 -------------------------------------------------------------------------------------------
+async def rolling_sigterm(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        n = 3_000 if quick else 20_000
+        worst = 0.0
+        codes = []
+        producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / (8 if quick else 30)))
+        for old, new in (("a", "a2"), ("b", "b2")):
+            await asyncio.sleep(2 if quick else 6)
+            code, took = await asyncio.to_thread(c.stop_instance, old)
+            codes.append(code)
+            worst = max(worst, took)
+            c.start_instance(new)
+        await producing
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a2", "b2"])
+        v.add("clean exits", codes == [0, 0], str(codes))
+        v.add("each shutdown under 10 s", worst < 10, f"worst {worst:.1f}s")
+        v.add("no duplicate application", c.target.log.duplicates() == 0,
+              f"{c.target.log.duplicates()} duplicates")
+        v.figures["worst shutdown (s)"] = round(worst, 2)
+        return v
+    return await _run(workdir, body)
+
+
+# 3 -------------------------------------------------------------------------------------------
+async def kill9(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        n = 4_000 if quick else 30_000
+        producing = asyncio.create_task(c.produce(n, bad_every=900, rate=n / (6 if quick else 20)))
+        await asyncio.sleep(2)
+        c.kill("a")
+        reassign = await _wait_owned_by(c, {"b"})
+        if not quick:
+            await asyncio.sleep(3)
+            c.kill("b")  # then every instance at once
+            c.start_instance("c")
+            c.start_instance("d")
+        await producing
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["b"] if quick else ["c", "d"])
+        bound = 2 * 6 + 5
+        v.add("partitions reassigned within 2 x session timeout + 5 s", reassign <= bound,
+              f"{reassign:.1f}s")
+        v.figures["reassignment (s)"] = round(reassign, 2)
+        return v
+    return await _run(workdir, body)
+
+
+# 4 -------------------------------------------------------------------------------------------
+async def critical_sections(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        n = 3_000 if quick else 15_000
+        await c.produce(n, bad_every=800)
+        c.start_instance("a", env={"KAFKACONSOLE_FAULT": "after_apply:4"})
+        code_a = await asyncio.to_thread(c.procs["a"].wait, 60)
+        c.start_instance("b", env={"KAFKACONSOLE_FAULT": "after_close:1"})
+        code_b = await asyncio.to_thread(c.procs["b"].wait, 60)
+        c.start_instance("c")
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["c"])
+        v.add("fault hooks fired", code_a == 86 and code_b == 86, f"{code_a}, {code_b}")
+        return v
+    return await _run(workdir, body)
+
+
+# 5 -------------------------------------------------------------------------------------------
+async def zombie(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        n = 3_000 if quick else 20_000
+        producing = asyncio.create_task(c.produce(n, bad_every=600, rate=n / (10 if quick else 30)))
+        await asyncio.sleep(1.5)
+        c.kill("a", signal.SIGSTOP)
+        await asyncio.sleep(9)  # past the 6 s session timeout: b takes every partition
+        c.kill("a", signal.SIGCONT)
+        await producing
+        await c.wait_counted()
+        await c.wait_dispatched()
+        return await c.oracle(healthy=["a", "b"])
+    return await _run(workdir, body)
+
+
+# 6 -------------------------------------------------------------------------------------------
+async def rebalance_storm(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("base")
+        await _wait_owned_by(c, {"base"})
+        span = 15 if quick else 60
+        n = 3_000 if quick else 30_000
+        producing = asyncio.create_task(c.produce(n, bad_every=1000, rate=n / span))
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < span:
+            name = f"s{i}"
+            c.start_instance(name)
+            await asyncio.sleep(2.5)
+            await asyncio.to_thread(c.stop_instance, name)
+            i += 1
+        await producing
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["base"])
+        v.figures["instances added and removed"] = i
+        return v
+    return await _run(workdir, body)
+
+
+# 7 -------------------------------------------------------------------------------------------
+async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        await _wait_owned_by(c, {"a"})
+        n = 2_000 if quick else 20_000
+        c.target.mode, c.target.delay = "slow", 3.0
+        await c.produce(n // 4)
+        t_count = await c.wait_counted(30)
+        c.target.mode = "fail"
+        await c.produce(n // 4, bad_every=500)
+        counted_during_outage = await c.wait_counted(30)
+        await asyncio.sleep(3 if quick else 60)
+        c.target.mode = "ok"
+        await c.produce(n // 2)
+        await c.wait_counted()
+        recovery = await c.wait_dispatched(120)
+        v = await c.oracle(healthy=["a"])
+        v.add("consumption never blocks on a slow pipeline", t_count < 10, f"{t_count:.1f}s")
+        v.add("consumption continues during an outage", counted_during_outage < 10,
+              f"{counted_during_outage:.1f}s")
+        v.add("every window runs after recovery", recovery < 120, f"{recovery:.1f}s")
+        v.figures["dispatch recovery (s)"] = round(recovery, 2)
+        return v
+    return await _run(workdir, body, max_event=100,
+                      retry="{ max_attempts = 100, initial_backoff = 0.1, max_backoff = 1.0 }")
+
+
+# 8 -------------------------------------------------------------------------------------------
+async def redis_outage(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        await _wait_owned_by(c, {"a"})
+        n = 3_000 if quick else 20_000
+        await c.produce(n // 2, bad_every=700)
+        await c.wait_counted()
+        producing = asyncio.create_task(c.produce(n // 2, rate=n / (8 if quick else 30)))
+        await c.restart_redis(5 if quick else 30)
+        await producing
+        recovered = await c.wait_counted(120)
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a"])
+        v.add("resumes by itself", recovered < 120, f"{recovered:.1f}s")
+        v.figures["catch-up after Redis returned (s)"] = round(recovered, 2)
+        return v
+    return await _run(workdir, body, redis_args=["--appendonly", "yes",
+                                                 "--appendfsync", "everysec"])
+
+
+# 10 ------------------------------------------------------------------------------------------
+async def poison(workdir: Path, quick: bool) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        await _wait_owned_by(c, {"a"})
+        n = 2_000 if quick else 10_000
+        await c.produce(n, bad_every=25)
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a"])
+        v.figures["bad events"] = len(c.bad)
+        return v
+    return await _run(workdir, body, max_event=100)
+
+
+async def dlq_unavailable(workdir: Path, quick: bool) -> Verdict:
+    """The DLQ refuses writes (its broker frozen with SIGSTOP): see tests/test_dlq_unavailable.py,
+    which needs an in-process consumer whose DLQ producer talks to a second broker."""
+    res = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                         "tests/test_dlq_unavailable.py"],
+        capture_output=True, text=True, cwd=str(REPO))
+    v = Verdict()
+    v.add("stops at the bad record, alerts, never counts past it, resumes after",
+          res.returncode == 0, res.stdout[-300:])
+    return v
+
+
+# 11 ------------------------------------------------------------------------------------------
+async def bad_configs(workdir: Path, quick: bool) -> Verdict:
+    corpus = sorted((REPO / "tests" / "data" / "bad_configs").glob("*.toml"))
+    v = Verdict()
+    leaks = 0
+    wrong = 0
+    for path in corpus:
+        env = {"PATH": "/usr/bin:/bin", "KC_SECRET": "S3CRET-SENTINEL-xyz",
+               "PYTHONPATH": str(REPO)}
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("# env:"):
+                key, _, value = line[len("# env:"):].strip().partition("=")
+                env[key] = value
+        res = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "kafkaconsole", "config", "validate", str(path)],
+            capture_output=True, text=True, cwd=str(REPO), env=env,
+        )
+        out = res.stdout + res.stderr
+        if res.returncode != 2 or "Traceback" in out:
+            wrong += 1
+        if "S3CRET-SENTINEL" in out:
+            leaks += 1
+    v.add("every bad config rejected with exit 2", wrong == 0, f"{wrong} of {len(corpus)}")
+    v.add("no secret printed", leaks == 0, f"{leaks} leaks")
+    v.figures["configs"] = len(corpus)
+    return v
+
+
+SCENARIOS: dict[str, tuple[str, Scenario]] = {
+    "baseline": ("none (2 instances, full speed)", baseline),
+    "rolling-sigterm": ("SIGTERM each instance in turn while producing", rolling_sigterm),
+    "kill-9": ("SIGKILL one instance, then all, while producing", kill9),
+    "critical-sections": ("crash after Redis apply / after window close", critical_sections),
+    "zombie": ("SIGSTOP past the session timeout, then SIGCONT", zombie),
+    "rebalance-storm": ("add and remove an instance every 2.5 s", rebalance_storm),
+    "failing-pipeline": ("slow pipeline, 5xx outage, recovery", failing_pipeline),
+    "redis-outage": ("Redis stopped and restarted (AOF everysec)", redis_outage),
+    "poison": ("invalid JSON, invalid UTF-8, empty, null, wrong types", poison),
+    "dlq-unavailable": ("DLQ topic refuses writes", dlq_unavailable),
+    "bad-configs": ("the bad config corpus", bad_configs),
+}
+
+# The bad config corpus is also checked file by file in tests/test_config.py.
+FAST = ["baseline", "kill-9", "poison"]
