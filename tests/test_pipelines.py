@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -173,24 +174,41 @@ def test_build_pipeline_by_kind(tmp_path: Path) -> None:
     assert {"command", "python", "http"} <= set(PIPELINE_KINDS)
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        AirbyteConfig(kind="airbyte", url="http://127.0.0.1:1/api/public"),
-        AirflowConfig(kind="airflow", url="http://127.0.0.1:1", dag_id="d"),
-        KafkaConfig(kind="kafka", topic="t"),
-    ],
-    ids=lambda cfg: cfg.kind,
-)
-def test_build_pipeline_unsupported_kind_is_a_clear_error(cfg: Any) -> None:
-    if cfg.kind in PIPELINE_KINDS:
-        pytest.skip(f"{cfg.kind} is implemented now")
+def test_build_pipeline_remote_and_kafka_kinds() -> None:
+    airbyte = build_pipeline(
+        "ab", AirbyteConfig(kind="airbyte", url="http://127.0.0.1:1/api/public")
+    )
+    airflow = build_pipeline(
+        "af", AirflowConfig(kind="airflow", url="http://127.0.0.1:1", dag_id="d")
+    )
+    kafka = build_pipeline("k", KafkaConfig(kind="kafka", topic="t"))
+    assert [p.kind for p in (airbyte, airflow, kafka)] == ["airbyte", "airflow", "kafka"]
+    assert [p.remote_runs for p in (airbyte, airflow, kafka)] == [True, True, False]
+    assert set(PIPELINE_KINDS) == {"command", "python", "http", "airbyte", "airflow", "kafka"}
+
+
+def test_build_pipeline_unsupported_kind_is_a_clear_error() -> None:
+    cfg = SimpleNamespace(kind="ftp")
     with pytest.raises(PipelineConfigError) as caught:
         build_pipeline("later", cfg)
     message = str(caught.value)
     assert "\n" not in message
-    assert "'later'" in message and repr(cfg.kind) in message and "supported" in message
+    assert "'later'" in message and "'ftp'" in message and "supported" in message
     assert caught.value.retryable is False
+
+
+async def test_wait_is_only_for_kinds_with_remote_runs() -> None:
+    pipeline = build_pipeline("py", PythonConfig(kind="python", target="json:dumps"))
+    assert pipeline.remote_runs is False
+    with pytest.raises(NotImplementedError):
+        await pipeline.wait("run-1", RECORD)
+
+
+def test_new_pipeline_keys_have_safe_defaults() -> None:
+    cfg = PythonConfig(kind="python", target="json:dumps")
+    assert (cfg.max_concurrent_runs, cfg.breaker_threshold, cfg.breaker_cooldown) == (1, 5, 60.0)
+    pipeline = build_pipeline("py", cfg)
+    assert pipeline.run_slots is pipeline.run_slots  # one semaphore per pipeline
 
 
 # --------------------------------------------------------------------------------------------

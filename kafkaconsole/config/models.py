@@ -121,7 +121,7 @@ class RetryPolicy(Section):
 class ErrorHandling(Section):
     on_error: Literal["dlq", "skip", "stop"] = "dlq"
     """Bad events: send to the DLQ topic, skip them (counted as errors), or stop the consumer."""
-    dlq_topic: str | None = None
+    dlq_topic: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     """Dead-letter topic (default: <kafka_topic>.dlq)."""
 
 
@@ -130,6 +130,12 @@ class PipelineBase(Section):
     """Retries of a failed call (capped exponential backoff with jitter)."""
     timeout: float = Field(30.0, gt=0)
     """Seconds one call may take."""
+    max_concurrent_runs: int = Field(1, ge=1, le=1000)
+    """Runs of this pipeline in flight at once for job_type = "async" consumers."""
+    breaker_threshold: int = Field(5, ge=0)
+    """Consecutive failed runs that open the circuit (0 = never open it)."""
+    breaker_cooldown: float = Field(60.0, gt=0)
+    """Seconds an open circuit holds triggers back before one probe run is let through."""
 
 
 class CommandPipeline(PipelineBase):
@@ -175,6 +181,14 @@ class AirbytePipeline(PipelineBase):
     run_timeout: float = Field(3600.0, gt=0)
     """Seconds a job may run before it is marked failed."""
 
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> AirbytePipeline:
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ValueError("client_id and client_secret must be given together")
+        if self.token is not None and self.client_id is not None:
+            raise ValueError("token cannot be combined with client_id/client_secret; use one")
+        return self
+
 
 class AirflowPipeline(PipelineBase):
     kind: Literal["airflow"]
@@ -195,10 +209,18 @@ class AirflowPipeline(PipelineBase):
     run_timeout: float = Field(3600.0, gt=0)
     """Seconds a DAG run may take before it is marked failed."""
 
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> AirflowPipeline:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        if self.token is not None and self.username is not None:
+            raise ValueError("token cannot be combined with username/password; use one")
+        return self
+
 
 class KafkaPipeline(PipelineBase):
     kind: Literal["kafka"]
-    topic: str
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     """Topic the trigger record is produced to (key = consumer_id)."""
 
 

@@ -6,6 +6,22 @@ group (XREADGROUP), claims the entries a dead instance left pending (XAUTOCLAIM)
 pipeline with retries, records the run status in the ``runs`` hash, then XACKs and deletes the
 entry. Each call carries the idempotency key ``<consumer_id>:<window_id>``, so the rare
 re-delivery after a crash mid-call is recognisable downstream.
+
+Runs that happen elsewhere (Airbyte jobs, Airflow DAG runs) are started, recorded as RUNNING
+with their run id, and followed to their final status. ``job_type = "sync"`` / ``"batch"``
+finish one window's run before the next window is dispatched (later windows wait, in order, in
+the stream); ``"async"`` runs in the background, at most ``max_concurrent_runs`` per pipeline.
+An entry stays pending until its final status is recorded, so a new lease holder finds it
+again: a run whose id was recorded is followed (not started twice), one whose final status was
+recorded is only acknowledged.
+
+A :class:`~kafkaconsole.engine.breaker.CircuitBreaker` per consumer holds triggers back (in the
+stream, marked QUEUED) after ``breaker_threshold`` consecutive failed runs, until a probe run
+succeeds after ``breaker_cooldown``. Its state is in :attr:`TriggerDispatcher.breaker` and in
+the Redis hash ``<prefix>:<consumer_id>:breaker`` (:func:`read_breaker`).
+
+:func:`redispatch` puts a past window back on the dispatch stream (same window id, same
+idempotency key).
 """
 
 from __future__ import annotations
@@ -14,14 +30,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
-from kafkaconsole.config.models import ConsumerConfig, RetryPolicy
+from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
+from kafkaconsole.engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import (
@@ -31,9 +48,11 @@ from kafkaconsole.engine.records import (
     TriggerReason,
     TriggerRecord,
 )
-from kafkaconsole.engine.retry import call_with_retry
+from kafkaconsole.engine.retry import call_with_retry, follow_run
 
 log = logging.getLogger("kafkaconsole.dispatch")
+
+T = TypeVar("T")
 
 _LEASE = """
 local cur = redis.call('GET', KEYS[1])
@@ -53,11 +72,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+READ_COUNT = 50
+"""Stream entries read per XREADGROUP / XAUTOCLAIM."""
+
 EventsLoader = Callable[[TriggerRecord], Awaitable[list[Any]]]
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def breaker_key(keys: ConsumerKeys) -> str:
+    """``<prefix>:<consumer_id>:breaker``: the hash holding the consumer's circuit breaker."""
+    return f"{keys.prefix}:{keys.consumer_id}:breaker"
+
+
+async def read_breaker(redis: Redis, keys: ConsumerKeys) -> BreakerSnapshot | None:
+    """The breaker state the dispatching instance last wrote (None: never written, i.e.
+    closed). ``probe_at`` says when an open circuit lets its next probe run through."""
+    return BreakerSnapshot.from_redis_hash(await redis.hgetall(breaker_key(keys)))
 
 
 def record_from_fields(fields: dict[Any, Any], cfg: ConsumerConfig) -> TriggerRecord:
@@ -69,23 +106,65 @@ def record_from_fields(fields: dict[Any, Any], cfg: ConsumerConfig) -> TriggerRe
     )
     opened = f.get("opened_at") or ""
     return TriggerRecord(
-        consumer_id=cfg.consumer_id, pipeline_name=cfg.pipeline_name,
-        connection_id=cfg.connection_id, job_type=cfg.job_type,
-        window_id=int(f["window_id"]), reason=TriggerReason(f["reason"]), count=int(f["count"]),
-        opened_at_ms=int(opened) if opened else None, closed_at_ms=int(f["closed_at"]),
+        consumer_id=cfg.consumer_id,
+        pipeline_name=cfg.pipeline_name,
+        connection_id=cfg.connection_id,
+        job_type=cfg.job_type,
+        window_id=int(f["window_id"]),
+        reason=TriggerReason(f["reason"]),
+        count=int(f["count"]),
+        opened_at_ms=int(opened) if opened else None,
+        closed_at_ms=int(f["closed_at"]),
         offsets=offsets,
     )
+
+
+def _result_from_json(raw: bytes | str | None) -> RunResult | None:
+    """The RunResult a ``runs`` hash value holds (enough of it to resume or skip)."""
+    if not raw:
+        return None
+    try:
+        body = orjson.loads(raw)
+        status = RunStatus(body["status"])
+    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+        return None
+    started = body.get("started_at_ms")
+    return RunResult(
+        status=status,
+        run_id=body.get("run_id"),
+        attempts=int(body.get("attempts") or 1),
+        error=body.get("error"),
+        started_at_ms=int(started) if isinstance(started, int) else None,
+        detail=body.get("detail") or {},
+    )
+
+
+def _status_json(result: RunResult, instance_id: str) -> bytes:
+    body = {**result.to_json_dict(), "instance": instance_id}
+    if result.started_at_ms is not None:
+        body["started_at_ms"] = result.started_at_ms
+    return orjson.dumps(body)
 
 
 class TriggerDispatcher:
     """Delivers one consumer's closed windows to its pipeline."""
 
-    def __init__(self, redis: Redis, keys: ConsumerKeys, cfg: ConsumerConfig,
-                 pipeline: Pipeline, policy: RetryPolicy, instance_id: str, *,
-                 lease_ms: int = 10_000, history_limit: int = 1000,
-                 events_loader: EventsLoader | None = None,
-                 on_result: Callable[[TriggerRecord, RunResult], None] | None = None,
-                 max_concurrent: int = 4) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: ConsumerKeys,
+        cfg: ConsumerConfig,
+        pipeline: Pipeline,
+        policy: RetryPolicy,
+        instance_id: str,
+        *,
+        lease_ms: int = 10_000,
+        history_limit: int = 1000,
+        events_loader: EventsLoader | None = None,
+        on_result: Callable[[TriggerRecord, RunResult], None] | None = None,
+        max_concurrent: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.cfg = cfg
@@ -98,25 +177,43 @@ class TriggerDispatcher:
         self.on_result = on_result or (lambda record, result: None)
         self.leader = False
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self._running: set[asyncio.Task[None]] = set()
+        # async runs in flight: per pipeline (shared with other consumers) unless overridden
+        self._slots = (
+            pipeline.run_slots if max_concurrent is None else asyncio.Semaphore(max_concurrent)
+        )
+        self._running: set[asyncio.Task[bool]] = set()
+        self._inflight: set[bytes] = set()  # entry ids being run (never read them twice)
+        self._held: set[int] = set()  # windows marked QUEUED while the circuit is open
         self._own_pending_checked = False
+        pcfg = pipeline.cfg
+        self._breaker = CircuitBreaker(pcfg.breaker_threshold, pcfg.breaker_cooldown, clock)
+        self._breaker_written: BreakerSnapshot | None = None
+        self._breaker_restore = True
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def breaker(self) -> BreakerSnapshot:
+        """The circuit breaker now: state (closed / open / half-open), consecutive failures,
+        opened_at (epoch s) and probe_at."""
+        return self._breaker.snapshot()
+
+    @property
+    def breaker_key(self) -> str:
+        return breaker_key(self.keys)
 
     def wake(self) -> None:
         """A window was closed locally: look at the stream now."""
         self._wake.set()
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.keys.dispatch, DISPATCH_GROUP, id="0",
-                                           mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await _ensure_group(self.redis, self.keys)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         keeper = asyncio.create_task(self._keep_lease(stop), name=f"lease:{self.cfg.consumer_id}")
         try:
             while not stop.is_set():
@@ -130,6 +227,8 @@ class TriggerDispatcher:
                     await self._sleep(0.5)
                     continue
                 try:
+                    if self._breaker_restore:
+                        await self._restore_breaker()
                     entries = await self._next_entries()
                 except (RedisError, OSError) as exc:
                     log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
@@ -138,10 +237,12 @@ class TriggerDispatcher:
                 if not entries:
                     await self._sleep(0.5)
                     continue
-                for entry_id, fields in entries:
-                    if stop.is_set() or not self.leader:
-                        break
-                    await self._dispatch(entry_id, fields)
+                pause = await self._dispatch_batch(entries, stop)
+                if pause is not None:
+                    # stopped part-way: the rest stay pending; read them again, in order
+                    self._own_pending_checked = False
+                    if pause > 0:
+                        await self._sleep(pause)
         finally:
             await self._drain()
             keeper.cancel()
@@ -151,94 +252,372 @@ class TriggerDispatcher:
                 await self._release(keys=[self.keys.dispatch_lease], args=[self.instance_id])
             self.leader = False
 
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _dispatch_batch(
+        self, entries: list[tuple[bytes, dict[Any, Any]]], stop: asyncio.Event
+    ) -> float | None:
+        """Dispatch ``entries`` in order. None when all went; else the seconds to wait before
+        reading the rest again (breaker open, slot wait interrupted, a failed recording)."""
+        for entry_id, fields in entries:
+            if stop.is_set() or not self.leader:
+                return 0.0
+            try:
+                record = record_from_fields(fields, self.cfg)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error(
+                    "%s: dropping malformed dispatch entry %s: %s",
+                    self.cfg.consumer_id,
+                    _s(entry_id),
+                    exc,
+                )
+                await self._ack(entry_id)
+                continue
+            try:
+                prior = _result_from_json(
+                    await self.redis.hget(self.keys.runs, str(record.window_id))
+                )
+                if prior is not None and prior.status.final:
+                    # recorded, then the instance died before XACK: nothing left to do
+                    await self._ack(entry_id)
+                    continue
+                resume = (
+                    prior is not None
+                    and self.pipeline.remote_runs
+                    and prior.run_id is not None
+                    and prior.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+                )
+                if not resume and not self._breaker.allow():
+                    await self._hold(record)
+                    return max(min(self._breaker.seconds_until_allowed(), 1.0), 0.05)
+            except (RedisError, OSError) as exc:
+                log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
+                return 0.5
+            self._held.discard(record.window_id)
+            if not await self._dispatch(entry_id, record, prior if resume else None):
+                self._breaker.record_neutral()  # a probe that never ran may go again
+                return 0.5
+        return None
+
+    async def _dispatch(
+        self, entry_id: bytes, record: TriggerRecord, resume: RunResult | None
+    ) -> bool:
+        """Run (or resume) one entry. False if it is still pending and should be read again."""
+        if self.cfg.job_type != "async":
+            return await self._run_one(entry_id, record, resume)
+        if not await self._until_stopped(self._slots.acquire(), release_slot=True):
+            return False
+        self._inflight.add(entry_id)
+
+        async def run_and_release() -> bool:
+            try:
+                done = await self._run_one(entry_id, record, resume)
+                if not done:
+                    self._breaker.record_neutral()
+                return done
+            finally:
+                self._slots.release()
+
+        task = asyncio.create_task(run_and_release(), name=f"run:{record.idempotency_key}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return True
+
+    async def _run_one(
+        self, entry_id: bytes, record: TriggerRecord, resume: RunResult | None
+    ) -> bool:
+        """Start (or resume following) one run and record its final status. Returns False if
+        the entry stays pending (stopped while waiting, Redis failed while recording)."""
+        self._inflight.add(entry_id)
+        try:
+            if resume is not None:
+                log.info(
+                    "%s: following run %s of window %d again",
+                    record.consumer_id,
+                    resume.run_id,
+                    record.window_id,
+                )
+                started = resume
+            else:
+                events = None
+                if self.cfg.job_type == "batch" and self.events_loader is not None:
+                    events = await self.events_loader(record)
+                payload = record.to_json_dict(events)
+                await self._write_status(
+                    record.window_id, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
+                )
+
+                def on_attempt(attempt: int, error: str | None) -> None:
+                    if error:
+                        log.warning(
+                            "%s: pipeline %s attempt %d for window %d failed: %s",
+                            record.consumer_id,
+                            record.pipeline_name,
+                            attempt,
+                            record.window_id,
+                            error,
+                        )
+
+                started = await call_with_retry(
+                    self.pipeline, record, payload, self.policy, on_attempt=on_attempt
+                )
+            result = started
+            if not started.status.final:
+                if not self.pipeline.remote_runs:
+                    result = RunResult(
+                        RunStatus.SUCCEEDED,
+                        run_id=started.run_id,
+                        attempts=started.attempts,
+                        started_at_ms=started.started_at_ms,
+                        finished_at_ms=_now_ms(),
+                        detail={**started.detail, "reported_status": str(started.status)},
+                    )
+                else:
+                    if started.run_id is not None:
+                        await self._write_status(record.window_id, started)
+
+                    async def on_progress(progress: RunResult) -> None:
+                        await self._write_status(record.window_id, progress)
+
+                    followed = await self._until_stopped(
+                        follow_run(
+                            self.pipeline, record, started, self.policy, on_progress=on_progress
+                        )
+                    )
+                    if followed is None:
+                        log.info(
+                            "%s: stopped following run %s of window %d; it stays pending",
+                            record.consumer_id,
+                            started.run_id,
+                            record.window_id,
+                        )
+                        return False
+                    result = followed
+            await self._write_status(record.window_id, result)
+            await self._ack(entry_id)
+            self._record_outcome(result)
+            with contextlib.suppress(RedisError, OSError):
+                await self._persist_breaker()
+            try:
+                self.on_result(record, result)
+            except Exception:
+                log.exception("%s: on_result callback failed", record.consumer_id)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis down while recording: the entry stays pending
+            log.error(
+                "%s: dispatch of window %d interrupted: %s: %s",
+                record.consumer_id,
+                record.window_id,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        finally:
+            self._inflight.discard(entry_id)
+
+    async def _until_stopped(
+        self, aw: Coroutine[Any, Any, T], *, release_slot: bool = False
+    ) -> T | None:
+        """Await ``aw`` unless the dispatcher is told to stop first (then None)."""
+        task: asyncio.Task[T] = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            return None
+        if release_slot and self._stop.is_set():
+            # acquired just as we stopped: hand the slot back
+            if task.exception() is None:
+                self._slots.release()
+            return None
+        return task.result()
+
+    # -- breaker ------------------------------------------------------------------------------
+
+    def _record_outcome(self, result: RunResult) -> None:
+        before = self._breaker.state
+        if result.status in (RunStatus.SUCCEEDED, RunStatus.COALESCED):
+            self._breaker.record_success()
+        elif result.status == RunStatus.FAILED:
+            self._breaker.record_failure()
+        else:
+            self._breaker.record_neutral()
+        after = self._breaker.state
+        if after == before:
+            return
+        snap = self._breaker.snapshot()
+        if after == BreakerState.OPEN:
+            log.error(
+                "%s: circuit OPEN after %d consecutive failed runs of pipeline %s; "
+                "triggers wait in the stream, next probe in %gs",
+                self.cfg.consumer_id,
+                snap.consecutive_failures,
+                self.pipeline.name,
+                snap.cooldown,
+            )
+        elif after == BreakerState.CLOSED:
+            log.warning(
+                "%s: circuit closed: pipeline %s ran successfully",
+                self.cfg.consumer_id,
+                self.pipeline.name,
+            )
+
+    async def _hold(self, record: TriggerRecord) -> None:
+        """The circuit is open: the window waits in the stream; history shows it queued."""
+        await self._persist_breaker()
+        if record.window_id in self._held:
+            return
+        self._held.add(record.window_id)
+        snap = self._breaker.snapshot()
+        log.info(
+            "%s: window %d held back: circuit %s", record.consumer_id, record.window_id, snap.state
+        )
+        await self._write_status(
+            record.window_id,
+            RunResult(
+                RunStatus.QUEUED,
+                attempts=0,
+                detail={"held": "circuit open", "probe_at": snap.probe_at},
+            ),
+        )
+
+    async def _persist_breaker(self) -> None:
+        snap = self._breaker.snapshot()
+        if snap == self._breaker_written:
+            return
+        fields: dict[Any, Any] = {
+            **snap.to_redis_hash(),
+            "instance": self.instance_id,
+            "pipeline": self.pipeline.name,
+            "updated_at": str(time.time()),
+        }
+        await self.redis.hset(self.breaker_key, mapping=fields)
+        self._breaker_written = snap
+
+    async def _restore_breaker(self) -> None:
+        """Newly the dispatcher: take over the breaker the previous holder persisted."""
+        snap = await read_breaker(self.redis, self.keys)
+        self._breaker_restore = False
+        if snap is not None and snap != self._breaker.snapshot():
+            self._breaker.restore(snap)
+            self._breaker_written = None
+            if snap.state != BreakerState.CLOSED:
+                log.warning(
+                    "%s: circuit is %s (taken over from the previous dispatcher)",
+                    self.cfg.consumer_id,
+                    snap.state,
+                )
+
+    # -- Redis --------------------------------------------------------------------------------
+
     async def _sleep(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds, or less if woken (a window closed) or told to stop."""
+        if self._stop.is_set():
+            return
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        waiters = {
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._stop.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _keep_lease(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                held = bool(await self._lease(keys=[self.keys.dispatch_lease],
-                                              args=[self.instance_id, self.lease_ms]))
+                held = bool(
+                    await self._lease(
+                        keys=[self.keys.dispatch_lease], args=[self.instance_id, self.lease_ms]
+                    )
+                )
             except (RedisError, OSError):
                 held = False
             if held and not self.leader:
                 log.debug("%s: this instance dispatches its triggers", self.cfg.consumer_id)
                 self._own_pending_checked = False
+                self._breaker_restore = True
                 self._wake.set()
             self.leader = held
+            if held and self._inflight:
+                # keep our running entries fresh so no other instance claims them as dead
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.xclaim(
+                        self.keys.dispatch,
+                        DISPATCH_GROUP,
+                        self.instance_id,
+                        min_idle_time=0,
+                        message_ids=list(self._inflight),
+                        justid=True,
+                    )
             await asyncio.sleep(self.lease_ms / 3000)
 
     async def _next_entries(self) -> list[tuple[bytes, dict[Any, Any]]]:
         stream = self.keys.dispatch
         if not self._own_pending_checked:
-            # entries this instance id read before and never acknowledged
-            res = await self.redis.xreadgroup(DISPATCH_GROUP, self.instance_id, {stream: "0"},
-                                              count=50)
-            entries = [(i, f) for i, f in (res[0][1] if res else []) if f]
+            # entries this instance id read before and never acknowledged, oldest first
+            entries = await self._own_pending()
             if entries:
                 return entries
             self._own_pending_checked = True
         # entries left pending by an instance that stopped holding the lease
-        claimed = await self.redis.xautoclaim(stream, DISPATCH_GROUP, self.instance_id,
-                                              min_idle_time=self.lease_ms, start_id="0-0",
-                                              count=50)
-        entries = [(i, f) for i, f in claimed[1] if f]
+        claimed: Any = await self.redis.xautoclaim(
+            stream,
+            DISPATCH_GROUP,
+            self.instance_id,
+            min_idle_time=self.lease_ms,
+            start_id="0-0",
+            count=READ_COUNT,
+        )
+        entries = [(i, f) for i, f in claimed[1] if f and i not in self._inflight]
         for deleted in claimed[2] if len(claimed) > 2 else []:
             await self.redis.xack(stream, DISPATCH_GROUP, deleted)
         if entries:
             return entries
-        res = await self.redis.xreadgroup(DISPATCH_GROUP, self.instance_id, {stream: ">"},
-                                          count=50)
+        res: Any = await self.redis.xreadgroup(
+            DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=READ_COUNT
+        )
         return [(i, f) for i, f in (res[0][1] if res else []) if f]
 
-    async def _dispatch(self, entry_id: bytes, fields: dict[Any, Any]) -> None:
-        record = record_from_fields(fields, self.cfg)
-        if self.cfg.job_type == "async":
-            await self._slots.acquire()
-            task = asyncio.create_task(self._run_one(entry_id, record, release=True),
-                                       name=f"run:{record.idempotency_key}")
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        else:
-            await self._run_one(entry_id, record, release=False)
+    async def _own_pending(self) -> list[tuple[bytes, dict[Any, Any]]]:
+        stream = self.keys.dispatch
+        start: bytes | str = "0"
+        while True:
+            res: Any = await self.redis.xreadgroup(
+                DISPATCH_GROUP, self.instance_id, {stream: start}, count=READ_COUNT
+            )
+            batch: list[Any] = res[0][1] if res else []
+            if not batch:
+                return []
+            entries = []
+            for entry_id, fields in batch:
+                if not fields:  # deleted while pending
+                    await self.redis.xack(stream, DISPATCH_GROUP, entry_id)
+                elif entry_id not in self._inflight:
+                    entries.append((entry_id, fields))
+            if entries or len(batch) < READ_COUNT:
+                return entries
+            start = batch[-1][0]
 
-    async def _run_one(self, entry_id: bytes, record: TriggerRecord, *, release: bool) -> None:
-        try:
-            events = None
-            if self.cfg.job_type == "batch" and self.events_loader is not None:
-                events = await self.events_loader(record)
-            payload = record.to_json_dict(events)
-            started = int(time.time() * 1000)
-            await self._write_status(record.window_id, RunResult(RunStatus.RUNNING,
-                                                                 started_at_ms=started))
-
-            def on_attempt(attempt: int, error: str | None) -> None:
-                if error:
-                    log.warning("%s: pipeline %s attempt %d for window %d failed: %s",
-                                record.consumer_id, record.pipeline_name, attempt,
-                                record.window_id, error)
-
-            result = await call_with_retry(self.pipeline, record, payload, self.policy,
-                                           on_attempt=on_attempt)
-            await self._write_status(record.window_id, result)
-            await self.redis.xack(self.keys.dispatch, DISPATCH_GROUP, entry_id)
-            await self.redis.xdel(self.keys.dispatch, entry_id)
-            self.on_result(record, result)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # Redis down while recording: the entry stays pending
-            log.error("%s: dispatch of window %d interrupted: %s: %s", record.consumer_id,
-                      record.window_id, type(exc).__name__, exc)
-        finally:
-            if release:
-                self._slots.release()
+    async def _ack(self, entry_id: bytes) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(self.keys.dispatch, DISPATCH_GROUP, entry_id)
+        pipe.xdel(self.keys.dispatch, entry_id)
+        await pipe.execute()
 
     async def _write_status(self, window_id: int, result: RunResult) -> None:
-        body = {**result.to_json_dict(), "instance": self.instance_id}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.runs, str(window_id), orjson.dumps(body))
+        pipe.hset(self.keys.runs, str(window_id), _status_json(result, self.instance_id))
         if window_id > self.history_limit:
             pipe.hdel(self.keys.runs, str(window_id - self.history_limit))
         await pipe.execute()
@@ -246,9 +625,104 @@ class TriggerDispatcher:
     async def _drain(self, grace: float = 5.0) -> None:
         if not self._running:
             return
-        done, pending = await asyncio.wait(set(self._running), timeout=grace)
+        _done, pending = await asyncio.wait(set(self._running), timeout=grace)
         for task in pending:
             task.cancel()
         for task in pending:
             with contextlib.suppress(BaseException):
                 await task
+
+
+# -- re-dispatch --------------------------------------------------------------------------------
+
+
+class RedispatchError(LookupError):
+    """A window cannot be re-dispatched (unknown consumer or window, or already queued)."""
+
+
+async def _ensure_group(redis: Redis, keys: ConsumerKeys) -> None:
+    try:
+        await redis.xgroup_create(keys.dispatch, DISPATCH_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _find_window(
+    redis: Redis, stream: str, window_id: int, *, newest_first: bool
+) -> dict[Any, Any] | None:
+    """The fields of the entry of ``stream`` whose window_id is ``window_id``, or None."""
+    wanted = str(window_id).encode()
+    bound: bytes | str = "+" if newest_first else "-"
+    page = 500
+    while True:
+        batch: Any
+        if newest_first:
+            batch = await redis.xrevrange(stream, max=bound, min="-", count=page)
+        else:
+            batch = await redis.xrange(stream, min=bound, max="+", count=page)
+        for _entry_id, fields in batch:
+            value = fields.get(b"window_id", fields.get("window_id"))
+            if (
+                value is not None
+                and (value if isinstance(value, bytes) else str(value).encode()) == wanted
+            ):
+                return dict(fields)
+        if len(batch) < page:
+            return None
+        bound = b"(" + batch[-1][0]
+
+
+async def redispatch(redis: Redis, config: AppConfig, consumer_id: str, window_id: int) -> None:
+    """Put a past window back on the consumer's dispatch stream with the same window id (so
+    the same idempotency key). Its run status becomes QUEUED (``detail.redispatched``, with the
+    previous status and run id); the dispatching instance picks it up within a second.
+
+    Raises :class:`RedispatchError` if the consumer is unknown, the window is not in the
+    trigger history (never closed, or trimmed past ``history_limit``), or it is still waiting
+    for (or in) its run.
+    """
+    try:
+        config.consumer(consumer_id)
+    except KeyError:
+        raise RedispatchError(f"no consumer {consumer_id!r} in the config") from None
+    keys = ConsumerKeys(config.redis.key_prefix, consumer_id)
+    fields = await _find_window(redis, keys.history, window_id, newest_first=True)
+    if fields is None:
+        raise RedispatchError(f"window {window_id} of {consumer_id} is not in the trigger history")
+    await _ensure_group(redis, keys)
+    for _ in range(20):
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(keys.dispatch)
+                queued = await _find_window(pipe, keys.dispatch, window_id, newest_first=False)
+                if queued is not None:
+                    raise RedispatchError(
+                        f"window {window_id} of {consumer_id} is already waiting for its "
+                        "pipeline (or running)"
+                    )
+                previous = _result_from_json(await pipe.hget(keys.runs, str(window_id)))
+                detail: dict[str, Any] = {"redispatched": True}
+                if previous is not None:
+                    detail["previous_status"] = str(previous.status)
+                    detail["previous_run_id"] = previous.run_id
+                pipe.multi()
+                pipe.hset(
+                    keys.runs,
+                    str(window_id),
+                    orjson.dumps(
+                        {
+                            **RunResult(RunStatus.QUEUED, attempts=0, detail=detail).to_json_dict(),
+                            "instance": None,
+                        }
+                    ),
+                )
+                pipe.xadd(keys.dispatch, fields)
+                await pipe.execute()
+            except WatchError:
+                continue  # a window closed meanwhile: look again
+            log.info("%s: window %d re-queued for dispatch", consumer_id, window_id)
+            return
+    raise RedispatchError(
+        f"window {window_id} of {consumer_id}: the dispatch stream keeps changing; try again"
+    )

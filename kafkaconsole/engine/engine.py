@@ -110,6 +110,7 @@ class Engine:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._listeners: list[Callable[[InstanceSnapshot], None]] = []
+        self._run_listeners: list[Callable[[TriggerRecord, RunResult], None]] = []
         self._snapshot: InstanceSnapshot | None = None
         self._redis_ok = False
         self._last_heartbeat = 0.0
@@ -126,7 +127,7 @@ class Engine:
         await self._ensure_dlq_topics()
         for name, pcfg in self.config.pipelines.items():
             if any(c.pipeline_name == name for c in self.config.consumers):
-                pipeline = build_pipeline(name, pcfg)
+                pipeline = build_pipeline(name, pcfg, kafka=self.config.kafka)
                 await pipeline.start()
                 self._pipelines[name] = pipeline
         dlq = DeadLetterSink(self._producer)
@@ -190,6 +191,11 @@ class Engine:
                                  record.consumer_id, record.pipeline_name, result.status,
                                  record.window_id, record.reason, record.count,
                                  result.duration_ms)
+            for listener in list(self._run_listeners):
+                try:
+                    listener(record, result)
+                except Exception:
+                    log.exception("run listener failed")
 
         runner = ConsumerRunner(cfg, self.config, counter, dlq, on_applied=on_applied,
                                 fault_hook=self._fault)
@@ -363,6 +369,10 @@ class Engine:
     def subscribe(self, listener: Callable[[InstanceSnapshot], None]) -> None:
         """Call ``listener`` with every new snapshot (on the engine's loop)."""
         self._listeners.append(listener)
+
+    def subscribe_runs(self, listener: Callable[[TriggerRecord, RunResult], None]) -> None:
+        """Call ``listener`` with every pipeline run this instance finishes (for metrics)."""
+        self._run_listeners.append(listener)
 
     def snapshot(self) -> InstanceSnapshot:
         return self._snapshot or self._build_snapshot()

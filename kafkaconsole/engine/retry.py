@@ -2,8 +2,10 @@
 
 :func:`backoff_delay` is the pure maths; :func:`call_with_retry` drives a
 :class:`~kafkaconsole.engine.pipelines.base.Pipeline` through up to ``max_attempts`` attempts
-and folds them into one :class:`~kafkaconsole.engine.records.RunResult`. Sleep, randomness and
-the clock are injected so tests run instantly and deterministically.
+and folds them into one :class:`~kafkaconsole.engine.records.RunResult`. For kinds whose run
+happens elsewhere, :func:`follow_run` waits for the started run's final status and
+:func:`run_pipeline` does both. Sleep, randomness and the clock are injected so tests run
+instantly and deterministically.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from kafkaconsole.config.models import RetryPolicy
-from kafkaconsole.engine.pipelines.base import Pipeline, PipelineError, one_line
+from kafkaconsole.engine.pipelines.base import CallOutcome, Pipeline, PipelineError, one_line
 from kafkaconsole.engine.records import RunResult, RunStatus, TriggerRecord
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ _MAX_EXPONENT = 62  # 2**62 * any sane initial_backoff is far past every cap
 
 Sleep = Callable[[float], Awaitable[Any]]
 OnAttempt = Callable[[int, str | None], None]
+OnProgress = Callable[[RunResult], Awaitable[None]]
+"""Told about a run that is not final yet: started (with its run id), then each change."""
 
 
 def _now_ms() -> int:
@@ -133,4 +138,107 @@ async def call_with_retry(
         error=error,
         started_at_ms=started,
         finished_at_ms=clock_ms(),
+    )
+
+
+def _error_of(outcome: CallOutcome) -> str | None:
+    if outcome.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        return None
+    default = "pipeline reported failure" if outcome.status == RunStatus.FAILED else "cancelled"
+    return one_line(str(outcome.detail.get("error") or default))
+
+
+async def follow_run(
+    pipeline: Pipeline,
+    record: TriggerRecord,
+    started: RunResult,
+    policy: RetryPolicy,
+    *,
+    on_progress: OnProgress | None = None,
+    clock_ms: Callable[[], int] = _now_ms,
+) -> RunResult:
+    """Wait for the remote run ``started`` (a RunResult with a run id and a non-final status)
+    to end; returns its final RunResult (attempts and start time carried over).
+
+    A :class:`PipelineError` or unexpected exception from the wait ends the run as FAILED;
+    cancellation propagates (the run goes on remotely and can be followed again).
+    """
+    if started.run_id is None:
+        return replace(
+            started,
+            status=RunStatus.FAILED,
+            error="the pipeline started a run without a run id; cannot follow it",
+            finished_at_ms=clock_ms(),
+        )
+
+    async def on_status(outcome: CallOutcome) -> None:
+        if on_progress is not None:
+            await on_progress(
+                replace(
+                    started,
+                    status=outcome.status,
+                    run_id=outcome.run_id or started.run_id,
+                    detail={**started.detail, **outcome.detail},
+                )
+            )
+
+    try:
+        outcome = await pipeline.wait(started.run_id, record, policy=policy, on_status=on_status)
+    except PipelineError as exc:
+        outcome = CallOutcome(started.run_id, RunStatus.FAILED, detail={"error": str(exc)})
+    except Exception as exc:
+        log.exception("pipeline %r raised an unexpected error while waiting", pipeline.name)
+        outcome = CallOutcome(
+            started.run_id,
+            RunStatus.FAILED,
+            detail={"error": one_line(f"{type(exc).__name__}: {exc}")},
+        )
+    status = outcome.status if outcome.status.final else RunStatus.FAILED
+    error = _error_of(outcome)
+    if not outcome.status.final:
+        error = f"the pipeline stopped waiting while the run was {outcome.status}"
+    return RunResult(
+        status=status,
+        run_id=outcome.run_id or started.run_id,
+        attempts=started.attempts,
+        error=error,
+        started_at_ms=started.started_at_ms,
+        finished_at_ms=clock_ms(),
+        detail={**started.detail, **outcome.detail},
+    )
+
+
+async def run_pipeline(
+    pipeline: Pipeline,
+    record: TriggerRecord,
+    payload: dict[str, Any],
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+    on_attempt: OnAttempt | None = None,
+    on_progress: OnProgress | None = None,
+    clock_ms: Callable[[], int] = _now_ms,
+) -> RunResult:
+    """Start a run with retries (:func:`call_with_retry`) and, for kinds with remote runs,
+    follow it to its final status (:func:`follow_run`). Always returns a final RunResult."""
+    result = await call_with_retry(
+        pipeline,
+        record,
+        payload,
+        policy,
+        sleep=sleep,
+        rng=rng,
+        on_attempt=on_attempt,
+        clock_ms=clock_ms,
+    )
+    if result.status.final:
+        return result
+    if not pipeline.remote_runs:  # it said "started" but has nothing to follow
+        detail = {**result.detail, "reported_status": str(result.status)}
+        return replace(result, status=RunStatus.SUCCEEDED, detail=detail)
+    if on_progress is not None and result.run_id is not None:
+        await on_progress(result)
+    return await follow_run(
+        pipeline, record, result, policy, on_progress=on_progress, clock_ms=clock_ms
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from kafkaconsole.config.models import KafkaConfig
 from kafkaconsole.engine.pipelines.base import (
     CallOutcome,
+    OnStatus,
     Pipeline,
     PipelineConfigError,
     PipelineError,
@@ -22,12 +24,16 @@ PIPELINE_KINDS: dict[str, str] = {
     "command": ".command:CommandPipeline",
     "python": ".python:PythonPipeline",
     "http": ".http:HttpPipeline",
+    "airbyte": ".airbyte:AirbytePipeline",
+    "airflow": ".airflow:AirflowPipeline",
+    "kafka": ".kafka:KafkaPipeline",
 }
 """Implemented pipeline kinds and where their class lives."""
 
 __all__ = [
     "PIPELINE_KINDS",
     "CallOutcome",
+    "OnStatus",
     "Pipeline",
     "PipelineConfigError",
     "PipelineError",
@@ -51,10 +57,12 @@ def pipeline_class(kind: str) -> type[Pipeline]:
     return cls
 
 
-def build_pipeline(name: str, cfg: Any) -> Pipeline:
+def build_pipeline(name: str, cfg: Any, kafka: KafkaConfig | None = None) -> Pipeline:
     """Build the pipeline called ``name`` from its config model (dispatching on ``cfg.kind``).
 
-    The pipeline is not started; use ``async with`` or ``await pipeline.start()``.
+    ``kafka`` is the app's ``[kafka]`` connection, used by kinds that produce to Kafka (default:
+    ``KafkaConfig()``, as an app config without a ``[kafka]`` table has). The pipeline is not
+    started; use ``async with`` or ``await pipeline.start()``.
     """
     kind = getattr(cfg, "kind", None)
     if not isinstance(kind, str):
@@ -63,4 +71,6 @@ def build_pipeline(name: str, cfg: Any) -> Pipeline:
         cls = pipeline_class(kind)
     except PipelineConfigError as exc:
         raise PipelineConfigError(f"pipeline {name!r}: {exc}") from None
+    if cls.needs_kafka:
+        return cls(name, cfg, kafka=kafka)  # type: ignore[call-arg]
     return cls(name, cfg)

@@ -4,11 +4,18 @@ A :class:`Pipeline` makes exactly one attempt per :meth:`Pipeline.call`; retries
 the final :class:`~kafkaconsole.engine.records.RunResult` belong to
 :func:`kafkaconsole.engine.retry.call_with_retry`. A call either returns a
 :class:`CallOutcome` or raises :class:`PipelineError`, which says whether trying again may help.
+
+Kinds whose run happens elsewhere (Airbyte jobs, Airflow DAG runs) split "start a run" from
+"wait for its final status": :meth:`Pipeline.call` starts the run and answers QUEUED or RUNNING
+with the remote run id; :meth:`Pipeline.wait` follows that run id to its final status. For the
+other kinds ``call()`` is already final and ``wait()`` is never needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -82,14 +89,31 @@ class CallOutcome:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+OnStatus = Callable[[CallOutcome], Awaitable[None]]
+"""Told about every status change :meth:`Pipeline.wait` sees (e.g. queued -> running)."""
+
+
 class Pipeline(ABC):
     """One configured pipeline. Use it as ``async with`` or call start() / close()."""
 
     kind: ClassVar[str]
+    remote_runs: ClassVar[bool] = False
+    """True for kinds whose ``call()`` may answer QUEUED/RUNNING and need :meth:`wait`."""
+    needs_kafka: ClassVar[bool] = False
+    """True for kinds built with the app's ``[kafka]`` connection."""
 
     def __init__(self, name: str, cfg: PipelineBase) -> None:
         self.name = name
         self.cfg = cfg
+        self._run_slots: asyncio.Semaphore | None = None
+
+    @property
+    def run_slots(self) -> asyncio.Semaphore:
+        """Bounds the runs of this pipeline in flight at once (``max_concurrent_runs``),
+        shared by every async consumer that uses it."""
+        if self._run_slots is None:
+            self._run_slots = asyncio.Semaphore(self.cfg.max_concurrent_runs)
+        return self._run_slots
 
     @property
     def timeout(self) -> float:
@@ -111,8 +135,27 @@ class Pipeline(ABC):
         """Make ONE attempt to run the pipeline for ``record``.
 
         ``payload`` is the JSON dict to send (``record.to_json_dict(events)``), built by the
-        caller. Raises :class:`PipelineError` on failure.
+        caller. Raises :class:`PipelineError` on failure. Kinds with :attr:`remote_runs` may
+        answer QUEUED or RUNNING with the remote run id, and COALESCED when the far side
+        folded the trigger into a run already in progress.
         """
+
+    async def wait(
+        self,
+        run_id: str,
+        record: TriggerRecord,
+        *,
+        policy: RetryPolicy | None = None,
+        on_status: OnStatus | None = None,
+    ) -> CallOutcome:
+        """Follow the run ``run_id`` (started by :meth:`call`) to its final status.
+
+        Returns SUCCEEDED, FAILED (``detail["error"]`` says why), CANCELLED or COALESCED.
+        ``policy`` paces retries of failed status checks (default: the pipeline's);
+        ``on_status`` hears of every intermediate status change. Only kinds with
+        :attr:`remote_runs` implement it.
+        """
+        raise NotImplementedError(f"pipeline kind {self.kind!r} has no remote runs to wait for")
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -1,0 +1,267 @@
+"""What the REST-driven kinds with remote runs (Airbyte, Airflow) share.
+
+One aiohttp session per pipeline; one place that turns a request into either a parsed reply or
+a :class:`PipelineError` with the same retry rules as the ``http`` kind (network errors,
+timeouts, 408, 429 and 5xx are retryable and honour ``Retry-After``; other 4xx fail at once
+with the response body quoted); and the polling loop behind :meth:`Pipeline.wait`.
+
+Credentials never reach an error message: header values are never quoted, and every configured
+secret (and every access token obtained) is masked in quoted bodies and exception texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from kafkaconsole.config.models import AirbytePipeline as AirbyteConfig
+from kafkaconsole.config.models import AirflowPipeline as AirflowConfig
+from kafkaconsole.config.models import RetryPolicy
+from kafkaconsole.engine.pipelines.base import (
+    CallOutcome,
+    OnStatus,
+    Pipeline,
+    PipelineError,
+    format_seconds,
+    one_line,
+)
+from kafkaconsole.engine.pipelines.http import RETRYABLE_STATUSES, parse_retry_after
+from kafkaconsole.engine.records import RunStatus, TriggerRecord
+from kafkaconsole.engine.retry import retry_delay
+
+log = logging.getLogger("kafkaconsole.pipelines")
+
+BODY_LIMIT = 200
+"""Characters of a response body quoted in an error message."""
+
+MASK = "******"
+
+USER_AGENT = "kafkaconsole"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One HTTP answer, read in full."""
+
+    status: int
+    body: bytes
+    retry_after: float | None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> dict[str, Any] | None:
+        """The body as a JSON object, or None if it is not one."""
+        try:
+            document = orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            return None
+        return document if isinstance(document, dict) else None
+
+
+class RemoteRunPipeline(Pipeline):
+    """Base of kinds that start a run over REST and poll it to its end."""
+
+    remote_runs = True
+    cfg: AirbyteConfig | AirflowConfig
+
+    def __init__(self, name: str, cfg: AirbyteConfig | AirflowConfig) -> None:
+        super().__init__(name, cfg)
+        self.base_url = URL(cfg.url.rstrip("/"))
+        self._session: aiohttp.ClientSession | None = None
+        self.clock: Callable[[], float] = time.monotonic
+
+    # -- session ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    # -- secrets ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def secrets(self) -> Iterable[str | None]:
+        """Every credential this pipeline may send (configured or obtained)."""
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret masked (longest first, so none leaks in part)."""
+        for secret in sorted({s for s in self.secrets() if s}, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return text
+
+    def excerpt(self, body: bytes) -> str:
+        return one_line(self.scrub(body.decode("utf-8", errors="replace")), BODY_LIMIT)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def url(self, *segments: str) -> URL:
+        """``base_url`` joined with ``segments``, each quoted as one path segment."""
+        url = self.base_url
+        for segment in segments:
+            url = url / segment
+        return url
+
+    async def send(
+        self,
+        method: str,
+        url: URL,
+        *,
+        what: str,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """One request; network errors and timeouts become a retryable PipelineError named
+        ``what`` (e.g. "create job"). Any HTTP status comes back as a :class:`Reply`."""
+        if self._session is None or self._session.closed:
+            await self.start()
+        session = self._session
+        assert session is not None
+        try:
+            async with session.request(
+                method,
+                url,
+                data=None if json is None else orjson.dumps(json),
+                headers={
+                    **({"Content-Type": "application/json"} if json is not None else {}),
+                    **(headers or {}),
+                },
+                params=params,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                return Reply(
+                    response.status, body, parse_retry_after(response.headers.get("Retry-After"))
+                )
+        except TimeoutError:
+            raise PipelineError(
+                f"{what}: timed out after {format_seconds(self.timeout)}", retryable=True
+            ) from None
+        except aiohttp.InvalidURL:
+            raise PipelineError(f"{what}: invalid URL", retryable=False) from None
+        except aiohttp.ClientError as exc:
+            raise PipelineError(
+                f"{what}: connection error: {type(exc).__name__}: {self.scrub(str(exc))}",
+                retryable=True,
+            ) from None
+        except ValueError as exc:
+            # e.g. a header value aiohttp refuses; its message may quote the (secret) value.
+            raise PipelineError(
+                f"{what}: invalid request: {type(exc).__name__}", retryable=False
+            ) from None
+
+    def failure(self, what: str, reply: Reply) -> PipelineError:
+        """The error for a non-2xx ``reply``: retryable for 408, 429 and 5xx (with its
+        Retry-After), otherwise final with the (scrubbed) body quoted."""
+        status = reply.status
+        if 300 <= status < 400:
+            return PipelineError(
+                f"{what}: HTTP {status}: redirect not followed (configure the final URL)",
+                retryable=False,
+            )
+        excerpt = self.excerpt(reply.body)
+        message = f"{what}: HTTP {status}: {excerpt}" if excerpt else f"{what}: HTTP {status}"
+        retryable = status >= 500 or status in RETRYABLE_STATUSES
+        return PipelineError(
+            message, retryable=retryable, retry_after=reply.retry_after if retryable else None
+        )
+
+    def document(self, what: str, reply: Reply) -> dict[str, Any]:
+        """The JSON object of a 2xx ``reply``; a final PipelineError if it holds none."""
+        document = reply.json()
+        if document is None:
+            excerpt = self.excerpt(reply.body)
+            raise PipelineError(
+                f"{what}: HTTP {reply.status}: expected a JSON object, got: {excerpt or 'nothing'}",
+                retryable=False,
+            )
+        return document
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def poll(self, run_id: str, record: TriggerRecord) -> CallOutcome:
+        """One status check of ``run_id``. Raises :class:`PipelineError` if it fails."""
+
+    async def wait(
+        self,
+        run_id: str,
+        record: TriggerRecord,
+        *,
+        policy: RetryPolicy | None = None,
+        on_status: OnStatus | None = None,
+    ) -> CallOutcome:
+        """Poll every ``poll_interval`` until the run ends or ``run_timeout`` passes.
+
+        A status check that fails retryably (network, 5xx, 429) is tried again, backing off
+        per ``policy`` (and Retry-After), until ``run_timeout``: the run goes on whether we can
+        see it or not. A check that fails for good (404, 401 after a token refresh) ends the
+        wait as FAILED.
+        """
+        policy = policy or self.retry_policy
+        deadline = self.clock() + self.cfg.run_timeout
+        failures = 0
+        seen: RunStatus | None = None
+        last_error: str | None = None
+        while True:
+            delay = self.cfg.poll_interval
+            try:
+                outcome = await self.poll(run_id, record)
+            except PipelineError as exc:
+                last_error = str(exc)
+                if not exc.retryable:
+                    return CallOutcome(
+                        run_id, RunStatus.FAILED, detail={"error": f"status check failed: {exc}"}
+                    )
+                failures += 1
+                delay = max(delay, retry_delay(failures, exc, policy))
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "pipeline %s: status check %d of run %s failed: %s",
+                        self.name,
+                        failures,
+                        run_id,
+                        exc,
+                    )
+            else:
+                failures = 0
+                if outcome.status.final:
+                    return outcome
+                if on_status is not None and outcome.status != seen:
+                    try:
+                        await on_status(outcome)
+                    except Exception:
+                        log.exception("pipeline %s: on_status callback failed", self.name)
+                seen = outcome.status
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                error = (
+                    f"run {run_id} did not finish within run_timeout "
+                    f"{format_seconds(self.cfg.run_timeout)}"
+                )
+                if last_error and failures:
+                    error += f" (last status check: {last_error})"
+                return CallOutcome(
+                    run_id,
+                    RunStatus.FAILED,
+                    detail={"error": error, "last_status": str(seen) if seen else None},
+                )
+            await asyncio.sleep(min(delay, remaining))
