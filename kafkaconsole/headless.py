@@ -1,32 +1,103 @@
 """The ``--no-ui`` face: the engine under ``asyncio.run`` with signals, logs and the API.
 
-No Textual or Rich is imported here. SIGTERM or SIGINT asks the engine to stop gracefully
-(finish the batch in hand, record counts and offsets, commit, close); a second SIGINT exits at
-once. Exit codes: 0 after a clean stop, 1 when the engine could not start or failed.
+No Textual or Rich is imported here (a subprocess test checks it). SIGTERM or SIGINT asks the
+engine to stop gracefully (finish the batch in hand, record counts and offsets, commit, close);
+a second SIGINT exits at once. The HTTP API starts beside the engine when ``[api] enabled``.
+Consumer state changes are logged (one line, or one JSON object with ``event``), as are
+triggers, errors and rebalances by the engine itself.
+
+Exit codes: 0 after a clean stop, 1 when the engine or the API could not start, or when a
+second interrupt forced the exit (2, configuration errors, is the CLI's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
+
 from kafkaconsole.config.models import AppConfig
+from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.status import InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.headless")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
 
 #: Hook for extra services started beside the engine (the HTTP API); returns a closer.
 ExtraService = Callable[[Engine], Awaitable[Callable[[], Awaitable[None]]]]
 
 
-async def serve(config: AppConfig, *, instance_id: str | None = None,
-                extras: list[ExtraService] | None = None,
-                ready: Callable[[Engine], None] | None = None) -> int:
-    """Run the engine until a signal; returns the exit code."""
+class StateChangeLog:
+    """Logs each consumer's state transitions seen in the engine's snapshots."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}
+
+    def __call__(self, snap: InstanceSnapshot) -> None:
+        for c in snap.consumers:
+            state = str(c.state)
+            before = self._last.get(c.consumer_id)
+            if before != state:
+                self._last[c.consumer_id] = state
+                log.log(
+                    logging.WARNING if state == "error" else logging.INFO,
+                    "%s: state %s -> %s%s",
+                    c.consumer_id,
+                    before or "none",
+                    state,
+                    f" ({c.last_error})" if state == "error" and c.last_error else "",
+                    extra={"event": "state_change"},
+                )
+
+
+class EventTag(logging.Filter):
+    """Adds ``event`` (trigger, pipeline_run, rebalance, error) to the records it recognises,
+    so JSON log lines can be selected by kind (``jq 'select(.event == "trigger")'``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "event", None):
+            return True
+        if record.levelno >= logging.ERROR:
+            record.event = "error"
+        elif record.name == "kafkaconsole.trigger":
+            closed = " closed (" in str(record.msg)
+            record.event = "trigger" if closed else "pipeline_run"
+        elif "assigned partitions" in str(record.msg) or "revoked" in str(record.msg):
+            record.event = "rebalance"
+        return True
+
+
+async def _api_extra(engine: Engine) -> Callable[[], Awaitable[None]]:
+    from kafkaconsole.api import start_api
+
+    return await start_api(engine, engine.config)
+
+
+def default_extras(config: AppConfig) -> list[ExtraService]:
+    """The services started beside the engine for this config (the API when enabled)."""
+    return [_api_extra] if config.api.enabled else []
+
+
+async def serve(
+    config: AppConfig,
+    *,
+    instance_id: str | None = None,
+    extras: list[ExtraService] | None = None,
+    ready: Callable[[Engine], None] | None = None,
+) -> int:
+    """Run the engine (and its extras) until a signal; returns the exit code.
+
+    ``extras=None`` starts :func:`default_extras`; pass ``[]`` for the engine alone.
+    """
     engine = Engine(config, instance_id=instance_id)
     loop = asyncio.get_running_loop()
     interrupts = 0
@@ -37,34 +108,76 @@ async def serve(config: AppConfig, *, instance_id: str | None = None,
             interrupts += 1
             if interrupts > 1:
                 sys.stderr.write("kafkaconsole: second interrupt, exiting now\n")
-                os._exit(130)
-        log.info("received %s, stopping gracefully", sig.name)
+                sys.stderr.flush()
+                os._exit(EXIT_FAILURE)
+        if not engine.stopping:
+            log.info("received %s, stopping gracefully (Ctrl-C again to force)", sig.name)
         engine.request_stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    tag = EventTag()
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(tag)
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
+        # Extras first: the API answers /health (and /ready 503) while the engine connects,
+        # and a port already in use fails before the engine joins any consumer group.
+        try:
+            for extra in default_extras(config) if extras is None else extras:
+                closers.append(await extra(engine))
+        except Exception as exc:
+            log.error("cannot start: %s", exc if str(exc) else type(exc).__name__)
+            await _close_all(closers)
+            return EXIT_FAILURE
         try:
             await engine.start()
+        except RedisError as exc:
+            log.error("cannot start: Redis at %s: %s", mask_text(config.redis.url, config), exc)
+            await _close_all(closers)
+            await engine.stop(timeout=2)
+            return EXIT_FAILURE
         except Exception as exc:
             log.error("cannot start: %s: %s", type(exc).__name__, exc)
+            await _close_all(closers)
             await engine.stop(timeout=2)
-            return 1
-        for extra in extras or []:
-            closers.append(await extra(engine))
+            return EXIT_FAILURE
+        engine.subscribe(StateChangeLog())
+        log.info(
+            "instance %s running %d consumer(s); SIGTERM or Ctrl-C stops it",
+            engine.instance_id,
+            len(config.consumers),
+        )
         if ready:
             ready(engine)
         await engine.wait_stopped()
-        for close in closers:
-            await close()
+        await _close_all(closers)
         await engine.stop()
-        return 0
+        return EXIT_OK
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        for h in handlers:
+            h.removeFilter(tag)
 
 
-def run_headless(config: AppConfig, *, instance_id: str | None = None,
-                 extras: list[ExtraService] | None = None) -> int:
-    return asyncio.run(serve(config, instance_id=instance_id, extras=extras))
+async def _close_all(closers: list[Callable[[], Awaitable[None]]]) -> None:
+    for close in reversed(closers):
+        try:
+            await close()
+        except Exception as exc:
+            log.warning("closing a service failed: %s: %s", type(exc).__name__, exc)
+    closers.clear()
+
+
+def run_headless(
+    config: AppConfig,
+    *,
+    instance_id: str | None = None,
+    extras: list[ExtraService] | None = None,
+) -> int:
+    """``asyncio.run(serve(...))``; the exit code of ``kafkaconsole run --no-ui``."""
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(config, instance_id=instance_id, extras=extras))
+    return EXIT_FAILURE

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from kafkaconsole.cli import run_cmd
+from kafkaconsole.cli import control_cmd, run_cmd
 from kafkaconsole.cli.config_cmd import config_app
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("demo")(run_cmd.demo)
+control_cmd.register(app)
 app.add_typer(config_app, name="config")
 
 

@@ -88,7 +88,7 @@ def _now_ms() -> int:
 
 def breaker_key(keys: ConsumerKeys) -> str:
     """``<prefix>:<consumer_id>:breaker``: the hash holding the consumer's circuit breaker."""
-    return f"{keys.prefix}:{keys.consumer_id}:breaker"
+    return keys.breaker
 
 
 async def read_breaker(redis: Redis, keys: ConsumerKeys) -> BreakerSnapshot | None:

@@ -438,7 +438,7 @@ class Engine:
                 wid_closed = int(f["window_id"])
                 status = "pending"
                 if s.last_trigger is None or s.last_trigger.window_id != wid_closed or \
-                        s.last_trigger.status in ("pending", "running"):
+                        s.last_trigger.status in ("pending", "queued", "running"):
                     run = await self.redis.hget(c.keys.runs, str(wid_closed))
                     if run:
                         status = orjson.loads(run).get("status", "pending")
@@ -462,6 +462,7 @@ class Engine:
                 errors=c.shared.errors, rate=round(r.rate.rate(), 1),
                 lag=sum(lags) if lags else (0 if parts else None), partitions=parts,
                 last_trigger=c.shared.last_trigger, last_error=r.last_error, dlq=r.dlq_count,
+                breaker=c.dispatcher.breaker.to_json_dict(),
             ))
         kafka_ok = any(c.runner.kafka_ok for c in self._consumers.values()) or not self._consumers
         return InstanceSnapshot(

@@ -8,20 +8,46 @@ through the same Redis scripts and flags the engine itself uses.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.config.secrets import mask_config
 from kafkaconsole.engine.control import FleetControl
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowCounter
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.records import TriggerReason, iso_ms
 
+TRIGGER_REASONS = tuple(str(r) for r in TriggerReason)
+
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def window_closes_at(opened_ms: int | None, max_time: float) -> int | None:
+    """When the open window's time trigger fires (epoch ms), or None when no window is open."""
+    if opened_ms is None or not math.isfinite(max_time):
+        return None
+    return opened_ms + int(max_time * 1000)
+
+
+def window_time_left(opened_ms: int | None, max_time: float, now_ms: int) -> float | None:
+    """Seconds before the open window's time trigger (0 when due), None when none is open."""
+    closes_ms = window_closes_at(opened_ms, max_time)
+    if closes_ms is None:
+        return None
+    return round(max(0, closes_ms - now_ms) / 1000, 3)
+
+
+def instance_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """An instance's heartbeat without the per-consumer detail (consumers as ids)."""
+    return {k: v for k, v in snapshot.items() if k != "consumers"} | {
+        "consumers": [c["consumer_id"] for c in snapshot.get("consumers", [])]
+    }
 
 
 class UnknownConsumerError(LookupError):
@@ -45,22 +71,29 @@ class Fleet:
         try:
             return self.config.consumer(consumer_id)
         except KeyError:
-            raise UnknownConsumerError(consumer_id,
-                                       [c.consumer_id for c in self.config.consumers]) from None
+            raise UnknownConsumerError(
+                consumer_id, [c.consumer_id for c in self.config.consumers]
+            ) from None
 
     def keys(self, consumer_id: str) -> ConsumerKeys:
         return ConsumerKeys(self.prefix, consumer_id)
 
     def counter(self, consumer_id: str) -> WindowCounter:
         cfg = self.consumer_cfg(consumer_id)
-        return WindowCounter(self.redis, self.keys(consumer_id), topic=cfg.kafka_topic,
-                             max_event=cfg.max_event, history_limit=self.config.redis.history_limit)
+        return WindowCounter(
+            self.redis,
+            self.keys(consumer_id),
+            topic=cfg.kafka_topic,
+            max_event=cfg.max_event,
+            history_limit=self.config.redis.history_limit,
+        )
 
     # ---- reads -----------------------------------------------------------------------------
     async def instances(self) -> list[dict[str, Any]]:
         """Live instances' latest snapshots (heartbeat keys that have not expired)."""
-        keys = [k async for k in self.redis.scan_iter(match=self.fleet_keys.instance_pattern,
-                                                       count=500)]
+        keys = [
+            k async for k in self.redis.scan_iter(match=self.fleet_keys.instance_pattern, count=500)
+        ]
         if not keys:
             return []
         values = await self.redis.mget(keys)
@@ -72,7 +105,8 @@ class Fleet:
         """Trigger records, newest first, each with its pipeline run status."""
         cfg = self.consumer_cfg(consumer_id)
         keys = self.keys(consumer_id)
-        entries = await self.redis.xrevrange(keys.history, count=limit)
+        raw: Any = await self.redis.xrevrange(keys.history, count=limit)
+        entries = [(entry_id, fields) for entry_id, fields in raw or [] if fields]
         if not entries:
             return []
         wids = [_s(fields[b"window_id"]) for _, fields in entries]
@@ -83,15 +117,23 @@ class Fleet:
             run = orjson.loads(run_raw) if run_raw else {"status": "pending"}
             wid = int(f["window_id"])
             opened = int(f["opened_at"]) if f.get("opened_at") else None
-            out.append({
-                "consumer_id": consumer_id, "pipeline_name": cfg.pipeline_name,
-                "connection_id": cfg.connection_id, "job_type": cfg.job_type,
-                "window_id": wid, "idempotency_key": f"{consumer_id}:{wid}",
-                "reason": f["reason"], "count": int(f["count"]),
-                "opened_at": iso_ms(opened), "closed_at": iso_ms(int(f["closed_at"])),
-                "offsets": orjson.loads(f.get("offsets") or "[]"),
-                "status": run.get("status", "pending"), "run": run,
-            })
+            out.append(
+                {
+                    "consumer_id": consumer_id,
+                    "pipeline_name": cfg.pipeline_name,
+                    "connection_id": cfg.connection_id,
+                    "job_type": cfg.job_type,
+                    "window_id": wid,
+                    "idempotency_key": f"{consumer_id}:{wid}",
+                    "reason": f["reason"],
+                    "count": int(f["count"]),
+                    "opened_at": iso_ms(opened),
+                    "closed_at": iso_ms(int(f["closed_at"])),
+                    "offsets": orjson.loads(f.get("offsets") or "[]"),
+                    "status": run.get("status", "pending"),
+                    "run": run,
+                }
+            )
         return out
 
     async def consumers(self) -> list[dict[str, Any]]:
@@ -102,6 +144,7 @@ class Fleet:
             return []
         pauses = await self.control.pause_states(ids)
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
         for cid in ids:
             k = self.keys(cid)
             pipe.get(k.events)
@@ -109,34 +152,64 @@ class Fleet:
             pipe.hgetall(k.stats)
             pipe.xrevrange(k.history, count=1)
         res = await pipe.execute()
+        sec, usec = res[0]
+        now_ms = int(sec) * 1000 + int(usec) // 1000
         out = []
         for n, cfg in enumerate(self.config.consumers):
-            count_raw, (wid, opened), stats_raw, last = res[4 * n:4 * n + 4]
+            count_raw, (wid, opened), stats_raw, last = res[1 + 4 * n : 5 + 4 * n]
             stats = {_s(k): int(v) for k, v in stats_raw.items()}
-            out.append(await self._consumer_status(cfg, instances, pauses[cfg.consumer_id],
-                                                   int(count_raw or 0), int(wid or 1),
-                                                   int(opened) if opened else None, stats, last))
+            out.append(
+                await self._consumer_status(
+                    cfg,
+                    instances,
+                    pauses[cfg.consumer_id],
+                    int(count_raw or 0),
+                    int(wid or 1),
+                    int(opened) if opened else None,
+                    stats,
+                    last,
+                    now_ms,
+                )
+            )
         return out
 
-    async def _consumer_status(self, cfg: ConsumerConfig, instances: list[dict[str, Any]],
-                               pause: Any, count: int, window_id: int, opened: int | None,
-                               stats: dict[str, int], last: list[Any]) -> dict[str, Any]:
+    async def _consumer_status(
+        self,
+        cfg: ConsumerConfig,
+        instances: list[dict[str, Any]],
+        pause: Any,
+        count: int,
+        window_id: int,
+        opened: int | None,
+        stats: dict[str, int],
+        last: list[Any],
+        now_ms: int,
+    ) -> dict[str, Any]:
         cid = cfg.consumer_id
         mine = []
-        partitions = []
+        owners: dict[int, tuple[int, dict[str, Any]]] = {}
         errors_text = None
+        any_error = None
         rate = 0.0
+        dlq = 0
         for inst in instances:
             for c in inst.get("consumers", []):
                 if c["consumer_id"] != cid:
                     continue
                 mine.append((inst["instance_id"], c))
                 rate += float(c.get("rate") or 0)
+                dlq += int(c.get("dlq") or 0)
+                taken = int(inst.get("taken_at_ms") or 0)
                 for p in c.get("partitions", []):
-                    partitions.append({**p, "owner": inst["instance_id"]})
+                    # during a rebalance (or until a dead instance's heartbeat expires) two
+                    # snapshots may claim a partition: the newest snapshot wins
+                    seen = owners.get(p["partition"])
+                    if seen is None or taken > seen[0]:
+                        owners[p["partition"]] = (taken, {**p, "owner": inst["instance_id"]})
                 if c.get("state") == "error":
                     errors_text = c.get("last_error")
-        partitions.sort(key=lambda p: p["partition"])
+                any_error = any_error or c.get("last_error")
+        partitions = [entry for _, (_, entry) in sorted(owners.items())]
         lags = [p["lag"] for p in partitions if p.get("lag") is not None]
         live_states = [c.get("state") for _, c in mine]
         if pause.paused:
@@ -152,35 +225,53 @@ class Fleet:
             f = {_s(k): _s(v) for k, v in last[0][1].items()}
             run_raw = await self.redis.hget(self.keys(cid).runs, f["window_id"])
             run = orjson.loads(run_raw) if run_raw else {"status": "pending"}
-            last_trigger = {"window_id": int(f["window_id"]), "reason": f["reason"],
-                            "count": int(f["count"]), "closed_at": iso_ms(int(f["closed_at"])),
-                            "status": run.get("status", "pending")}
+            last_trigger = {
+                "window_id": int(f["window_id"]),
+                "reason": f["reason"],
+                "count": int(f["count"]),
+                "closed_at": iso_ms(int(f["closed_at"])),
+                "status": run.get("status", "pending"),
+            }
         return {
-            "consumer_id": cid, "kafka_topic": cfg.kafka_topic,
-            "pipeline_name": cfg.pipeline_name, "job_type": cfg.job_type, "state": state,
+            "consumer_id": cid,
+            "kafka_topic": cfg.kafka_topic,
+            "pipeline_name": cfg.pipeline_name,
+            "job_type": cfg.job_type,
+            "state": state,
             "paused_by": pause.by if pause.paused else None,
             "paused_at": iso_ms(pause.since_ms) if pause.paused else None,
-            "count": count, "max_event": cfg.max_event, "max_time": cfg.max_time,
-            "window_id": window_id, "window_opened_at": iso_ms(opened),
+            "count": count,
+            "max_event": cfg.max_event,
+            "max_time": cfg.max_time,
+            "window_id": window_id,
+            "window_opened_at": iso_ms(opened),
             "window_opened_at_ms": opened,
-            "total": stats.get("total", 0), "errors": stats.get("errors", 0),
-            "filtered": stats.get("filtered", 0), "windows": stats.get("windows", 0),
-            "discarded": stats.get("discarded", 0), "rate": round(rate, 1),
+            "time_left": window_time_left(opened, cfg.max_time, now_ms),
+            "fill_ratio": round(min(count / cfg.max_event, 1.0), 4),
+            "total": stats.get("total", 0),
+            "errors": stats.get("errors", 0),
+            "filtered": stats.get("filtered", 0),
+            "windows": stats.get("windows", 0),
+            "windows_by_reason": {r: stats.get(f"windows_{r}", 0) for r in TRIGGER_REASONS},
+            "discarded": stats.get("discarded", 0),
+            "dlq": dlq,
+            "rate": round(rate, 1),
             "lag": sum(lags) if lags else (0 if partitions else None),
-            "partitions": partitions, "instances": [iid for iid, _ in mine],
-            "last_trigger": last_trigger, "last_error": errors_text,
+            "partitions": partitions,
+            "instances": [iid for iid, _ in mine],
+            "last_trigger": last_trigger,
+            "last_error": errors_text or any_error,
         }
 
     async def status(self) -> dict[str, Any]:
         """``{"consumers": [...], "instances": [...]}``: the model ``status --json`` prints."""
         consumers = await self.consumers()
         instances = await self.instances()
-        return {
-            "consumers": consumers,
-            "instances": [{k: v for k, v in i.items() if k != "consumers"} |
-                          {"consumers": [c["consumer_id"] for c in i.get("consumers", [])]}
-                          for i in instances],
-        }
+        return {"consumers": consumers, "instances": [instance_summary(i) for i in instances]}
+
+    async def instance_summaries(self) -> list[dict[str, Any]]:
+        """The live instances as ``status --json`` lists them (consumers as ids)."""
+        return [instance_summary(i) for i in await self.instances()]
 
     async def consumer(self, consumer_id: str) -> dict[str, Any]:
         self.consumer_cfg(consumer_id)
@@ -188,6 +279,53 @@ class Fleet:
             if c["consumer_id"] == consumer_id:
                 return c
         raise UnknownConsumerError(consumer_id, [])  # pragma: no cover - checked above
+
+    async def info(self, consumer_id: str, triggers: int = 10) -> dict[str, Any]:
+        """Everything about one consumer: ``GET /consumer/info/<id>`` and ``info --json``.
+
+        The key set is part of the contract (tests pin it): config and pipeline with secrets
+        masked, state, window progress, per-partition lag, totals, last triggers, errors.
+        """
+        cfg = self.consumer_cfg(consumer_id)
+        c = await self.consumer(consumer_id)
+        history = await self.history(consumer_id, limit=triggers)
+        masked = mask_config(self.config)
+        index = [x.consumer_id for x in self.config.consumers].index(consumer_id)
+        return {
+            "consumer_id": consumer_id,
+            "kafka_topic": cfg.kafka_topic,
+            "pipeline_name": cfg.pipeline_name,
+            "job_type": cfg.job_type,
+            "state": c["state"],
+            "paused_by": c["paused_by"],
+            "paused_at": c["paused_at"],
+            "instances": c["instances"],
+            "config": masked["consumers"][index],
+            "pipeline": masked["pipelines"].get(cfg.pipeline_name),
+            "window": {
+                "id": c["window_id"],
+                "count": c["count"],
+                "max_event": cfg.max_event,
+                "max_time": cfg.max_time,
+                "fill_ratio": c["fill_ratio"],
+                "opened_at": c["window_opened_at"],
+                "time_left": c["time_left"],
+                "closes_at": iso_ms(window_closes_at(c["window_opened_at_ms"], cfg.max_time)),
+            },
+            "lag": c["lag"],
+            "partitions": c["partitions"],
+            "rate": c["rate"],
+            "totals": {
+                "events": c["total"],
+                "filtered": c["filtered"],
+                "discarded": c["discarded"],
+                "windows": c["windows"],
+                "windows_by_reason": c["windows_by_reason"],
+            },
+            "last_trigger": c["last_trigger"],
+            "triggers": history,
+            "errors": {"count": c["errors"], "dlq": c["dlq"], "last_error": c["last_error"]},
+        }
 
     # ---- steering --------------------------------------------------------------------------
     async def pause(self, consumer_id: str, by: str | None = None) -> None:
@@ -197,6 +335,10 @@ class Fleet:
     async def resume(self, consumer_id: str) -> None:
         self.consumer_cfg(consumer_id)
         await self.control.set_paused(consumer_id, False)
+
+    async def is_paused(self, consumer_id: str) -> bool:
+        self.consumer_cfg(consumer_id)
+        return (await self.control.pause_states([consumer_id]))[consumer_id].paused
 
     async def reset(self, consumer_id: str) -> ResetResult:
         res = await self.counter(consumer_id).reset()

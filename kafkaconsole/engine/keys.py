@@ -12,6 +12,7 @@ Per consumer (``<prefix>:<consumer_id>:...``):
 - ``runs``     hash    window id -> JSON pipeline run status
 - ``control``  hash    ``paused`` (0/1), ``paused_by``, ``paused_at``
 - ``dispatch_lease``   string  the instance allowed to dispatch this consumer's triggers
+- ``breaker``  hash    the pipeline circuit breaker as the dispatching instance sees it
 
 Fleet-wide (``<prefix>:_fleet:...``; consumer ids cannot start with ``_``):
 
@@ -70,12 +71,17 @@ class ConsumerKeys:
     def dispatch_lease(self) -> str:
         return self._k("dispatch_lease")
 
+    @property
+    def breaker(self) -> str:
+        return self._k("breaker")
+
     def counting_keys(self) -> list[str]:
         """KEYS of the counting scripts, in the order the Lua code expects."""
         return [self.events, self.window, self.stats, self.offsets, self.history, self.dispatch]
 
     def all_keys(self) -> list[str]:
-        return [*self.counting_keys(), self.runs, self.control, self.dispatch_lease]
+        return [*self.counting_keys(), self.runs, self.control, self.dispatch_lease,
+                self.breaker]
 
 
 def partition_field(topic: str, partition: int) -> str:

@@ -62,6 +62,7 @@ class ConsumerSnapshot:
     last_trigger: TriggerSummary | None = None
     last_error: str | None = None
     dlq: int = 0
+    breaker: dict[str, Any] | None = None  # the pipeline's circuit breaker, as dispatching sees it
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,0 +1,631 @@
+"""The HTTP API beside a running engine: status, control, Prometheus ``/metrics``, OpenAPI.
+
+Started by the headless process and by the TUI (``start_api(engine, config)`` returns an async
+closer, so it plugs into :func:`kafkaconsole.headless.serve`'s ``extras``). Reads return the
+same fleet model as ``kafkaconsole status --json`` (read from Redis by
+:class:`~kafkaconsole.engine.fleet.Fleet`); liveness, readiness, lag and pipeline-run metrics
+describe this instance. Mutating endpoints need ``Authorization: Bearer <api.token>`` and are
+disabled (403) when no token is configured. No endpoint accepts connection settings, code or
+filter expressions, and request bodies are capped at a few hundred bytes (none is needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from redis.exceptions import RedisError
+
+from kafkaconsole.config.models import AppConfig
+from kafkaconsole.config.secrets import mask_text
+from kafkaconsole.engine.engine import Engine, UnknownConsumer
+from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.records import RunResult, TriggerRecord
+from kafkaconsole.engine.status import ConsumerState
+
+log = logging.getLogger("kafkaconsole.api")
+
+CLIENT_MAX_SIZE = 1024
+"""Largest request body accepted (bytes); no endpoint needs a body at all."""
+
+API_VERSION = "1"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+"""Histogram buckets (seconds) of pipeline run durations."""
+
+
+class ApiBindError(OSError):
+    """The API's address cannot be bound (port in use, address not local...)."""
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Durations:
+    counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    total: int = 0
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += 1
+        self.sum_s += seconds
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+
+class _Families:
+    """A one-shot collector: yields metric families gathered before the scrape."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+class ApiMetrics:
+    """Prometheus metrics: fleet-wide counts from Redis plus this instance's own numbers.
+
+    Fleet-wide series (events, errors, triggers, window progress) are read from Redis and so
+    are the same on every instance (aggregate with ``max``); instance series (lag of the
+    partitions this instance owns, DLQ writes, pipeline runs this instance dispatched and
+    their durations) add up across instances (aggregate with ``sum``).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.runs: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], _Durations] = {}
+
+    def on_run(self, record: TriggerRecord, result: RunResult) -> None:
+        key = (record.consumer_id, record.pipeline_name)
+        status_key = (*key, str(result.status))
+        self.runs[status_key] = self.runs.get(status_key, 0) + 1
+        if result.duration_ms is not None:
+            self.durations.setdefault(key, _Durations()).observe(result.duration_ms / 1000)
+
+    async def render(self, fleet: Fleet) -> bytes:
+        consumers: list[dict[str, Any]] | None
+        try:
+            consumers = await fleet.consumers()
+            instances = len(await fleet.instances())
+        except (RedisError, OSError) as exc:
+            log.warning("metrics: fleet data unavailable: %s", exc)
+            consumers, instances = None, 0
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self._families(consumers, instances)))  # type: ignore[arg-type]
+        return generate_latest(registry)
+
+    def _families(self, consumers: list[dict[str, Any]] | None, instances: int) -> list[Metric]:
+        snap = self.engine.snapshot()
+        out: list[Metric] = []
+
+        info = GaugeMetricFamily(
+            "kafkaconsole_instance_info", "This instance (value 1).", labels=["instance_id", "host"]
+        )
+        info.add_metric([snap.instance_id, snap.host], 1)
+        kafka_up = GaugeMetricFamily("kafkaconsole_kafka_up", "1 when this instance reaches Kafka.")
+        kafka_up.add_metric([], 1 if snap.kafka_ok else 0)
+        redis_up = GaugeMetricFamily("kafkaconsole_redis_up", "1 when this instance reaches Redis.")
+        redis_up.add_metric([], 1 if snap.redis_ok and consumers is not None else 0)
+        out += [info, kafka_up, redis_up]
+
+        # -- this instance -------------------------------------------------------------------
+        state = GaugeMetricFamily(
+            "kafkaconsole_consumer_state",
+            "State of each consumer on this instance (1 for the current state).",
+            labels=["consumer_id", "state"],
+        )
+        lag = GaugeMetricFamily(
+            "kafkaconsole_consumer_lag",
+            "Events not yet consumed (highwater - position) per partition owned by this instance.",
+            labels=["consumer_id", "topic", "partition"],
+        )
+        rate = GaugeMetricFamily(
+            "kafkaconsole_consumer_rate_events_per_second",
+            "Events counted per second by this instance (5 s average).",
+            labels=["consumer_id"],
+        )
+        dlq = CounterMetricFamily(
+            "kafkaconsole_dlq_events",
+            "Bad events this instance wrote to the dead-letter topic since it started.",
+            labels=["consumer_id"],
+        )
+        for c in snap.consumers:
+            for s in ConsumerState:
+                state.add_metric([c.consumer_id, str(s)], 1 if c.state == s else 0)
+            for p in c.partitions:
+                if p.lag is not None:
+                    lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
+            rate.add_metric([c.consumer_id], c.rate)
+            dlq.add_metric([c.consumer_id], c.dlq)
+        out += [state, lag, rate, dlq]
+
+        runs = CounterMetricFamily(
+            "kafkaconsole_pipeline_runs",
+            "Pipeline runs this instance dispatched, by final status.",
+            labels=["consumer_id", "pipeline", "status"],
+        )
+        for (cid, pipeline, status), n in sorted(self.runs.items()):
+            runs.add_metric([cid, pipeline, status], n)
+        hist = HistogramMetricFamily(
+            "kafkaconsole_pipeline_run_duration_seconds",
+            "Duration of the pipeline runs this instance dispatched (retries included).",
+            labels=["consumer_id", "pipeline"],
+        )
+        for (cid, pipeline), d in sorted(self.durations.items()):
+            buckets = [(f"{b:g}", n) for b, n in zip(DURATION_BUCKETS, d.counts, strict=True)]
+            hist.add_metric([cid, pipeline], [*buckets, ("+Inf", d.total)], d.sum_s)
+        out += [runs, hist]
+
+        # -- the fleet (from Redis) ----------------------------------------------------------
+        if consumers is None:
+            return out
+        fleet_instances = GaugeMetricFamily(
+            "kafkaconsole_fleet_instances", "Live instances of the fleet (fresh heartbeats)."
+        )
+        fleet_instances.add_metric([], instances)
+        counted = CounterMetricFamily(
+            "kafkaconsole_events_counted",
+            "Events counted by the whole fleet (fleet-wide, from Redis).",
+            labels=["consumer_id", "topic"],
+        )
+        errors = CounterMetricFamily(
+            "kafkaconsole_event_errors",
+            "Bad events (undecodable, invalid, processor errors), fleet-wide.",
+            labels=["consumer_id"],
+        )
+        filtered = CounterMetricFamily(
+            "kafkaconsole_events_filtered",
+            "Events dropped by the filter or the processor, fleet-wide.",
+            labels=["consumer_id"],
+        )
+        discarded = CounterMetricFamily(
+            "kafkaconsole_events_discarded",
+            "Events discarded by window resets, fleet-wide.",
+            labels=["consumer_id"],
+        )
+        triggers = CounterMetricFamily(
+            "kafkaconsole_triggers",
+            "Windows closed (pipeline triggers) by reason, fleet-wide.",
+            labels=["consumer_id", "reason"],
+        )
+        w_events = GaugeMetricFamily(
+            "kafkaconsole_window_events", "Events in the open window.", labels=["consumer_id"]
+        )
+        w_max = GaugeMetricFamily(
+            "kafkaconsole_window_max_events",
+            "Events that close a window (max_event).",
+            labels=["consumer_id"],
+        )
+        w_fill = GaugeMetricFamily(
+            "kafkaconsole_window_fill_ratio",
+            "Open window's count / max_event (0..1).",
+            labels=["consumer_id"],
+        )
+        w_left = GaugeMetricFamily(
+            "kafkaconsole_window_time_left_seconds",
+            "Seconds before the open window's time trigger (absent when no window is open).",
+            labels=["consumer_id"],
+        )
+        paused = GaugeMetricFamily(
+            "kafkaconsole_consumer_paused", "1 when paused fleet-wide.", labels=["consumer_id"]
+        )
+        live = GaugeMetricFamily(
+            "kafkaconsole_consumer_instances",
+            "Live instances running the consumer.",
+            labels=["consumer_id"],
+        )
+        for fc in consumers:
+            cid = fc["consumer_id"]
+            counted.add_metric([cid, fc["kafka_topic"]], fc["total"])
+            errors.add_metric([cid], fc["errors"])
+            filtered.add_metric([cid], fc["filtered"])
+            discarded.add_metric([cid], fc["discarded"])
+            for reason, n in fc["windows_by_reason"].items():
+                triggers.add_metric([cid, reason], n)
+            w_events.add_metric([cid], fc["count"])
+            w_max.add_metric([cid], fc["max_event"])
+            w_fill.add_metric([cid], fc["fill_ratio"])
+            if fc["time_left"] is not None:
+                w_left.add_metric([cid], fc["time_left"])
+            paused.add_metric([cid], 1 if fc["state"] == "paused" else 0)
+            live.add_metric([cid], len(fc["instances"]))
+        out += [fleet_instances, counted, errors, filtered, discarded, triggers]
+        out += [w_events, w_max, w_fill, w_left, paused, live]
+        return out
+
+
+# ---- the server -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    name: str
+    summary: str
+    auth: bool = False
+    responses: tuple[int, ...] = (200,)
+    produces: str = "application/json"
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", "health", "Liveness: 200 while the process serves requests."),
+    Route(
+        "GET",
+        "/ready",
+        "ready",
+        "Readiness: 200 when connected to Kafka and Redis, 503 with reasons otherwise.",
+        responses=(200, 503),
+    ),
+    Route(
+        "GET",
+        "/consumers",
+        "consumers",
+        "Every consumer across the fleet (the consumers of `status --json`).",
+        responses=(200, 503),
+    ),
+    Route(
+        "GET",
+        "/consumer/info/{consumer_id}",
+        "consumer_info",
+        "One consumer: config (secrets masked), state, window, lag, triggers, errors.",
+        responses=(200, 404, 503),
+    ),
+    Route(
+        "GET",
+        "/instances",
+        "instances",
+        "Live instances of the fleet (heartbeats in Redis).",
+        responses=(200, 503),
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus text exposition.",
+        produces="text/plain",
+    ),
+    Route("GET", "/openapi.json", "openapi", "This OpenAPI 3 document."),
+    Route(
+        "POST",
+        "/consumer/{consumer_id}/pause",
+        "pause",
+        "Pause the consumer on every instance (they keep polling, count nothing).",
+        auth=True,
+        responses=(200, 401, 403, 404, 413, 503),
+    ),
+    Route(
+        "POST",
+        "/consumer/{consumer_id}/resume",
+        "resume",
+        "Resume the consumer on every instance.",
+        auth=True,
+        responses=(200, 401, 403, 404, 413, 503),
+    ),
+    Route(
+        "POST",
+        "/consumer/{consumer_id}/reset",
+        "reset",
+        "Empty the open window without triggering.",
+        auth=True,
+        responses=(200, 401, 403, 404, 413, 503),
+    ),
+    Route(
+        "POST",
+        "/consumer/{consumer_id}/trigger",
+        "trigger",
+        "Close the open window now (even when empty) and run its pipeline.",
+        auth=True,
+        responses=(200, 401, 403, 404, 413, 503),
+    ),
+)
+
+_STATUS_TEXT = {
+    200: "OK",
+    401: "Missing or wrong bearer token",
+    403: "Control endpoints disabled (no [api] token configured)",
+    404: "Unknown consumer",
+    413: "Request body too large",
+    503: "Not ready, or Redis unreachable",
+}
+
+
+def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
+    """An OpenAPI 3.0 description of every route."""
+    error = {"$ref": "#/components/schemas/Error"}
+    paths: dict[str, dict[str, Any]] = {}
+    for r in routes:
+        op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "responses": {}}
+        if "{consumer_id}" in r.path:
+            op["parameters"] = [
+                {
+                    "name": "consumer_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "A consumer_id of the configuration.",
+                }
+            ]
+        if r.auth:
+            op["security"] = [{"bearerAuth": []}]
+        for code in r.responses:
+            if code == 200 and r.produces != "application/json":
+                content = {r.produces: {"schema": {"type": "string"}}}
+            else:
+                schema = error if code >= 400 and code != 503 else {"type": "object"}
+                content = {"application/json": {"schema": schema}}
+            op["responses"][str(code)] = {"description": _STATUS_TEXT[code], "content": content}
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "kafkaconsole",
+            "version": API_VERSION,
+            "description": "Status and control of a kafkaconsole fleet.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                }
+            },
+        },
+    }
+
+
+class ApiServer:
+    """The aiohttp server; awaiting the instance itself (``await server()``) closes it."""
+
+    def __init__(self, engine: Engine, config: AppConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.fleet = Fleet(engine.redis, config)
+        self.metrics = ApiMetrics(engine)
+        self.host = config.api.host
+        self.port = config.api.port
+        self._runner: web.AppRunner | None = None
+        self._token = (config.api.token or "").encode()
+        self.app = self._build_app()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[self._errors])
+        handlers: dict[str, Handler] = {
+            "health": self.health,
+            "ready": self.ready,
+            "consumers": self.consumers,
+            "consumer_info": self.consumer_info,
+            "instances": self.instances,
+            "metrics": self.metrics_text,
+            "openapi": self.openapi,
+            "pause": self._control(self._pause),
+            "resume": self._control(self._resume),
+            "reset": self._control(self._reset),
+            "trigger": self._control(self._trigger),
+        }
+        for r in ROUTES:
+            app.router.add_route(r.method, r.path, handlers[r.name], name=r.name)
+        return app
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ApiBindError(
+                f"the HTTP API cannot listen on {self.host}:{self.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
+            ) from None
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
+        self.engine.subscribe_runs(self.metrics.on_run)
+        log.info("HTTP API listening on %s", self.url)
+        if not self._token and not _is_loopback(self.host):
+            log.warning(
+                "HTTP API bound to %s without [api] token: status is readable by anyone who "
+                "reaches it (control endpoints stay disabled)",
+                self.host,
+            )
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            log.info("HTTP API stopped")
+
+    async def __call__(self) -> None:
+        await self.close()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error as JSON ``{"error": ...}``; never a traceback or a secret."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.content_type == "application/json":
+                raise
+            headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+            return web.json_response(
+                {"error": exc.reason.lower()}, status=exc.status, headers=headers
+            )
+        except (UnknownConsumerError, UnknownConsumer) as exc:
+            return _error(404, _unknown_text(exc, self.config))
+        except (RedisError, OSError) as exc:
+            return _error(503, f"Redis unreachable: {mask_text(str(exc), self.config)}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("API %s %s failed: %s", request.method, request.path, exc)
+            return _error(500, "internal error (see the instance's log)")
+
+    def _authorize(self, request: web.Request) -> web.Response | None:
+        if not self._token:
+            return _error(403, "control endpoints are disabled: set [api] token to enable them")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token
+        ):
+            resp = _error(401, "missing or wrong bearer token")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="kafkaconsole"'
+            return resp
+        return None
+
+    def _control(self, action: Callable[[str, web.Request], Awaitable[dict[str, Any]]]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            denied = self._authorize(request)
+            if denied is not None:
+                return denied
+            await request.read()  # enforces CLIENT_MAX_SIZE; the body itself is ignored
+            cid = request.match_info["consumer_id"]
+            self.fleet.consumer_cfg(cid)  # 404 for an unknown id
+            if not self.engine.started or self.engine.stopping:
+                return _error(503, "the engine is not running (starting or stopping)")
+            body = await action(cid, request)
+            log.info("API %s %s from %s", request.path.rsplit("/", 1)[-1], cid, request.remote)
+            return web.json_response({"consumer_id": cid, **body})
+
+        return handler
+
+    # ---- control -----------------------------------------------------------------------------
+    async def _pause(self, cid: str, request: web.Request) -> dict[str, Any]:
+        await self.engine.pause(cid, by=f"api ({request.remote})")
+        return {"action": "pause", "paused": True}
+
+    async def _resume(self, cid: str, request: web.Request) -> dict[str, Any]:
+        await self.engine.resume(cid)
+        return {"action": "resume", "paused": False}
+
+    async def _reset(self, cid: str, request: web.Request) -> dict[str, Any]:
+        res = await self.engine.reset(cid)
+        return {"action": "reset", "window_id": res.window_id, "discarded": res.discarded}
+
+    async def _trigger(self, cid: str, request: web.Request) -> dict[str, Any]:
+        res = await self.engine.force_trigger(cid)
+        return {
+            "action": "trigger",
+            "status": res.status,
+            "reason": "manual",
+            "window_id": res.window_id,
+            "count": res.count,
+        }
+
+    # ---- reads -------------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "status": "ok",
+                "instance_id": self.engine.instance_id,
+                "uptime_s": round(time.time() - self.engine.started_at_ms / 1000, 1),
+            }
+        )
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        snap = self.engine.snapshot()
+        reasons = []
+        if not self.engine.started or self.engine.stopping:
+            reasons.append("engine is not running")
+        if not snap.kafka_ok:
+            reasons.append("Kafka unreachable")
+        try:
+            await asyncio.wait_for(self.engine.redis.ping(), 1.0)
+            redis_ok = snap.redis_ok
+        except (RedisError, OSError, TimeoutError) as exc:
+            redis_ok = False
+            reasons.append(f"Redis unreachable: {mask_text(str(exc) or 'timeout', self.config)}")
+        if not redis_ok and not any(r.startswith("Redis") for r in reasons):
+            reasons.append("Redis unreachable")
+        body = {
+            "ready": not reasons,
+            "instance_id": self.engine.instance_id,
+            "kafka": snap.kafka_ok,
+            "redis": redis_ok,
+            "reasons": reasons,
+        }
+        return web.json_response(body, status=200 if not reasons else 503)
+
+    async def consumers(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"consumers": await self.fleet.consumers()})
+
+    async def consumer_info(self, request: web.Request) -> web.StreamResponse:
+        cid = request.match_info["consumer_id"]
+        return web.json_response(await self.fleet.info(cid))
+
+    async def instances(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"instances": await self.fleet.instance_summaries()})
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        body = await self.metrics.render(self.fleet)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(openapi_document())
+
+
+def _unknown_text(exc: Exception, config: AppConfig) -> str:
+    if isinstance(exc, UnknownConsumerError):
+        return str(exc)
+    cid = exc.args[0] if exc.args else "?"
+    return str(UnknownConsumerError(str(cid), [c.consumer_id for c in config.consumers]))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def start_api(engine: Engine, config: AppConfig | None = None) -> ApiServer:
+    """Serve the HTTP API for ``engine`` on ``[api] host:port``; returns the async closer.
+
+    The returned :class:`ApiServer` is awaitable-callable (``await closer()`` stops it) and
+    knows the bound ``port``/``url`` (port 0 picks a free one). Usable as a headless extra.
+    """
+    server = ApiServer(engine, config or engine.config)
+    await server.start()
+    return server

@@ -1,0 +1,548 @@
+"""``status``, ``info``, ``pause``, ``resume``, ``reset``, ``trigger``, ``history``, ``lag``.
+
+These commands never talk to an instance directly: they read the configuration to find Redis
+and act through :class:`~kafkaconsole.engine.fleet.Fleet`, so they steer every instance of the
+fleet wherever it runs (containers, other terminals, the TUI). stdout is data (an aligned table,
+or stable JSON with ``--json``); stderr is diagnostics. Exit codes: 0 ok, 1 failure (unknown
+consumer, Redis unreachable, refused), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from kafkaconsole.cli.config_cmd import DEBUG_ENV, _load
+from kafkaconsole.cli.output import (
+    ExitCode,
+    Output,
+    duration,
+    fail,
+    progress,
+    since,
+    table,
+    warn,
+)
+from kafkaconsole.config import AppConfig, mask_text
+from kafkaconsole.engine.clients import redis_client
+from kafkaconsole.engine.control import actor
+from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+
+T = TypeVar("T")
+
+APPLY_WAIT_S = 2.5
+"""How long ``pause``/``resume`` wait for the live instances' snapshots to show the change."""
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        show_default=False,
+        help="Configuration file (default: $KAFKACONSOLE_CONFIG, then ./kafkaconsole.toml).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="The consumer_id of a [[consumers]].")]
+OptionalIdArg = Annotated[
+    str | None,
+    typer.Argument(metavar="ID", help="The consumer_id (or --all).", show_default=False),
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every consumer of the configuration.")]
+
+
+# ---- plumbing -------------------------------------------------------------------------------
+
+
+def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
+    """Run ``action`` against the fleet's Redis; failures become one line and exit 1."""
+
+    async def main() -> T:
+        redis = redis_client(
+            cfg.redis,
+            socket_connect_timeout=3,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
+        )
+        try:
+            return await action(Fleet(redis, cfg))
+        finally:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+    try:
+        return asyncio.run(main())
+    except typer.Exit:
+        raise
+    except UnknownConsumerError as exc:
+        fail(str(exc))
+    except (RedisError, OSError) as exc:
+        fail(
+            f"cannot reach Redis at {mask_text(cfg.redis.url, cfg)}: "
+            f"{mask_text(str(exc) or type(exc).__name__, cfg)}"
+        )
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        fail(
+            f"unexpected {type(exc).__name__}: {mask_text(str(exc), cfg)} "
+            f"(set {DEBUG_ENV}=1 for a traceback)"
+        )
+
+
+def _known(cfg: AppConfig, consumer_id: str) -> None:
+    """Fail (exit 1) before touching Redis when the id is not in the configuration."""
+    ids = [c.consumer_id for c in cfg.consumers]
+    if consumer_id not in ids:
+        fail(str(UnknownConsumerError(consumer_id, ids)))
+
+
+def _writable(cfg: AppConfig, what: str) -> None:
+    if cfg.ui.read_only:
+        fail(f"refusing to {what}: the configuration sets [ui] read_only = true")
+
+
+def _check_target(consumer_id: str | None, all_: bool) -> None:
+    """Usage check (exit 2) before anything else: exactly one of ID and --all."""
+    if all_ and consumer_id:
+        raise typer.BadParameter("give a consumer ID or --all, not both", param_hint="ID")
+    if not all_ and not consumer_id:
+        raise typer.BadParameter("give a consumer ID or --all", param_hint="ID")
+
+
+def _targets(cfg: AppConfig, consumer_id: str | None, all_: bool) -> list[str]:
+    if all_ or consumer_id is None:
+        return [c.consumer_id for c in cfg.consumers]
+    _known(cfg, consumer_id)
+    return [consumer_id]
+
+
+def _last_trigger(lt: dict[str, Any] | None) -> str:
+    if not lt:
+        return "-"
+    return (
+        f"#{lt['window_id']} {lt['reason']} {lt['count']} {lt['status']} {since(lt['closed_at'])}"
+    )
+
+
+def _instances_running(instances: list[dict[str, Any]], consumer_id: str) -> list[str]:
+    return [
+        i["instance_id"]
+        for i in instances
+        if any(c["consumer_id"] == consumer_id for c in i.get("consumers", []))
+    ]
+
+
+# ---- status / info / lag / history ------------------------------------------------------------
+
+
+def _status_text(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            c["consumer_id"],
+            c["kafka_topic"],
+            c["state"],
+            ",".join(c["instances"]) or "-",
+            c["lag"],
+            progress(c["count"], c["max_event"]),
+            duration(c["time_left"]),
+            _last_trigger(c["last_trigger"]),
+        ]
+        for c in data["consumers"]
+    ]
+    headers = ["CONSUMER", "TOPIC", "STATE", "INSTANCES", "LAG", "WINDOW", "TIME LEFT"]
+    out = [table([*headers, "LAST TRIGGER"], rows)]
+    now_ms = time.time() * 1000
+    irows = [
+        [
+            i["instance_id"],
+            i.get("host"),
+            i.get("pid"),
+            duration((now_ms - i["started_at_ms"]) / 1000) if i.get("started_at_ms") else None,
+            "ok" if i.get("kafka_ok") else "DOWN",
+            "ok" if i.get("redis_ok") else "DOWN",
+            ",".join(i.get("consumers", [])) or "-",
+        ]
+        for i in data["instances"]
+    ]
+    out.append("")
+    if irows:
+        out.append(table(["INSTANCE", "HOST", "PID", "UP", "KAFKA", "REDIS", "CONSUMERS"], irows))
+    else:
+        out.append("no live instance (start one with: kafkaconsole run --no-ui)")
+    return "\n".join(out)
+
+
+def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show every consumer across the fleet: state, instances, lag, window, last trigger.
+
+    Reads Redis, so it shows every running instance wherever it runs. --json prints
+    {"consumers": [...], "instances": [...]}.
+
+    Example:
+
+        kafkaconsole status --config kafkaconsole.toml
+
+        kafkaconsole status --json | jq '.consumers[] | {consumer_id, state, lag}'
+    """
+    cfg = _load(None, config)
+    data = _with_fleet(cfg, lambda fleet: fleet.status())
+    Output(as_json).emit(data, _status_text)
+
+
+def _info_text(d: dict[str, Any]) -> str:
+    w = d["window"]
+    e = d["errors"]
+    t = d["totals"]
+    pipeline = d.get("pipeline") or {}
+    lines = [
+        f"consumer     {d['consumer_id']}",
+        f"topic        {d['kafka_topic']}",
+        f"pipeline     {d['pipeline_name']} ({pipeline.get('kind', '?')}, {d['job_type']})",
+        f"state        {d['state']}"
+        + (f" (paused by {d['paused_by']} {since(d['paused_at'])})" if d["paused_by"] else ""),
+        f"instances    {', '.join(d['instances']) or '-'}",
+        f"window       #{w['id']} {progress(w['count'], w['max_event'])}, "
+        f"opened {since(w['opened_at'])}, time left {duration(w['time_left'])} "
+        f"(max_time {duration(w['max_time'])})",
+        f"lag          {'-' if d['lag'] is None else d['lag']}",
+        f"rate         {d['rate']:g} events/s",
+        f"totals       {t['events']} counted, {t['filtered']} filtered, "
+        f"{t['discarded']} discarded, {t['windows']} windows",
+        f"errors       {e['count']} (dlq {e['dlq']}), last: {e['last_error'] or '-'}",
+        f"last trigger {_last_trigger(d['last_trigger'])}",
+    ]
+    if d["partitions"]:
+        lines += [
+            "",
+            table(
+                ["PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG"],
+                [
+                    [p["partition"], p.get("owner"), p["position"], p["highwater"], p["lag"]]
+                    for p in d["partitions"]
+                ],
+            ),
+        ]
+    if d["triggers"]:
+        lines += ["", _history_text(d["triggers"])]
+    return "\n".join(lines)
+
+
+def info(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one consumer: config (secrets masked), state, window, lag, triggers, errors.
+
+    --json prints the same document as the HTTP API's GET /consumer/info/ID.
+
+    Example:
+
+        kafkaconsole info orders --config kafkaconsole.toml
+
+        kafkaconsole info orders --json | jq .window
+    """
+    cfg = _load(None, config)
+    _known(cfg, consumer_id)
+    data = _with_fleet(cfg, lambda fleet: fleet.info(consumer_id))
+    Output(as_json).emit(data, _info_text)
+
+
+def _lag_data(consumers: list[dict[str, Any]]) -> dict[str, Any]:
+    out = [
+        {
+            "consumer_id": c["consumer_id"],
+            "kafka_topic": c["kafka_topic"],
+            "state": c["state"],
+            "lag": c["lag"],
+            "partitions": c["partitions"],
+        }
+        for c in consumers
+    ]
+    lags = [c["lag"] for c in out if c["lag"] is not None]
+    return {"consumers": out, "total_lag": sum(lags) if lags else None}
+
+
+def _lag_text(data: dict[str, Any]) -> str:
+    rows: list[list[Any]] = []
+    for c in data["consumers"]:
+        if not c["partitions"]:
+            rows.append([c["consumer_id"], c["kafka_topic"], None, None, None, None, c["lag"]])
+        for p in c["partitions"]:
+            rows.append(
+                [
+                    c["consumer_id"],
+                    c["kafka_topic"],
+                    p["partition"],
+                    p.get("owner"),
+                    p["position"],
+                    p["highwater"],
+                    p["lag"],
+                ]
+            )
+    text = table(["CONSUMER", "TOPIC", "PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG"], rows)
+    total = data["total_lag"]
+    return f"{text}\n\ntotal lag: {'-' if total is None else total}"
+
+
+def lag(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the lag (highwater - position) of every partition, with its owning instance.
+
+    Only partitions assigned to a live instance have a known lag.
+
+    Example:
+
+        kafkaconsole lag --config kafkaconsole.toml
+
+        kafkaconsole lag --json | jq .total_lag
+    """
+    cfg = _load(None, config)
+
+    async def action(fleet: Fleet) -> dict[str, Any]:
+        return _lag_data(await fleet.consumers())
+
+    Output(as_json).emit(_with_fleet(cfg, action), _lag_text)
+
+
+def _history_text(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return "no trigger yet"
+    rows = [
+        [
+            r["window_id"],
+            r["reason"],
+            r["count"],
+            r["opened_at"],
+            r["closed_at"],
+            r["status"],
+            None
+            if r["run"].get("duration_ms") is None
+            else f"{r['run']['duration_ms'] / 1000:.2f}s",
+        ]
+        for r in records
+    ]
+    return table(["WINDOW", "REASON", "COUNT", "OPENED", "CLOSED", "STATUS", "DURATION"], rows)
+
+
+def history(
+    consumer_id: IdArg,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many records.")
+    ] = 20,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a consumer's trigger records, newest first, each with its pipeline status.
+
+    --json prints a list of trigger records (the pipeline payload plus "status" and "run").
+
+    Example:
+
+        kafkaconsole history orders --limit 5
+
+        kafkaconsole history orders --json | jq '.[] | select(.status == "failed")'
+    """
+    cfg = _load(None, config)
+    _known(cfg, consumer_id)
+    data = _with_fleet(cfg, lambda fleet: fleet.history(consumer_id, limit=limit))
+    Output(as_json).emit(data, _history_text)
+
+
+# ---- steering ---------------------------------------------------------------------------------
+
+
+async def _wait_applied(
+    fleet: Fleet, ids: list[str], paused: bool, wait_s: float
+) -> dict[str, tuple[int, int]]:
+    """Per consumer (applied, live instances running it), once all applied or after wait_s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        instances = await fleet.instances()
+        result: dict[str, tuple[int, int]] = {}
+        for cid in ids:
+            states = [
+                c.get("state")
+                for inst in instances
+                for c in inst.get("consumers", [])
+                if c["consumer_id"] == cid
+            ]
+            result[cid] = (sum(1 for s in states if (s == "paused") == paused), len(states))
+        if all(done == total for done, total in result.values()) or time.monotonic() >= deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+def _set_paused(cfg: AppConfig, ids: list[str], paused: bool) -> list[dict[str, Any]]:
+    async def action(fleet: Fleet) -> list[dict[str, Any]]:
+        before = await fleet.control.pause_states(ids)
+        for cid in ids:
+            if paused:
+                await fleet.pause(cid, by=f"{actor()} (cli)")
+            else:
+                await fleet.resume(cid)
+        applied = await _wait_applied(fleet, ids, paused, APPLY_WAIT_S)
+        return [
+            {
+                "consumer_id": cid,
+                "paused": paused,
+                "changed": before[cid].paused != paused,
+                "instances": applied[cid][1],
+                "applied": applied[cid][0],
+            }
+            for cid in ids
+        ]
+
+    return _with_fleet(cfg, action)
+
+
+def _pause_text(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        verb = "paused" if r["paused"] else "resumed"
+        head = f"{verb} {r['consumer_id']}" + ("" if r["changed"] else f" (already {verb})")
+        if r["instances"] == 0:
+            lines.append(f"{head}: no live instance runs it; it applies when one starts")
+        elif r["applied"] == r["instances"]:
+            lines.append(f"{head}: applied by {r['applied']} of {r['instances']} live instance(s)")
+        else:
+            lines.append(
+                f"{head}: applied by {r['applied']} of {r['instances']} live instance(s) so far;"
+                " the others apply it at their next poll"
+            )
+    return "\n".join(lines)
+
+
+def pause(
+    consumer_id: OptionalIdArg = None,
+    all_: AllOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause counting of a consumer (or --all) on every instance of the fleet.
+
+    Instances keep polling (and so keep their partitions) but count nothing until resume.
+    Waits up to a few seconds and says how many live instances applied it.
+
+    Example:
+
+        kafkaconsole pause orders
+
+        kafkaconsole pause --all --config prod.toml
+    """
+    _check_target(consumer_id, all_)
+    cfg = _load(None, config)
+    ids = _targets(cfg, consumer_id, all_)
+    _writable(cfg, "pause")
+    Output(as_json).emit(_set_paused(cfg, ids, True), _pause_text)
+
+
+def resume(
+    consumer_id: OptionalIdArg = None,
+    all_: AllOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume counting of a paused consumer (or --all) on every instance of the fleet.
+
+    Example:
+
+        kafkaconsole resume orders
+
+        kafkaconsole resume --all --json
+    """
+    _check_target(consumer_id, all_)
+    cfg = _load(None, config)
+    ids = _targets(cfg, consumer_id, all_)
+    _writable(cfg, "resume")
+    Output(as_json).emit(_set_paused(cfg, ids, False), _pause_text)
+
+
+def reset(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Empty a consumer's open window without triggering its pipeline.
+
+    The discarded events stay consumed (their offsets are not replayed).
+
+    Example:
+
+        kafkaconsole reset orders
+    """
+    cfg = _load(None, config)
+    _known(cfg, consumer_id)
+    _writable(cfg, "reset")
+
+    async def action(fleet: Fleet) -> dict[str, Any]:
+        res = await fleet.reset(consumer_id)
+        return {"consumer_id": consumer_id, "window_id": res.window_id, "discarded": res.discarded}
+
+    def text(d: dict[str, Any]) -> str:
+        return (
+            f"reset {d['consumer_id']}: window {d['window_id']} emptied, "
+            f"{d['discarded']} event(s) discarded, no trigger"
+        )
+
+    Output(as_json).emit(_with_fleet(cfg, action), text)
+
+
+def trigger(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Close a consumer's open window now (even when empty) and run its pipeline.
+
+    Prints the closed window's id and count; the instance holding the consumer's dispatch
+    lease runs the pipeline (see `kafkaconsole history ID` for its status).
+
+    Example:
+
+        kafkaconsole trigger orders
+
+        kafkaconsole trigger orders --json | jq .window_id
+    """
+    cfg = _load(None, config)
+    _known(cfg, consumer_id)
+    _writable(cfg, "trigger")
+
+    async def action(fleet: Fleet) -> dict[str, Any]:
+        res = await fleet.trigger(consumer_id)
+        running = _instances_running(await fleet.instances(), consumer_id)
+        return {
+            "consumer_id": consumer_id,
+            "status": res.status,
+            "reason": "manual",
+            "window_id": res.window_id,
+            "count": res.count,
+            "instances": running,
+        }
+
+    data = _with_fleet(cfg, action)
+    if data["status"] != "closed":
+        fail(f"{consumer_id}: window {data['window_id']} was not closed ({data['status']})")
+    if not data["instances"]:
+        warn(f"no live instance runs {consumer_id}: its pipeline runs when one starts")
+
+    def text(d: dict[str, Any]) -> str:
+        return (
+            f"triggered {d['consumer_id']}: window {d['window_id']} closed with "
+            f"{d['count']} event(s) (manual); window {d['window_id'] + 1} is open"
+        )
+
+    Output(as_json).emit(data, text)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the fleet commands to the ``kafkaconsole`` app."""
+    app.command("status")(status)
+    app.command("info")(info)
+    app.command("pause")(pause)
+    app.command("resume")(resume)
+    app.command("reset")(reset)
+    app.command("trigger")(trigger)
+    app.command("history")(history)
+    app.command("lag")(lag)
+
+
+__all__ = ["ExitCode", "register"]

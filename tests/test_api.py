@@ -1,0 +1,373 @@
+"""The HTTP API against a real engine, broker and Redis: every endpoint, auth, schema, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import redis.asyncio as aredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from kafkaconsole.api import ApiServer, start_api
+from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.engine import Engine
+from tests.engine_support import make_config
+from tests.helpers import KafkaHelper, wait_for
+
+TOKEN = "api-token-for-tests"
+SECRET = "pipeline-secret-value"
+
+INFO_KEYS = {
+    "consumer_id",
+    "kafka_topic",
+    "pipeline_name",
+    "job_type",
+    "state",
+    "paused_by",
+    "paused_at",
+    "instances",
+    "config",
+    "pipeline",
+    "window",
+    "lag",
+    "partitions",
+    "rate",
+    "totals",
+    "last_trigger",
+    "triggers",
+    "errors",
+}
+WINDOW_KEYS = {
+    "id",
+    "count",
+    "max_event",
+    "max_time",
+    "fill_ratio",
+    "opened_at",
+    "time_left",
+    "closes_at",
+}
+TOTALS_KEYS = {"events", "filtered", "discarded", "windows", "windows_by_reason"}
+ERRORS_KEYS = {"count", "dlq", "last_error"}
+PARTITION_KEYS = {"partition", "position", "highwater", "lag", "owner"}
+CONSUMER_KEYS = {
+    "consumer_id",
+    "kafka_topic",
+    "pipeline_name",
+    "job_type",
+    "state",
+    "count",
+    "max_event",
+    "max_time",
+    "window_opened_at",
+    "time_left",
+    "lag",
+    "instances",
+    "last_trigger",
+    "partitions",
+}
+
+
+@dataclass
+class Env:
+    engine: Engine
+    api: ApiServer
+    redis: aredis.Redis
+    kafka: KafkaHelper
+    session: aiohttp.ClientSession
+    topic: str
+    cid: str
+    prefix: str
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.session.get(self.api.url + path, **kw) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
+
+    async def post(self, path: str, token: str | None = TOKEN, **kw: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
+        async with self.session.post(self.api.url + path, headers=headers, **kw) as resp:
+            return resp.status, await resp.json()
+
+    async def count(self) -> int:
+        return int(await self.redis.get(f"{self.prefix}:{self.cid}:events") or 0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env(services: EmbeddedServices) -> AsyncIterator[Env]:
+    unique = f"api{uuid.uuid4().hex[:8]}"
+    kafka = KafkaHelper(services.bootstrap_servers)
+    await kafka.start()
+    await kafka.create_topic(unique, 2)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services,
+        unique,
+        [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}],
+        pipelines={
+            "cmd": {
+                "kind": "command",
+                "command": [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                "env": {"API_TOKEN": SECRET},
+                "retry_policy": {"max_attempts": 2, "initial_backoff": 0.01},
+            }
+        },
+        api={"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN},
+    )
+    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    await engine.start()
+    api = await start_api(engine, cfg)
+    redis = aredis.from_url(services.redis_url)
+    session = aiohttp.ClientSession()
+    e = Env(engine, api, redis, kafka, session, unique, cid, unique)
+    try:
+
+        async def assigned() -> bool:
+            status, body = await e.get(f"/consumer/info/{cid}")
+            return status == 200 and len(body["partitions"]) == 2
+
+        await wait_for(assigned, 20, what="both partitions assigned and published")
+        yield e
+    finally:
+        await session.close()
+        await api()
+        await engine.stop()
+        await redis.aclose()
+        await kafka.stop()
+
+
+async def test_health_ready_instances(env: Env) -> None:
+    assert env.api.port > 0
+    status, body = await env.get("/health")
+    assert status == 200 and body["status"] == "ok"
+    assert body["instance_id"] == env.engine.instance_id
+
+    async def ready() -> bool:
+        return (await env.get("/ready"))[0] == 200
+
+    await wait_for(ready, 10, what="/ready 200")
+    _, body = await env.get("/ready")
+    assert body == {
+        "ready": True,
+        "instance_id": env.engine.instance_id,
+        "kafka": True,
+        "redis": True,
+        "reasons": [],
+    }
+    status, body = await env.get("/instances")
+    assert status == 200
+    [inst] = [i for i in body["instances"] if i["instance_id"] == env.engine.instance_id]
+    assert inst["consumers"] == [env.cid] and inst["kafka_ok"] and inst["redis_ok"]
+
+
+async def test_consumers_and_info_schema(env: Env) -> None:
+    await env.kafka.produce(env.topic, ({"i": i} for i in range(3)), partitions=2)
+
+    async def counted() -> bool:
+        return await env.count() >= 3
+
+    await wait_for(counted, 15, what="3 events counted")
+    status, body = await env.get("/consumers")
+    assert status == 200
+    [c] = body["consumers"]
+    assert set(c) >= CONSUMER_KEYS
+    assert c["consumer_id"] == env.cid and c["state"] == "running"
+    assert c["count"] == await env.count()
+
+    status, info = await env.get(f"/consumer/info/{env.cid}")
+    assert status == 200
+    assert set(info) == INFO_KEYS
+    assert set(info["window"]) == WINDOW_KEYS
+    assert set(info["totals"]) == TOTALS_KEYS
+    assert set(info["errors"]) == ERRORS_KEYS
+    assert all(set(p) == PARTITION_KEYS for p in info["partitions"])
+    assert [p["partition"] for p in info["partitions"]] == [0, 1]
+    assert {p["owner"] for p in info["partitions"]} == {env.engine.instance_id}
+    w = info["window"]
+    assert w["count"] >= 3 and w["max_event"] == 1000 and w["opened_at"]
+    assert 0 < w["time_left"] <= 3600 and w["closes_at"]
+    assert info["config"]["consumer_id"] == env.cid
+    assert info["pipeline"]["kind"] == "command"
+    assert info["pipeline"]["env"]["API_TOKEN"] == "******"
+    raw = await env.session.get(f"{env.api.url}/consumer/info/{env.cid}")
+    text = await raw.text()
+    raw.release()
+    assert SECRET not in text and TOKEN not in text
+
+    status, body = await env.get("/consumer/info/nope")
+    assert status == 404 and "unknown consumer 'nope'" in body["error"]
+
+
+async def test_unknown_route_and_method_are_json(env: Env) -> None:
+    status, body = await env.get("/nothing-here")
+    assert status == 404 and body == {"error": "not found"}
+    async with env.session.delete(f"{env.api.url}/health") as resp:
+        assert resp.status == 405 and "error" in await resp.json()
+
+
+async def test_control_needs_the_token(env: Env) -> None:
+    path = f"/consumer/{env.cid}/pause"
+    status, body = await env.post(path, token=None)
+    assert status == 401 and "error" in body
+    status, _ = await env.post(path, token="wrong")
+    assert status == 401
+    status, _ = await env.post(path, token=None, headers={"Authorization": f"Basic {TOKEN}"})
+    assert status == 401
+    status, body = await env.post("/consumer/nope/pause")
+    assert status == 404 and "error" in body
+    status, _ = await env.post(path, data=b"x" * 10_000)
+    assert status == 413
+    assert not (await env.get(f"/consumer/info/{env.cid}"))[1]["paused_by"]
+
+    # without a configured token the control endpoints are disabled
+    no_token = env.engine.config.model_copy(
+        update={"api": env.engine.config.api.model_copy(update={"token": None})}
+    )
+    other = await start_api(env.engine, no_token)
+    try:
+        async with env.session.post(
+            f"{other.url}/consumer/{env.cid}/trigger", headers={"Authorization": "Bearer x"}
+        ) as resp:
+            assert resp.status == 403 and "token" in (await resp.json())["error"]
+    finally:
+        await other()
+
+
+async def test_pause_resume_reset_trigger(env: Env) -> None:
+    status, body = await env.post(f"/consumer/{env.cid}/pause")
+    assert status == 200 and body == {"consumer_id": env.cid, "action": "pause", "paused": True}
+    before = await env.count()
+    _, info = await env.get(f"/consumer/info/{env.cid}")
+    assert info["state"] == "paused" and info["paused_by"].startswith("api")
+    await env.kafka.produce(env.topic, ({"i": i} for i in range(4)), partitions=2)
+    await asyncio.sleep(1.0)
+    assert await env.count() == before
+
+    status, body = await env.post(f"/consumer/{env.cid}/resume")
+    assert status == 200 and body["paused"] is False
+
+    async def resumed() -> bool:
+        return await env.count() == before + 4
+
+    await wait_for(resumed, 10, what="counting resumed")
+
+    status, body = await env.post(f"/consumer/{env.cid}/reset")
+    assert status == 200 and body["action"] == "reset" and body["discarded"] == before + 4
+    assert await env.count() == 0
+
+    await env.kafka.produce(env.topic, ({"i": i} for i in range(2)), partitions=2)
+
+    async def two() -> bool:
+        return await env.count() == 2
+
+    await wait_for(two, 10, what="2 counted")
+    status, body = await env.post(f"/consumer/{env.cid}/trigger")
+    assert status == 200 and body["status"] == "closed" and body["count"] == 2
+    wid = body["window_id"]
+
+    async def ran() -> bool:
+        _, info = await env.get(f"/consumer/info/{env.cid}")
+        lt = info["last_trigger"]
+        return lt is not None and lt["window_id"] == wid and lt["status"] == "succeeded"
+
+    await wait_for(ran, 15, what="manual trigger's pipeline run")
+    _, info = await env.get(f"/consumer/info/{env.cid}")
+    newest = info["triggers"][0]
+    assert newest["reason"] == "manual" and newest["count"] == 2 and newest["status"] == "succeeded"
+    assert info["totals"]["windows_by_reason"]["manual"] >= 1
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+async def test_metrics_parse(env: Env) -> None:
+    status, body = await env.post(f"/consumer/{env.cid}/trigger")
+    assert status == 200
+    wid = body["window_id"]
+
+    async def ran() -> bool:
+        _, info = await env.get(f"/consumer/info/{env.cid}")
+        lt = info["last_trigger"]
+        return lt is not None and lt["window_id"] == wid and lt["status"] == "succeeded"
+
+    await wait_for(ran, 15, what="pipeline run")
+    async with env.session.get(f"{env.api.url}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    fams = _families(text)
+    for name in (
+        "kafkaconsole_events_counted",
+        "kafkaconsole_event_errors",
+        "kafkaconsole_dlq_events",
+        "kafkaconsole_triggers",
+        "kafkaconsole_pipeline_runs",
+        "kafkaconsole_pipeline_run_duration_seconds",
+        "kafkaconsole_consumer_lag",
+        "kafkaconsole_window_fill_ratio",
+        "kafkaconsole_kafka_up",
+        "kafkaconsole_redis_up",
+    ):
+        assert name in fams, name
+
+    def value(family: str, sample: str, **labels: str) -> float:
+        for s in fams[family].samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+        raise AssertionError(f"no {sample} {labels}")
+
+    cid = env.cid
+    assert value("kafkaconsole_triggers", "kafkaconsole_triggers_total", reason="manual") >= 1
+    assert (
+        value(
+            "kafkaconsole_pipeline_runs",
+            "kafkaconsole_pipeline_runs_total",
+            consumer_id=cid,
+            status="succeeded",
+        )
+        >= 1
+    )
+    assert (
+        value(
+            "kafkaconsole_pipeline_run_duration_seconds",
+            "kafkaconsole_pipeline_run_duration_seconds_count",
+            consumer_id=cid,
+        )
+        >= 1
+    )
+    lag_partitions = {s.labels["partition"] for s in fams["kafkaconsole_consumer_lag"].samples}
+    assert lag_partitions == {"0", "1"}
+    assert value("kafkaconsole_redis_up", "kafkaconsole_redis_up") == 1
+    assert 0 <= value("kafkaconsole_window_fill_ratio", "kafkaconsole_window_fill_ratio") <= 1
+
+
+async def test_openapi_lists_every_route(env: Env) -> None:
+    status, doc = await env.get("/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    routes = [
+        (r.method.lower(), r.resource.canonical)
+        for r in env.api.app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    ]
+    assert len(routes) == 11
+    for method, path in routes:
+        assert method in doc["paths"][path], (method, path)
+    for method in ("pause", "resume", "reset", "trigger"):
+        op = doc["paths"][f"/consumer/{{consumer_id}}/{method}"]["post"]
+        assert op["security"] == [{"bearerAuth": []}] and "401" in op["responses"]
+
+
+@pytest.mark.parametrize("path", ["/health", "/metrics", "/openapi.json"])
+async def test_read_endpoints_need_no_token(env: Env, path: str) -> None:
+    status, _ = await env.get(path)
+    assert status == 200
