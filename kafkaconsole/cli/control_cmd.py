@@ -35,6 +35,7 @@ from kafkaconsole.cli.output import (
 from kafkaconsole.config import AppConfig, mask_text
 from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
+from kafkaconsole.engine.dispatch import RedispatchError, redispatch
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
 
 T = TypeVar("T")
@@ -338,19 +339,58 @@ def history(
     ] = 20,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    redispatch_window: Annotated[
+        int | None,
+        typer.Option(
+            "--redispatch",
+            metavar="WINDOW_ID",
+            min=1,
+            help="Queue this past window for its pipeline again (same idempotency key).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show a consumer's trigger records, newest first, each with its pipeline status.
 
     --json prints a list of trigger records (the pipeline payload plus "status" and "run").
+    --redispatch WINDOW_ID puts a past window back in the dispatch queue; a running instance
+    runs its pipeline again with the same idempotency key <consumer_id>:<window_id>.
 
     Example:
 
         kafkaconsole history orders --limit 5
 
         kafkaconsole history orders --json | jq '.[] | select(.status == "failed")'
+
+        kafkaconsole history orders --redispatch 42
     """
     cfg = _load(None, config)
     _known(cfg, consumer_id)
+    if redispatch_window is not None:
+        _writable(cfg, "re-dispatch")
+        wid = redispatch_window
+
+        async def requeue(fleet: Fleet) -> dict[str, Any]:
+            try:
+                await redispatch(fleet.redis, cfg, consumer_id, wid)
+            except RedispatchError as exc:
+                fail(str(exc))
+            return {
+                "consumer_id": consumer_id,
+                "window_id": wid,
+                "status": "queued",
+                "idempotency_key": f"{consumer_id}:{wid}",
+            }
+
+        result = _with_fleet(cfg, requeue)
+        Output(as_json).emit(
+            result,
+            lambda r: (
+                f"window {wid} of {consumer_id} queued for its pipeline again "
+                f"(idempotency key {r['idempotency_key']})"
+            ),
+        )
+        return
     data = _with_fleet(cfg, lambda fleet: fleet.history(consumer_id, limit=limit))
     Output(as_json).emit(data, _history_text)
 
