@@ -12,11 +12,11 @@ import json
 import math
 import os
 import re
-from enum import IntEnum
 from typing import Annotated, Any
 
 import typer
 
+from kafkaconsole.cli.output import ExitCode
 from kafkaconsole.config import (
     AppConfig,
     ConfigError,
@@ -24,13 +24,6 @@ from kafkaconsole.config import (
     mask_config,
     resolve_config_path,
 )
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    FAILURE = 1
-    CONFIG_ERROR = 2
-
 
 DEBUG_ENV = "KAFKACONSOLE_DEBUG"
 """Set to 1 to let unexpected errors raise with a traceback."""
