@@ -33,10 +33,12 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
+from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.engine import Engine, UnknownConsumer
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.health import VerdictName
 from kafkaconsole.engine.records import RunResult, TriggerRecord
-from kafkaconsole.engine.status import ConsumerState
+from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.api")
 
@@ -162,7 +164,7 @@ class ApiMetrics:
                     lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
             rate.add_metric([c.consumer_id], c.rate)
             dlq.add_metric([c.consumer_id], c.dlq)
-        out += [state, lag, rate, dlq]
+        out += [state, lag, rate, dlq, self._partition_time_lag(snap)]
 
         runs = CounterMetricFamily(
             "kafkaconsole_pipeline_runs",
@@ -255,8 +257,57 @@ class ApiMetrics:
             paused.add_metric([cid], 1 if fc["state"] == "paused" else 0)
             live.add_metric([cid], len(fc["instances"]))
         out += [fleet_instances, counted, errors, filtered, discarded, triggers]
-        out += [w_events, w_max, w_fill, w_left, paused, live]
+        out += [w_events, w_max, w_fill, w_left, paused, live, *self._health(consumers)]
         return out
+
+    @staticmethod
+    def _partition_time_lag(snap: InstanceSnapshot) -> Metric:
+        family = GaugeMetricFamily(
+            "kafkaconsole_partition_time_lag_seconds",
+            "Age of the oldest unconsumed event per partition owned by this instance.",
+            labels=["consumer_id", "topic", "partition"],
+        )
+        for c in snap.consumers:
+            for p in c.partitions:
+                if p.time_lag_seconds is not None:
+                    labels = [c.consumer_id, c.kafka_topic, str(p.partition)]
+                    family.add_metric(labels, p.time_lag_seconds)
+        return family
+
+    @staticmethod
+    def _health(consumers: list[dict[str, Any]]) -> list[Metric]:
+        """Fleet-wide health: verdicts, time lag, time to the next trigger, firing alerts."""
+        verdict = GaugeMetricFamily(
+            "kafkaconsole_consumer_verdict",
+            "Health verdict of each consumer (1 for the current verdict), fleet-wide.",
+            labels=["consumer_id", "verdict"],
+        )
+        time_lag = GaugeMetricFamily(
+            "kafkaconsole_consumer_time_lag_seconds",
+            "Age of the consumer's oldest unconsumed event, fleet-wide (absent when unknown).",
+            labels=["consumer_id"],
+        )
+        to_trigger = GaugeMetricFamily(
+            "kafkaconsole_window_time_to_trigger_seconds",
+            "Expected seconds before the open window triggers, at the current rate.",
+            labels=["consumer_id"],
+        )
+        alerts = GaugeMetricFamily(
+            "kafkaconsole_alert_firing",
+            "Alert rules firing, fleet-wide (value 1).",
+            labels=["consumer_id", "alert"],
+        )
+        for fc in consumers:
+            cid = fc["consumer_id"]
+            for v in VerdictName:
+                verdict.add_metric([cid, str(v)], 1 if fc.get("verdict") == v else 0)
+            if fc.get("time_lag_seconds") is not None:
+                time_lag.add_metric([cid], fc["time_lag_seconds"])
+            if fc.get("time_to_trigger_seconds") is not None:
+                to_trigger.add_metric([cid], fc["time_to_trigger_seconds"])
+            for alert in fc.get("alerts", []):
+                alerts.add_metric([cid, alert["alert"]], 1)
+        return [verdict, time_lag, to_trigger, alerts]
 
 
 # ---- the server -------------------------------------------------------------------------------
@@ -348,7 +399,7 @@ ROUTES: tuple[Route, ...] = (
 _STATUS_TEXT = {
     200: "OK",
     401: "Missing or wrong bearer token",
-    403: "Control endpoints disabled (no [api] token configured)",
+    403: "Control endpoints disabled (no [api] token configured, or read-only mode)",
     404: "Unknown consumer",
     413: "Request body too large",
     503: "Not ready, or Redis unreachable",
@@ -424,6 +475,7 @@ class ApiServer:
     # ---- lifecycle ---------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[self._errors])
+        app.on_response_prepare.append(_security_headers)
         handlers: dict[str, Handler] = {
             "health": self.health,
             "ready": self.ready,
@@ -493,6 +545,8 @@ class ApiServer:
             )
         except (UnknownConsumerError, UnknownConsumer) as exc:
             return _error(404, _unknown_text(exc, self.config))
+        except ReadOnlyError as exc:
+            return _error(403, str(exc))
         except (RedisError, OSError) as exc:
             return _error(503, f"Redis unreachable: {mask_text(str(exc), self.config)}")
         except asyncio.CancelledError:
@@ -508,6 +562,12 @@ class ApiServer:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), self._token
         ):
+            log.warning(
+                "API %s %s refused: missing or wrong bearer token (from %s)",
+                request.method,
+                request.path,
+                request.remote,
+            )
             resp = _error(401, "missing or wrong bearer token")
             resp.headers["WWW-Authenticate"] = 'Bearer realm="kafkaconsole"'
             return resp
@@ -518,6 +578,12 @@ class ApiServer:
             denied = self._authorize(request)
             if denied is not None:
                 return denied
+            if self.config.ui.read_only:
+                return _error(
+                    403,
+                    "read-only mode ([ui] read_only = true or --read-only): "
+                    "pause, resume, reset and trigger are refused",
+                )
             await request.read()  # enforces CLIENT_MAX_SIZE; the body itself is ignored
             cid = request.match_info["consumer_id"]
             self.fleet.consumer_cfg(cid)  # 404 for an unknown id
@@ -530,20 +596,23 @@ class ApiServer:
         return handler
 
     # ---- control -----------------------------------------------------------------------------
+    # The audit trail names an API caller by the bearer token it proved and its address.
     async def _pause(self, cid: str, request: web.Request) -> dict[str, Any]:
-        await self.engine.pause(cid, by=f"api ({request.remote})")
+        await self.engine.pause(
+            cid, by=f"api ({request.remote})", via="api", user=_api_user(request)
+        )
         return {"action": "pause", "paused": True}
 
     async def _resume(self, cid: str, request: web.Request) -> dict[str, Any]:
-        await self.engine.resume(cid)
+        await self.engine.resume(cid, via="api", user=_api_user(request))
         return {"action": "resume", "paused": False}
 
     async def _reset(self, cid: str, request: web.Request) -> dict[str, Any]:
-        res = await self.engine.reset(cid)
+        res = await self.engine.reset(cid, via="api", user=_api_user(request))
         return {"action": "reset", "window_id": res.window_id, "discarded": res.discarded}
 
     async def _trigger(self, cid: str, request: web.Request) -> dict[str, Any]:
-        res = await self.engine.force_trigger(cid)
+        res = await self.engine.force_trigger(cid, via="api", user=_api_user(request))
         return {
             "action": "trigger",
             "status": res.status,
@@ -609,6 +678,17 @@ def _unknown_text(exc: Exception, config: AppConfig) -> str:
         return str(exc)
     cid = exc.args[0] if exc.args else "?"
     return str(UnknownConsumerError(str(cid), [c.consumer_id for c in config.consumers]))
+
+
+def _api_user(request: web.Request) -> str:
+    return f"api-token@{request.remote}"
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No caching of status or config, no content sniffing, no framing."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
 
 
 def _is_loopback(host: str) -> bool:

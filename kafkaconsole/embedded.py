@@ -109,10 +109,23 @@ class ManagedProcess:
             self.proc.send_signal(sig)
 
 
-def start_broker(port: int | None = None, *, log_dir: Path | None = None) -> ManagedProcess:
-    """Start a Tansu broker on 127.0.0.1 and wait until it accepts connections."""
+def start_broker(
+    port: int | None = None,
+    *,
+    log_dir: Path | None = None,
+    advertised: str | None = None,
+    authentication: bool = False,
+) -> ManagedProcess:
+    """Start a Tansu broker on 127.0.0.1 and wait until it accepts connections.
+
+    ``advertised`` ("host:port") is the address the broker gives clients in its metadata
+    (default: its own listener), e.g. a TLS-terminating proxy in front of it. With
+    ``authentication`` every client must authenticate with SASL (this Tansu build offers
+    SCRAM-SHA-256/512 only, and serves no TLS itself: ``--cert``/``--key`` are ignored).
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised_url = f"tcp://{advertised}" if advertised else url
     log = open(log_dir / f"broker-{port}.log", "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG",)}
     proc = subprocess.Popen(
@@ -122,9 +135,10 @@ def start_broker(port: int | None = None, *, log_dir: Path | None = None) -> Man
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised_url,
             "--storage-engine",
             "memory://tansu/",
+            *(["--authentication"] if authentication else []),
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,

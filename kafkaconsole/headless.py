@@ -13,11 +13,11 @@ second interrupt forced the exit (2, configuration errors, is the CLI's).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -134,12 +134,16 @@ async def serve(
         try:
             await engine.start()
         except RedisError as exc:
-            log.error("cannot start: Redis at %s: %s", mask_text(config.redis.url, config), exc)
+            log.error(
+                "cannot start: Redis at %s: %s",
+                mask_text(config.redis.url, config),
+                mask_text(str(exc) or type(exc).__name__, config),
+            )
             await _close_all(closers)
             await engine.stop(timeout=2)
             return EXIT_FAILURE
         except Exception as exc:
-            log.error("cannot start: %s: %s", type(exc).__name__, exc)
+            log.error("cannot start: %s", start_error_text(exc, config))
             await _close_all(closers)
             await engine.stop(timeout=2)
             return EXIT_FAILURE
@@ -171,13 +175,44 @@ async def _close_all(closers: list[Callable[[], Awaitable[None]]]) -> None:
     closers.clear()
 
 
+def start_error_text(exc: BaseException, config: AppConfig) -> str:
+    """Why the engine could not start, in one line, secrets masked. Kafka failures name the
+    brokers and the security settings (a failed SASL exchange can surface as a bare KeyError
+    from the client library)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    module = type(exc).__module__ or ""
+    kafka = config.kafka
+    if module.startswith("aiokafka") or (
+        kafka.security_protocol.startswith("SASL") and isinstance(exc, KeyError | ValueError)
+    ):
+        how: str = kafka.security_protocol
+        if kafka.security_protocol.startswith("SASL"):
+            how += f" {kafka.sasl_mechanism} as user {kafka.sasl_username!r}"
+            text += " (authentication failed or refused: check the SASL mechanism and credentials)"
+        text = f"Kafka at {kafka.bootstrap_servers} ({how}): {text}"
+    return mask_text(text, config)
+
+
+def crash_text(exc: BaseException, config: AppConfig) -> str:
+    """An unexpected exception's traceback, every secret of ``config`` masked."""
+    return mask_text("".join(traceback.format_exception(exc)).rstrip(), config)
+
+
 def run_headless(
     config: AppConfig,
     *,
     instance_id: str | None = None,
     extras: list[ExtraService] | None = None,
 ) -> int:
-    """``asyncio.run(serve(...))``; the exit code of ``kafkaconsole run --no-ui``."""
-    with contextlib.suppress(KeyboardInterrupt):
+    """``asyncio.run(serve(...))``; the exit code of ``kafkaconsole run --no-ui``.
+
+    An unexpected exception is logged with its traceback, secrets masked (never Python's raw
+    traceback on stderr), and exits 1.
+    """
+    try:
         return asyncio.run(serve(config, instance_id=instance_id, extras=extras))
-    return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        log.critical("crashed: %s", crash_text(exc, config), extra={"event": "crash"})
+        return EXIT_FAILURE

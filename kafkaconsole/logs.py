@@ -14,32 +14,34 @@ from typing import IO
 
 import orjson
 
-MASK = "******"
+from kafkaconsole.config.secrets import MASK, redact
+
+__all__ = ["MASK", "JsonFormatter", "SecretMaskFilter", "setup_logging"]
 
 
 class SecretMaskFilter(logging.Filter):
-    """Masks every known secret value in a record's rendered message."""
+    """Masks every known secret value in a record's rendered message, exception and stack,
+    and any URL password or token-like query parameter (even of values it was not told)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        self._values = frozenset(self.secrets)
+
+    def mask(self, text: str) -> str:
+        return redact(text, self._values)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         msg = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        masked = msg
-        for s in self.secrets:
-            masked = masked.replace(s, MASK)
+        masked = self.mask(msg)
         if masked != msg:
             record.msg, record.args = masked, None
         if record.exc_text:
-            text = record.exc_text
-            for s in self.secrets:
-                text = text.replace(s, MASK)
-            record.exc_text = text
+            record.exc_text = self.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
         return True
 
 

@@ -37,6 +37,12 @@ INFO_KEYS = {
     "pipeline",
     "window",
     "lag",
+    "time_lag_seconds",
+    "time_to_trigger_seconds",
+    "verdict",
+    "verdict_reason",
+    "verdict_since",
+    "alerts",
     "partitions",
     "rate",
     "totals",
@@ -56,7 +62,15 @@ WINDOW_KEYS = {
 }
 TOTALS_KEYS = {"events", "filtered", "discarded", "windows", "windows_by_reason"}
 ERRORS_KEYS = {"count", "dlq", "last_error"}
-PARTITION_KEYS = {"partition", "position", "highwater", "lag", "owner"}
+PARTITION_KEYS = {
+    "partition",
+    "position",
+    "highwater",
+    "lag",
+    "time_lag_seconds",
+    "oldest_ts_ms",
+    "owner",
+}
 CONSUMER_KEYS = {
     "consumer_id",
     "kafka_topic",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from kafkaconsole.cli import control_cmd, run_cmd
+from kafkaconsole.cli import audit_cmd, control_cmd, run_cmd
 from kafkaconsole.cli.config_cmd import config_app
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("demo")(run_cmd.demo)
 control_cmd.register(app)
+app.command("audit")(audit_cmd.audit)
 app.add_typer(config_app, name="config")
 
 

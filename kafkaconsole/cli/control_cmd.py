@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from kafkaconsole.cli.config_cmd import DEBUG_ENV, _load
 from kafkaconsole.cli.output import (
@@ -33,6 +33,7 @@ from kafkaconsole.cli.output import (
     warn,
 )
 from kafkaconsole.config import AppConfig, mask_text
+from kafkaconsole.engine.audit import ReadOnlyError, cli_instance
 from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.dispatch import RedispatchError, redispatch
@@ -60,6 +61,14 @@ OptionalIdArg = Annotated[
     typer.Argument(metavar="ID", help="The consumer_id (or --all).", show_default=False),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every consumer of the configuration.")]
+ReadOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--read-only",
+        help="Refuse to act (exit 1), as with [ui] read_only = true: a safety switch for "
+        "scripts and aliases (KAFKACONSOLE_UI__READ_ONLY=true does it for every command).",
+    ),
+]
 
 
 # ---- plumbing -------------------------------------------------------------------------------
@@ -87,6 +96,19 @@ def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
         raise
     except UnknownConsumerError as exc:
         fail(str(exc))
+    except ReadOnlyError as exc:
+        fail(str(exc))
+    except NoPermissionError as exc:
+        fail(
+            f"Redis at {mask_text(cfg.redis.url, cfg)} refused a command: "
+            f"{mask_text(str(exc), cfg)} (the ACL user needs the commands listed in README "
+            "Security)"
+        )
+    except AuthenticationError as exc:
+        fail(
+            f"Redis at {mask_text(cfg.redis.url, cfg)} refused the credentials: "
+            f"{mask_text(str(exc) or type(exc).__name__, cfg)} (check [redis] username/password)"
+        )
     except (RedisError, OSError) as exc:
         fail(
             f"cannot reach Redis at {mask_text(cfg.redis.url, cfg)}: "
@@ -108,9 +130,12 @@ def _known(cfg: AppConfig, consumer_id: str) -> None:
         fail(str(UnknownConsumerError(consumer_id, ids)))
 
 
-def _writable(cfg: AppConfig, what: str) -> None:
+def _writable(cfg: AppConfig, what: str, read_only: bool = False) -> None:
+    """Fail (exit 1) in read-only mode, before touching Redis."""
+    if read_only:
+        fail(f"refusing to {what}: read-only mode (--read-only)")
     if cfg.ui.read_only:
-        fail(f"refusing to {what}: the configuration sets [ui] read_only = true")
+        fail(f"refusing to {what}: read-only mode (the configuration sets [ui] read_only = true)")
 
 
 def _check_target(consumer_id: str | None, all_: bool) -> None:
@@ -147,22 +172,46 @@ def _instances_running(instances: list[dict[str, Any]], consumer_id: str) -> lis
 # ---- status / info / lag / history ------------------------------------------------------------
 
 
+def _verdict(c: dict[str, Any]) -> str:
+    """``stalled``, with ``!N`` when N alerts fire."""
+    v = c.get("verdict") or "-"
+    return f"{v} !{len(c['alerts'])}" if c.get("alerts") else v
+
+
+def _health_note(c: dict[str, Any]) -> str:
+    """The reason of a verdict other than ok, and the alerts firing (one line each)."""
+    lines = []
+    if c.get("verdict") not in (None, "ok"):
+        lines.append(f"{c['consumer_id']}: {c['verdict']}: {c.get('verdict_reason') or '-'}")
+    for a in c.get("alerts", []):
+        lines.append(
+            f"{c['consumer_id']}: alert {a['alert']} firing since {since(a.get('since'))}: "
+            f"{a.get('message') or '-'}"
+        )
+    return "\n".join(lines)
+
+
 def _status_text(data: dict[str, Any]) -> str:
     rows = [
         [
             c["consumer_id"],
             c["kafka_topic"],
             c["state"],
+            _verdict(c),
             ",".join(c["instances"]) or "-",
             c["lag"],
+            duration(c.get("time_lag_seconds")),
             progress(c["count"], c["max_event"]),
             duration(c["time_left"]),
             _last_trigger(c["last_trigger"]),
         ]
         for c in data["consumers"]
     ]
-    headers = ["CONSUMER", "TOPIC", "STATE", "INSTANCES", "LAG", "WINDOW", "TIME LEFT"]
-    out = [table([*headers, "LAST TRIGGER"], rows)]
+    headers = ["CONSUMER", "TOPIC", "STATE", "VERDICT", "INSTANCES", "LAG", "TIME LAG", "WINDOW"]
+    out = [table([*headers, "TIME LEFT", "LAST TRIGGER"], rows)]
+    notes = [_health_note(c) for c in data["consumers"]]
+    if any(notes):
+        out += ["", *[n for n in notes if n]]
     now_ms = time.time() * 1000
     irows = [
         [
@@ -216,7 +265,15 @@ def _info_text(d: dict[str, Any]) -> str:
         f"window       #{w['id']} {progress(w['count'], w['max_event'])}, "
         f"opened {since(w['opened_at'])}, time left {duration(w['time_left'])} "
         f"(max_time {duration(w['max_time'])})",
-        f"lag          {'-' if d['lag'] is None else d['lag']}",
+        f"health       {d['verdict']}: {d['verdict_reason']}"
+        + (f" (since {since(d['verdict_since'])})" if d.get("verdict_since") else ""),
+        *[
+            f"alert        {a['alert']} firing since {since(a.get('since'))}: {a.get('message')}"
+            for a in d.get("alerts", [])
+        ],
+        f"lag          {'-' if d['lag'] is None else d['lag']} "
+        f"(time lag {duration(d.get('time_lag_seconds'))})",
+        f"next trigger in {duration(d.get('time_to_trigger_seconds'))}",
         f"rate         {d['rate']:g} events/s",
         f"totals       {t['events']} counted, {t['filtered']} filtered, "
         f"{t['discarded']} discarded, {t['windows']} windows",
@@ -227,9 +284,16 @@ def _info_text(d: dict[str, Any]) -> str:
         lines += [
             "",
             table(
-                ["PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG"],
+                ["PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG", "TIME LAG"],
                 [
-                    [p["partition"], p.get("owner"), p["position"], p["highwater"], p["lag"]]
+                    [
+                        p["partition"],
+                        p.get("owner"),
+                        p["position"],
+                        p["highwater"],
+                        p["lag"],
+                        duration(p.get("time_lag_seconds")),
+                    ]
                     for p in d["partitions"]
                 ],
             ),
@@ -349,6 +413,7 @@ def history(
             show_default=False,
         ),
     ] = None,
+    read_only: ReadOnlyOpt = False,
 ) -> None:
     """Show a consumer's trigger records, newest first, each with its pipeline status.
 
@@ -367,12 +432,16 @@ def history(
     cfg = _load(None, config)
     _known(cfg, consumer_id)
     if redispatch_window is not None:
-        _writable(cfg, "re-dispatch")
+        _writable(cfg, "re-dispatch", read_only)
         wid = redispatch_window
 
         async def requeue(fleet: Fleet) -> dict[str, Any]:
             try:
-                await redispatch(fleet.redis, cfg, consumer_id, wid)
+                async with fleet.audit.action(
+                    "redispatch", consumer_id, via="cli", user=actor(), instance=cli_instance()
+                ) as outcome:
+                    await redispatch(fleet.redis, cfg, consumer_id, wid)
+                    outcome.detail = f"window {wid} queued for its pipeline again"
             except RedispatchError as exc:
                 fail(str(exc))
             return {
@@ -464,6 +533,7 @@ def pause(
     all_: AllOpt = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    read_only: ReadOnlyOpt = False,
 ) -> None:
     """Pause counting of a consumer (or --all) on every instance of the fleet.
 
@@ -479,7 +549,7 @@ def pause(
     _check_target(consumer_id, all_)
     cfg = _load(None, config)
     ids = _targets(cfg, consumer_id, all_)
-    _writable(cfg, "pause")
+    _writable(cfg, "pause", read_only)
     Output(as_json).emit(_set_paused(cfg, ids, True), _pause_text)
 
 
@@ -488,6 +558,7 @@ def resume(
     all_: AllOpt = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    read_only: ReadOnlyOpt = False,
 ) -> None:
     """Resume counting of a paused consumer (or --all) on every instance of the fleet.
 
@@ -500,11 +571,16 @@ def resume(
     _check_target(consumer_id, all_)
     cfg = _load(None, config)
     ids = _targets(cfg, consumer_id, all_)
-    _writable(cfg, "resume")
+    _writable(cfg, "resume", read_only)
     Output(as_json).emit(_set_paused(cfg, ids, False), _pause_text)
 
 
-def reset(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def reset(
+    consumer_id: IdArg,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    read_only: ReadOnlyOpt = False,
+) -> None:
     """Empty a consumer's open window without triggering its pipeline.
 
     The discarded events stay consumed (their offsets are not replayed).
@@ -515,7 +591,7 @@ def reset(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False
     """
     cfg = _load(None, config)
     _known(cfg, consumer_id)
-    _writable(cfg, "reset")
+    _writable(cfg, "reset", read_only)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
         res = await fleet.reset(consumer_id)
@@ -530,7 +606,12 @@ def reset(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False
     Output(as_json).emit(_with_fleet(cfg, action), text)
 
 
-def trigger(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def trigger(
+    consumer_id: IdArg,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    read_only: ReadOnlyOpt = False,
+) -> None:
     """Close a consumer's open window now (even when empty) and run its pipeline.
 
     Prints the closed window's id and count; the instance holding the consumer's dispatch
@@ -544,7 +625,7 @@ def trigger(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = Fal
     """
     cfg = _load(None, config)
     _known(cfg, consumer_id)
-    _writable(cfg, "trigger")
+    _writable(cfg, "trigger", read_only)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
         res = await fleet.trigger(consumer_id)

@@ -21,16 +21,41 @@ from kafkaconsole.logs import setup_logging
 
 log = logging.getLogger("kafkaconsole.cli")
 
-ConfigOpt = Annotated[str | None, typer.Option(
-    "--config", "-c", metavar="FILE", show_default=False,
-    help="Configuration file (default: $KAFKACONSOLE_CONFIG, then ./kafkaconsole.toml).")]
-NoUiOpt = Annotated[bool, typer.Option(
-    "--no-ui", help="Run headless: logs on stderr, no terminal UI (for containers).")]
-LogFormatOpt = Annotated[str, typer.Option(
-    "--log-format", help="Headless log lines: text or json.")]
-InstanceOpt = Annotated[str | None, typer.Option(
-    "--instance-id", help="Name of this instance in the fleet (default: hostname-pid).",
-    show_default=False)]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        show_default=False,
+        help="Configuration file (default: $KAFKACONSOLE_CONFIG, then ./kafkaconsole.toml).",
+    ),
+]
+NoUiOpt = Annotated[
+    bool,
+    typer.Option("--no-ui", help="Run headless: logs on stderr, no terminal UI (for containers)."),
+]
+LogFormatOpt = Annotated[
+    str, typer.Option("--log-format", help="Headless log lines: text or json.")
+]
+ThemeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--theme",
+        metavar="NAME",
+        show_default=False,
+        help="Console theme: kafkaconsole-dark, kafkaconsole-light, kafkaconsole-high-contrast, "
+        "a user theme's name or a theme .toml file (default: ui.theme in the config).",
+    ),
+]
+InstanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--instance-id",
+        help="Name of this instance in the fleet (default: hostname-pid).",
+        show_default=False,
+    ),
+]
 
 
 def _check_log_format(value: str) -> str:
@@ -51,8 +76,12 @@ def run(
     no_ui: NoUiOpt = False,
     log_format: LogFormatOpt = "text",
     instance_id: InstanceOpt = None,
+    theme: ThemeOpt = None,
 ) -> None:
     """Run every consumer of the config until interrupted.
+
+    Without --no-ui the terminal console opens, with the engine running inside it
+    (q stops the engine gracefully, then exits).
 
     Example: kafkaconsole run --config kafkaconsole.toml --no-ui --log-format json
     """
@@ -62,16 +91,21 @@ def run(
         raise typer.Exit(run_headless_cli(cfg, log_format, instance_id))
     from kafkaconsole.tui.app import run_tui
 
-    raise typer.Exit(run_tui(cfg, instance_id=instance_id))
+    raise typer.Exit(run_tui(cfg, instance_id=instance_id, theme=theme))
 
 
 def demo(
     no_ui: NoUiOpt = False,
     log_format: LogFormatOpt = "text",
     rate: Annotated[float, typer.Option(help="Synthetic events per second.")] = 300.0,
-    workdir: Annotated[Path | None, typer.Option(
-        help="Folder for the demo config and service logs (default: a temporary one).",
-        show_default=False)] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the demo config and service logs (default: a temporary one).",
+            show_default=False,
+        ),
+    ] = None,
+    theme: ThemeOpt = None,
 ) -> None:
     """Start a broker, Redis and a demo stream, then run the console on them.
 
@@ -83,8 +117,10 @@ def demo(
     async def main() -> int:
         async with demo_environment(workdir, rate=rate) as env:
             cfg = load_config(env.config_path)
-            sys.stderr.write(f"kafkaconsole demo: config at {env.config_path}\n"
-                             f"  try: kafkaconsole status --config {env.config_path}\n")
+            sys.stderr.write(
+                f"kafkaconsole demo: config at {env.config_path}\n"
+                f"  try: kafkaconsole status --config {env.config_path}\n"
+            )
             if no_ui:
                 from kafkaconsole.headless import serve
 
@@ -92,7 +128,7 @@ def demo(
                 return await serve(cfg)
             from kafkaconsole.tui.app import KafkaConsoleApp
 
-            app = KafkaConsoleApp(cfg)
+            app = KafkaConsoleApp(cfg, theme=theme)
             await app.run_async()
             return app.return_code or 0
 

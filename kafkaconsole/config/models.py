@@ -49,7 +49,7 @@ class KafkaConfig(Section):
     ssl_check_hostname: bool = True
     """Verify that the broker's certificate matches its host name."""
     allow_insecure: bool = False
-    """Allow SASL credentials over PLAINTEXT (not recommended)."""
+    """Accept SASL_PLAINTEXT (credentials unencrypted); logs a warning. Not recommended."""
     fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
     """How long the broker may hold a fetch waiting for data (lower = lower latency)."""
     session_timeout_ms: int = Field(10_000, ge=1_000)
@@ -61,8 +61,35 @@ class KafkaConfig(Section):
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaConfig:
-        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
-            raise ValueError("sasl_mechanism is required with a SASL security_protocol")
+        protocol = self.security_protocol
+        if protocol.startswith("SASL"):
+            if not self.sasl_mechanism:
+                raise ValueError("sasl_mechanism is required with a SASL security_protocol")
+            for name in ("sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required with security_protocol {protocol}")
+            if protocol == "SASL_PLAINTEXT" and not self.allow_insecure:
+                raise ValueError(
+                    f"security_protocol SASL_PLAINTEXT sends {self.sasl_mechanism} credentials "
+                    "over an unencrypted connection: use SASL_SSL, or set allow_insecure = true "
+                    "to accept the risk"
+                )
+        else:
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} is set but security_protocol {protocol} does not use SASL "
+                        "(use SASL_SSL)"
+                    )
+        if protocol not in ("SSL", "SASL_SSL"):
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} is set but security_protocol {protocol} does not use TLS "
+                        "(use SSL or SASL_SSL)"
+                    )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
         return self
 
 
@@ -84,6 +111,15 @@ class RedisConfig(Section):
     dispatch_lease_ms: int = Field(10_000, ge=500)
     """How long a dead instance keeps the right to dispatch a consumer's triggers."""
 
+    @model_validator(mode="after")
+    def _ca_needs_tls(self) -> RedisConfig:
+        if self.ssl_ca_certs is not None and not self.tls and not self.url.startswith("rediss://"):
+            raise ValueError(
+                "ssl_ca_certs is set but the connection does not use TLS "
+                "(use a rediss:// url or set tls = true)"
+            )
+        return self
+
 
 class ApiConfig(Section):
     enabled: bool = True
@@ -102,7 +138,7 @@ class UiConfig(Section):
     refresh_hz: float = Field(4.0, gt=0, le=30)
     """How often the screen refreshes from engine snapshots."""
     read_only: bool = False
-    """Refuse pause, reset and trigger from the TUI and CLI."""
+    """Refuse pause, resume, reset and trigger from the TUI, the CLI and the HTTP API (403)."""
     keymap: dict[str, str] = Field(default_factory=dict)
     """Remap bindings by id, e.g. { pause = "space" }."""
 
@@ -292,6 +328,128 @@ class ConsumerConfig(Section):
         return value
 
 
+VERDICTS: tuple[str, ...] = (
+    "ok",
+    "paused",
+    "lagging",
+    "stalled",
+    "stopped",
+    "window-stuck",
+    "pipeline-failing",
+    "trigger-storm",
+)
+"""Every health verdict, from :mod:`kafkaconsole.engine.health`."""
+AlertVerdict = Literal[
+    "paused", "lagging", "stalled", "stopped", "window-stuck", "pipeline-failing", "trigger-storm"
+]
+AlertMetric = Literal["lag", "time_lag_seconds", "rate", "triggers_per_minute", "failed_runs"]
+
+
+def _short_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class AlertRule(Section):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", max_length=64)
+    """Names the alert in notifications and its Redis key (default: verdict or metric_above_N)."""
+    verdict: AlertVerdict | None = None
+    """Fire while a consumer has this verdict (set verdict or metric, not both)."""
+    metric: AlertMetric | None = None
+    """Fire while this number of a consumer is above or below a threshold."""
+    above: float | None = None
+    """With metric: fire while the metric is greater than this."""
+    below: float | None = None
+    """With metric: fire while the metric is less than this."""
+    for_: float = Field(0.0, ge=0, alias="for")
+    """Seconds the condition must hold before the alert fires (it resolves when it stops)."""
+    channel: Literal["log", "webhook", "tui"] = "log"
+    """log: a log line; webhook: a JSON POST to url (retried); tui: a toast and a row badge."""
+    url: str | None = Field(None, pattern=r"^https?://")
+    """Webhook URL (channel = "webhook"); the alert is the JSON body."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra webhook headers (write tokens as ${ENV_VAR})."""
+    consumers: list[str] = Field(default_factory=list)
+    """consumer_ids the rule watches (empty: every consumer)."""
+
+    @field_validator("for_", mode="before")
+    @classmethod
+    def _for_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # the loader's boolean check cannot see through the alias
+            raise ValueError("expected a number")
+        return value
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> AlertRule:
+        if (self.verdict is None) == (self.metric is None):
+            raise ValueError("a rule needs either verdict or metric (not both)")
+        if self.metric is not None and (self.above is None) == (self.below is None):
+            raise ValueError("a metric rule needs either above or below (not both)")
+        if self.verdict is not None and (self.above is not None or self.below is not None):
+            raise ValueError("above and below go with metric, not with verdict")
+        if self.channel == "webhook" and not self.url:
+            raise ValueError('url is required with channel = "webhook"')
+        return self
+
+    @property
+    def rule_id(self) -> str:
+        """The alert's name: ``name``, else the verdict, else e.g. ``time_lag_seconds_above_60``."""
+        if self.name:
+            return self.name
+        if self.verdict is not None:
+            return self.verdict
+        if self.above is not None:
+            return f"{self.metric}_above_{_short_number(self.above)}"
+        return f"{self.metric}_below_{_short_number(self.below or 0.0)}"
+
+    def watches(self, consumer_id: str) -> bool:
+        return not self.consumers or consumer_id in self.consumers
+
+
+class MonitoringConfig(Section):
+    enabled: bool = True
+    """Compute a health verdict per consumer and evaluate the alert rules."""
+    sample_interval: float = Field(1.0, gt=0, le=60)
+    """Seconds between two samples of the fleet (lag, positions, counts, runs)."""
+    lagging_intervals: int = Field(5, ge=1, le=1000)
+    """lagging: the lag grew over this many consecutive status intervals (about a second each)."""
+    stall_after: float = Field(30.0, gt=0)
+    """stalled: seconds with events waiting (lag > 0), not paused, and a position not moving."""
+    stuck_after: float = Field(60.0, gt=0)
+    """window-stuck: seconds with events being read but none counted (all filtered or bad)."""
+    failing_runs: int = Field(3, ge=1, le=100)
+    """pipeline-failing: this many most recent pipeline runs failed (or the breaker is open)."""
+    storm_per_minute: float = Field(30.0, gt=0)
+    """trigger-storm: more triggers per minute than this, counted over storm_period."""
+    storm_period: float = Field(60.0, gt=0)
+    """Seconds over which triggers are counted for trigger-storm."""
+    webhook_timeout: float = Field(5.0, gt=0)
+    """Seconds one webhook POST may take."""
+    webhook_attempts: int = Field(3, ge=1, le=20)
+    """Attempts per webhook notification (waiting 0.5 s, 1 s, 2 s... between them)."""
+    alerts: list[AlertRule] = Field(default_factory=list)
+    """Alert rules, one [[monitoring.alerts]] table each."""
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> MonitoringConfig:
+        seen: set[str] = set()
+        for rule in self.alerts:
+            if rule.rule_id in seen:
+                raise ValueError(
+                    f"alerts has two rules named {rule.rule_id!r} (give one of them a name)"
+                )
+            seen.add(rule.rule_id)
+        return self
+
+
 class AppConfig(Section):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     """Kafka connection."""
@@ -301,6 +459,8 @@ class AppConfig(Section):
     """HTTP API."""
     ui: UiConfig = Field(default_factory=UiConfig)
     """Terminal UI."""
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    """Health verdicts and alerts."""
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
     """Pipelines by name."""
     consumers: list[ConsumerConfig] = Field(default_factory=list)
@@ -310,6 +470,23 @@ class AppConfig(Section):
     # came from ${VAR}, and the values substituted, so that secrets.py can mask them.
     _secret_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
     _resolved_secrets: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    def with_read_only(self) -> AppConfig:
+        """This configuration with ``[ui] read_only = true`` (for ``--read-only``); secrets
+        stay known (the private attributes are copied)."""
+        return self.model_copy(update={"ui": self.ui.model_copy(update={"read_only": True})})
+
+    @model_validator(mode="after")
+    def _alerts_name_known_consumers(self) -> AppConfig:
+        ids = {c.consumer_id for c in self.consumers}
+        for rule in self.monitoring.alerts:
+            unknown = [cid for cid in rule.consumers if cid not in ids]
+            if unknown:
+                raise ValueError(
+                    f"monitoring alert {rule.rule_id!r} names unknown consumer(s) "
+                    f"{', '.join(repr(u) for u in unknown)}"
+                )
+        return self
 
     def consumer(self, consumer_id: str) -> ConsumerConfig:
         for consumer in self.consumers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -162,3 +162,28 @@ def redact(text: str, values: Iterable[str]) -> str:
 def mask_text(text: str, cfg: AppConfig) -> str:
     """Mask every secret of ``cfg`` in a log line or error message."""
     return redact(text, secret_values(cfg))
+
+
+def masker(cfg: AppConfig) -> Callable[[str], str]:
+    """A function masking every secret of ``cfg`` (and any URL password or token-like query
+    parameter) in a text; the secret values are computed once."""
+    values = frozenset(secret_values(cfg))
+
+    def mask(text: str) -> str:
+        return redact(text, values)
+
+    return mask
+
+
+def mask_strings(data: Any, mask: Callable[[str], str]) -> Any:
+    """A copy of a JSON-like document with ``mask`` applied to every string (keys included)."""
+    if isinstance(data, str):
+        return mask(data)
+    if isinstance(data, Mapping):
+        return {
+            (mask(key) if isinstance(key, str) else key): mask_strings(item, mask)
+            for key, item in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [mask_strings(item, mask) for item in data]
+    return data

@@ -1,13 +1,55 @@
-"""Kafka and Redis client settings built from the config, in one place."""
+"""Kafka and Redis client settings built from the config, in one place.
+
+Also what "safe by default" checks at start: :func:`security_warnings` (settings that work but
+weaken security, logged once by the engine) and :func:`check_redis_access` (the Redis ACL user
+may run every command the engine needs, on keys under the prefix; see :data:`REDIS_COMMANDS`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import ssl
+import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, ResponseError
 
-from kafkaconsole.config.models import KafkaConfig, RedisConfig
+from kafkaconsole.config.models import AppConfig, KafkaConfig, RedisConfig
+
+REDIS_COMMANDS: tuple[str, ...] = (
+    # connection (HELLO/AUTH at connect; CLIENT SETINFO is sent by redis-py, errors ignored)
+    "ping", "hello", "auth", "client|setinfo", "select",
+    # scripts: the counting and lease scripts (EVALSHA; SCRIPT LOAD/EXISTS when not cached)
+    "evalsha", "script|load", "script|exists",
+    # transactions
+    "multi", "exec", "discard", "watch", "unwatch",
+    # strings and keys
+    "get", "set", "mget", "del", "pexpire", "time", "scan",
+    # hashes
+    "hget", "hset", "hdel", "hgetall", "hmget", "hincrby",
+    # streams: history, dispatch (consumer group), audit
+    "xadd", "xrange", "xrevrange", "xreadgroup", "xack", "xdel", "xautoclaim", "xclaim",
+    "xgroup|create",
+    # pub/sub: control announcements
+    "publish", "subscribe", "unsubscribe",
+)  # fmt: skip
+"""Every Redis command the engine, the CLI and the HTTP API send (scripts included)."""
+
+
+class RedisAccessError(NoPermissionError):
+    """The Redis user lacks commands (or key access) the engine needs."""
+
+
+def redis_acl_line(prefix: str = "consumer", user: str = "kafkaconsole") -> str:
+    """The ``ACL SETUSER`` line granting exactly what kafkaconsole needs under ``prefix``."""
+    commands = " ".join(f"+{c}" for c in REDIS_COMMANDS)
+    return (
+        f"ACL SETUSER {user} on >PASSWORD resetkeys ~{prefix}:* resetchannels &{prefix}:* "
+        f"-@all {commands}"
+    )
 
 
 def kafka_ssl_context(cfg: KafkaConfig) -> ssl.SSLContext | None:
@@ -51,3 +93,126 @@ def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
     kwargs.update(extra)
     return Redis.from_url(url, **kwargs)
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def security_warnings(config: AppConfig) -> list[str]:
+    """Settings that work but weaken security (each logged once when the engine starts)."""
+    out: list[str] = []
+    kafka = config.kafka
+    if kafka.security_protocol == "SASL_PLAINTEXT":
+        out.append(
+            f"Kafka: SASL {kafka.sasl_mechanism} over an unencrypted connection "
+            "(security_protocol SASL_PLAINTEXT, allow_insecure = true): use SASL_SSL"
+        )
+    if kafka.security_protocol in ("SSL", "SASL_SSL") and not kafka.ssl_check_hostname:
+        out.append(
+            "Kafka: ssl_check_hostname = false: the brokers' certificates are not matched "
+            "against their host names"
+        )
+    redis = config.redis
+    parts = urlsplit(redis.url)
+    tls = redis.tls or parts.scheme == "rediss"
+    has_password = bool(redis.password or parts.password)
+    if (
+        has_password
+        and not tls
+        and parts.scheme != "unix"
+        and not _is_loopback_host(parts.hostname)
+    ):
+        out.append(
+            f"Redis: password sent without TLS to {parts.hostname}: use rediss:// (or tls = true)"
+        )
+    api = config.api
+    if api.enabled and api.token is not None and 0 < len(api.token) < 16:
+        out.append("API: [api] token is shorter than 16 characters; use a long random token")
+    return out
+
+
+async def check_redis_access(redis: Redis, prefix: str) -> None:
+    """Run each command of :data:`REDIS_COMMANDS` once on throw-away keys under ``prefix``.
+
+    Raises :class:`RedisAccessError` naming every command (or the key pattern) the Redis user
+    may not use, so an ACL user missing a permission fails at start with one clear message
+    instead of in a background task later. Other errors of the probe are ignored.
+    """
+    base = f"{prefix}:_fleet:probe:{uuid.uuid4().hex}"
+    k_str, k_hash, k_stream = f"{base}:s", f"{base}:h", f"{base}:x"
+    script = "return 1"
+    sha = hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by their SHA-1
+    probes: list[tuple[str, tuple[Any, ...]]] = [
+        ("time", ("TIME",)),
+        ("set", ("SET", k_str, "1", "PX", 60_000)),
+        ("get", ("GET", k_str)),
+        ("mget", ("MGET", k_str)),
+        ("pexpire", ("PEXPIRE", k_str, 60_000)),
+        ("hset", ("HSET", k_hash, "f", "1")),
+        ("hincrby", ("HINCRBY", k_hash, "n", 1)),
+        ("hget", ("HGET", k_hash, "f")),
+        ("hmget", ("HMGET", k_hash, "f", "n")),
+        ("hgetall", ("HGETALL", k_hash)),
+        ("hdel", ("HDEL", k_hash, "f")),
+        ("xadd", ("XADD", k_stream, "MAXLEN", "~", 10, "*", "f", "1")),
+        ("xgroup|create", ("XGROUP", "CREATE", k_stream, "g", "0", "MKSTREAM")),
+        ("xreadgroup", ("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "STREAMS", k_stream, ">")),
+        ("xautoclaim", ("XAUTOCLAIM", k_stream, "g", "c", 0, "0-0", "COUNT", 1)),
+        ("xclaim", ("XCLAIM", k_stream, "g", "c", 0, "0-1", "JUSTID")),
+        ("xack", ("XACK", k_stream, "g", "0-1")),
+        ("xdel", ("XDEL", k_stream, "0-1")),
+        ("xrange", ("XRANGE", k_stream, "-", "+", "COUNT", 1)),
+        ("xrevrange", ("XREVRANGE", k_stream, "+", "-", "COUNT", 1)),
+        ("publish", ("PUBLISH", f"{base}:channel", "probe")),
+        ("scan", ("SCAN", 0, "MATCH", f"{base}:*", "COUNT", 10)),
+        # the probe keys expire even if the clean-up below is refused
+        ("pexpire", ("PEXPIRE", k_hash, 60_000)),
+        ("pexpire", ("PEXPIRE", k_stream, 60_000)),
+        ("script|load", ("SCRIPT", "LOAD", script)),
+        ("script|exists", ("SCRIPT", "EXISTS", sha)),
+        ("evalsha", ("EVALSHA", sha, 0)),
+    ]
+    pipe = redis.pipeline(transaction=False)
+    for _, args in probes:
+        pipe.execute_command(*args)
+    results = await pipe.execute(raise_on_error=False)
+    denied: list[str] = []
+    scopes: set[str] = set()
+
+    def note(name: str, exc: NoPermissionError) -> None:
+        text = str(exc).lower()
+        if "command" in text:
+            denied.append(name)
+        elif "channel" in text:
+            scopes.add(f"channels {prefix}:*")
+        else:
+            scopes.add(f"keys {prefix}:*")
+
+    for (name, _), result in zip(probes, results, strict=True):
+        if isinstance(result, NoPermissionError):
+            note(name, result)
+    try:
+        async with redis.pipeline(transaction=True) as tx:
+            await tx.watch(k_str)
+            tx.multi()
+            tx.delete(k_str, k_hash, k_stream)
+            await tx.execute()
+    except NoPermissionError as exc:
+        named = [c for c in ("watch", "multi", "exec", "del") if f"'{c}'" in str(exc).lower()]
+        for name in named or ["multi"]:
+            note(name, exc)
+    except ResponseError:
+        pass
+    if denied or scopes:
+        missing = [f"the command(s) {', '.join(n.upper() for n in dict.fromkeys(denied))}"]
+        missing = (missing if denied else []) + sorted(scopes)
+        raise RedisAccessError(
+            f"the Redis user may not use {' and '.join(missing)}, which kafkaconsole needs "
+            "(grant the ACL line of README Security)"
+        )

@@ -83,6 +83,7 @@ local function close_window(reason, history_limit)
   redis.call('XADD', K_HISTORY, 'MAXLEN', '~', history_limit, '*', unpack(fields))
   redis.call('XADD', K_DISPATCH, '*', unpack(fields))
   redis.call('HINCRBY', K_STATS, 'windows', 1)
+  redis.call('HINCRBY', K_STATS, 'windows_' .. reason, 1)
   local closed_id = wid
   wid = wid + 1
   count = 0
@@ -111,29 +112,33 @@ end
 """
 
 _APPLY = _PRELUDE + r"""
--- ARGV: max_event, history_limit, topic, n_parts, then per partition:
+-- ARGV: max_event, history_limit, topic, then ONE space-separated string of integers:
+--   n_parts, then per partition:
 --   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*
-local max_event = tonumber(ARGV[1])
-local history_limit = tonumber(ARGV[2])
-local topic = ARGV[3]
-local n_parts = tonumber(ARGV[4])
+-- (one argument instead of dozens: the client packs a poll's deltas with a single join)
+local A = {ARGV[1], ARGV[2], ARGV[3]}
+for tok in string.gmatch(ARGV[4], '%S+') do A[#A + 1] = tok end
+local max_event = tonumber(A[1])
+local history_limit = tonumber(A[2])
+local topic = A[3]
+local n_parts = tonumber(A[4])
 local i = 5
 local closed = {}
 local added, errors, filtered, skipped = 0, 0, 0, 0
 
 for _ = 1, n_parts do
-  local p = ARGV[i]
-  local next_after = tonumber(ARGV[i + 1])
-  local first_offset = tonumber(ARGV[i + 2])
-  local n_records = tonumber(ARGV[i + 3])
-  local n_ranges = tonumber(ARGV[i + 4])
+  local p = A[i]
+  local next_after = tonumber(A[i + 1])
+  local first_offset = tonumber(A[i + 2])
+  local n_records = tonumber(A[i + 3])
+  local n_ranges = tonumber(A[i + 4])
   i = i + 5
   local key = topic .. '|' .. p
   local stored = tonumber(redis.call('HGET', K_OFFSETS, key) or '-1')
   local counted_here = 0
   for _ = 1, n_ranges do
-    local a = tonumber(ARGV[i])
-    local b = tonumber(ARGV[i + 1])
+    local a = tonumber(A[i])
+    local b = tonumber(A[i + 1])
     i = i + 2
     if a < stored then
       skipped = skipped + math.min(b, stored - 1) - a + 1
@@ -161,11 +166,11 @@ for _ = 1, n_parts do
       end
     end
   end
-  local n_err = tonumber(ARGV[i])
+  local n_err = tonumber(A[i])
   i = i + 1
   local errors_here = 0
   for _ = 1, n_err do
-    if tonumber(ARGV[i]) >= stored then errors_here = errors_here + 1 end
+    if tonumber(A[i]) >= stored then errors_here = errors_here + 1 end
     i = i + 1
   end
   errors = errors + errors_here
@@ -294,19 +299,23 @@ class WindowCounter:
         self.topic = topic
         self.max_event = max_event
         self.history_limit = history_limit
+        self._keys = keys.counting_keys()
         self._apply = redis.register_script(_APPLY)
         self._close = redis.register_script(_CLOSE)
         self._reset = redis.register_script(_RESET)
 
     async def apply(self, deltas: list[PartitionDelta]) -> ApplyResult:
-        args: list[Any] = [self.max_event, self.history_limit, self.topic, len(deltas)]
+        nums: list[int] = [len(deltas)]
         for d in deltas:
-            args += [d.partition, d.next_offset, d.first_offset, d.n_records, len(d.ranges)]
+            nums += (d.partition, d.next_offset, d.first_offset, d.n_records, len(d.ranges))
             for a, b in d.ranges:
-                args += [a, b]
-            args.append(len(d.errors))
-            args += d.errors
-        res = await self._apply(keys=self.keys.counting_keys(), args=args)
+                nums += (a, b)
+            nums.append(len(d.errors))
+            nums += d.errors
+        # the deltas travel as one string: packing each integer as its own argument costs
+        # more client time than the whole script takes to run on the server
+        args = [self.max_event, self.history_limit, self.topic, " ".join(map(str, nums))]
+        res = await self._apply(keys=self._keys, args=args)
         opened = _int(res[2])
         return ApplyResult(
             count=_int(res[0]), window_id=_int(res[1]), opened_at_ms=None if opened < 0 else opened,
@@ -318,7 +327,7 @@ class WindowCounter:
                     max_time_ms: int = 0) -> CloseResult:
         allow_empty = reason == TriggerReason.MANUAL
         res = await self._close(
-            keys=self.keys.counting_keys(),
+            keys=self._keys,
             args=[str(reason), -1 if expected_window_id is None else expected_window_id,
                   max_time_ms, "1" if allow_empty else "0", self.history_limit],
         )
@@ -326,7 +335,7 @@ class WindowCounter:
         return CloseResult(status, _int(res[1]), _int(res[2]), _int(res[3]))
 
     async def reset(self) -> ResetResult:
-        res = await self._reset(keys=self.keys.counting_keys(), args=[])
+        res = await self._reset(keys=self._keys, args=[])
         return ResetResult(_int(res[0]), _int(res[1]), _int(res[2]))
 
     async def window(self) -> WindowState:

@@ -25,8 +25,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.config.secrets import masker
+from kafkaconsole.engine.audit import AuditLog, ReadOnlyError, reset_detail, trigger_detail
 from kafkaconsole.engine.batch_reader import WindowEventReader
-from kafkaconsole.engine.clients import kafka_kwargs, redis_client
+from kafkaconsole.engine.clients import (
+    check_redis_access,
+    kafka_kwargs,
+    redis_client,
+    security_warnings,
+)
 from kafkaconsole.engine.consumer import ConsumerRunner
 from kafkaconsole.engine.control import FleetControl, actor
 from kafkaconsole.engine.counting import (
@@ -38,7 +45,9 @@ from kafkaconsole.engine.counting import (
 from kafkaconsole.engine.dispatch import TriggerDispatcher
 from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.faults import fault_hook_from_env
+from kafkaconsole.engine.health import consumer_time_lag
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
@@ -103,6 +112,7 @@ class Engine:
         self.fleet_keys = FleetKeys(self.prefix)
         self.redis: Redis = redis or redis_client(config.redis)
         self.control = FleetControl(self.redis, self.prefix)
+        self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
         self.started_at_ms = int(time.time() * 1000)
         self._stop = asyncio.Event()
         self._consumers: dict[str, _Consumer] = {}
@@ -115,13 +125,21 @@ class Engine:
         self._redis_ok = False
         self._last_heartbeat = 0.0
         self._fault = fault_hook_from_env()
+        # health verdicts and alerts over the fleet view ([monitoring]; kafkaconsole.engine.health)
+        self.monitor: HealthMonitor | None = None
+        if config.monitoring.enabled:
+            self.monitor = HealthMonitor(self.redis, config, self.instance_id)
         self.started = False
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect, build every consumer and start its tasks. Raises if Redis is unreachable."""
         await self.redis.ping()
+        # an ACL user lacking a command the engine needs fails here, with one clear message
+        await check_redis_access(self.redis, self.prefix)
         self._redis_ok = True
+        for warning in security_warnings(self.config):
+            log.warning("insecure setting: %s", warning)
         self._producer = AIOKafkaProducer(acks="all", linger_ms=5, **kafka_kwargs(self.config.kafka))
         await self._producer.start()
         await self._ensure_dlq_topics()
@@ -146,6 +164,12 @@ class Engine:
             ]
         self._tasks.append(asyncio.create_task(self._status_loop(), name="status"))
         self._tasks.append(asyncio.create_task(self._control_listener(), name="control"))
+        if self.monitor is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._guard(self.monitor.run(self._stop), "health monitor"), name="health"
+                )
+            )
         self.started = True
         log.info("engine %s started with %d consumer(s)", self.instance_id, len(self._consumers))
 
@@ -266,6 +290,9 @@ class Engine:
                     await t
         with contextlib.suppress(Exception):
             await self.redis.delete(self.fleet_keys.instance(self.instance_id))
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                await self.monitor.close()
         for pipeline in self._pipelines.values():
             with contextlib.suppress(Exception):
                 await pipeline.close()
@@ -295,29 +322,47 @@ class Engine:
     def consumer_ids(self) -> list[str]:
         return [c.consumer_id for c in self.config.consumers]
 
-    async def pause(self, consumer_id: str | None = None, by: str | None = None) -> list[str]:
+    # Control actions refuse in read-only mode ([ui] read_only, ReadOnlyError) and are
+    # recorded in the audit stream: ``via`` names the face (the TUI passes "tui", the API
+    # "api"), ``user`` who acted (default: this process's user@host).
+    def _audited(self, action: str, consumer_id: str, via: str, user: str | None) -> Any:
+        if self.config.ui.read_only:
+            raise ReadOnlyError(action)
+        return self.audit.action(action, consumer_id, via=via, user=user or actor(),
+                                 instance=self.instance_id)
+
+    async def pause(self, consumer_id: str | None = None, by: str | None = None, *,
+                    via: str = "engine", user: str | None = None) -> list[str]:
         """Pause one consumer (or all) fleet-wide. Returns the ids paused."""
         ids = [consumer_id] if consumer_id else self.consumer_ids()
         for cid in ids:
             c = self._get(cid)
-            await self.control.set_paused(cid, True, by or f"{actor()} ({self.instance_id})")
+            async with self._audited("pause", cid, via, user) as outcome:
+                await self.control.set_paused(cid, True, by or f"{actor()} ({self.instance_id})")
+                outcome.detail = "paused on every instance"
             c.runner.set_paused(True)
             c.shared.paused = True
         return ids
 
-    async def resume(self, consumer_id: str | None = None) -> list[str]:
+    async def resume(self, consumer_id: str | None = None, *, via: str = "engine",
+                     user: str | None = None) -> list[str]:
         ids = [consumer_id] if consumer_id else self.consumer_ids()
         for cid in ids:
             c = self._get(cid)
-            await self.control.set_paused(cid, False)
+            async with self._audited("resume", cid, via, user) as outcome:
+                await self.control.set_paused(cid, False)
+                outcome.detail = "resumed on every instance"
             c.runner.set_paused(False)
             c.shared.paused = False
         return ids
 
-    async def reset(self, consumer_id: str) -> ResetResult:
+    async def reset(self, consumer_id: str, *, via: str = "engine",
+                    user: str | None = None) -> ResetResult:
         """Empty the open window without triggering."""
         c = self._get(consumer_id)
-        res = await c.counter.reset()
+        async with self._audited("reset", consumer_id, via, user) as outcome:
+            res = await c.counter.reset()
+            outcome.detail = reset_detail(res)
         c.timer.observe(res.window_id, 0, None, res.redis_now_ms)
         c.shared.count, c.shared.opened_at_ms = 0, None
         await self.control.announce(consumer_id, "reset")
@@ -325,10 +370,13 @@ class Engine:
                  res.discarded)
         return res
 
-    async def force_trigger(self, consumer_id: str) -> CloseResult:
+    async def force_trigger(self, consumer_id: str, *, via: str = "engine",
+                            user: str | None = None) -> CloseResult:
         """Close the open window now (even when empty) and dispatch its pipeline."""
         c = self._get(consumer_id)
-        res = await c.counter.close(TriggerReason.MANUAL)
+        async with self._audited("trigger", consumer_id, via, user) as outcome:
+            res = await c.counter.close(TriggerReason.MANUAL)
+            outcome.detail = trigger_detail(res)
         trigger_log.info("%s: window %d closed (manual, %d events)", consumer_id,
                          res.window_id, res.count)
         c.timer.observe(res.window_id + 1, 0, None, res.redis_now_ms)
@@ -373,6 +421,12 @@ class Engine:
     def subscribe_runs(self, listener: Callable[[TriggerRecord, RunResult], None]) -> None:
         """Call ``listener`` with every pipeline run this instance finishes (for metrics)."""
         self._run_listeners.append(listener)
+
+    def subscribe_alerts(self, listener: AlertListener) -> None:
+        """Call ``listener`` with every alert that fires or resolves, as this instance sees it
+        (every instance's console gets its own toast; log and webhook go out once per fleet)."""
+        if self.monitor is not None:
+            self.monitor.subscribe(listener)
 
     def snapshot(self) -> InstanceSnapshot:
         return self._snapshot or self._build_snapshot()
@@ -463,6 +517,8 @@ class Engine:
                 lag=sum(lags) if lags else (0 if parts else None), partitions=parts,
                 last_trigger=c.shared.last_trigger, last_error=r.last_error, dlq=r.dlq_count,
                 breaker=c.dispatcher.breaker.to_json_dict(),
+                time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
+                **self._health_fields(c.cfg.consumer_id),
             ))
         kafka_ok = any(c.runner.kafka_ok for c in self._consumers.values()) or not self._consumers
         return InstanceSnapshot(
@@ -470,6 +526,17 @@ class Engine:
             started_at_ms=self.started_at_ms, taken_at_ms=int(time.time() * 1000),
             redis_ok=self._redis_ok, kafka_ok=kafka_ok, consumers=tuple(consumers),
         )
+
+    def _health_fields(self, consumer_id: str) -> dict[str, Any]:
+        health = self.monitor.health(consumer_id) if self.monitor is not None else None
+        if health is None:
+            return {}
+        return {
+            "verdict": str(health.verdict.name),
+            "verdict_reason": health.verdict.reason,
+            "verdict_since_ms": health.since_ms,
+            "alerts": health.alerts,
+        }
 
     def with_state(self, snap: InstanceSnapshot, **changes: Any) -> InstanceSnapshot:
         return replace(snap, **changes)

@@ -15,11 +15,27 @@ import orjson
 from redis.asyncio import Redis
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
-from kafkaconsole.config.secrets import mask_config
-from kafkaconsole.engine.control import FleetControl
+from kafkaconsole.config.secrets import mask_config, mask_strings, masker
+from kafkaconsole.engine.alerts import active_alerts
+from kafkaconsole.engine.audit import (
+    AuditLog,
+    ReadOnlyError,
+    cli_instance,
+    reset_detail,
+    trigger_detail,
+)
+from kafkaconsole.engine.control import FleetControl, actor
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowCounter
+from kafkaconsole.engine.health import (
+    VerdictName,
+    consumer_time_lag,
+    sample_from_status,
+    time_lag_seconds,
+    verdict,
+)
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.records import TriggerReason, iso_ms
+from kafkaconsole.engine.thresholds import window_progress
 
 TRIGGER_REASONS = tuple(str(r) for r in TriggerReason)
 
@@ -59,12 +75,17 @@ class UnknownConsumerError(LookupError):
 class Fleet:
     """Read and steer every instance of a config's fleet through Redis."""
 
-    def __init__(self, redis: Redis, config: AppConfig) -> None:
+    def __init__(self, redis: Redis, config: AppConfig, *, via: str = "cli") -> None:
         self.redis = redis
         self.config = config
         self.prefix = config.redis.key_prefix
         self.fleet_keys = FleetKeys(self.prefix)
         self.control = FleetControl(redis, self.prefix)
+        # every string read back (errors, run details) is masked: no secret leaves through
+        # the CLI or the HTTP API; control actions are recorded in the audit stream
+        self.mask = masker(config)
+        self.via = via
+        self.audit = AuditLog(redis, self.prefix, mask=self.mask)
 
     # ---- helpers ---------------------------------------------------------------------------
     def consumer_cfg(self, consumer_id: str) -> ConsumerConfig:
@@ -99,7 +120,7 @@ class Fleet:
         values = await self.redis.mget(keys)
         out = [orjson.loads(v) for v in values if v]
         out.sort(key=lambda i: i["instance_id"])
-        return out
+        return list(mask_strings(out, self.mask))
 
     async def history(self, consumer_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Trigger records, newest first, each with its pipeline run status."""
@@ -134,7 +155,7 @@ class Fleet:
                     "run": run,
                 }
             )
-        return out
+        return list(mask_strings(out, self.mask))
 
     async def consumers(self) -> list[dict[str, Any]]:
         """Every configured consumer's fleet-wide status (``status --json``'s ``consumers``)."""
@@ -171,7 +192,7 @@ class Fleet:
                     now_ms,
                 )
             )
-        return out
+        return list(mask_strings(out, self.mask))
 
     async def _consumer_status(
         self,
@@ -192,6 +213,7 @@ class Fleet:
         any_error = None
         rate = 0.0
         dlq = 0
+        reported_ms, reported = 0, None  # the newest heartbeat's view of this consumer
         for inst in instances:
             for c in inst.get("consumers", []):
                 if c["consumer_id"] != cid:
@@ -200,6 +222,8 @@ class Fleet:
                 rate += float(c.get("rate") or 0)
                 dlq += int(c.get("dlq") or 0)
                 taken = int(inst.get("taken_at_ms") or 0)
+                if taken >= reported_ms:
+                    reported_ms, reported = taken, c
                 for p in c.get("partitions", []):
                     # during a rebalance (or until a dead instance's heartbeat expires) two
                     # snapshots may claim a partition: the newest snapshot wins
@@ -232,7 +256,7 @@ class Fleet:
                 "closed_at": iso_ms(int(f["closed_at"])),
                 "status": run.get("status", "pending"),
             }
-        return {
+        status = {
             "consumer_id": cid,
             "kafka_topic": cfg.kafka_topic,
             "pipeline_name": cfg.pipeline_name,
@@ -262,6 +286,54 @@ class Fleet:
             "last_trigger": last_trigger,
             "last_error": errors_text or any_error,
         }
+        return await self._with_health(status, cfg, reported, reported_ms, now_ms)
+
+    async def _with_health(
+        self,
+        status: dict[str, Any],
+        cfg: ConsumerConfig,
+        reported: dict[str, Any] | None,
+        reported_ms: int,
+        now_ms: int,
+    ) -> dict[str, Any]:
+        """Add time lag, time to the next trigger, the verdict and the active alerts.
+
+        The verdict is the one the instances compute over their sliding window of fleet
+        samples (the newest heartbeat's); facts that need no history win at once: no live
+        instance is ``stopped``, a pause (or its end) shows without waiting for a heartbeat.
+        """
+        for p in status["partitions"]:
+            if "oldest_ts_ms" in p:
+                p["time_lag_seconds"] = time_lag_seconds(p.get("lag"), p["oldest_ts_ms"], now_ms)
+        status["time_lag_seconds"] = consumer_time_lag(
+            [p.get("time_lag_seconds") for p in status["partitions"]]
+        )
+        rate = 0.0 if status["state"] == "paused" else status["rate"]
+        eta = window_progress(
+            status["count"],
+            cfg.max_event,
+            status["window_opened_at_ms"],
+            cfg.max_time,
+            rate,
+            now_ms,
+        ).eta_seconds
+        status["time_to_trigger_seconds"] = round(eta, 3) if eta is not None else None
+        status["reported_at_ms"] = reported_ms or None
+        now = now_ms / 1000
+        instant = verdict([sample_from_status(status, now)], self.config.monitoring, now)
+        judged = reported.get("verdict") if reported is not None else None
+        immediate = (VerdictName.STOPPED, VerdictName.PAUSED)
+        if reported is None or not judged or instant.name in immediate or judged == "paused":
+            status["verdict"], status["verdict_reason"] = str(instant.name), instant.reason
+            status["verdict_since"] = None
+        else:
+            status["verdict"] = judged
+            status["verdict_reason"] = reported.get("verdict_reason")
+            status["verdict_since"] = iso_ms(reported.get("verdict_since_ms"))
+        status["alerts"] = await active_alerts(
+            self.redis, self.prefix, self.config.monitoring.alerts, cfg.consumer_id
+        )
+        return status
 
     async def status(self) -> dict[str, Any]:
         """``{"consumers": [...], "instances": [...]}``: the model ``status --json`` prints."""
@@ -313,6 +385,12 @@ class Fleet:
                 "closes_at": iso_ms(window_closes_at(c["window_opened_at_ms"], cfg.max_time)),
             },
             "lag": c["lag"],
+            "time_lag_seconds": c["time_lag_seconds"],
+            "time_to_trigger_seconds": c["time_to_trigger_seconds"],
+            "verdict": c["verdict"],
+            "verdict_reason": c["verdict_reason"],
+            "verdict_since": c["verdict_since"],
+            "alerts": c["alerts"],
             "partitions": c["partitions"],
             "rate": c["rate"],
             "totals": {
@@ -328,24 +406,40 @@ class Fleet:
         }
 
     # ---- steering --------------------------------------------------------------------------
-    async def pause(self, consumer_id: str, by: str | None = None) -> None:
+    # Each action refuses in read-only mode and is recorded in the audit stream (who: this
+    # process's user and instance, via: this Fleet's face, what, when, result).
+    def _audited(self, action: str, consumer_id: str, user: str | None) -> Any:
         self.consumer_cfg(consumer_id)
-        await self.control.set_paused(consumer_id, True, by)
+        if self.config.ui.read_only:
+            raise ReadOnlyError(action)
+        return self.audit.action(
+            action, consumer_id, via=self.via, user=user or actor(), instance=cli_instance()
+        )
 
-    async def resume(self, consumer_id: str) -> None:
-        self.consumer_cfg(consumer_id)
-        await self.control.set_paused(consumer_id, False)
+    async def pause(self, consumer_id: str, by: str | None = None, user: str | None = None) -> None:
+        async with self._audited("pause", consumer_id, user) as outcome:
+            await self.control.set_paused(consumer_id, True, by)
+            outcome.detail = "paused on every instance"
+
+    async def resume(self, consumer_id: str, user: str | None = None) -> None:
+        async with self._audited("resume", consumer_id, user) as outcome:
+            await self.control.set_paused(consumer_id, False)
+            outcome.detail = "resumed on every instance"
 
     async def is_paused(self, consumer_id: str) -> bool:
         self.consumer_cfg(consumer_id)
         return (await self.control.pause_states([consumer_id]))[consumer_id].paused
 
-    async def reset(self, consumer_id: str) -> ResetResult:
-        res = await self.counter(consumer_id).reset()
-        await self.control.announce(consumer_id, "reset")
+    async def reset(self, consumer_id: str, user: str | None = None) -> ResetResult:
+        async with self._audited("reset", consumer_id, user) as outcome:
+            res = await self.counter(consumer_id).reset()
+            await self.control.announce(consumer_id, "reset")
+            outcome.detail = reset_detail(res)
         return res
 
-    async def trigger(self, consumer_id: str) -> CloseResult:
-        res = await self.counter(consumer_id).close(TriggerReason.MANUAL)
-        await self.control.announce(consumer_id, "trigger")
+    async def trigger(self, consumer_id: str, user: str | None = None) -> CloseResult:
+        async with self._audited("trigger", consumer_id, user) as outcome:
+            res = await self.counter(consumer_id).close(TriggerReason.MANUAL)
+            await self.control.announce(consumer_id, "trigger")
+            outcome.detail = trigger_detail(res)
         return res

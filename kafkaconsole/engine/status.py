@@ -29,6 +29,10 @@ class PartitionSnapshot:
     position: int | None
     highwater: int | None
     lag: int | None
+    time_lag_seconds: float | None = None
+    """Age of the oldest unconsumed event (0 when caught up, None when unknown)."""
+    oldest_ts_ms: int | None = None
+    """Timestamp (ms) of the oldest unconsumed event, or a lower bound (None: caught up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,20 @@ class TriggerSummary:
     count: int
     closed_at_ms: int
     status: str  # run status (pending until dispatched)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAlert:
+    """An alert rule firing for a consumer (the console shows a badge on its row)."""
+
+    alert: str
+    channel: str
+    message: str
+    since_ms: int
+    value: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +81,12 @@ class ConsumerSnapshot:
     last_error: str | None = None
     dlq: int = 0
     breaker: dict[str, Any] | None = None  # the pipeline's circuit breaker, as dispatching sees it
+    time_lag_seconds: float | None = None  # oldest unconsumed event of this instance's partitions
+    # health, fleet-wide (kafkaconsole.engine.health): the same on every instance
+    verdict: str | None = None
+    verdict_reason: str | None = None
+    verdict_since_ms: int | None = None
+    alerts: tuple[ActiveAlert, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)

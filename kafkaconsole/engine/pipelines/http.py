@@ -30,6 +30,9 @@ from kafkaconsole.engine.records import RunStatus, TriggerRecord
 BODY_LIMIT = 200
 """Characters of a response body quoted in an error message."""
 
+_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent", "content-encoding"})
+"""Headers whose values are never secrets (every other configured value is masked in errors)."""
+
 RETRYABLE_STATUSES = frozenset({408, 429})
 """Non-5xx statuses worth another attempt (every 5xx is)."""
 
@@ -90,6 +93,21 @@ class HttpPipeline(Pipeline):
         if session is not None and not session.closed:
             await session.close()
 
+    def scrub(self, text: str) -> str:
+        """``text`` with every configured header value masked, and the credential of an
+        ``Authorization``-like value alone (a 401 body may echo the token it refused)."""
+        values = set()
+        for name, value in self.cfg.headers.items():
+            if name.lower() in _PLAIN_HEADERS:
+                continue
+            values.add(value)
+            _scheme, _, credential = value.partition(" ")
+            if credential.strip():
+                values.add(credential.strip())
+        for value in sorted((v for v in values if len(v) >= 3), key=len, reverse=True):
+            text = text.replace(value, "******")
+        return text
+
     def request_headers(self, record: TriggerRecord) -> CIMultiDict[str]:
         """cfg.headers + Content-Type (unless configured) + Idempotency-Key (always ours)."""
         headers: CIMultiDict[str] = CIMultiDict(self.cfg.headers)
@@ -134,7 +152,7 @@ class HttpPipeline(Pipeline):
                 status=RunStatus.SUCCEEDED,
                 detail={"http_status": status},
             )
-        excerpt = _body_excerpt(body)
+        excerpt = _body_excerpt(self.scrub(body.decode("utf-8", errors="replace")).encode())
         message = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
         if 300 <= status < 400:
             raise PipelineError(

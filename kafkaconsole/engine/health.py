@@ -1,0 +1,438 @@
+"""Health verdicts and time lag: pure maths over samples, with the clock passed in.
+
+Lag monitors such as Burrow judge a consumer group from a sliding window of offsets. kafkaconsole
+sees more than offsets (windows, counts, pipeline runs, pauses), so each consumer gets one word
+and a reason in words: :func:`verdict` reads a window of :class:`HealthSample` (one a second,
+built from the fleet view: every heartbeat plus the shared Redis state, so every instance and
+the CLI judge alike) and returns a :class:`Verdict`. :func:`metrics` gives the numbers that
+metric alert rules compare. Nothing here does I/O or reads a clock: ``now`` is an argument.
+
+The checks, most severe first (the first that holds wins):
+
+- ``stopped``: no live instance runs the consumer, it stopped on an error, or no partition has
+  been owned for ``stall_after`` seconds;
+- ``paused``: paused by an operator (who and since when);
+- ``stalled``: not paused, events waiting (lag > 0) and a partition's position unchanged for
+  ``stall_after`` seconds;
+- ``pipeline-failing``: the last ``failing_runs`` runs failed, or the circuit breaker is open;
+- ``window-stuck``: events read for ``stuck_after`` seconds and none counted (all filtered or
+  bad);
+- ``lagging``: the lag grew (never shrinking) over ``lagging_intervals`` status intervals;
+- ``trigger-storm``: more than ``storm_per_minute`` triggers a minute over ``storm_period``;
+- ``ok``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from itertools import pairwise
+from typing import Any
+
+from kafkaconsole.config.models import MonitoringConfig
+
+
+class VerdictName(StrEnum):
+    OK = "ok"
+    PAUSED = "paused"
+    LAGGING = "lagging"
+    STALLED = "stalled"
+    STOPPED = "stopped"
+    WINDOW_STUCK = "window-stuck"
+    PIPELINE_FAILING = "pipeline-failing"
+    TRIGGER_STORM = "trigger-storm"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    name: VerdictName
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.name == VerdictName.OK
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPoint:
+    """One partition in a sample: its fetch position and lag as its owner last reported."""
+
+    partition: int
+    position: int | None
+    lag: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    """What the fleet said about one consumer at time ``t`` (seconds, the monitor's clock)."""
+
+    t: float
+    observed_ms: int | None = None
+    """Newest heartbeat behind the sample: equal values mean nothing new was reported."""
+    live: bool = True
+    """A live instance runs the consumer (a fresh heartbeat lists it)."""
+    state: str = "running"
+    """The fleet state: running | paused | stopped | error."""
+    paused: bool = False
+    paused_by: str | None = None
+    paused_at_ms: int | None = None
+    last_error: str | None = None
+    lag: int | None = None
+    time_lag_seconds: float | None = None
+    rate: float = 0.0
+    partitions: tuple[PartitionPoint, ...] = ()
+    total: int = 0
+    """Events counted since the beginning (fleet-wide)."""
+    filtered: int = 0
+    errors: int = 0
+    windows: int = 0
+    """Windows closed since the beginning (fleet-wide)."""
+    runs: tuple[str, ...] = ()
+    """Final statuses of the most recent pipeline runs, newest first."""
+    run_error: str | None = None
+    """The error of the newest failed run."""
+    breaker_state: str | None = None
+    breaker_failures: int = 0
+
+
+def _iso_to_ms(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def sample_from_status(
+    c: Mapping[str, Any],
+    t: float,
+    *,
+    runs: tuple[str, ...] = (),
+    run_error: str | None = None,
+    breaker_state: str | None = None,
+    breaker_failures: int = 0,
+) -> HealthSample:
+    """A sample from one consumer of the fleet model (``status --json``'s ``consumers``)."""
+    return HealthSample(
+        t=t,
+        observed_ms=c.get("reported_at_ms"),
+        live=bool(c.get("instances")),
+        state=str(c.get("state", "stopped")),
+        paused=c.get("state") == "paused",
+        paused_by=c.get("paused_by"),
+        paused_at_ms=_iso_to_ms(c.get("paused_at")),
+        last_error=c.get("last_error"),
+        lag=c.get("lag"),
+        time_lag_seconds=c.get("time_lag_seconds"),
+        rate=float(c.get("rate") or 0.0),
+        partitions=tuple(
+            PartitionPoint(int(p["partition"]), p.get("position"), p.get("lag"))
+            for p in c.get("partitions", [])
+        ),
+        total=int(c.get("total") or 0),
+        filtered=int(c.get("filtered") or 0),
+        errors=int(c.get("errors") or 0),
+        windows=int(c.get("windows") or 0),
+        runs=runs,
+        run_error=run_error,
+        breaker_state=breaker_state,
+        breaker_failures=breaker_failures,
+    )
+
+
+# ---- time lag ---------------------------------------------------------------------------------
+
+
+def time_lag_seconds(lag: int | None, oldest_ts_ms: int | None, now_ms: int) -> float | None:
+    """Age in seconds of the oldest unconsumed event of a partition.
+
+    ``lag`` is highwater - position; ``oldest_ts_ms`` the timestamp of the oldest event not yet
+    consumed (or its upper bound, see :class:`~kafkaconsole.engine.consumer.ConsumerRunner`).
+    0 when caught up, None when unknown.
+    """
+    if lag is None:
+        return None
+    if lag <= 0:
+        return 0.0
+    if oldest_ts_ms is None:
+        return None
+    return round(max(now_ms - oldest_ts_ms, 0) / 1000, 3)
+
+
+def consumer_time_lag(partition_lags: Sequence[float | None]) -> float | None:
+    """A consumer's time lag: its oldest partition's (None when no partition's is known)."""
+    known = [t for t in partition_lags if t is not None]
+    return max(known) if known else None
+
+
+# ---- the verdict ------------------------------------------------------------------------------
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _span(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def covering(samples: Sequence[HealthSample], seconds: float, now: float) -> list[HealthSample]:
+    """The samples of the last ``seconds`` (from the newest one at least that old), or ``[]``
+    while the samples do not reach that far back yet."""
+    start = None
+    for i in range(len(samples) - 1, -1, -1):
+        if samples[i].t <= now - seconds + 1e-9:
+            start = i
+            break
+    return [samples[i] for i in range(start, len(samples))] if start is not None else []
+
+
+def distinct(samples: Sequence[HealthSample]) -> list[HealthSample]:
+    """Samples with a new report each: of a run with the same ``observed_ms``, the last."""
+    out: list[HealthSample] = []
+    for s in samples:
+        if out and s.observed_ms is not None and out[-1].observed_ms == s.observed_ms:
+            out[-1] = s
+        else:
+            out.append(s)
+    return out
+
+
+def _stopped(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> str | None:
+    last = samples[-1]
+    paused = f" (and paused by {last.paused_by or 'someone'})" if last.paused else ""
+    if not last.live:
+        return f"no live instance runs it{paused}"
+    if last.state == "error":
+        return f"stopped on an error: {last.last_error or 'unknown error'}"
+    if last.state == "stopped":
+        return f"every instance running it has stopped{paused}"
+    window = covering(samples, cfg.stall_after, now)
+    if window and all(not s.partitions for s in window):
+        return (
+            f"no live instance has owned a partition for {_span(now - window[0].t)} "
+            "(does the topic exist? are there more instances than partitions?)"
+        )
+    return None
+
+
+def _paused(last: HealthSample, now: float) -> str | None:
+    if not last.paused:
+        return None
+    since = ""
+    if last.paused_at_ms is not None:
+        since = f" since {_iso(last.paused_at_ms)} ({_span(now - last.paused_at_ms / 1000)} ago)"
+    return f"paused by {last.paused_by or 'an unknown operator'}{since}"
+
+
+def _stalled(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> str | None:
+    window = covering(samples, cfg.stall_after, now)
+    if not window or any(s.paused or not s.live for s in window):
+        return None
+    last = window[-1]
+    stuck: list[PartitionPoint] = []
+    for p in last.partitions:
+        if not p.lag or p.position is None:
+            continue
+        held = True
+        for s in window:
+            q = next((x for x in s.partitions if x.partition == p.partition), None)
+            if q is None or not q.lag or q.position != p.position:
+                held = False
+                break
+        if held:
+            stuck.append(p)
+    if not stuck:
+        return None
+    first = stuck[0]
+    since = window[0].t
+    for s in reversed(samples):  # how long it has held: at least stall_after, maybe more
+        q = next((x for x in s.partitions if x.partition == first.partition), None)
+        if s.paused or q is None or not q.lag or q.position != first.position:
+            break
+        since = s.t
+    more = f" (and {len(stuck) - 1} more partition(s))" if len(stuck) > 1 else ""
+    return (
+        f"partition {first.partition} has not moved from offset {first.position} for "
+        f"{_span(now - since)} with {first.lag} event(s) waiting{more}"
+    )
+
+
+def _failing(last: HealthSample, cfg: MonitoringConfig) -> str | None:
+    error = f": {last.run_error}" if last.run_error else ""
+    if last.breaker_state in ("open", "half-open"):
+        return (
+            f"circuit breaker {last.breaker_state} after {last.breaker_failures} consecutive "
+            f"failed run(s){error}"
+        )
+    k = cfg.failing_runs
+    if len(last.runs) >= k and all(r == "failed" for r in last.runs[:k]):
+        return f"the last {k} pipeline run(s) failed{error}"
+    return None
+
+
+def _read(first: HealthSample, last: HealthSample) -> int:
+    """Events read between two samples (position moves of the partitions both know)."""
+    before = {p.partition: p.position for p in first.partitions if p.position is not None}
+    moved = 0
+    for p in last.partitions:
+        start = before.get(p.partition)
+        if start is not None and p.position is not None and p.position > start:
+            moved += p.position - start
+    return moved
+
+
+def _window_stuck(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> str | None:
+    window = covering(samples, cfg.stuck_after, now)
+    if not window or any(s.paused for s in window):
+        return None
+    first, last = window[0], window[-1]
+    read = _read(first, last)
+    if read <= 0 or last.total > first.total:
+        return None
+    return (
+        f"{read} event(s) read in the last {_span(now - first.t)}, none counted "
+        f"({last.filtered - first.filtered} filtered, {last.errors - first.errors} bad)"
+    )
+
+
+def _lagging(samples: Sequence[HealthSample], cfg: MonitoringConfig) -> str | None:
+    points = distinct(samples)[-(cfg.lagging_intervals + 1) :]
+    if len(points) < cfg.lagging_intervals + 1 or any(s.paused for s in points):
+        return None
+    lags = [s.lag for s in points]
+    if any(lag is None for lag in lags):
+        return None
+    values = [int(lag or 0) for lag in lags]
+    if values[-1] <= values[0] or any(b < a for a, b in pairwise(values)):
+        return None
+    return (
+        f"lag grew from {values[0]} to {values[-1]} over the last {cfg.lagging_intervals} "
+        f"interval(s) ({_span(points[-1].t - points[0].t)})"
+    )
+
+
+def triggers_per_minute(
+    samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float
+) -> float | None:
+    """Triggers a minute over ``storm_period`` (None until the samples reach that far back)."""
+    window = covering(samples, cfg.storm_period, now)
+    if not window:
+        return None
+    return max(window[-1].windows - window[0].windows, 0) * 60.0 / cfg.storm_period
+
+
+def _storm(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> str | None:
+    rate = triggers_per_minute(samples, cfg, now)
+    if rate is None or rate <= cfg.storm_per_minute:
+        return None
+    window = covering(samples, cfg.storm_period, now)
+    n = window[-1].windows - window[0].windows
+    return (
+        f"{n} trigger(s) in the last {_span(cfg.storm_period)} ({rate:.0f}/min, "
+        f"limit {cfg.storm_per_minute:g}/min)"
+    )
+
+
+def verdict(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> Verdict:
+    """The consumer's verdict from its samples (oldest first; the newest is the present)."""
+    if not samples:
+        return Verdict(VerdictName.STOPPED, "no status sample yet")
+    last = samples[-1]
+    reason = _stopped(samples, cfg, now)
+    if reason:
+        return Verdict(VerdictName.STOPPED, reason)
+    reason = _paused(last, now)
+    if reason:
+        return Verdict(VerdictName.PAUSED, reason)
+    reason = _stalled(samples, cfg, now)
+    if reason:
+        return Verdict(VerdictName.STALLED, reason)
+    reason = _failing(last, cfg)
+    if reason:
+        return Verdict(VerdictName.PIPELINE_FAILING, reason)
+    reason = _window_stuck(samples, cfg, now)
+    if reason:
+        return Verdict(VerdictName.WINDOW_STUCK, reason)
+    reason = _lagging(samples, cfg)
+    if reason:
+        return Verdict(VerdictName.LAGGING, reason)
+    reason = _storm(samples, cfg, now)
+    if reason:
+        return Verdict(VerdictName.TRIGGER_STORM, reason)
+    if last.lag is None:
+        return Verdict(VerdictName.OK, "no lag reported yet")
+    return Verdict(VerdictName.OK, "consuming normally" if last.lag else "caught up")
+
+
+def lookback(cfg: MonitoringConfig) -> float:
+    """Seconds of samples the verdicts look back over (before that, some cannot hold yet)."""
+    return max(
+        cfg.stall_after,
+        cfg.stuck_after,
+        cfg.storm_period,
+        cfg.lagging_intervals * max(cfg.sample_interval, 1.0),
+    )
+
+
+def samples_to_keep(cfg: MonitoringConfig) -> int:
+    """Length of the per-consumer sample window."""
+    return math.ceil(lookback(cfg) / cfg.sample_interval) + 2
+
+
+def failed_runs(sample: HealthSample) -> int:
+    """Consecutive failed runs, newest first."""
+    n = 0
+    for status in sample.runs:
+        if status != "failed":
+            break
+        n += 1
+    return n
+
+
+def metrics(
+    samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float
+) -> Mapping[str, float | None]:
+    """The numbers metric alert rules compare (None when unknown)."""
+    if not samples:
+        return {}
+    last = samples[-1]
+    return {
+        "lag": float(last.lag) if last.lag is not None else None,
+        "time_lag_seconds": last.time_lag_seconds,
+        "rate": last.rate if last.live else 0.0,
+        "triggers_per_minute": triggers_per_minute(samples, cfg, now),
+        "failed_runs": float(failed_runs(last)),
+    }
+
+
+__all__ = [
+    "HealthSample",
+    "PartitionPoint",
+    "Verdict",
+    "VerdictName",
+    "consumer_time_lag",
+    "covering",
+    "distinct",
+    "failed_runs",
+    "lookback",
+    "metrics",
+    "sample_from_status",
+    "samples_to_keep",
+    "time_lag_seconds",
+    "triggers_per_minute",
+    "verdict",
+]

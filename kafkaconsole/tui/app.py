@@ -1,0 +1,783 @@
+"""The Textual app: the engine runs inside it as a worker; the screens follow its snapshots.
+
+The engine is a named, exclusive Textual worker (``exit_on_error=False``) on the app's event
+loop; its failure is handled in one place (:meth:`KafkaConsoleApp.on_worker_state_changed`).
+The screens refresh on a timer at ``[ui] refresh_hz`` from the latest snapshot, never per
+event; the fleet (other instances, partition owners, trigger history) is read from Redis once a
+second. Log records go to the log panel, never to the terminal, while the app runs.
+
+For tests and screenshots the app takes a ``data_source`` instead of an engine, and a ``clock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.css.query import NoMatches
+from textual.markup import escape
+from textual.notifications import SeverityLevel
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.worker import Worker, WorkerState
+
+from kafkaconsole.config.models import AppConfig
+from kafkaconsole.config.secrets import mask_config, mask_text, secret_values
+from kafkaconsole.engine.counting import WindowState
+from kafkaconsole.engine.engine import Engine
+from kafkaconsole.headless import default_extras, start_error_text
+from kafkaconsole.tui.bindings import (
+    ALL_COMMANDS,
+    APP_COMMANDS,
+    bindings_for,
+    unknown_keymap_ids,
+)
+from kafkaconsole.tui.logcapture import ConsoleLogHandler, LogCapture
+from kafkaconsole.tui.screens import ConfirmDialog, DetailModel, DetailScreen, HelpScreen
+from kafkaconsole.tui.source import ConsoleSource, EngineSource
+from kafkaconsole.tui.themes import (
+    DEFAULT_THEME,
+    ThemeCatalog,
+    choose_theme,
+    load_themes,
+    variable_defaults,
+)
+from kafkaconsole.tui.viewmodel import (
+    ConsumerRow,
+    FleetView,
+    LogBook,
+    build_header,
+    build_history,
+    build_rows,
+    config_lines,
+    fmt_offsets,
+    fmt_span,
+    partitions_of,
+)
+from kafkaconsole.tui.widgets import ConsumerTable, FleetHeader, LogPanel, Palette
+
+log = logging.getLogger("kafkaconsole.tui")
+
+FLEET_POLL_S = 1.0
+QUIT_GRACE_S = 20.0
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class KafkaConsoleApp(App[int]):
+    """Watch and steer every consumer of a config."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "kafkaconsole"
+    BINDINGS = [
+        *bindings_for(APP_COMMANDS),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        engine: Engine | None = None,
+        data_source: ConsoleSource | None = None,
+        clock: Callable[[], int] | None = None,
+        instance_id: str | None = None,
+        theme: str | None = None,
+        theme_dirs: Iterable[Path] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = clock or wall_clock_ms
+        if data_source is None:
+            engine = engine or Engine(
+                config, instance_id=instance_id, snapshot_interval=1.0 / config.ui.refresh_hz
+            )
+            data_source = EngineSource(engine)
+        self.engine = engine
+        self.source = data_source
+        self.read_only = config.ui.read_only
+        self.logbook = LogBook()
+        self.log_capture = LogCapture(ConsoleLogHandler(self.logbook, secret_values(config)))
+        self.requested_theme = theme or config.ui.theme
+        self.theme_catalog: ThemeCatalog = load_themes(theme_dirs)
+        self.masked_config = mask_config(config)
+        self.show_log = False
+        self.filter_text = ""
+        self.engine_state = "starting" if engine is not None else "none"
+        self.engine_error: str | None = None
+        self._fleet: FleetView | None = None
+        self._fleet_ok: bool | None = None
+        self._histories: dict[str, list[dict[str, Any]]] = {}
+        self._palette: Palette | None = None
+        self._quitting = False
+        self._engine_launched = False
+        self._engine_closed = False
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._watch_runs: dict[str, int] = {}
+        self._rows: list[ConsumerRow] = []
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Notifications carry ids, paths and config keys like ``[ui]``: plain text by default."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    # ---- theme -----------------------------------------------------------------------------
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        return variable_defaults(self.current_theme)
+
+    def _register_themes(self) -> None:
+        for theme in self.theme_catalog.themes.values():
+            self.register_theme(theme)
+        name, notice = choose_theme(self.requested_theme, self.theme_catalog, self.available_themes)
+        for theme in self.theme_catalog.themes.values():  # a theme file named in the config
+            if theme.name not in self.available_themes:
+                self.register_theme(theme)
+        self.theme = name
+        if notice:
+            self.notify(notice, title="Theme", severity="warning", timeout=15)
+        for problem in self.theme_catalog.problems:
+            if notice is None or str(problem) not in notice:
+                self.notify(
+                    str(problem), title="Theme file skipped", severity="warning", timeout=15
+                )
+
+    @property
+    def console_themes(self) -> list[Theme]:
+        return list(self.theme_catalog.themes.values())
+
+    def _on_theme_changed(self, _theme: Theme) -> None:
+        self._palette = None
+        for panel in self._log_panels():
+            panel.repaint(self.palette)
+        self.refresh_view()
+
+    @property
+    def palette(self) -> Palette:
+        if self._palette is None:
+            self._palette = Palette(dict(self.theme_variables))
+        return self._palette
+
+    # ---- layout ----------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield FleetHeader(id="header", classes="header")
+        with Horizontal(id="filter-bar"):
+            yield Label("filter", id="filter-label")
+            yield Input(
+                placeholder="consumer id or topic (enter: keep, escape: clear)", id="filter"
+            )
+        yield ConsumerTable(id="consumers")
+        yield Static(id="selection")
+        yield LogPanel(id="log", classes="log")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.log_capture.install()
+        self._register_themes()
+        self.theme_changed_signal.subscribe(self, self._on_theme_changed)
+        keymap = dict(self.config.ui.keymap)
+        if keymap:
+            self.set_keymap(keymap)
+            unknown = unknown_keymap_ids(keymap)
+            if unknown:
+                known = ", ".join(c.id for c in ALL_COMMANDS)
+                self.notify(
+                    f"[ui.keymap] has unknown id(s) {', '.join(unknown)}; known: {known}",
+                    title="Keymap",
+                    severity="warning",
+                    timeout=15,
+                )
+        self.query_one("#filter-bar").display = False
+        self.set_interval(1.0 / self.config.ui.refresh_hz, self.refresh_view, name="refresh")
+        self.set_interval(FLEET_POLL_S, self.poll_fleet, name="fleet")
+        if self.engine is not None:
+            self.run_engine()
+            self._handle_sigterm(True)
+        self.refresh_view()
+        self.query_one(ConsumerTable).focus()
+
+    def on_unmount(self) -> None:
+        self._handle_sigterm(False)
+        self.log_capture.restore()
+
+    def _handle_sigterm(self, install: bool) -> None:
+        """SIGTERM (a container or service manager stopping us) quits gracefully, like q."""
+        if self.is_headless:
+            return
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            if install:
+                loop.add_signal_handler(signal.SIGTERM, lambda: self.call_later(self.action_quit))
+            else:
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    def on_resize(self) -> None:
+        self.refresh_view()
+
+    # ---- the engine worker -----------------------------------------------------------------
+    @work(name="engine", group="engine", exclusive=True, exit_on_error=False)
+    async def run_engine(self) -> None:
+        """Start the HTTP API (when enabled) and the engine, run until asked to stop, then
+        stop both (the engine finishes its batch, records counts and offsets, commits).
+
+        When the app is torn down instead (the worker is cancelled), :meth:`run_async` stops
+        the engine after the app has exited, on the same loop.
+        """
+        engine = self.engine
+        assert engine is not None
+        self.engine_state = "starting"
+        self._engine_launched = True
+        await self._start_extras(engine)
+        try:
+            await engine.start()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self._close_extras()
+            with contextlib.suppress(Exception):
+                await engine.stop(timeout=2)
+            self._engine_closed = True
+            raise
+        self.engine_state = "running"
+        await engine.wait_stopped()
+        self.engine_state = "stopping"
+        self.refresh_view()
+        await self._close_extras()
+        await engine.stop()
+        self._engine_closed = True
+        self.engine_state = "stopped"
+
+    async def _start_extras(self, engine: Engine) -> None:
+        """The services headless mode runs beside the engine (the HTTP API, when enabled).
+
+        A failure (a port in use, say) is a warning here: the console still runs the engine.
+        """
+        for extra in default_extras(self.config):
+            try:
+                self._closers.append(await extra(engine))
+            except Exception as exc:
+                text = mask_text(f"{type(exc).__name__}: {exc}", self.config)
+                log.warning("HTTP API not started: %s", text)
+                self.notify(
+                    f"HTTP API not started: {text}", title="API", severity="warning", timeout=15
+                )
+
+    async def _close_extras(self) -> None:
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("closing the HTTP API failed: %s", exc)
+
+    async def close_engine(self) -> None:
+        """Stop the engine if the app went away without a graceful stop (idempotent)."""
+        if self.engine is not None and self._engine_launched and not self._engine_closed:
+            self._engine_closed = True
+            await self._close_extras()
+            with contextlib.suppress(Exception):
+                await self.engine.stop(timeout=5)
+
+    async def run_async(self, *args: Any, **kwargs: Any) -> int | None:
+        try:
+            return await super().run_async(*args, **kwargs)
+        finally:
+            await self.close_engine()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.name != "engine":
+            if event.state == WorkerState.ERROR and worker.error is not None:
+                self.notify(
+                    f"{type(worker.error).__name__}: {worker.error}",
+                    title="Command failed",
+                    severity="error",
+                )
+            return
+        if event.state == WorkerState.ERROR:
+            err = worker.error
+            self.engine_state = "failed"
+            self.engine_error = (
+                start_error_text(err, self.config) if err is not None else "unknown error"
+            )
+            log.error("engine failed: %s", self.engine_error)
+            self.notify(
+                f"{self.engine_error}\nPress q to quit.",
+                title="Engine failed",
+                severity="error",
+                timeout=60,
+            )
+        if event.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            self.refresh_view()
+            if self._quitting:
+                self.exit(return_code=1 if self.engine_state == "failed" else 0)
+
+    def _engine_running(self) -> bool:
+        return any(w.name == "engine" and w.is_running for w in self.workers)
+
+    # ---- data ------------------------------------------------------------------------------
+    def poll_fleet(self) -> None:
+        self._poll_fleet_worker()
+
+    @work(group="fleet", exclusive=True, exit_on_error=False)
+    async def _poll_fleet_worker(self) -> None:
+        await self.fetch()
+        self.refresh_view()
+
+    async def fetch(self) -> None:
+        """Read the fleet (and the open detail's history) from the source."""
+        try:
+            async with asyncio.timeout(3):
+                self._fleet = await self.source.fleet()
+            self._fleet_ok = True if self._fleet is not None else self._fleet_ok
+        except Exception as exc:
+            if self._fleet_ok is not False:
+                log.warning("fleet status unavailable: %s", exc)
+            self._fleet_ok = False
+        detail = self._detail_screen()
+        if detail is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3):
+                    self._histories[detail.consumer_id] = await self.source.history(
+                        detail.consumer_id, 20
+                    )
+
+    async def refresh_now(self) -> None:
+        """Fetch everything and redraw at once (tests and screenshots call this)."""
+        await self.fetch()
+        self.refresh_view()
+
+    def _series(self) -> dict[str, Any]:
+        return {c.consumer_id: self.source.series(c.consumer_id) for c in self.config.consumers}
+
+    @property
+    def main_screen(self) -> Screen[Any]:
+        """The consumers table's screen (the bottom of the stack), whatever is on top."""
+        return self.screen_stack[0]
+
+    def _table(self) -> ConsumerTable:
+        return self.main_screen.query_one(ConsumerTable)
+
+    def refresh_view(self) -> None:
+        """Redraw from the latest snapshot: called at refresh_hz, after commands and resizes."""
+        if not self.screen_stack:
+            return
+        try:
+            table = self._table()
+        except NoMatches:
+            return
+        now = self.clock()
+        snap = self.source.latest()
+        rows = build_rows(self.config, snap, self._fleet, self._series(), now)
+        self._rows = rows
+        self._notify_finished_runs(rows)
+        shown = [r for r in rows if r.matches(self.filter_text)]
+        width = self.size.width
+        compact = width < 110
+        header = build_header(
+            self.config,
+            snap,
+            self._fleet,
+            rows,
+            now,
+            engine=self.engine_state,
+            read_only=self.read_only,
+            shown=len(shown),
+            filter_text=self.filter_text,
+            redis_ok=False if self._fleet_ok is False else None,
+        )
+        palette = self.palette
+        for screen in self.screen_stack:
+            for h in screen.query(FleetHeader):
+                h.show(header, compact)
+        table.show(shown, palette, max(width - 2, 40))
+        self._show_selection()
+        new_lines = self.logbook.drain()
+        if new_lines:
+            for panel in self._log_panels():
+                panel.append(new_lines, palette)
+        detail = self._detail_screen()
+        if detail is not None:
+            self._show_detail(detail, rows, now, compact)
+
+    def _log_panels(self) -> list[LogPanel]:
+        return [panel for screen in self.screen_stack for panel in screen.query(LogPanel)]
+
+    def _show_selection(self) -> None:
+        sel = self.main_screen.query_one("#selection", Static)
+        cid = self._table().selected_id
+        row = next((r for r in self._rows if r.consumer_id == cid), None)
+        if row is None:
+            sel.update(" no consumer matches the filter" if self.filter_text else "")
+            return
+        bits = [
+            f" [b]{escape(row.consumer_id)}[/b] → {escape(row.pipeline)} ({row.job_type})",
+            f"topic {escape(row.topic)}",
+            f"window #{row.window_id}",
+            f"total {row.total:,}",
+        ]
+        if row.instances:
+            n = len(row.instances)
+            bits.append(f"on {n} instance{'s' if n > 1 else ''}")
+        if row.paused_by:
+            bits.append(f"[$state-paused]paused by {escape(row.paused_by)}[/]")
+        if row.last_error:
+            bits.append(f"[$state-error]{escape(row.last_error)}[/]")
+        sel.update(" · ".join(bits))
+
+    def _detail_screen(self) -> DetailScreen | None:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, DetailScreen):
+                return screen
+        return None
+
+    def _show_detail(
+        self, detail: DetailScreen, rows: list[ConsumerRow], now: int, compact: bool
+    ) -> None:
+        row = next((r for r in rows if r.consumer_id == detail.consumer_id), None)
+        if row is None:
+            return
+        cfg = self.config.consumer(row.consumer_id)
+        model = DetailModel(
+            row=row,
+            partitions=partitions_of(row.consumer_id, self.source.latest(), self._fleet),
+            history=build_history(
+                self._histories.get(row.consumer_id, []), now, offsets_limit=1 if compact else 3
+            ),
+            errors=self.logbook.errors_for(row.consumer_id),
+            config=config_lines(self.masked_config, row.consumer_id),
+            series=self.source.series(row.consumer_id),
+            dlq_topic=cfg.dlq_topic if cfg.error_handling.on_error == "dlq" else None,
+        )
+        detail.show(model, self.palette, compact)
+        for panel in detail.query(LogPanel):
+            if panel.display != self.show_log:
+                panel.reveal(self.show_log)
+
+    def _notify_finished_runs(self, rows: list[ConsumerRow]) -> None:
+        """After a manual trigger, say how its pipeline run ended."""
+        for row in rows:
+            wid = self._watch_runs.get(row.consumer_id)
+            t = row.last_trigger
+            if wid is None or t is None or t.window_id != wid:
+                continue
+            if t.status in ("succeeded", "failed", "cancelled", "coalesced"):
+                del self._watch_runs[row.consumer_id]
+                self.notify(
+                    f"{row.consumer_id}: pipeline {row.pipeline} {t.status} for window #{wid}",
+                    title="Pipeline run",
+                    severity="error" if t.status == "failed" else "information",
+                )
+
+    # ---- selection helpers -----------------------------------------------------------------
+    def selected_row(self) -> ConsumerRow | None:
+        detail = self._detail_screen()
+        cid = detail.consumer_id if detail is not None else self._table().selected_id
+        return next((r for r in self._rows if r.consumer_id == cid), None)
+
+    def _refused(self, what: str) -> bool:
+        if self.read_only:
+            self.notify(
+                f"{what} refused: this console is read-only ([ui] read_only = true).",
+                title="Read-only",
+                severity="warning",
+            )
+            return True
+        if not self.source.ready:
+            self.notify(
+                f"{what} not possible yet: the engine is {self.engine_state}.",
+                title="Not ready",
+                severity="warning",
+            )
+            return True
+        return False
+
+    def _need_row(self) -> ConsumerRow | None:
+        row = self.selected_row()
+        if row is None:
+            self.notify("No consumer selected.", severity="warning")
+        return row
+
+    # ---- actions ---------------------------------------------------------------------------
+    def action_toggle_pause(self) -> None:
+        row = self._need_row()
+        if row is None or self._refused("Pause" if not row.paused else "Resume"):
+            return
+        self._toggle_pause(row)
+
+    @work(group="commands", exit_on_error=False)
+    async def _toggle_pause(self, row: ConsumerRow) -> None:
+        cid = row.consumer_id
+        try:
+            if row.paused:
+                await self.source.resume(cid)
+                self.notify(f"{cid} resumed on every instance.", title="Resumed")
+            else:
+                await self.source.pause(cid)
+                self.notify(
+                    f"{cid} paused on every instance (the group keeps its members).", title="Paused"
+                )
+        except Exception as exc:
+            self.notify(
+                f"{cid}: {type(exc).__name__}: {exc}", title="Pause failed", severity="error"
+            )
+        await self.refresh_now()
+
+    def action_toggle_pause_all(self) -> None:
+        if not self._rows or self._refused("Pause all"):
+            return
+        self._toggle_pause_all(all(r.paused for r in self._rows))
+
+    @work(group="commands", exit_on_error=False)
+    async def _toggle_pause_all(self, resume: bool) -> None:
+        try:
+            if resume:
+                ids = await self.source.resume(None)
+                self.notify(f"All {len(ids)} consumers resumed on every instance.", title="Resumed")
+            else:
+                ids = await self.source.pause(None)
+                self.notify(f"All {len(ids)} consumers paused on every instance.", title="Paused")
+        except Exception as exc:
+            self.notify(f"{type(exc).__name__}: {exc}", title="Pause all failed", severity="error")
+        await self.refresh_now()
+
+    def action_reset(self) -> None:
+        row = self._need_row()
+        if row is None or self._refused("Reset"):
+            return
+        self._confirm_reset(row)
+
+    @work(group="commands", exit_on_error=False)
+    async def _confirm_reset(self, row: ConsumerRow) -> None:
+        cid = row.consumer_id
+        try:
+            w = await self.source.window(cid)
+        except Exception as exc:
+            self.notify(
+                f"{cid}: cannot read the open window: {exc}", title="Reset", severity="error"
+            )
+            return
+        age = fmt_span((self.clock() - (w.opened_at_ms or 0)) / 1000) + " ago"
+        body = (
+            f"Window [b]#{w.window_id}[/b] of [b]{cid}[/b] holds "
+            f"[b $warning]{w.count:,} event(s)[/] ({_window_facts(w, age)}).\n\n"
+            "They will be [b]discarded[/b]: the count goes back to 0 and "
+            f"[b]no pipeline runs[/b]. The events are not counted again."
+        )
+        ok = await self.push_screen_wait(
+            ConfirmDialog(f"Reset {cid}?", body, "Reset", variant="error")
+        )
+        if not ok:
+            self.notify(f"Reset of {cid} cancelled; nothing changed.", title="Reset")
+            return
+        try:
+            res = await self.source.reset(cid)
+        except Exception as exc:
+            self.notify(
+                f"{cid}: {type(exc).__name__}: {exc}", title="Reset failed", severity="error"
+            )
+            return
+        self.notify(
+            f"{cid}: window #{res.window_id} reset, {res.discarded:,} event(s) "
+            "discarded, no pipeline run.",
+            title="Reset",
+        )
+        await self.refresh_now()
+
+    def action_trigger(self) -> None:
+        row = self._need_row()
+        if row is None or self._refused("Trigger"):
+            return
+        self._confirm_trigger(row)
+
+    @work(group="commands", exit_on_error=False)
+    async def _confirm_trigger(self, row: ConsumerRow) -> None:
+        cid = row.consumer_id
+        try:
+            w = await self.source.window(cid)
+        except Exception as exc:
+            self.notify(
+                f"{cid}: cannot read the open window: {exc}", title="Trigger", severity="error"
+            )
+            return
+        age = fmt_span((self.clock() - (w.opened_at_ms or 0)) / 1000) + " ago"
+        cfg = self.config.consumer(cid)
+        body = (
+            f"Window [b]#{w.window_id}[/b] of [b]{cid}[/b] closes now with reason "
+            f"[b]manual[/b]: [b $accent]{w.count:,} event(s)[/] "
+            f"({_window_facts(w, age)}).\n\n"
+            f"Pipeline [b]{cfg.pipeline_name}[/b] ({cfg.job_type}) runs with it; "
+            f"counting goes on in window #{w.window_id + 1}."
+        )
+        if w.count == 0:
+            body += "\nThe window is empty: the pipeline runs with 0 events."
+        ok = await self.push_screen_wait(
+            ConfirmDialog(f"Force-trigger {cid}?", body, "Trigger", variant="warning")
+        )
+        if not ok:
+            self.notify(f"Trigger of {cid} cancelled; nothing changed.", title="Trigger")
+            return
+        try:
+            res = await self.source.trigger(cid)
+        except Exception as exc:
+            self.notify(
+                f"{cid}: {type(exc).__name__}: {exc}", title="Trigger failed", severity="error"
+            )
+            return
+        if res.closed:
+            self._watch_runs[cid] = res.window_id
+            self.notify(
+                f"{cid}: window #{res.window_id} closed (manual, {res.count:,} "
+                f"event(s)); pipeline {cfg.pipeline_name} dispatched.",
+                title="Triggered",
+            )
+        else:
+            self.notify(
+                f"{cid}: nothing closed ({res.status}).", title="Trigger", severity="warning"
+            )
+        await self.refresh_now()
+
+    def action_detail(self) -> None:
+        if self._detail_screen() is not None:
+            return
+        row = self._need_row()
+        if row is None:
+            return
+        self.push_screen(DetailScreen(row.consumer_id, self.logbook.lines(), self.palette))
+        self.call_after_refresh(self.poll_fleet)
+        self.call_after_refresh(self.refresh_view)
+
+    @on(DataTable.RowSelected, "#consumers")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_detail()
+
+    @on(DataTable.RowHighlighted, "#consumers")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_selection()
+
+    def action_leave(self) -> None:
+        """Escape: leave the detail view, else clear and hide the filter."""
+        if isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+            self.refresh_view()
+            return
+        main = self.main_screen
+        if self.filter_text or main.query_one("#filter-bar").display:
+            self.filter_text = ""
+            main.query_one("#filter", Input).value = ""
+            main.query_one("#filter-bar").display = False
+            self._table().focus()
+            self.refresh_view()
+
+    def action_filter(self) -> None:
+        if isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+        self.main_screen.query_one("#filter-bar").display = True
+        self.main_screen.query_one("#filter", Input).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.refresh_view()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            self.main_screen.query_one("#filter-bar").display = False
+        self._table().focus()
+
+    def action_toggle_log(self) -> None:
+        self.show_log = not self.show_log
+        for panel in self._log_panels():
+            panel.reveal(self.show_log)
+
+    def action_cycle_theme(self) -> None:
+        names = [t.name for t in self.console_themes] or [DEFAULT_THEME]
+        nxt = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        self.theme = nxt
+        self.notify(f"Theme: {nxt}", title="Theme")
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        keymap = self.config.ui.keymap
+        display = {
+            c.id: ", ".join(
+                self.get_key_display(Binding(k.strip(), ""))
+                for k in keymap.get(c.id, c.key).split(",")
+            )
+            for c in ALL_COMMANDS
+        }
+        self.push_screen(HelpScreen(display, self.palette))
+
+    async def action_quit(self) -> None:
+        if self._quitting:
+            self.exit(return_code=1)
+            return
+        self._quitting = True
+        if self.engine is not None and self._engine_running():
+            self.notify(
+                "Stopping: finishing the batch in hand and committing offsets…",
+                title="Quit",
+                timeout=QUIT_GRACE_S,
+            )
+            self.engine.request_stop()
+            self.set_timer(QUIT_GRACE_S, self._force_quit)
+            self.refresh_view()
+            return
+        self.exit(return_code=1 if self.engine_state == "failed" else 0)
+
+    def _force_quit(self) -> None:
+        for w in self.workers:
+            if w.name == "engine":
+                w.cancel()
+        self.exit(return_code=1)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide bindings that mean nothing where the user is (footer and keys alike)."""
+        return not (action == "detail" and isinstance(self.screen, DetailScreen))
+
+    # ---- command palette -------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        for c in APP_COMMANDS:
+            if c.palette and c.id != "quit":
+                yield SystemCommand(c.title, c.help, partial(self.run_action, c.action))
+        yield from super().get_system_commands(screen)
+
+
+def _window_facts(w: WindowState, age: str) -> str:
+    facts = f"opened {age}" if w.opened_at_ms else "not opened yet"
+    if w.ranges:
+        facts += "; offsets " + fmt_offsets([r.to_json_dict() for r in w.ranges], limit=4)
+    return facts
+
+
+def run_tui(config: AppConfig, *, instance_id: str | None = None, theme: str | None = None) -> int:
+    """Run the console (with its engine) until the user quits; returns the exit code."""
+    app = KafkaConsoleApp(config, instance_id=instance_id, theme=theme)
+    app.run()
+    return int(app.return_code or 0)
+
+
+__all__ = ["KafkaConsoleApp", "run_tui"]

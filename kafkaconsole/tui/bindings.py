@@ -1,0 +1,196 @@
+"""Every key binding of the console, with the id that ``[ui.keymap]`` uses to remap it.
+
+One table drives the app's ``BINDINGS``, the help screen and the command palette, so the three
+never disagree. Keys use Textual's names (``slash``, ``question_mark``, ``enter``); a keymap
+value may list several keys separated by commas, e.g. ``{ pause = "space,p" }``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding, BindingType
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: str
+    key: str
+    action: str
+    label: str
+    """Short label for the footer."""
+    title: str
+    """Command palette title."""
+    help: str
+    """One line for the help screen and the palette."""
+    show: bool = True
+    """Shown in the footer."""
+    palette: bool = True
+    """Offered in the command palette."""
+
+
+APP_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "pause",
+        "p",
+        "toggle_pause",
+        "Pause",
+        "Pause / resume consumer",
+        "Pause or resume the selected consumer on every instance",
+    ),
+    Command(
+        "pause_all",
+        "P",
+        "toggle_pause_all",
+        "Pause all",
+        "Pause / resume all consumers",
+        "Pause every consumer (resume all when all are paused)",
+        show=False,
+    ),
+    Command(
+        "reset",
+        "r",
+        "reset",
+        "Reset",
+        "Reset counters",
+        "Empty the open window without triggering (asks first)",
+    ),
+    Command(
+        "trigger",
+        "t",
+        "trigger",
+        "Trigger",
+        "Force-trigger",
+        "Close the open window now and run its pipeline (asks first)",
+    ),
+    Command(
+        "detail",
+        "enter",
+        "detail",
+        "Detail",
+        "Consumer detail",
+        "Partitions, rates, trigger history, errors and config of the selected consumer",
+    ),
+    Command(
+        "back",
+        "escape",
+        "leave",
+        "Back",
+        "Back",
+        "Leave the detail view, or clear the filter",
+        show=False,
+    ),
+    Command(
+        "filter",
+        "slash",
+        "filter",
+        "Filter",
+        "Filter consumers",
+        "Show only consumers whose id or topic contains the text",
+    ),
+    Command(
+        "log", "l", "toggle_log", "Log", "Toggle log panel", "Show or hide the engine's log lines"
+    ),
+    Command(
+        "theme",
+        "T",
+        "cycle_theme",
+        "Theme",
+        "Cycle theme",
+        "Switch to the next kafkaconsole theme",
+        show=False,
+    ),
+    Command("help", "question_mark", "help", "Help", "Help", "List every key binding"),
+    Command(
+        "quit",
+        "q",
+        "quit",
+        "Quit",
+        "Quit",
+        "Stop the engine gracefully (finish the batch, commit offsets), then exit",
+    ),
+)
+
+DETAIL_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "detail.overview",
+        "1",
+        "show_tab('overview')",
+        "Overview",
+        "Detail: overview",
+        "Detail view: partitions and trigger history",
+        show=False,
+        palette=False,
+    ),
+    Command(
+        "detail.errors",
+        "2",
+        "show_tab('errors')",
+        "Errors",
+        "Detail: errors",
+        "Detail view: DLQ and error tail",
+        show=False,
+        palette=False,
+    ),
+    Command(
+        "detail.config",
+        "3",
+        "show_tab('config')",
+        "Config",
+        "Detail: config",
+        "Detail view: the consumer's config, secrets masked",
+        show=False,
+        palette=False,
+    ),
+)
+
+CONFIRM_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "confirm.yes",
+        "y",
+        "confirm",
+        "Yes",
+        "Confirm",
+        "In a confirm dialog: go ahead",
+        palette=False,
+    ),
+    Command(
+        "confirm.no",
+        "n",
+        "cancel",
+        "No",
+        "Cancel",
+        "In a confirm dialog: cancel (escape too)",
+        palette=False,
+    ),
+)
+
+ALL_COMMANDS = APP_COMMANDS + DETAIL_COMMANDS + CONFIRM_COMMANDS
+
+
+def bindings_for(commands: tuple[Command, ...]) -> list[BindingType]:
+    return [
+        Binding(c.key, c.action, c.label, show=c.show, id=c.id, tooltip=c.help) for c in commands
+    ]
+
+
+def key_for(command: Command, keymap: dict[str, str]) -> str:
+    """The key(s) a command is bound to after the keymap."""
+    return keymap.get(command.id, command.key)
+
+
+def unknown_keymap_ids(keymap: dict[str, str]) -> list[str]:
+    known = {c.id for c in ALL_COMMANDS}
+    return sorted(k for k in keymap if k not in known)
+
+
+__all__ = [
+    "ALL_COMMANDS",
+    "APP_COMMANDS",
+    "CONFIRM_COMMANDS",
+    "DETAIL_COMMANDS",
+    "Command",
+    "bindings_for",
+    "key_for",
+    "unknown_keymap_ids",
+]

@@ -1,0 +1,218 @@
+"""Where the console's data comes from, and where its commands go.
+
+:class:`EngineSource` wraps the :class:`~kafkaconsole.engine.engine.Engine` that runs inside the
+app: it receives the engine's snapshots (one per refresh interval, never one per event), records
+the rate/lag series, reads the fleet through :class:`~kafkaconsole.engine.fleet.Fleet` and
+steers through the engine (which acts fleet-wide through Redis).
+
+:class:`StaticSource` holds fixed data: snapshot tests, the README screenshot and any test that
+wants the screens without a broker. Its commands change its own data, so the screens react.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowState
+from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.fleet import Fleet
+from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
+from kafkaconsole.tui.viewmodel import FleetView, Series, SeriesRecorder
+
+
+class ConsoleSource(abc.ABC):
+    """Everything the console reads and every command it sends."""
+
+    @abc.abstractmethod
+    def latest(self) -> InstanceSnapshot | None:
+        """This instance's latest status snapshot (None before the engine's first one)."""
+
+    @abc.abstractmethod
+    def series(self, consumer_id: str) -> Series:
+        """Recent rate and lag samples of a consumer."""
+
+    @abc.abstractmethod
+    async def fleet(self) -> FleetView | None:
+        """The fleet as Redis sees it (None when Redis cannot be read)."""
+
+    @abc.abstractmethod
+    async def history(self, consumer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Trigger records, newest first, with their pipeline status."""
+
+    @abc.abstractmethod
+    async def window(self, consumer_id: str) -> WindowState:
+        """The open window: what a reset would discard, what a trigger would close."""
+
+    @abc.abstractmethod
+    async def pause(self, consumer_id: str | None) -> list[str]:
+        """Pause one consumer (or all) fleet-wide; returns the ids."""
+
+    @abc.abstractmethod
+    async def resume(self, consumer_id: str | None) -> list[str]:
+        """Resume one consumer (or all) fleet-wide; returns the ids."""
+
+    @abc.abstractmethod
+    async def reset(self, consumer_id: str) -> ResetResult:
+        """Empty the open window without triggering."""
+
+    @abc.abstractmethod
+    async def trigger(self, consumer_id: str) -> CloseResult:
+        """Close the open window now and dispatch its pipeline."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether commands can be sent now."""
+        return True
+
+
+class EngineSource(ConsoleSource):
+    """The engine running in this process, and the fleet through its Redis connection."""
+
+    def __init__(self, engine: Engine, *, keep_samples: int = 300) -> None:
+        self.engine = engine
+        self.fleet_reader = Fleet(engine.redis, engine.config)
+        self.recorder = SeriesRecorder(keep=keep_samples)
+        self._latest: InstanceSnapshot | None = None
+        engine.subscribe(self._on_snapshot)
+
+    def _on_snapshot(self, snap: InstanceSnapshot) -> None:
+        # Called on the engine's loop once per snapshot interval: store, never draw.
+        self._latest = snap
+        self.recorder.record(snap)
+
+    def latest(self) -> InstanceSnapshot | None:
+        return self._latest
+
+    def series(self, consumer_id: str) -> Series:
+        return self.recorder.series(consumer_id)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.started and not self.engine.stopping
+
+    async def fleet(self) -> FleetView | None:
+        if not self.ready:
+            return None
+        return FleetView.from_status(await self.fleet_reader.status())
+
+    async def history(self, consumer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        if not self.ready:
+            return []
+        return await self.fleet_reader.history(consumer_id, limit)
+
+    async def window(self, consumer_id: str) -> WindowState:
+        return await self.fleet_reader.counter(consumer_id).window()
+
+    async def pause(self, consumer_id: str | None) -> list[str]:
+        return await self.engine.pause(consumer_id)
+
+    async def resume(self, consumer_id: str | None) -> list[str]:
+        return await self.engine.resume(consumer_id)
+
+    async def reset(self, consumer_id: str) -> ResetResult:
+        return await self.engine.reset(consumer_id)
+
+    async def trigger(self, consumer_id: str) -> CloseResult:
+        return await self.engine.force_trigger(consumer_id)
+
+
+@dataclass
+class StaticSource(ConsoleSource):
+    """Fixed data pushed by a test (or the screenshot script); commands edit it in place."""
+
+    snapshot: InstanceSnapshot | None = None
+    fleet_view: FleetView | None = None
+    histories: Mapping[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
+    windows: dict[str, WindowState] = field(default_factory=dict)
+    series_of: Mapping[str, Series] = field(default_factory=dict)
+    now_ms: int = 0
+    actions: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def latest(self) -> InstanceSnapshot | None:
+        return self.snapshot
+
+    def series(self, consumer_id: str) -> Series:
+        return self.series_of.get(consumer_id, Series())
+
+    def push(self, snapshot: InstanceSnapshot) -> None:
+        """Replace the snapshot (as the engine would publish a new one)."""
+        self.snapshot = snapshot
+
+    async def fleet(self) -> FleetView | None:
+        return self.fleet_view
+
+    async def history(self, consumer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.histories.get(consumer_id, ()))[:limit]
+
+    async def window(self, consumer_id: str) -> WindowState:
+        if consumer_id in self.windows:
+            return self.windows[consumer_id]
+        c = self.snapshot.consumer(consumer_id) if self.snapshot else None
+        if c is None:
+            return WindowState(1, 0, None, ())
+        return WindowState(c.window_id, c.count, c.window_opened_at_ms, ())
+
+    def _ids(self, consumer_id: str | None) -> list[str]:
+        if consumer_id is not None:
+            return [consumer_id]
+        return [c.consumer_id for c in self.snapshot.consumers] if self.snapshot else []
+
+    def _set_state(self, ids: list[str], state: ConsumerState) -> None:
+        if self.snapshot is None:
+            return
+        self.snapshot = replace(
+            self.snapshot,
+            consumers=tuple(
+                replace(c, state=state) if c.consumer_id in ids else c
+                for c in self.snapshot.consumers
+            ),
+        )
+        if self.fleet_view is not None:
+            consumers = dict(self.fleet_view.consumers)
+            for cid in ids:
+                if cid in consumers:
+                    consumers[cid] = replace(
+                        consumers[cid],
+                        state=str(state),
+                        paused_by="you" if state == "paused" else None,
+                    )
+            self.fleet_view = replace(self.fleet_view, consumers=consumers)
+
+    async def pause(self, consumer_id: str | None) -> list[str]:
+        ids = self._ids(consumer_id)
+        self.actions.append(("pause", consumer_id))
+        self._set_state(ids, ConsumerState.PAUSED)
+        return ids
+
+    async def resume(self, consumer_id: str | None) -> list[str]:
+        ids = self._ids(consumer_id)
+        self.actions.append(("resume", consumer_id))
+        self._set_state(ids, ConsumerState.RUNNING)
+        return ids
+
+    async def reset(self, consumer_id: str) -> ResetResult:
+        self.actions.append(("reset", consumer_id))
+        w = await self.window(consumer_id)
+        self._edit(consumer_id, count=0, window_opened_at_ms=None)
+        return ResetResult(w.window_id, w.count, self.now_ms)
+
+    async def trigger(self, consumer_id: str) -> CloseResult:
+        self.actions.append(("trigger", consumer_id))
+        w = await self.window(consumer_id)
+        self._edit(consumer_id, count=0, window_opened_at_ms=None, window_id=w.window_id + 1)
+        return CloseResult("closed", w.window_id, w.count, self.now_ms)
+
+    def _edit(self, consumer_id: str, **changes: Any) -> None:
+        self.windows.pop(consumer_id, None)
+        if self.snapshot is None:
+            return
+        self.snapshot = replace(
+            self.snapshot,
+            consumers=tuple(
+                replace(c, **changes) if c.consumer_id == consumer_id else c
+                for c in self.snapshot.consumers
+            ),
+        )

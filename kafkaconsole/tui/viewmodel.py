@@ -1,0 +1,595 @@
+"""What the console shows, as plain dataclasses built from snapshots and fleet data.
+
+Nothing here imports Textual or Rich, reads a clock or does I/O: builders take an
+:class:`~kafkaconsole.engine.status.InstanceSnapshot`, the fleet as Redis sees it
+(:class:`FleetView`), recorded rate/lag series and ``now_ms``, and return the rows the widgets
+draw. So the screens can be fed fixed data (snapshot tests, the README screenshot) and the
+rules (which state wins, when lag counts as growing, how numbers are shortened) are unit-tested
+without a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot
+from kafkaconsole.engine.thresholds import Progress, window_progress
+
+# ---- fleet data (from Redis, through kafkaconsole.engine.fleet.Fleet) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPartition:
+    partition: int
+    position: int | None
+    highwater: int | None
+    lag: int | None
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConsumer:
+    """One consumer as every live instance reports it (heartbeats) plus its Redis state."""
+
+    consumer_id: str
+    state: str
+    rate: float
+    lag: int | None
+    partitions: tuple[FleetPartition, ...] = ()
+    instances: tuple[str, ...] = ()
+    paused_by: str | None = None
+    errors: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    instances: tuple[str, ...]
+    consumers: Mapping[str, FleetConsumer]
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> FleetView:
+        """Build from :meth:`Fleet.status` (the ``status --json`` model)."""
+        consumers: dict[str, FleetConsumer] = {}
+        for c in status.get("consumers", []):
+            parts = tuple(
+                FleetPartition(
+                    int(p["partition"]),
+                    p.get("position"),
+                    p.get("highwater"),
+                    p.get("lag"),
+                    str(p.get("owner", "")),
+                )
+                for p in c.get("partitions", [])
+            )
+            consumers[c["consumer_id"]] = FleetConsumer(
+                consumer_id=c["consumer_id"],
+                state=str(c.get("state", "stopped")),
+                rate=float(c.get("rate") or 0.0),
+                lag=c.get("lag"),
+                partitions=parts,
+                instances=tuple(c.get("instances", [])),
+                paused_by=c.get("paused_by"),
+                errors=int(c.get("errors") or 0),
+                total=int(c.get("total") or 0),
+            )
+        instances = tuple(str(i["instance_id"]) for i in status.get("instances", []))
+        return cls(instances, consumers)
+
+
+# ---- recorded series (sparklines, lag trend) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Recent samples of one consumer, oldest first, about one per second."""
+
+    rates: tuple[float, ...] = ()
+    lags: tuple[float, ...] = ()
+
+
+class SeriesRecorder:
+    """Keeps the last ``keep`` samples of rate and lag per consumer, one per ``every_ms``."""
+
+    def __init__(self, keep: int = 300, every_ms: int = 1000) -> None:
+        self.keep = keep
+        self.every_ms = every_ms
+        self._rates: dict[str, deque[float]] = {}
+        self._lags: dict[str, deque[float]] = {}
+        self._last_ms: int | None = None
+
+    def record(self, snap: InstanceSnapshot) -> bool:
+        """Add a sample per consumer if ``every_ms`` passed since the last one."""
+        if self._last_ms is not None and snap.taken_at_ms - self._last_ms < self.every_ms:
+            return False
+        self._last_ms = snap.taken_at_ms
+        for c in snap.consumers:
+            self._rates.setdefault(c.consumer_id, deque(maxlen=self.keep)).append(float(c.rate))
+            self._lags.setdefault(c.consumer_id, deque(maxlen=self.keep)).append(float(c.lag or 0))
+        return True
+
+    def series(self, consumer_id: str) -> Series:
+        return Series(
+            tuple(self._rates.get(consumer_id, ())), tuple(self._lags.get(consumer_id, ()))
+        )
+
+
+class Trend(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    FLAT = "flat"
+
+
+def lag_trend(
+    lags: Sequence[float], span: int = 10, min_change: float = 100.0, min_ratio: float = 0.10
+) -> Trend:
+    """Whether lag grew or shrank over the last ``span`` samples.
+
+    Small wobbles (fewer than ``min_change`` events or less than ``min_ratio`` of the earlier
+    value) are flat, so a healthy consumer whose lag jitters between polls stays calm.
+    """
+    if len(lags) < 2:
+        return Trend.FLAT
+    now = lags[-1]
+    then = lags[-min(span, len(lags))]
+    delta = now - then
+    if abs(delta) < min_change or abs(delta) < min_ratio * max(then, 1.0):
+        return Trend.FLAT
+    return Trend.UP if delta > 0 else Trend.DOWN
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+NONE_TEXT = "\u2013"  # an en dash: "no value"
+
+
+def fmt_count(n: float | None) -> str:
+    """1234 -> "1234", 12345 -> "12.3k", 123456 -> "123k", 1234567 -> "1.2M"."""
+    if n is None:
+        return NONE_TEXT
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    if n < 10_000:
+        return f"{sign}{n:.0f}"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{sign}{v:.1f}{unit}" if v < 100 else f"{sign}{v:.0f}{unit}"
+    return f"{sign}{n:.0f}"  # pragma: no cover
+
+
+def fmt_rate(rate: float | None) -> str:
+    """Events per second: "0", "4.5", "312", "1.2k"."""
+    if rate is None:
+        return NONE_TEXT
+    if rate < 10 and rate != int(rate):
+        return f"{rate:.1f}"
+    if rate < 1000:
+        return f"{rate:.0f}"
+    return fmt_count(rate)
+
+
+def fmt_span(seconds: float | None) -> str:
+    """A short duration: "0s", "45s", "12m", "3h", "2d"."""
+    if seconds is None or not math.isfinite(seconds):
+        return NONE_TEXT
+    s = max(seconds, 0.0)
+    if s < 100:
+        return f"{s:.0f}s"
+    if s < 100 * 60:
+        return f"{s / 60:.0f}m"
+    if s < 48 * 3600:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"
+
+
+def fmt_clock(seconds: float | None) -> str:
+    """Uptime style: "0:12:34", "2d 03:04:05"."""
+    if seconds is None:
+        return NONE_TEXT
+    s = int(max(seconds, 0))
+    days, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if days:
+        return f"{days}d {h:02d}:{m:02d}:{s:02d}"
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def fmt_ms(ms: int | float | None) -> str:
+    """A run duration: "85ms", "1.2s", "3m"."""
+    if ms is None:
+        return NONE_TEXT
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    return fmt_span(ms / 1000)
+
+
+def fmt_offsets(offsets: Iterable[Mapping[str, Any]], limit: int = 3) -> str:
+    """Offset ranges of a trigger record: "p0 0-499, p1 0-480 (+2)"."""
+    items = [f"p{o['partition']} {o['first']}-{o['last']}" for o in offsets]
+    if not items:
+        return NONE_TEXT
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit})" if len(items) > limit else "")
+
+
+# ---- consumers table --------------------------------------------------------------------------
+
+ACTIVE_STATES = ("running", "paused", "rebalancing", "error", "stopped", "starting")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerView:
+    window_id: int
+    reason: str
+    count: int
+    age_seconds: float | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerRow:
+    """One consumer as the main table shows it."""
+
+    consumer_id: str
+    topic: str
+    pipeline: str
+    job_type: str
+    state: str
+    rate: float
+    lag: int | None
+    lag_trend: Trend
+    count: int
+    max_event: int
+    max_time: float
+    window_id: int
+    progress: Progress
+    last_trigger: TriggerView | None
+    errors: int
+    dlq: int
+    total: int
+    last_error: str | None = None
+    paused_by: str | None = None
+    instances: tuple[str, ...] = ()
+
+    @property
+    def paused(self) -> bool:
+        return self.state == "paused"
+
+    @property
+    def eta_text(self) -> str:
+        p = self.progress
+        if p.winner is None:
+            return "idle"
+        if p.eta_seconds is not None and p.eta_seconds < 0.5:
+            return f"{p.winner} now"
+        return f"{p.winner} {fmt_span(p.eta_seconds)}"
+
+    def matches(self, text: str) -> bool:
+        """Filter: case-insensitive substring of the id or the topic."""
+        t = text.strip().lower()
+        return not t or t in self.consumer_id.lower() or t in self.topic.lower()
+
+
+def _state_of(local: ConsumerSnapshot | None, fleet: FleetConsumer | None) -> str:
+    """Local runner state, corrected by the fleet: pause is fleet-wide, and a consumer whose
+    partitions all live on other instances is running there."""
+    if fleet is not None and fleet.state == "paused":
+        return "paused"
+    if local is None:
+        return fleet.state if fleet is not None else "starting"
+    state = str(local.state)
+    if state == "starting" and fleet is not None and fleet.state in ("running", "error"):
+        return fleet.state
+    return state
+
+
+def build_row(
+    cfg: ConsumerConfig,
+    local: ConsumerSnapshot | None,
+    fleet: FleetConsumer | None,
+    series: Series,
+    now_ms: int,
+) -> ConsumerRow:
+    rate = fleet.rate if fleet is not None and fleet.instances else (local.rate if local else 0.0)
+    lag = fleet.lag if fleet is not None and fleet.partitions else (local.lag if local else None)
+    count = local.count if local else 0
+    window_id = local.window_id if local else 1
+    opened = local.window_opened_at_ms if local else None
+    state = _state_of(local, fleet)
+    progress = window_progress(
+        count, cfg.max_event, opened, cfg.max_time, 0.0 if state == "paused" else rate, now_ms
+    )
+    last = None
+    if local is not None and local.last_trigger is not None:
+        t = local.last_trigger
+        last = TriggerView(
+            t.window_id, t.reason, t.count, max(now_ms - t.closed_at_ms, 0) / 1000.0, t.status
+        )
+    return ConsumerRow(
+        consumer_id=cfg.consumer_id,
+        topic=cfg.kafka_topic,
+        pipeline=cfg.pipeline_name,
+        job_type=cfg.job_type,
+        state=state,
+        rate=rate,
+        lag=lag,
+        lag_trend=lag_trend(series.lags),
+        count=count,
+        max_event=cfg.max_event,
+        max_time=cfg.max_time,
+        window_id=window_id,
+        progress=progress,
+        last_trigger=last,
+        errors=local.errors if local else (fleet.errors if fleet else 0),
+        dlq=local.dlq if local else 0,
+        total=local.total if local else 0,
+        last_error=local.last_error if local else None,
+        paused_by=fleet.paused_by if fleet is not None else None,
+        instances=fleet.instances if fleet is not None else (),
+    )
+
+
+def build_rows(
+    config: AppConfig,
+    snap: InstanceSnapshot | None,
+    fleet: FleetView | None,
+    series_of: Mapping[str, Series],
+    now_ms: int,
+) -> list[ConsumerRow]:
+    """One row per configured consumer, in config order."""
+    rows = []
+    for cfg in config.consumers:
+        cid = cfg.consumer_id
+        local = snap.consumer(cid) if snap is not None else None
+        remote = fleet.consumers.get(cid) if fleet is not None else None
+        rows.append(build_row(cfg, local, remote, series_of.get(cid, Series()), now_ms))
+    return rows
+
+
+# ---- header -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderModel:
+    brokers: str
+    kafka_ok: bool | None
+    redis_ok: bool | None
+    instances: int | None
+    rate: float
+    uptime_seconds: float | None
+    instance_id: str | None
+    engine: str  # starting | running | stopping | stopped | failed | none
+    read_only: bool
+    consumers: int
+    shown: int
+    filter_text: str = ""
+
+
+def build_header(
+    config: AppConfig,
+    snap: InstanceSnapshot | None,
+    fleet: FleetView | None,
+    rows: Sequence[ConsumerRow],
+    now_ms: int,
+    *,
+    engine: str,
+    read_only: bool,
+    shown: int | None = None,
+    filter_text: str = "",
+    redis_ok: bool | None = None,
+) -> HeaderModel:
+    return HeaderModel(
+        brokers=config.kafka.bootstrap_servers,
+        kafka_ok=snap.kafka_ok if snap is not None else None,
+        redis_ok=redis_ok if redis_ok is not None else (snap.redis_ok if snap else None),
+        instances=len(fleet.instances) if fleet is not None else None,
+        rate=sum(r.rate for r in rows),
+        uptime_seconds=(now_ms - snap.started_at_ms) / 1000 if snap is not None else None,
+        instance_id=snap.instance_id if snap is not None else None,
+        engine=engine,
+        read_only=read_only,
+        consumers=len(rows),
+        shown=len(rows) if shown is None else shown,
+        filter_text=filter_text,
+    )
+
+
+# ---- detail -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    window_id: int
+    reason: str
+    count: int
+    offsets: str
+    status: str
+    duration: str
+    closed_age_seconds: float | None
+    error: str | None = None
+
+
+def _iso_to_ms(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def build_history(
+    records: Sequence[Mapping[str, Any]], now_ms: int, offsets_limit: int = 3
+) -> list[HistoryRow]:
+    """Rows from :meth:`Fleet.history` records (newest first)."""
+    out = []
+    for r in records:
+        run = r.get("run") or {}
+        closed = _iso_to_ms(r.get("closed_at"))
+        out.append(
+            HistoryRow(
+                window_id=int(r["window_id"]),
+                reason=str(r["reason"]),
+                count=int(r["count"]),
+                offsets=fmt_offsets(r.get("offsets") or [], offsets_limit),
+                status=str(r.get("status", "pending")),
+                duration=fmt_ms(run.get("duration_ms")),
+                closed_age_seconds=(now_ms - closed) / 1000 if closed is not None else None,
+                error=run.get("error"),
+            )
+        )
+    return out
+
+
+def partitions_of(
+    row_id: str, snap: InstanceSnapshot | None, fleet: FleetView | None
+) -> list[FleetPartition]:
+    """Every partition of a consumer with its owner: the fleet's view, else this instance's."""
+    if fleet is not None and row_id in fleet.consumers and fleet.consumers[row_id].partitions:
+        return list(fleet.consumers[row_id].partitions)
+    local = snap.consumer(row_id) if snap is not None else None
+    if local is None or snap is None:
+        return []
+    return [
+        FleetPartition(p.partition, p.position, p.highwater, p.lag, snap.instance_id)
+        for p in local.partitions
+    ]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        inner = ", ".join(
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
+        return "{ " + inner + " }" if inner else "{}"
+    return json.dumps(str(value))
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def config_lines(masked: Mapping[str, Any], consumer_id: str) -> list[str]:
+    """A consumer's config and its pipeline's, as TOML, from :func:`mask_config` output."""
+    consumer = next(
+        (c for c in masked.get("consumers", []) if c["consumer_id"] == consumer_id), None
+    )
+    if consumer is None:
+        return []
+    lines = ["[[consumers]]"]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in consumer.items() if v is not None]
+    name = consumer.get("pipeline_name")
+    pipeline = masked.get("pipelines", {}).get(name)
+    if pipeline is not None:
+        lines += ["", f"[pipelines.{_toml_key(name)}]"]
+        lines += [
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in pipeline.items() if v is not None
+        ]
+    return lines
+
+
+# ---- log lines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    created: float
+    level: int
+    logger: str
+    message: str
+
+
+@dataclass
+class LogBook:
+    """Log lines captured while the console runs (thread-safe; drained by the UI timer).
+
+    Warnings and errors whose message starts with ``<consumer_id>:`` (the engine's habit) also
+    go to that consumer's error tail, shown in its detail view.
+    """
+
+    keep: int = 1000
+    keep_per_consumer: int = 50
+    _lines: deque[LogLine] = field(default_factory=deque)
+    _pending: deque[LogLine] = field(default_factory=deque)
+    _errors: dict[str, deque[LogLine]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, line: LogLine) -> None:
+        with self._lock:
+            self._lines.append(line)
+            while len(self._lines) > self.keep:
+                self._lines.popleft()
+            self._pending.append(line)
+            while len(self._pending) > self.keep:
+                self._pending.popleft()
+            if line.level >= 30:  # WARNING
+                head, sep, _ = line.message.partition(":")
+                if sep and head and " " not in head:
+                    tail = self._errors.setdefault(head, deque(maxlen=self.keep_per_consumer))
+                    tail.append(line)
+
+    def drain(self) -> list[LogLine]:
+        """Lines added since the last drain."""
+        with self._lock:
+            out = list(self._pending)
+            self._pending.clear()
+        return out
+
+    def lines(self) -> list[LogLine]:
+        with self._lock:
+            return list(self._lines)
+
+    def errors_for(self, consumer_id: str) -> list[LogLine]:
+        with self._lock:
+            return list(self._errors.get(consumer_id, ()))
+
+
+__all__ = [
+    "ConsumerRow",
+    "FleetConsumer",
+    "FleetPartition",
+    "FleetView",
+    "HeaderModel",
+    "HistoryRow",
+    "LogBook",
+    "LogLine",
+    "Series",
+    "SeriesRecorder",
+    "Trend",
+    "TriggerView",
+    "build_header",
+    "build_history",
+    "build_row",
+    "build_rows",
+    "config_lines",
+    "fmt_clock",
+    "fmt_count",
+    "fmt_ms",
+    "fmt_offsets",
+    "fmt_rate",
+    "fmt_span",
+    "lag_trend",
+    "partitions_of",
+]

@@ -1,0 +1,498 @@
+"""The console's widgets: fleet header, consumers table, progress bars, log panel.
+
+Colours come from theme variables only: markup uses ``$variables`` and table cells (Rich text,
+which cannot read stylesheet variables) take their colours from :class:`Palette`, built from the
+app's resolved theme variables and rebuilt when the theme changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.color import Color, ColorParseError
+from textual.containers import VerticalScroll
+from textual.markup import escape
+from textual.widgets import DataTable, Static
+
+from kafkaconsole.tui.viewmodel import (
+    NONE_TEXT,
+    ConsumerRow,
+    HeaderModel,
+    LogLine,
+    Trend,
+    fmt_clock,
+    fmt_count,
+    fmt_rate,
+    fmt_span,
+)
+
+# ---- colours ----------------------------------------------------------------------------------
+
+
+class Palette:
+    """Rich styles from the app's theme variables (``$lag-warn`` -> ``palette["lag-warn"]``)."""
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self._vars = variables
+        self._bg = self._parse(variables.get("background", "black")) or Color(0, 0, 0)
+        self._cache: dict[str, Style] = {}
+
+    @staticmethod
+    def _parse(value: str) -> Color | None:
+        try:
+            return Color.parse(value)
+        except (ColorParseError, ValueError):
+            return None
+
+    def color(self, name: str) -> Color | None:
+        value = self._vars.get(name)
+        if value is None:
+            return None
+        c = self._parse(value)
+        if c is None:
+            return None
+        return self._bg + c if c.a < 1 else c
+
+    def __getitem__(self, name: str) -> Style:
+        if name not in self._cache:
+            c = self.color(name)
+            self._cache[name] = Style(color=c.rich_color) if c is not None else Style()
+        return self._cache[name]
+
+    def on(self, fg: str, bg: str) -> Style:
+        key = f"{fg} on {bg}"
+        if key not in self._cache:
+            f, b = self.color(fg), self.color(bg)
+            self._cache[key] = Style(
+                color=f.rich_color if f else None, bgcolor=b.rich_color if b else None
+            )
+        return self._cache[key]
+
+
+STATE_VARIABLE = {
+    "running": "state-running",
+    "paused": "state-paused",
+    "rebalancing": "state-rebalancing",
+    "error": "state-error",
+    "stopped": "state-stopped",
+    "starting": "state-stopped",
+}
+STATE_GLYPH = {
+    "running": "●",
+    "paused": "‖",
+    "rebalancing": "↻",
+    "error": "✗",
+    "stopped": "○",
+    "starting": "…",
+}
+STATE_SHORT = {"rebalancing": "rebal", "starting": "start", "stopped": "stop"}
+PIPELINE_GLYPH = {
+    "succeeded": "✓",
+    "failed": "✗",
+    "running": "…",
+    "queued": "…",
+    "pending": "·",
+    "cancelled": "⊘",
+    "coalesced": "≈",
+}
+
+
+def pipeline_variable(status: str) -> str:
+    if status == "succeeded":
+        return "pipeline-ok"
+    if status in ("failed", "cancelled"):
+        return "pipeline-failed"
+    return "pipeline-pending"
+
+
+def state_text(state: str, palette: Palette, compact: bool = False) -> Text:
+    word = STATE_SHORT.get(state, state) if compact else state
+    if state == "rebalancing" and not compact:
+        word = "rebalance"
+    style = palette[STATE_VARIABLE.get(state, "state-stopped")]
+    return Text(f"{STATE_GLYPH.get(state, '?')} {word}", style=style, no_wrap=True)
+
+
+def bar_text(
+    ratio: float,
+    width: int,
+    label: str | Sequence[str],
+    fill: str,
+    palette: Palette,
+    short_label: str = "",
+) -> Text:
+    """A progress bar ``width`` cells wide with a label written over it (htop style).
+
+    ``label`` may list candidates, longest first: the first that fits is used.
+    """
+    candidates = [label] if isinstance(label, str) else list(label)
+    label = next((c for c in [*candidates, short_label] if len(c) <= width), "")
+    cells = label.center(width)
+    filled = min(max(round(ratio * width), 0), width)
+    if ratio > 0 and filled == 0:
+        filled = 1
+    text = Text(no_wrap=True, overflow="crop")
+    text.append(cells[:filled], style=palette.on("bar-text", fill))
+    text.append(cells[filled:], style=palette.on("foreground", "bar-empty"))
+    return text
+
+
+def count_labels(count: int, max_event: int) -> list[str]:
+    """ "1204/2000", then "1.2k/2k": the bar label shortens before it turns into a percent."""
+    return [
+        f"{fmt_count(count)}/{fmt_count(max_event)}",
+        f"{fmt_short(count)}/{fmt_short(max_event)}",
+    ]
+
+
+def fmt_short(n: int) -> str:
+    if n < 1000:
+        return str(n)
+    v = n / 1000
+    if v < 1000:
+        return f"{v:.1f}".rstrip("0").rstrip(".") + "k" if v < 10 else f"{v:.0f}k"
+    return fmt_count(n)
+
+
+def fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+# ---- header -----------------------------------------------------------------------------------
+
+
+class FleetHeader(Static):
+    """One line: Kafka and Redis reachability, live instances, events/s, uptime."""
+
+    DEFAULT_CSS = """
+    FleetHeader { height: 1; }
+    """
+
+    def show(self, model: HeaderModel, compact: bool) -> None:
+        def dot(ok: bool | None) -> str:
+            if ok is None:
+                return "[$foreground-muted]○[/]"
+            return "[$success]●[/]" if ok else "[$error]✗[/]"
+
+        parts = [" [b]kafkaconsole[/b]"]
+        kafka = "kafka" if compact else f"kafka {escape(fit(model.brokers, 28))}"
+        parts.append(f"{kafka} {dot(model.kafka_ok)}  redis {dot(model.redis_ok)}")
+        inst = "?" if model.instances is None else str(model.instances)
+        parts.append(
+            f"{inst} inst" if compact else f"{inst} instance{'' if model.instances == 1 else 's'}"
+        )
+        parts.append(f"{fmt_rate(model.rate)} ev/s")
+        parts.append(f"up {fmt_clock(model.uptime_seconds)}")
+        if model.engine not in ("running", "none"):
+            colour = "$error" if model.engine == "failed" else "$warning"
+            parts.append(f"[{colour}]engine {model.engine}[/]")
+        if model.filter_text:
+            parts.append(f"[$accent]{model.shown}/{model.consumers} shown[/]")
+        if model.read_only:
+            parts.append("[$warning]READ-ONLY[/]")
+        if not compact and model.instance_id:
+            parts.append(f"[$foreground-muted]{escape(fit(model.instance_id, 24))}[/]")
+        self.update(" │ ".join(parts))
+
+
+# ---- consumers table --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    width: int
+    right: bool = False
+
+
+def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Column], bool]:
+    """Columns for the consumers table at ``available`` cells; True when compact.
+
+    Each column is preceded by a one-cell gap (the table has no cell padding).
+    """
+    id_len = max([len(r.consumer_id) for r in rows] + [8])
+    topic_len = max([len(r.topic) for r in rows] + [5])
+    wide = [
+        Column("id", "Consumer", min(id_len, 20)),
+        Column("topic", "Topic", min(topic_len, 18)),
+        Column("state", "State", 11),
+        Column("rate", "ev/s", 6, right=True),
+        Column("lag", "Lag", 8, right=True),
+        Column("count", "Count", 14),
+        Column("time", "Time", 12),
+        Column("next", "Next", 10),
+        Column("last", "Last trigger", 13),
+        Column("err", "Err/DLQ", 7, right=True),
+    ]
+    used = sum(c.width + 1 for c in wide)
+    if used <= available:
+        spare = available - used
+        grow_count, grow_time = min(spare // 2, 10), min(spare - spare // 2, 8)
+        return [
+            Column(
+                c.key,
+                c.label,
+                c.width + (grow_count if c.key == "count" else grow_time if c.key == "time" else 0),
+                c.right,
+            )
+            for c in wide
+        ], False
+    compact = [
+        Column("state", "State", 8),
+        Column("rate", "ev/s", 5, right=True),
+        Column("lag", "Lag", 6, right=True),
+        Column("count", "Count", 8),
+        Column("time", "Time", 7),
+        Column("next", "Next", 9),
+        Column("last", "Last", 11),
+        Column("err", "Err", 4, right=True),
+    ]
+    rest = sum(c.width + 1 for c in compact) + 1
+    id_width = max(min(id_len, available - rest), 6)
+    spare = available - rest - id_width
+    lead = [Column("id", "Consumer", id_width)]
+    topic_width = min(topic_len, 12)
+    if spare >= topic_width + 1 + 4:
+        lead.append(Column("topic", "Topic", topic_width))
+        spare -= topic_width + 1
+    grow = {"state": min(spare, 1)}
+    spare -= grow["state"]
+    grow["count"] = min(spare // 2, 6)
+    grow["time"] = min(spare - grow["count"], 4)
+    compact = [Column(c.key, c.label, c.width + grow.get(c.key, 0), c.right) for c in compact]
+    return [*lead, *compact], True
+
+
+def _cell(value: str | Text, col: Column) -> Text:
+    text = value if isinstance(value, Text) else Text(value, no_wrap=True)
+    text.truncate(col.width, overflow="ellipsis")
+    if col.right:
+        text.pad_left(col.width - text.cell_len)
+    else:
+        text.pad_right(col.width - text.cell_len)
+    return Text(" ") + text
+
+
+def row_cells(
+    row: ConsumerRow, columns: Sequence[Column], palette: Palette, compact: bool
+) -> list[Text]:
+    p = row.progress
+    out = []
+    for col in columns:
+        value: str | Text
+        if col.key == "id":
+            value = Text(fit(row.consumer_id, col.width), style="bold")
+        elif col.key == "topic":
+            value = row.topic
+        elif col.key == "state":
+            value = state_text(row.state, palette, compact)
+        elif col.key == "rate":
+            value = fmt_rate(row.rate)
+        elif col.key == "lag":
+            arrow = {Trend.UP: "↑", Trend.DOWN: "↓"}.get(row.lag_trend, " ")
+            style = {Trend.UP: palette["lag-warn"], Trend.DOWN: palette["lag-ok"]}.get(
+                row.lag_trend, Style()
+            )
+            value = Text(f"{fmt_count(row.lag)}{arrow}", style=style)
+        elif col.key == "count":
+            value = bar_text(
+                p.count_ratio,
+                col.width,
+                count_labels(row.count, row.max_event),
+                "threshold-bar",
+                palette,
+                f"{p.count_ratio:.0%}",
+            )
+        elif col.key == "time":
+            label = (
+                f"{fmt_span(p.elapsed_seconds)}/{fmt_span(row.max_time)}"
+                if p.elapsed_seconds or row.count
+                else f"{NONE_TEXT}/{fmt_span(row.max_time)}"
+            )
+            value = bar_text(
+                p.time_ratio, col.width, label, "time-bar", palette, f"{p.time_ratio:.0%}"
+            )
+        elif col.key == "next":
+            style = palette["state-stopped"] if p.winner is None else Style()
+            value = Text(row.eta_text, style=style)
+        elif col.key == "last":
+            t = row.last_trigger
+            if t is None:
+                value = Text("never", style=palette["state-stopped"])
+            else:
+                value = Text(f"{t.reason} {fmt_span(t.age_seconds)} ")
+                value.append(
+                    PIPELINE_GLYPH.get(t.status, "?"), style=palette[pipeline_variable(t.status)]
+                )
+        else:  # err
+            label = (
+                fmt_count(row.errors)
+                if compact
+                else f"{fmt_count(row.errors)}/{fmt_count(row.dlq)}"
+            )
+            value = Text(label, style=palette["state-error"] if row.errors else Style())
+        out.append(_cell(value, col))
+    return out
+
+
+class ConsumerTable(DataTable[Text], inherit_bindings=False):
+    """One row per consumer; keeps the cursor on the same consumer across refreshes.
+
+    Enter is left to the app's ``detail`` binding, so ``[ui.keymap]`` can remap it.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        b for b in DataTable.BINDINGS if isinstance(b, Binding) and b.key != "enter"
+    ]
+
+    DEFAULT_CSS = """
+    ConsumerTable { height: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(
+            cursor_type="row",
+            cell_padding=0,
+            zebra_stripes=False,
+            show_cursor=True,
+            cursor_foreground_priority="renderable",
+            cursor_background_priority="renderable",
+            id=id,
+            classes=classes,
+        )
+        self._columns_sig: tuple[tuple[str, int], ...] = ()
+        self._row_ids: list[str] = []
+        self._shown: dict[tuple[str, str], Text] = {}
+        self.compact = False
+
+    @property
+    def selected_id(self) -> str | None:
+        if not self._row_ids or self.cursor_row < 0 or self.cursor_row >= len(self._row_ids):
+            return None
+        return self._row_ids[self.cursor_row]
+
+    def show(self, rows: Sequence[ConsumerRow], palette: Palette, available: int) -> None:
+        columns, compact = table_columns(rows, available)
+        self.compact = compact
+        sig = tuple((c.key, c.width) for c in columns)
+        selected = self.selected_id
+        ids = [r.consumer_id for r in rows]
+        if sig != self._columns_sig:
+            self.clear(columns=True)
+            for c in columns:
+                label = Text(" " + (c.label.rjust(c.width) if c.right else c.label), style="bold")
+                self.add_column(label, key=c.key, width=c.width + 1)
+            self._columns_sig = sig
+            self._row_ids = []
+        cells = {r.consumer_id: row_cells(r, columns, palette, compact) for r in rows}
+        if ids != self._row_ids:
+            self.clear()
+            for cid in ids:
+                self.add_row(*cells[cid], key=cid)
+            self._row_ids = ids
+            if selected in ids:
+                self.move_cursor(row=ids.index(selected), animate=False)
+        else:  # same rows: touch only the cells that changed
+            for cid in ids:
+                for c, cell in zip(columns, cells[cid], strict=True):
+                    if self._shown.get((cid, c.key)) != cell:
+                        self.update_cell(cid, c.key, cell)
+        self._shown = {
+            (cid, c.key): cell for cid in ids for c, cell in zip(columns, cells[cid], strict=True)
+        }
+
+    def select_id(self, consumer_id: str) -> None:
+        if consumer_id in self._row_ids:
+            self.move_cursor(row=self._row_ids.index(consumer_id), animate=False)
+
+
+# ---- log panel --------------------------------------------------------------------------------
+
+
+def log_text(line: LogLine, palette: Palette, clock: bool = True) -> Text:
+    stamp = time.strftime("%H:%M:%S", time.localtime(line.created)) if clock else ""
+    level = logging.getLevelName(line.level)
+    style = (
+        palette["state-error"]
+        if line.level >= logging.ERROR
+        else palette["lag-warn"]
+        if line.level >= logging.WARNING
+        else Style()
+    )
+    text = Text()
+    if stamp:
+        text.append(stamp + " ", style=palette["state-stopped"])
+    text.append(f"{level:<7} ", style=style)
+    text.append(line.message)
+    return text
+
+
+class LogPanel(VerticalScroll):
+    """The engine's log lines, newest at the bottom (toggle with ``l``).
+
+    The tail is re-rendered from the kept lines, so long lines wrap to the panel's current
+    width, also after a resize.
+    """
+
+    def __init__(
+        self,
+        lines: Iterable[LogLine] = (),
+        *,
+        keep: int = 300,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes, can_focus=True)
+        self._lines: deque[LogLine] = deque(lines, maxlen=keep)
+        self._palette: Palette | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="log-text")
+
+    def append(self, lines: Iterable[LogLine], palette: Palette) -> None:
+        self._lines.extend(lines)
+        self.repaint(palette)
+
+    def repaint(self, palette: Palette) -> None:
+        self._palette = palette
+        if not self.is_mounted:
+            return
+        text = Text("\n").join(log_text(line, palette) for line in self._lines)
+        at_end = not self.display or self.scroll_y >= self.max_scroll_y
+        self.query_one(".log-text", Static).update(text)
+        if at_end:
+            self.call_after_refresh(self.scroll_end, animate=False)
+
+    def on_mount(self) -> None:
+        if self._palette is not None:
+            self.repaint(self._palette)
+
+    def reveal(self, shown: bool) -> None:
+        """Show or hide; a panel that appears starts at its newest line."""
+        self.display = shown
+        if shown:
+            self.call_after_refresh(self.scroll_end, animate=False)
+
+
+__all__ = [
+    "Column",
+    "ConsumerTable",
+    "FleetHeader",
+    "LogPanel",
+    "Palette",
+    "bar_text",
+    "log_text",
+    "row_cells",
+    "state_text",
+    "table_columns",
+]

@@ -1,0 +1,340 @@
+"""The console's keys drive a real Engine against the session's broker and Redis.
+
+Each test runs the app headless (``run_test``) with the engine as its worker, presses keys and
+checks what Redis, the engine and the pipeline received. ``q`` must stop the engine gracefully
+before the app exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aredis
+from rich.console import Console
+from textual.pilot import Pilot
+
+from kafkaconsole.config.models import AppConfig
+from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.fleet import Fleet
+from kafkaconsole.engine.status import ConsumerState
+from kafkaconsole.tui.app import KafkaConsoleApp
+from kafkaconsole.tui.screens import ConfirmDialog, DetailScreen
+from kafkaconsole.tui.source import StaticSource
+from kafkaconsole.tui.widgets import ConsumerTable
+from tests import pipeline_targets
+from tests.engine_support import make_config
+from tests.helpers import KafkaHelper, wait_for
+
+SIZE = (120, 40)
+
+
+def _app(cfg: AppConfig) -> tuple[KafkaConsoleApp, Engine]:
+    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    return KafkaConsoleApp(cfg, engine=engine), engine
+
+
+@contextlib.asynccontextmanager
+async def running(app: KafkaConsoleApp) -> AsyncIterator[Pilot[Any]]:
+    """``run_test``, and the engine stopped even when the test fails half-way."""
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            yield pilot
+    finally:
+        await app.close_engine()
+
+
+async def _running(app: KafkaConsoleApp, engine: Engine, cid: str) -> None:
+    async def ready() -> bool:
+        snap = app.source.latest()
+        c = snap.consumer(cid) if snap else None
+        return engine.started and c is not None and c.state == ConsumerState.RUNNING
+
+    await wait_for(ready, 20, what="engine running in the app")
+
+
+async def _quit(pilot: Pilot[Any], app: KafkaConsoleApp, engine: Engine) -> None:
+    """`q`: the engine stops (commits, closes) before the app exits, with exit code 0."""
+    await pilot.press("q")
+
+    async def stopped() -> bool:
+        return app.return_code is not None
+
+    await wait_for(stopped, 20, what="graceful stop")
+    assert not engine.started
+    assert app.return_code == 0
+
+
+def _messages(app: KafkaConsoleApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def _dialog(pilot: Pilot[Any], app: KafkaConsoleApp) -> ConfirmDialog:
+    async def shown() -> bool:
+        return isinstance(app.screen, ConfirmDialog)
+
+    await wait_for(shown, 10, what="confirm dialog")
+    assert isinstance(app.screen, ConfirmDialog)
+    return app.screen
+
+
+def screen_text(app: KafkaConsoleApp) -> str:
+    width, height = app.size
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        record=True,
+        color_system=None,
+        legacy_windows=False,
+    )
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
+
+
+async def test_p_pauses_fleet_wide_and_resumes(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services,
+        unique,
+        [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}],
+        api={"enabled": True, "port": 0},
+    )
+    app, engine = _app(cfg)
+    control = f"{unique}:{cid}:control"
+    async with running(app) as pilot:
+        await _running(app, engine, cid)
+        # the HTTP API runs beside the engine, as in headless mode
+        (api,) = app._closers
+        async with aiohttp.ClientSession() as http, http.get(f"{api.url}/consumers") as resp:  # type: ignore[attr-defined]
+            assert resp.status == 200
+            assert cid in await resp.text()
+        await pilot.press("p")
+
+        async def paused() -> bool:
+            return await redis_client.hget(control, "paused") == b"1"
+
+        await wait_for(paused, 10, what="pause flag in Redis")
+        snap = await engine.refresh_snapshot()
+        assert snap.consumer(cid).state == ConsumerState.PAUSED  # type: ignore[union-attr]
+
+        async def shown_paused() -> bool:
+            return "‖ paused" in screen_text(app)
+
+        await wait_for(shown_paused, 5, what="paused on screen")
+        assert any("paused on every instance" in m for m in _messages(app))
+
+        await pilot.press("p")
+
+        async def resumed() -> bool:
+            return await redis_client.hget(control, "paused") == b"0"
+
+        await wait_for(resumed, 10, what="resume flag in Redis")
+        assert any("resumed on every instance" in m for m in _messages(app))
+        await _quit(pilot, app, engine)
+    assert app._closers == []  # the API stopped with the engine
+
+
+async def test_r_and_confirm_zeroes_the_window(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services, unique, [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}]
+    )
+    key = f"{unique}:{cid}:events"
+    await kafka.produce(unique, ({"i": i} for i in range(12)), partitions=1)
+    app, engine = _app(cfg)
+    async with running(app) as pilot:
+
+        async def counted() -> bool:
+            return int(await redis_client.get(key) or 0) == 12
+
+        await wait_for(counted, 20, what="12 counted")
+        await pilot.press("r")
+        dialog = await _dialog(pilot, app)
+        body = str(dialog.body)
+        assert "12 event(s)" in body and "discarded" in body and "p0 0-11" in body
+        await pilot.press("y")
+
+        async def zeroed() -> bool:
+            return int(await redis_client.get(key) or 0) == 0
+
+        await wait_for(zeroed, 10, what="count reset")
+        await wait_for(lambda: _has(app, "12 event(s) discarded"), 5, what="notification")
+        assert pipeline_targets.calls_for(cid) == []  # a reset never triggers
+        await _quit(pilot, app, engine)
+
+
+async def _has(app: KafkaConsoleApp, text: str) -> bool:
+    return any(text in m for m in _messages(app))
+
+
+async def test_t_and_confirm_triggers_a_manual_window(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services, unique, [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}]
+    )
+    await kafka.produce(unique, ({"i": i} for i in range(3)), partitions=1)
+    app, engine = _app(cfg)
+    fleet = Fleet(redis_client, cfg)
+    async with running(app) as pilot:
+
+        async def counted() -> bool:
+            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 3
+
+        await wait_for(counted, 20, what="3 counted")
+        await pilot.press("enter")  # steering works from the detail view too
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("t")
+        dialog = await _dialog(pilot, app)
+        assert "Window [b]#1[/b]" in dialog.body and "3 event(s)" in dialog.body
+        await pilot.press("n")
+        await wait_for(lambda: _has(app, "cancelled"), 5, what="cancel notice")
+        assert await fleet.history(cid) == []
+
+        await pilot.press("t")
+        await _dialog(pilot, app)
+        await pilot.press("y")
+
+        async def manual_run() -> bool:
+            return any(c["reason"] == "manual" for c in pipeline_targets.calls_for(cid))
+
+        await wait_for(manual_run, 15, what="manual pipeline call")
+        history = await fleet.history(cid)
+        assert history[0]["reason"] == "manual" and history[0]["count"] == 3
+        call = pipeline_targets.calls_for(cid)[0]
+        assert call["window_id"] == 1 and call["count"] == 3
+        await wait_for(
+            lambda: _has(app, "window #1 closed (manual, 3 event(s))"),
+            5,
+            what="trigger notification",
+        )
+        await wait_for(
+            lambda: _has(app, "succeeded for window #1"), 10, what="pipeline outcome notification"
+        )
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DetailScreen)
+        await _quit(pilot, app, engine)
+
+
+async def test_engine_failure_is_shown_and_q_exits_with_1(unique: str) -> None:
+    cfg = AppConfig.model_validate(
+        {
+            "redis": {"url": "redis://127.0.0.1:1/0", "key_prefix": unique},
+            "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+            "pipelines": {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}},
+            "consumers": [
+                {
+                    "consumer_id": "c",
+                    "kafka_topic": "t",
+                    "pipeline_name": "p",
+                    "connection_id": "x",
+                    "max_event": 1,
+                    "max_time": 1,
+                }
+            ],
+        }
+    )
+    app = KafkaConsoleApp(cfg)
+    async with running(app) as pilot:
+        await wait_for(lambda: _has(app, "Press q to quit"), 15, what="engine failure notice")
+        assert app.engine_state == "failed"
+        assert "engine failed" in screen_text(app)
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
+# ---- without an engine: read-only, keymap, themes ---------------------------------------------
+
+
+def _static_app(**ui: Any) -> tuple[KafkaConsoleApp, StaticSource]:
+    from kafkaconsole.tui.sample import SAMPLE_NOW_MS, sample_config, sample_source
+
+    source = sample_source()
+    app = KafkaConsoleApp(sample_config(**ui), data_source=source, clock=lambda: SAMPLE_NOW_MS)
+    return app, source
+
+
+async def test_read_only_refuses_every_command() -> None:
+    app, source = _static_app(read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p", "P", "r", "t")
+        await pilot.pause()
+        refused = [m for m in _messages(app) if "read-only" in m]
+        assert len(refused) == 4
+        assert "Pause refused: this console is read-only ([ui] read_only = true)." in refused
+        assert not isinstance(app.screen, ConfirmDialog)
+    assert source.actions == []
+
+
+async def test_keymap_remaps_by_id() -> None:
+    app, source = _static_app(keymap={"pause": "space", "detail": "o", "bogus": "x"})
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await pilot.pause()
+        assert source.actions == []
+        await pilot.press("space")
+        await wait_for(lambda: _async(bool(source.actions)), 5, what="pause by space")
+        assert source.actions == [("pause", "orders")]
+        await pilot.press("o")
+        assert isinstance(app.screen, DetailScreen)
+        assert any("unknown id(s) bogus" in m for m in _messages(app))
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_pause_all_and_filter_and_theme_cycle() -> None:
+    app, source = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.press("P")
+        await wait_for(lambda: _async(bool(source.actions)), 5, what="pause all")
+        assert source.actions == [("pause", None)]
+        await pilot.press("slash", "c", "l", "i")
+        table = app.main_screen.query_one(ConsumerTable)
+        assert table.row_count == 1 and table.selected_id == "clicks"
+        await pilot.press("escape")
+        assert table.row_count == 6
+        assert app.theme == "kafkaconsole-dark"
+        await pilot.press("T")
+        assert app.theme == "kafkaconsole-high-contrast"  # files load in name order
+        assert "Theme: kafkaconsole-high-contrast" in _messages(app)
+
+
+async def test_bad_user_theme_falls_back_with_a_notice(tmp_path: Any, monkeypatch: Any) -> None:
+    themes = tmp_path / "themes"
+    themes.mkdir()
+    (themes / "mine.toml").write_text('name = "mine"\nprimary = "#zzzzzz"\n')
+    monkeypatch.setenv("KAFKACONSOLE_THEME_DIR", str(themes))
+    app, _ = _static_app(theme="mine")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.theme == "kafkaconsole-dark"
+        notice = [m for m in _messages(app) if "mine.toml" in m]
+        assert notice == [
+            f"theme file {themes / 'mine.toml'}: primary: '#zzzzzz' is not a "
+            "colour; using kafkaconsole-dark"
+        ]
+
+
+async def test_builtin_textual_theme_gets_derived_variables() -> None:
+    app, _ = _static_app(theme="nord")
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.pause()
+        assert app.theme == "nord"
+        assert "lag-warn" in app.theme_variables and "threshold-bar" in app.theme_variables

@@ -1,0 +1,141 @@
+"""Snapshot tests of every screen, on the fixed sample fleet (kafkaconsole.tui.sample).
+
+Plain ``def`` tests (``snap_compare`` runs the app in its own event loop), a fixed terminal
+size, a frozen clock and data pushed into the app through a StaticSource: no broker, no Redis,
+no wall clock, no randomness. Update with ``pytest tests/test_tui_snapshots.py
+--snapshot-update`` and look at the SVGs in tests/__snapshots__/ before committing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from kafkaconsole.tui.sample import sample_app
+from kafkaconsole.tui.screens import ConfirmDialog
+
+SnapCompare = Callable[..., bool]
+WIDE = (120, 32)
+NARROW = (80, 24)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """UTC log timestamps, and no user themes from the machine running the tests."""
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("KAFKACONSOLE_THEME_DIR", str(tmp_path / "no-user-themes"))
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _then(*keys: str, dialog: bool = False) -> Callable[[Pilot[Any]], Awaitable[None]]:
+    """run_before: load the sample data, press keys, wait for a confirm dialog if asked."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        await app.refresh_now()  # type: ignore[attr-defined]
+        await pilot.pause()
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
+        if dialog:
+            for _ in range(200):
+                if isinstance(app.screen, ConfirmDialog):
+                    break
+                await pilot.pause(0.01)
+            assert isinstance(app.screen, ConfirmDialog)
+        await app.refresh_now()  # type: ignore[attr-defined]
+        await pilot.pause()
+
+    return run_before
+
+
+def test_main_view(snap_compare: SnapCompare) -> None:
+    """Six consumers: running, lag growing, paused, error, rebalancing, stopped."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then())
+
+
+def test_main_view_narrow_80x24(snap_compare: SnapCompare) -> None:
+    """The same fleet in an 80x24 SSH terminal: topic hidden, bars shortened."""
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then())
+
+
+def test_main_view_with_log_panel(snap_compare: SnapCompare) -> None:
+    """`l` shows the engine's log lines under the table."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("l"))
+
+
+def test_filter_applied(snap_compare: SnapCompare) -> None:
+    """`/` then "pay" and enter: only payments is left, the header says 1/6 shown."""
+    assert snap_compare(
+        sample_app(), terminal_size=NARROW, run_before=_then("slash", "p", "a", "y", "enter")
+    )
+
+
+def test_detail_view(snap_compare: SnapCompare) -> None:
+    """Enter on orders: window bars, sparklines, partitions with owners, trigger history."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("enter"))
+
+
+def test_detail_view_narrow(snap_compare: SnapCompare) -> None:
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then("enter"))
+
+
+def test_detail_errors_tab(snap_compare: SnapCompare) -> None:
+    """Tab 2: error counts, DLQ topic and the consumer's warning/error tail."""
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then("enter", "2"))
+
+
+def test_detail_config_tab_masks_secrets(snap_compare: SnapCompare) -> None:
+    """Tab 3 of clicks: its config and its http pipeline, Authorization header masked."""
+    assert snap_compare(
+        sample_app(), terminal_size=(120, 44), run_before=_then("down", "enter", "3")
+    )
+
+
+def test_reset_confirm_dialog(snap_compare: SnapCompare) -> None:
+    """`r` on orders: the dialog says how many events of which window will be discarded."""
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then("r", dialog=True))
+
+
+def test_trigger_confirm_dialog(snap_compare: SnapCompare) -> None:
+    """`t` on orders: the dialog shows the window that closes and the pipeline that runs."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("t", dialog=True))
+
+
+def test_help_screen(snap_compare: SnapCompare) -> None:
+    """`?` lists every binding with its keymap id, and what colours and glyphs mean."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("question_mark"))
+
+
+def test_help_shows_remapped_keys(snap_compare: SnapCompare) -> None:
+    """[ui.keymap] pause = "space", reset = "R": help shows the new keys."""
+    app = sample_app(ui={"keymap": {"pause": "space", "reset": "R"}})
+    assert snap_compare(app, terminal_size=NARROW, run_before=_then("question_mark"))
+
+
+def test_read_only_header(snap_compare: SnapCompare) -> None:
+    """[ui] read_only = true: READ-ONLY in the header, `p` refused with a notice."""
+    app = sample_app(ui={"read_only": True})
+    assert snap_compare(app, terminal_size=NARROW, run_before=_then("p"))
+
+
+@pytest.mark.parametrize(
+    "theme", ["kafkaconsole-dark", "kafkaconsole-light", "kafkaconsole-high-contrast"]
+)
+def test_theme(snap_compare: SnapCompare, theme: str) -> None:
+    """Each shipped theme on the main view."""
+    assert snap_compare(sample_app(theme=theme), terminal_size=WIDE, run_before=_then())
+
+
+def test_theme_detail_light(snap_compare: SnapCompare) -> None:
+    """The light theme's sparklines and history colours."""
+    app = sample_app(theme="kafkaconsole-light")
+    assert snap_compare(app, terminal_size=WIDE, run_before=_then("enter"))

@@ -1,0 +1,351 @@
+"""The console's pure parts: view models, formatting, themes, bindings, log capture."""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kafkaconsole.config.secrets import mask_config
+from kafkaconsole.engine.status import ConsumerState
+from kafkaconsole.engine.thresholds import Winner
+from kafkaconsole.tui.bindings import ALL_COMMANDS, APP_COMMANDS, unknown_keymap_ids
+from kafkaconsole.tui.logcapture import ConsoleLogHandler, LogCapture
+from kafkaconsole.tui.sample import (
+    SAMPLE_NOW_MS,
+    sample_config,
+    sample_fleet,
+    sample_history,
+    sample_series,
+    sample_snapshot,
+)
+from kafkaconsole.tui.themes import (
+    CUSTOM_VARIABLES,
+    DEFAULT_THEME,
+    PACKAGE_THEME_DIR,
+    ThemeFileError,
+    choose_theme,
+    load_theme_file,
+    load_themes,
+    theme_from_mapping,
+)
+from kafkaconsole.tui.viewmodel import (
+    FleetView,
+    LogBook,
+    LogLine,
+    Series,
+    SeriesRecorder,
+    Trend,
+    build_history,
+    build_rows,
+    config_lines,
+    fmt_clock,
+    fmt_count,
+    fmt_rate,
+    fmt_span,
+    lag_trend,
+    partitions_of,
+)
+from kafkaconsole.tui.widgets import count_labels, table_columns
+
+REPO_THEMES = Path(__file__).resolve().parents[1] / "themes"
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (None, "\u2013"),
+        (0, "0"),
+        (9_999, "9999"),
+        (12_345, "12.3k"),
+        (123_456, "123k"),
+        (1_234_567, "1.2M"),
+        (-15_000, "-15.0k"),
+    ],
+)
+def test_fmt_count(n: int | None, text: str) -> None:
+    assert fmt_count(n) == text
+
+
+def test_fmt_rate_span_clock() -> None:
+    assert [fmt_rate(r) for r in (0.0, 4.5, 312.0, 1234.0)] == ["0", "4.5", "312", "1234"]
+    assert [fmt_span(s) for s in (0, 45, 150, 7200, 200_000)] == ["0s", "45s", "2m", "2h", "2d"]
+    assert fmt_clock(3 * 3600 + 25 * 60 + 12) == "3:25:12"
+    assert fmt_clock(2 * 86400 + 5) == "2d 00:00:05"
+
+
+def test_count_labels_shorten_before_percent() -> None:
+    assert count_labels(1204, 2000) == ["1204/2000", "1.2k/2k"]
+    assert count_labels(340, 500)[0] == "340/500"
+
+
+@pytest.mark.parametrize(
+    ("lags", "trend"),
+    [
+        ([], Trend.FLAT),
+        ([100.0] * 20, Trend.FLAT),
+        ([100.0, 150.0], Trend.FLAT),
+        ([1000.0 + 100 * i for i in range(12)], Trend.UP),
+        ([5000.0 - 300 * i for i in range(12)], Trend.DOWN),
+        ([10_000.0, 10_200.0], Trend.FLAT),
+    ],  # +200 is under 10 % of 10k
+)
+def test_lag_trend(lags: list[float], trend: Trend) -> None:
+    assert lag_trend(lags) == trend
+
+
+def test_series_recorder_samples_once_per_second() -> None:
+    rec = SeriesRecorder(keep=3)
+    snap = sample_snapshot()
+    for i in range(10):
+        rec.record(replace(snap, taken_at_ms=snap.taken_at_ms + i * 250))
+    assert len(rec.series("orders").rates) == 3  # t=0, 1000, 2000 ms
+    assert rec.series("nope") == Series()
+
+
+# ---- rows ------------------------------------------------------------------------------------
+
+
+def _rows() -> dict[str, object]:
+    rows = build_rows(
+        sample_config(), sample_snapshot(), sample_fleet(), sample_series(), SAMPLE_NOW_MS
+    )
+    return {r.consumer_id: r for r in rows}
+
+
+def test_rows_follow_config_order_and_states() -> None:
+    rows = build_rows(
+        sample_config(), sample_snapshot(), sample_fleet(), sample_series(), SAMPLE_NOW_MS
+    )
+    assert [r.consumer_id for r in rows] == [
+        "orders",
+        "clicks",
+        "payments",
+        "logs",
+        "audit",
+        "archive",
+    ]
+    assert [r.state for r in rows] == [
+        "running",
+        "running",
+        "paused",
+        "error",
+        "rebalancing",
+        "stopped",
+    ]
+
+
+def test_row_merges_fleet_rate_and_lag() -> None:
+    orders = build_rows(
+        sample_config(), sample_snapshot(), sample_fleet(), sample_series(), SAMPLE_NOW_MS
+    )[0]
+    assert orders.rate == 63.5 and orders.lag == 180  # the fleet's sums, not this instance's
+    assert orders.instances == ("ops-1-4242", "ops-2-5151")
+    assert orders.progress.winner == Winner.COUNT
+    assert orders.eta_text == "count 3s"
+    assert orders.last_trigger is not None and orders.last_trigger.age_seconds == 14
+
+
+def test_fleet_pause_wins_over_a_stale_local_state() -> None:
+    fleet = sample_fleet()
+    consumers = dict(fleet.consumers)
+    consumers["orders"] = replace(consumers["orders"], state="paused", paused_by="bob@x")
+    rows = build_rows(
+        sample_config(), sample_snapshot(), FleetView(fleet.instances, consumers), {}, SAMPLE_NOW_MS
+    )
+    assert rows[0].state == "paused" and rows[0].paused_by == "bob@x"
+    assert rows[0].progress.winner == Winner.TIME  # paused: no rate, the timer decides
+
+
+def test_rows_without_any_data_are_starting() -> None:
+    rows = build_rows(sample_config(), None, None, {}, SAMPLE_NOW_MS)
+    assert {r.state for r in rows} == {"starting"}
+    assert all(r.eta_text == "idle" for r in rows)
+
+
+def test_starting_locally_but_running_elsewhere() -> None:
+    snap = sample_snapshot()
+    snap = replace(
+        snap,
+        consumers=tuple(
+            replace(c, state=ConsumerState.STARTING) if c.consumer_id == "orders" else c
+            for c in snap.consumers
+        ),
+    )
+    rows = build_rows(sample_config(), snap, sample_fleet(), {}, SAMPLE_NOW_MS)
+    assert rows[0].state == "running"
+
+
+def test_filter_matches_id_or_topic() -> None:
+    rows = build_rows(sample_config(), sample_snapshot(), None, {}, SAMPLE_NOW_MS)
+    assert [r.consumer_id for r in rows if r.matches("LOG")] == ["logs"]
+    assert [r.consumer_id for r in rows if r.matches("trail")] == ["audit"]
+    assert len([r for r in rows if r.matches("  ")]) == 6
+
+
+def test_history_rows_and_partitions() -> None:
+    hist = build_history(sample_history()["orders"], SAMPLE_NOW_MS, offsets_limit=1)
+    assert hist[0].window_id == 1841 and hist[0].closed_age_seconds == 14
+    assert hist[0].offsets.endswith("(+2)")
+    assert hist[2].status == "failed" and hist[2].error == "HTTP 503 from pipeline"
+    parts = partitions_of("orders", sample_snapshot(), sample_fleet())
+    assert [p.owner for p in parts] == ["ops-1-4242", "ops-1-4242", "ops-2-5151"]
+    local = partitions_of("orders", sample_snapshot(), None)
+    assert [p.partition for p in local] == [0, 1] and local[0].owner == "ops-1-4242"
+
+
+def test_config_lines_mask_secrets() -> None:
+    masked = mask_config(sample_config())
+    text = "\n".join(config_lines(masked, "clicks"))
+    assert "s3cr3t" not in text
+    assert 'headers = { Authorization = "******" }' in text
+    assert text.startswith('[[consumers]]\nconsumer_id = "clicks"')
+    assert "[pipelines.clicks_webhook]" in text
+    assert config_lines(masked, "nope") == []
+
+
+def test_table_columns_fit_the_width() -> None:
+    rows = build_rows(sample_config(), sample_snapshot(), None, {}, SAMPLE_NOW_MS)
+    for width in (60, 78, 98, 118, 200):
+        cols, compact = table_columns(rows, width)
+        assert sum(c.width + 1 for c in cols) <= max(width, 70)
+        assert compact == (width < 118)
+    assert "topic" not in [c.key for c in table_columns(rows, 78)[0]]
+    assert "topic" in [c.key for c in table_columns(rows, 98)[0]]
+
+
+# ---- log book and capture --------------------------------------------------------------------
+
+
+def test_logbook_indexes_consumer_warnings() -> None:
+    book = LogBook(keep=3)
+    for i in range(5):
+        book.add(LogLine(float(i), logging.INFO, "x", f"line {i}"))
+    book.add(LogLine(9.0, logging.WARNING, "x", "orders: bad event"))
+    book.add(LogLine(9.0, logging.WARNING, "x", "not a consumer: has spaces"))
+    assert [line.message for line in book.lines()][-1] == "not a consumer: has spaces"
+    assert len(book.lines()) == 3
+    assert [e.message for e in book.errors_for("orders")] == ["orders: bad event"]
+    assert len(book.drain()) == 3 and book.drain() == []
+
+
+def test_log_capture_routes_to_the_book_and_restores(capsys: pytest.CaptureFixture[str]) -> None:
+    book = LogBook()
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    capture = LogCapture(ConsoleLogHandler(book, secrets={"hunter2"}))
+    capture.install()
+    try:
+        logging.getLogger("kafkaconsole.engine").info("password is hunter2")
+        logging.getLogger("aiokafka").warning("broker gone")
+        logging.getLogger("aiokafka").info("chatter")  # below the root's WARNING
+    finally:
+        capture.restore()
+    assert [line.message for line in book.lines()] == ["password is ******", "broker gone"]
+    assert (list(root.handlers), root.level) == before
+    assert "hunter2" not in capsys.readouterr().err
+
+
+# ---- themes ----------------------------------------------------------------------------------
+
+
+def test_shipped_themes_are_complete_and_match_the_repo_folder() -> None:
+    catalog = load_themes([PACKAGE_THEME_DIR])
+    assert catalog.problems == []
+    assert set(catalog.themes) == {
+        "kafkaconsole-dark",
+        "kafkaconsole-light",
+        "kafkaconsole-high-contrast",
+    }
+    for theme in catalog.themes.values():
+        assert set(CUSTOM_VARIABLES) <= set(theme.variables), theme.name
+    assert catalog.themes["kafkaconsole-light"].dark is False
+    repo = sorted(p.name for p in REPO_THEMES.glob("*.toml"))
+    assert repo == sorted(p.name for p in PACKAGE_THEME_DIR.glob("*.toml"))
+    _same, mismatch, errors = filecmp.cmpfiles(REPO_THEMES, PACKAGE_THEME_DIR, repo, shallow=False)
+    assert mismatch == [] and errors == [], "themes/ and kafkaconsole/tui/themes/ differ"
+
+
+def test_stylesheets_use_theme_variables_only() -> None:
+    hex_colour = re.compile(r"#[0-9a-fA-F]{3,8}\b")
+    sheets = list(PACKAGE_THEME_DIR.parent.glob("*.tcss"))
+    assert sheets
+    for tcss in sheets:
+        for line in tcss.read_text().splitlines():
+            line = line.strip()
+            if line.endswith(";"):  # a declaration: property: value;
+                value = line.split(":", 1)[1]
+                assert not hex_colour.search(value), f"{tcss.name}: hex colour in {line!r}"
+                assert not re.search(r"\b(rgb|hsl)a?\(", value), f"{tcss.name}: {line!r}"
+
+
+def test_bad_colour_is_reported_with_file_key_and_value(tmp_path: Path) -> None:
+    bad = tmp_path / "mine.toml"
+    bad.write_text('name = "mine"\nprimary = "#12345"\n[variables]\nlag-warn = "orange"\n')
+    with pytest.raises(ThemeFileError) as err:
+        load_theme_file(bad)
+    assert str(err.value) == f"theme file {bad}: primary: '#12345' is not a colour"
+    bad.write_text('name = "mine"\nprimary = "red"\n[variables]\nlag-warn = "nope"\n')
+    with pytest.raises(ThemeFileError, match=r"variables\.lag-warn: 'nope' is not a colour"):
+        load_theme_file(bad)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"primary": "red"}, "`name` is required"),
+        ({"name": "x"}, "`primary` is required"),
+        ({"name": "x", "primary": "red", "colour": "blue"}, "unknown key(s) colour"),
+        ({"name": "x", "primary": "red", "dark": "yes"}, "must be true or false"),
+        ({"name": "x", "primary": 3}, "must be a colour string"),
+    ],
+)
+def test_theme_validation(data: dict[str, object], problem: str) -> None:
+    with pytest.raises(ThemeFileError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        theme_from_mapping(data, "t.toml")
+
+
+def test_choose_theme_falls_back_with_a_notice(tmp_path: Path) -> None:
+    (tmp_path / "broken.toml").write_text('name = "broken"\nprimary = "not-a-colour"\n')
+    (tmp_path / "mine.toml").write_text('name = "mine"\nprimary = "teal"\n')
+    catalog = load_themes([PACKAGE_THEME_DIR, tmp_path])
+    names = [*catalog.themes, "textual-dark"]
+    assert choose_theme(None, catalog, names) == (DEFAULT_THEME, None)
+    assert choose_theme("mine", catalog, names) == ("mine", None)
+    name, notice = choose_theme("broken", catalog, names)
+    assert name == DEFAULT_THEME and notice is not None
+    assert "broken.toml: primary: 'not-a-colour' is not a colour" in notice
+    name, notice = choose_theme("nope", catalog, names)
+    assert name == DEFAULT_THEME and notice is not None and "unknown theme 'nope'" in notice
+    name, notice = choose_theme(str(tmp_path / "mine.toml"), catalog, names)
+    assert (name, notice) == ("mine", None)
+
+
+# ---- bindings --------------------------------------------------------------------------------
+
+
+def test_every_binding_has_a_unique_id_and_the_brief_keys() -> None:
+    ids = [c.id for c in ALL_COMMANDS]
+    assert len(ids) == len(set(ids))
+    keys = {c.id: c.key for c in APP_COMMANDS}
+    assert keys == {
+        "pause": "p",
+        "pause_all": "P",
+        "reset": "r",
+        "trigger": "t",
+        "detail": "enter",
+        "back": "escape",
+        "filter": "slash",
+        "log": "l",
+        "theme": "T",
+        "help": "question_mark",
+        "quit": "q",
+    }
+    assert unknown_keymap_ids({"pause": "space", "bogus": "x"}) == ["bogus"]
