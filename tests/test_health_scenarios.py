@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,13 +21,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
 from kafkaconsole.cli.app import app
 from kafkaconsole.config.models import AppConfig
-from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.embedded import EmbeddedServices, start_broker
 from kafkaconsole.engine.alerts import AlertEvent
-from kafkaconsole.engine.dlq import DeadLetterError
+from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
 from tests.engine_support import make_config
@@ -252,19 +254,6 @@ async def test_producer_outpacing_a_throttled_consumer_is_lagging(
         await engine.stop()
 
 
-class DeadLetterDown:
-    """A dead-letter sink whose broker does not answer until ``up`` is set."""
-
-    def __init__(self) -> None:
-        self.up = False
-        self.published: list[Any] = []
-
-    async def publish(self, topic: str, consumer_id: str, events: list[Any]) -> None:
-        if not self.up:
-            raise DeadLetterError(f"DLQ topic {topic!r} did not accept {len(events)} event(s)")
-        self.published += events
-
-
 async def test_a_consumer_held_at_a_bad_event_is_stalled(
     services: EmbeddedServices,
     kafka: KafkaHelper,
@@ -281,8 +270,16 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
     }
     cfg = config(services, unique, receiver, consumer, "stalled")
     engine = await started(cfg)
-    sink = DeadLetterDown()
-    engine._consumers[cid].runner.dlq = sink  # type: ignore[assignment]
+    # the dead-letter producer talks to a second, real broker, frozen until the DLQ is "back"
+    dlq_broker = start_broker()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=f"127.0.0.1:{dlq_broker.port}",
+        request_timeout_ms=1000,
+        metadata_max_age_ms=500,
+    )
+    await producer.start()
+    dlq_broker.signal(signal.SIGSTOP)
+    engine._consumers[cid].runner.dlq = DeadLetterSink(producer)
     try:
         values = [{"i": i} for i in range(5)] + [{"poison": True}] + [{"i": i} for i in range(9)]
         await kafka.produce(unique, values, partitions=1)
@@ -292,13 +289,16 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
         assert "event(s) waiting" in fleet["verdict_reason"]
         assert fleet["lag"] == 15 and fleet["time_lag_seconds"] > 1.0
         assert local.verdict_since_ms is not None and fleet["verdict_since"]
-        sink.up = True  # the DLQ is back: the bad event is recorded, counting goes on
+        dlq_broker.signal(signal.SIGCONT)  # the DLQ is back: the bad event is recorded
         await resolved_once(receiver, "stalled")
-        assert len(sink.published) == 1
+        assert engine._consumers[cid].runner.dlq_count == 1
         fleet = await fleet_view(redis_client, cfg, cid)
         assert fleet["lag"] == 0 and fleet["time_lag_seconds"] == 0 and fleet["total"] == 14
     finally:
+        dlq_broker.signal(signal.SIGCONT)
         await engine.stop()
+        await producer.stop()
+        dlq_broker.stop()
 
 
 async def test_a_paused_consumer_is_paused_with_who_and_since(
