@@ -43,8 +43,8 @@ async def test_counters_move_on_screen(
     stop = asyncio.Event()
     producer = asyncio.create_task(_produce(kafka, unique, stop))
     row = re.compile(
-        rf"{re.escape(cid)}\s+{re.escape(unique)}\s+● running\s+(\S+)\s+\S+\s+"
-        r"(\d+)/100k"
+        rf"{re.escape(cid)}\s+{re.escape(unique)}\s+● running\s+(?P<verdict>\S+)(?: !\d+)?\s+"
+        r"(?P<rate>\S+)\s+\S+\s+(?P<count>\d+)/100k"
     )
     seen: list[int] = []
     try:
@@ -54,7 +54,7 @@ async def test_counters_move_on_screen(
                 m = row.search(screen_text(app))
                 if m is None:
                     return False
-                seen.append(int(m.group(2)))
+                seen.append(int(m.group("count")))
                 return seen[-1] >= minimum
 
             await wait_for(lambda: counted(1), 25, interval=0.2, what="a count on screen")
@@ -67,7 +67,7 @@ async def test_counters_move_on_screen(
 
             async def rate_shown() -> bool:
                 m = row.search(screen_text(app))
-                return m is not None and float(m.group(1).rstrip("k")) > 0
+                return m is not None and float(m.group("rate").rstrip("k")) > 0
 
             await wait_for(rate_shown, 10, what="events/s on screen")
 
@@ -75,6 +75,12 @@ async def test_counters_move_on_screen(
                 return "1 instance " in screen_text(app)
 
             await wait_for(one_instance, 10, what="fleet header")
+
+            async def healthy() -> bool:  # the verdict column, and the time lag of the selection
+                m = row.search(text := screen_text(app))
+                return m is not None and m.group("verdict") == "ok" and "time lag " in text
+
+            await wait_for(healthy, 15, what="verdict ok on screen")
 
             await pilot.press("enter")
             assert isinstance(app.screen, DetailScreen)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -19,10 +20,13 @@ from textual.pilot import Pilot
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
+from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.status import ConsumerState
 from kafkaconsole.tui.app import KafkaConsoleApp
+from kafkaconsole.tui.sample import SAMPLE_NOW_MS, sample_config, sample_source
 from kafkaconsole.tui.screens import ConfirmDialog, DetailScreen
 from kafkaconsole.tui.source import StaticSource
 from kafkaconsole.tui.widgets import ConsumerTable
@@ -71,6 +75,11 @@ async def _quit(pilot: Pilot[Any], app: KafkaConsoleApp, engine: Engine) -> None
 
 def _messages(app: KafkaConsoleApp) -> list[str]:
     return [n.message for n in app._notifications]
+
+
+def _notes(app: KafkaConsoleApp) -> list[tuple[str, str, str]]:
+    """(title, message, severity) of every notification shown so far."""
+    return [(n.title, n.message, n.severity) for n in app._notifications]
 
 
 async def _dialog(pilot: Pilot[Any], app: KafkaConsoleApp) -> ConfirmDialog:
@@ -260,7 +269,6 @@ async def test_engine_failure_is_shown_and_q_exits_with_1(unique: str) -> None:
 
 
 def _static_app(**ui: Any) -> tuple[KafkaConsoleApp, StaticSource]:
-    from kafkaconsole.tui.sample import SAMPLE_NOW_MS, sample_config, sample_source
 
     source = sample_source()
     app = KafkaConsoleApp(sample_config(**ui), data_source=source, clock=lambda: SAMPLE_NOW_MS)
@@ -274,7 +282,10 @@ async def test_read_only_refuses_every_command() -> None:
         await pilot.pause()
         refused = [m for m in _messages(app) if "read-only" in m]
         assert len(refused) == 4
-        assert "Pause refused: this console is read-only ([ui] read_only = true)." in refused
+        assert (
+            "Pause refused: this console is read-only ([ui] read_only = true or --read-only)."
+            in refused
+        )
         assert not isinstance(app.screen, ConfirmDialog)
     assert source.actions == []
 
@@ -338,3 +349,137 @@ async def test_builtin_textual_theme_gets_derived_variables() -> None:
         await pilot.pause()
         assert app.theme == "nord"
         assert "lag-warn" in app.theme_variables and "threshold-bar" in app.theme_variables
+
+
+# ---- security and health with a real engine ----------------------------------------------------
+
+
+async def test_read_only_refuses_p_in_the_console_and_in_the_engine(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    """`--read-only` (config.with_read_only()): `p` is refused with a notice and nothing is
+    paused; were the console to let it through, the engine refuses it (ReadOnlyError); the
+    HTTP API running inside the console answers 403."""
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services,
+        unique,
+        [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}],
+        api={"enabled": True, "port": 0, "token": "t0ken-for-the-test"},
+    ).with_read_only()
+    app, engine = _app(cfg)
+    control = f"{unique}:{cid}:control"
+    async with running(app) as pilot:
+        await _running(app, engine, cid)
+        assert "READ-ONLY" in screen_text(app)
+        (api,) = app._closers
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{api.url}/consumer/{cid}/pause",  # type: ignore[attr-defined]
+                headers={"Authorization": "Bearer t0ken-for-the-test"},
+            ) as resp,
+        ):
+            assert resp.status == 403
+        await pilot.press("p")
+        await wait_for(lambda: _has(app, "Pause refused: this console is read-only"), 5)
+        assert ("Read-only", "warning") in [(t, sev) for t, _, sev in _notes(app)]
+
+        app.read_only = False  # the console's own check off: the engine still refuses
+        await pilot.press("p")
+        await wait_for(lambda: _has(app, "Pause refused by the engine: read-only mode"), 10)
+        assert not any(sev == "error" for _, _, sev in _notes(app))
+
+        assert await redis_client.hget(control, "paused") != b"1"
+        snap = await engine.refresh_snapshot()
+        assert snap.consumer(cid).state == ConsumerState.RUNNING  # type: ignore[union-attr]
+        assert await AuditLog(redis_client, unique).entries() == []  # refusals stay local
+        await _quit(pilot, app, engine)
+
+
+async def test_tui_alert_toasts_badge_and_audit_via_tui(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    """A `[[monitoring.alerts]]` rule of channel "tui" on verdict "paused" (for = 0): `p`
+    pauses, the alert fires (a warning toast and `!1` on the row), `p` resumes and it resolves
+    (an information toast). Both commands are in the audit stream with via "tui"."""
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services,
+        unique,
+        [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}],
+        monitoring={
+            "sample_interval": 0.2,
+            "stall_after": 1,
+            "stuck_after": 1,
+            "storm_period": 1,
+            "lagging_intervals": 1,
+            "alerts": [{"verdict": "paused", "for": 0, "channel": "tui"}],
+        },
+    )
+    app, engine = _app(cfg)
+    audit = AuditLog(redis_client, unique)
+    async with running(app) as pilot:
+        await _running(app, engine, cid)
+        await pilot.press("p")
+
+        async def fired() -> bool:
+            return ("Alert paused firing", "warning") in [(t, s) for t, _, s in _notes(app)]
+
+        await wait_for(fired, 15, what="the alert's toast")
+        (note,) = [m for t, m, _ in _notes(app) if t == "Alert paused firing"]
+        assert note.startswith(f"{cid}: paused: paused by ")
+
+        async def badge() -> bool:
+            return "paused !1" in screen_text(app)
+
+        await wait_for(badge, 10, what="the alert badge on the row")
+        (entry,) = await audit.entries()
+        assert (entry["via"], entry["action"], entry["consumer_id"], entry["result"]) == (
+            "tui",
+            "pause",
+            cid,
+            "ok",
+        )
+
+        await pilot.press("p")
+
+        async def resolved() -> bool:
+            return ("Alert paused resolved", "information") in [(t, s) for t, _, s in _notes(app)]
+
+        await wait_for(resolved, 15, what="the resolved toast")
+        entries = await audit.entries()
+        assert [(e["action"], e["via"]) for e in entries] == [("resume", "tui"), ("pause", "tui")]
+        await _quit(pilot, app, engine)
+
+
+async def test_alert_events_of_channel_tui_become_toasts() -> None:
+    """The app's alert handler, fed as the engine feeds it: tui alerts only, masked."""
+    app, source = _static_app()
+    event = AlertEvent(
+        AlertStatus.FIRING,
+        "stalled",
+        "orders",
+        "tui",
+        "stalled: partition 0 has not moved (redis://u:hunter2@redis:6379/0)",
+        SAMPLE_NOW_MS - 60_000,
+        SAMPLE_NOW_MS,
+        verdict="stalled",
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        source.emit_alert(event)
+        source.emit_alert(replace(event, rule="by-webhook", channel="webhook"))
+        await pilot.pause()
+        notes = _notes(app)
+        assert notes == [
+            (
+                "Alert stalled firing",
+                "orders: stalled: partition 0 has not moved (redis://u:******@redis:6379/0)",
+                "warning",
+            )
+        ]
+        source.emit_alert(replace(event, status=AlertStatus.RESOLVED, message="ok: caught up"))
+        await pilot.pause()
+        assert _notes(app)[-1] == ("Alert stalled resolved", "orders: ok: caught up", "information")

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from kafkaconsole.tui.sample import sample_app
+from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
+from kafkaconsole.tui.sample import SAMPLE_NOW_MS, TIME_LAG_ALERT, sample_app
 from kafkaconsole.tui.screens import ConfirmDialog
+from kafkaconsole.tui.source import StaticSource
 
 SnapCompare = Callable[..., bool]
 WIDE = (120, 32)
@@ -58,12 +60,14 @@ def _then(*keys: str, dialog: bool = False) -> Callable[[Pilot[Any]], Awaitable[
 
 
 def test_main_view(snap_compare: SnapCompare) -> None:
-    """Six consumers: running, lag growing, paused, error, rebalancing, stopped."""
+    """Six consumers: running, lag growing, paused, error, rebalancing, stopped; each with its
+    health verdict (ok, lagging !1, paused, stopped !2, ...) beside its state."""
     assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then())
 
 
 def test_main_view_narrow_80x24(snap_compare: SnapCompare) -> None:
-    """The same fleet in an 80x24 SSH terminal: topic hidden, bars shortened."""
+    """The same fleet in an 80x24 SSH terminal: topic hidden, bars shortened, state glyph and
+    verdict in one Health cell (``● lagging!1``)."""
     assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then())
 
 
@@ -88,6 +92,24 @@ def test_detail_view_narrow(snap_compare: SnapCompare) -> None:
     assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then("enter"))
 
 
+def test_detail_health_and_alerts(snap_compare: SnapCompare) -> None:
+    """Enter on clicks: verdict lagging with its reason and since when, time lag, the active
+    alert (channel tui) and each partition's time lag."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("down", "enter"))
+
+
+def test_detail_health_and_alerts_narrow(snap_compare: SnapCompare) -> None:
+    """logs at 80x24: verdict stopped, two alerts (one line each), the reason wraps."""
+    assert snap_compare(
+        sample_app(), terminal_size=NARROW, run_before=_then("down", "down", "down", "enter")
+    )
+
+
+def test_main_view_wide_shows_time_lag(snap_compare: SnapCompare) -> None:
+    """At 140 columns the table has room for Behind (time lag) as well."""
+    assert snap_compare(sample_app(), terminal_size=(140, 16), run_before=_then("down"))
+
+
 def test_detail_errors_tab(snap_compare: SnapCompare) -> None:
     """Tab 2: error counts, DLQ topic and the consumer's warning/error tail."""
     assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then("enter", "2"))
@@ -98,6 +120,44 @@ def test_detail_config_tab_masks_secrets(snap_compare: SnapCompare) -> None:
     assert snap_compare(
         sample_app(), terminal_size=(120, 44), run_before=_then("down", "enter", "3")
     )
+
+
+def test_alert_toast(snap_compare: SnapCompare) -> None:
+    """An alert of channel "tui" fires (warning toast) and another resolves (information)."""
+    fired = AlertEvent(
+        AlertStatus.FIRING,
+        TIME_LAG_ALERT,
+        "clicks",
+        "tui",
+        "time_lag_seconds = 41.5 > 30",
+        SAMPLE_NOW_MS - 52_000,
+        SAMPLE_NOW_MS,
+        value=41.5,
+        threshold=30,
+        metric="time_lag_seconds",
+    )
+    resolved = AlertEvent(
+        AlertStatus.RESOLVED,
+        TIME_LAG_ALERT,
+        "orders",
+        "tui",
+        "time_lag_seconds = 2.4 <= 30",
+        SAMPLE_NOW_MS - 300_000,
+        SAMPLE_NOW_MS,
+        value=2.4,
+        threshold=30,
+        metric="time_lag_seconds",
+    )
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _then()(pilot)
+        source = pilot.app.source  # type: ignore[attr-defined]
+        assert isinstance(source, StaticSource)
+        source.emit_alert(fired)
+        source.emit_alert(resolved)
+        await pilot.pause()
+
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=run_before)
 
 
 def test_reset_confirm_dialog(snap_compare: SnapCompare) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kafkaconsole.config.secrets import mask_config
+from kafkaconsole.config.models import AppConfig
+from kafkaconsole.config.secrets import mask_config, masker
 from kafkaconsole.engine.status import ConsumerState
 from kafkaconsole.engine.thresholds import Winner
 from kafkaconsole.tui.bindings import ALL_COMMANDS, APP_COMMANDS, unknown_keymap_ids
@@ -34,6 +35,7 @@ from kafkaconsole.tui.themes import (
     theme_from_mapping,
 )
 from kafkaconsole.tui.viewmodel import (
+    AlertView,
     FleetView,
     LogBook,
     LogLine,
@@ -50,7 +52,14 @@ from kafkaconsole.tui.viewmodel import (
     lag_trend,
     partitions_of,
 )
-from kafkaconsole.tui.widgets import count_labels, table_columns
+from kafkaconsole.tui.widgets import (
+    Palette,
+    alert_badge,
+    count_labels,
+    health_text,
+    table_columns,
+    verdict_text,
+)
 
 REPO_THEMES = Path(__file__).resolve().parents[1] / "themes"
 
@@ -213,12 +222,183 @@ def test_config_lines_mask_secrets() -> None:
 
 def test_table_columns_fit_the_width() -> None:
     rows = build_rows(sample_config(), sample_snapshot(), None, {}, SAMPLE_NOW_MS)
-    for width in (60, 78, 98, 118, 200):
+    for width in (50, 60, 78, 98, 116, 118, 200):
         cols, compact = table_columns(rows, width)
-        assert sum(c.width + 1 for c in cols) <= max(width, 70)
-        assert compact == (width < 118)
+        assert sum(c.width + 1 for c in cols) <= width
+        assert compact == (width < 116)
+        keys = [c.key for c in cols]
+        assert "health" in keys  # the verdict is never dropped
+        assert ("state" in keys) == (not compact)  # compact: state and verdict share a cell
     assert "topic" not in [c.key for c in table_columns(rows, 78)[0]]
+    assert "err" in [c.key for c in table_columns(rows, 78)[0]]  # 80 columns: all but topic
     assert "topic" in [c.key for c in table_columns(rows, 98)[0]]
+    assert "tlag" not in [c.key for c in table_columns(rows, 118)[0]]
+    assert "tlag" in [c.key for c in table_columns(rows, 130)[0]]  # room for "Behind"
+    assert [c.key for c in table_columns(rows, 60)[0]][-1] == "next"  # err, last, time dropped
+
+
+# ---- health: verdicts, time lag, alerts ------------------------------------------------------
+
+
+def _palette() -> Palette:
+    return Palette(
+        {
+            "background": "#000000",
+            "success": "#00ff00",
+            "foreground-muted": "#808080",
+            "lag-warn": "#ffaa00",
+            "error": "#ff0000",
+            "warning": "#ffff00",
+            "state-running": "#00ff00",
+            "state-paused": "#ffaa00",
+            "state-rebalancing": "#00ffff",
+            "state-stopped": "#808080",
+            "state-error": "#ff0000",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "variable"),
+    [
+        ("ok", "success"),
+        ("paused", "foreground-muted"),
+        ("lagging", "lag-warn"),
+        ("trigger-storm", "lag-warn"),
+        ("stalled", "error"),
+        ("stopped", "error"),
+        ("window-stuck", "error"),
+        ("pipeline-failing", "error"),
+    ],
+)
+def test_verdict_colours(verdict: str, variable: str) -> None:
+    pal = _palette()
+    text = verdict_text(verdict, 0, pal)
+    assert text.plain == verdict
+    assert text.style == pal[variable]
+
+
+def test_verdict_badge_and_shortening() -> None:
+    pal = _palette()
+    assert verdict_text("lagging", 2, pal).plain == "lagging !2"
+    assert verdict_text("pipeline-failing", 1, pal, 10).plain == "failing !1"
+    assert verdict_text("window-stuck", 0, pal, 10).plain == "stuck"
+    assert verdict_text("trigger-storm", 0, pal, 13).plain == "trigger-storm"
+    assert verdict_text("lagging", 1, pal, 9).plain == "lagging!1"
+    assert verdict_text("stalled", 12, pal, 8).plain == "stal…!12"  # the badge stays whole
+    assert verdict_text(None, 0, pal).plain == "\u2013"
+    assert alert_badge(0) == "" and alert_badge(3) == "!3"
+
+
+def test_rows_carry_verdict_time_lag_and_alerts() -> None:
+    rows = {
+        r.consumer_id: r
+        for r in build_rows(
+            sample_config(), sample_snapshot(), sample_fleet(), sample_series(), SAMPLE_NOW_MS
+        )
+    }
+    clicks = rows["clicks"]
+    assert clicks.verdict == "lagging" and clicks.verdict_reason is not None
+    assert clicks.verdict_since_ms == SAMPLE_NOW_MS - 95_000
+    assert clicks.time_lag_seconds == 41.5
+    assert [(a.alert, a.channel) for a in clicks.alerts] == [("time_lag_seconds_above_30", "tui")]
+    assert [a.alert for a in rows["logs"].alerts] == ["stopped", "time_lag_seconds_above_30"]
+    # the fleet shows a pause at once (no "since"): this instance's monitor says since when
+    assert rows["payments"].verdict == "paused"
+    assert rows["payments"].verdict_since_ms == SAMPLE_NOW_MS - 132_000
+    parts = partitions_of("clicks", sample_snapshot(), sample_fleet())
+    assert [p.time_lag_seconds for p in parts] == [41.5, 33.0, 36.8]
+    local = partitions_of("clicks", sample_snapshot(), None)
+    assert [p.time_lag_seconds for p in local] == [41.5, 33.0]
+
+
+def test_rows_without_fleet_use_the_local_health() -> None:
+    rows = build_rows(sample_config(), sample_snapshot(), None, {}, SAMPLE_NOW_MS)
+    assert [r.verdict for r in rows] == ["ok", "lagging", "paused", "stopped", "ok", "stopped"]
+    assert len(rows[3].alerts) == 2 and rows[3].time_lag_seconds == 842.0
+
+
+def test_fleet_view_reads_the_health_fields_of_status_json() -> None:
+    status = {
+        "instances": [{"instance_id": "i1"}],
+        "consumers": [
+            {
+                "consumer_id": "orders",
+                "state": "running",
+                "rate": 3.5,
+                "lag": 12,
+                "instances": ["i1"],
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "position": 5,
+                        "highwater": 17,
+                        "lag": 12,
+                        "owner": "i1",
+                        "oldest_ts_ms": 1,
+                        "time_lag_seconds": 7.25,
+                    }
+                ],
+                "verdict": "stalled",
+                "verdict_reason": "partition 0 has not moved",
+                "verdict_since": "2026-01-01T00:00:00.000Z",
+                "alerts": [
+                    {
+                        "alert": "stalled",
+                        "channel": "tui",
+                        "message": "stalled: partition 0 has not moved",
+                        "since": "2026-01-01T00:00:01.000Z",
+                        "value": None,
+                        "verdict": "stalled",
+                        "metric": None,
+                    }
+                ],
+                "time_lag_seconds": 7.25,
+                "time_to_trigger_seconds": 3.0,
+            }
+        ],
+    }
+    c = FleetView.from_status(status).consumers["orders"]
+    assert (c.verdict, c.verdict_since_ms) == ("stalled", SAMPLE_NOW_MS)
+    assert c.alerts == (
+        AlertView("stalled", "tui", "stalled: partition 0 has not moved", SAMPLE_NOW_MS + 1000),
+    )
+    assert c.partitions[0].time_lag_seconds == 7.25
+    assert (c.time_lag_seconds, c.time_to_trigger_seconds) == (7.25, 3.0)
+
+
+def test_engine_text_is_masked_in_rows_and_history() -> None:
+    cfg = sample_config()
+    mask = masker(cfg)
+    snap = sample_snapshot()
+    leak = "redis://:hunter2@redis:6379/0 said no; Bearer s3cr3t-token"
+    snap = replace(
+        snap,
+        consumers=tuple(
+            replace(c, last_error=leak, verdict_reason=leak) if c.consumer_id == "logs" else c
+            for c in snap.consumers
+        ),
+    )
+    rows = build_rows(cfg, snap, None, {}, SAMPLE_NOW_MS, mask)
+    logs = next(r for r in rows if r.consumer_id == "logs")
+    for text in (logs.last_error, logs.verdict_reason):
+        assert text is not None and "hunter2" not in text and "s3cr3t" not in text
+    records = [dict(sample_history()["orders"][0], run={"error": f"echo: {leak}"})]
+    (row,) = build_history(records, SAMPLE_NOW_MS, mask=mask)
+    assert row.error is not None and "s3cr3t" not in row.error and "******" in row.error
+
+
+def test_health_text_merges_state_and_verdict_when_compact() -> None:
+    pal = _palette()
+    rows = {
+        r.consumer_id: r
+        for r in build_rows(sample_config(), sample_snapshot(), sample_fleet(), {}, SAMPLE_NOW_MS)
+    }
+    assert health_text(rows["orders"], pal, 11).plain == "● ok"
+    assert health_text(rows["clicks"], pal, 11).plain == "● lagging!1"
+    assert health_text(rows["payments"], pal, 11).plain == "‖ paused"
+    assert health_text(rows["audit"], pal, 11).plain == "↻ rebal"  # ok, but not running here
+    assert health_text(replace(rows["orders"], verdict=None), pal, 11).plain == "● running"
 
 
 # ---- log book and capture --------------------------------------------------------------------
@@ -251,6 +431,26 @@ def test_log_capture_routes_to_the_book_and_restores(capsys: pytest.CaptureFixtu
     assert [line.message for line in book.lines()] == ["password is ******", "broker gone"]
     assert (list(root.handlers), root.level) == before
     assert "hunter2" not in capsys.readouterr().err
+
+
+def test_log_handler_masks_with_the_config_masker() -> None:
+    """URL passwords and exception text are masked too, not only the known values."""
+    book = LogBook()
+    handler = ConsoleLogHandler(book, mask=masker(sample_config()))
+    lg = logging.getLogger("kafkaconsole.test.mask")
+    lg.addHandler(handler)
+    lg.propagate = False
+    try:
+        try:
+            raise ConnectionError("token abc123secret refused at http://u:pw0rd@host/x")
+        except ConnectionError:
+            lg.warning("orders: pipeline call failed", exc_info=True)
+    finally:
+        lg.removeHandler(handler)
+        lg.propagate = True
+    (line,) = book.lines()
+    assert "abc123secret" not in line.message and "pw0rd" not in line.message
+    assert line.message.count("******") == 2
 
 
 # ---- themes ----------------------------------------------------------------------------------
@@ -349,3 +549,50 @@ def test_every_binding_has_a_unique_id_and_the_brief_keys() -> None:
         "quit": "q",
     }
     assert unknown_keymap_ids({"pause": "space", "bogus": "x"}) == ["bogus"]
+
+
+# ---- kafkaconsole run --read-only ---------------------------------------------------------------
+
+
+def test_run_read_only_sets_ui_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --read-only` hands the console (and so its engine and API) a read-only config."""
+    from typer.testing import CliRunner
+
+    import kafkaconsole.tui.app as tui_app
+    from kafkaconsole.cli import run_cmd
+    from kafkaconsole.cli.app import app
+
+    seen: list[tuple[str, bool]] = []
+
+    def fake_tui(cfg: AppConfig, **_: object) -> int:
+        seen.append(("tui", cfg.ui.read_only))
+        return 0
+
+    def fake_headless(cfg: AppConfig, *_: object) -> int:
+        seen.append(("headless", cfg.ui.read_only))
+        return 0
+
+    monkeypatch.setattr(tui_app, "run_tui", fake_tui)
+    monkeypatch.setattr(run_cmd, "run_headless_cli", fake_headless)
+    path = tmp_path / "kc.toml"
+    path.write_text(
+        """
+[pipelines.p]
+kind = "python"
+target = "tests.pipeline_targets:record"
+
+[[consumers]]
+consumer_id = "c"
+kafka_topic = "t"
+pipeline_name = "p"
+connection_id = "x"
+max_event = 1
+max_time = 1
+"""
+    )
+    runner = CliRunner()
+    for args in (["--read-only"], [], ["--no-ui", "--read-only"], ["--no-ui"]):
+        result = runner.invoke(app, ["run", "--config", str(path), *args])
+        assert result.exit_code == 0, result.output
+    assert seen == [("tui", True), ("tui", False), ("headless", True), ("headless", False)]
+    assert "--read-only" in runner.invoke(app, ["demo", "--help"]).output

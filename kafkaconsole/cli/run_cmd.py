@@ -3,6 +3,9 @@
 ``run --no-ui`` is the headless process for containers (no Textual import at all); without
 ``--no-ui`` the Textual console embeds the engine. ``demo`` starts its own broker, Redis,
 webhook receiver and event stream, then runs the same engine on a demo config.
+
+``--read-only`` (both commands) sets ``[ui] read_only = true`` on the loaded config, so the
+console, the engine and the HTTP API all refuse pause, resume, reset and trigger.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ ThemeOpt = Annotated[
         "a user theme's name or a theme .toml file (default: ui.theme in the config).",
     ),
 ]
+ReadOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--read-only",
+        help="Watch only: the console, the engine and the HTTP API refuse pause, resume, reset "
+        "and trigger (as with [ui] read_only = true).",
+    ),
+]
 InstanceOpt = Annotated[
     str | None,
     typer.Option(
@@ -77,6 +88,7 @@ def run(
     log_format: LogFormatOpt = "text",
     instance_id: InstanceOpt = None,
     theme: ThemeOpt = None,
+    read_only: ReadOnlyOpt = False,
 ) -> None:
     """Run every consumer of the config until interrupted.
 
@@ -87,6 +99,8 @@ def run(
     """
     _check_log_format(log_format)
     cfg = _load(None, config)
+    if read_only:
+        cfg = cfg.with_read_only()
     if no_ui:
         raise typer.Exit(run_headless_cli(cfg, log_format, instance_id))
     from kafkaconsole.tui.app import run_tui
@@ -106,6 +120,7 @@ def demo(
         ),
     ] = None,
     theme: ThemeOpt = None,
+    read_only: ReadOnlyOpt = False,
 ) -> None:
     """Start a broker, Redis and a demo stream, then run the console on them.
 
@@ -117,6 +132,8 @@ def demo(
     async def main() -> int:
         async with demo_environment(workdir, rate=rate) as env:
             cfg = load_config(env.config_path)
+            if read_only:
+                cfg = cfg.with_read_only()
             sys.stderr.write(
                 f"kafkaconsole demo: config at {env.config_path}\n"
                 f"  try: kafkaconsole status --config {env.config_path}\n"

@@ -7,6 +7,13 @@ event; the fleet (other instances, partition owners, trigger history) is read fr
 second. Log records go to the log panel, never to the terminal, while the app runs.
 
 For tests and screenshots the app takes a ``data_source`` instead of an engine, and a ``clock``.
+
+Every text the engine, Redis or a pipeline provided (errors, verdict reasons, alert messages,
+log lines, notifications) passes through the config's :func:`~kafkaconsole.config.secrets.masker`
+before it is drawn; the config itself is shown only through :func:`mask_config`. Commands go to
+the engine with ``via="tui"`` (the audit stream records them); read-only mode refuses them here
+and in the engine (:class:`~kafkaconsole.engine.audit.ReadOnlyError`). Alerts whose channel is
+``tui`` become toasts.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from textual.widgets import DataTable, Footer, Input, Label, Static
 from textual.worker import Worker, WorkerState
 
 from kafkaconsole.config.models import AppConfig
-from kafkaconsole.config.secrets import mask_config, mask_text, secret_values
+from kafkaconsole.config.secrets import mask_config, masker
+from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
+from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.counting import WindowState
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.headless import default_extras, start_error_text
@@ -66,12 +75,22 @@ from kafkaconsole.tui.viewmodel import (
     fmt_span,
     partitions_of,
 )
-from kafkaconsole.tui.widgets import ConsumerTable, FleetHeader, LogPanel, Palette
+from kafkaconsole.tui.widgets import (
+    VERDICT_VARIABLE,
+    ConsumerTable,
+    FleetHeader,
+    LogPanel,
+    Palette,
+    alert_badge,
+)
 
 log = logging.getLogger("kafkaconsole.tui")
 
 FLEET_POLL_S = 1.0
 QUIT_GRACE_S = 20.0
+ALERT_CHANNEL = "tui"
+"""Alert rules with this channel show as toasts (every channel shows as a row badge)."""
+READ_ONLY_HINT = "[ui] read_only = true or --read-only"
 
 
 def wall_clock_ms() -> int:
@@ -110,8 +129,9 @@ class KafkaConsoleApp(App[int]):
         self.engine = engine
         self.source = data_source
         self.read_only = config.ui.read_only
+        self.mask = masker(config)
         self.logbook = LogBook()
-        self.log_capture = LogCapture(ConsoleLogHandler(self.logbook, secret_values(config)))
+        self.log_capture = LogCapture(ConsoleLogHandler(self.logbook, mask=self.mask))
         self.requested_theme = theme or config.ui.theme
         self.theme_catalog: ThemeCatalog = load_themes(theme_dirs)
         self.masked_config = mask_config(config)
@@ -139,8 +159,16 @@ class KafkaConsoleApp(App[int]):
         timeout: float | None = None,
         markup: bool = False,
     ) -> None:
-        """Notifications carry ids, paths and config keys like ``[ui]``: plain text by default."""
-        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+        """Notifications carry ids, paths and config keys like ``[ui]``: plain text by default.
+
+        Messages often quote an engine error: every one is masked."""
+        super().notify(
+            self.mask(message),
+            title=self.mask(title),
+            severity=severity,
+            timeout=timeout,
+            markup=markup,
+        )
 
     # ---- theme -----------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -208,6 +236,7 @@ class KafkaConsoleApp(App[int]):
                     timeout=15,
                 )
         self.query_one("#filter-bar").display = False
+        self.source.subscribe_alerts(self._on_alert)
         self.set_interval(1.0 / self.config.ui.refresh_hz, self.refresh_view, name="refresh")
         self.set_interval(FLEET_POLL_S, self.poll_fleet, name="fleet")
         if self.engine is not None:
@@ -276,7 +305,7 @@ class KafkaConsoleApp(App[int]):
             try:
                 self._closers.append(await extra(engine))
             except Exception as exc:
-                text = mask_text(f"{type(exc).__name__}: {exc}", self.config)
+                text = self.mask(f"{type(exc).__name__}: {exc}")
                 log.warning("HTTP API not started: %s", text)
                 self.notify(
                     f"HTTP API not started: {text}", title="API", severity="warning", timeout=15
@@ -388,7 +417,7 @@ class KafkaConsoleApp(App[int]):
             return
         now = self.clock()
         snap = self.source.latest()
-        rows = build_rows(self.config, snap, self._fleet, self._series(), now)
+        rows = build_rows(self.config, snap, self._fleet, self._series(), now, self.mask)
         self._rows = rows
         self._notify_finished_runs(rows)
         shown = [r for r in rows if r.matches(self.filter_text)]
@@ -405,6 +434,7 @@ class KafkaConsoleApp(App[int]):
             shown=len(shown),
             filter_text=self.filter_text,
             redis_ok=False if self._fleet_ok is False else None,
+            mask=self.mask,
         )
         palette = self.palette
         for screen in self.screen_stack:
@@ -432,6 +462,16 @@ class KafkaConsoleApp(App[int]):
             return
         bits = [
             f" [b]{escape(row.consumer_id)}[/b] → {escape(row.pipeline)} ({row.job_type})",
+            f"time lag {fmt_span(row.time_lag_seconds)}",
+        ]
+        if row.verdict not in (None, "ok"):
+            colour = VERDICT_VARIABLE.get(row.verdict or "", "foreground")
+            reason = f": {escape(row.verdict_reason)}" if row.verdict_reason else ""
+            badge = f" {alert_badge(len(row.alerts))}" if row.alerts else ""
+            bits.append(f"[${colour}]{escape(row.verdict or '')}{badge}{reason}[/]")
+        elif row.alerts:
+            bits.append(f"[$warning]{alert_badge(len(row.alerts))} alert(s) firing[/]")
+        bits += [
             f"topic {escape(row.topic)}",
             f"window #{row.window_id}",
             f"total {row.total:,}",
@@ -439,7 +479,7 @@ class KafkaConsoleApp(App[int]):
         if row.instances:
             n = len(row.instances)
             bits.append(f"on {n} instance{'s' if n > 1 else ''}")
-        if row.paused_by:
+        if row.paused_by and row.verdict != "paused":  # a paused verdict says who already
             bits.append(f"[$state-paused]paused by {escape(row.paused_by)}[/]")
         if row.last_error:
             bits.append(f"[$state-error]{escape(row.last_error)}[/]")
@@ -462,12 +502,16 @@ class KafkaConsoleApp(App[int]):
             row=row,
             partitions=partitions_of(row.consumer_id, self.source.latest(), self._fleet),
             history=build_history(
-                self._histories.get(row.consumer_id, []), now, offsets_limit=1 if compact else 3
+                self._histories.get(row.consumer_id, []),
+                now,
+                offsets_limit=1 if compact else 3,
+                mask=self.mask,
             ),
             errors=self.logbook.errors_for(row.consumer_id),
             config=config_lines(self.masked_config, row.consumer_id),
             series=self.source.series(row.consumer_id),
             dlq_topic=cfg.dlq_topic if cfg.error_handling.on_error == "dlq" else None,
+            now_ms=now,
         )
         detail.show(model, self.palette, compact)
         for panel in detail.query(LogPanel):
@@ -498,7 +542,7 @@ class KafkaConsoleApp(App[int]):
     def _refused(self, what: str) -> bool:
         if self.read_only:
             self.notify(
-                f"{what} refused: this console is read-only ([ui] read_only = true).",
+                f"{what} refused: this console is read-only ({READ_ONLY_HINT}).",
                 title="Read-only",
                 severity="warning",
             )
@@ -511,6 +555,44 @@ class KafkaConsoleApp(App[int]):
             )
             return True
         return False
+
+    def _command_failed(self, exc: Exception, what: str, cid: str | None = None) -> None:
+        """Say why a command failed (a read-only engine's refusal is a warning, not an error)."""
+        who = f"{cid}: " if cid else ""
+        if isinstance(exc, ReadOnlyError):
+            self.notify(
+                f"{who}{what} refused by the engine: read-only mode ({READ_ONLY_HINT}).",
+                title="Read-only",
+                severity="warning",
+            )
+            return
+        self.notify(f"{who}{type(exc).__name__}: {exc}", title=f"{what} failed", severity="error")
+
+    # ---- alerts ----------------------------------------------------------------------------
+    def _on_alert(self, event: AlertEvent) -> None:
+        """The engine's alert listener (called on the engine's loop, the app's): draw later."""
+        if event.channel == ALERT_CHANNEL and self.is_running:
+            self.call_later(self.show_alert, event)
+
+    def show_alert(self, event: AlertEvent) -> None:
+        """A toast for an alert of channel ``tui``: a warning when it fires, information when
+        it resolves."""
+        if event.channel != ALERT_CHANNEL:
+            return
+        if event.status == AlertStatus.FIRING:
+            self.notify(
+                f"{event.consumer_id}: {event.message}",
+                title=f"Alert {event.rule} firing",
+                severity="warning",
+                timeout=15,
+            )
+        else:
+            self.notify(
+                f"{event.consumer_id}: {event.message}",
+                title=f"Alert {event.rule} resolved",
+                severity="information",
+            )
+        self.refresh_view()
 
     def _need_row(self) -> ConsumerRow | None:
         row = self.selected_row()
@@ -538,9 +620,7 @@ class KafkaConsoleApp(App[int]):
                     f"{cid} paused on every instance (the group keeps its members).", title="Paused"
                 )
         except Exception as exc:
-            self.notify(
-                f"{cid}: {type(exc).__name__}: {exc}", title="Pause failed", severity="error"
-            )
+            self._command_failed(exc, "Resume" if row.paused else "Pause", cid)
         await self.refresh_now()
 
     def action_toggle_pause_all(self) -> None:
@@ -558,7 +638,7 @@ class KafkaConsoleApp(App[int]):
                 ids = await self.source.pause(None)
                 self.notify(f"All {len(ids)} consumers paused on every instance.", title="Paused")
         except Exception as exc:
-            self.notify(f"{type(exc).__name__}: {exc}", title="Pause all failed", severity="error")
+            self._command_failed(exc, "Resume all" if resume else "Pause all")
         await self.refresh_now()
 
     def action_reset(self) -> None:
@@ -593,9 +673,7 @@ class KafkaConsoleApp(App[int]):
         try:
             res = await self.source.reset(cid)
         except Exception as exc:
-            self.notify(
-                f"{cid}: {type(exc).__name__}: {exc}", title="Reset failed", severity="error"
-            )
+            self._command_failed(exc, "Reset", cid)
             return
         self.notify(
             f"{cid}: window #{res.window_id} reset, {res.discarded:,} event(s) "
@@ -640,9 +718,7 @@ class KafkaConsoleApp(App[int]):
         try:
             res = await self.source.trigger(cid)
         except Exception as exc:
-            self.notify(
-                f"{cid}: {type(exc).__name__}: {exc}", title="Trigger failed", severity="error"
-            )
+            self._command_failed(exc, "Trigger", cid)
             return
         if res.closed:
             self._watch_runs[cid] = res.window_id

@@ -9,19 +9,35 @@ so no record ever makes a UI call of its own. :meth:`LogCapture.restore` puts ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from kafkaconsole.logs import SecretMaskFilter
+from kafkaconsole.config.secrets import redact
 from kafkaconsole.tui.viewmodel import LogBook, LogLine
 
 
 class ConsoleLogHandler(logging.Handler):
-    """Puts log records in the console's :class:`LogBook` (drained by the UI timer)."""
+    """Puts log records in the console's :class:`LogBook` (drained by the UI timer).
 
-    def __init__(self, book: LogBook, secrets: Iterable[str] = ()) -> None:
+    The whole line (message and exception text) goes through ``mask`` (the config's
+    :func:`~kafkaconsole.config.secrets.masker`), else through a mask of ``secrets``.
+    """
+
+    def __init__(
+        self,
+        book: LogBook,
+        secrets: Iterable[str] = (),
+        *,
+        mask: Callable[[str], str] | None = None,
+    ) -> None:
         super().__init__(logging.INFO)
         self.book = book
-        self.addFilter(SecretMaskFilter(secrets))
+        if mask is None:
+            values = frozenset(s for s in secrets if s)
+
+            def mask(text: str) -> str:
+                return redact(text, values)
+
+        self.mask = mask
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -29,6 +45,7 @@ class ConsoleLogHandler(logging.Handler):
             if record.exc_info and record.exc_info[1] is not None:
                 exc = record.exc_info[1]
                 message += f" ({type(exc).__name__}: {exc})"
+            message = self.mask(message)
             self.book.add(LogLine(record.created, record.levelno, record.name, message))
         except Exception:  # never let logging reach the terminal
             pass

@@ -1,8 +1,9 @@
 """A fixed, realistic fleet for snapshot tests and the README screenshot.
 
 Six consumers, one in each state (running, lag growing, paused, error, rebalancing, stopped),
-two instances, trigger history, rate/lag series and a DLQ tail: everything the console shows,
-with no broker, no Redis and no wall clock.
+two instances, health verdicts (ok, lagging, paused, stopped), time lags, active alerts (one of
+channel ``tui``), trigger history, rate/lag series and a DLQ tail: everything the console
+shows, with no broker, no Redis and no wall clock.
 ``python -m kafkaconsole.tui.sample docs/screenshot.svg`` writes the README screenshot from it.
 """
 
@@ -14,12 +15,14 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.engine.counting import WindowState
 from kafkaconsole.engine.records import OffsetRange, iso_ms
 from kafkaconsole.engine.status import (
+    ActiveAlert,
     ConsumerSnapshot,
     ConsumerState,
     InstanceSnapshot,
@@ -27,7 +30,14 @@ from kafkaconsole.engine.status import (
     TriggerSummary,
 )
 from kafkaconsole.tui.source import StaticSource
-from kafkaconsole.tui.viewmodel import FleetConsumer, FleetPartition, FleetView, LogLine, Series
+from kafkaconsole.tui.viewmodel import (
+    AlertView,
+    FleetConsumer,
+    FleetPartition,
+    FleetView,
+    LogLine,
+    Series,
+)
 
 SAMPLE_NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 INSTANCE = "ops-1-4242"
@@ -110,6 +120,12 @@ def sample_config(**ui: Any) -> AppConfig:
                     "token": "abc123secret",
                 },
             },
+            "monitoring": {
+                "alerts": [
+                    {"metric": "time_lag_seconds", "above": 30, "for": 10, "channel": "tui"},
+                    {"verdict": "stopped", "for": 30, "channel": "log"},
+                ]
+            },
             "consumers": consumers,
         }
     )
@@ -119,8 +135,65 @@ def _ago(seconds: float) -> int:
     return SAMPLE_NOW_MS - int(seconds * 1000)
 
 
-def _parts(spec: list[tuple[int, int, int]]) -> tuple[PartitionSnapshot, ...]:
-    return tuple(PartitionSnapshot(p, pos, hw, hw - pos) for p, pos, hw in spec)
+def _parts(spec: list[tuple[int, int, int, float]]) -> tuple[PartitionSnapshot, ...]:
+    """(partition, position, highwater, time lag in seconds) -> partition snapshots."""
+    return tuple(
+        PartitionSnapshot(p, pos, hw, hw - pos, tl, _ago(tl) if hw > pos else None)
+        for p, pos, hw, tl in spec
+    )
+
+
+TIME_LAG_ALERT = "time_lag_seconds_above_30"
+
+
+# Health of each consumer: (verdict, reason, seconds since, alerts as (rule, channel, message,
+# seconds since, value)). The same on this instance's snapshot and in the fleet view.
+HEALTH: dict[str, tuple[str, str, float, tuple[tuple[str, str, str, float, float | None], ...]]] = {
+    "orders": ("ok", "consuming normally", 3 * 3600, ()),
+    "clicks": (
+        "lagging",
+        "lag grew from 5120 to 6350 over the last 5 interval(s) (5.0s)",
+        95,
+        ((TIME_LAG_ALERT, "tui", "time_lag_seconds = 41.5 > 30", 52, 41.5),),
+    ),
+    "payments": (
+        "paused",
+        "paused by alice@ops-laptop since 2025-12-31 23:57:48Z (2m ago)",
+        132,
+        (),
+    ),
+    "logs": (
+        "stopped",
+        "stopped on an error: Redis update failed (will retry): ConnectionError: Error 111 "
+        "connecting to redis",
+        29,
+        (
+            ("stopped", "log", "stopped: stopped on an error", 29, None),
+            (TIME_LAG_ALERT, "tui", "time_lag_seconds = 842 > 30", 300, 842.0),
+        ),
+    ),
+    "audit": ("ok", "no lag reported yet", 40, ()),
+    "archive": ("stopped", "no live instance runs it", 3 * 3600, ()),
+}
+TIME_LAG: dict[str, float | None] = {
+    "orders": 2.4,
+    "clicks": 41.5,
+    "payments": 131.0,
+    "logs": 842.0,
+    "audit": None,
+    "archive": None,
+}
+
+
+def _health(cid: str) -> dict[str, Any]:
+    verdict, reason, since, alerts = HEALTH[cid]
+    return {
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "verdict_since_ms": _ago(since),
+        "alerts": tuple(ActiveAlert(a, ch, m, _ago(t), v) for a, ch, m, t, v in alerts),
+        "time_lag_seconds": TIME_LAG[cid],
+    }
 
 
 def sample_snapshot() -> InstanceSnapshot:
@@ -140,7 +213,7 @@ def sample_snapshot() -> InstanceSnapshot:
             2,
             42.5,
             120,
-            _parts([(0, 301_220, 301_260), (1, 300_980, 301_020)]),
+            _parts([(0, 301_220, 301_260, 2.4), (1, 300_980, 301_020, 1.9)]),
             TriggerSummary(1841, "count", 500, _ago(14), "succeeded"),
             None,
             2,
@@ -159,7 +232,7 @@ def sample_snapshot() -> InstanceSnapshot:
             0,
             160.0,
             4_210,
-            _parts([(0, 3_101_000, 3_103_400), (1, 3_099_200, 3_101_010)]),
+            _parts([(0, 3_101_000, 3_103_400, 41.5), (1, 3_099_200, 3_101_010, 33.0)]),
             TriggerSummary(9309, "count", 1000, _ago(4), "running"),
         ),
         c(
@@ -176,7 +249,7 @@ def sample_snapshot() -> InstanceSnapshot:
             0,
             0.0,
             388,
-            _parts([(0, 40_100, 40_300), (1, 40_012, 40_200)]),
+            _parts([(0, 40_100, 40_300, 131.0), (1, 40_012, 40_200, 128.0)]),
             TriggerSummary(401, "time", 143, _ago(130), "succeeded"),
         ),
         c(
@@ -193,7 +266,7 @@ def sample_snapshot() -> InstanceSnapshot:
             0,
             0.0,
             15_880,
-            _parts([(0, 155_204, 171_084)]),
+            _parts([(0, 155_204, 171_084, 842.0)]),
             TriggerSummary(76, "time", 1_873, _ago(47), "failed"),
             "Redis update failed (will retry): ConnectionError: Error 111 connecting to redis",
         ),
@@ -233,7 +306,14 @@ def sample_snapshot() -> InstanceSnapshot:
         ),
     )
     return InstanceSnapshot(
-        INSTANCE, "ops-1", 4242, _ago(3 * 3600 + 25 * 60 + 12), SAMPLE_NOW_MS, True, True, consumers
+        INSTANCE,
+        "ops-1",
+        4242,
+        _ago(3 * 3600 + 25 * 60 + 12),
+        SAMPLE_NOW_MS,
+        True,
+        True,
+        tuple(replace(c, **_health(c.consumer_id)) for c in consumers),
     )
 
 
@@ -243,12 +323,14 @@ def sample_fleet() -> FleetView:
         state: str,
         rate: float,
         lag: int | None,
-        parts: list[tuple[int, int, int, str]],
+        parts: list[tuple[int, int, int, str, float]],
         paused_by: str | None = None,
     ) -> FleetConsumer:
-        fp = tuple(FleetPartition(p, pos, hw, hw - pos, owner) for p, pos, hw, owner in parts)
-        owners = tuple(sorted({o for *_, o in parts}))
-        return FleetConsumer(cid, state, rate, lag, fp, owners, paused_by)
+        fp = tuple(
+            FleetPartition(p, pos, hw, hw - pos, owner, tl) for p, pos, hw, owner, tl in parts
+        )
+        owners = tuple(sorted({p[3] for p in parts}))
+        return _fleet_health(FleetConsumer(cid, state, rate, lag, fp, owners, paused_by))
 
     consumers = {
         "orders": fc(
@@ -257,9 +339,9 @@ def sample_fleet() -> FleetView:
             63.5,
             180,
             [
-                (0, 301_220, 301_260, INSTANCE),
-                (1, 300_980, 301_020, INSTANCE),
-                (2, 301_540, 301_600, OTHER),
+                (0, 301_220, 301_260, INSTANCE, 2.4),
+                (1, 300_980, 301_020, INSTANCE, 1.9),
+                (2, 301_540, 301_600, OTHER, 1.2),
             ],
         ),
         "clicks": fc(
@@ -268,9 +350,9 @@ def sample_fleet() -> FleetView:
             240.0,
             6_350,
             [
-                (0, 3_101_000, 3_103_400, INSTANCE),
-                (1, 3_099_200, 3_101_010, INSTANCE),
-                (2, 3_100_150, 3_102_290, OTHER),
+                (0, 3_101_000, 3_103_400, INSTANCE, 41.5),
+                (1, 3_099_200, 3_101_010, INSTANCE, 33.0),
+                (2, 3_100_150, 3_102_290, OTHER, 36.8),
             ],
         ),
         "payments": fc(
@@ -278,14 +360,30 @@ def sample_fleet() -> FleetView:
             "paused",
             0.0,
             388,
-            [(0, 40_100, 40_300, INSTANCE), (1, 40_012, 40_200, INSTANCE)],
+            [(0, 40_100, 40_300, INSTANCE, 131.0), (1, 40_012, 40_200, INSTANCE, 128.0)],
             paused_by="alice@ops-laptop",
         ),
-        "logs": fc("logs", "error", 0.0, 15_880, [(0, 155_204, 171_084, INSTANCE)]),
-        "audit": FleetConsumer("audit", "running", 0.0, None, (), (INSTANCE, OTHER)),
-        "archive": FleetConsumer("archive", "stopped", 0.0, None, (), ()),
+        "logs": fc("logs", "error", 0.0, 15_880, [(0, 155_204, 171_084, INSTANCE, 842.0)]),
+        "audit": _fleet_health(FleetConsumer("audit", "running", 0.0, None, (), (INSTANCE, OTHER))),
+        "archive": _fleet_health(FleetConsumer("archive", "stopped", 0.0, None, (), ())),
     }
     return FleetView((INSTANCE, OTHER), consumers)
+
+
+def _fleet_health(c: FleetConsumer) -> FleetConsumer:
+    """The fleet's view of a consumer's health (alerts as Redis lists them: fleet-wide)."""
+    h = _health(c.consumer_id)
+    return replace(
+        c,
+        verdict=h["verdict"],
+        verdict_reason=h["verdict_reason"],
+        # a pause shows at once in the fleet view, without the monitor's "since"
+        verdict_since_ms=None if h["verdict"] == "paused" else h["verdict_since_ms"],
+        alerts=tuple(
+            AlertView(a.alert, a.channel, a.message, a.since_ms, a.value) for a in h["alerts"]
+        ),
+        time_lag_seconds=h["time_lag_seconds"],
+    )
 
 
 def _wave(n: int, base: float, amp: float, period: float, trend: float = 0.0) -> tuple[float, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from kafkaconsole.tui.bindings import (
 )
 from kafkaconsole.tui.viewmodel import (
     NONE_TEXT,
+    AlertView,
     ConsumerRow,
     FleetPartition,
     HistoryRow,
@@ -42,8 +44,10 @@ from kafkaconsole.tui.viewmodel import (
     fmt_span,
 )
 from kafkaconsole.tui.widgets import (
+    ALERT_VARIABLE,
     PIPELINE_GLYPH,
     STATE_GLYPH,
+    VERDICT_VARIABLE,
     FleetHeader,
     LogPanel,
     Palette,
@@ -52,6 +56,8 @@ from kafkaconsole.tui.widgets import (
     log_text,
     pipeline_variable,
     state_text,
+    verdict_text,
+    verdict_variable,
 )
 
 
@@ -66,10 +72,55 @@ class DetailModel:
     config: Sequence[str]
     series: Series
     dlq_topic: str | None
+    now_ms: int = 0
 
 
 def _num(value: int | None) -> str:
     return NONE_TEXT if value is None else f"{value:,}"
+
+
+def clock_text(ms: int) -> str:
+    """A wall-clock time like the log panel's (local time, HH:MM:SS)."""
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+def since_text(since_ms: int | None, now_ms: int) -> str:
+    """``for 2m (since 12:03:04)``, or nothing when unknown."""
+    if since_ms is None:
+        return ""
+    return f"for {fmt_span((now_ms - since_ms) / 1000)} (since {clock_text(since_ms)})"
+
+
+def health_line(row: ConsumerRow, palette: Palette, now_ms: int) -> Text:
+    """The detail view's health line: verdict, since when, time lag, then the reason."""
+    text = Text("health ", style=palette["foreground-muted"])
+    text.append_text(verdict_text(row.verdict, len(row.alerts), palette))
+    since = since_text(row.verdict_since_ms, now_ms)
+    if since:
+        text.append(f" {since}")
+    text.append(f" · time lag {fmt_span(row.time_lag_seconds)}")
+    if row.verdict_reason:
+        text.append(" · ")
+        bad = row.verdict not in (None, "ok")
+        text.append(row.verdict_reason, style=palette[verdict_variable(row.verdict)] if bad else "")
+    return text
+
+
+def alerts_text(alerts: Sequence[AlertView], palette: Palette, now_ms: int) -> Text:
+    """One line per active alert: name, channel, since when, message."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for n, a in enumerate(alerts):
+        if n:
+            text.append("\n")
+        text.append("! ", style=palette[ALERT_VARIABLE] + Style(bold=True))
+        text.append(a.alert, style=Style(bold=True))
+        text.append(f" ({a.channel})", style=palette["foreground-muted"])
+        since = since_text(a.since_ms, now_ms)
+        if since:
+            text.append(f" {since}")
+        if a.message:
+            text.append(f": {a.message}")
+    return text
 
 
 class DetailScreen(Screen[None]):
@@ -94,6 +145,7 @@ class DetailScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield FleetHeader(id="detail-header", classes="header")
         yield Static(id="detail-title")
+        yield Static(id="detail-health")
         yield Static(id="detail-window")
         with Horizontal(classes="spark-row"):
             yield Label("events/s", classes="spark-label")
@@ -105,6 +157,7 @@ class DetailScreen(Screen[None]):
             yield Static(id="lag-value", classes="spark-value")
         with TabbedContent(initial="overview", id="detail-tabs"):
             with TabPane("1 Overview", id="overview"):
+                yield Static(id="alerts")
                 yield DataTable(id="partitions", cursor_type="row", show_cursor=False)
                 yield DataTable(id="history", cursor_type="row")
             with TabPane("2 Errors", id="errors"), VerticalScroll(id="errors-scroll"):
@@ -120,7 +173,7 @@ class DetailScreen(Screen[None]):
 
     def on_mount(self) -> None:
         parts = self.query_one("#partitions", DataTable)
-        for label in ("Partition", "Position", "High watermark", "Lag", "Owner"):
+        for label in ("Partition", "Position", "High watermark", "Lag", "Time lag", "Owner"):
             parts.add_column(label, key=label)
         hist = self.query_one("#history", DataTable)
         for label in ("Window", "Reason", "Count", "Status", "Duration", "Closed", "Offsets"):
@@ -145,6 +198,10 @@ class DetailScreen(Screen[None]):
         if row.paused_by:
             title.append(f" by {row.paused_by}", style=palette["state-paused"])
         self.query_one("#detail-title", Static).update(title)
+        self.query_one("#detail-health", Static).update(health_line(row, palette, model.now_ms))
+        alerts = self.query_one("#alerts", Static)
+        alerts.display = bool(row.alerts)
+        alerts.update(alerts_text(row.alerts, palette, model.now_ms))
 
         width = 12 if compact else 20
         line = Text(f" window #{row.window_id}  ")
@@ -196,6 +253,7 @@ class DetailScreen(Screen[None]):
                     Text(_num(part.position), justify="right"),
                     Text(_num(part.highwater), justify="right"),
                     Text(_num(part.lag), justify="right"),
+                    Text(fmt_span(part.time_lag_seconds), justify="right"),
                     part.owner,
                     key=str(part.partition),
                 )
@@ -356,6 +414,11 @@ class HelpScreen(ModalScreen[None]):
             ("stopped", "state-stopped"),
         ):
             text.append(f"{STATE_GLYPH[state]} {state}  ", style=pal[var])
+        text.append("\nHealth  ", style=heading)
+        for verdict, var in VERDICT_VARIABLE.items():
+            text.append(f"{verdict}  ", style=pal[var])
+        text.append("!N", style=pal[ALERT_VARIABLE] + Style(bold=True))
+        text.append(" N alerts firing")
         text.append("\nLast trigger  ", style=heading)
         text.append("✓ succeeded  ", style=pal["pipeline-ok"])
         text.append("✗ failed  ", style=pal["pipeline-failed"])
@@ -363,8 +426,12 @@ class HelpScreen(ModalScreen[None]):
         text.append("\nLag  ", style=heading)
         text.append("↑ growing  ", style=pal["lag-warn"])
         text.append("↓ shrinking", style=pal["lag-ok"])
-        text.append("     Next  ", style=heading)
+        text.append("   Behind / time lag  ", style=heading)
+        text.append("age of the oldest event not yet read")
+        text.append("\nNext  ", style=heading)
         text.append("the threshold (count or time) that fires first, and when")
+        text.append("\nNarrow terminals  ", style=heading)
+        text.append("Health shows the state's glyph and the verdict in one cell")
         text.append("\n\nRemap keys in the config file: ")
         text.append('[ui.keymap] pause = "space"', style="bold")
         text.append(' (ids above; several keys: "space,p")')

@@ -7,20 +7,29 @@ steers through the engine (which acts fleet-wide through Redis).
 
 :class:`StaticSource` holds fixed data: snapshot tests, the README screenshot and any test that
 wants the screens without a broker. Its commands change its own data, so the screens react.
+
+Commands go to the engine with ``via="tui"`` (the audit stream's face); a read-only engine
+refuses them with :class:`~kafkaconsole.engine.audit.ReadOnlyError`, which the app shows.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowState
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 from kafkaconsole.tui.viewmodel import FleetView, Series, SeriesRecorder
+
+VIA = "tui"
+"""How the console names itself in the audit stream."""
+
+AlertListener = Callable[[AlertEvent], None]
 
 
 class ConsoleSource(abc.ABC):
@@ -62,6 +71,9 @@ class ConsoleSource(abc.ABC):
     async def trigger(self, consumer_id: str) -> CloseResult:
         """Close the open window now and dispatch its pipeline."""
 
+    def subscribe_alerts(self, listener: AlertListener) -> None:  # noqa: B027 (optional hook)
+        """Call ``listener`` with every alert firing or resolving (on the app's loop)."""
+
     @property
     def ready(self) -> bool:
         """Whether commands can be sent now."""
@@ -89,6 +101,10 @@ class EngineSource(ConsoleSource):
     def series(self, consumer_id: str) -> Series:
         return self.recorder.series(consumer_id)
 
+    def subscribe_alerts(self, listener: AlertListener) -> None:
+        # The engine's health monitor calls it on the engine's loop (the app's).
+        self.engine.subscribe_alerts(listener)
+
     @property
     def ready(self) -> bool:
         return self.engine.started and not self.engine.stopping
@@ -107,16 +123,16 @@ class EngineSource(ConsoleSource):
         return await self.fleet_reader.counter(consumer_id).window()
 
     async def pause(self, consumer_id: str | None) -> list[str]:
-        return await self.engine.pause(consumer_id)
+        return await self.engine.pause(consumer_id, via=VIA)
 
     async def resume(self, consumer_id: str | None) -> list[str]:
-        return await self.engine.resume(consumer_id)
+        return await self.engine.resume(consumer_id, via=VIA)
 
     async def reset(self, consumer_id: str) -> ResetResult:
-        return await self.engine.reset(consumer_id)
+        return await self.engine.reset(consumer_id, via=VIA)
 
     async def trigger(self, consumer_id: str) -> CloseResult:
-        return await self.engine.force_trigger(consumer_id)
+        return await self.engine.force_trigger(consumer_id, via=VIA)
 
 
 @dataclass
@@ -130,9 +146,18 @@ class StaticSource(ConsoleSource):
     series_of: Mapping[str, Series] = field(default_factory=dict)
     now_ms: int = 0
     actions: list[tuple[str, str | None]] = field(default_factory=list)
+    alert_listeners: list[AlertListener] = field(default_factory=list)
 
     def latest(self) -> InstanceSnapshot | None:
         return self.snapshot
+
+    def subscribe_alerts(self, listener: AlertListener) -> None:
+        self.alert_listeners.append(listener)
+
+    def emit_alert(self, event: AlertEvent) -> None:
+        """Deliver an alert transition as the engine's health monitor would."""
+        for listener in list(self.alert_listeners):
+            listener(event)
 
     def series(self, consumer_id: str) -> Series:
         return self.series_of.get(consumer_id, Series())
@@ -163,10 +188,16 @@ class StaticSource(ConsoleSource):
     def _set_state(self, ids: list[str], state: ConsumerState) -> None:
         if self.snapshot is None:
             return
+        paused = state == ConsumerState.PAUSED
+        health: dict[str, Any] = {
+            "verdict": "paused" if paused else "ok",
+            "verdict_reason": "paused by you" if paused else "consuming normally",
+            "verdict_since_ms": self.now_ms,
+        }
         self.snapshot = replace(
             self.snapshot,
             consumers=tuple(
-                replace(c, state=state) if c.consumer_id in ids else c
+                replace(c, state=state, **health) if c.consumer_id in ids else c
                 for c in self.snapshot.consumers
             ),
         )
@@ -177,7 +208,8 @@ class StaticSource(ConsoleSource):
                     consumers[cid] = replace(
                         consumers[cid],
                         state=str(state),
-                        paused_by="you" if state == "paused" else None,
+                        paused_by="you" if paused else None,
+                        **health,
                     )
             self.fleet_view = replace(self.fleet_view, consumers=consumers)
 

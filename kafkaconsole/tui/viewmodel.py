@@ -14,7 +14,7 @@ import json
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -27,6 +27,14 @@ from kafkaconsole.engine.thresholds import Progress, window_progress
 # ---- fleet data (from Redis, through kafkaconsole.engine.fleet.Fleet) ---------------------------
 
 
+def identity(text: str) -> str:
+    return text
+
+
+Mask = Callable[[str], str]
+"""Masks secrets in engine-provided text (:func:`kafkaconsole.config.secrets.masker`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FleetPartition:
     partition: int
@@ -34,6 +42,19 @@ class FleetPartition:
     highwater: int | None
     lag: int | None
     owner: str
+    time_lag_seconds: float | None = None
+    """Age of the partition's oldest unconsumed event (0: caught up, None: unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """An alert rule firing for a consumer (from the fleet's Redis keys or this instance)."""
+
+    alert: str
+    channel: str
+    message: str
+    since_ms: int | None
+    value: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +70,12 @@ class FleetConsumer:
     paused_by: str | None = None
     errors: int = 0
     total: int = 0
+    verdict: str | None = None
+    verdict_reason: str | None = None
+    verdict_since_ms: int | None = None
+    alerts: tuple[AlertView, ...] = ()
+    time_lag_seconds: float | None = None
+    time_to_trigger_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +95,19 @@ class FleetView:
                     p.get("highwater"),
                     p.get("lag"),
                     str(p.get("owner", "")),
+                    _float(p.get("time_lag_seconds")),
                 )
                 for p in c.get("partitions", [])
+            )
+            alerts = tuple(
+                AlertView(
+                    alert=str(a.get("alert", "?")),
+                    channel=str(a.get("channel", "")),
+                    message=str(a.get("message") or ""),
+                    since_ms=_iso_to_ms(a.get("since")),
+                    value=_float(a.get("value")),
+                )
+                for a in c.get("alerts") or []
             )
             consumers[c["consumer_id"]] = FleetConsumer(
                 consumer_id=c["consumer_id"],
@@ -81,9 +119,24 @@ class FleetView:
                 paused_by=c.get("paused_by"),
                 errors=int(c.get("errors") or 0),
                 total=int(c.get("total") or 0),
+                verdict=c.get("verdict"),
+                verdict_reason=c.get("verdict_reason"),
+                verdict_since_ms=_iso_to_ms(c.get("verdict_since")),
+                alerts=alerts,
+                time_lag_seconds=_float(c.get("time_lag_seconds")),
+                time_to_trigger_seconds=_float(c.get("time_to_trigger_seconds")),
             )
         instances = tuple(str(i["instance_id"]) for i in status.get("instances", []))
         return cls(instances, consumers)
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # ---- recorded series (sparklines, lag trend) --------------------------------------------------
@@ -264,6 +317,13 @@ class ConsumerRow:
     last_error: str | None = None
     paused_by: str | None = None
     instances: tuple[str, ...] = ()
+    verdict: str | None = None
+    """Health verdict (kafkaconsole.engine.health): ok, paused, lagging, stalled, ..."""
+    verdict_reason: str | None = None
+    verdict_since_ms: int | None = None
+    alerts: tuple[AlertView, ...] = ()
+    time_lag_seconds: float | None = None
+    """Age of the oldest unconsumed event over the consumer's partitions."""
 
     @property
     def paused(self) -> bool:
@@ -297,15 +357,50 @@ def _state_of(local: ConsumerSnapshot | None, fleet: FleetConsumer | None) -> st
     return state
 
 
+def _local_alerts(local: ConsumerSnapshot | None) -> tuple[AlertView, ...]:
+    if local is None:
+        return ()
+    return tuple(
+        AlertView(a.alert, a.channel, a.message, a.since_ms, a.value) for a in local.alerts
+    )
+
+
+def _health_of(
+    local: ConsumerSnapshot | None, fleet: FleetConsumer | None
+) -> tuple[str | None, str | None, int | None, tuple[AlertView, ...]]:
+    """Verdict, reason, since and active alerts: the fleet's view (it shows a pause at once and
+    lists alerts fleet-wide), else this instance's monitor."""
+    if fleet is not None and fleet.verdict:
+        since = fleet.verdict_since_ms
+        if since is None and local is not None and local.verdict == fleet.verdict:
+            since = local.verdict_since_ms
+        return fleet.verdict, fleet.verdict_reason, since, fleet.alerts
+    if local is not None and local.verdict:
+        return local.verdict, local.verdict_reason, local.verdict_since_ms, _local_alerts(local)
+    return None, None, None, _local_alerts(local)
+
+
+def _masked(text: str | None, mask: Mask) -> str | None:
+    return mask(text) if text else text
+
+
 def build_row(
     cfg: ConsumerConfig,
     local: ConsumerSnapshot | None,
     fleet: FleetConsumer | None,
     series: Series,
     now_ms: int,
+    mask: Mask = identity,
 ) -> ConsumerRow:
+    """One consumer's row; ``mask`` is applied to every text the engine or Redis provided."""
     rate = fleet.rate if fleet is not None and fleet.instances else (local.rate if local else 0.0)
     lag = fleet.lag if fleet is not None and fleet.partitions else (local.lag if local else None)
+    time_lag = (
+        fleet.time_lag_seconds
+        if fleet is not None and fleet.partitions
+        else (local.time_lag_seconds if local else None)
+    )
+    verdict, reason, since, alerts = _health_of(local, fleet)
     count = local.count if local else 0
     window_id = local.window_id if local else 1
     opened = local.window_opened_at_ms if local else None
@@ -337,9 +432,16 @@ def build_row(
         errors=local.errors if local else (fleet.errors if fleet else 0),
         dlq=local.dlq if local else 0,
         total=local.total if local else 0,
-        last_error=local.last_error if local else None,
-        paused_by=fleet.paused_by if fleet is not None else None,
+        last_error=_masked(local.last_error if local else None, mask),
+        paused_by=_masked(fleet.paused_by if fleet is not None else None, mask),
         instances=fleet.instances if fleet is not None else (),
+        verdict=verdict,
+        verdict_reason=_masked(reason, mask),
+        verdict_since_ms=since,
+        alerts=tuple(
+            AlertView(a.alert, a.channel, mask(a.message), a.since_ms, a.value) for a in alerts
+        ),
+        time_lag_seconds=time_lag,
     )
 
 
@@ -349,6 +451,7 @@ def build_rows(
     fleet: FleetView | None,
     series_of: Mapping[str, Series],
     now_ms: int,
+    mask: Mask = identity,
 ) -> list[ConsumerRow]:
     """One row per configured consumer, in config order."""
     rows = []
@@ -356,7 +459,7 @@ def build_rows(
         cid = cfg.consumer_id
         local = snap.consumer(cid) if snap is not None else None
         remote = fleet.consumers.get(cid) if fleet is not None else None
-        rows.append(build_row(cfg, local, remote, series_of.get(cid, Series()), now_ms))
+        rows.append(build_row(cfg, local, remote, series_of.get(cid, Series()), now_ms, mask))
     return rows
 
 
@@ -391,9 +494,10 @@ def build_header(
     shown: int | None = None,
     filter_text: str = "",
     redis_ok: bool | None = None,
+    mask: Mask = identity,
 ) -> HeaderModel:
     return HeaderModel(
-        brokers=config.kafka.bootstrap_servers,
+        brokers=mask(config.kafka.bootstrap_servers),
         kafka_ok=snap.kafka_ok if snap is not None else None,
         redis_ok=redis_ok if redis_ok is not None else (snap.redis_ok if snap else None),
         instances=len(fleet.instances) if fleet is not None else None,
@@ -433,9 +537,12 @@ def _iso_to_ms(text: str | None) -> int | None:
 
 
 def build_history(
-    records: Sequence[Mapping[str, Any]], now_ms: int, offsets_limit: int = 3
+    records: Sequence[Mapping[str, Any]],
+    now_ms: int,
+    offsets_limit: int = 3,
+    mask: Mask = identity,
 ) -> list[HistoryRow]:
-    """Rows from :meth:`Fleet.history` records (newest first)."""
+    """Rows from :meth:`Fleet.history` records (newest first); run errors go through ``mask``."""
     out = []
     for r in records:
         run = r.get("run") or {}
@@ -449,7 +556,7 @@ def build_history(
                 status=str(r.get("status", "pending")),
                 duration=fmt_ms(run.get("duration_ms")),
                 closed_age_seconds=(now_ms - closed) / 1000 if closed is not None else None,
-                error=run.get("error"),
+                error=_masked(run.get("error"), mask),
             )
         )
     return out
@@ -465,7 +572,9 @@ def partitions_of(
     if local is None or snap is None:
         return []
     return [
-        FleetPartition(p.partition, p.position, p.highwater, p.lag, snap.instance_id)
+        FleetPartition(
+            p.partition, p.position, p.highwater, p.lag, snap.instance_id, p.time_lag_seconds
+        )
         for p in local.partitions
     ]
 
@@ -567,6 +676,7 @@ class LogBook:
 
 
 __all__ = [
+    "AlertView",
     "ConsumerRow",
     "FleetConsumer",
     "FleetPartition",
@@ -590,6 +700,7 @@ __all__ = [
     "fmt_offsets",
     "fmt_rate",
     "fmt_span",
+    "identity",
     "lag_trend",
     "partitions_of",
 ]

@@ -106,6 +106,66 @@ PIPELINE_GLYPH = {
 }
 
 
+#: Health verdicts (kafkaconsole.engine.health) and the theme variable colouring each.
+VERDICT_VARIABLE = {
+    "ok": "success",
+    "paused": "foreground-muted",
+    "lagging": "lag-warn",
+    "trigger-storm": "lag-warn",
+    "stalled": "error",
+    "stopped": "error",
+    "window-stuck": "error",
+    "pipeline-failing": "error",
+}
+#: Shorter words for the table when the full verdict does not fit.
+VERDICT_SHORT = {"window-stuck": "stuck", "pipeline-failing": "failing", "trigger-storm": "storm"}
+ALERT_VARIABLE = "warning"
+
+
+def verdict_variable(verdict: str | None) -> str:
+    return VERDICT_VARIABLE.get(verdict or "", "state-stopped")
+
+
+def alert_badge(n: int) -> str:
+    """``!N`` when N alerts fire for a consumer, else nothing."""
+    return f"!{n}" if n else ""
+
+
+def verdict_text(
+    verdict: str | None, alerts: int, palette: Palette, width: int | None = None
+) -> Text:
+    """The verdict in its colour with ``!N`` (alerts firing); shortened to fit ``width``."""
+    word = verdict or NONE_TEXT
+    badge = alert_badge(alerts)
+    if width is not None:
+        short = VERDICT_SHORT.get(word, word)
+        for candidate, sep in ((word, " "), (short, " "), (short, "")):
+            if len(candidate) + len(sep) * bool(badge) + len(badge) <= width:
+                word = candidate
+                break
+        else:  # keep the badge whole, cut the word
+            word, sep = fit(short, max(width - len(badge), 1)), ""
+    else:
+        sep = " "
+    text = Text(word, style=palette[verdict_variable(verdict)], no_wrap=True)
+    if badge:
+        text.append(sep + badge, style=palette[ALERT_VARIABLE] + Style(bold=True))
+    return text
+
+
+def health_text(row: ConsumerRow, palette: Palette, width: int) -> Text:
+    """Compact tables: the state's glyph (state colour) and the verdict (verdict colour) in one
+    cell: ``● ok``, ``‖ paused``, ``● lagging !1``; the state's word while there is no verdict,
+    or when all is well but the consumer is not running here (``↻ rebal``)."""
+    state_style = palette[STATE_VARIABLE.get(row.state, "state-stopped")]
+    text = Text(STATE_GLYPH.get(row.state, "?") + " ", style=state_style, no_wrap=True)
+    if row.verdict is None or (row.verdict == "ok" and row.state != "running" and not row.alerts):
+        text.append(STATE_SHORT.get(row.state, row.state), style=state_style)
+        return text
+    text.append_text(verdict_text(row.verdict, len(row.alerts), palette, max(width - 2, 1)))
+    return text
+
+
 def pipeline_variable(status: str) -> str:
     if status == "succeeded":
         return "pipeline-ok"
@@ -218,7 +278,9 @@ class Column:
 def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Column], bool]:
     """Columns for the consumers table at ``available`` cells; True when compact.
 
-    Each column is preceded by a one-cell gap (the table has no cell padding).
+    Each column is preceded by a one-cell gap (the table has no cell padding). Wide tables
+    have a State and a Health (verdict) column, and a Behind (time lag) column when there is
+    room; compact ones merge state and verdict into one cell and drop the topic first.
     """
     id_len = max([len(r.consumer_id) for r in rows] + [8])
     topic_len = max([len(r.topic) for r in rows] + [5])
@@ -226,17 +288,23 @@ def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Col
         Column("id", "Consumer", min(id_len, 20)),
         Column("topic", "Topic", min(topic_len, 18)),
         Column("state", "State", 11),
+        Column("health", "Health", 10),
         Column("rate", "ev/s", 6, right=True),
         Column("lag", "Lag", 8, right=True),
-        Column("count", "Count", 14),
-        Column("time", "Time", 12),
+        Column("count", "Count", 12),
+        Column("time", "Time", 10),
         Column("next", "Next", 10),
-        Column("last", "Last trigger", 13),
+        Column("last", "Last trigger", 12),
         Column("err", "Err/DLQ", 7, right=True),
     ]
     used = sum(c.width + 1 for c in wide)
     if used <= available:
         spare = available - used
+        behind = Column("tlag", "Behind", 6, right=True)
+        if spare >= behind.width + 1:
+            at = [c.key for c in wide].index("lag") + 1
+            wide.insert(at, behind)
+            spare -= behind.width + 1
         grow_count, grow_time = min(spare // 2, 10), min(spare - spare // 2, 8)
         return [
             Column(
@@ -248,7 +316,7 @@ def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Col
             for c in wide
         ], False
     compact = [
-        Column("state", "State", 8),
+        Column("health", "Health", 11),
         Column("rate", "ev/s", 5, right=True),
         Column("lag", "Lag", 6, right=True),
         Column("count", "Count", 8),
@@ -257,6 +325,11 @@ def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Col
         Column("last", "Last", 11),
         Column("err", "Err", 4, right=True),
     ]
+    id_min = min(id_len, 8)
+    for drop in ("err", "last", "time", "next"):  # very narrow: the least needed go first
+        if available - sum(c.width + 1 for c in compact) - 1 - id_min >= 0:
+            break
+        compact = [c for c in compact if c.key != drop]
     rest = sum(c.width + 1 for c in compact) + 1
     id_width = max(min(id_len, available - rest), 6)
     spare = available - rest - id_width
@@ -265,10 +338,10 @@ def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Col
     if spare >= topic_width + 1 + 4:
         lead.append(Column("topic", "Topic", topic_width))
         spare -= topic_width + 1
-    grow = {"state": min(spare, 1)}
-    spare -= grow["state"]
-    grow["count"] = min(spare // 2, 6)
-    grow["time"] = min(spare - grow["count"], 4)
+    grow = {"health": min(max(spare, 0), 2)}
+    spare -= grow["health"]
+    grow["count"] = min(max(spare, 0) // 2, 6)
+    grow["time"] = min(max(spare - grow["count"], 0), 4)
     compact = [Column(c.key, c.label, c.width + grow.get(c.key, 0), c.right) for c in compact]
     return [*lead, *compact], True
 
@@ -296,6 +369,14 @@ def row_cells(
             value = row.topic
         elif col.key == "state":
             value = state_text(row.state, palette, compact)
+        elif col.key == "health":
+            value = (
+                health_text(row, palette, col.width)
+                if compact
+                else verdict_text(row.verdict, len(row.alerts), palette, col.width)
+            )
+        elif col.key == "tlag":
+            value = fmt_span(row.time_lag_seconds)
         elif col.key == "rate":
             value = fmt_rate(row.rate)
         elif col.key == "lag":
@@ -490,9 +571,13 @@ __all__ = [
     "FleetHeader",
     "LogPanel",
     "Palette",
+    "alert_badge",
     "bar_text",
+    "health_text",
     "log_text",
     "row_cells",
     "state_text",
     "table_columns",
+    "verdict_text",
+    "verdict_variable",
 ]
