@@ -308,6 +308,19 @@ async def test_no_secret_reaches_the_console(
                 return app.return_code is not None
 
             await wait_for(exited, 20, what="graceful quit")
+        # what the engine wrote to Redis (run errors, alerts, heartbeats, history) is masked too
+        stored: dict[str, object] = {}
+        async for key in admin.scan_iter(match=f"{unique}:*"):
+            kind = (await admin.type(key)).decode()
+            name = key.decode()
+            if kind == "string":
+                stored[name] = (await admin.get(key) or b"").decode(errors="replace")
+            elif kind == "hash":
+                stored[name] = repr(await admin.hgetall(key))
+            elif kind == "stream":
+                stored[name] = repr(await admin.xrange(key))
+        assert any(k.endswith(":runs") for k in stored), sorted(stored)
+        assert_no_sentinel_in(stored)
     finally:
         with contextlib.suppress(Exception):
             await app.close_engine()

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -38,6 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
+from kafkaconsole.config.secrets import mask_strings
 from kafkaconsole.engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys
 from kafkaconsole.engine.pipelines.base import Pipeline
@@ -164,8 +166,10 @@ class TriggerDispatcher:
         on_result: Callable[[TriggerRecord, RunResult], None] | None = None,
         max_concurrent: int | None = None,
         clock: Callable[[], float] = time.time,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
         self.redis = redis
+        self._mask = mask
         self.keys = keys
         self.cfg = cfg
         self.pipeline = pipeline
@@ -616,6 +620,12 @@ class TriggerDispatcher:
         await pipe.execute()
 
     async def _write_status(self, window_id: int, result: RunResult) -> None:
+        if self._mask is not None:  # an error may quote a secret (a 401 body echoing a token)
+            result = replace(
+                result,
+                error=self._mask(result.error) if result.error else result.error,
+                detail=mask_strings(result.detail, self._mask) if result.detail else result.detail,
+            )
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.runs, str(window_id), _status_json(result, self.instance_id))
         if window_id > self.history_limit:

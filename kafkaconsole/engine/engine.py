@@ -101,9 +101,15 @@ class _Consumer:
 class Engine:
     """Runs every consumer of a config in this process."""
 
-    def __init__(self, config: AppConfig, *, instance_id: str | None = None,
-                 lease_ms: int | None = None, snapshot_interval: float = 1.0,
-                 redis: Redis | None = None) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        instance_id: str | None = None,
+        lease_ms: int | None = None,
+        snapshot_interval: float = 1.0,
+        redis: Redis | None = None,
+    ) -> None:
         self.config = config
         self.instance_id = instance_id or default_instance_id()
         self.lease_ms = lease_ms or config.redis.dispatch_lease_ms
@@ -125,6 +131,7 @@ class Engine:
         self._redis_ok = False
         self._last_heartbeat = 0.0
         self._fault = fault_hook_from_env()
+        self._mask = masker(config)  # what the engine writes to Redis never holds a secret
         # health verdicts and alerts over the fleet view ([monitoring]; kafkaconsole.engine.health)
         self.monitor: HealthMonitor | None = None
         if config.monitoring.enabled:
@@ -140,7 +147,9 @@ class Engine:
         self._redis_ok = True
         for warning in security_warnings(self.config):
             log.warning("insecure setting: %s", warning)
-        self._producer = AIOKafkaProducer(acks="all", linger_ms=5, **kafka_kwargs(self.config.kafka))
+        self._producer = AIOKafkaProducer(
+            acks="all", linger_ms=5, **kafka_kwargs(self.config.kafka)
+        )
         await self._producer.start()
         await self._ensure_dlq_topics()
         for name, pcfg in self.config.pipelines.items():
@@ -155,12 +164,16 @@ class Engine:
         for c in self._consumers.values():
             cid = c.cfg.consumer_id
             c.tasks = [
-                asyncio.create_task(self._guard(c.runner.run(self._stop), f"consumer {cid}"),
-                                    name=f"consume:{cid}"),
-                asyncio.create_task(self._guard(c.timer.run(self._stop), f"timer {cid}"),
-                                    name=f"timer:{cid}"),
-                asyncio.create_task(self._guard(c.dispatcher.run(self._stop), f"dispatch {cid}"),
-                                    name=f"dispatch:{cid}"),
+                asyncio.create_task(
+                    self._guard(c.runner.run(self._stop), f"consumer {cid}"), name=f"consume:{cid}"
+                ),
+                asyncio.create_task(
+                    self._guard(c.timer.run(self._stop), f"timer {cid}"), name=f"timer:{cid}"
+                ),
+                asyncio.create_task(
+                    self._guard(c.dispatcher.run(self._stop), f"dispatch {cid}"),
+                    name=f"dispatch:{cid}",
+                ),
             ]
         self._tasks.append(asyncio.create_task(self._status_loop(), name="status"))
         self._tasks.append(asyncio.create_task(self._control_listener(), name="control"))
@@ -175,8 +188,13 @@ class Engine:
 
     def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
         keys = ConsumerKeys(self.prefix, cfg.consumer_id)
-        counter = WindowCounter(self.redis, keys, topic=cfg.kafka_topic, max_event=cfg.max_event,
-                                history_limit=self.config.redis.history_limit)
+        counter = WindowCounter(
+            self.redis,
+            keys,
+            topic=cfg.kafka_topic,
+            max_event=cfg.max_event,
+            history_limit=self.config.redis.history_limit,
+        )
         holder: dict[str, _Consumer] = {}
 
         def on_applied(res: ApplyResult) -> None:
@@ -186,16 +204,21 @@ class Engine:
             c.shared.opened_at_ms = res.opened_at_ms
             if res.closed_window_ids:
                 for wid in res.closed_window_ids:
-                    trigger_log.info("%s: window %d closed (count, %d events)", cfg.consumer_id,
-                                     wid, cfg.max_event)
+                    trigger_log.info(
+                        "%s: window %d closed (count, %d events)",
+                        cfg.consumer_id,
+                        wid,
+                        cfg.max_event,
+                    )
                 if self._fault:
                     self._fault("after_close")
                 c.dispatcher.wake()
 
         def on_timer_closed(res: CloseResult) -> None:
             c = holder["c"]
-            trigger_log.info("%s: window %d closed (time, %d events)", cfg.consumer_id,
-                             res.window_id, res.count)
+            trigger_log.info(
+                "%s: window %d closed (time, %d events)", cfg.consumer_id, res.window_id, res.count
+            )
             c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
             if self._fault:
                 self._fault("after_close")
@@ -203,35 +226,58 @@ class Engine:
 
         def on_result(record: TriggerRecord, result: RunResult) -> None:
             c = holder["c"]
-            c.shared.last_trigger = TriggerSummary(record.window_id, str(record.reason),
-                                                   record.count, record.closed_at_ms,
-                                                   str(result.status))
+            c.shared.last_trigger = TriggerSummary(
+                record.window_id,
+                str(record.reason),
+                record.count,
+                record.closed_at_ms,
+                str(result.status),
+            )
             if result.status == RunStatus.FAILED:
-                trigger_log.error("%s: pipeline %s FAILED for window %d after %d attempt(s): %s",
-                                  record.consumer_id, record.pipeline_name, record.window_id,
-                                  result.attempts, result.error)
+                trigger_log.error(
+                    "%s: pipeline %s FAILED for window %d after %d attempt(s): %s",
+                    record.consumer_id,
+                    record.pipeline_name,
+                    record.window_id,
+                    result.attempts,
+                    result.error,
+                )
             else:
-                trigger_log.info("%s: pipeline %s %s for window %d (%s, %d events, %s ms)",
-                                 record.consumer_id, record.pipeline_name, result.status,
-                                 record.window_id, record.reason, record.count,
-                                 result.duration_ms)
+                trigger_log.info(
+                    "%s: pipeline %s %s for window %d (%s, %d events, %s ms)",
+                    record.consumer_id,
+                    record.pipeline_name,
+                    result.status,
+                    record.window_id,
+                    record.reason,
+                    record.count,
+                    result.duration_ms,
+                )
             for listener in list(self._run_listeners):
                 try:
                     listener(record, result)
                 except Exception:
                     log.exception("run listener failed")
 
-        runner = ConsumerRunner(cfg, self.config, counter, dlq, on_applied=on_applied,
-                                fault_hook=self._fault)
+        runner = ConsumerRunner(
+            cfg, self.config, counter, dlq, on_applied=on_applied, fault_hook=self._fault
+        )
         timer = WindowTimer(counter, cfg.max_time, on_timer_closed)
         loader = None
         if cfg.job_type == "batch":
             loader = WindowEventReader(self.config.kafka, runner.classifier)
         dispatcher = TriggerDispatcher(
-            self.redis, keys, cfg, self._pipelines[cfg.pipeline_name],
-            self.config.retry_policy_for(cfg), self.instance_id, lease_ms=self.lease_ms,
-            history_limit=self.config.redis.history_limit, events_loader=loader,
+            self.redis,
+            keys,
+            cfg,
+            self._pipelines[cfg.pipeline_name],
+            self.config.retry_policy_for(cfg),
+            self.instance_id,
+            lease_ms=self.lease_ms,
+            history_limit=self.config.redis.history_limit,
+            events_loader=loader,
             on_result=on_result,
+            mask=self._mask,
         )
         c = _Consumer(cfg, keys, counter, runner, timer, dispatcher)
         holder["c"] = c
@@ -328,11 +374,18 @@ class Engine:
     def _audited(self, action: str, consumer_id: str, via: str, user: str | None) -> Any:
         if self.config.ui.read_only:
             raise ReadOnlyError(action)
-        return self.audit.action(action, consumer_id, via=via, user=user or actor(),
-                                 instance=self.instance_id)
+        return self.audit.action(
+            action, consumer_id, via=via, user=user or actor(), instance=self.instance_id
+        )
 
-    async def pause(self, consumer_id: str | None = None, by: str | None = None, *,
-                    via: str = "engine", user: str | None = None) -> list[str]:
+    async def pause(
+        self,
+        consumer_id: str | None = None,
+        by: str | None = None,
+        *,
+        via: str = "engine",
+        user: str | None = None,
+    ) -> list[str]:
         """Pause one consumer (or all) fleet-wide. Returns the ids paused."""
         ids = [consumer_id] if consumer_id else self.consumer_ids()
         for cid in ids:
@@ -344,8 +397,9 @@ class Engine:
             c.shared.paused = True
         return ids
 
-    async def resume(self, consumer_id: str | None = None, *, via: str = "engine",
-                     user: str | None = None) -> list[str]:
+    async def resume(
+        self, consumer_id: str | None = None, *, via: str = "engine", user: str | None = None
+    ) -> list[str]:
         ids = [consumer_id] if consumer_id else self.consumer_ids()
         for cid in ids:
             c = self._get(cid)
@@ -356,8 +410,9 @@ class Engine:
             c.shared.paused = False
         return ids
 
-    async def reset(self, consumer_id: str, *, via: str = "engine",
-                    user: str | None = None) -> ResetResult:
+    async def reset(
+        self, consumer_id: str, *, via: str = "engine", user: str | None = None
+    ) -> ResetResult:
         """Empty the open window without triggering."""
         c = self._get(consumer_id)
         async with self._audited("reset", consumer_id, via, user) as outcome:
@@ -366,19 +421,22 @@ class Engine:
         c.timer.observe(res.window_id, 0, None, res.redis_now_ms)
         c.shared.count, c.shared.opened_at_ms = 0, None
         await self.control.announce(consumer_id, "reset")
-        log.info("%s: window %d reset, %d event(s) discarded", consumer_id, res.window_id,
-                 res.discarded)
+        log.info(
+            "%s: window %d reset, %d event(s) discarded", consumer_id, res.window_id, res.discarded
+        )
         return res
 
-    async def force_trigger(self, consumer_id: str, *, via: str = "engine",
-                            user: str | None = None) -> CloseResult:
+    async def force_trigger(
+        self, consumer_id: str, *, via: str = "engine", user: str | None = None
+    ) -> CloseResult:
         """Close the open window now (even when empty) and dispatch its pipeline."""
         c = self._get(consumer_id)
         async with self._audited("trigger", consumer_id, via, user) as outcome:
             res = await c.counter.close(TriggerReason.MANUAL)
             outcome.detail = trigger_detail(res)
-        trigger_log.info("%s: window %d closed (manual, %d events)", consumer_id,
-                         res.window_id, res.count)
+        trigger_log.info(
+            "%s: window %d closed (manual, %d events)", consumer_id, res.window_id, res.count
+        )
         c.timer.observe(res.window_id + 1, 0, None, res.redis_now_ms)
         c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
         c.dispatcher.wake()
@@ -444,8 +502,11 @@ class Engine:
                 now = time.monotonic()
                 if now - self._last_heartbeat >= 1.0:
                     self._last_heartbeat = now
-                    await self.redis.set(self.fleet_keys.instance(self.instance_id),
-                                         orjson.dumps(snap.to_json_dict()), ex=HEARTBEAT_TTL_S)
+                    await self.redis.set(
+                        self.fleet_keys.instance(self.instance_id),
+                        orjson.dumps(snap.to_json_dict()),
+                        ex=HEARTBEAT_TTL_S,
+                    )
                     for c in self._consumers.values():
                         await c.runner.refresh_positions()
                 for listener in list(self._listeners):
@@ -477,7 +538,7 @@ class Engine:
         now_ms = int(sec) * 1000 + int(usec) // 1000
         i = 1
         for c in consumers:
-            count_raw, (wid, opened), (total, errors), last = res[i:i + 4]
+            count_raw, (wid, opened), (total, errors), last = res[i : i + 4]
             i += 4
             s = c.shared
             s.count = int(count_raw or 0)
@@ -491,13 +552,17 @@ class Engine:
                 f = {k.decode(): v.decode() for k, v in fields.items()}
                 wid_closed = int(f["window_id"])
                 status = "pending"
-                if s.last_trigger is None or s.last_trigger.window_id != wid_closed or \
-                        s.last_trigger.status in ("pending", "queued", "running"):
+                if (
+                    s.last_trigger is None
+                    or s.last_trigger.window_id != wid_closed
+                    or s.last_trigger.status in ("pending", "queued", "running")
+                ):
                     run = await self.redis.hget(c.keys.runs, str(wid_closed))
                     if run:
                         status = orjson.loads(run).get("status", "pending")
-                    s.last_trigger = TriggerSummary(wid_closed, f["reason"], int(f["count"]),
-                                                    int(f["closed_at"]), status)
+                    s.last_trigger = TriggerSummary(
+                        wid_closed, f["reason"], int(f["count"]), int(f["closed_at"]), status
+                    )
 
     def _build_snapshot(self) -> InstanceSnapshot:
         consumers = []
@@ -508,23 +573,40 @@ class Engine:
             state = r.state
             if c.shared.paused and state in (ConsumerState.RUNNING, ConsumerState.STARTING):
                 state = ConsumerState.PAUSED
-            consumers.append(ConsumerSnapshot(
-                consumer_id=c.cfg.consumer_id, kafka_topic=c.cfg.kafka_topic,
-                pipeline_name=c.cfg.pipeline_name, state=state, count=c.shared.count,
-                max_event=c.cfg.max_event, max_time=c.cfg.max_time, window_id=c.shared.window_id,
-                window_opened_at_ms=c.shared.opened_at_ms, total=c.shared.total,
-                errors=c.shared.errors, rate=round(r.rate.rate(), 1),
-                lag=sum(lags) if lags else (0 if parts else None), partitions=parts,
-                last_trigger=c.shared.last_trigger, last_error=r.last_error, dlq=r.dlq_count,
-                breaker=c.dispatcher.breaker.to_json_dict(),
-                time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
-                **self._health_fields(c.cfg.consumer_id),
-            ))
+            consumers.append(
+                ConsumerSnapshot(
+                    consumer_id=c.cfg.consumer_id,
+                    kafka_topic=c.cfg.kafka_topic,
+                    pipeline_name=c.cfg.pipeline_name,
+                    state=state,
+                    count=c.shared.count,
+                    max_event=c.cfg.max_event,
+                    max_time=c.cfg.max_time,
+                    window_id=c.shared.window_id,
+                    window_opened_at_ms=c.shared.opened_at_ms,
+                    total=c.shared.total,
+                    errors=c.shared.errors,
+                    rate=round(r.rate.rate(), 1),
+                    lag=sum(lags) if lags else (0 if parts else None),
+                    partitions=parts,
+                    last_trigger=c.shared.last_trigger,
+                    last_error=self._mask(r.last_error) if r.last_error else None,
+                    dlq=r.dlq_count,
+                    breaker=c.dispatcher.breaker.to_json_dict(),
+                    time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
+                    **self._health_fields(c.cfg.consumer_id),
+                )
+            )
         kafka_ok = any(c.runner.kafka_ok for c in self._consumers.values()) or not self._consumers
         return InstanceSnapshot(
-            instance_id=self.instance_id, host=socket.gethostname(), pid=os.getpid(),
-            started_at_ms=self.started_at_ms, taken_at_ms=int(time.time() * 1000),
-            redis_ok=self._redis_ok, kafka_ok=kafka_ok, consumers=tuple(consumers),
+            instance_id=self.instance_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at_ms=self.started_at_ms,
+            taken_at_ms=int(time.time() * 1000),
+            redis_ok=self._redis_ok,
+            kafka_ok=kafka_ok,
+            consumers=tuple(consumers),
         )
 
     def _health_fields(self, consumer_id: str) -> dict[str, Any]:
