@@ -318,10 +318,10 @@ async def test_one_script_call_per_polled_batch(
 
         await wait_for(all_counted, 20, what="5000 counted")
         calls = await script_calls() - before
-        # 5000 events in batches of <= 500: at least 10 polls; other tests share this Redis,
-        # and the dispatch lease renewals are scripts too, so allow a margin, but nowhere
-        # near one call per event.
-        assert 10 <= calls < 200
+        # 5000 events in batches of <= 500: at least 10 polls, grouped into fewer calls while
+        # the consumer is behind; other tests share this Redis and the dispatch lease renewals
+        # are scripts too, so allow a margin, but nowhere near one call per event.
+        assert 1 <= calls < 200
     finally:
         await engine.stop()
 

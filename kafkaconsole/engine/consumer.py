@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import deque
@@ -33,13 +34,44 @@ log = logging.getLogger("kafkaconsole.consumer")
 
 #: Polls that may wait for their Redis update while the loop goes on polling; then it waits.
 MAX_QUEUED_POLLS = 8
-#: Fetch buffers per consumer. aiokafka's defaults (50 MB per fetch, 1 MB per partition) make
-#: each consumer hold several MB of prefetched records, which does not scale to dozens of
-#: consumers in one process; a poll needs only ``batch_size`` records, and a fetch still
-#: returns at least one record batch whatever its size. Measured in benchmarks/: the same
-#: single-consumer throughput, 50 consumers in one process ~1 GB -> ~300 MB RSS.
-FETCH_MAX_BYTES = 1024 * 1024
-MAX_PARTITION_FETCH_BYTES = 256 * 1024
+#: While a consumer is behind (its partitions hold more than it polled), polls are counted
+#: in groups of this many per Redis call; caught up, paused, stopping or rebalancing, at once.
+COALESCE_POLLS = 4
+#: Prefetch budget of a process, shared by its consumers. aiokafka's defaults (50 MB per
+#: fetch, 1 MB per partition) suit one consumer, but each consumer holds several times its
+#: fetch size in memory, so 50 of them took ~1 GB. A fetch still returns at least one record
+#: batch whatever its size. Measured in benchmarks/: one consumer keeps its throughput (small
+#: fetches cost it ~25 %), 50 consumers in one process stay under 200 MB.
+FETCH_BUDGET_BYTES = 32 * 1024 * 1024
+MIN_FETCH_MAX_BYTES = 512 * 1024
+
+
+def fetch_sizes(consumers_in_process: int) -> tuple[int, int]:
+    """``(fetch_max_bytes, max_partition_fetch_bytes)`` for one of that many consumers."""
+    total = FETCH_BUDGET_BYTES // max(consumers_in_process, 1)
+    total = max(MIN_FETCH_MAX_BYTES, min(total, 50 * 1024 * 1024))
+    return total, max(128 * 1024, min(total // 2, 1024 * 1024))
+
+#: Collector thresholds once consuming: a poll allocates thousands of short-lived tracked
+#: objects (aiokafka's records), so CPython's default (a collection every 700 allocations)
+#: keeps scanning; and full collections over the engine's long-lived objects were the 25-40 ms
+#: pauses that made time triggers late under load. Measured in benchmarks/: with 50
+#: consumers in one process 1.8x the events/s, time-trigger lateness under load max ~10 ms.
+GC_THRESHOLDS = (50_000, 50, 100)
+_gc_tuned = False
+
+
+def tune_gc() -> None:
+    """Once per process, when the first consumer starts: move everything allocated so far
+    (modules, config, clients) out of the collector's sight with ``gc.freeze()`` and collect
+    young objects less often. Leaves a disabled collector or larger thresholds alone."""
+    global _gc_tuned
+    if _gc_tuned or not gc.isenabled():
+        return
+    _gc_tuned = True
+    gc.freeze()
+    current = gc.get_threshold()
+    gc.set_threshold(*(max(a, b) for a, b in zip(current, GC_THRESHOLDS, strict=False)))
 
 
 class ConsumerStopped(Exception):
@@ -91,6 +123,8 @@ class ConsumerRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._queued: list[list[PartitionDelta]] = []  # polls classified, not yet counted
         self._counting: asyncio.Task[None] | None = None  # counts the queued polls
+        self._flush = False  # count the queued polls now, however few
+        self._stop_event: asyncio.Event | None = None
         self._last_commit = 0.0
         self._committed: dict[int, int] = {}
         self.redis_ok = True
@@ -99,6 +133,7 @@ class ConsumerRunner:
     # ---- lifecycle -------------------------------------------------------------------------
     def _make_consumer(self) -> AIOKafkaConsumer:
         k = self.app.kafka
+        fetch_max, partition_max = fetch_sizes(len(self.app.consumers))
         return AIOKafkaConsumer(
             group_id=self.cfg.effective_group_id,
             enable_auto_commit=False,
@@ -108,8 +143,8 @@ class ConsumerRunner:
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             isolation_level="read_committed",
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+            fetch_max_bytes=fetch_max,
+            max_partition_fetch_bytes=partition_max,
             **kafka_kwargs(k),
         )
 
@@ -118,9 +153,11 @@ class ConsumerRunner:
         consumer = self._make_consumer()
         self._consumer = consumer
         consumer.subscribe([self.topic], listener=_Listener(self))
+        self._stop_event = stop
         stopped: asyncio.Future[Any] | None = None
         try:
             await consumer.start()
+            tune_gc()
             self.kafka_ok = True
             timeout_ms = int(self.cfg.poll_timeout * 1000)
             stopped = asyncio.ensure_future(stop.wait())
@@ -157,6 +194,8 @@ class ConsumerRunner:
                 if batch:
                     self._note_times(batch)
                     await self._process(batch, stop)
+                elif self._queued:
+                    self._kick(flush=True)  # nothing came: count what waits
                 if self.state == ConsumerState.STARTING and self.assigned:
                     self.state = ConsumerState.RUNNING
                 await self._maybe_commit()
@@ -212,13 +251,16 @@ class ConsumerRunner:
 
     # ---- the hot path ----------------------------------------------------------------------
     # The Redis update of a poll runs while the loop polls and classifies the next ones, so
-    # the round trip no longer stalls the loop. Polls that arrive while an update is in
-    # flight queue up (at most MAX_QUEUED_POLLS, then the loop waits) and go to Redis
-    # together in the next call, each as its own entries of the script's delta list: the
-    # script applies them one after the other exactly as separate calls would (per entry it
-    # skips what the stored offset says was counted and advances it), in one atomic step.
+    # the round trip no longer stalls the loop. Polls queue (at most MAX_QUEUED_POLLS, then
+    # the loop waits) and go to Redis together in one call, each as its own entries of the
+    # script's delta list: the script applies them one after the other exactly as separate
+    # calls would (per entry it skips what the stored offset says was counted and advances
+    # it), in one atomic step. A poll is sent at once when the consumer has caught up (so
+    # triggers are not delayed), else once COALESCE_POLLS are queued: while behind, the next
+    # poll is already on its way, and fewer calls leave more of the core for records.
     # Bad events are dead-lettered only once everything polled before them was counted; a
-    # rebalance's commit, a stop on a bad event and the final commit first wait for the queue.
+    # pause, an empty poll, a rebalance's commit, a stop on a bad event and the final commit
+    # first count what is queued.
     async def _process(self, batch: dict[TopicPartition, list[Any]], stop: asyncio.Event) -> None:
         on_error = self.cfg.error_handling.on_error
         deltas, bad, _seen = build_batch(self.classifier, self.topic, batch, self.local_next,
@@ -240,9 +282,8 @@ class ConsumerRunner:
                         await asyncio.sleep(1.0)
         if deltas:
             self._queued.append(deltas)
-            if self._counting is None:
-                self._counting = asyncio.create_task(self._count_queued(stop))
-            elif len(self._queued) >= MAX_QUEUED_POLLS:
+            self._kick(flush=self.paused or not self._behind(deltas))
+            if len(self._queued) >= MAX_QUEUED_POLLS:
                 await self._settle()
         if bad and on_error == "stop":
             await self._settle()
@@ -252,11 +293,35 @@ class ConsumerRunner:
             log.error("%s: %s", self.cfg.consumer_id, self.last_error)
             raise ConsumerStopped(self.last_error)
 
+    def _behind(self, deltas: list[PartitionDelta]) -> bool:
+        """Whether a partition of this poll holds more than was polled, by the highwater of
+        its latest fetch (only ever known-present records: the next poll has some)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        for d in deltas:
+            hw = consumer.highwater(TopicPartition(self.topic, d.partition))
+            if hw is not None and d.next_offset < hw:
+                return True
+        return False
+
+    def _kick(self, flush: bool) -> None:
+        """Start counting the queued polls when due: now if ``flush``, else once enough."""
+        if flush:
+            self._flush = True
+        if self._counting is None and self._queued and self._due():
+            assert self._stop_event is not None
+            self._counting = asyncio.create_task(self._count_queued(self._stop_event))
+
+    def _due(self) -> bool:
+        return self._flush or len(self._queued) >= COALESCE_POLLS
+
     async def _count_queued(self, stop: asyncio.Event) -> None:
         """Count the queued polls, in order, one Redis call for all that are queued."""
         try:
-            while self._queued:
+            while self._queued and self._due():
                 polls, self._queued = self._queued, []
+                self._flush = False
                 deltas = polls[0] if len(polls) == 1 else [d for poll in polls for d in poll]
                 result = await self._apply(deltas, stop)
                 if result is None:
@@ -275,8 +340,13 @@ class ConsumerRunner:
             self._counting = None
 
     async def _settle(self) -> None:
-        """Wait until every queued poll was counted (re-raising what counting raised)."""
-        while (task := self._counting) is not None:
+        """Count every queued poll now and wait until done (re-raising what counting raised)."""
+        while True:
+            if self._queued:
+                self._kick(flush=True)
+            task = self._counting
+            if task is None:
+                return
             await task
 
     async def _apply(self, deltas: list[Any], stop: asyncio.Event) -> ApplyResult | None:
@@ -316,6 +386,8 @@ class ConsumerRunner:
                 consumer.pause(*parts)
             if self.state in (ConsumerState.RUNNING, ConsumerState.STARTING):
                 self.state = ConsumerState.PAUSED
+            if self._queued:
+                self._kick(flush=True)  # what was polled before the pause is counted now
         else:
             if self._pause_applied and parts:
                 consumer.resume(*parts)

@@ -314,7 +314,7 @@ class WindowCounter:
             nums += d.errors
         # the deltas travel as one string: packing each integer as its own argument costs
         # more client time than the whole script takes to run on the server
-        args = [self.max_event, self.history_limit, self.topic, " ".join(map(str, nums))]
+        args: list[Any] = [self.max_event, self.history_limit, self.topic, " ".join(map(str, nums))]
         res = await self._apply(keys=self._keys, args=args)
         opened = _int(res[2])
         return ApplyResult(

@@ -1,0 +1,1 @@
+"""Benchmarks of kafkaconsole against the embedded broker and Redis (see run.py)."""

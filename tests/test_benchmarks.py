@@ -1,0 +1,54 @@
+"""The benchmark harness cannot rot: its ``--quick`` smoke mode runs every case end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+ROWS = [
+    "| raw |",
+    "| raw-orjson |",
+    "| seed-style |",
+    "| engine-raw |",
+    "| engine-json |",
+    "| engine-tui |",
+    "| 1 |",
+    "| 10 |",
+    "| 50 |",
+    "| time-trigger lateness, idle |",
+    "| time-trigger lateness, under load |",
+    "| count-trigger latency, low rate |",
+    "| control latency (pause) |",
+]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_every_case(tmp_path: Path) -> None:
+    out = tmp_path / "BENCH.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = out.read_text()
+    for row in ROWS:
+        assert any(line.startswith(row) for line in text.splitlines()), (row, text)
+    assert "## Targets" in text and "## Machine and versions" in text
+    # the table also goes to stdout
+    assert "| engine-json |" in done.stdout
+    assert elapsed < 60, f"--quick took {elapsed:.0f}s"
