@@ -25,27 +25,38 @@ from tests.helpers import KafkaHelper, wait_for
 
 
 async def test_unavailable_dlq_holds_the_partition_at_the_bad_event(
-        services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     await kafka.create_topic(unique, 1)
     values: list[object] = [{"i": i} for i in range(5)] + [b"{bad"] + [{"i": i} for i in range(4)]
     await kafka.produce(unique, values, partitions=1)
-    cfg = make_config(services, unique, [{"consumer_id": "c", "kafka_topic": unique,
-                                          "max_event": 100}])
+    cfg = make_config(
+        services, unique, [{"consumer_id": "c", "kafka_topic": unique, "max_event": 100}]
+    )
     dlq_broker = start_broker()
-    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{dlq_broker.port}",
-                                request_timeout_ms=1000, metadata_max_age_ms=500)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=f"127.0.0.1:{dlq_broker.port}",
+        request_timeout_ms=1000,
+        metadata_max_age_ms=500,
+    )
     await producer.start()
     dlq_broker.signal(signal.SIGSTOP)
     counter = WindowCounter(redis_client, ConsumerKeys(unique, "c"), topic=unique, max_event=100)
-    runner = ConsumerRunner(cfg.consumers[0], cfg, counter, DeadLetterSink(producer),
-                            on_applied=lambda res: None)
+    runner = ConsumerRunner(
+        cfg.consumers[0], cfg, counter, DeadLetterSink(producer), on_applied=lambda res: None
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     caplog.set_level(logging.ERROR, logger="kafkaconsole")
     try:
+
         async def alerted() -> bool:
             return runner.last_error is not None and "did not accept" in runner.last_error
+
         await wait_for(alerted, 40, what="DLQ alert")
         await asyncio.sleep(1.0)
         assert int(await redis_client.get(f"{unique}:c:events") or 0) == 0
@@ -56,6 +67,7 @@ async def test_unavailable_dlq_holds_the_partition_at_the_bad_event(
 
         async def counted_all() -> bool:
             return int(await redis_client.get(f"{unique}:c:events") or 0) == 9
+
         await wait_for(counted_all, 60, what="counting after the DLQ recovered")
         assert await redis_client.hget(f"{unique}:c:stats", "errors") == b"1"
     finally:

@@ -52,6 +52,7 @@ def fetch_sizes(consumers_in_process: int) -> tuple[int, int]:
     total = max(MIN_FETCH_MAX_BYTES, min(total, 50 * 1024 * 1024))
     return total, max(128 * 1024, min(total // 2, 1024 * 1024))
 
+
 #: Collector thresholds once consuming: a poll allocates thousands of short-lived tracked
 #: objects (aiokafka's records), so CPython's default (a collection every 700 allocations)
 #: keeps scanning; and full collections over the engine's long-lived objects were the 25-40 ms
@@ -92,9 +93,16 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class ConsumerRunner:
     """Runs one ``[[consumers]]`` entry on this instance."""
 
-    def __init__(self, cfg: ConsumerConfig, app: AppConfig, counter: WindowCounter,
-                 dlq: DeadLetterSink, *, on_applied: Callable[[ApplyResult], None],
-                 fault_hook: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ConsumerConfig,
+        app: AppConfig,
+        counter: WindowCounter,
+        dlq: DeadLetterSink,
+        *,
+        on_applied: Callable[[ApplyResult], None],
+        fault_hook: Callable[[str], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.app = app
         self.counter = counter
@@ -263,8 +271,9 @@ class ConsumerRunner:
     # first count what is queued.
     async def _process(self, batch: dict[TopicPartition, list[Any]], stop: asyncio.Event) -> None:
         on_error = self.cfg.error_handling.on_error
-        deltas, bad, _seen = build_batch(self.classifier, self.topic, batch, self.local_next,
-                                         stop_at_bad=on_error == "stop")
+        deltas, bad, _seen = build_batch(
+            self.classifier, self.topic, batch, self.local_next, stop_at_bad=on_error == "stop"
+        )
         if bad:
             await self._settle()
             for b in bad:
@@ -330,8 +339,9 @@ class ConsumerRunner:
                     self._queued.clear()
                     return
                 for d in deltas:
-                    self.local_next[d.partition] = max(self.local_next.get(d.partition, 0),
-                                                       d.next_offset)
+                    self.local_next[d.partition] = max(
+                        self.local_next.get(d.partition, 0), d.next_offset
+                    )
                 self.fault_hook("after_apply")
                 self.rate.add(result.added)
                 self.errors += result.errors
@@ -444,7 +454,8 @@ class ConsumerRunner:
         self._last_commit = time.monotonic()
         owned = {tp.partition for tp in consumer.assignment()}
         offsets = {
-            TopicPartition(self.topic, p): o for p, o in self.local_next.items()
+            TopicPartition(self.topic, p): o
+            for p, o in self.local_next.items()
             if p in owned and (only is None or p in only) and self._committed.get(p) != o
         }
         if not offsets:

@@ -71,7 +71,8 @@ local function offsets_json()
   for _, key in ipairs(range_order) do
     local tp, p = string.match(key, '^(.*)|(%d+)$')
     local r = ranges[key]
-    table.insert(out, cjson.encode({topic = tp, partition = tonumber(p), first = r[1], last = r[2]}))
+    table.insert(out, cjson.encode(
+      {topic = tp, partition = tonumber(p), first = r[1], last = r[2]}))
   end
   return '[' .. table.concat(out, ',') .. ']'
 end
@@ -111,7 +112,9 @@ local function save_window()
 end
 """
 
-_APPLY = _PRELUDE + r"""
+_APPLY = (
+    _PRELUDE
+    + r"""
 -- ARGV: max_event, history_limit, topic, then ONE space-separated string of integers:
 --   n_parts, then per partition:
 --   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*
@@ -188,8 +191,11 @@ if filtered > 0 then redis.call('HINCRBY', K_STATS, 'filtered', filtered) end
 save_window()
 return {count, wid, opened or -1, now, added, skipped, errors, closed}
 """
+)
 
-_CLOSE = _PRELUDE + r"""
+_CLOSE = (
+    _PRELUDE
+    + r"""
 -- ARGV: reason, expected_wid (-1 = any), max_time_ms, allow_empty, history_limit
 local reason = ARGV[1]
 local expected = tonumber(ARGV[2])
@@ -208,8 +214,11 @@ local closed_id = close_window(reason, history_limit)
 save_window()
 return {'closed', closed_id, n, now}
 """
+)
 
-_RESET = _PRELUDE + r"""
+_RESET = (
+    _PRELUDE
+    + r"""
 local n = count
 redis.call('SET', K_EVENTS, 0)
 redis.call('DEL', K_WINDOW)
@@ -217,6 +226,7 @@ redis.call('HSET', K_WINDOW, 'id', wid)
 if n > 0 then redis.call('HINCRBY', K_STATS, 'discarded', n) end
 return {wid, n, now}
 """
+)
 
 
 @dataclass(slots=True)
@@ -292,8 +302,15 @@ def _int(value: Any) -> int:
 class WindowCounter:
     """The counting state of one consumer in Redis."""
 
-    def __init__(self, redis: Redis, keys: ConsumerKeys, *, topic: str, max_event: int,
-                 history_limit: int = 1000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: ConsumerKeys,
+        *,
+        topic: str,
+        max_event: int,
+        history_limit: int = 1000,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.topic = topic
@@ -318,18 +335,29 @@ class WindowCounter:
         res = await self._apply(keys=self._keys, args=args)
         opened = _int(res[2])
         return ApplyResult(
-            count=_int(res[0]), window_id=_int(res[1]), opened_at_ms=None if opened < 0 else opened,
-            redis_now_ms=_int(res[3]), added=_int(res[4]), skipped=_int(res[5]),
-            errors=_int(res[6]), closed_window_ids=tuple(_int(x) for x in res[7]),
+            count=_int(res[0]),
+            window_id=_int(res[1]),
+            opened_at_ms=None if opened < 0 else opened,
+            redis_now_ms=_int(res[3]),
+            added=_int(res[4]),
+            skipped=_int(res[5]),
+            errors=_int(res[6]),
+            closed_window_ids=tuple(_int(x) for x in res[7]),
         )
 
-    async def close(self, reason: TriggerReason, *, expected_window_id: int | None = None,
-                    max_time_ms: int = 0) -> CloseResult:
+    async def close(
+        self, reason: TriggerReason, *, expected_window_id: int | None = None, max_time_ms: int = 0
+    ) -> CloseResult:
         allow_empty = reason == TriggerReason.MANUAL
         res = await self._close(
             keys=self._keys,
-            args=[str(reason), -1 if expected_window_id is None else expected_window_id,
-                  max_time_ms, "1" if allow_empty else "0", self.history_limit],
+            args=[
+                str(reason),
+                -1 if expected_window_id is None else expected_window_id,
+                max_time_ms,
+                "1" if allow_empty else "0",
+                self.history_limit,
+            ],
         )
         status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         return CloseResult(status, _int(res[1]), _int(res[2]), _int(res[3]))
@@ -343,8 +371,10 @@ class WindowCounter:
         pipe.get(self.keys.events)
         pipe.hgetall(self.keys.window)
         count_raw, window = await pipe.execute()
-        fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                  for k, v in window.items()}
+        fields = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in window.items()
+        }
         ranges = []
         for f, v in fields.items():
             if f.startswith("r|"):
@@ -354,8 +384,10 @@ class WindowCounter:
         ranges.sort(key=lambda r: (r.topic, r.partition))
         opened = fields.get("opened_at")
         return WindowState(
-            window_id=int(fields.get("id", 1)), count=_int(count_raw or 0),
-            opened_at_ms=int(opened) if opened else None, ranges=tuple(ranges),
+            window_id=int(fields.get("id", 1)),
+            count=_int(count_raw or 0),
+            opened_at_ms=int(opened) if opened else None,
+            ranges=tuple(ranges),
         )
 
     async def stored_offsets(self, partitions: list[int]) -> dict[int, int]:

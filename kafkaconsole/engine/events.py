@@ -38,8 +38,10 @@ class BadEvent:
     message: str
 
     def describe(self) -> str:
-        return (f"{self.topic}[{self.partition}]@{self.offset}: {self.stage} failed: "
-                f"{self.error_class}: {self.message}")
+        return (
+            f"{self.topic}[{self.partition}]@{self.offset}: {self.stage} failed: "
+            f"{self.error_class}: {self.message}"
+        )
 
 
 def load_target(target: str) -> Callable[..., Any]:
@@ -135,7 +137,13 @@ class EventClassifier:
     def classify(self, value: bytes | None) -> tuple[int, Any, str, str]:
         """(COUNT|FILTERED|BAD, decoded event, stage, error) for one record value."""
         if value is not None and len(value) > self.max_bytes:
-            return BAD, None, "validate", f"ValueError: event of {len(value)} bytes exceeds max_event_bytes ({self.max_bytes})"
+            return (
+                BAD,
+                None,
+                "validate",
+                f"ValueError: event of {len(value)} bytes exceeds "
+                f"max_event_bytes ({self.max_bytes})",
+            )
         try:
             event = self.decode(value)
         except (ValueError, TypeError) as exc:
@@ -182,8 +190,11 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
     if classifier.single_filter is None:
         return offsets
     key, want = classifier.single_filter
-    return [o for o, e in zip(offsets, events, strict=True)
-            if e.__class__ is dict and e.get(key, _MISSING) == want]
+    return [
+        o
+        for o, e in zip(offsets, events, strict=True)
+        if e.__class__ is dict and e.get(key, _MISSING) == want
+    ]
 
 
 def _split_error(error: str) -> tuple[str, str]:
@@ -191,9 +202,13 @@ def _split_error(error: str) -> tuple[str, str]:
     return cls, msg
 
 
-def build_batch(classifier: EventClassifier, topic: str, batch: Mapping[Any, list[Any]],
-                local_next: dict[int, int], stop_at_bad: bool = False
-                ) -> tuple[list[PartitionDelta], list[BadEvent], int]:
+def build_batch(
+    classifier: EventClassifier,
+    topic: str,
+    batch: Mapping[Any, list[Any]],
+    local_next: dict[int, int],
+    stop_at_bad: bool = False,
+) -> tuple[list[PartitionDelta], list[BadEvent], int]:
     """Deltas for the counter, bad events for the DLQ, and the number of records seen.
 
     ``local_next`` holds this instance's next offset per partition (what it already applied);
@@ -261,8 +276,19 @@ def build_batch(classifier: EventClassifier, topic: str, batch: Mapping[Any, lis
             kind, _, stage, error = classifier.classify(rec.value)
             if kind == BAD:
                 cls, msg = _split_error(error)
-                bad.append(BadEvent(topic, p, rec.offset, rec.key, rec.value,
-                                    tuple(rec.headers or ()), stage, cls, msg))
+                bad.append(
+                    BadEvent(
+                        topic,
+                        p,
+                        rec.offset,
+                        rec.key,
+                        rec.value,
+                        tuple(rec.headers or ()),
+                        stage,
+                        cls,
+                        msg,
+                    )
+                )
                 if stop_at_bad:
                     break
                 errors.append(rec.offset)

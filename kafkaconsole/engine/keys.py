@@ -80,8 +80,7 @@ class ConsumerKeys:
         return [self.events, self.window, self.stats, self.offsets, self.history, self.dispatch]
 
     def all_keys(self) -> list[str]:
-        return [*self.counting_keys(), self.runs, self.control, self.dispatch_lease,
-                self.breaker]
+        return [*self.counting_keys(), self.runs, self.control, self.dispatch_lease, self.breaker]
 
 
 def partition_field(topic: str, partition: int) -> str:

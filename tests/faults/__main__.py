@@ -1,7 +1,7 @@
 """Run the fault-injection scenarios and write RELIABILITY.md.
 
-    python -m tests.faults                 # every scenario, 3 runs each
-    python -m tests.faults --quick --runs 1 zombie kill-9
+python -m tests.faults                 # every scenario, 3 runs each
+python -m tests.faults --quick --runs 1 zombie kill-9
 """
 
 from __future__ import annotations
@@ -52,14 +52,18 @@ async def run(names: list[str], runs: int, quick: bool) -> list[dict[str, Any]]:
         for v in verdicts:
             for k, val in v.figures.items():
                 figures.setdefault(k, []).append(val)
-        rows.append({
-            "name": name, "fault": fault, "runs": runs,
-            "held": sum(v.ok for v in verdicts),
-            "checks": sorted({c.name for v in verdicts for c in v.checks}),
-            "failures": sorted({f for v in verdicts for f in v.failures()}),
-            "figures": {k: _fmt(vals) for k, vals in figures.items()},
-            "seconds": _fmt([round(d, 1) for d in durations]),
-        })
+        rows.append(
+            {
+                "name": name,
+                "fault": fault,
+                "runs": runs,
+                "held": sum(v.ok for v in verdicts),
+                "checks": sorted({c.name for v in verdicts for c in v.checks}),
+                "failures": sorted({f for v in verdicts for f in v.failures()}),
+                "figures": {k: _fmt(vals) for k, vals in figures.items()},
+                "seconds": _fmt([round(d, 1) for d in durations]),
+            }
+        )
     return rows
 
 
@@ -85,8 +89,9 @@ def write_report(rows: list[dict[str, Any]], out: Path, command: str) -> None:
         figures = "; ".join(f"{k}: {v}" for k, v in r["figures"].items()) or "-"
         held = f"{r['held']}/{r['runs']}"
         checks = ", ".join(r["checks"])
-        lines.append(f"| {r['name']} | {r['fault']} | {held} | {checks} | {figures} | "
-                     f"{r['seconds']} |")
+        lines.append(
+            f"| {r['name']} | {r['fault']} | {held} | {checks} | {figures} | {r['seconds']} |"
+        )
     failures = [(r["name"], f) for r in rows for f in r["failures"]]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {n}: {f}" for n, f in failures]

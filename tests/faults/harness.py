@@ -64,11 +64,18 @@ class Verdict:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, *, max_event: int = 500, max_time: float = 3600,
-                 redis_args: list[str] | None = None, extra_consumer: str = "",
-                 retry: str = "{ max_attempts = 3, initial_backoff = 0.05, max_backoff = 0.5 }",
-                 pipeline_extra: str = "",
-                 error_handling: str = '{ on_error = "dlq" }') -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        max_event: int = 500,
+        max_time: float = 3600,
+        redis_args: list[str] | None = None,
+        extra_consumer: str = "",
+        retry: str = "{ max_attempts = 3, initial_backoff = 0.05, max_backoff = 0.5 }",
+        pipeline_extra: str = "",
+        error_handling: str = '{ on_error = "dlq" }',
+    ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.max_event = max_event
@@ -105,14 +112,16 @@ class Cluster:
     async def start(self) -> None:
         self.broker = await asyncio.to_thread(start_broker, log_dir=self.workdir)
         self.redis_dir.mkdir(exist_ok=True)
-        self.redis = await asyncio.to_thread(start_redis, extra_args=self.redis_args,
-                                             workdir=self.redis_dir)
+        self.redis = await asyncio.to_thread(
+            start_redis, extra_args=self.redis_args, workdir=self.redis_dir
+        )
         await self.target.start()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1),
-                                       NewTopic(f"{TOPIC}.dlq", 1, 1)])
+            await admin.create_topics(
+                [NewTopic(TOPIC, PARTITIONS, 1), NewTopic(f"{TOPIC}.dlq", 1, 1)]
+            )
         finally:
             await admin.close()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
@@ -126,8 +135,9 @@ class Cluster:
         await asyncio.to_thread(self.redis.stop)
         await asyncio.sleep(down_for)
         t0 = time.monotonic()
-        self.redis = await asyncio.to_thread(start_redis, port, extra_args=self.redis_args,
-                                             workdir=self.redis_dir)
+        self.redis = await asyncio.to_thread(
+            start_redis, port, extra_args=self.redis_args, workdir=self.redis_dir
+        )
         return time.monotonic() - t0
 
     def write_config(self) -> None:
@@ -186,9 +196,21 @@ error_handling = {self.error_handling}
 
     def _popen(self, name: str, log: Any, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "kafkaconsole", "run", "--config", str(self.config_path),
-             "--no-ui", "--instance-id", name],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=str(REPO),
+            [
+                sys.executable,
+                "-m",
+                "kafkaconsole",
+                "run",
+                "--config",
+                str(self.config_path),
+                "--no-ui",
+                "--instance-id",
+                name,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=str(REPO),
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         )
 
@@ -222,12 +244,14 @@ error_handling = {self.error_handling}
         for i in range(n):
             value = orjson.dumps({"seq": self.seq, "pad": "x" * 150})
             self.seq += 1
-            futures.append((False, await self.producer.send(TOPIC, value,
-                                                            partition=self.seq % PARTITIONS)))
+            futures.append(
+                (False, await self.producer.send(TOPIC, value, partition=self.seq % PARTITIONS))
+            )
             if bad_every and (i + 1) % bad_every == 0:
                 bad = BAD_VALUES[(i // bad_every) % len(BAD_VALUES)]
-                futures.append((True, await self.producer.send(TOPIC, bad,
-                                                               partition=self.seq % PARTITIONS)))
+                futures.append(
+                    (True, await self.producer.send(TOPIC, bad, partition=self.seq % PARTITIONS))
+                )
             if rate and i % 50 == 0:
                 ahead = i / rate - (time.monotonic() - t0)
                 if ahead > 0:
@@ -235,8 +259,9 @@ error_handling = {self.error_handling}
         await self.producer.flush()
         for is_bad, fut in futures:
             md = await fut
-            self.last_offsets[md.partition] = max(self.last_offsets.get(md.partition, -1),
-                                                  md.offset)
+            self.last_offsets[md.partition] = max(
+                self.last_offsets.get(md.partition, -1), md.offset
+            )
             if is_bad:
                 self.bad.append((md.partition, md.offset))
             else:
@@ -280,8 +305,12 @@ error_handling = {self.error_handling}
         return float("inf")
 
     async def dlq_records(self) -> list[Any]:
-        consumer = AIOKafkaConsumer(f"{TOPIC}.dlq", bootstrap_servers=self.bootstrap,
-                                    group_id=None, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            f"{TOPIC}.dlq",
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         out: list[Any] = []
         try:
@@ -304,36 +333,50 @@ error_handling = {self.error_handling}
         return {int(k.decode().rpartition("|")[2]): int(v) for k, v in raw.items()}
 
     # ---- the oracle ------------------------------------------------------------------------
-    async def oracle(self, *, count_only: bool = True, healthy: list[str] | None = None
-                     ) -> Verdict:
+    async def oracle(self, *, count_only: bool = True, healthy: list[str] | None = None) -> Verdict:
         v = Verdict()
         total, wids, counts = await self.counted()
         v.add("exact count", total == self.valid, f"counted {total}, produced {self.valid}")
         v.add("window ids contiguous", wids == list(range(1, len(wids) + 1)), str(wids[:20]))
         if count_only:
             expect = self.valid // self.max_event
-            v.add("count windows", len(wids) == expect and all(c == self.max_event
-                                                               for c in counts),
-                  f"{len(wids)} windows, expected {expect}")
+            v.add(
+                "count windows",
+                len(wids) == expect and all(c == self.max_event for c in counts),
+                f"{len(wids)} windows, expected {expect}",
+            )
         keys = {f"{CONSUMER}:{w}" for w in wids}
         missing = keys - self.target.log.accepted_keys()
         v.add("every window accepted by the target", not missing, f"missing {sorted(missing)[:5]}")
         dup = self.target.log.duplicates()
         v.figures["redeliveries absorbed"] = dup
         dlq = await self.dlq_records()
-        got = sorted((int(dict(r.headers)["__connect.errors.partition"]),
-                      int(dict(r.headers)["__connect.errors.offset"])) for r in dlq)
-        v.add("DLQ holds every bad event", sorted(set(got)) == sorted(self.bad),
-              f"{len(set(got))} distinct in DLQ, {len(self.bad)} injected")
+        got = sorted(
+            (
+                int(dict(r.headers)["__connect.errors.partition"]),
+                int(dict(r.headers)["__connect.errors.offset"]),
+            )
+            for r in dlq
+        )
+        v.add(
+            "DLQ holds every bad event",
+            sorted(set(got)) == sorted(self.bad),
+            f"{len(set(got))} distinct in DLQ, {len(self.bad)} injected",
+        )
         v.figures["DLQ duplicates"] = len(got) - len(set(got))
-        headers_ok = all(dict(r.headers).get("__connect.errors.topic") == TOPIC.encode()
-                         and dict(r.headers).get("__connect.errors.exception.message")
-                         for r in dlq)
+        headers_ok = all(
+            dict(r.headers).get("__connect.errors.topic") == TOPIC.encode()
+            and dict(r.headers).get("__connect.errors.exception.message")
+            for r in dlq
+        )
         v.add("DLQ headers", headers_ok)
         stored = await self.stored_offsets()
         want = {p: o + 1 for p, o in self.last_offsets.items()}
-        v.add("lag 0 at the end", all(stored.get(p) == o for p, o in want.items()),
-              f"stored {stored}, end {want}")
+        v.add(
+            "lag 0 at the end",
+            all(stored.get(p) == o for p, o in want.items()),
+            f"stored {stored}, end {want}",
+        )
         if healthy is not None:
             alive = set(self.alive())
             v.add("instances healthy", set(healthy) <= alive, f"alive {sorted(alive)}")

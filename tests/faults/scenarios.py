@@ -47,8 +47,9 @@ async def _wait_owned_by(cluster: Cluster, names: set[str], timeout: float = 60)
     return float("inf")
 
 
-async def _run(workdir: Path, body: Callable[[Cluster], Awaitable[Verdict]],
-               **cluster_args: object) -> Verdict:
+async def _run(
+    workdir: Path, body: Callable[[Cluster], Awaitable[Verdict]], **cluster_args: object
+) -> Verdict:
     cluster = Cluster(workdir, **cluster_args)  # type: ignore[arg-type]
     await cluster.start()
     try:
@@ -73,6 +74,7 @@ async def baseline(workdir: Path, quick: bool) -> Verdict:
         v.figures["events/s (produce+count)"] = round(n / elapsed)
         v.figures["count catch-up after produce (s)"] = round(took, 2)
         return v
+
     return await _run(workdir, body)
 
 
@@ -98,10 +100,14 @@ async def rolling_sigterm(workdir: Path, quick: bool) -> Verdict:
         v = await c.oracle(healthy=["a2", "b2"])
         v.add("clean exits", codes == [0, 0], str(codes))
         v.add("each shutdown under 10 s", worst < 10, f"worst {worst:.1f}s")
-        v.add("no duplicate application", c.target.log.duplicates() == 0,
-              f"{c.target.log.duplicates()} duplicates")
+        v.add(
+            "no duplicate application",
+            c.target.log.duplicates() == 0,
+            f"{c.target.log.duplicates()} duplicates",
+        )
         v.figures["worst shutdown (s)"] = round(worst, 2)
         return v
+
     return await _run(workdir, body)
 
 
@@ -126,10 +132,14 @@ async def kill9(workdir: Path, quick: bool) -> Verdict:
         await c.wait_dispatched()
         v = await c.oracle(healthy=["b"] if quick else ["c", "d"])
         bound = 2 * 6 + 5
-        v.add("partitions reassigned within 2 x session timeout + 5 s", reassign <= bound,
-              f"{reassign:.1f}s")
+        v.add(
+            "partitions reassigned within 2 x session timeout + 5 s",
+            reassign <= bound,
+            f"{reassign:.1f}s",
+        )
         v.figures["reassignment (s)"] = round(reassign, 2)
         return v
+
     return await _run(workdir, body)
 
 
@@ -148,6 +158,7 @@ async def critical_sections(workdir: Path, quick: bool) -> Verdict:
         v = await c.oracle(healthy=["c"])
         v.add("fault hooks fired", code_a == 86 and code_b == 86, f"{code_a}, {code_b}")
         return v
+
     return await _run(workdir, body)
 
 
@@ -167,6 +178,7 @@ async def zombie(workdir: Path, quick: bool) -> Verdict:
         await c.wait_counted()
         await c.wait_dispatched()
         return await c.oracle(healthy=["a", "b"])
+
     return await _run(workdir, body)
 
 
@@ -192,6 +204,7 @@ async def rebalance_storm(workdir: Path, quick: bool) -> Verdict:
         v = await c.oracle(healthy=["base"])
         v.figures["instances added and removed"] = i
         return v
+
     return await _run(workdir, body)
 
 
@@ -214,13 +227,21 @@ async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
         recovery = await c.wait_dispatched(120)
         v = await c.oracle(healthy=["a"])
         v.add("consumption never blocks on a slow pipeline", t_count < 10, f"{t_count:.1f}s")
-        v.add("consumption continues during an outage", counted_during_outage < 10,
-              f"{counted_during_outage:.1f}s")
+        v.add(
+            "consumption continues during an outage",
+            counted_during_outage < 10,
+            f"{counted_during_outage:.1f}s",
+        )
         v.add("every window runs after recovery", recovery < 120, f"{recovery:.1f}s")
         v.figures["dispatch recovery (s)"] = round(recovery, 2)
         return v
-    return await _run(workdir, body, max_event=100,
-                      retry="{ max_attempts = 100, initial_backoff = 0.1, max_backoff = 1.0 }")
+
+    return await _run(
+        workdir,
+        body,
+        max_event=100,
+        retry="{ max_attempts = 100, initial_backoff = 0.1, max_backoff = 1.0 }",
+    )
 
 
 # 8 -------------------------------------------------------------------------------------------
@@ -240,8 +261,10 @@ async def redis_outage(workdir: Path, quick: bool) -> Verdict:
         v.add("resumes by itself", recovered < 120, f"{recovered:.1f}s")
         v.figures["catch-up after Redis returned (s)"] = round(recovered, 2)
         return v
-    return await _run(workdir, body, redis_args=["--appendonly", "yes",
-                                                 "--appendfsync", "everysec"])
+
+    return await _run(
+        workdir, body, redis_args=["--appendonly", "yes", "--appendfsync", "everysec"]
+    )
 
 
 # 10 ------------------------------------------------------------------------------------------
@@ -256,6 +279,7 @@ async def poison(workdir: Path, quick: bool) -> Verdict:
         v = await c.oracle(healthy=["a"])
         v.figures["bad events"] = len(c.bad)
         return v
+
     return await _run(workdir, body, max_event=100)
 
 
@@ -263,12 +287,26 @@ async def dlq_unavailable(workdir: Path, quick: bool) -> Verdict:
     """The DLQ refuses writes (its broker frozen with SIGSTOP): see tests/test_dlq_unavailable.py,
     which needs an in-process consumer whose DLQ producer talks to a second broker."""
     res = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                         "tests/test_dlq_unavailable.py"],
-        capture_output=True, text=True, cwd=str(REPO))
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_dlq_unavailable.py",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+    )
     v = Verdict()
-    v.add("stops at the bad record, alerts, never counts past it, resumes after",
-          res.returncode == 0, res.stdout[-300:])
+    v.add(
+        "stops at the bad record, alerts, never counts past it, resumes after",
+        res.returncode == 0,
+        res.stdout[-300:],
+    )
     return v
 
 
@@ -279,15 +317,18 @@ async def bad_configs(workdir: Path, quick: bool) -> Verdict:
     leaks = 0
     wrong = 0
     for path in corpus:
-        env = {"PATH": "/usr/bin:/bin", "KC_SECRET": "S3CRET-SENTINEL-xyz",
-               "PYTHONPATH": str(REPO)}
+        env = {"PATH": "/usr/bin:/bin", "KC_SECRET": "S3CRET-SENTINEL-xyz", "PYTHONPATH": str(REPO)}
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith("# env:"):
-                key, _, value = line[len("# env:"):].strip().partition("=")
+                key, _, value = line[len("# env:") :].strip().partition("=")
                 env[key] = value
         res = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "kafkaconsole", "config", "validate", str(path)],
-            capture_output=True, text=True, cwd=str(REPO), env=env,
+            subprocess.run,
+            [sys.executable, "-m", "kafkaconsole", "config", "validate", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=str(REPO),
+            env=env,
         )
         out = res.stdout + res.stderr
         if res.returncode != 2 or "Traceback" in out:

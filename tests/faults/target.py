@@ -56,8 +56,13 @@ class PipelineTarget:
     async def _run(self, request: web.Request) -> web.Response:
         body = await request.json()
         key = request.headers.get("Idempotency-Key", "")
-        entry = {"key": key, "at": time.time(), "mode": self.mode, "count": body.get("count"),
-                 "reason": body.get("reason")}
+        entry = {
+            "key": key,
+            "at": time.time(),
+            "mode": self.mode,
+            "count": body.get("count"),
+            "reason": body.get("reason"),
+        }
         self.log.attempts.append(entry)
         if self.mode == "fail":
             return web.json_response({"error": "injected failure"}, status=503)
