@@ -498,5 +498,4 @@ class AppConfig(Section):
         return self.pipelines[consumer.pipeline_name]
 
     def retry_policy_for(self, consumer: ConsumerConfig) -> RetryPolicy:
-        pipeline = self.pipelines[consumer.pipeline_name]
-        return consumer.retry_policy or pipeline.retry_policy
+        return consumer.retry_policy or self.pipeline_for(consumer).retry_policy

@@ -215,7 +215,7 @@ class ConsumerRunner:
             with contextlib.suppress(Exception):  # an error of its own was raised already
                 await self._settle()
             self._queued.clear()
-            await self._commit(force=True)
+            await self._commit()
             with contextlib.suppress(Exception):
                 await consumer.stop()
             self._consumer = None
@@ -271,7 +271,7 @@ class ConsumerRunner:
     # first count what is queued.
     async def _process(self, batch: dict[TopicPartition, list[Any]], stop: asyncio.Event) -> None:
         on_error = self.cfg.error_handling.on_error
-        deltas, bad, _seen = build_batch(
+        deltas, bad, _ = build_batch(
             self.classifier, self.topic, batch, self.local_next, stop_at_bad=on_error == "stop"
         )
         if bad:
@@ -410,7 +410,7 @@ class ConsumerRunner:
         self.state = ConsumerState.REBALANCING if self.state != ConsumerState.ERROR else self.state
         with contextlib.suppress(Exception):  # the loop sees the same error when it settles
             await self._settle()
-        await self._commit(force=True, only={tp.partition for tp in revoked})
+        await self._commit(only={tp.partition for tp in revoked})
         self._forget_times({tp.partition for tp in revoked})
         for tp in revoked:
             self.local_next.pop(tp.partition, None)
@@ -447,7 +447,7 @@ class ConsumerRunner:
         if time.monotonic() - self._last_commit >= self.app.kafka.commit_interval:
             await self._commit()
 
-    async def _commit(self, force: bool = False, only: set[int] | None = None) -> None:
+    async def _commit(self, only: set[int] | None = None) -> None:
         consumer = self._consumer
         if consumer is None:
             return

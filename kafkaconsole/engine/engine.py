@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -619,6 +619,3 @@ class Engine:
             "verdict_since_ms": health.since_ms,
             "alerts": health.alerts,
         }
-
-    def with_state(self, snap: InstanceSnapshot, **changes: Any) -> InstanceSnapshot:
-        return replace(snap, **changes)

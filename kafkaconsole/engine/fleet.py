@@ -426,10 +426,6 @@ class Fleet:
             await self.control.set_paused(consumer_id, False)
             outcome.detail = "resumed on every instance"
 
-    async def is_paused(self, consumer_id: str) -> bool:
-        self.consumer_cfg(consumer_id)
-        return (await self.control.pause_states([consumer_id]))[consumer_id].paused
-
     async def reset(self, consumer_id: str, user: str | None = None) -> ResetResult:
         async with self._audited("reset", consumer_id, user) as outcome:
             res = await self.counter(consumer_id).reset()

@@ -79,13 +79,6 @@ class ConsumerKeys:
         """KEYS of the counting scripts, in the order the Lua code expects."""
         return [self.events, self.window, self.stats, self.offsets, self.history, self.dispatch]
 
-    def all_keys(self) -> list[str]:
-        return [*self.counting_keys(), self.runs, self.control, self.dispatch_lease, self.breaker]
-
-
-def partition_field(topic: str, partition: int) -> str:
-    return f"{topic}|{partition}"
-
 
 @dataclass(frozen=True, slots=True)
 class FleetKeys:

@@ -69,10 +69,6 @@ class WindowTimer:
         """Re-examine the deadline now (also used to let ``run`` see a stop request)."""
         self._changed.set()
 
-    @property
-    def deadline_redis_ms(self) -> int | None:
-        return self._deadline
-
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._changed.clear()
