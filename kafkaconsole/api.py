@@ -156,7 +156,14 @@ class ApiMetrics:
             "Bad events this instance wrote to the dead-letter topic since it started.",
             labels=["consumer_id"],
         )
+        losses = CounterMetricFamily(
+            "kafkaconsole_redis_state_losses",
+            "Times this instance found that Redis had lost counting state (offsets below what "
+            "it saw stored: read again; missing: counted state gone).",
+            labels=["consumer_id"],
+        )
         for c in snap.consumers:
+            losses.add_metric([c.consumer_id], c.redis_state_losses)
             for s in ConsumerState:
                 state.add_metric([c.consumer_id, str(s)], 1 if c.state == s else 0)
             for p in c.partitions:
@@ -164,7 +171,7 @@ class ApiMetrics:
                     lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
             rate.add_metric([c.consumer_id], c.rate)
             dlq.add_metric([c.consumer_id], c.dlq)
-        out += [state, lag, rate, dlq, self._partition_time_lag(snap)]
+        out += [state, lag, rate, dlq, losses, self._partition_time_lag(snap)]
 
         runs = CounterMetricFamily(
             "kafkaconsole_pipeline_runs",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 import redis.asyncio as aredis
 
-from kafkaconsole.engine.counting import PartitionDelta, WindowCounter, ranges_of
+from kafkaconsole.engine.counting import PartitionDelta, RedisBehind, WindowCounter, ranges_of
 from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.records import TriggerReason
 
@@ -121,3 +122,53 @@ async def test_reset_discards_without_trigger(redis_client: aredis.Redis, unique
     assert await history(redis_client, unique) == []
     nxt = await c.apply([delta(0, [40, 41])])
     assert nxt.count == 2 and nxt.window_id == 1
+
+
+async def test_stored_offset_behind_expectation_applies_nothing(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    """Redis lost its last writes (stored offset below what the client saw stored): the script
+    refuses the batch and says where counting must resume."""
+    c = counter(redis_client, unique, max_event=10)
+    await c.apply([delta(0, list(range(8))), delta(1, [0, 1])])
+    # Redis comes back from a crash without the last second: partition 0 stored at 5, not 8
+    await redis_client.hset(f"{unique}:c1:offsets", "orders|0", 5)
+    with pytest.raises(RedisBehind) as info:
+        await c.apply([delta(0, [8, 9]), delta(1, [2])], expected={0: 8, 1: 2})
+    assert info.value.stored == {0: 5}
+    assert "partition 0 at 5" in str(info.value)
+    assert int(await redis_client.hget(f"{unique}:c1:stats", "total")) == 10  # nothing applied
+    assert await c.stored_offsets([0, 1]) == {0: 5, 1: 2}
+    # the client reads partition 0 again from 5: events 5..7 are skipped only if counted
+    res = await c.apply([delta(0, [5, 6, 7, 8, 9]), delta(1, [2])], expected={0: 5, 1: 2})
+    assert res.added == 6 and res.skipped == 0 and res.lost == {}
+
+
+async def test_expectation_met_or_exceeded_is_normal(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    c = counter(redis_client, unique, max_event=10)
+    await c.apply([delta(0, [0, 1, 2, 3])])
+    # another instance counted further (a zombie's view): stored above expectation, dedupe
+    res = await c.apply([delta(0, [2, 3, 4])], expected={0: 2})
+    assert (res.added, res.skipped, res.lost) == (1, 2, {})
+
+
+async def test_missing_state_is_reported_and_window_ids_never_go_back(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    c = counter(redis_client, unique, max_event=3)
+    res = await c.apply([delta(0, list(range(7)))])
+    assert res.closed_window_ids == (1, 2) and res.window_id == 3
+    # Redis restarted with no persistence: every key of the consumer is gone
+    for key in await redis_client.keys(f"{unique}:c1:*"):
+        await redis_client.delete(key)
+    res = await c.apply([delta(0, [7, 8])], expected={0: 7}, window_floor=3)
+    assert res.lost == {0: 7}
+    assert res.window_id == 3 and res.count == 2  # id 3 again, never 1: keys are not reused
+    assert await c.stored_offsets([0]) == {0: 9}
+    res = await c.apply([delta(0, [9])], expected={0: 9}, window_floor=3)
+    assert res.closed_window_ids == (3,) and res.lost == {}
+    # the floor only applies when the window state itself is gone
+    res = await c.apply([delta(0, [10])], expected={0: 10}, window_floor=1)
+    assert res.window_id == 4

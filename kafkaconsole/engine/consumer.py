@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
 from kafkaconsole.engine.clients import kafka_kwargs
-from kafkaconsole.engine.counting import ApplyResult, PartitionDelta, WindowCounter
+from kafkaconsole.engine.counting import ApplyResult, PartitionDelta, RedisBehind, WindowCounter
 from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink
 from kafkaconsole.engine.events import EventClassifier, build_batch
 from kafkaconsole.engine.health import time_lag_seconds
@@ -137,6 +137,11 @@ class ConsumerRunner:
         self._committed: dict[int, int] = {}
         self.redis_ok = True
         self.kafka_ok = False
+        # Redis lost counting state (see WindowCounter.apply): where each partition must be
+        # read again from, applied by the poll loop; polls fetched meanwhile are dropped
+        self._resync: dict[int, int] | None = None
+        self.window_floor = 0  # the highest open window id seen: ids never go back below it
+        self.state_losses = 0  # times Redis was found to have lost counting state
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -171,6 +176,8 @@ class ConsumerRunner:
             stopped = asyncio.ensure_future(stop.wait())
             while not stop.is_set():
                 self._apply_pause()
+                if self._resync is not None and self._counting is None:
+                    self._do_resync()
                 try:
                     # a poll can block for a whole rebalance: a stop request must not wait
                     poll = asyncio.ensure_future(
@@ -270,12 +277,16 @@ class ConsumerRunner:
     # pause, an empty poll, a rebalance's commit, a stop on a bad event and the final commit
     # first count what is queued.
     async def _process(self, batch: dict[TopicPartition, list[Any]], stop: asyncio.Event) -> None:
+        if self._drop_if_resyncing(batch):
+            return
         on_error = self.cfg.error_handling.on_error
         deltas, bad, _ = build_batch(
             self.classifier, self.topic, batch, self.local_next, stop_at_bad=on_error == "stop"
         )
         if bad:
             await self._settle()
+            if self._drop_if_resyncing(batch):
+                return
             for b in bad:
                 log.warning("%s: bad event %s", self.cfg.consumer_id, b.describe())
             if on_error == "dlq":
@@ -332,7 +343,16 @@ class ConsumerRunner:
                 polls, self._queued = self._queued, []
                 self._flush = False
                 deltas = polls[0] if len(polls) == 1 else [d for poll in polls for d in poll]
-                result = await self._apply(deltas, stop)
+                expected = {
+                    d.partition: self.local_next[d.partition]
+                    for d in deltas
+                    if d.partition in self.local_next
+                }
+                try:
+                    result = await self._apply(deltas, stop, expected)
+                except RedisBehind as exc:
+                    self._start_resync(exc.stored, deltas)
+                    return
                 if result is None:
                     # stopping with Redis unreachable: nothing of these polls was counted, and
                     # no later poll may be (it would advance the offsets past them)
@@ -343,6 +363,9 @@ class ConsumerRunner:
                         self.local_next.get(d.partition, 0), d.next_offset
                     )
                 self.fault_hook("after_apply")
+                if result.lost:
+                    self._note_lost(result.lost)
+                self.window_floor = max(self.window_floor, result.window_id)
                 self.rate.add(result.added)
                 self.errors += result.errors
                 self.on_applied(result)
@@ -359,11 +382,13 @@ class ConsumerRunner:
                 return
             await task
 
-    async def _apply(self, deltas: list[Any], stop: asyncio.Event) -> ApplyResult | None:
+    async def _apply(
+        self, deltas: list[Any], stop: asyncio.Event, expected: dict[int, int]
+    ) -> ApplyResult | None:
         delay = 0.1
         while True:
             try:
-                result = await self.counter.apply(deltas)
+                result = await self.counter.apply(deltas, expected, self.window_floor)
                 if not self.redis_ok:
                     log.info("%s: Redis is reachable again", self.cfg.consumer_id)
                 self.redis_ok = True
@@ -380,6 +405,71 @@ class ConsumerRunner:
         if message != self.last_error:
             log.error("%s: %s", self.cfg.consumer_id, message)
         self.last_error = message
+
+    # ---- Redis lost counting state ---------------------------------------------------------
+    # Redis may come back from a crash without its last writes (AOF everysec loses up to a
+    # second; a failover to a replica what it had not received): its stored offsets are then
+    # below what this consumer saw stored. Counting on from here would silently skip the
+    # events in between, so the counter refuses, and the consumer reads them again from where
+    # Redis says counting stopped: the same events close the same windows (same ids, so a
+    # pipeline already run for one sees its idempotency key again). Every poll fetched after
+    # the refused one is dropped and its partition read again from what Redis holds.
+    def _start_resync(self, stored: dict[int, int], deltas: list[PartitionDelta]) -> None:
+        targets: dict[int, int] = {}
+        for d in deltas + [d for poll in self._queued for d in poll]:
+            if d.partition not in targets:
+                targets[d.partition] = self.local_next.get(d.partition, d.first_offset)
+        self._queued.clear()
+        targets.update(stored)
+        for p, o in stored.items():  # what a commit on the way out may say from now on
+            if p in self.local_next:
+                self.local_next[p] = min(self.local_next[p], o)
+        self.state_losses += 1
+        for p, o in sorted(stored.items()):
+            self._note_error(
+                f"Redis lost counting state: partition {p} of {self.topic} is stored at "
+                f"{o}, below what was counted; reading again from {o}"
+            )
+        self._resync = targets
+
+    def _drop_if_resyncing(self, batch: dict[TopicPartition, list[Any]]) -> bool:
+        """While a resync is pending, a polled batch is dropped and read again."""
+        if self._resync is None:
+            return False
+        for tp, records in batch.items():
+            if records:
+                p = tp.partition
+                self._resync.setdefault(p, self.local_next.get(p, records[0].offset))
+        return True
+
+    def _do_resync(self) -> None:
+        targets, self._resync = self._resync or {}, None
+        consumer = self._consumer
+        if consumer is None:
+            return
+        owned = {tp.partition for tp in consumer.assignment()}
+        for p, offset in sorted(targets.items()):
+            if p not in owned:
+                continue
+            consumer.seek(TopicPartition(self.topic, p), offset)
+            self._unapplied.pop(p, None)
+            self._committed.pop(p, None)
+        log.warning(
+            "%s: reading partitions %s of %s again after Redis lost state",
+            self.cfg.consumer_id,
+            sorted(p for p in targets if p in owned),
+            self.topic,
+        )
+
+    def _note_lost(self, lost: dict[int, int]) -> None:
+        self.state_losses += 1
+        parts = ", ".join(str(p) for p in sorted(lost))
+        self._note_error(
+            f"Redis lost counting state of {self.topic} partition(s) {parts}: the events "
+            f"counted before (and the open window) are gone from Redis; counting goes on from "
+            f"offset(s) {', '.join(str(lost[p]) for p in sorted(lost))} with window ids from "
+            f"{self.window_floor}"
+        )
 
     # ---- pause -----------------------------------------------------------------------------
     def set_paused(self, paused: bool) -> None:
@@ -413,6 +503,8 @@ class ConsumerRunner:
         await self._commit(only={tp.partition for tp in revoked})
         self._forget_times({tp.partition for tp in revoked})
         for tp in revoked:
+            if self._resync is not None:
+                self._resync.pop(tp.partition, None)
             self.local_next.pop(tp.partition, None)
             self.highwater.pop(tp.partition, None)
             self.positions.pop(tp.partition, None)

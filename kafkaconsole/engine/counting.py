@@ -116,7 +116,7 @@ _APPLY = (
     _PRELUDE
     + r"""
 -- ARGV: max_event, history_limit, topic, then ONE space-separated string of integers:
---   n_parts, then per partition:
+--   window_floor, n_expect, (partition, expected)*, n_parts, then per partition:
 --   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*
 -- (one argument instead of dozens: the client packs a poll's deltas with a single join)
 local A = {ARGV[1], ARGV[2], ARGV[3]}
@@ -124,8 +124,40 @@ for tok in string.gmatch(ARGV[4], '%S+') do A[#A + 1] = tok end
 local max_event = tonumber(A[1])
 local history_limit = tonumber(A[2])
 local topic = A[3]
-local n_parts = tonumber(A[4])
-local i = 5
+local window_floor = tonumber(A[4])
+local n_expect = tonumber(A[5])
+local i = 6
+
+-- What the client believes Redis holds: per partition, the next offset it last saw stored.
+-- Stored offsets only grow, so a stored offset below that means Redis lost writes (a crash
+-- under AOF everysec, a failover to a lagging replica): nothing is applied and the client is
+-- told where to re-read from. A missing one means Redis lost this consumer's state: the
+-- offset is re-seeded from the client's, the window id never goes back below what the
+-- client saw, and the client reports the loss.
+local behind, lost = {}, {}
+for _ = 1, n_expect do
+  local p, expected = A[i], tonumber(A[i + 1])
+  i = i + 2
+  local stored = redis.call('HGET', K_OFFSETS, topic .. '|' .. p)
+  if not stored then
+    table.insert(lost, tonumber(p))
+    table.insert(lost, expected)
+  elseif tonumber(stored) < expected then
+    table.insert(behind, tonumber(p))
+    table.insert(behind, tonumber(stored))
+  end
+end
+if #behind > 0 then return {'rewind', behind} end
+for j = 1, #lost, 2 do
+  redis.call('HSET', K_OFFSETS, topic .. '|' .. lost[j], lost[j + 1])
+end
+if window_floor > wid and not redis.call('HGET', K_WINDOW, 'id') then
+  wid = window_floor
+  window_dirty = true
+end
+
+local n_parts = tonumber(A[i])
+i = i + 1
 local closed = {}
 local added, errors, filtered, skipped = 0, 0, 0, 0
 
@@ -189,7 +221,7 @@ if added > 0 then redis.call('HINCRBY', K_STATS, 'total', added) end
 if errors > 0 then redis.call('HINCRBY', K_STATS, 'errors', errors) end
 if filtered > 0 then redis.call('HINCRBY', K_STATS, 'filtered', filtered) end
 save_window()
-return {count, wid, opened or -1, now, added, skipped, errors, closed}
+return {count, wid, opened or -1, now, added, skipped, errors, closed, lost}
 """
 )
 
@@ -251,6 +283,18 @@ class ApplyResult:
     skipped: int
     errors: int
     closed_window_ids: tuple[int, ...]
+    #: partitions whose stored offset Redis had lost, re-seeded from the client's expectation
+    lost: dict[int, int] = field(default_factory=dict)
+
+
+class RedisBehind(Exception):
+    """Redis holds stored offsets below what this client saw stored: it lost writes. Nothing
+    was applied; ``stored`` gives, per partition, where counting must resume."""
+
+    def __init__(self, stored: dict[int, int]) -> None:
+        self.stored = stored
+        parts = ", ".join(f"partition {p} at {o}" for p, o in sorted(stored.items()))
+        super().__init__(f"Redis lost counted offsets ({parts})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +365,21 @@ class WindowCounter:
         self._close = redis.register_script(_CLOSE)
         self._reset = redis.register_script(_RESET)
 
-    async def apply(self, deltas: list[PartitionDelta]) -> ApplyResult:
-        nums: list[int] = [len(deltas)]
+    async def apply(
+        self,
+        deltas: list[PartitionDelta],
+        expected: dict[int, int] | None = None,
+        window_floor: int = 0,
+    ) -> ApplyResult:
+        """Count ``deltas`` in one atomic step. ``expected`` holds, per partition, the next
+        offset the caller last saw stored: Redis holding less raises :class:`RedisBehind`
+        (nothing applied); Redis holding none re-seeds it and reports it in ``lost``, and the
+        window id then starts at ``window_floor`` at least."""
+        exp = expected or {}
+        nums: list[int] = [window_floor, len(exp)]
+        for p, o in exp.items():
+            nums += (p, o)
+        nums.append(len(deltas))
         for d in deltas:
             nums += (d.partition, d.next_offset, d.first_offset, d.n_records, len(d.ranges))
             for a, b in d.ranges:
@@ -333,7 +390,11 @@ class WindowCounter:
         # more client time than the whole script takes to run on the server
         args: list[Any] = [self.max_event, self.history_limit, self.topic, " ".join(map(str, nums))]
         res = await self._apply(keys=self._keys, args=args)
+        if isinstance(res[0], bytes | str):  # "rewind"
+            flat = [_int(x) for x in res[1]]
+            raise RedisBehind(dict(zip(flat[::2], flat[1::2], strict=True)))
         opened = _int(res[2])
+        lost = [_int(x) for x in res[8]]
         return ApplyResult(
             count=_int(res[0]),
             window_id=_int(res[1]),
@@ -343,6 +404,7 @@ class WindowCounter:
             skipped=_int(res[5]),
             errors=_int(res[6]),
             closed_window_ids=tuple(_int(x) for x in res[7]),
+            lost=dict(zip(lost[::2], lost[1::2], strict=True)),
         )
 
     async def close(

@@ -236,6 +236,9 @@ class TriggerDispatcher:
                     entries = await self._next_entries()
                 except (RedisError, OSError) as exc:
                     log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
+                    if "NOGROUP" in str(exc):  # Redis came back without its data
+                        with contextlib.suppress(RedisError, OSError):
+                            await self.ensure_group()
                     await self._sleep(0.5)
                     continue
                 if not entries:

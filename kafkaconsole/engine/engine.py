@@ -592,6 +592,7 @@ class Engine:
                     last_trigger=c.shared.last_trigger,
                     last_error=self._mask(r.last_error) if r.last_error else None,
                     dlq=r.dlq_count,
+                    redis_state_losses=r.state_losses,
                     breaker=c.dispatcher.breaker.to_json_dict(),
                     time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
                     **self._health_fields(c.cfg.consumer_id),

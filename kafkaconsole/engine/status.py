@@ -82,6 +82,7 @@ class ConsumerSnapshot:
     dlq: int = 0
     breaker: dict[str, Any] | None = None  # the pipeline's circuit breaker, as dispatching sees it
     time_lag_seconds: float | None = None  # oldest unconsumed event of this instance's partitions
+    redis_state_losses: int = 0  # times this instance found Redis had lost counting state
     # health, fleet-wide (kafkaconsole.engine.health): the same on every instance
     verdict: str | None = None
     verdict_reason: str | None = None
