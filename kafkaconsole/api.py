@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.audit import ReadOnlyError
+from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
 from kafkaconsole.engine.engine import Engine, UnknownConsumer
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
 from kafkaconsole.engine.health import VerdictName
@@ -337,7 +338,7 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/ready",
         "ready",
-        "Readiness: 200 when connected to Kafka and Redis, 503 with reasons otherwise.",
+        "Readiness: 200 when Kafka and Redis answer, else 503 with status degraded and reasons.",
         responses=(200, 503),
     ),
     Route(
@@ -641,10 +642,11 @@ class ApiServer:
     async def ready(self, request: web.Request) -> web.StreamResponse:
         snap = self.engine.snapshot()
         reasons = []
-        if not self.engine.started or self.engine.stopping:
+        running = self.engine.started and not self.engine.stopping
+        if not running:
             reasons.append("engine is not running")
         if not snap.kafka_ok:
-            reasons.append("Kafka unreachable")
+            reasons.append(f"Kafka unreachable: no broker answered for {KAFKA_SILENCE_S:g} s")
         try:
             await asyncio.wait_for(self.engine.redis.ping(), 1.0)
             redis_ok = snap.redis_ok
@@ -655,6 +657,8 @@ class ApiServer:
             reasons.append("Redis unreachable")
         body = {
             "ready": not reasons,
+            # degraded: running, but a broker or Redis does not answer (it resumes by itself)
+            "status": "ready" if not reasons else ("degraded" if running else "not running"),
             "instance_id": self.engine.instance_id,
             "kafka": snap.kafka_ok,
             "redis": redis_ok,

@@ -172,6 +172,7 @@ async def test_health_ready_instances(env: Env) -> None:
     _, body = await env.get("/ready")
     assert body == {
         "ready": True,
+        "status": "ready",
         "instance_id": env.engine.instance_id,
         "kafka": True,
         "redis": True,

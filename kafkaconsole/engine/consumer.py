@@ -42,6 +42,10 @@ COALESCE_POLLS = 4
 #: fetch size in memory, so 50 of them took ~1 GB. A fetch still returns at least one record
 #: batch whatever its size. Measured in benchmarks/: one consumer keeps its throughput (small
 #: fetches cost it ~25 %), 50 consumers in one process stay under 200 MB.
+#: Kafka counts as unreachable for a consumer when no broker answered it for this long: a
+#: broker that hangs (a frozen process, a network partition) raises nothing, polls just come
+#: back empty. Idle consumers learn it from the end-offset probe of the status loop (1/s).
+KAFKA_SILENCE_S = 5.0
 FETCH_BUDGET_BYTES = 32 * 1024 * 1024
 MIN_FETCH_MAX_BYTES = 512 * 1024
 
@@ -136,7 +140,8 @@ class ConsumerRunner:
         self._last_commit = 0.0
         self._committed: dict[int, int] = {}
         self.redis_ok = True
-        self.kafka_ok = False
+        self._kafka_contact: float | None = None  # monotonic time a broker last answered
+        self._kafka_failed = False  # the last poll raised
         # Redis lost counting state (see WindowCounter.apply): where each partition must be
         # read again from, applied by the poll loop; polls fetched meanwhile are dropped
         self._resync: dict[int, int] | None = None
@@ -171,7 +176,7 @@ class ConsumerRunner:
         try:
             await consumer.start()
             tune_gc()
-            self.kafka_ok = True
+            self._kafka_answered()
             timeout_ms = int(self.cfg.poll_timeout * 1000)
             stopped = asyncio.ensure_future(stop.wait())
             while not stop.is_set():
@@ -190,9 +195,11 @@ class ConsumerRunner:
                             await poll
                         break
                     batch = poll.result()
-                    self.kafka_ok = True
+                    self._kafka_failed = False
+                    if batch:
+                        self._kafka_answered()
                 except KafkaError as exc:
-                    self.kafka_ok = False
+                    self._kafka_failed = True
                     self._note_error(f"Kafka poll failed: {type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.5)
                     continue
@@ -228,6 +235,18 @@ class ConsumerRunner:
             self._consumer = None
             if self.state != ConsumerState.ERROR:
                 self.state = ConsumerState.STOPPED
+
+    @property
+    def kafka_ok(self) -> bool:
+        """Whether the brokers answer this consumer: it started, its last poll did not fail
+        and a broker answered (records or the end-offset probe) within KAFKA_SILENCE_S."""
+        contact = self._kafka_contact
+        if contact is None or self._kafka_failed:
+            return False
+        return time.monotonic() - contact < KAFKA_SILENCE_S
+
+    def _kafka_answered(self) -> None:
+        self._kafka_contact = time.monotonic()
 
     # ---- time lag (per poll and partition, never per record) -------------------------------
     def _note_times(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -513,6 +532,7 @@ class ConsumerRunner:
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
         assert consumer is not None
+        self._kafka_answered()  # the group coordinator just answered
         parts = sorted(tp.partition for tp in assigned)
         stored: dict[int, int] = {}
         for attempt in range(50):
@@ -568,8 +588,14 @@ class ConsumerRunner:
         if consumer is None:
             return
         assigned = list(consumer.assignment())
+        if not assigned:
+            with contextlib.suppress(Exception):  # no partition to ask about: ask for metadata
+                await asyncio.wait_for(consumer.topics(), 0.5)
+                self._kafka_answered()
+            return
         with contextlib.suppress(Exception):
             ends = await asyncio.wait_for(consumer.end_offsets(assigned), 0.5)
+            self._kafka_answered()
             for tp, end in ends.items():
                 if tp.partition in self.assigned and end is not None:
                     self.highwater[tp.partition] = max(self.highwater.get(tp.partition, end), end)

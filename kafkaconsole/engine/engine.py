@@ -220,12 +220,14 @@ class Engine:
                 "%s: window %d closed (time, %d events)", cfg.consumer_id, res.window_id, res.count
             )
             c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
+            c.runner.window_floor = max(c.runner.window_floor, res.window_id + 1)
             if self._fault:
                 self._fault("after_close")
             c.dispatcher.wake()
 
         def on_result(record: TriggerRecord, result: RunResult) -> None:
             c = holder["c"]
+            c.runner.window_floor = max(c.runner.window_floor, record.window_id + 1)
             c.shared.last_trigger = TriggerSummary(
                 record.window_id,
                 str(record.reason),
@@ -498,17 +500,21 @@ class Engine:
     async def _status_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                snap = await self.refresh_snapshot()
                 now = time.monotonic()
-                if now - self._last_heartbeat >= 1.0:
+                beat = now - self._last_heartbeat >= 1.0
+                if beat:
                     self._last_heartbeat = now
+                    # end offsets and positions, and proof the brokers answer (Redis or not)
+                    await asyncio.gather(
+                        *(c.runner.refresh_positions() for c in self._consumers.values())
+                    )
+                snap = await self.refresh_snapshot()
+                if beat:
                     await self.redis.set(
                         self.fleet_keys.instance(self.instance_id),
                         orjson.dumps(snap.to_json_dict()),
                         ex=HEARTBEAT_TTL_S,
                     )
-                    for c in self._consumers.values():
-                        await c.runner.refresh_positions()
                 for listener in list(self._listeners):
                     try:
                         listener(snap)
