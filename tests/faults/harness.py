@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from kafkaconsole.embedded import ManagedProcess, start_broker, start_redis
+from kafkaconsole.embedded import ManagedProcess, free_port, start_broker, start_redis
 from tests.faults.target import PipelineTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,8 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.valid = 0
         self.bad: list[tuple[int, int]] = []  # (partition, offset) of injected bad events
+        self.valid_at: list[tuple[int, int]] = []  # (partition, offset) of valid events
+        self.api_ports: dict[str, int] = {}
         self.last_offsets: dict[int, int] = {}
         self.seq = 0
         self.producer: AIOKafkaProducer | None = None
@@ -139,6 +142,18 @@ class Cluster:
             start_redis, port, extra_args=self.redis_args, workdir=self.redis_dir
         )
         return time.monotonic() - t0
+
+    async def kill_redis(self, down_for: float) -> None:
+        """SIGKILL Redis (no chance to write anything more), wait, start it on the same port
+        and directory: it comes back with whatever its persistence had on disk."""
+        assert self.redis is not None
+        port = self.redis.port
+        self.redis.proc.kill()
+        await asyncio.to_thread(self.redis.proc.wait, 10)
+        await asyncio.sleep(down_for)
+        self.redis = await asyncio.to_thread(
+            start_redis, port, extra_args=self.redis_args, workdir=self.redis_dir
+        )
 
     def write_config(self) -> None:
         self.config_path.write_text(f"""
@@ -190,9 +205,35 @@ error_handling = {self.error_handling}
                 await asyncio.to_thread(proc.stop)
 
     # ---- instances -------------------------------------------------------------------------
-    def start_instance(self, name: str, env: dict[str, str] | None = None) -> None:
+    def start_instance(
+        self, name: str, env: dict[str, str] | None = None, *, api: bool = False
+    ) -> None:
+        """Start a headless instance; with ``api`` its HTTP API listens on a port of its own."""
+        env = dict(env or {})
+        if api:
+            self.api_ports[name] = free_port()
+            env["KAFKACONSOLE_API__ENABLED"] = "true"
+            env["KAFKACONSOLE_API__PORT"] = str(self.api_ports[name])
         with open(self.workdir / f"{name}.log", "ab") as log:
             self.procs[name] = self._popen(name, log, env)
+
+    async def ready(self, name: str) -> tuple[int, dict[str, Any]]:
+        """GET /ready of an instance started with ``api``: (HTTP status, body); 0 if down."""
+        url = f"http://127.0.0.1:{self.api_ports[name]}/ready"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+                session.get(url) as resp,
+            ):
+                return resp.status, await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            return 0, {}
+
+    def log_lines(self, name: str, needle: str) -> list[str]:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return []
+        return [line for line in path.read_text(errors="replace").splitlines() if needle in line]
 
     def _popen(self, name: str, log: Any, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -266,6 +307,7 @@ error_handling = {self.error_handling}
                 self.bad.append((md.partition, md.offset))
             else:
                 self.valid += 1
+                self.valid_at.append((md.partition, md.offset))
 
     # ---- observation -----------------------------------------------------------------------
     async def redis_client(self) -> aredis.Redis:
@@ -282,12 +324,13 @@ error_handling = {self.error_handling}
         counts = [int(f[b"count"]) for _, f in entries]
         return sum(counts) + open_count, wids, counts
 
-    async def wait_counted(self, timeout: float = 120) -> float:
-        """Wait until every valid event is counted; returns the seconds it took."""
+    async def wait_counted(self, timeout: float = 120, want: int | None = None) -> float:
+        """Wait until every valid event (or ``want``) is counted; returns the seconds taken."""
+        want = self.valid if want is None else want
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             try:
-                if (await self.counted())[0] >= self.valid:
+                if (await self.counted())[0] >= want:
                     return time.monotonic() - t0
             except Exception:
                 pass
@@ -333,11 +376,24 @@ error_handling = {self.error_handling}
         return {int(k.decode().rpartition("|")[2]): int(v) for k, v in raw.items()}
 
     # ---- the oracle ------------------------------------------------------------------------
-    async def oracle(self, *, count_only: bool = True, healthy: list[str] | None = None) -> Verdict:
+    async def oracle(
+        self,
+        *,
+        count_only: bool = True,
+        healthy: list[str] | None = None,
+        expected: int | None = None,
+        first_window: int | None = 1,
+    ) -> Verdict:
+        """``expected``: valid events Redis must hold (default: all produced);
+        ``first_window``: the first window id in history (None: any)."""
         v = Verdict()
         total, wids, counts = await self.counted()
-        v.add("exact count", total == self.valid, f"counted {total}, produced {self.valid}")
-        v.add("window ids contiguous", wids == list(range(1, len(wids) + 1)), str(wids[:20]))
+        want = self.valid if expected is None else expected
+        v.add("exact count", total == want, f"counted {total}, expected {want}")
+        start = wids[0] if wids and first_window is None else (first_window or 1)
+        v.add(
+            "window ids contiguous", wids == list(range(start, start + len(wids))), str(wids[:20])
+        )
         if count_only:
             expect = self.valid // self.max_event
             v.add(

@@ -4,6 +4,7 @@ oracle's verdict with the figures it measured. ``quick`` shrinks volumes and dur
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -267,6 +268,154 @@ async def redis_outage(workdir: Path, quick: bool) -> Verdict:
     )
 
 
+async def _redis_kill9_exact(workdir: Path, quick: bool, redis_args: list[str]) -> Verdict:
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        n = 6_000 if quick else 30_000
+        span = 8 if quick else 20
+        producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / span))
+        await asyncio.sleep(span / 2)
+        await c.kill_redis(1 if quick else 5)
+        await producing
+        recovered = await c.wait_counted(120)
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a", "b"])
+        v.add("resumes by itself", recovered < 120, f"{recovered:.1f}s")
+        detected = sum(len(c.log_lines(n, "Redis lost counting state:")) for n in ("a", "b"))
+        v.figures["partitions read again (lost writes detected)"] = detected
+        v.figures["catch-up after Redis returned (s)"] = round(recovered, 2)
+        return v
+
+    return await _run(workdir, body, redis_args=redis_args)
+
+
+async def redis_kill9_aof(workdir: Path, quick: bool) -> Verdict:
+    """kill -9 of Redis under ``appendfsync everysec``. Redis write()s its AOF before it
+    answers, so a killed process loses nothing (the OS has the data; everysec bounds the loss
+    to a second only when the machine itself fails): the count must be exact."""
+    return await _redis_kill9_exact(
+        workdir, quick, ["--appendonly", "yes", "--appendfsync", "everysec"]
+    )
+
+
+async def redis_kill9_rdb(workdir: Path, quick: bool) -> Verdict:
+    """kill -9 of Redis persisting by RDB snapshot every second: it comes back without what
+    was written since its last snapshot (as a machine crash under AOF everysec, or a failover
+    to a lagging replica, would). The instances notice their stored offsets went back, read
+    those events again, and the count is exact; windows closed again keep their ids, so the
+    target sees those keys again and absorbs them."""
+    return await _redis_kill9_exact(workdir, quick, ["--save", "1 1"])
+
+
+_LOST = re.compile(r"partition\(s\) ([\d, ]+): .* from offset\(s\) ([\d, ]+) with window ids")
+
+
+async def redis_kill9_no_persistence(workdir: Path, quick: bool) -> Verdict:
+    """kill -9 of a Redis without persistence: it comes back empty. What it held is gone; the
+    guarantee is that this is never silent: every instance reports the loss (log, last error,
+    ``kafkaconsole_redis_state_losses_total``), counting goes on exactly from where each
+    partition was, and window ids go on from the last one seen (no idempotency key reused)."""
+
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        n = 6_000 if quick else 30_000
+        span = 8 if quick else 20
+        producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / span))
+        await asyncio.sleep(span / 2)
+        await c.kill_redis(1 if quick else 5)
+        await producing
+        await asyncio.sleep(2)
+        resume: dict[int, int] = {}
+        reports = 0
+        for name in ("a", "b"):
+            for line in c.log_lines(name, "Redis lost counting state of"):
+                reports += 1
+                m = _LOST.search(line)
+                if m:
+                    parts = [int(x) for x in m.group(1).split(",")]
+                    offs = [int(x) for x in m.group(2).split(",")]
+                    for p, o in zip(parts, offs, strict=True):
+                        resume[p] = min(resume.get(p, o), o)
+        expected = sum(1 for p, o in c.valid_at if o >= resume.get(p, 0))
+        await c.wait_counted(60, want=expected)
+        await c.wait_dispatched()
+        v = await c.oracle(
+            count_only=False, healthy=["a", "b"], expected=expected, first_window=None
+        )
+        v.add(
+            "the loss is reported for every partition",
+            sorted(resume) == list(range(PARTITIONS)),
+            f"reported for partitions {sorted(resume)} in {reports} log line(s)",
+        )
+        v.add(
+            "no idempotency key reused",
+            c.target.log.duplicates() == 0,
+            f"{c.target.log.duplicates()} keys accepted twice",
+        )
+        v.figures["events lost with Redis's data"] = c.valid - expected
+        return v
+
+    return await _run(workdir, body)
+
+
+async def broker_pause(workdir: Path, quick: bool) -> Verdict:
+    """SIGSTOP the broker (it hangs: clients get no error, only silence), SIGCONT it later:
+    each instance reports degraded on /ready meanwhile and resumes without a restart."""
+
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a", api=True)
+        c.start_instance("b", api=True)
+        await _wait_owned_by(c, {"a", "b"})
+        pids = {n: c.procs[n].pid for n in ("a", "b")}
+        n = 4_000 if quick else 20_000
+        await c.produce(n // 2, bad_every=700)
+        assert c.broker is not None
+        c.broker.signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        degraded_after: dict[str, float] = {}
+        while time.monotonic() - frozen_at < (10 if quick else 30):
+            for name in ("a", "b"):
+                if name not in degraded_after:
+                    status, body = await c.ready(name)
+                    if status == 503 and body.get("status") == "degraded":
+                        degraded_after[name] = time.monotonic() - frozen_at
+            await asyncio.sleep(0.5)
+        c.broker.signal(signal.SIGCONT)
+        woke = time.monotonic()
+        ready_after: dict[str, float] = {}
+        while time.monotonic() - woke < 90 and len(ready_after) < 2:
+            for name in ("a", "b"):
+                if name not in ready_after and (await c.ready(name))[0] == 200:
+                    ready_after[name] = time.monotonic() - woke
+            await asyncio.sleep(0.5)
+        await c.produce(n // 2, bad_every=700)
+        recovered = await c.wait_counted(120)
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a", "b"])
+        v.add(
+            "/ready degraded while the broker hangs",
+            len(degraded_after) == 2,
+            f"degraded after {degraded_after}",
+        )
+        v.add("/ready again after it wakes", len(ready_after) == 2, f"ready after {ready_after}")
+        v.add(
+            "resumed without a restart",
+            all(c.procs[n].pid == pid and c.procs[n].poll() is None for n, pid in pids.items()),
+        )
+        if degraded_after:
+            v.figures["degraded reported after (s)"] = round(max(degraded_after.values()), 1)
+        if ready_after:
+            v.figures["ready again after SIGCONT (s)"] = round(max(ready_after.values()), 1)
+        v.figures["catch-up after the broker woke (s)"] = round(recovered, 2)
+        return v
+
+    return await _run(workdir, body)
+
+
 # 10 ------------------------------------------------------------------------------------------
 async def poison(workdir: Path, quick: bool) -> Verdict:
     async def body(c: Cluster) -> Verdict:
@@ -350,6 +499,16 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "rebalance-storm": ("add and remove an instance every 2.5 s", rebalance_storm),
     "failing-pipeline": ("slow pipeline, 5xx outage, recovery", failing_pipeline),
     "redis-outage": ("Redis stopped and restarted (AOF everysec)", redis_outage),
+    "redis-kill9-aof": ("kill -9 of Redis under AOF everysec, restart", redis_kill9_aof),
+    "redis-kill9-rdb": (
+        "kill -9 of Redis with RDB snapshots: it restarts without its last writes",
+        redis_kill9_rdb,
+    ),
+    "redis-kill9-empty": (
+        "kill -9 of Redis without persistence: it restarts empty",
+        redis_kill9_no_persistence,
+    ),
+    "broker-pause": ("broker SIGSTOP, then SIGCONT", broker_pause),
     "poison": ("invalid JSON, invalid UTF-8, empty, null, wrong types", poison),
     "dlq-unavailable": ("DLQ topic refuses writes", dlq_unavailable),
     "bad-configs": ("the bad config corpus", bad_configs),
