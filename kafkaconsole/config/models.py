@@ -56,6 +56,8 @@ class KafkaConfig(Section):
     """Consumer group session timeout: how fast a dead instance's partitions move."""
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     """Consumer group heartbeat interval."""
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    """A consumer that does not poll for this long leaves its group (pipelines never block it)."""
     commit_interval: float = Field(1.0, gt=0)
     """Seconds between Kafka commits (Redis holds the truth; commits keep lag tools right)."""
 

@@ -160,6 +160,7 @@ class ConsumerRunner:
             fetch_max_wait_ms=k.fetch_max_wait_ms,
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
             isolation_level="read_committed",
             fetch_max_bytes=fetch_max,
             max_partition_fetch_bytes=partition_max,

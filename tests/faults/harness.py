@@ -76,6 +76,7 @@ class Cluster:
         retry: str = "{ max_attempts = 3, initial_backoff = 0.05, max_backoff = 0.5 }",
         pipeline_extra: str = "",
         error_handling: str = '{ on_error = "dlq" }',
+        kafka_extra: str = "",
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ class Cluster:
         self.retry = retry
         self.pipeline_extra = pipeline_extra
         self.error_handling = error_handling
+        self.kafka_extra = kafka_extra
         self.broker: ManagedProcess | None = None
         self.redis: ManagedProcess | None = None
         self.redis_dir = workdir / "redis"
@@ -161,6 +163,7 @@ class Cluster:
 bootstrap_servers = "{self.bootstrap}"
 session_timeout_ms = 6000
 heartbeat_interval_ms = 500
+{self.kafka_extra}
 
 [redis]
 url = "{self.redis_url}"
@@ -228,6 +231,34 @@ error_handling = {self.error_handling}
                 return resp.status, await resp.json()
         except (aiohttp.ClientError, TimeoutError):
             return 0, {}
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a kafkaconsole command against this cluster's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "kafkaconsole", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            cwd=str(REPO),
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=60,
+        )
+
+    async def run_statuses(self) -> dict[int, str]:
+        """Pipeline run status per window id, from the runs hash."""
+        r = await self.redis_client()
+        try:
+            raw = await r.hgetall(f"{self.prefix}:{CONSUMER}:runs")
+        finally:
+            await r.aclose()
+        return {int(k): orjson.loads(v)["status"] for k, v in raw.items()}
+
+    async def wait_log(self, name: str, needle: str, timeout: float = 60) -> bool:
+        """Wait until an instance's log has a line with ``needle``."""
+        for _ in range(int(timeout / 0.2)):
+            if self.log_lines(name, needle):
+                return True
+            await asyncio.sleep(0.2)
+        return bool(self.log_lines(name, needle))
 
     def log_lines(self, name: str, needle: str) -> list[str]:
         path = self.workdir / f"{name}.log"

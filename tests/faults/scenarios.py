@@ -211,20 +211,37 @@ async def rebalance_storm(workdir: Path, quick: bool) -> Verdict:
 
 # 7 -------------------------------------------------------------------------------------------
 async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
+    """A pipeline slower than max_poll_interval, then failing with 5xx until the breaker opens,
+    down for a while (quick: 3 s, full: 60 s), then back. Consumption never waits for it, the
+    instance never leaves its group, the breaker opens and closes, held windows run after
+    recovery, and the windows whose runs failed are re-dispatched from the CLI and run once."""
+    poll_interval_s = 2 if quick else 10
+
     async def body(c: Cluster) -> Verdict:
         c.start_instance("a")
         await _wait_owned_by(c, {"a"})
         n = 2_000 if quick else 20_000
-        c.target.mode, c.target.delay = "slow", 3.0
-        await c.produce(n // 4)
+        # each run outlasts max_poll_interval: a consumer that waited for it would be expelled
+        c.target.mode, c.target.delay = "slow", poll_interval_s + 1.5
+        await c.produce(300)
         t_count = await c.wait_counted(30)
+        await c.wait_dispatched(60)
         c.target.mode = "fail"
         await c.produce(n // 4, bad_every=500)
         counted_during_outage = await c.wait_counted(30)
         await asyncio.sleep(3 if quick else 60)
+        opened = c.log_lines("a", "circuit OPEN")
         c.target.mode = "ok"
         await c.produce(n // 2)
         await c.wait_counted()
+        closed = await c.wait_log("a", "circuit closed")
+        # the runs that failed before the circuit opened wait for an operator: re-dispatch them
+        await asyncio.sleep(1)
+        failed = sorted(w for w, st in (await c.run_statuses()).items() if st == "failed")
+        codes = [
+            (await asyncio.to_thread(c.cli, "history", CONSUMER, "--redispatch", str(w))).returncode
+            for w in failed
+        ]
         recovery = await c.wait_dispatched(120)
         v = await c.oracle(healthy=["a"])
         v.add("consumption never blocks on a slow pipeline", t_count < 10, f"{t_count:.1f}s")
@@ -233,7 +250,18 @@ async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
             counted_during_outage < 10,
             f"{counted_during_outage:.1f}s",
         )
+        assignments = len(c.log_lines("a", "assigned partitions"))
+        v.add("no leave/rejoin loop", assignments == 1, f"{assignments} assignments")
+        v.add("breaker opens", bool(opened), f"{len(opened)} openings")
+        v.add("breaker closes", closed)
+        v.add(
+            "failed windows re-dispatched",
+            bool(failed) and codes == [0] * len(failed),
+            f"windows {failed}, exit codes {codes}",
+        )
         v.add("every window runs after recovery", recovery < 120, f"{recovery:.1f}s")
+        v.figures["failed runs re-dispatched"] = len(failed)
+        v.figures["breaker openings"] = len(opened)
         v.figures["dispatch recovery (s)"] = round(recovery, 2)
         return v
 
@@ -241,7 +269,9 @@ async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
         workdir,
         body,
         max_event=100,
-        retry="{ max_attempts = 100, initial_backoff = 0.1, max_backoff = 1.0 }",
+        retry="{ max_attempts = 3, initial_backoff = 0.1, max_backoff = 0.5 }",
+        pipeline_extra=f"breaker_threshold = 3\nbreaker_cooldown = {2 if quick else 10}",
+        kafka_extra=f"max_poll_interval_ms = {poll_interval_s * 1000}",
     )
 
 
@@ -497,7 +527,10 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "critical-sections": ("crash after Redis apply / after window close", critical_sections),
     "zombie": ("SIGSTOP past the session timeout, then SIGCONT", zombie),
     "rebalance-storm": ("add and remove an instance every 2.5 s", rebalance_storm),
-    "failing-pipeline": ("slow pipeline, 5xx outage, recovery", failing_pipeline),
+    "failing-pipeline": (
+        "pipeline slower than max_poll_interval, 5xx until the breaker opens, outage, recovery",
+        failing_pipeline,
+    ),
     "redis-outage": ("Redis stopped and restarted (AOF everysec)", redis_outage),
     "redis-kill9-aof": ("kill -9 of Redis under AOF everysec, restart", redis_kill9_aof),
     "redis-kill9-rdb": (
