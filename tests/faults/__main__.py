@@ -95,6 +95,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, command: str) -> None:
     failures = [(r["name"], f) for r in rows for f in r["failures"]]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {n}: {f}" for n, f in failures]
+    lines += ["", *(Path(__file__).parent / "notes.md").read_text().splitlines()]
     out.write_text("\n".join(lines) + "\n")
 
 

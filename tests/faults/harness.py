@@ -77,6 +77,7 @@ class Cluster:
         pipeline_extra: str = "",
         error_handling: str = '{ on_error = "dlq" }',
         kafka_extra: str = "",
+        pipeline_timeout: float = 5,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +89,7 @@ class Cluster:
         self.pipeline_extra = pipeline_extra
         self.error_handling = error_handling
         self.kafka_extra = kafka_extra
+        self.pipeline_timeout = pipeline_timeout
         self.broker: ManagedProcess | None = None
         self.redis: ManagedProcess | None = None
         self.redis_dir = workdir / "redis"
@@ -176,7 +178,7 @@ enabled = false
 [pipelines.target]
 kind = "http"
 url = "{self.target.url}"
-timeout = 5
+timeout = {self.pipeline_timeout}
 retry_policy = {self.retry}
 {self.pipeline_extra}
 

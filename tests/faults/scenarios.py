@@ -260,6 +260,11 @@ async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
             f"windows {failed}, exit codes {codes}",
         )
         v.add("every window runs after recovery", recovery < 120, f"{recovery:.1f}s")
+        v.add(
+            "no window accepted twice",
+            c.target.log.duplicates() == 0,
+            f"{c.target.log.duplicates()} duplicates",
+        )
         v.figures["failed runs re-dispatched"] = len(failed)
         v.figures["breaker openings"] = len(opened)
         v.figures["dispatch recovery (s)"] = round(recovery, 2)
@@ -272,6 +277,7 @@ async def failing_pipeline(workdir: Path, quick: bool) -> Verdict:
         retry="{ max_attempts = 3, initial_backoff = 0.1, max_backoff = 0.5 }",
         pipeline_extra=f"breaker_threshold = 3\nbreaker_cooldown = {2 if quick else 10}",
         kafka_extra=f"max_poll_interval_ms = {poll_interval_s * 1000}",
+        pipeline_timeout=poll_interval_s + 10,  # slow, not failing: no call times out
     )
 
 
