@@ -172,3 +172,21 @@ async def test_missing_state_is_reported_and_window_ids_never_go_back(
     # the floor only applies when the window state itself is gone
     res = await c.apply([delta(0, [10])], expected={0: 10}, window_floor=1)
     assert res.window_id == 4
+
+
+async def test_first_window_after_a_loss_takes_the_highest_id_any_client_saw(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    """Two instances saw different window ids before Redis came back empty (one had not yet
+    heard that the other closed window 5): the open window takes the higher id as long as it
+    has not closed, so no idempotency key is used twice."""
+    c = counter(redis_client, unique, max_event=10)
+    res = await c.apply([delta(0, [0, 1])], expected={0: 0}, window_floor=5)  # stale view
+    assert res.lost == {0: 0} and res.window_id == 5
+    res = await c.apply([delta(1, [0, 1, 2])], expected={1: 0}, window_floor=6)
+    assert res.lost == {1: 0} and res.window_id == 6 and res.count == 5
+    res = await c.apply([delta(0, list(range(2, 7)))], expected={0: 2}, window_floor=5)
+    assert res.closed_window_ids == (6,)
+    # past the first window after the loss, ids only ever come from Redis
+    res = await c.apply([delta(0, [7])], expected={0: 7}, window_floor=9)
+    assert res.window_id == 7

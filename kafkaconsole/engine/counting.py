@@ -34,9 +34,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local count = tonumber(redis.call('GET', K_EVENTS) or '0')
-local wid = tonumber(redis.call('HGET', K_WINDOW, 'id') or '1')
-local opened = redis.call('HGET', K_WINDOW, 'opened_at')
+local w = redis.call('HMGET', K_WINDOW, 'id', 'opened_at', 'after_loss')
+local has_id = w[1] ~= false
+local wid = tonumber(w[1] or '1')
+local opened = w[2]
 if opened then opened = tonumber(opened) end
+-- the first window after Redis lost this consumer's state: any client that saw a higher
+-- window id before the loss renumbers it (it never closed, so its id was never used)
+local after_loss = w[3] ~= false
 local ranges = nil      -- "topic|partition" -> {first, last} of the open window (lazy)
 local range_order = nil
 local window_dirty = false
@@ -89,6 +94,7 @@ local function close_window(reason, history_limit)
   wid = wid + 1
   count = 0
   opened = nil
+  after_loss = false
   ranges = {}
   range_order = {}
   window_dirty = true
@@ -101,6 +107,7 @@ local function save_window()
   redis.call('DEL', K_WINDOW)
   local f = {'id', wid}
   if opened then table.insert(f, 'opened_at'); table.insert(f, opened) end
+  if after_loss then table.insert(f, 'after_loss'); table.insert(f, 1) end
   if ranges ~= nil then
     for _, key in ipairs(range_order) do
       local r = ranges[key]
@@ -151,7 +158,11 @@ if #behind > 0 then return {'rewind', behind} end
 for j = 1, #lost, 2 do
   redis.call('HSET', K_OFFSETS, topic .. '|' .. lost[j], lost[j + 1])
 end
-if window_floor > wid and not redis.call('HGET', K_WINDOW, 'id') then
+if #lost > 0 and not has_id then
+  after_loss = true
+  window_dirty = true
+end
+if window_floor > wid and (after_loss or not has_id) then
   wid = window_floor
   window_dirty = true
 end
