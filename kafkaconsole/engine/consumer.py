@@ -37,15 +37,15 @@ MAX_QUEUED_POLLS = 8
 #: While a consumer is behind (its partitions hold more than it polled), polls are counted
 #: in groups of this many per Redis call; caught up, paused, stopping or rebalancing, at once.
 COALESCE_POLLS = 4
+#: Kafka counts as unreachable for a consumer when no broker answered it for this long: a
+#: broker that hangs (a frozen process, a network partition) raises nothing, polls just come
+#: back empty. Idle consumers learn it from the end-offset probe of the status loop (1/s).
+KAFKA_SILENCE_S = 5.0
 #: Prefetch budget of a process, shared by its consumers. aiokafka's defaults (50 MB per
 #: fetch, 1 MB per partition) suit one consumer, but each consumer holds several times its
 #: fetch size in memory, so 50 of them took ~1 GB. A fetch still returns at least one record
 #: batch whatever its size. Measured in benchmarks/: one consumer keeps its throughput (small
 #: fetches cost it ~25 %), 50 consumers in one process stay under 200 MB.
-#: Kafka counts as unreachable for a consumer when no broker answered it for this long: a
-#: broker that hangs (a frozen process, a network partition) raises nothing, polls just come
-#: back empty. Idle consumers learn it from the end-offset probe of the status loop (1/s).
-KAFKA_SILENCE_S = 5.0
 FETCH_BUDGET_BYTES = 32 * 1024 * 1024
 MIN_FETCH_MAX_BYTES = 512 * 1024
 
@@ -427,9 +427,9 @@ class ConsumerRunner:
         self.last_error = message
 
     # ---- Redis lost counting state ---------------------------------------------------------
-    # Redis may come back from a crash without its last writes (AOF everysec loses up to a
-    # second; a failover to a replica what it had not received): its stored offsets are then
-    # below what this consumer saw stored. Counting on from here would silently skip the
+    # Redis may come back without its last writes (restarted from an RDB snapshot, a machine
+    # crash under AOF everysec, a failover to a replica that lagged): its stored offsets are
+    # then below what this consumer saw stored. Counting on from here would silently skip the
     # events in between, so the counter refuses, and the consumer reads them again from where
     # Redis says counting stopped: the same events close the same windows (same ids, so a
     # pipeline already run for one sees its idempotency key again). Every poll fetched after
