@@ -325,6 +325,7 @@ async def test_metrics_parse(env: Env) -> None:
         "kafkaconsole_events_counted",
         "kafkaconsole_event_errors",
         "kafkaconsole_dlq_events",
+        "kafkaconsole_redis_state_losses",
         "kafkaconsole_triggers",
         "kafkaconsole_pipeline_runs",
         "kafkaconsole_pipeline_run_duration_seconds",

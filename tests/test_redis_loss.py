@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aredis
+from prometheus_client.parser import text_string_to_metric_families
 
+from kafkaconsole.api import start_api
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
 from tests import pipeline_targets
@@ -60,6 +63,7 @@ def _engine(services: EmbeddedServices, unique: str, cid: str) -> Engine:
         services,
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 100, "batch_size": 50}],
+        api={"enabled": True, "port": 0},
     )
     return Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
 
@@ -138,6 +142,19 @@ async def test_empty_redis_is_reported_and_window_ids_go_on(
         assert c.last_error is not None and "Redis lost counting state" in c.last_error
         stored = await redis_client.hgetall(f"{unique}:{cid}:offsets")
         assert sum(int(v) for v in stored.values()) == 1300
+        # and the metrics say so
+        api = await start_api(engine)
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"{api.url}/metrics") as r:
+                fams = {f.name: f for f in text_string_to_metric_families(await r.text())}
+            [sample] = [
+                s
+                for s in fams["kafkaconsole_redis_state_losses"].samples
+                if s.name.endswith("_total") and s.labels["consumer_id"] == cid
+            ]
+            assert sample.value >= 1
+        finally:
+            await api.close()
     finally:
         await engine.stop()
 
