@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
@@ -455,23 +456,23 @@ class Engine:
     async def _control_listener(self) -> None:
         """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
         pubsub = self.redis.pubsub()
+        listening: PubSub | None = pubsub
         try:
             await pubsub.subscribe(self.fleet_keys.control_channel)
         except (RedisError, OSError):
-            pubsub = None  # polling alone still applies changes within a second
+            listening = None  # polling alone still applies changes within a second
         try:
             while not self._stop.is_set():
-                if pubsub is not None:
+                if listening is not None:
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                        await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
                 else:
                     await asyncio.sleep(0.5)
                 with contextlib.suppress(RedisError, OSError):
                     await self._load_pause_flags()
         finally:
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # ---- status ----------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[InstanceSnapshot], None]) -> None:
