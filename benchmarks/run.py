@@ -481,7 +481,7 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
         )
         add("")
     cmd = " ".join(["python benchmarks/run.py", *argv])
-    add(f"Generated {now} by `{cmd}` in {res.seconds:.0f} s (issue 8). Re-run it to refresh.")
+    add(f"Generated {now} by `{cmd}` in {res.seconds:.0f} s. Re-run it to refresh.")
     add("")
     add("## Machine and versions")
     add("")

@@ -1,4 +1,4 @@
-"""Safe by default (issue 9), in-process: config checks, client settings, the HTTP API's
+"""Safe by default, in-process: config checks, client settings, the HTTP API's
 guards, read-only mode, the audit trail, log/crash masking and processors never taken from
 event data. Transport security (Kafka TLS/SASL, Redis ACL/TLS) is in test_security_transport;
 the end-to-end "no secret leaks" run is in test_security_secrets."""
