@@ -174,10 +174,14 @@ class ConsumerRunner:
         consumer.subscribe([self.topic], listener=_Listener(self))
         self._stop_event = stop
         stopped: asyncio.Future[Any] | None = None
+        probe: asyncio.Task[None] | None = None
         try:
             await consumer.start()
             tune_gc()
             self._kafka_answered()
+            probe = asyncio.create_task(
+                self._probe_loop(stop), name=f"probe:{self.cfg.consumer_id}"
+            )
             timeout_ms = int(self.cfg.poll_timeout * 1000)
             stopped = asyncio.ensure_future(stop.wait())
             while not stop.is_set():
@@ -227,6 +231,10 @@ class ConsumerRunner:
         finally:
             if stopped is not None:
                 stopped.cancel()
+            if probe is not None:
+                probe.cancel()
+                with contextlib.suppress(BaseException):
+                    await probe
             with contextlib.suppress(Exception):  # an error of its own was raised already
                 await self._settle()
             self._queued.clear()
@@ -581,6 +589,14 @@ class ConsumerRunner:
             log.debug("%s: commit skipped: %s", self.cfg.consumer_id, exc)
 
     # ---- status ----------------------------------------------------------------------------
+    async def _probe_loop(self, stop: asyncio.Event) -> None:
+        """Once a second, on this consumer's own schedule (so a process's consumers do not
+        probe in one burst, and a hanging broker delays nothing else): refresh_positions."""
+        while not stop.is_set():
+            await self.refresh_positions()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
     async def refresh_positions(self) -> None:
         """Learn the fetch position of assigned partitions that have had no records yet, and
         the end offset of every assigned one: a fetch's highwater goes stale while a slow

@@ -505,10 +505,6 @@ class Engine:
                 beat = now - self._last_heartbeat >= 1.0
                 if beat:
                     self._last_heartbeat = now
-                    # end offsets and positions, and proof the brokers answer (Redis or not)
-                    await asyncio.gather(
-                        *(c.runner.refresh_positions() for c in self._consumers.values())
-                    )
                 snap = await self.refresh_snapshot()
                 if beat:
                     await self.redis.set(
