@@ -463,10 +463,13 @@ class Engine:
             listening = None  # polling alone still applies changes within a second
         try:
             while not self._stop.is_set():
-                if listening is not None:
-                    with contextlib.suppress(RedisError, OSError):
+                try:
+                    if listening is not None:
                         await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                else:
+                    else:
+                        await asyncio.sleep(0.5)
+                except (RedisError, OSError):
+                    # an unreachable Redis fails at once: wait, never spin (polling goes on)
                     await asyncio.sleep(0.5)
                 with contextlib.suppress(RedisError, OSError):
                     await self._load_pause_flags()

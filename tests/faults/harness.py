@@ -306,6 +306,12 @@ error_handling = {self.error_handling}
             code = proc.wait(5)
         return code, time.monotonic() - t0
 
+    def cpu_seconds(self, name: str) -> float:
+        """CPU time (user + system) an instance has used so far, from /proc."""
+        pid = self.procs[name].pid
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def alive(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is None]
 

@@ -290,12 +290,16 @@ async def redis_outage(workdir: Path, quick: bool) -> Verdict:
         await c.produce(n // 2, bad_every=700)
         await c.wait_counted()
         producing = asyncio.create_task(c.produce(n // 2, rate=n / (8 if quick else 30)))
+        cpu0, t0 = c.cpu_seconds("a"), time.monotonic()
         await c.restart_redis(5 if quick else 30)
+        cpu = (c.cpu_seconds("a") - cpu0) / (time.monotonic() - t0)
         await producing
         recovered = await c.wait_counted(120)
         await c.wait_dispatched()
         v = await c.oracle(healthy=["a"])
         v.add("resumes by itself", recovered < 120, f"{recovered:.1f}s")
+        v.add("no busy loop while Redis is down", cpu < 0.25, f"{cpu:.0%} of a core")
+        v.figures["instance CPU while Redis was down (% of a core)"] = round(cpu * 100, 1)
         v.figures["catch-up after Redis returned (s)"] = round(recovered, 2)
         return v
 
@@ -412,6 +416,7 @@ async def broker_pause(workdir: Path, quick: bool) -> Verdict:
         assert c.broker is not None
         c.broker.signal(signal.SIGSTOP)
         frozen_at = time.monotonic()
+        cpu0 = {name: c.cpu_seconds(name) for name in ("a", "b")}
         degraded_after: dict[str, float] = {}
         while time.monotonic() - frozen_at < (10 if quick else 30):
             for name in ("a", "b"):
@@ -420,6 +425,7 @@ async def broker_pause(workdir: Path, quick: bool) -> Verdict:
                     if status == 503 and body.get("status") == "degraded":
                         degraded_after[name] = time.monotonic() - frozen_at
             await asyncio.sleep(0.5)
+        cpu = max(c.cpu_seconds(n) - cpu0[n] for n in cpu0) / (time.monotonic() - frozen_at)
         c.broker.signal(signal.SIGCONT)
         woke = time.monotonic()
         ready_after: dict[str, float] = {}
@@ -442,6 +448,8 @@ async def broker_pause(workdir: Path, quick: bool) -> Verdict:
             "resumed without a restart",
             all(c.procs[n].pid == pid and c.procs[n].poll() is None for n, pid in pids.items()),
         )
+        v.add("no busy loop while the broker hangs", cpu < 0.25, f"{cpu:.0%} of a core")
+        v.figures["instance CPU while the broker hung (% of a core)"] = round(cpu * 100, 1)
         if degraded_after:
             v.figures["degraded reported after (s)"] = round(max(degraded_after.values()), 1)
         if ready_after:
