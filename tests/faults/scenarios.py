@@ -308,17 +308,23 @@ async def redis_outage(workdir: Path, quick: bool) -> Verdict:
     )
 
 
+async def _produce_through_redis_kill9(c: Cluster, quick: bool) -> None:
+    """Two instances; Redis is killed with SIGKILL half-way through production and started
+    again on the same port and directory."""
+    c.start_instance("a")
+    c.start_instance("b")
+    await _wait_owned_by(c, {"a", "b"})
+    n = 6_000 if quick else 30_000
+    span = 8 if quick else 20
+    producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / span))
+    await asyncio.sleep(span / 2)
+    await c.kill_redis(1 if quick else 5)
+    await producing
+
+
 async def _redis_kill9_exact(workdir: Path, quick: bool, redis_args: list[str]) -> Verdict:
     async def body(c: Cluster) -> Verdict:
-        c.start_instance("a")
-        c.start_instance("b")
-        await _wait_owned_by(c, {"a", "b"})
-        n = 6_000 if quick else 30_000
-        span = 8 if quick else 20
-        producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / span))
-        await asyncio.sleep(span / 2)
-        await c.kill_redis(1 if quick else 5)
-        await producing
+        await _produce_through_redis_kill9(c, quick)
         recovered = await c.wait_counted(120)
         await c.wait_dispatched()
         v = await c.oracle(healthy=["a", "b"])
@@ -359,15 +365,7 @@ async def redis_kill9_no_persistence(workdir: Path, quick: bool) -> Verdict:
     partition was, and window ids go on from the last one seen (no idempotency key reused)."""
 
     async def body(c: Cluster) -> Verdict:
-        c.start_instance("a")
-        c.start_instance("b")
-        await _wait_owned_by(c, {"a", "b"})
-        n = 6_000 if quick else 30_000
-        span = 8 if quick else 20
-        producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / span))
-        await asyncio.sleep(span / 2)
-        await c.kill_redis(1 if quick else 5)
-        await producing
+        await _produce_through_redis_kill9(c, quick)
         await asyncio.sleep(2)
         resume: dict[int, int] = {}
         reports = 0
