@@ -504,12 +504,10 @@ class Engine:
     async def _status_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                now = time.monotonic()
-                beat = now - self._last_heartbeat >= 1.0
-                if beat:
-                    self._last_heartbeat = now
                 snap = await self.refresh_snapshot()
-                if beat:
+                now = time.monotonic()
+                if now - self._last_heartbeat >= 1.0:
+                    self._last_heartbeat = now
                     await self.redis.set(
                         self.fleet_keys.instance(self.instance_id),
                         orjson.dumps(snap.to_json_dict()),
