@@ -141,22 +141,34 @@ local i = 6
 -- told where to re-read from. A missing one means Redis lost this consumer's state: the
 -- offset is re-seeded from the client's, the window id never goes back below what the
 -- client saw, and the client reports the loss.
+local stored_of = {}  -- "topic|partition" -> next offset to count (-1: none), read once
+local function stored_offset(key)
+  local s = stored_of[key]
+  if s == nil then
+    s = tonumber(redis.call('HGET', K_OFFSETS, key) or '-1')
+    stored_of[key] = s
+  end
+  return s
+end
+
 local behind, lost = {}, {}
 for _ = 1, n_expect do
   local p, expected = A[i], tonumber(A[i + 1])
   i = i + 2
-  local stored = redis.call('HGET', K_OFFSETS, topic .. '|' .. p)
-  if not stored then
+  local stored = stored_offset(topic .. '|' .. p)
+  if stored < 0 then
     table.insert(lost, tonumber(p))
     table.insert(lost, expected)
-  elseif tonumber(stored) < expected then
+  elseif stored < expected then
     table.insert(behind, tonumber(p))
-    table.insert(behind, tonumber(stored))
+    table.insert(behind, stored)
   end
 end
 if #behind > 0 then return {'rewind', behind} end
 for j = 1, #lost, 2 do
-  redis.call('HSET', K_OFFSETS, topic .. '|' .. lost[j], lost[j + 1])
+  local key = topic .. '|' .. lost[j]
+  redis.call('HSET', K_OFFSETS, key, lost[j + 1])
+  stored_of[key] = lost[j + 1]
 end
 if #lost > 0 and not has_id then
   after_loss = true
@@ -180,7 +192,7 @@ for _ = 1, n_parts do
   local n_ranges = tonumber(A[i + 4])
   i = i + 5
   local key = topic .. '|' .. p
-  local stored = tonumber(redis.call('HGET', K_OFFSETS, key) or '-1')
+  local stored = stored_offset(key)
   local counted_here = 0
   for _ = 1, n_ranges do
     local a = tonumber(A[i])
@@ -225,6 +237,7 @@ for _ = 1, n_parts do
   end
   if next_after > stored then
     redis.call('HSET', K_OFFSETS, key, next_after)
+    stored_of[key] = next_after
   end
 end
 
