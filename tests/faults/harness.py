@@ -135,25 +135,17 @@ class Cluster:
         await self.producer.start()
         self.write_config()
 
-    async def restart_redis(self, down_for: float) -> float:
-        """Stop Redis (SIGTERM: it writes its AOF), wait, start it again on the same port."""
+    async def restart_redis(self, down_for: float, *, kill: bool = False) -> None:
+        """Stop Redis, wait, start it again on the same port and directory. SIGTERM lets it
+        write its data on the way down; with ``kill`` (SIGKILL) it comes back with only what
+        its persistence had on disk."""
         assert self.redis is not None
         port = self.redis.port
-        await asyncio.to_thread(self.redis.stop)
-        await asyncio.sleep(down_for)
-        t0 = time.monotonic()
-        self.redis = await asyncio.to_thread(
-            start_redis, port, extra_args=self.redis_args, workdir=self.redis_dir
-        )
-        return time.monotonic() - t0
-
-    async def kill_redis(self, down_for: float) -> None:
-        """SIGKILL Redis (no chance to write anything more), wait, start it on the same port
-        and directory: it comes back with whatever its persistence had on disk."""
-        assert self.redis is not None
-        port = self.redis.port
-        self.redis.proc.kill()
-        await asyncio.to_thread(self.redis.proc.wait, 10)
+        if kill:
+            self.redis.proc.kill()
+            await asyncio.to_thread(self.redis.proc.wait, 10)
+        else:
+            await asyncio.to_thread(self.redis.stop)
         await asyncio.sleep(down_for)
         self.redis = await asyncio.to_thread(
             start_redis, port, extra_args=self.redis_args, workdir=self.redis_dir

@@ -318,7 +318,7 @@ async def _produce_through_redis_kill9(c: Cluster, quick: bool) -> None:
     span = 8 if quick else 20
     producing = asyncio.create_task(c.produce(n, bad_every=700, rate=n / span))
     await asyncio.sleep(span / 2)
-    await c.kill_redis(1 if quick else 5)
+    await c.restart_redis(1 if quick else 5, kill=True)
     await producing
 
 
