@@ -6,6 +6,7 @@ from typing import Any
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.engine import Engine
 
 
 def make_config(
@@ -45,3 +46,10 @@ def make_config(
         **sections,
     }
     return AppConfig.model_validate(base)
+
+
+async def start_engine(cfg: AppConfig) -> Engine:
+    """An engine of ``cfg``, started, with a short dispatch lease and frequent snapshots."""
+    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    await engine.start()
+    return engine

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafkaconsole.api import ApiServer, start_api
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 TOKEN = "api-token-for-tests"
@@ -137,8 +137,7 @@ async def env(services: EmbeddedServices) -> AsyncIterator[Env]:
         },
         api={"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN},
     )
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     api = await start_api(engine, cfg)
     redis = aredis.from_url(services.redis_url)
     session = aiohttp.ClientSession()

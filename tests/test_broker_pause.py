@@ -12,8 +12,7 @@ import redis.asyncio as aredis
 
 from kafkaconsole.api import start_api
 from kafkaconsole.embedded import EmbeddedServices, start_broker
-from kafkaconsole.engine.engine import Engine
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -32,8 +31,7 @@ async def test_frozen_broker_reports_degraded_and_resumes(
         kafka={"bootstrap_servers": f"127.0.0.1:{broker.port}"},
         api={"enabled": True, "port": 0},
     )
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     api = await start_api(engine)
     session = aiohttp.ClientSession()
 

@@ -11,13 +11,12 @@ from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.status import ConsumerState
 from tests import pipeline_targets
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
 async def started(cfg) -> Engine:  # type: ignore[no-untyped-def]
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     return engine
 
 
@@ -32,7 +31,7 @@ async def test_count_windows_exact(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000, "batch_size": 700}],
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
 
         async def ten_runs() -> bool:
@@ -64,7 +63,7 @@ async def test_time_trigger_fires_while_idle(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000, "max_time": 1.0}],
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
         await kafka.produce(unique, ({"i": i} for i in range(5)), partitions=1)
 
@@ -106,7 +105,7 @@ async def test_bad_events_go_to_dlq_and_filter_applies(
         + [b"{not json", b"\xff\xfe", {"type": "order", "poison": True}, b""]
     )
     await kafka.produce(unique, values, partitions=1)
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
 
         async def applied() -> bool:
@@ -150,7 +149,7 @@ async def test_pause_reset_and_force_trigger(
     cfg = make_config(
         services, unique, [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}]
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     key = f"{unique}:{cid}:events"
     try:
         await kafka.produce(unique, ({"i": i} for i in range(10)), partitions=1)
@@ -211,7 +210,7 @@ async def test_batch_job_hands_the_window_events(
             }
         ],
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
 
         async def one_call() -> bool:
@@ -239,7 +238,7 @@ async def test_async_job_dispatches_every_window(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 10, "job_type": "async"}],
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
 
         async def five_calls() -> bool:
@@ -275,7 +274,7 @@ async def test_text_and_raw_formats(
             },
         ],
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
 
         async def both_counted() -> bool:
@@ -336,7 +335,7 @@ async def test_time_trigger_is_on_time(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000, "max_time": 0.5}],
     )
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
 
         async def assigned() -> bool:

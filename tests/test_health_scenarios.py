@@ -31,7 +31,7 @@ from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 MONITORING: dict[str, Any] = {
@@ -137,8 +137,7 @@ def config(
 
 
 async def started(cfg: AppConfig) -> Engine:
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
 
     async def assigned() -> bool:
         c = (await engine.refresh_snapshot()).consumer(cfg.consumers[0].consumer_id)
@@ -226,7 +225,7 @@ async def test_producer_outpacing_a_throttled_consumer_is_lagging(
     cfg = config(services, unique, receiver, consumer, "lagging", extra_rules=[lag_rule])
     caplog.set_level(logging.INFO, logger="kafkaconsole.alert")
     THROTTLE_S[0] = 0.05  # at most 20 events/s, while more arrive
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
         async with background(keep_producing(kafka, unique, lambda i: {"i": i}, 50, 0.1)):
             body = await receiver.wait("firing", "lagging")
@@ -269,7 +268,7 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
         "processor": "tests.test_health_scenarios:poison_raises",
     }
     cfg = config(services, unique, receiver, consumer, "stalled")
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     # the dead-letter producer talks to a second, real broker, frozen until the DLQ is "back"
     dlq_broker = start_broker()
     producer = AIOKafkaProducer(
@@ -313,7 +312,7 @@ async def test_a_paused_consumer_is_paused_with_who_and_since(
     consumer = {"consumer_id": cid, "kafka_topic": unique}
     tui_rule = {"name": "paused-toast", "verdict": "paused", "channel": "tui"}
     cfg = config(services, unique, receiver, consumer, "paused", extra_rules=[tui_rule])
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     toasts: list[AlertEvent] = []
     engine.subscribe_alerts(toasts.append)
     try:
@@ -348,7 +347,7 @@ async def test_a_filter_that_drops_everything_is_window_stuck(
     cid = f"{unique}-c"
     consumer = {"consumer_id": cid, "kafka_topic": unique, "filter": {"type": "order"}}
     cfg = config(services, unique, receiver, consumer, "window-stuck")
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     kind = ["refund"]
     try:
         async with background(
@@ -385,7 +384,7 @@ async def test_failing_pipeline_runs_are_pipeline_failing(
     }
     cfg = config(services, unique, receiver, consumer, "pipeline-failing", pipelines=pipelines)
     PIPELINE_FAILS[0] = True
-    engine = await started(cfg)
+    engine = await start_engine(cfg)
     try:
         await kafka.produce(unique, [{"i": i} for i in range(4)], partitions=1)
         body = await receiver.wait("firing", "pipeline-failing")

@@ -30,7 +30,6 @@ from kafkaconsole.config.models import KafkaPipeline as KafkaConfig
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.breaker import BreakerState
 from kafkaconsole.engine.dispatch import TriggerDispatcher, read_breaker
-from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.pipelines import Pipeline, PipelineError, build_pipeline
 from kafkaconsole.engine.pipelines.airbyte import AirbytePipeline
@@ -44,7 +43,7 @@ from kafkaconsole.engine.records import (
     TriggerRecord,
 )
 from kafkaconsole.engine.retry import call_with_retry, run_pipeline
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, jitter=False)
@@ -948,8 +947,7 @@ async def test_engine_triggers_airbyte_jobs_and_history_shows_them(
         ],
         pipelines,
     )
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     try:
         await kafka.produce(unique, ({"i": i} for i in range(30)), partitions=1)
         keys = ConsumerKeys(unique, cid)

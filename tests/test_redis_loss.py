@@ -19,7 +19,7 @@ from kafkaconsole.api import start_api
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
 from tests import pipeline_targets
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -58,14 +58,14 @@ async def _crash_back_to(r: aredis.Redis, pattern: str, saved: dict[bytes, Any])
     await pipe.execute()
 
 
-def _engine(services: EmbeddedServices, unique: str, cid: str) -> Engine:
+async def _engine(services: EmbeddedServices, unique: str, cid: str) -> Engine:
     cfg = make_config(
         services,
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 100, "batch_size": 50}],
         api={"enabled": True, "port": 0},
     )
-    return Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    return await start_engine(cfg)
 
 
 def _keys_called(cid: str) -> list[int]:
@@ -78,8 +78,7 @@ async def test_lost_last_writes_are_counted_again(
     cid = f"{unique}-c"
     pattern = f"{unique}:{cid}:*"
     await kafka.create_topic(unique, 3)
-    engine = _engine(services, unique, cid)
-    await engine.start()
+    engine = await _engine(services, unique, cid)
     try:
         await kafka.produce(unique, ({"i": i} for i in range(1000)))
         await _wait_counted(redis_client, unique, cid, 1000)
@@ -116,8 +115,7 @@ async def test_empty_redis_is_reported_and_window_ids_go_on(
 ) -> None:
     cid = f"{unique}-c"
     await kafka.create_topic(unique, 3)
-    engine = _engine(services, unique, cid)
-    await engine.start()
+    engine = await _engine(services, unique, cid)
     try:
         await kafka.produce(unique, ({"i": i} for i in range(1050)))
         await _wait_counted(redis_client, unique, cid, 1050)

@@ -9,8 +9,7 @@ from pathlib import Path
 import redis.asyncio as aredis
 
 from kafkaconsole.embedded import EmbeddedServices, start_redis
-from kafkaconsole.engine.engine import Engine
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -28,8 +27,7 @@ async def test_engine_idles_while_redis_is_down_and_resumes(
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}],
         redis={"url": url},
     )
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     r = aredis.from_url(url)
 
     async def counted(n: int) -> bool:

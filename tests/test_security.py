@@ -38,7 +38,7 @@ from kafkaconsole.engine.clients import (
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.logs import SecretMaskFilter, setup_logging
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 from tests.secrets_support import CANARY_ENV
 
@@ -316,8 +316,7 @@ async def env(
         ],
         api={"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN},
     )
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     api = await start_api(engine, cfg)
     ro_api = await start_api(engine, cfg.with_read_only())
     redis = aredis.from_url(services.redis_url)

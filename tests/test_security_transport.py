@@ -46,7 +46,7 @@ from kafkaconsole.engine.clients import (
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.headless import start_error_text
 from tests import pipeline_targets
-from tests.engine_support import make_config
+from tests.engine_support import make_config, start_engine
 from tests.helpers import wait_for
 from tests.tls_support import Certs, TlsProxy, make_certs, openssl_available
 
@@ -147,8 +147,7 @@ async def test_engine_counts_over_mutual_tls(
         | {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
     )
     before = tls_kafka.proxy.handshakes
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     try:
         await _produce(kafka_cfg, unique, 10)
 
@@ -310,8 +309,7 @@ async def test_engine_cli_and_api_under_the_documented_acl_user_over_tls(
         redis={"url": url, "ssl_ca_certs": str(certs.ca)},
         api={"enabled": True, "host": "127.0.0.1", "port": 0, "token": "t" * 32},
     )
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
-    await engine.start()
+    engine = await start_engine(cfg)
     api = await start_api(engine, cfg)
     session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {'t' * 32}"})
     config = str(_write_config(tmp_path / "acl.toml", cfg))
