@@ -2,6 +2,7 @@
 
 python -m tests.faults                 # every scenario, 3 runs each
 python -m tests.faults --quick --runs 1 zombie kill-9
+python -m tests.faults --update poison  # re-run one scenario, replace its row
 """
 
 from __future__ import annotations
@@ -85,18 +86,39 @@ def write_report(rows: list[dict[str, Any]], out: Path, command: str) -> None:
         "| scenario | fault | runs held | what held | figures | seconds |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        figures = "; ".join(f"{k}: {v}" for k, v in r["figures"].items()) or "-"
-        held = f"{r['held']}/{r['runs']}"
-        checks = ", ".join(r["checks"])
-        lines.append(
-            f"| {r['name']} | {r['fault']} | {held} | {checks} | {figures} | {r['seconds']} |"
-        )
-    failures = [(r["name"], f) for r in rows for f in r["failures"]]
-    if failures:
-        lines += ["", "## Failures", ""] + [f"- {n}: {f}" for n, f in failures]
+    lines += [_row(r) for r in rows]
+    lines += _failures(rows, "## Failures")
     lines += ["", *(Path(__file__).parent / "notes.md").read_text().splitlines()]
     out.write_text("\n".join(lines) + "\n")
+
+
+def update_report(rows: list[dict[str, Any]], out: Path, command: str) -> None:
+    """Replace the rows of the scenarios just run in an existing report, and say so."""
+    lines = out.read_text().splitlines()
+    for r in rows:
+        at = [i for i, line in enumerate(lines) if line.startswith(f"| {r['name']} |")]
+        if at:
+            lines[at[0]] = _row(r)
+        else:
+            last = max(i for i, line in enumerate(lines) if line.startswith("| "))
+            lines.insert(last + 1, _row(r))
+    run_at = next(i for i, line in enumerate(lines) if line.startswith("Run: "))
+    names = ", ".join(r["name"] for r in rows)
+    lines.insert(run_at + 1, f"Rows {names} re-run: `{command}` on {datetime.now(UTC):%Y-%m-%d}.")
+    lines += _failures(rows, "## Failures of the re-run")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def _row(r: dict[str, Any]) -> str:
+    figures = "; ".join(f"{k}: {v}" for k, v in r["figures"].items()) or "-"
+    held = f"{r['held']}/{r['runs']}"
+    checks = ", ".join(r["checks"])
+    return f"| {r['name']} | {r['fault']} | {held} | {checks} | {figures} | {r['seconds']} |"
+
+
+def _failures(rows: list[dict[str, Any]], title: str) -> list[str]:
+    failures = [f"- {r['name']}: {f}" for r in rows for f in r["failures"]]
+    return ["", title, "", *failures] if failures else []
 
 
 def main() -> int:
@@ -105,6 +127,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller volumes and outages")
     parser.add_argument("--out", type=Path, default=REPO / "RELIABILITY.md")
+    parser.add_argument(
+        "--update", action="store_true", help="replace only these scenarios' rows in --out"
+    )
     args = parser.parse_args()
     names = args.scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -112,7 +137,10 @@ def main() -> int:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
     rows = asyncio.run(run(names, args.runs, args.quick))
     command = "python -m tests.faults " + " ".join(sys.argv[1:])
-    write_report(rows, args.out, command.strip())
+    if args.update and args.out.exists():
+        update_report(rows, args.out, command.strip())
+    else:
+        write_report(rows, args.out, command.strip())
     print(f"wrote {args.out}")
     return 0 if all(r["held"] == r["runs"] for r in rows) else 1
 

@@ -38,6 +38,7 @@ BAD_VALUES = [
     b"",  # empty
     b"null",  # JSON null: fails the processor (not an object)
     b'{"seq": "x", "kind": "wrong-type"}',  # wrong type: the processor rejects it
+    b'{"pad": "' + b"x" * 2000 + b'"}',  # over the size cap (max_event_bytes = 1024)
 ]
 
 
@@ -183,6 +184,7 @@ max_event = {self.max_event}
 max_time = {self.max_time}
 batch_size = 200
 poll_timeout = 0.2
+max_event_bytes = 1024
 processor = "tests.faults.processors:validate"
 error_handling = {self.error_handling}
 {self.extra_consumer}

@@ -554,7 +554,10 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         redis_kill9_no_persistence,
     ),
     "broker-pause": ("broker SIGSTOP, then SIGCONT", broker_pause),
-    "poison": ("invalid JSON, invalid UTF-8, empty, null, wrong types", poison),
+    "poison": (
+        "invalid JSON, invalid UTF-8, empty, null, wrong types, over the size cap",
+        poison,
+    ),
     "dlq-unavailable": ("DLQ topic refuses writes", dlq_unavailable),
     "bad-configs": ("the bad config corpus", bad_configs),
 }
