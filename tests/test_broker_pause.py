@@ -5,21 +5,24 @@ without a restart, when the broker answers again."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import redis.asyncio as aredis
 
 from kafkaconsole.api import start_api
-from kafkaconsole.embedded import EmbeddedServices, start_broker
+from kafkaconsole.embedded import EmbeddedServices, ManagedProcess
 from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
 async def test_frozen_broker_reports_degraded_and_resumes(
-    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+    services: EmbeddedServices,
+    redis_client: aredis.Redis,
+    unique: str,
+    own_broker: Callable[[], ManagedProcess],
 ) -> None:
-    broker = start_broker()
+    broker = own_broker()
     kafka = KafkaHelper(f"127.0.0.1:{broker.port}")
     await kafka.start()
     await kafka.create_topic(unique, 2)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaProducer
 
-from kafkaconsole.embedded import EmbeddedServices, start_broker
+from kafkaconsole.embedded import EmbeddedServices, ManagedProcess
 from kafkaconsole.engine.consumer import ConsumerRunner
 from kafkaconsole.engine.counting import WindowCounter
 from kafkaconsole.engine.dlq import DeadLetterSink
@@ -30,6 +31,7 @@ async def test_unavailable_dlq_holds_the_partition_at_the_bad_event(
     redis_client: aredis.Redis,
     unique: str,
     caplog: pytest.LogCaptureFixture,
+    own_broker: Callable[[], ManagedProcess],
 ) -> None:
     await kafka.create_topic(unique, 1)
     values: list[object] = [{"i": i} for i in range(5)] + [b"{bad"] + [{"i": i} for i in range(4)]
@@ -37,7 +39,7 @@ async def test_unavailable_dlq_holds_the_partition_at_the_bad_event(
     cfg = make_config(
         services, unique, [{"consumer_id": "c", "kafka_topic": unique, "max_event": 100}]
     )
-    dlq_broker = start_broker()
+    dlq_broker = own_broker()
     producer = AIOKafkaProducer(
         bootstrap_servers=f"127.0.0.1:{dlq_broker.port}",
         request_timeout_ms=1000,

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from kafkaconsole.cli.app import app
 from kafkaconsole.config.models import AppConfig
-from kafkaconsole.embedded import EmbeddedServices, start_broker
+from kafkaconsole.embedded import EmbeddedServices, ManagedProcess
 from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
@@ -259,6 +259,7 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
     redis_client: aredis.Redis,
     receiver: Receiver,
     unique: str,
+    own_broker: Callable[[], ManagedProcess],
 ) -> None:
     await kafka.create_topic(unique, 1)
     cid = f"{unique}-c"
@@ -270,7 +271,7 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
     cfg = config(services, unique, receiver, consumer, "stalled")
     engine = await start_engine(cfg)
     # the dead-letter producer talks to a second, real broker, frozen until the DLQ is "back"
-    dlq_broker = start_broker()
+    dlq_broker = own_broker()
     producer = AIOKafkaProducer(
         bootstrap_servers=f"127.0.0.1:{dlq_broker.port}",
         request_timeout_ms=1000,

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -121,6 +121,13 @@ def demo(
     ] = None,
     theme: ThemeOpt = None,
     read_only: ReadOnlyOpt = False,
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="Broker to start: tansu (no set-up) or apache (Apache Kafka; needs Java, "
+            "and Maven the first time to fetch its jars)."
+        ),
+    ] = "tansu",
 ) -> None:
     """Start a broker, Redis and a demo stream, then run the console on them.
 
@@ -128,9 +135,23 @@ def demo(
     """
     _check_log_format(log_format)
     from kafkaconsole.demo import demo_environment
+    from kafkaconsole.embedded import (
+        BROKER_KINDS,
+        BrokerKind,
+        EmbeddedError,
+        apache_unavailable,
+    )
+
+    if broker not in BROKER_KINDS:
+        raise typer.BadParameter(
+            f"{broker!r}: choose {' or '.join(BROKER_KINDS)}", param_hint="--broker"
+        )
+    if broker == "apache" and (reason := apache_unavailable()):
+        sys.stderr.write(f"kafkaconsole demo --broker apache: {reason}\n")
+        raise typer.Exit(ExitCode.FAILURE)
 
     async def main() -> int:
-        async with demo_environment(workdir, rate=rate) as env:
+        async with demo_environment(workdir, rate=rate, broker=cast(BrokerKind, broker)) as env:
             cfg = load_config(env.config_path)
             if read_only:
                 cfg = cfg.with_read_only()
@@ -153,6 +174,9 @@ def demo(
         code = asyncio.run(main())
     except KeyboardInterrupt:
         code = 0
+    except EmbeddedError as exc:
+        sys.stderr.write(f"kafkaconsole demo: {exc}\n")
+        code = ExitCode.FAILURE
     raise typer.Exit(code)
 
 

@@ -79,6 +79,10 @@ def tune_gc() -> None:
     gc.set_threshold(*(max(a, b) for a, b in zip(current, GC_THRESHOLDS, strict=False)))
 
 
+def missing_topic_message(topic: str) -> str:
+    return f"topic {topic!r} does not exist on the brokers; waiting for it to be created"
+
+
 class ConsumerStopped(Exception):
     """The consumer stopped itself (``on_error = "stop"`` or a fatal error)."""
 
@@ -147,6 +151,9 @@ class ConsumerRunner:
         self._resync: dict[int, int] | None = None
         self.window_floor = 0  # the highest open window id seen: ids never go back below it
         self.state_losses = 0  # times Redis was found to have lost counting state
+        self.topic_missing = False  # the brokers do not know the topic (waiting for it)
+        self.topic_ends: dict[int, int] = {}  # end offset of every partition of the topic
+        self._topic_misses = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -171,12 +178,15 @@ class ConsumerRunner:
         """Consume until ``stop`` is set; commit and close on the way out."""
         consumer = self._make_consumer()
         self._consumer = consumer
-        consumer.subscribe([self.topic], listener=_Listener(self))
         self._stop_event = stop
         stopped: asyncio.Future[Any] | None = None
         probe: asyncio.Task[None] | None = None
         try:
             await consumer.start()
+            # subscribed after start: subscribed before, a start waits for the topic's
+            # metadata and fails when the topic does not exist (auto-creation off); this way
+            # the consumer waits for it, says so, and joins once it is created
+            consumer.subscribe([self.topic], listener=_Listener(self))
             tune_gc()
             self._kafka_answered()
             probe = asyncio.create_task(
@@ -607,12 +617,21 @@ class ConsumerRunner:
         assigned = list(consumer.assignment())
         if not assigned:
             with contextlib.suppress(Exception):  # no partition to ask about: ask for metadata
-                await asyncio.wait_for(consumer.topics(), 0.5)
+                topics = await asyncio.wait_for(consumer.topics(), 0.5)
                 self._kafka_answered()
+                await self._check_topic_exists(consumer, topics)
             return
+        # every partition of the topic, owned or not: the fleet's lag covers partitions no
+        # instance owns right now (their lag is measured from what Redis says was counted)
+        every = {tp.partition for tp in assigned} | (
+            consumer.partitions_for_topic(self.topic) or set()
+        )
         with contextlib.suppress(Exception):
-            ends = await asyncio.wait_for(consumer.end_offsets(assigned), 0.5)
+            ends = await asyncio.wait_for(
+                consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(every)]), 0.5
+            )
             self._kafka_answered()
+            self.topic_ends = {tp.partition: end for tp, end in ends.items() if end is not None}
             for tp, end in ends.items():
                 if tp.partition in self.assigned and end is not None:
                     self.highwater[tp.partition] = max(self.highwater.get(tp.partition, end), end)
@@ -621,6 +640,26 @@ class ConsumerRunner:
                 continue
             with contextlib.suppress(Exception):
                 self.positions[tp.partition] = await asyncio.wait_for(consumer.position(tp), 0.5)
+
+    async def _check_topic_exists(self, consumer: AIOKafkaConsumer, topics: set[str]) -> None:
+        """With no partition assigned: say so once if the topic does not exist (the consumer
+        waits for it); once it exists, refresh the metadata at once so the group assigns its
+        partitions now rather than at the next periodic refresh (minutes away)."""
+        if self.topic not in topics:
+            # a broker that creates topics on first use does so on the group's first metadata
+            # request: only a second probe that misses it means the topic does not exist
+            self._topic_misses += 1
+            if self._topic_misses >= 2:
+                self._note_error(missing_topic_message(self.topic))
+                self.topic_missing = True
+            return
+        self._topic_misses = 0
+        if self.topic_missing:
+            self.topic_missing = False
+            if self.last_error == missing_topic_message(self.topic):
+                self.last_error = None
+            log.info("%s: topic %s exists now; joining", self.cfg.consumer_id, self.topic)
+            await consumer._client.force_metadata_update()
 
     def partitions(self) -> tuple[PartitionSnapshot, ...]:
         out = []

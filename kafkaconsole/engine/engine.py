@@ -296,7 +296,10 @@ class Engine:
             existing = set(await admin.list_topics())
             missing = sorted(wanted - existing)
             if missing:
-                await admin.create_topics([NewTopic(t, 1, 1) for t in missing])
+                # replicated like a production topic where the cluster allows (3 at most)
+                cluster = await admin.describe_cluster()
+                replicas = max(1, min(3, len(cluster.get("brokers", []))))
+                await admin.create_topics([NewTopic(t, 1, replicas) for t in missing])
                 log.info("created DLQ topic(s) %s", ", ".join(missing))
         except Exception as exc:
             log.warning("could not check or create DLQ topics: %s", exc)
@@ -597,6 +600,7 @@ class Engine:
                     last_error=self._mask(r.last_error) if r.last_error else None,
                     dlq=r.dlq_count,
                     redis_state_losses=r.state_losses,
+                    topic_end_offsets=tuple(sorted(r.topic_ends.items())),
                     breaker=c.dispatcher.breaker.to_json_dict(),
                     time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
                     **self._health_fields(c.cfg.consumer_id),

@@ -233,6 +233,7 @@ class Fleet:
                 if c.get("state") == "error":
                     errors_text = c.get("last_error")
                 any_error = any_error or c.get("last_error")
+        owners.update(await self._unowned_partitions(cid, mine, owners))
         partitions = [entry for _, (_, entry) in sorted(owners.items())]
         lags = [p["lag"] for p in partitions if p.get("lag") is not None]
         live_states = [c.get("state") for _, c in mine]
@@ -287,6 +288,42 @@ class Fleet:
             "last_error": errors_text or any_error,
         }
         return await self._with_health(status, cfg, reported, reported_ms, now_ms)
+
+    async def _unowned_partitions(
+        self,
+        consumer_id: str,
+        mine: list[tuple[str, dict[str, Any]]],
+        owners: dict[int, tuple[int, dict[str, Any]]],
+    ) -> dict[int, tuple[int, dict[str, Any]]]:
+        """Partitions of the topic that no live instance owns (the consumer is stopped,
+        between rebalances, or has fewer members than partitions), with their lag measured
+        as the broker's end offset minus the next offset Redis holds as counted (unknown when
+        nothing was counted there yet)."""
+        ends: dict[int, int] = {}
+        for _, snapshot in mine:
+            for partition, end in snapshot.get("topic_end_offsets") or ():
+                ends[int(partition)] = max(int(end), ends.get(int(partition), 0))
+        unowned = sorted(set(ends) - set(owners))
+        if not unowned:
+            return {}
+        stored = await self.counter(consumer_id).stored_offsets(unowned)
+        out = {}
+        for partition in unowned:
+            position = stored.get(partition)
+            lag = max(ends[partition] - position, 0) if position is not None else None
+            out[partition] = (
+                0,
+                {
+                    "partition": partition,
+                    "position": position,
+                    "highwater": ends[partition],
+                    "lag": lag,
+                    "time_lag_seconds": None,
+                    "oldest_ts_ms": None,
+                    "owner": None,
+                },
+            )
+        return out
 
     async def _with_health(
         self,

@@ -83,6 +83,9 @@ class ConsumerSnapshot:
     breaker: dict[str, Any] | None = None  # the pipeline's circuit breaker, as dispatching sees it
     time_lag_seconds: float | None = None  # oldest unconsumed event of this instance's partitions
     redis_state_losses: int = 0  # times this instance found Redis had lost counting state
+    # end offset of every partition of the topic, owned here or not, as (partition, offset):
+    # the fleet measures the lag of partitions no instance owns against Redis's stored offsets
+    topic_end_offsets: tuple[tuple[int, int], ...] = ()
     # health, fleet-wide (kafkaconsole.engine.health): the same on every instance
     verdict: str | None = None
     verdict_reason: str | None = None

@@ -94,7 +94,7 @@ class FleetView:
                     p.get("position"),
                     p.get("highwater"),
                     p.get("lag"),
-                    str(p.get("owner", "")),
+                    str(p.get("owner") or ""),
                     _float(p.get("time_lag_seconds")),
                 )
                 for p in c.get("partitions", [])
