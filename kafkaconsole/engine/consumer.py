@@ -41,6 +41,9 @@ COALESCE_POLLS = 4
 #: broker that hangs (a frozen process, a network partition) raises nothing, polls just come
 #: back empty. Idle consumers learn it from the end-offset probe of the status loop (1/s).
 KAFKA_SILENCE_S = 5.0
+#: How long one probe request may take: a broker answering slowly (GC, load) still answered;
+#: well below KAFKA_SILENCE_S, so a hung broker is seen within it
+PROBE_TIMEOUT_S = 2.0
 #: Prefetch budget of a process, shared by its consumers. aiokafka's defaults (50 MB per
 #: fetch, 1 MB per partition) suit one consumer, but each consumer holds several times its
 #: fetch size in memory, so 50 of them took ~1 GB. A fetch still returns at least one record
@@ -617,7 +620,7 @@ class ConsumerRunner:
         assigned = list(consumer.assignment())
         if not assigned:
             with contextlib.suppress(Exception):  # no partition to ask about: ask for metadata
-                topics = await asyncio.wait_for(consumer.topics(), 0.5)
+                topics = await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_S)
                 self._kafka_answered()
                 await self._check_topic_exists(consumer, topics)
             return
@@ -628,7 +631,8 @@ class ConsumerRunner:
         )
         with contextlib.suppress(Exception):
             ends = await asyncio.wait_for(
-                consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(every)]), 0.5
+                consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(every)]),
+                PROBE_TIMEOUT_S,
             )
             self._kafka_answered()
             self.topic_ends = {tp.partition: end for tp, end in ends.items() if end is not None}
@@ -639,7 +643,9 @@ class ConsumerRunner:
             if tp.partition in self.local_next:
                 continue
             with contextlib.suppress(Exception):
-                self.positions[tp.partition] = await asyncio.wait_for(consumer.position(tp), 0.5)
+                self.positions[tp.partition] = await asyncio.wait_for(
+                    consumer.position(tp), PROBE_TIMEOUT_S
+                )
 
     async def _check_topic_exists(self, consumer: AIOKafkaConsumer, topics: set[str]) -> None:
         """With no partition assigned: say so once if the topic does not exist (the consumer

@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     Button,
@@ -189,6 +190,15 @@ class DetailScreen(Screen[None]):
     def show(self, model: DetailModel, palette: Palette, compact: bool) -> None:
         if not self._ready:  # the refresh timer may fire between push and mount
             return
+        try:
+            self._show(model, palette, compact)
+        except NoMatches:
+            # the refresh timer fired while the app was exiting and removing this screen's
+            # widgets; any other missing widget is a real fault
+            if self.query("#detail-title"):
+                raise
+
+    def _show(self, model: DetailModel, palette: Palette, compact: bool) -> None:
         row = model.row
         p = row.progress
         title = Text()
