@@ -41,7 +41,13 @@ from benchmarks.common import (  # noqa: E402
     produce_bulk,
     summary,
 )
-from kafkaconsole.embedded import EmbeddedServices, broker_binary  # noqa: E402
+from kafkaconsole.embedded import (  # noqa: E402
+    BrokerKind,
+    EmbeddedServices,
+    apache_unavailable,
+    broker_binary,
+    pick_broker,
+)
 
 Result = dict[str, Any]
 
@@ -153,6 +159,10 @@ class Runner:
         self.big: dict[str, int] = {}
         self.fleet_topics: dict[str, dict[str, int]] = {}
         self.errors: list[str] = []
+        self.group_settings = dict(plan.group_settings)
+        if services.kind == "apache":  # its coordinator refuses sessions under 6 s by default
+            self.group_settings["session_timeout_ms"] = 6000
+            self.group_settings.setdefault("heartbeat_interval_ms", 1000)
 
     def spec(self, case: str, **extra: Any) -> dict[str, Any]:
         self.n += 1
@@ -168,20 +178,22 @@ class Runner:
             "batch_size": self.plan.batch_size,
             "max_event": self.plan.max_event,
             "format": "raw",
-            "group_settings": self.plan.group_settings,
+            "group_settings": self.group_settings,
             **extra,
         }
 
-    async def prepare(self) -> float:
+    async def prepare(self, *, fleet: bool = True) -> float:
         b = self.services.bootstrap_servers
         p = self.plan
-        topics = {"bench.big": 3} | {f"bench.fleet{i}": 3 for i in range(FLEET_TOPICS)}
+        topics = {"bench.big": 3} | {
+            f"bench.fleet{i}": 3 for i in range(FLEET_TOPICS if fleet else 0)
+        }
         await create_topics(b, topics)
         t0 = time.perf_counter()
         ends = await produce_bulk(b, "bench.big", p.events, 3)
         seconds = time.perf_counter() - t0
         self.big = {str(k): v for k, v in ends.items()}
-        for i in range(FLEET_TOPICS):
+        for i in range(FLEET_TOPICS if fleet else 0):
             fe = await produce_bulk(b, f"bench.fleet{i}", p.fleet_topic_events, 3)
             self.fleet_topics[f"bench.fleet{i}"] = {str(k): v for k, v in fe.items()}
         return p.events / seconds
@@ -248,6 +260,9 @@ class Results:
     latency: list[Result] = field(default_factory=list)
     control: list[Result] = field(default_factory=list)
     produce_eps: float = math.nan
+    # the throughput cases again on each further broker: {broker: {case: results}}
+    by_broker: dict[str, dict[str, list[Result]]] = field(default_factory=dict)
+    produce_eps_by_broker: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -262,46 +277,65 @@ def tui_available() -> str | None:
     return None
 
 
-async def run_all(plan: Plan, log: Callable[[str], None]) -> Results:
+async def run_all(
+    plan: Plan, log: Callable[[str], None], brokers: list[BrokerKind] | None = None
+) -> Results:
+    """Every case on the first broker; the throughput cases again on each further one."""
+    brokers = brokers or ["tansu"]
     res = Results()
     started = time.perf_counter()
     log_dir = Path(tempfile.mkdtemp(prefix="kafkaconsole-bench-"))
-    with EmbeddedServices.start(log_dir=log_dir) as services:
+
+    async def one(label: str, spec: dict[str, Any], sink: list[Result]) -> None:
+        t = time.perf_counter()
+        try:
+            r = await run_worker(spec, timeout=90 if plan.quick else 300)
+        except WorkerFailed as exc:
+            res.errors.append(f"{label}: {exc}")
+            log(f"  {label}: FAILED {str(exc).splitlines()[0]}")
+            return
+        sink.append(r)
+        shown = f"{r['eps']:,.0f} events/s" if "eps" in r else ""
+        log(f"  {label}: {shown} ({time.perf_counter() - t:.1f}s)")
+
+    async def run_jobs(jobs: list[tuple[str, dict[str, Any], list[Result]]]) -> None:
+        if plan.quick:  # a smoke test: everything at once
+            await asyncio.gather(*(one(*j) for j in jobs))
+        else:
+            for j in jobs:
+                await one(*j)
+
+    cases = list(THROUGHPUT_CASES)
+    why = tui_available()
+    if why:
+        cases.remove("engine-tui")
+        res.skipped["engine-tui"] = why
+
+    def throughput_jobs(
+        runner: Runner, sinks: dict[str, list[Result]], tag: str
+    ) -> list[tuple[str, dict[str, Any], list[Result]]]:
+        jobs = []
+        for rnd in range(plan.repeat):
+            # interleaved: each round runs every case once, starting one case later each time
+            k = rnd % len(cases)
+            for c in cases[k:] + cases[:k]:
+                jobs.append((f"{tag}round {rnd + 1} {c}", runner.throughput_spec(c), sinks[c]))
+        return jobs
+
+    first, *others = brokers
+    with EmbeddedServices.start(log_dir=log_dir, broker=first) as services:
         runner = Runner(plan, services)
-        log(f"broker {services.bootstrap_servers}, redis {services.redis_url}")
+        log(f"{services.description}: {services.bootstrap_servers}, redis {services.redis_url}")
         res.produce_eps = await runner.prepare()
         log(
             f"produced {plan.events:,} events ({res.produce_eps:,.0f}/s) "
             f"and {FLEET_TOPICS} x {plan.fleet_topic_events:,} fleet events"
         )
-        cases = list(THROUGHPUT_CASES)
-        why = tui_available()
-        if why:
-            cases.remove("engine-tui")
-            res.skipped["engine-tui"] = why
         for c in cases:
             res.throughput[c] = []
         for size in FLEET_SIZES:
             res.fleet[size] = []
-
-        async def one(label: str, spec: dict[str, Any], sink: list[Result]) -> None:
-            t = time.perf_counter()
-            try:
-                r = await run_worker(spec, timeout=90 if plan.quick else 300)
-            except WorkerFailed as exc:
-                res.errors.append(f"{label}: {exc}")
-                log(f"  {label}: FAILED {str(exc).splitlines()[0]}")
-                return
-            sink.append(r)
-            shown = f"{r['eps']:,.0f} events/s" if "eps" in r else ""
-            log(f"  {label}: {shown} ({time.perf_counter() - t:.1f}s)")
-
-        jobs: list[tuple[str, dict[str, Any], list[Result]]] = []
-        for rnd in range(plan.repeat):
-            # interleaved: each round runs every case once, starting one case later each time
-            k = rnd % len(cases)
-            for c in cases[k:] + cases[:k]:
-                jobs.append((f"round {rnd + 1} {c}", runner.throughput_spec(c), res.throughput[c]))
+        jobs = throughput_jobs(runner, res.throughput, "")
         for rnd in range(plan.repeat):
             for size in FLEET_SIZES:
                 jobs.append(
@@ -311,11 +345,15 @@ async def run_all(plan: Plan, log: Callable[[str], None]) -> Results:
             jobs.append((f"round {rnd + 1} time-trigger", runner.timer_spec(), res.timer))
             jobs.append((f"round {rnd + 1} count-latency", runner.latency_spec(), res.latency))
             jobs.append((f"round {rnd + 1} control", runner.control_spec(), res.control))
-        if plan.quick:  # a smoke test: everything at once
-            await asyncio.gather(*(one(*j) for j in jobs))
-        else:
-            for j in jobs:
-                await one(*j)
+        await run_jobs(jobs)
+    for kind in others:
+        with EmbeddedServices.start(log_dir=log_dir, broker=kind) as services:
+            runner = Runner(plan, services)
+            log(f"{services.description}: {services.bootstrap_servers}")
+            res.produce_eps_by_broker[kind] = await runner.prepare(fleet=False)
+            sinks: dict[str, list[Result]] = {c: [] for c in cases}
+            res.by_broker[services.description] = sinks
+            await run_jobs(throughput_jobs(runner, sinks, f"{kind} "))
     res.seconds = time.perf_counter() - started
     return res
 
@@ -518,10 +556,6 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
         f"rotating; median, min and max over rounds."
     )
     add("")
-    add("## Throughput (events/s, one consumer, one core)")
-    add("")
-    add("| case | what | median | min | max | vs raw | runs | exact | peak RSS MB |")
-    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     what = {
         "raw": "bare aiokafka `getmany` loop, counts records (ceiling)",
         "raw-orjson": "the same loop, `orjson.loads` of every value",
@@ -531,20 +565,43 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
         "engine-json": 'Engine headless, `format = "json"`, `filter = {type = "order"}`',
         "engine-tui": "engine-json inside the Textual app (headless driver), default refresh",
     }
-    raw_med = summary([r["eps"] for r in res.throughput.get("raw", [])]).median
-    for case in THROUGHPUT_CASES:
-        if case in res.skipped:
-            add(f"| {case} | {what[case]} | skipped | | | | 0 | | |")
-            continue
-        rs = res.throughput.get(case, [])
-        s = summary([r["eps"] for r in rs])
-        med, lo, hi = fmt_summary(s)
-        vs = f"{s.median / raw_med:.0%}" if rs and raw_med == raw_med else "n/a"
-        exact = ""
-        if rs and "exact" in rs[0]:
-            exact = "yes" if all(r["exact"] for r in rs) else "**NO**"
-        rss = fmt(summary([r["rss_mb"] for r in rs]).median)
-        add(f"| {case} | {what[case]} | {med} | {lo} | {hi} | {vs} | {len(rs)} | {exact} | {rss} |")
+
+    def throughput_table(results: dict[str, list[Result]]) -> None:
+        add("| case | what | median | min | max | vs raw | runs | exact | peak RSS MB |")
+        add("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+        raw_med = summary([r["eps"] for r in results.get("raw", [])]).median
+        for case in THROUGHPUT_CASES:
+            if case in res.skipped:
+                add(f"| {case} | {what[case]} | skipped | | | | 0 | | |")
+                continue
+            rs = results.get(case, [])
+            s = summary([r["eps"] for r in rs])
+            med, lo, hi = fmt_summary(s)
+            vs = f"{s.median / raw_med:.0%}" if rs and raw_med == raw_med else "n/a"
+            exact = ""
+            if rs and "exact" in rs[0]:
+                exact = "yes" if all(r["exact"] for r in rs) else "**NO**"
+            rss = fmt(summary([r["rss_mb"] for r in rs]).median)
+            add(
+                f"| {case} | {what[case]} | {med} | {lo} | {hi} | {vs} | {len(rs)} | {exact} "
+                f"| {rss} |"
+            )
+
+    add("## Throughput (events/s, one consumer, one core)")
+    add("")
+    add("On Tansu, the broker the demo starts (every other section below runs on it too).")
+    add("")
+    throughput_table(res.throughput)
+    for broker, results in res.by_broker.items():
+        add("")
+        add(f"### The same cases on {broker}")
+        add("")
+        add(
+            "Same events, same rounds, in the same run; each ratio is against the bare loop on "
+            "this broker."
+        )
+        add("")
+        throughput_table(results)
     for case, why in res.skipped.items():
         add("")
         add(f"*{case} was left out: {why}.*")
@@ -749,13 +806,28 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "BENCHMARKS.md",
         help="where to write the report (default BENCHMARKS.md at the repo root)",
     )
+    ap.add_argument(
+        "--brokers",
+        default=None,
+        help="comma-separated brokers, the first runs every case, the others the throughput "
+        "cases (default: tansu,apache when Java and Maven are there, else tansu; --quick: tansu)",
+    )
     args = ap.parse_args(argv)
     plan = Plan.from_args(args)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    res = asyncio.run(run_all(plan, log))
+    if args.brokers:
+        brokers = [pick_broker(b)[0] for b in args.brokers.split(",")]
+    elif args.quick:
+        brokers = ["tansu"]
+    else:
+        why = apache_unavailable()
+        brokers = ["tansu"] if why else ["tansu", "apache"]
+        if why:
+            log(f"Apache Kafka left out: {why}")
+    res = asyncio.run(run_all(plan, log, brokers))
     text = render(res, plan, argv, versions())
     args.out.write_text(text)
     print_table(text)

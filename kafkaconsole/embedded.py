@@ -87,6 +87,29 @@ def apache_unavailable() -> str | None:
     return kafka_jars.missing_tools(need_maven=not cached)
 
 
+def pick_broker(wanted: str) -> tuple[BrokerKind, str | None]:
+    """The broker to run for ``wanted`` (``apache``, ``tansu`` or ``auto``) and, when ``auto``
+    falls back to Tansu, why (one line). ``apache`` that cannot run here raises."""
+    from kafkaconsole import kafka_jars
+
+    wanted = wanted.strip().lower() or "auto"
+    if wanted == "tansu":
+        return "tansu", None
+    if wanted not in ("apache", "auto"):
+        raise EmbeddedError(f"unknown broker {wanted!r}: choose apache, tansu or auto")
+    reason = apache_unavailable()
+    if reason is None:
+        try:
+            kafka_jars.ensure_jars()
+        except kafka_jars.KafkaJarsError as exc:
+            reason = str(exc)
+    if reason is None:
+        return "apache", None
+    if wanted == "apache":
+        raise EmbeddedError(f"Apache Kafka cannot run here: {reason}")
+    return "tansu", reason
+
+
 def _wait_port(
     host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float
 ) -> None:
@@ -408,7 +431,7 @@ def start_apache_kafka(
         subprocess.Popen(
             [
                 *_java_argv(libs, config, log4j, "256m", "kafka.tools.StorageTool"),
-                *("format", "--ignore-formatted", "-t", cluster_id, "-c", str(config)),
+                *("format", "--ignore-formatted", f"--cluster-id={cluster_id}", "-c", str(config)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

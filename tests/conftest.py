@@ -23,37 +23,24 @@ import redis.asyncio as aredis
 from kafkaconsole import kafka_jars
 from kafkaconsole.embedded import (
     BrokerKind,
+    EmbeddedError,
     EmbeddedServices,
     ManagedProcess,
-    apache_unavailable,
+    pick_broker,
     start_kafka,
 )
+from tests.helpers import BROKER_KEY as _BROKER_KEY
 from tests.helpers import KafkaHelper
 
 _counter = itertools.count()
-_BROKER_KEY = pytest.StashKey[tuple[BrokerKind, str | None]]()
 
 
 def choose_broker() -> tuple[BrokerKind, str | None]:
     """The session's broker and, when it fell back to Tansu, why (one line)."""
-    wanted = os.environ.get("KAFKACONSOLE_TEST_BROKER", "auto").strip().lower() or "auto"
-    if wanted == "tansu":
-        return "tansu", None
-    if wanted not in ("apache", "auto"):
-        raise pytest.UsageError(
-            f"KAFKACONSOLE_TEST_BROKER={wanted!r}: choose apache, tansu or auto"
-        )
-    reason = apache_unavailable()
-    if reason is None:
-        try:
-            kafka_jars.ensure_jars()
-        except kafka_jars.KafkaJarsError as exc:
-            reason = str(exc)
-    if reason is None:
-        return "apache", None
-    if wanted == "apache":
-        raise pytest.UsageError(f"KAFKACONSOLE_TEST_BROKER=apache, but {reason}")
-    return "tansu", reason
+    try:
+        return pick_broker(os.environ.get("KAFKACONSOLE_TEST_BROKER", "auto"))
+    except EmbeddedError as exc:
+        raise pytest.UsageError(f"KAFKACONSOLE_TEST_BROKER: {exc}") from exc
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,9 +64,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    notice = _notice(terminalreporter.config)
-    if notice:
-        terminalreporter.write_line(notice, yellow=True, bold=True)
+    # printed also with -q, which hides the report header
+    header, *notice = pytest_report_header(terminalreporter.config)
+    terminalreporter.write_line(header)
+    for line in notice:
+        terminalreporter.write_line(line, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from kafkaconsole.embedded import BrokerKind
+
+#: The session's broker and, when it fell back to Tansu, why (set by conftest.py).
+BROKER_KEY = pytest.StashKey[tuple[BrokerKind, str | None]]()
 
 
 class KafkaHelper:

@@ -1,4 +1,5 @@
-"""The fast subset of the fault-injection suite (the full one: ``python -m tests.faults``)."""
+"""The fast subset of the fault-injection suite (the full one: ``python -m tests.faults``).
+The three-broker scenarios need Apache Kafka: they run in sessions on it."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.scenarios import FAST, SCENARIOS
+from tests.faults.scenarios import FAST, FAST_CLUSTER, SCENARIOS
+from tests.helpers import BROKER_KEY
 
 
-@pytest.mark.parametrize("name", FAST)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "name" in metafunc.fixturenames:
+        kind, _ = metafunc.config.stash[BROKER_KEY]
+        metafunc.parametrize("name", FAST + (FAST_CLUSTER if kind == "apache" else []))
+
+
 async def test_fast_fault_scenario(name: str, tmp_path: Path) -> None:
     _fault, scenario = SCENARIOS[name]
     verdict = await scenario(tmp_path, True)

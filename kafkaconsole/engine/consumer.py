@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import InvalidSessionTimeoutError, KafkaError
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
@@ -84,6 +84,14 @@ def tune_gc() -> None:
 
 def missing_topic_message(topic: str) -> str:
     return f"topic {topic!r} does not exist on the brokers; waiting for it to be created"
+
+
+def session_timeout_message(session_timeout_ms: int) -> str:
+    return (
+        f"the brokers refused [kafka] session_timeout_ms = {session_timeout_ms}: it must lie "
+        "within their group.min.session.timeout.ms and group.max.session.timeout.ms (6000 and "
+        "1800000 by default)"
+    )
 
 
 class ConsumerStopped(Exception):
@@ -216,6 +224,13 @@ class ConsumerRunner:
                     self._kafka_failed = False
                     if batch:
                         self._kafka_answered()
+                except InvalidSessionTimeoutError as exc:
+                    # the group coordinator refuses the configured timeout at every join: a
+                    # configuration error, not an outage; this consumer stops, the rest go on
+                    self.state = ConsumerState.ERROR
+                    self.last_error = session_timeout_message(self.app.kafka.session_timeout_ms)
+                    log.error("%s: %s", self.cfg.consumer_id, self.last_error)
+                    raise ConsumerStopped(self.last_error) from exc
                 except KafkaError as exc:
                     self._kafka_failed = True
                     self._note_error(f"Kafka poll failed: {type(exc).__name__}: {exc}")

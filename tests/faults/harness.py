@@ -24,7 +24,15 @@ import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from kafkaconsole.embedded import ManagedProcess, free_port, start_broker, start_redis
+from kafkaconsole.embedded import (
+    BrokerKind,
+    ManagedProcess,
+    free_port,
+    pick_broker,
+    start_kafka,
+    start_redis,
+    stop_all,
+)
 from tests.faults.target import PipelineTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +73,12 @@ class Verdict:
         return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
 
 
+def broker_kind() -> BrokerKind:
+    """The broker the scenarios run on: ``KAFKACONSOLE_TEST_BROKER`` as for the test suite
+    (Apache Kafka when Java and Maven are there, else Tansu)."""
+    return pick_broker(os.environ.get("KAFKACONSOLE_TEST_BROKER", "auto"))[0]
+
+
 class Cluster:
     def __init__(
         self,
@@ -79,7 +93,10 @@ class Cluster:
         error_handling: str = '{ on_error = "dlq" }',
         kafka_extra: str = "",
         pipeline_timeout: float = 5,
+        brokers: int = 1,
     ) -> None:
+        """``brokers``: 1, or 3 for an Apache Kafka cluster (replication factor 3, min ISR 2,
+        the producer writing with acks=all so an acknowledged event survives a broker's death)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.max_event = max_event
@@ -91,7 +108,8 @@ class Cluster:
         self.error_handling = error_handling
         self.kafka_extra = kafka_extra
         self.pipeline_timeout = pipeline_timeout
-        self.broker: ManagedProcess | None = None
+        self.broker_count = brokers
+        self.brokers: list[ManagedProcess] = []
         self.redis: ManagedProcess | None = None
         self.redis_dir = workdir / "redis"
         self.target = PipelineTarget()
@@ -108,9 +126,12 @@ class Cluster:
 
     # ---- services --------------------------------------------------------------------------
     @property
+    def broker(self) -> ManagedProcess:
+        return self.brokers[0]
+
+    @property
     def bootstrap(self) -> str:
-        assert self.broker is not None
-        return f"127.0.0.1:{self.broker.port}"
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.brokers)
 
     @property
     def redis_url(self) -> str:
@@ -118,7 +139,10 @@ class Cluster:
         return f"redis://127.0.0.1:{self.redis.port}/0"
 
     async def start(self) -> None:
-        self.broker = await asyncio.to_thread(start_broker, log_dir=self.workdir)
+        kind = broker_kind() if self.broker_count == 1 else "apache"
+        self.brokers = await asyncio.to_thread(
+            start_kafka, kind, nodes=self.broker_count, log_dir=self.workdir
+        )
         self.redis_dir.mkdir(exist_ok=True)
         self.redis = await asyncio.to_thread(
             start_redis, extra_args=self.redis_args, workdir=self.redis_dir
@@ -127,12 +151,18 @@ class Cluster:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
+            replicas = len(self.brokers)
             await admin.create_topics(
-                [NewTopic(TOPIC, PARTITIONS, 1), NewTopic(f"{TOPIC}.dlq", 1, 1)]
+                [NewTopic(TOPIC, PARTITIONS, replicas), NewTopic(f"{TOPIC}.dlq", 1, replicas)]
             )
         finally:
             await admin.close()
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=5,
+            acks="all",
+            enable_idempotence=len(self.brokers) > 1,
+        )
         await self.producer.start()
         self.write_config()
 
@@ -199,9 +229,7 @@ error_handling = {self.error_handling}
         if self.producer is not None:
             await self.producer.stop()
         await self.target.stop()
-        for proc in (self.redis, self.broker):
-            if proc is not None:
-                await asyncio.to_thread(proc.stop)
+        await asyncio.to_thread(stop_all, [*([self.redis] if self.redis else []), *self.brokers])
 
     # ---- instances -------------------------------------------------------------------------
     def start_instance(

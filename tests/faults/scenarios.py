@@ -4,6 +4,7 @@ oracle's verdict with the figures it measured. ``quick`` shrinks volumes and dur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.faults.harness import CONSUMER, PARTITIONS, REPO, Cluster, Verdict
+from kafkaconsole.embedded import ManagedProcess
+from tests.faults.harness import CONSUMER, PARTITIONS, REPO, TOPIC, Cluster, Verdict
 
 Scenario = Callable[[Path, bool], Awaitable[Verdict]]
 
@@ -458,6 +460,159 @@ async def broker_pause(workdir: Path, quick: bool) -> Verdict:
     return await _run(workdir, body)
 
 
+# 12 ------------------------------------------------------------------------------------------
+# Three Apache Kafka brokers (replication factor 3, min ISR 2, producer acks=all): a broker
+# that dies, restarts or hangs moves its partitions' leadership to another; counting must
+# follow it with nothing lost or counted twice. "Resume" is the longest time a partition's
+# stored offset (what Redis holds as counted) stood still while events were being produced:
+# the fault's cost end to end, the producer's own failover included.
+
+
+class CountingStalls:
+    """Samples each partition's stored offset every 0.1 s while events are produced and
+    keeps, per partition, the longest time it did not advance."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.worst: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        last: dict[int, tuple[int, float]] = {}
+        while True:
+            now = time.monotonic()
+            try:
+                stored = await self.cluster.stored_offsets()
+            except Exception:
+                stored = {}
+            for partition, offset in stored.items():
+                seen = last.get(partition)
+                if seen is None or offset != seen[0]:
+                    if seen is not None:
+                        gap = now - seen[1]
+                        self.worst[partition] = max(self.worst.get(partition, 0.0), gap)
+                    last[partition] = (offset, now)
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> float:
+        """Stop sampling (when production ends); the worst stall of any partition."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return max(self.worst.values(), default=0.0)
+
+
+async def _leaders(cluster: Cluster) -> dict[int, list[int]]:
+    """Per partition of the topic: [leader node id, *in-sync replica ids]."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        (topic,) = await admin.describe_topics([TOPIC])
+        return {p["partition"]: [p["leader"], *p["isr"]] for p in topic["partitions"]}
+    finally:
+        await admin.close()
+
+
+def _node(cluster: Cluster, node_id: int) -> ManagedProcess:
+    return next(n for n in cluster.brokers if n.node_id == node_id)
+
+
+async def _fully_replicated(cluster: Cluster, timeout: float = 60) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with contextlib.suppress(Exception):
+            if all(
+                len(ids) - 1 == cluster.broker_count for ids in (await _leaders(cluster)).values()
+            ):
+                return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def _cluster_fault(
+    workdir: Path,
+    quick: bool,
+    fault: Callable[[Cluster], Awaitable[dict[str, object]]],
+) -> Verdict:
+    """Two instances count a steady stream over three brokers while ``fault`` runs."""
+
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        c.start_instance("b")
+        await _wait_owned_by(c, {"a", "b"})
+        seconds = 25 if quick else 60
+        n = 6_000 if quick else 30_000
+        stalls = CountingStalls(c)
+        stalls.start()
+        producing = asyncio.create_task(c.produce(n, bad_every=1000, rate=n / seconds))
+        await asyncio.sleep(3)
+        notes = await fault(c)
+        await producing
+        worst = await stalls.stop()
+        took = await c.wait_counted(120)
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a", "b"])
+        v.add("every broker back", all(node.alive() for node in c.brokers))
+        v.add("counted everything after the fault", took != float("inf"), f"{took}")
+        v.figures["time to resume counting (s)"] = round(worst, 1)
+        v.figures.update(notes)
+        return v
+
+    return await _run(workdir, body, brokers=3, max_event=500)
+
+
+async def broker_leader_kill9(workdir: Path, quick: bool) -> Verdict:
+    """kill -9 of the leader of partition 0 under load; it restarts 5 s later."""
+
+    async def fault(c: Cluster) -> dict[str, object]:
+        victim = _node(c, (await _leaders(c))[0][0])
+        await asyncio.to_thread(victim.kill)
+        await asyncio.sleep(5)
+        await asyncio.to_thread(victim.restart)
+        back = await _fully_replicated(c)
+        return {"killed node": victim.node_id, "in sync again": back}
+
+    return await _cluster_fault(workdir, quick, fault)
+
+
+async def broker_rolling_restart(workdir: Path, quick: bool) -> Verdict:
+    """Each broker in turn: SIGTERM (controlled shutdown), start again, wait until every
+    partition is fully replicated, then the next."""
+
+    async def fault(c: Cluster) -> dict[str, object]:
+        worst_down = 0.0
+        for node in c.brokers:
+            t0 = time.monotonic()
+            await asyncio.to_thread(node.stop, 30)
+            await asyncio.to_thread(node.restart)
+            worst_down = max(worst_down, time.monotonic() - t0)
+            if not await _fully_replicated(c):
+                return {"stuck after node": node.node_id}
+        return {"worst broker restart (s)": round(worst_down, 1)}
+
+    return await _cluster_fault(workdir, quick, fault)
+
+
+async def broker_freeze(workdir: Path, quick: bool) -> Verdict:
+    """SIGSTOP the leader of partition 0 (it hangs: no error reaches a client) for 15 s
+    (30 s in full mode), then SIGCONT: the controller fences it and moves its partitions."""
+
+    async def fault(c: Cluster) -> dict[str, object]:
+        victim = _node(c, (await _leaders(c))[0][0])
+        victim.signal(signal.SIGSTOP)
+        await asyncio.sleep(15 if quick else 30)
+        victim.signal(signal.SIGCONT)
+        back = await _fully_replicated(c, 90)
+        return {"frozen node": victim.node_id, "in sync again": back}
+
+    return await _cluster_fault(workdir, quick, fault)
+
+
 # 10 ------------------------------------------------------------------------------------------
 async def poison(workdir: Path, quick: bool) -> Verdict:
     async def body(c: Cluster) -> Verdict:
@@ -554,6 +709,18 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         redis_kill9_no_persistence,
     ),
     "broker-pause": ("broker SIGSTOP, then SIGCONT", broker_pause),
+    "cluster-leader-kill9": (
+        "3 brokers: kill -9 of partition 0's leader under load, restart",
+        broker_leader_kill9,
+    ),
+    "cluster-rolling-restart": (
+        "3 brokers: each restarted in turn (SIGTERM) under load",
+        broker_rolling_restart,
+    ),
+    "cluster-broker-freeze": (
+        "3 brokers: partition 0's leader frozen (SIGSTOP) under load, then SIGCONT",
+        broker_freeze,
+    ),
     "poison": (
         "invalid JSON, invalid UTF-8, empty, null, wrong types, over the size cap",
         poison,
@@ -564,3 +731,4 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
 
 # The bad config corpus is also checked file by file in tests/test_config.py.
 FAST = ["baseline", "kill-9", "poison"]
+FAST_CLUSTER = ["cluster-leader-kill9"]  # three Apache Kafka brokers
