@@ -70,8 +70,12 @@ async def test_a_missing_topic_is_reported_and_joined_once_created(
 
         await wait_for(counted, 30, what="counting once the topic exists")
         assert runner.last_error is None and not runner.topic_missing
-        status = await fleet.consumer(cid)
-        assert status["last_error"] is None and status["state"] == "running"
+
+        async def cleared() -> bool:  # once the next heartbeat is published
+            status = await fleet.consumer(cid)
+            return status["last_error"] is None and status["state"] == "running"
+
+        await wait_for(cleared, 10, what="the error cleared in the fleet status")
     finally:
         await engine.stop()
         await kafka.stop()
