@@ -38,6 +38,7 @@ from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.dispatch import RedispatchError, redispatch
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.group_offsets import committed_offsets
 
 T = TypeVar("T")
 
@@ -336,44 +337,82 @@ def _lag_data(consumers: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _lag_text(data: dict[str, Any]) -> str:
+    committed = data.get("committed", False)
     rows: list[list[Any]] = []
     for c in data["consumers"]:
         if not c["partitions"]:
-            rows.append([c["consumer_id"], c["kafka_topic"], None, None, None, None, c["lag"]])
+            row = [c["consumer_id"], c["kafka_topic"], None, None, None, None, c["lag"]]
+            rows.append([*row, None] if committed else row)
         for p in c["partitions"]:
-            rows.append(
-                [
-                    c["consumer_id"],
-                    c["kafka_topic"],
-                    p["partition"],
-                    p.get("owner"),
-                    p["position"],
-                    p["highwater"],
-                    p["lag"],
-                ]
-            )
-    text = table(["CONSUMER", "TOPIC", "PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG"], rows)
+            row = [
+                c["consumer_id"],
+                c["kafka_topic"],
+                p["partition"],
+                p.get("owner"),
+                p["position"],
+                p["highwater"],
+                p["lag"],
+            ]
+            rows.append([*row, p.get("committed")] if committed else row)
+    headers = ["CONSUMER", "TOPIC", "PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG"]
+    text = table([*headers, "COMMITTED"] if committed else headers, rows)
     total = data["total_lag"]
-    return f"{text}\n\ntotal lag: {'-' if total is None else total}"
+    notes = [
+        f"{c['consumer_id']}: Kafka's committed offsets unknown ({c['committed_error']})"
+        for c in data["consumers"]
+        if c.get("committed_error")
+    ]
+    return "\n".join([text, "", f"total lag: {'-' if total is None else total}", *notes])
 
 
-def lag(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Show the lag (highwater - position) of every partition, with its owning instance.
+def lag(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    committed: Annotated[
+        bool,
+        typer.Option(
+            "--committed",
+            help="Also read each consumer group's committed offsets from the brokers (the "
+            "admin client's OffsetFetch: what kafka-consumer-groups.sh and Burrow see).",
+        ),
+    ] = False,
+) -> None:
+    """Show the lag (end offset - position) of every partition, with its owning instance.
 
-    Only partitions assigned to a live instance have a known lag.
+    A partition no live instance owns shows the position Redis holds as counted and no owner.
 
     Example:
 
         kafkaconsole lag --config kafkaconsole.toml
 
-        kafkaconsole lag --json | jq .total_lag
+        kafkaconsole lag --committed --json | jq .total_lag
     """
     cfg = _load(None, config)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
-        return _lag_data(await fleet.consumers())
+        data = _lag_data(await fleet.consumers())
+        if committed:
+            await _add_committed(cfg, data)
+        return data
 
     Output(as_json).emit(_with_fleet(cfg, action), _lag_text)
+
+
+async def _add_committed(cfg: AppConfig, data: dict[str, Any]) -> None:
+    """Put each group's committed offset beside every partition (``committed``; None when
+    the group committed nothing there), or the reason it is unknown (``committed_error``)."""
+    groups = {
+        c.effective_group_id: c.kafka_topic
+        for c in cfg.consumers
+        if any(d["consumer_id"] == c.consumer_id for d in data["consumers"])
+    }
+    found = await committed_offsets(cfg.kafka, groups)
+    data["committed"] = True
+    for entry in data["consumers"]:
+        group = found[cfg.consumer(entry["consumer_id"]).effective_group_id]
+        entry["committed_error"] = group.error
+        for p in entry["partitions"]:
+            p["committed"] = None if group.error else group.offsets.get(p["partition"])
 
 
 def _history_text(records: list[dict[str, Any]]) -> str:

@@ -227,7 +227,11 @@ error_handling = {self.error_handling}
             proc.wait(10)
         self.procs.clear()
         if self.producer is not None:
-            await self.producer.stop()
+            try:  # a producer still retrying a batch would wait forever
+                async with asyncio.timeout(30):
+                    await self.producer.stop()
+            except TimeoutError:
+                print("the producer did not stop within 30 s", file=sys.stderr, flush=True)
         await self.target.stop()
         await asyncio.to_thread(stop_all, [*([self.redis] if self.redis else []), *self.brokers])
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from kafkaconsole.embedded import ManagedProcess
@@ -505,6 +505,16 @@ class CountingStalls:
         return max(self.worst.values(), default=0.0)
 
 
+@contextlib.asynccontextmanager
+async def _phase(name: str, seconds: float) -> AsyncIterator[None]:
+    """A phase of a scenario that must end in time: a hang fails the run, naming the phase."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RuntimeError(f"{name} did not end within {seconds:.0f} s") from None
+
+
 async def _leaders(cluster: Cluster) -> dict[int, list[int]]:
     """Per partition of the topic: [leader node id, *in-sync replica ids]."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -551,12 +561,15 @@ async def _cluster_fault(
         stalls.start()
         producing = asyncio.create_task(c.produce(n, bad_every=1000, rate=n / seconds))
         await asyncio.sleep(3)
-        notes = await fault(c)
-        await producing
+        async with _phase("the fault", 300):
+            notes = await fault(c)
+        async with _phase("production", 120):
+            await producing
         worst = await stalls.stop()
         took = await c.wait_counted(120)
         await c.wait_dispatched()
-        v = await c.oracle(healthy=["a", "b"])
+        async with _phase("the oracle", 120):
+            v = await c.oracle(healthy=["a", "b"])
         v.add("every broker back", all(node.alive() for node in c.brokers))
         v.add("counted everything after the fault", took != float("inf"), f"{took}")
         v.figures["time to resume counting (s)"] = round(worst, 1)
