@@ -128,10 +128,13 @@ async def test_json_logs_api_and_sigterm(
                 assert (await resp.json())["instance_id"] == "solo"
         await kafka.produce(unique, ({"i": i} for i in range(3)), partitions=1)
 
-        async def triggered() -> bool:
-            return any("window 1 closed" in x["message"] for x in _json_lines(log))
+        async def triggered() -> bool:  # the window closed, then its pipeline ran
+            lines = _json_lines(log)
+            return any("window 1 closed" in x["message"] for x in lines) and any(
+                x.get("event") == "pipeline_run" for x in lines
+            )
 
-        await wait_for(triggered, 15, what="a trigger logged")
+        await wait_for(triggered, 15, what="a trigger and its pipeline run logged")
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         assert await asyncio.to_thread(proc.wait, 15) == 0
