@@ -1,14 +1,17 @@
 """Logging set-up shared by the headless process and the CLI: human or JSON lines on stderr.
 
 Every record passes through a filter that replaces known secret values with ``******``, so a
-password that reaches an exception message never reaches the log.
+password that reaches an exception message never reaches the log, and one that collapses a
+client library's retry chatter (aiokafka logs every failed reconnect to a dead broker, about
+twenty lines a second) into one line, then a count of the repeats once a minute.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import IO
 
@@ -16,7 +19,40 @@ import orjson
 
 from kafkaconsole.config.secrets import MASK, redact
 
-__all__ = ["MASK", "JsonFormatter", "SecretMaskFilter", "setup_logging"]
+__all__ = ["MASK", "JsonFormatter", "RepeatFilter", "SecretMaskFilter", "setup_logging"]
+
+#: Loggers of libraries whose repeated lines are collapsed (our own lines never are: each
+#: says something new, and the engine already logs a repeated error once)
+CHATTY_LOGGERS = ("aiokafka", "kafka")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of identical lines through, drops the same line repeated within
+    ``window`` seconds, and once that window has passed lets it through again saying how
+    often it was repeated meanwhile. Applies to the loggers of ``CHATTY_LOGGERS`` only."""
+
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in CHATTY_LOGGERS:
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = self.clock()
+        first, repeats = self._seen.get(key, (now - self.window - 1, 0))
+        if now - first <= self.window:
+            self._seen[key] = (first, repeats + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if len(self._seen) > 1000:  # forget lines not repeated for a window
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] <= self.window}
+        if repeats:
+            record.msg = f"{record.getMessage()} (repeated {repeats} times in {self.window:.0f} s)"
+            record.args = None
+        return True
 
 
 class SecretMaskFilter(logging.Filter):
@@ -80,6 +116,7 @@ def setup_logging(
                 "%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
             )
         )
+    handler.addFilter(RepeatFilter())
     handler.addFilter(SecretMaskFilter(secrets))
     root = logging.getLogger()
     for h in list(root.handlers):

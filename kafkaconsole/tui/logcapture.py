@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from kafkaconsole.config.secrets import redact
+from kafkaconsole.logs import RepeatFilter
 from kafkaconsole.tui.viewmodel import LogBook, LogLine
 
 
@@ -30,6 +31,7 @@ class ConsoleLogHandler(logging.Handler):
         mask: Callable[[str], str] | None = None,
     ) -> None:
         super().__init__(logging.INFO)
+        self.addFilter(RepeatFilter())  # a client library's retry chatter: one line a minute
         self.book = book
         if mask is None:
             values = frozenset(s for s in secrets if s)
