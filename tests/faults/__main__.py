@@ -99,9 +99,11 @@ def update_report(rows: list[dict[str, Any]], out: Path, command: str) -> None:
         at = [i for i, line in enumerate(lines) if line.startswith(f"| {r['name']} |")]
         if at:
             lines[at[0]] = _row(r)
-        else:
-            last = max(i for i, line in enumerate(lines) if line.startswith("| "))
-            lines.insert(last + 1, _row(r))
+        else:  # after the last row of the scenario table (the first table)
+            last = next(i for i, line in enumerate(lines) if line.startswith("| scenario |")) + 2
+            while last < len(lines) and lines[last].startswith("| "):
+                last += 1
+            lines.insert(last, _row(r))
     run_at = next(i for i, line in enumerate(lines) if line.startswith("Run: "))
     names = ", ".join(r["name"] for r in rows)
     lines.insert(run_at + 1, f"Rows {names} re-run: `{command}` on {datetime.now(UTC):%Y-%m-%d}.")

@@ -571,9 +571,11 @@ async def _cluster_fault(
         async with _phase("the oracle", 120):
             v = await c.oracle(healthy=["a", "b"])
         v.add("every broker back", all(node.alive() for node in c.brokers))
+        in_sync = notes.pop("in sync again", True)
+        v.add("every partition fully replicated again", in_sync is True, str(notes))
         v.add("counted everything after the fault", took != float("inf"), f"{took}")
         v.figures["time to resume counting (s)"] = round(worst, 1)
-        v.figures.update(notes)
+        v.figures.update({k: val for k, val in notes.items() if isinstance(val, int | float)})
         return v
 
     return await _run(workdir, body, brokers=3, max_event=500)
@@ -588,7 +590,7 @@ async def broker_leader_kill9(workdir: Path, quick: bool) -> Verdict:
         await asyncio.sleep(5)
         await asyncio.to_thread(victim.restart)
         back = await _fully_replicated(c)
-        return {"killed node": victim.node_id, "in sync again": back}
+        return {"killed node": f"node {victim.node_id}", "in sync again": back}
 
     return await _cluster_fault(workdir, quick, fault)
 
@@ -605,7 +607,7 @@ async def broker_rolling_restart(workdir: Path, quick: bool) -> Verdict:
             await asyncio.to_thread(node.restart)
             worst_down = max(worst_down, time.monotonic() - t0)
             if not await _fully_replicated(c):
-                return {"stuck after node": node.node_id}
+                return {"in sync again": False, "stuck after": f"node {node.node_id}"}
         return {"worst broker restart (s)": round(worst_down, 1)}
 
     return await _cluster_fault(workdir, quick, fault)
@@ -621,7 +623,7 @@ async def broker_freeze(workdir: Path, quick: bool) -> Verdict:
         await asyncio.sleep(15 if quick else 30)
         victim.signal(signal.SIGCONT)
         back = await _fully_replicated(c, 90)
-        return {"frozen node": victim.node_id, "in sync again": back}
+        return {"frozen node": f"node {victim.node_id}", "in sync again": back}
 
     return await _cluster_fault(workdir, quick, fault)
 
