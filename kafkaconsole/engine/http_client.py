@@ -90,6 +90,16 @@ def ssl_context(tls: TlsSettings) -> ssl.SSLContext | bool:
     return context
 
 
+NOT_CREDENTIALS = frozenset({"idempotency-key", "content-type", "accept", "user-agent"})
+
+
+def is_credential_header(name: str) -> bool:
+    """Headers kept from other hosts: Authorization, cookies and every header named like a
+    secret (``X-Api-Key``, ``X-Auth-Token``...), but not ``Idempotency-Key``."""
+    lowered = name.lower()
+    return lowered not in NOT_CREDENTIALS and (lowered == "cookie" or is_secret_name(name))
+
+
 def insecure_warning(where: str) -> str:
     """The start-up warning for ``verify = false``."""
     return (
@@ -195,7 +205,7 @@ class HttpClient:
                     sent.popall("Content-Type", None)
                 if (target.host or "").lower() != origin:
                     for name in list(sent):
-                        if is_secret_name(name):
+                        if is_credential_header(name):
                             sent.popall(name, None)
                 current = target
         raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects (last to {shown(current)})")
