@@ -273,11 +273,12 @@ async def test_airbyte_lost_create_answer_follows_the_job_it_started(
     airbyte.lose_replies = 1  # the job is created, its answer arrives after our timeout
     airbyte.clock_offset = -1.5  # Airbyte's clock is a little behind ours
     attempts: list[tuple[int, str | None]] = []
-    async with airbyte_pipeline(airbyte, timeout=0.5) as pipeline:
+    airbyte.reply_delay = 10.0
+    async with airbyte_pipeline(airbyte, timeout=1.5) as pipeline:
         result = await run_pipeline(
             pipeline, RECORD, PAYLOAD, FAST, on_attempt=lambda n, e: attempts.append((n, e))
         )
-    assert attempts == [(1, "create job: timed out after 0.5s"), (2, None)]
+    assert attempts == [(1, "create job: timed out after 1.5s"), (2, None)]
     assert result.status == RunStatus.SUCCEEDED
     assert result.run_id == "1"
     assert result.detail["recovered_create"] is True
@@ -310,7 +311,8 @@ async def test_airbyte_lost_create_does_not_take_a_job_another_window_claimed(
     airbyte: FakeAirbyte,
 ) -> None:
     async with airbyte_pipeline(airbyte) as pipeline:
-        first = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)  # job 1, just now
+        first = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)  # job 1
+        airbyte.jobs[1].created_at = airbyte.now()  # within the lookup's reach, surely
         airbyte.drop_before_create = 1
         second = await run_pipeline(pipeline, RECORD_8, PAYLOAD_8, FAST)
     assert (first.run_id, second.run_id) == ("1", "2")

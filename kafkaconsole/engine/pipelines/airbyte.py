@@ -108,7 +108,7 @@ class AirbytePipeline(RemoteRunPipeline):
             self.cfg.client_secret,
             self.cfg.password,
             self._basic,
-            self._access.value if self._access is not None else None,
+            *(self._access.recent if self._access is not None else ()),
         )
 
     # -- credentials --------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class AirflowPipeline(RemoteRunPipeline):
             self.cfg.password,
             self.cfg.token,
             self._static,
-            self._jwt.value if self._jwt is not None else None,
+            *(self._jwt.recent if self._jwt is not None else ()),
         )
 
     @property

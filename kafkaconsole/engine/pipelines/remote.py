@@ -136,6 +136,8 @@ class AccessToken:
         self.value: str | None = None
         self.renew_at: float | None = None
         self.obtained = 0
+        self.recent: list[str] = []
+        """The last few tokens obtained (masked in errors even after they were replaced)."""
         self._lock: asyncio.Lock | None = None
 
     async def get(self, *, stale: str | None = None) -> str:
@@ -151,6 +153,7 @@ class AccessToken:
             token, lifetime = await self._obtain()
             self.value = token
             self.obtained += 1
+            self.recent = [*self.recent[-3:], token]
             if lifetime is None:
                 self.renew_at = None
             else:
