@@ -65,12 +65,15 @@ class TlsSetupError(Exception):
 
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext | bool:
     """The ``ssl`` argument for aiohttp: True (the system's CAs, verified) unless the settings
-    ask for something else. Reads files: call it off the event loop."""
+    ask for something else. Reads files when ``ca_file`` or ``cert_file`` is set: then call it
+    off the event loop."""
     if tls.verify and tls.ca_file is None and tls.cert_file is None:
         return True
     try:
-        context = ssl.create_default_context(cafile=tls.ca_file if tls.verify else None)
-        if not tls.verify:
+        if tls.verify:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if tls.cert_file is not None:
@@ -142,7 +145,10 @@ class HttpClient:
     async def start(self) -> None:
         """Load the TLS files (raises :class:`TlsSetupError`) and open the session."""
         if self._ssl is None:
-            self._ssl = await asyncio.to_thread(ssl_context, self.tls)
+            if self.tls.ca_file is None and self.tls.cert_file is None:
+                self._ssl = ssl_context(self.tls)  # reads no file
+            else:
+                self._ssl = await asyncio.to_thread(ssl_context, self.tls)
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
