@@ -2,9 +2,10 @@
 # The integration tier: the airflow pipeline kind against a real Apache Airflow 3 (api v2) and
 # Airflow 2 (api v1), both started by the tests (airflow standalone, SQLite, free ports).
 #
-# Each Airflow lives in its own virtual environment under .cache/ (ignored by git), built once
-# from the pins in tests/integration/airflow-<version>.txt and reused by later runs. The
-# project's own .venv is made by scripts/test.sh (or here, if it is missing).
+# Each Airflow lives in its own virtual environment under .cache/ (ignored by git; set
+# KAFKACONSOLE_CACHE_DIR to keep it elsewhere, e.g. across fresh clones), built once from the
+# pins in tests/integration/airflow-<version>.txt and reused by later runs. The project's own
+# .venv is made by scripts/test.sh (or here, if it is missing).
 # Usage: scripts/integration.sh [pytest args]      e.g. scripts/integration.sh -k airflow3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ started=$(date +%s)
 AIRFLOW3_VERSION=3.3.2
 AIRFLOW2_VERSION=2.10.5
 PYTHON=${PYTHON:-python3}
+CACHE_DIR=${KAFKACONSOLE_CACHE_DIR:-.cache}
+mkdir -p "$CACHE_DIR"
+CACHE_DIR=$(cd "$CACHE_DIR" && pwd)
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
@@ -20,9 +24,9 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
 fi
 
-# airflow_venv VERSION: make .cache/airflow-VERSION unless a complete one is there already.
+# airflow_venv VERSION: make CACHE_DIR/airflow-VERSION unless a complete one is there already.
 airflow_venv() {
-  local version=$1 dir=.cache/airflow-$1 pins=tests/integration/airflow-$1.txt
+  local version=$1 dir=$CACHE_DIR/airflow-$1 pins=tests/integration/airflow-$1.txt
   if [ -f "$dir/.complete" ] && cmp -s "$pins" "$dir/.complete"; then
     echo "Airflow $version: cached in $dir"
     return
@@ -43,8 +47,8 @@ airflow_venv "$AIRFLOW3_VERSION"
 airflow_venv "$AIRFLOW2_VERSION"
 
 status=0
-KAFKACONSOLE_AIRFLOW3_BIN="$PWD/.cache/airflow-$AIRFLOW3_VERSION/bin" \
-KAFKACONSOLE_AIRFLOW2_BIN="$PWD/.cache/airflow-$AIRFLOW2_VERSION/bin" \
+KAFKACONSOLE_AIRFLOW3_BIN="$CACHE_DIR/airflow-$AIRFLOW3_VERSION/bin" \
+KAFKACONSOLE_AIRFLOW2_BIN="$CACHE_DIR/airflow-$AIRFLOW2_VERSION/bin" \
   .venv/bin/python -m pytest -p no:cacheprovider -m integration --timeout=900 tests/integration "$@" \
   || status=$?
 echo "integration tier: $(( $(date +%s) - started ))s wall time (exit $status)"
