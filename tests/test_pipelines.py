@@ -677,14 +677,25 @@ async def test_http_429_exhausts_attempts(webhook: Webhook) -> None:
     assert result.error == "HTTP 429: quota"
 
 
-async def test_http_redirect_is_not_followed(webhook: Webhook) -> None:
+async def test_http_redirect_is_followed_with_the_method_and_body(webhook: Webhook) -> None:
     webhook.answer(302, "", Location="/elsewhere")
+    async with http_pipeline(webhook.url) as pipeline:
+        result = await call_with_retry(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.SUCCEEDED
+    assert result.attempts == 1
+    first, second = webhook.requests
+    assert (second.method, second.path) == ("POST", "/elsewhere")
+    assert second.body == first.body and orjson.loads(second.body) == PAYLOAD
+    assert second.headers["Idempotency-Key"] == "orders:7"
+
+
+async def test_http_redirect_without_location_fails_at_once(webhook: Webhook) -> None:
+    webhook.answer(302, "")
     async with http_pipeline(webhook.url) as pipeline:
         result = await call_with_retry(pipeline, RECORD, PAYLOAD, FAST)
     assert result.status == RunStatus.FAILED
     assert result.attempts == 1
-    assert result.error is not None and result.error.startswith("HTTP 302: redirect not followed")
-    assert len(webhook.requests) == 1
+    assert result.error == "HTTP 302: a redirect without a usable Location"
 
 
 async def test_http_timeout_is_retryable(webhook: Webhook) -> None:
@@ -718,7 +729,7 @@ async def test_http_session_is_closed_by_close(webhook: Webhook) -> None:
     result = await call_with_retry(pipeline, RECORD, PAYLOAD, ONCE)  # starts lazily
     assert result.status == RunStatus.SUCCEEDED
     assert isinstance(pipeline, HttpPipeline)
-    session = pipeline._session
+    session = pipeline.client.session
     assert session is not None and not session.closed
     await pipeline.close()
     await pipeline.close()  # idempotent

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
+import logging
 import socket
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aredis
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from kafkaconsole.config.models import AirbytePipeline as AirbyteConfig
@@ -32,7 +33,7 @@ from kafkaconsole.engine.breaker import BreakerState
 from kafkaconsole.engine.dispatch import TriggerDispatcher, read_breaker
 from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.pipelines import Pipeline, PipelineError, build_pipeline
-from kafkaconsole.engine.pipelines.airbyte import AirbytePipeline
+from kafkaconsole.engine.pipelines.airbyte import JOB_STATUSES, AirbytePipeline
 from kafkaconsole.engine.pipelines.airflow import AirflowPipeline
 from kafkaconsole.engine.pipelines.kafka import KafkaPipeline
 from kafkaconsole.engine.records import (
@@ -45,6 +46,7 @@ from kafkaconsole.engine.records import (
 from kafkaconsole.engine.retry import call_with_retry, run_pipeline
 from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
+from tests.remote_fakes import FakeAirbyte, FakeAirflow, serve
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, jitter=False)
 POLL = 0.05
@@ -73,181 +75,8 @@ class RecordingSleep:
         await asyncio.sleep(0)
 
 
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-
-
-async def _seen(request: web.Request) -> Seen:
-    raw = await request.read()
-    body = orjson.loads(raw) if raw else None
-    return Seen(request.method, request.path, dict(request.query), dict(request.headers), body)
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
-
-
-def problem(status: int, title: str, detail: str) -> web.Response:
-    return web.json_response(
-        {
-            "type": f"https://example/errors#{status}",
-            "title": title,
-            "status": status,
-            "detail": detail,
-        },
-        status=status,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # A fake Airbyte public API
-
-
-@dataclass
-class Job:
-    job_id: int
-    connection_id: str
-    job_type: str
-    polls_left: int
-    final: str
-    status: str = "pending"
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "jobId": self.job_id,
-            "status": self.status,
-            "jobType": self.job_type,
-            "connectionId": self.connection_id,
-            "startTime": "2024-06-01T12:00:00Z",
-        }
-        if self.status == "succeeded":
-            body.update(rowsSynced=100, bytesSynced=2048, duration="PT2S")
-        return body
-
-    @property
-    def final_now(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
-
-
-@dataclass
-class FakeAirbyte:
-    """Jobs go pending -> running (``polls`` status reads) -> ``final``. A connection with an
-    unfinished job answers 409 to a new one, as Airbyte does."""
-
-    url: str = ""
-    static_token: str = "ab-token-s3cret"
-    clients: dict[str, str] = field(default_factory=lambda: {"kc-client": "kc-client-s3cret"})
-    expires_in: int = 180
-    polls: int = 2
-    final: str = "succeeded"
-    issued: set[str] = field(default_factory=set)
-    jobs: dict[int, Job] = field(default_factory=dict)
-    requests: list[Seen] = field(default_factory=list)
-    create_script: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
-    poll_script: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
-    _ids: Any = field(default_factory=lambda: itertools.count(1))
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/api/public/v1/applications/token", self.token)
-        app.router.add_post("/api/public/v1/jobs", self.create)
-        app.router.add_get("/api/public/v1/jobs", self.list_jobs)
-        app.router.add_get("/api/public/v1/jobs/{job_id}", self.get_job)
-        return app
-
-    @property
-    def creates(self) -> list[Seen]:
-        return [r for r in self.requests if r.method == "POST" and r.path.endswith("/v1/jobs")]
-
-    @property
-    def token_requests(self) -> list[Seen]:
-        return [r for r in self.requests if r.path.endswith("/applications/token")]
-
-    def revoke_tokens(self) -> None:
-        self.issued.clear()
-
-    def _authorized(self, request: web.Request) -> bool:
-        auth = request.headers.get("Authorization", "")
-        token = auth.removeprefix("Bearer ")
-        return auth.startswith("Bearer ") and (token == self.static_token or token in self.issued)
-
-    def _unauthorized(self, request: web.Request) -> web.Response:
-        # echoes the credential it refused: the client must never pass that on
-        return problem(401, "unauthorized", f"invalid {request.headers.get('Authorization')}")
-
-    @staticmethod
-    def _scripted(script: list[tuple[int, dict[str, str], str]]) -> web.Response | None:
-        if not script:
-            return None
-        status, headers, text = script.pop(0)
-        return web.Response(status=status, headers=headers, text=text)
-
-    async def token(self, request: web.Request) -> web.Response:
-        seen = await _seen(request)
-        self.requests.append(seen)
-        body = seen.body or {}
-        if self.clients.get(str(body.get("client_id"))) != body.get("client_secret"):
-            return problem(401, "unauthorized", "bad client credentials")
-        token = f"access-{len(self.token_requests)}-s3cret"
-        self.issued.add(token)
-        return web.json_response(
-            {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
-        )
-
-    async def create(self, request: web.Request) -> web.Response:
-        seen = await _seen(request)
-        self.requests.append(seen)
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        scripted = self._scripted(self.create_script)
-        if scripted is not None:
-            return scripted
-        connection = seen.body["connectionId"]
-        if any(j.connection_id == connection and not j.final_now for j in self.jobs.values()):
-            return problem(409, "state-conflict", f"A sync is already running for: {connection}")
-        job = Job(next(self._ids), connection, seen.body["jobType"], self.polls, self.final)
-        self.jobs[job.job_id] = job
-        return web.json_response(job.to_json())
-
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        self.requests.append(await _seen(request))
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        connection = request.query.get("connectionId")
-        jobs = sorted(
-            (j for j in self.jobs.values() if connection in (None, j.connection_id)),
-            key=lambda j: -j.job_id,
-        )
-        limit = int(request.query.get("limit", "20"))
-        return web.json_response({"data": [j.to_json() for j in jobs[:limit]], "next": ""})
-
-    async def get_job(self, request: web.Request) -> web.Response:
-        self.requests.append(await _seen(request))
-        if not self._authorized(request):
-            return self._unauthorized(request)
-        scripted = self._scripted(self.poll_script)
-        if scripted is not None:
-            return scripted
-        job = self.jobs.get(int(request.match_info["job_id"]))
-        if job is None:
-            return problem(404, "not-found", "Job not found")
-        if not job.final_now:
-            if job.polls_left > 0:
-                job.polls_left -= 1
-                job.status = "running"
-            else:
-                job.status = job.final
-        return web.json_response(job.to_json())
 
 
 @pytest.fixture
@@ -263,7 +92,7 @@ async def airbyte() -> AsyncIterator[FakeAirbyte]:
 
 def airbyte_pipeline(fake: FakeAirbyte, **kwargs: Any) -> Pipeline:
     kwargs.setdefault("poll_interval", POLL)
-    if "client_id" not in kwargs:
+    if "client_id" not in kwargs and "username" not in kwargs:
         kwargs.setdefault("token", fake.static_token)
     return build_pipeline("ab", AirbyteConfig(kind="airbyte", url=fake.url, **kwargs))
 
@@ -327,20 +156,256 @@ async def test_airbyte_cancelled_job(airbyte: FakeAirbyte) -> None:
     assert result.error == "Airbyte job 1 was cancelled"
 
 
-async def test_airbyte_409_busy_is_coalesced_into_the_running_job(airbyte: FakeAirbyte) -> None:
-    airbyte.polls = 1000
+RECORD_8 = replace(RECORD, window_id=8)
+PAYLOAD_8 = RECORD_8.to_json_dict()
+
+
+async def test_airbyte_409_busy_is_coalesced_into_the_running_sync_and_follows_it(
+    airbyte: FakeAirbyte,
+) -> None:
+    airbyte.path = ["running"] * 4
     async with airbyte_pipeline(airbyte) as pipeline:
         first = await call_with_retry(pipeline, RECORD, PAYLOAD, FAST)
         assert (first.status, first.run_id) == (RunStatus.QUEUED, "1")
-        second = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+        second = await run_pipeline(pipeline, RECORD_8, PAYLOAD_8, FAST)
     assert second.status == RunStatus.COALESCED
     assert second.error is None
     assert second.attempts == 1
     assert second.run_id == "1"
     assert second.detail["coalesced_into"] == "1"
     assert second.detail["http_status"] == 409
-    assert "already running" in second.detail["message"]
+    assert "A sync is already running for: conn-1" in second.detail["message"]
+    # followed to its end, not recorded while it still ran
+    assert second.detail["airbyte_status"] == "succeeded"
+    assert airbyte.jobs[1].status == "succeeded"
     assert len(airbyte.jobs) == 1
+    [listing] = airbyte.lists
+    assert listing.query == {
+        "connectionId": "conn-1",
+        "jobType": "sync",
+        "limit": "10",
+        "orderBy": "createdAt|DESC",
+    }
+
+
+async def test_airbyte_coalesced_into_a_job_that_fails_fails_the_window(
+    airbyte: FakeAirbyte,
+) -> None:
+    airbyte.final = "failed"
+    airbyte.add_job("conn-1")  # a sync started by Airbyte's scheduler
+    async with airbyte_pipeline(airbyte) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.FAILED
+    assert result.run_id == "1"
+    assert result.error == "Airbyte job 1 failed (this window was coalesced into it)"
+    assert result.detail["coalesced_into"] == "1"
+
+
+async def test_airbyte_409_busy_with_no_sync_running_any_more_tries_again(
+    airbyte: FakeAirbyte,
+) -> None:
+    # the sync that caused the 409 ended before the lookup: nothing to coalesce into
+    airbyte.create_script.append(
+        (
+            409,
+            {"Content-Type": "application/problem+json"},
+            orjson.dumps(
+                {
+                    "type": "https://reference.airbyte.com/reference/errors#try-again-later",
+                    "title": "try-again-later",
+                    "status": 409,
+                    "detail": "A sync is already running for: conn-1",
+                }
+            ).decode(),
+        )
+    )
+    attempts: list[tuple[int, str | None]] = []
+    async with airbyte_pipeline(airbyte) as pipeline:
+        result = await run_pipeline(
+            pipeline, RECORD, PAYLOAD, FAST, on_attempt=lambda n, e: attempts.append((n, e))
+        )
+    assert result.status == RunStatus.SUCCEEDED
+    assert (result.run_id, result.attempts) == ("1", 2)
+    first_error = attempts[0][1]
+    assert first_error is not None and first_error.endswith(
+        "(no sync of the connection is running any more; trying again)"
+    )
+
+
+async def test_airbyte_refused_reset_is_retried_and_never_a_success(
+    airbyte: FakeAirbyte,
+) -> None:
+    airbyte.add_job("conn-1")  # a sync runs: Airbyte refuses the reset with 409
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.05, jitter=False)
+    async with airbyte_pipeline(airbyte, job_type="reset") as pipeline:
+        refused = await run_pipeline(pipeline, RECORD, PAYLOAD, policy)
+        assert refused.status == RunStatus.FAILED
+        assert refused.attempts == 2
+        assert refused.error is not None
+        assert refused.error.startswith("create job: HTTP 409: ")
+        assert refused.error.endswith("(the reset did not start; trying again later)")
+        airbyte.jobs[1].status = "succeeded"  # the sync ended
+        done = await run_pipeline(pipeline, RECORD, PAYLOAD, policy)
+    assert (done.status, done.run_id) == (RunStatus.SUCCEEDED, "2")
+    assert airbyte.jobs[2].job_type == "reset"
+
+
+async def test_airbyte_409_state_conflict_fails_at_once(airbyte: FakeAirbyte) -> None:
+    body = {
+        "type": "https://reference.airbyte.com/reference/errors#409-state-conflict",
+        "title": "state-conflict",
+        "status": 409,
+        "detail": "Connection conn-1 is not active",
+    }
+    airbyte.create_script.append((409, {}, orjson.dumps(body).decode()))
+    async with airbyte_pipeline(airbyte) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.FAILED
+    assert result.attempts == 1
+    assert result.error is not None and result.error.startswith("create job: HTTP 409: ")
+    assert "Connection conn-1 is not active" in result.error
+    assert airbyte.lists == []  # nothing was looked up: no job recorded
+
+
+async def test_airbyte_lost_create_answer_follows_the_job_it_started(
+    airbyte: FakeAirbyte,
+) -> None:
+    airbyte.lose_replies = 1  # the job is created, its answer arrives after our timeout
+    airbyte.clock_offset = -1.5  # Airbyte's clock is a little behind ours
+    attempts: list[tuple[int, str | None]] = []
+    airbyte.reply_delay = 10.0
+    async with airbyte_pipeline(airbyte, timeout=1.5) as pipeline:
+        result = await run_pipeline(
+            pipeline, RECORD, PAYLOAD, FAST, on_attempt=lambda n, e: attempts.append((n, e))
+        )
+    assert attempts == [(1, "create job: timed out after 1.5s"), (2, None)]
+    assert result.status == RunStatus.SUCCEEDED
+    assert result.run_id == "1"
+    assert result.detail["recovered_create"] is True
+    assert len(airbyte.jobs) == 1  # no second job
+    assert len(airbyte.creates) == 1
+    [lookup] = airbyte.lists
+    assert lookup.query["connectionId"] == "conn-1"
+    assert lookup.query["jobType"] == "sync"
+    assert lookup.query["orderBy"] == "createdAt|ASC"
+    since = datetime.fromisoformat(lookup.query["createdAtStart"].replace("Z", "+00:00"))
+    assert since <= airbyte.jobs[1].created_at
+
+
+async def test_airbyte_lost_create_that_started_nothing_creates_one_job(
+    airbyte: FakeAirbyte,
+) -> None:
+    airbyte.drop_before_create = 1  # the connection broke before Airbyte created anything
+    older = airbyte.add_job("conn-1", status="succeeded")  # an older job: not ours
+    older.created_at -= timedelta(seconds=30)
+    async with airbyte_pipeline(airbyte) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.SUCCEEDED
+    assert (result.run_id, result.attempts) == ("2", 2)
+    assert "recovered_create" not in result.detail
+    assert len(airbyte.creates) == 2 and len(airbyte.lists) == 1
+    assert len(airbyte.jobs) == 2
+
+
+async def test_airbyte_lost_create_does_not_take_a_job_another_window_claimed(
+    airbyte: FakeAirbyte,
+) -> None:
+    async with airbyte_pipeline(airbyte) as pipeline:
+        first = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)  # job 1
+        airbyte.jobs[1].created_at = airbyte.now()  # within the lookup's reach, surely
+        airbyte.drop_before_create = 1
+        second = await run_pipeline(pipeline, RECORD_8, PAYLOAD_8, FAST)
+    assert (first.run_id, second.run_id) == ("1", "2")
+    assert second.status == RunStatus.SUCCEEDED
+    assert len(airbyte.lists) == 1  # it saw job 1 (created within the skew) and left it
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("pending", RunStatus.QUEUED),
+        ("queued", RunStatus.QUEUED),
+        ("running", RunStatus.RUNNING),
+        ("incomplete", RunStatus.RUNNING),
+        ("succeeded", RunStatus.SUCCEEDED),
+        ("failed", RunStatus.FAILED),
+        ("cancelled", RunStatus.CANCELLED),
+    ],
+)
+async def test_airbyte_every_job_status_is_mapped(
+    airbyte: FakeAirbyte, status: str, expected: RunStatus
+) -> None:
+    assert set(JOB_STATUSES) == {
+        "pending",
+        "queued",
+        "running",
+        "incomplete",
+        "succeeded",
+        "failed",
+        "cancelled",
+    }
+    job = airbyte.add_job("conn-1", status=status)
+    airbyte.path, job.path = [], []
+    async with airbyte_pipeline(airbyte) as pipeline:
+        assert isinstance(pipeline, AirbytePipeline)
+        reply = await pipeline.api("GET", "v1", "jobs", str(job.job_id), what="read")
+        document = reply.json()
+        assert document is not None
+        if status not in ("succeeded", "failed", "cancelled"):
+            assert document["status"] == "succeeded"  # a read advances the fake's job
+            document["status"] = status
+        outcome = pipeline.outcome(document)
+    assert outcome.status == expected
+    assert outcome.detail["airbyte_status"] == status
+
+
+async def test_airbyte_follows_a_job_through_incomplete_and_queued(airbyte: FakeAirbyte) -> None:
+    airbyte.path = ["queued", "running", "incomplete", "running"]
+    seen: list[str] = []
+
+    async def on_progress(result: RunResult) -> None:
+        seen.append(f"{result.status}:{result.detail.get('airbyte_status')}")
+
+    async with airbyte_pipeline(airbyte) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST, on_progress=on_progress)
+    assert result.status == RunStatus.SUCCEEDED
+    # told of each change: incomplete (an attempt failed, Airbyte tries again) is still running
+    assert seen == ["queued:pending", "queued:queued", "running:running"]
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
+async def test_airbyte_base_url_may_end_in_v1(airbyte: FakeAirbyte, suffix: str) -> None:
+    cfg = AirbyteConfig(
+        kind="airbyte",
+        url=airbyte.url + suffix,
+        token=airbyte.static_token,
+        poll_interval=POLL,
+    )
+    async with build_pipeline("ab", cfg) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.SUCCEEDED
+    assert {r.path for r in airbyte.requests} == {"/api/public/v1/jobs", "/api/public/v1/jobs/1"}
+
+
+async def test_airbyte_basic_auth_for_self_hosted(airbyte: FakeAirbyte) -> None:
+    async with airbyte_pipeline(
+        airbyte, username="airbyte", password="ab-basic-s3cret"
+    ) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.SUCCEEDED
+    expected = "Basic " + base64.b64encode(b"airbyte:ab-basic-s3cret").decode()
+    assert {r.headers["Authorization"] for r in airbyte.requests} == {expected}
+    assert airbyte.token_requests == []
+
+
+async def test_airbyte_wrong_basic_password_fails_fast_without_it(airbyte: FakeAirbyte) -> None:
+    async with airbyte_pipeline(airbyte, username="airbyte", password="wrong-s3cret") as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.FAILED
+    assert result.attempts == 1
+    assert result.error is not None and result.error.startswith("create job: HTTP 401")
+    encoded = base64.b64encode(b"airbyte:wrong-s3cret").decode()
+    assert "wrong-s3cret" not in result.error and encoded not in result.error
 
 
 async def test_airbyte_5xx_then_success_retries_the_create(airbyte: FakeAirbyte) -> None:
@@ -400,7 +465,7 @@ async def test_airbyte_status_404_ends_the_wait_as_failed(airbyte: FakeAirbyte) 
 
 
 async def test_airbyte_run_timeout_marks_the_run_failed(airbyte: FakeAirbyte) -> None:
-    airbyte.polls = 10_000
+    airbyte.path = ["running"] * 10_000
     async with airbyte_pipeline(airbyte, run_timeout=0.3) as pipeline:
         result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
     assert result.status == RunStatus.FAILED
@@ -481,109 +546,26 @@ async def test_airbyte_unreachable_is_retried_then_fails() -> None:
 def test_airbyte_config_wants_one_way_to_authenticate() -> None:
     with pytest.raises(ValueError, match="client_id and client_secret must be given together"):
         AirbyteConfig(kind="airbyte", url="http://x", client_id="only-id")
+    with pytest.raises(ValueError, match="username and password must be given together"):
+        AirbyteConfig(kind="airbyte", url="http://x", username="only-user")
     with pytest.raises(ValueError, match="token cannot be combined"):
         AirbyteConfig(kind="airbyte", url="http://x", token="t", client_id="i", client_secret="s")
+    with pytest.raises(
+        ValueError, match="client_id/client_secret cannot be combined with username/password"
+    ):
+        AirbyteConfig(
+            kind="airbyte",
+            url="http://x",
+            client_id="i",
+            client_secret="s",
+            username="u",
+            password="p",
+        )
     AirbyteConfig(kind="airbyte", url="http://x")  # an Airbyte without auth
 
 
 # --------------------------------------------------------------------------------------------
 # A fake Airflow REST API
-
-
-@dataclass
-class DagRun:
-    dag_id: str
-    run_id: str
-    conf: Any
-    polls_left: int
-    final: str
-    state: str = "queued"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dag_id": self.dag_id,
-            "dag_run_id": self.run_id,
-            "state": self.state,
-            "conf": self.conf,
-            "logical_date": None,
-            "run_type": "manual",
-            "start_date": None if self.state == "queued" else "2024-06-01T12:00:01+00:00",
-            "end_date": "2024-06-01T12:00:09+00:00"
-            if self.state in ("success", "failed")
-            else None,
-        }
-
-
-@dataclass
-class FakeAirflow:
-    """DAG runs go queued -> running (``polls`` reads) -> ``final``; a known run id is 409."""
-
-    url: str = ""
-    username: str = "kc"
-    password: str = "af-s3cret-pw"
-    token: str = "af-s3cret-token"
-    dags: set[str] = field(default_factory=lambda: {"load_orders"})
-    polls: int = 2
-    final: str = "success"
-    runs: dict[tuple[str, str], DagRun] = field(default_factory=dict)
-    requests: list[Seen] = field(default_factory=list)
-    trigger_script: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        for version in ("v1", "v2"):
-            base = f"/api/{version}/dags/{{dag_id}}/dagRuns"
-            app.router.add_post(base, self.trigger)
-            app.router.add_get(base + "/{run_id}", self.get_run)
-        return app
-
-    @property
-    def triggers(self) -> list[Seen]:
-        return [r for r in self.requests if r.method == "POST"]
-
-    def _authorized(self, request: web.Request) -> bool:
-        basic = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return request.headers.get("Authorization") in (f"Basic {basic}", f"Bearer {self.token}")
-
-    async def trigger(self, request: web.Request) -> web.Response:
-        seen = await _seen(request)
-        self.requests.append(seen)
-        if not self._authorized(request):
-            return problem(401, "Unauthorized", "Invalid credentials")
-        if self.trigger_script:
-            status, headers, text = self.trigger_script.pop(0)
-            return web.Response(status=status, headers=headers, text=text)
-        dag_id = request.match_info["dag_id"]
-        if dag_id not in self.dags:
-            return problem(404, "DAG not found", f"DAG with dag_id: '{dag_id}' not found")
-        body = seen.body or {}
-        if request.path.startswith("/api/v2/") and "logical_date" not in body:
-            return problem(422, "Unprocessable Entity", "logical_date: Field required")
-        run_id = body["dag_run_id"]
-        if (dag_id, run_id) in self.runs:
-            return problem(
-                409,
-                "Conflict",
-                f"DAGRun with DAG ID: '{dag_id}' and DAGRun ID: '{run_id}' already exists",
-            )
-        run = DagRun(dag_id, run_id, body.get("conf"), self.polls, self.final)
-        self.runs[(dag_id, run_id)] = run
-        return web.json_response(run.to_json())
-
-    async def get_run(self, request: web.Request) -> web.Response:
-        self.requests.append(await _seen(request))
-        if not self._authorized(request):
-            return problem(401, "Unauthorized", "Invalid credentials")
-        run = self.runs.get((request.match_info["dag_id"], request.match_info["run_id"]))
-        if run is None:
-            return problem(404, "DAGRun not found", "DAGRun not found")
-        if run.state in ("queued", "running"):
-            if run.polls_left > 0:
-                run.polls_left -= 1
-                run.state = "running"
-            else:
-                run.state = run.final
-        return web.json_response(run.to_json())
 
 
 @pytest.fixture
@@ -626,21 +608,139 @@ async def test_airflow2_triggers_a_dag_run_with_the_record_as_conf(airflow: Fake
     assert polls == ["/api/v1/dags/load_orders/dagRuns/orders:7"] * 3
 
 
-async def test_airflow3_uses_api_v2_with_a_null_logical_date_and_a_token(
-    airflow: FakeAirflow,
-) -> None:
-    async with airflow_pipeline(airflow, api_version="v2", token=airflow.token) as pipeline:
+async def test_airflow3_exchanges_username_password_for_a_jwt(airflow: FakeAirflow) -> None:
+    async with airflow_pipeline(airflow, api_version="v2") as pipeline:
         result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
     assert result.status == RunStatus.SUCCEEDED
+    [exchange] = airflow.token_requests
+    assert exchange.body == {"username": "kc", "password": "af-s3cret-pw"}
     [trigger] = airflow.triggers
     assert trigger.path == "/api/v2/dags/load_orders/dagRuns"
     assert trigger.body == {"dag_run_id": "orders:7", "logical_date": None, "conf": PAYLOAD}
-    assert trigger.headers["Authorization"] == f"Bearer {airflow.token}"
+    [jwt] = airflow.jwts
+    api_calls = [r for r in airflow.requests if r.path.startswith("/api/")]
+    assert len(api_calls) == 4  # trigger + 3 polls, one token for all
+    assert {r.headers["Authorization"] for r in api_calls} == {f"Bearer {jwt}"}
 
 
-async def test_airflow_409_follows_the_existing_run(airflow: FakeAirflow) -> None:
+async def test_airflow3_refuses_basic_auth_which_is_why_v2_never_sends_it(
+    airflow: FakeAirflow,
+) -> None:
+    basic = base64.b64encode(b"kc:af-s3cret-pw").decode()
+    async with airflow_pipeline(airflow, api_version="v2") as pipeline:
+        assert isinstance(pipeline, AirflowPipeline)
+        refused = await pipeline.send(
+            "GET",
+            pipeline.url("api", "v2", "dags", "load_orders", "dagRuns", "x"),
+            what="probe",
+            headers={"Authorization": f"Basic {basic}"},
+        )
+        assert (refused.status, refused.json()) == (401, {"detail": "Not authenticated"})
+        await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    sent = [r.headers.get("Authorization", "") for r in airflow.requests[1:]]
+    assert sent and not any(value.startswith("Basic ") for value in sent)
+
+
+async def test_airflow3_jwt_is_renewed_before_it_expires(airflow: FakeAirflow) -> None:
+    airflow.jwt_lifetime = 600
+    now = [1000.0]
+    async with airflow_pipeline(airflow, api_version="v2") as pipeline:
+        pipeline.clock = lambda: now[0]  # type: ignore[attr-defined]
+        await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+        now[0] += 600 - 61  # more than TOKEN_EARLY (60 s) before its exp: still used
+        await run_pipeline(pipeline, replace(RECORD, window_id=8), PAYLOAD_8, FAST)
+        assert len(airflow.token_requests) == 1
+        now[0] += 2  # within 60 s of its exp: renewed before the request leaves
+        third = await run_pipeline(pipeline, replace(RECORD, window_id=9), PAYLOAD_8, FAST)
+    assert third.status == RunStatus.SUCCEEDED
+    assert len(airflow.token_requests) == 2
+    second_jwt = list(airflow.jwts)[1]
+    assert airflow.triggers[-1].headers["Authorization"] == f"Bearer {second_jwt}"
+
+
+async def test_airflow3_renewal_margin_covers_a_short_lived_jwt(airflow: FakeAirflow) -> None:
+    airflow.jwt_lifetime = 40  # shorter than twice the margin: renewed at half its life
+    now = [1000.0]
+    async with airflow_pipeline(airflow, api_version="v2") as pipeline:
+        pipeline.clock = lambda: now[0]  # type: ignore[attr-defined]
+        await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+        now[0] += 19
+        await run_pipeline(pipeline, RECORD_8, PAYLOAD_8, FAST)
+        assert len(airflow.token_requests) == 1
+        now[0] += 2
+        await run_pipeline(pipeline, replace(RECORD, window_id=9), PAYLOAD_8, FAST)
+    assert len(airflow.token_requests) == 2
+
+
+async def test_airflow3_jwt_refused_with_401_is_renewed_once(airflow: FakeAirflow) -> None:
+    async with airflow_pipeline(airflow, api_version="v2") as pipeline:
+        first = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+        airflow.expire_tokens()  # e.g. Airflow restarted with a new secret key
+        second = await run_pipeline(pipeline, RECORD_8, PAYLOAD_8, FAST)
+    assert (first.status, second.status) == (RunStatus.SUCCEEDED, RunStatus.SUCCEEDED)
+    assert second.attempts == 1  # the renewal happened inside the attempt
+    assert len(airflow.token_requests) == 2
+
+
+async def test_airflow3_wrong_password_fails_fast_and_is_never_shown(
+    airflow: FakeAirflow, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with airflow_pipeline(airflow, api_version="v2", password="wrong-pw-s3cret") as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.FAILED
+    assert result.attempts == 1
+    assert result.error == "get access token: HTTP 401: Airflow refused username/password"
+    assert airflow.triggers == []
+    assert "wrong-pw-s3cret" not in caplog.text
+
+
+async def test_airflow3_tokens_and_password_are_never_logged(
+    airflow: FakeAirflow, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    airflow.trigger_script.append((503, {}, "down"))
+    async with airflow_pipeline(airflow, api_version="v2") as pipeline:
+        airflow.expire_tokens()
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.SUCCEEDED
+    assert airflow.jwts and caplog.records
+    for secret in [airflow.password, *airflow.jwts]:
+        assert secret not in caplog.text
+
+
+async def test_airflow3_static_token_is_sent_and_its_expiry_is_told(
+    airflow: FakeAirflow, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = airflow.make_jwt(3600)
+    async with airflow_pipeline(airflow, api_version="v2", token=token) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.SUCCEEDED
+    [trigger] = airflow.triggers
+    assert trigger.headers["Authorization"] == f"Bearer {token}"
+    assert airflow.token_requests == []
+    [warning] = [r for r in caplog.records if "cannot be renewed" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "the configured Airflow token expires at" in warning.getMessage()
+    assert token not in caplog.text
+
+
+async def test_airflow3_expired_static_token_says_so(airflow: FakeAirflow) -> None:
+    token = airflow.make_jwt(60, issued=time.time() - 3600)
+    async with airflow_pipeline(airflow, api_version="v2", token=token) as pipeline:
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST)
+    assert result.status == RunStatus.FAILED
+    assert result.attempts == 1
+    assert result.error is not None
+    assert result.error.startswith("trigger DAG run: HTTP 401: the configured token expired at ")
+    assert result.error.endswith("configure username/password to have tokens obtained and renewed")
+    assert token not in result.error
+
+
+@pytest.mark.parametrize("api_version", ["v1", "v2"])
+async def test_airflow_409_follows_the_existing_run(airflow: FakeAirflow, api_version: str) -> None:
     airflow.polls = 3
-    async with airflow_pipeline(airflow) as pipeline:
+    async with airflow_pipeline(airflow, api_version=api_version) as pipeline:
         first = await call_with_retry(pipeline, RECORD, PAYLOAD, FAST)
         assert (first.status, first.run_id) == (RunStatus.QUEUED, "orders:7")
         # the same window delivered again (crash mid-call, re-dispatch): no second run
@@ -650,6 +750,33 @@ async def test_airflow_409_follows_the_existing_run(airflow: FakeAirflow) -> Non
     assert again.detail["existing_run"] is True
     assert len(airflow.runs) == 1
     assert len(airflow.triggers) == 2
+
+
+async def test_airflow2_409_for_a_logical_date_is_tried_again(airflow: FakeAirflow) -> None:
+    airflow.frozen_now = "2024-06-01T12:00:00.000001+00:00"  # two triggers in one instant
+    async with airflow_pipeline(airflow) as pipeline:
+        other = await run_pipeline(pipeline, RECORD_8, PAYLOAD_8, FAST)
+        attempts: list[tuple[int, str | None]] = []
+
+        def on_attempt(number: int, error: str | None) -> None:
+            attempts.append((number, error))
+            airflow.frozen_now = None  # time moves on
+
+        result = await run_pipeline(pipeline, RECORD, PAYLOAD, FAST, on_attempt=on_attempt)
+    assert other.status == RunStatus.SUCCEEDED
+    assert result.status == RunStatus.SUCCEEDED
+    assert (result.run_id, result.attempts) == ("orders:7", 2)
+    first_error = attempts[0][1]
+    assert first_error is not None
+    assert first_error.startswith(
+        'trigger DAG run: HTTP 409: {"detail": "DAGRun with DAG ID: \'load_orders\' and DAGRun '
+        "logical date: '2024-06-01 12:00:00.000001+00:00' already exists\""
+    )
+    assert first_error.endswith(
+        "(no run orders:7 exists: another run of load_orders holds the same logical date; "
+        "trying again)"
+    )
+    assert {r.run_id for r in airflow.runs.values()} == {"orders:7", "orders:8"}
 
 
 async def test_airflow_failed_dag_run(airflow: FakeAirflow) -> None:
@@ -872,7 +999,7 @@ async def test_breaker_opens_holds_triggers_and_a_probe_closes_it(
 async def test_dispatcher_records_running_with_the_job_id_then_the_final_status(
     airbyte: FakeAirbyte, redis_client: aredis.Redis, unique: str
 ) -> None:
-    airbyte.polls = 8
+    airbyte.path = ["running"] * 8
     keys = ConsumerKeys(unique, f"{unique}-c")
     pipeline = airbyte_pipeline(airbyte)
     dispatcher = TriggerDispatcher(

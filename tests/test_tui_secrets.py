@@ -231,7 +231,11 @@ async def test_no_secret_reaches_the_console(
             await wait_for(every_run_failed, 30, interval=0.3, what="every pipeline run failed")
             assert receiver.calls >= 1
 
+            # every toast shown, kept: a toast expires (15 s) before a slow machine ends the test
+            toasts: dict[str, None] = {}
+
             async def alert_toast() -> bool:
+                toasts.update(dict.fromkeys(f"{n.title}: {n.message}" for n in app._notifications))
                 return any(
                     n.title == "Alert pipeline-failing firing"
                     and n.message.startswith(f"{cid}-leaky:")
@@ -239,8 +243,6 @@ async def test_no_secret_reaches_the_console(
                 )
 
             await wait_for(alert_toast, 20, what="the tui alert's toast")
-            # toasts expire (on a slow machine before the end of this test): keep these now
-            early_notes = [f"{n.title}: {n.message}" for n in app._notifications]
 
             async def failing_shown() -> bool:
                 await app.refresh_now()
@@ -300,8 +302,8 @@ async def test_no_secret_reaches_the_console(
             await shots.take(pilot, "detail 80x24")
             await pilot.press("escape")
 
-            late_notes = [f"{n.title}: {n.message}" for n in app._notifications]
-            shots.items["notifications"] = "\n".join(dict.fromkeys(early_notes + late_notes))
+            toasts.update(dict.fromkeys(f"{n.title}: {n.message}" for n in app._notifications))
+            shots.items["notifications"] = "\n".join(toasts)
             shots.items["log book"] = "\n".join(line.message for line in app.logbook.lines())
             await pilot.press("q")
 

@@ -167,13 +167,39 @@ class PipelineBase(Section):
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     """Retries of a failed call (capped exponential backoff with jitter)."""
     timeout: float = Field(30.0, gt=0)
-    """Seconds one call may take."""
+    """Seconds one call may take (http, airbyte, airflow: each HTTP request, redirects included)."""
     max_concurrent_runs: int = Field(1, ge=1, le=1000)
     """Runs of this pipeline in flight at once for job_type = "async" consumers."""
     breaker_threshold: int = Field(5, ge=0)
     """Consecutive failed runs that open the circuit (0 = never open it)."""
     breaker_cooldown: float = Field(60.0, gt=0)
     """Seconds an open circuit holds triggers back before one probe run is let through."""
+
+
+class RemoteEndpoint(Section):
+    """TLS keys of the kinds that call an HTTP(S) endpoint (http, airbyte, airflow, webhooks).
+
+    Proxies come from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); redirects are
+    followed within the same scheme or from http to https (see
+    :mod:`kafkaconsole.engine.http_client`).
+    """
+
+    ca_file: str | None = None
+    """CA bundle (PEM) that verifies the server's certificate, instead of the system's."""
+    cert_file: str | None = None
+    """Client certificate (PEM) for mutual TLS."""
+    key_file: str | None = None
+    """Private key of cert_file (PEM; omit it when cert_file holds the key)."""
+    verify: bool = True
+    """Verify the server's certificate and host name; false is logged as a warning at start."""
+
+    @model_validator(mode="after")
+    def _tls_files_fit(self) -> Any:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        if not self.verify and self.ca_file is not None:
+            raise ValueError("ca_file has no use with verify = false (nothing is verified)")
+        return self
 
 
 class CommandPipeline(PipelineBase):
@@ -192,7 +218,7 @@ class PythonPipeline(PipelineBase):
     """"package.module:function", called with the trigger record (sync or async)."""
 
 
-class HttpPipeline(PipelineBase):
+class HttpPipeline(PipelineBase, RemoteEndpoint):
     kind: Literal["http"]
     url: str = Field(pattern=r"^https?://")
     """Webhook URL; the trigger record is the JSON body; 2xx is success."""
@@ -202,16 +228,20 @@ class HttpPipeline(PipelineBase):
     """Extra headers (values may be ${ENV_VAR} secrets)."""
 
 
-class AirbytePipeline(PipelineBase):
+class AirbytePipeline(PipelineBase, RemoteEndpoint):
     kind: Literal["airbyte"]
     url: str = Field(pattern=r"^https?://")
-    """Airbyte public API base URL, e.g. http://localhost:8000/api/public."""
+    """Airbyte public API base URL, e.g. http://localhost:8000/api/public (/v1 may end it)."""
     token: str | None = None
     """Bearer token."""
     client_id: str | None = None
     """Client id exchanged for a token (instead of token)."""
     client_secret: str | None = None
     """Client secret exchanged for a token."""
+    username: str | None = None
+    """Basic auth user (self-hosted Airbyte), instead of token or client_id."""
+    password: str | None = None
+    """Basic auth password."""
     job_type: Literal["sync", "reset"] = "sync"
     """Airbyte jobType."""
     poll_interval: float = Field(5.0, gt=0)
@@ -223,12 +253,23 @@ class AirbytePipeline(PipelineBase):
     def _one_way_to_authenticate(self) -> AirbytePipeline:
         if (self.client_id is None) != (self.client_secret is None):
             raise ValueError("client_id and client_secret must be given together")
-        if self.token is not None and self.client_id is not None:
-            raise ValueError("token cannot be combined with client_id/client_secret; use one")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        ways = [
+            name
+            for name, given in (
+                ("token", self.token is not None),
+                ("client_id/client_secret", self.client_id is not None),
+                ("username/password", self.username is not None),
+            )
+            if given
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"{' cannot be combined with '.join(ways)}; use one")
         return self
 
 
-class AirflowPipeline(PipelineBase):
+class AirflowPipeline(PipelineBase, RemoteEndpoint):
     kind: Literal["airflow"]
     url: str = Field(pattern=r"^https?://")
     """Airflow base URL, e.g. http://localhost:8080."""
@@ -237,11 +278,11 @@ class AirflowPipeline(PipelineBase):
     api_version: Literal["v1", "v2"] = "v1"
     """REST API version: v1 (Airflow 2) or v2 (Airflow 3)."""
     username: str | None = None
-    """Basic auth user."""
+    """User: basic auth with v1; with v2 exchanged for a JWT at POST {url}/auth/token."""
     password: str | None = None
-    """Basic auth password."""
+    """Password of username."""
     token: str | None = None
-    """Bearer token (instead of basic auth)."""
+    """Bearer token instead of username/password (a JWT with v2: never renewed)."""
     poll_interval: float = Field(5.0, gt=0)
     """Seconds between DAG run state polls."""
     run_timeout: float = Field(3600.0, gt=0)
@@ -351,7 +392,7 @@ def _short_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-class AlertRule(Section):
+class AlertRule(RemoteEndpoint):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,

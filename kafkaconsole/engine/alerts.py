@@ -13,7 +13,8 @@ threshold (``metric = "time_lag_seconds"``, ``above = 60``), how long the condit
   alert's state while it fires, so the CLI and the API list active alerts fleet-wide, and an
   instance started later resolves what an earlier one fired.
 - :class:`AlertNotifier` delivers announcements: ``log`` writes a log line, ``webhook`` POSTs
-  JSON (retried with backoff, in the background), ``tui`` only shows in the console (a toast on
+  JSON (retried with backoff, in the background; TLS, proxies and redirects as every remote kind,
+  :mod:`kafkaconsole.engine.http_client`), ``tui`` only shows in the console (a toast on
   each local transition and a badge while the alert is active).
 """
 
@@ -33,6 +34,7 @@ from redis.asyncio import Redis
 
 from kafkaconsole.config.models import AlertRule, MonitoringConfig
 from kafkaconsole.engine.health import Verdict
+from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
 from kafkaconsole.engine.records import iso_ms
 
 log = logging.getLogger("kafkaconsole.alert")
@@ -355,7 +357,7 @@ class AlertNotifier:
     cfg: MonitoringConfig
     rules: Mapping[str, AlertRule] = field(default_factory=dict)
     sleep: Callable[[float], Any] = asyncio.sleep
-    _session: aiohttp.ClientSession | None = None
+    _clients: dict[str, HttpClient] = field(default_factory=dict)
     _tasks: set[asyncio.Task[bool]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -378,19 +380,21 @@ class AlertNotifier:
     async def post(self, rule: AlertRule, event: AlertEvent) -> bool:
         """POST ``event`` to the rule's URL; True once a 2xx answer came back."""
         assert rule.url is not None
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.cfg.webhook_timeout)
-            )
+        client = self._clients.get(rule.rule_id)
+        if client is None:
+            client = self._clients[rule.rule_id] = HttpClient(rule, self.cfg.webhook_timeout)
         body = orjson.dumps(event.to_json_dict())
         headers = {"Content-Type": "application/json", **rule.headers}
         error = ""
         for attempt in range(1, self.cfg.webhook_attempts + 1):
             try:
-                async with self._session.post(rule.url, data=body, headers=headers) as resp:
-                    if 200 <= resp.status < 300:
-                        return True
-                    error = f"HTTP {resp.status}"
+                answer = await client.request("POST", rule.url, body=body, headers=headers)
+                if 200 <= answer.status < 300:
+                    return True
+                error = f"HTTP {answer.status}"
+            except (TlsSetupError, RedirectRefused) as exc:
+                error = str(exc)
+                break
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             if attempt < self.cfg.webhook_attempts:
@@ -400,7 +404,7 @@ class AlertNotifier:
             event.rule,
             event.consumer_id,
             event.status,
-            self.cfg.webhook_attempts,
+            attempt,
             error,
         )
         return False
@@ -414,9 +418,9 @@ class AlertNotifier:
             for task in pending:
                 with contextlib.suppress(BaseException):
                     await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
 
 
 __all__ = [

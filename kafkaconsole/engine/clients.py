@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from kafkaconsole.config.models import AppConfig, KafkaConfig, RedisConfig
+from kafkaconsole.engine.http_client import insecure_warning
 
 REDIS_COMMANDS: tuple[str, ...] = (
     # connection (HELLO/AUTH at connect; CLIENT SETINFO is sent by redis-py, errors ignored)
@@ -134,6 +135,12 @@ def security_warnings(config: AppConfig) -> list[str]:
     api = config.api
     if api.enabled and api.token is not None and 0 < len(api.token) < 16:
         out.append("API: [api] token is shorter than 16 characters; use a long random token")
+    for name, pipeline in config.pipelines.items():
+        if getattr(pipeline, "verify", True) is False:
+            out.append(insecure_warning(f"pipeline {name}"))
+    for rule in config.monitoring.alerts:
+        if rule.channel == "webhook" and not rule.verify:
+            out.append(insecure_warning(f"alert {rule.rule_id}"))
     return out
 
 

@@ -1,32 +1,52 @@
 """The ``airbyte`` pipeline kind: start an Airbyte job for the consumer's connection, follow it.
 
 Trigger: ``POST {url}/v1/jobs`` with ``{"connectionId": <connection_id>, "jobType": ...}``,
-answered with ``{"jobId": N, "status": "pending" | "running", ...}``; the job id is the run id.
-Status: ``GET {url}/v1/jobs/{jobId}`` every ``poll_interval`` until ``succeeded``, ``failed``
-or ``cancelled`` (``incomplete`` means Airbyte retries an attempt: still running).
+answered with ``{"jobId": N, "status": ..., ...}``; the job id is the run id. ``url`` is the
+public API's base (``.../api/public``, or ``https://api.airbyte.com``); one ending in ``/v1`` is
+accepted too. Status: ``GET {url}/v1/jobs/{jobId}`` every ``poll_interval`` until the job is
+``succeeded``, ``failed`` or ``cancelled`` (``pending``, ``queued``, ``running`` and
+``incomplete``, an attempt failed and Airbyte tries again, are not final).
 
-Airbyte answers 409 when a job for the connection is already running. The new window's data
-will be picked up by that job (or the next one), so the trigger is COALESCED into it: not a
-failure. Its job id is looked up (best effort) and recorded.
+Airbyte answers 409 for two reasons, told apart by the problem's ``title``/``type``:
 
-Credentials: a bearer ``token``, or ``client_id``/``client_secret`` exchanged for an access
-token at ``POST {url}/v1/applications/token``. Access tokens are short-lived: a token is
-renewed shortly before its ``expires_in`` and, once, on a 401.
+- ``try-again-later``: a job of the connection is already running. A ``sync`` trigger is then
+  COALESCED into that job if it is a sync, and follows it: the window ends ``coalesced`` when
+  that job succeeds, and failed when it fails. If no sync is running any more (it just ended),
+  or this pipeline runs ``reset`` jobs (a reset that did not happen is not a success), the
+  attempt fails retryably and is tried again per the retry policy.
+- anything else (``state-conflict``): the attempt fails for good, with the problem quoted.
+
+A create whose answer was lost (timeout, broken connection or 5xx after the request went out)
+may have started a job. Before the next attempt creates one, the connection's jobs created
+since the first attempt (minus :data:`CLOCK_SKEW` for the two clocks) are listed, and the
+earliest one found that no other window of this pipeline claimed is followed instead. Should
+a clock differ by more than that, the lookup misses the job while it runs, and the new create
+meets the 409 above: the window is coalesced into that same job, still without a second one.
+
+Credentials: a bearer ``token``; ``client_id``/``client_secret`` exchanged for an access token
+at ``POST {url}/v1/applications/token`` (renewed before its ``expires_in`` and once on a 401);
+or ``username``/``password`` as basic auth (self-hosted Airbyte).
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from kafkaconsole.config.models import AirbytePipeline as AirbyteConfig
-from kafkaconsole.engine.pipelines.base import CallOutcome, PipelineError
-from kafkaconsole.engine.pipelines.remote import RemoteRunPipeline, Reply
+from kafkaconsole.config.models import RetryPolicy
+from kafkaconsole.engine.pipelines.base import CallOutcome, OnStatus, PipelineError
+from kafkaconsole.engine.pipelines.remote import AccessToken, NotSent, RemoteRunPipeline, Reply
 from kafkaconsole.engine.records import RunStatus, TriggerRecord
 
 JOB_STATUSES: dict[str, RunStatus] = {
     "pending": RunStatus.QUEUED,
+    "queued": RunStatus.QUEUED,
     "running": RunStatus.RUNNING,
     "incomplete": RunStatus.RUNNING,  # an attempt failed; Airbyte tries again
     "succeeded": RunStatus.SUCCEEDED,
@@ -35,10 +55,28 @@ JOB_STATUSES: dict[str, RunStatus] = {
 }
 """Airbyte JobStatusEnum -> run status (anything unknown counts as running)."""
 
-TOKEN_EARLY = 30.0
-"""Seconds before its expiry that an access token is renewed (at most half its lifetime)."""
+BUSY_TITLE = "try-again-later"
+"""The problem title of Airbyte's 409 "a sync is already running for the connection"."""
+
+CLOCK_SKEW = 2.0
+"""Seconds by which the lookup of a lost create reaches back before the first attempt, for a
+difference between this host's clock and Airbyte's."""
+
+REMEMBERED = 1000
+"""Creates awaiting a lookup, coalesced runs and claimed jobs remembered (oldest dropped)."""
 
 _CREDENTIAL_REJECTED = frozenset({400, 401, 403})
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _remember(store: OrderedDict[str, Any], key: str, value: Any) -> None:
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > REMEMBERED:
+        store.popitem(last=False)
 
 
 class AirbytePipeline(RemoteRunPipeline):
@@ -47,32 +85,35 @@ class AirbytePipeline(RemoteRunPipeline):
 
     def __init__(self, name: str, cfg: AirbyteConfig) -> None:
         super().__init__(name, cfg)
-        self._access_token: str | None = None
-        self._token_renew_at: float | None = None
-        self._token_lock: asyncio.Lock | None = None
+        if self.base_url.path.rstrip("/").endswith("/v1"):
+            self.base_url = self.base_url.parent
+        self._access: AccessToken | None = None
+        self._basic: str | None = None
+        if cfg.client_id is not None and cfg.client_secret is not None:
+            self._access = AccessToken(self._exchange, clock=lambda: self.clock(), early=0.0)
+        elif cfg.username is not None and cfg.password is not None:
+            pair = f"{cfg.username}:{cfg.password}".encode()
+            self._basic = f"Basic {base64.b64encode(pair).decode('ascii')}"
+        self.wall_clock = time.time
+        self._unanswered: OrderedDict[str, float] = OrderedDict()
+        """idempotency key -> when its first unanswered create was sent (epoch seconds)"""
+        self._coalesced: OrderedDict[str, str] = OrderedDict()
+        """idempotency key -> the running job it was coalesced into"""
+        self._claimed: OrderedDict[str, str] = OrderedDict()
+        """job id -> the idempotency key it was created (or recovered) for"""
 
     def secrets(self) -> Iterable[str | None]:
-        return (self.cfg.token, self.cfg.client_secret, self._access_token)
+        return (
+            self.cfg.token,
+            self.cfg.client_secret,
+            self.cfg.password,
+            self._basic,
+            *(self._access.recent if self._access is not None else ()),
+        )
 
     # -- credentials --------------------------------------------------------------------------
 
-    @property
-    def _exchanges_credentials(self) -> bool:
-        return self.cfg.client_id is not None and self.cfg.client_secret is not None
-
-    async def _token(self, *, stale: str | None = None) -> str:
-        """The access token; renewed if it is about to expire or equals ``stale`` (the one
-        a 401 just refused). One exchange at a time."""
-        if self._token_lock is None:
-            self._token_lock = asyncio.Lock()
-        async with self._token_lock:
-            token = self._access_token
-            fresh = self._token_renew_at is None or self.clock() < self._token_renew_at
-            if token is not None and token != stale and fresh:
-                return token
-            return await self._exchange()
-
-    async def _exchange(self) -> str:
+    async def _exchange(self) -> tuple[str, float | None]:
         what = "get access token"
         reply = await self.send(
             "POST",
@@ -95,20 +136,18 @@ class AirbytePipeline(RemoteRunPipeline):
         token = document.get("access_token")
         if not isinstance(token, str) or not token:
             raise PipelineError(f"{what}: the answer holds no access_token", retryable=False)
-        self._access_token = token
         expires_in = document.get("expires_in")
         if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-            lifetime = float(expires_in)
-            self._token_renew_at = self.clock() + max(lifetime - TOKEN_EARLY, lifetime / 2)
-        else:
-            self._token_renew_at = None
-        return token
+            return token, float(expires_in)
+        return token, None
 
     async def _auth_headers(self, *, stale: str | None = None) -> dict[str, str]:
         if self.cfg.token is not None:
             return {"Authorization": f"Bearer {self.cfg.token}"}
-        if self._exchanges_credentials:
-            return {"Authorization": f"Bearer {await self._token(stale=stale)}"}
+        if self._access is not None:
+            return {"Authorization": f"Bearer {await self._access.get(stale=stale)}"}
+        if self._basic is not None:
+            return {"Authorization": self._basic}
         return {}
 
     async def api(
@@ -123,8 +162,8 @@ class AirbytePipeline(RemoteRunPipeline):
         url = self.url(*path)
         headers = await self._auth_headers()
         reply = await self.send(method, url, what=what, json=json, headers=headers, params=params)
-        if reply.status == 401 and self._exchanges_credentials:
-            refused = self._access_token
+        if reply.status == 401 and self._access is not None:
+            refused = self._access.value
             headers = await self._auth_headers(stale=refused)
             reply = await self.send(
                 method, url, what=what, json=json, headers=headers, params=params
@@ -135,20 +174,39 @@ class AirbytePipeline(RemoteRunPipeline):
 
     async def call(self, record: TriggerRecord, payload: dict[str, Any]) -> CallOutcome:
         what = "create job"
-        reply = await self.api(
-            "POST",
-            "v1",
-            "jobs",
-            what=what,
-            json={"connectionId": record.connection_id, "jobType": self.cfg.job_type},
-        )
+        key = record.idempotency_key
+        sent_at = self._unanswered.get(key)
+        if sent_at is not None:
+            found = await self._job_created_since(record.connection_id, sent_at, key)
+            if found is not None:
+                del self._unanswered[key]
+                outcome = self.outcome(found)
+                return replace(outcome, detail={**outcome.detail, "recovered_create": True})
+        started = self.wall_clock()
+        try:
+            reply = await self.api(
+                "POST",
+                "v1",
+                "jobs",
+                what=what,
+                json={"connectionId": record.connection_id, "jobType": self.cfg.job_type},
+            )
+        except PipelineError as exc:
+            if exc.retryable and not isinstance(exc, NotSent):
+                # the request may have reached Airbyte: look before creating another job
+                _remember(self._unanswered, key, sent_at if sent_at is not None else started)
+            raise
+        if reply.status >= 500 and sent_at is None:
+            _remember(self._unanswered, key, started)
         if reply.status == 409:
-            return await self._coalesced(record, reply)
+            return await self._busy(record, reply)
         if not reply.ok:
             raise self.failure(what, reply)
+        self._unanswered.pop(key, None)
         job = self.document(what, reply)
         if job.get("jobId") is None:
             raise PipelineError(f"{what}: the answer holds no jobId", retryable=False)
+        _remember(self._claimed, str(job["jobId"]), key)
         return self.outcome(job)
 
     async def poll(self, run_id: str, record: TriggerRecord) -> CallOutcome:
@@ -159,6 +217,26 @@ class AirbytePipeline(RemoteRunPipeline):
         job = self.document(what, reply)
         job.setdefault("jobId", run_id)
         return self.outcome(job)
+
+    async def wait(
+        self,
+        run_id: str,
+        record: TriggerRecord,
+        *,
+        policy: RetryPolicy | None = None,
+        on_status: OnStatus | None = None,
+    ) -> CallOutcome:
+        """Follow the job; a window coalesced into it ends COALESCED if it succeeds."""
+        outcome = await super().wait(run_id, record, policy=policy, on_status=on_status)
+        if self._coalesced.get(record.idempotency_key) != run_id:
+            return outcome
+        del self._coalesced[record.idempotency_key]
+        detail = {**outcome.detail, "coalesced_into": run_id}
+        if outcome.status == RunStatus.SUCCEEDED:
+            return replace(outcome, status=RunStatus.COALESCED, detail=detail)
+        if "error" in detail and outcome.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            detail["error"] = f"{detail['error']} (this window was coalesced into it)"
+        return replace(outcome, detail=detail)
 
     def outcome(self, job: dict[str, Any]) -> CallOutcome:
         job_id = str(job["jobId"])
@@ -179,33 +257,86 @@ class AirbytePipeline(RemoteRunPipeline):
             detail["error"] = f"Airbyte job {job_id} was cancelled"
         return CallOutcome(run_id=job_id, status=status, detail=detail)
 
-    async def _coalesced(self, record: TriggerRecord, reply: Reply) -> CallOutcome:
-        """409: a job for this connection is running; name it if Airbyte tells us which."""
-        running = await self._running_job_id(record.connection_id)
-        detail: dict[str, Any] = {"http_status": 409, "message": self.excerpt(reply.body)}
-        if running is not None:
-            detail["coalesced_into"] = running
-        return CallOutcome(run_id=running, status=RunStatus.COALESCED, detail=detail)
+    # -- 409 and lost answers -----------------------------------------------------------------
 
-    async def _running_job_id(self, connection_id: str) -> str | None:
-        try:
-            reply = await self.api(
-                "GET",
-                "v1",
-                "jobs",
-                what="list jobs",
-                params={"connectionId": connection_id, "limit": "5", "orderBy": "createdAt|DESC"},
+    async def _busy(self, record: TriggerRecord, reply: Reply) -> CallOutcome:
+        """409: coalesce into the connection's running sync, or say why not."""
+        problem = reply.json() or {}
+        title = str(problem.get("title") or "")
+        kind = str(problem.get("type") or "")
+        excerpt = self.excerpt(reply.body)
+        if title != BUSY_TITLE and not kind.endswith(f"#{BUSY_TITLE}"):
+            raise PipelineError(f"create job: HTTP 409: {excerpt}", retryable=False)
+        if self.cfg.job_type != "sync":
+            raise PipelineError(
+                f"create job: HTTP 409: {excerpt} (the {self.cfg.job_type} did not start; "
+                "trying again later)",
+                retryable=True,
+                retry_after=reply.retry_after,
             )
-        except PipelineError:
-            return None
-        document = reply.json() if reply.ok else None
-        jobs = document.get("data") if document else None
+        running = await self._running_sync(record.connection_id)
+        if running is None:
+            raise PipelineError(
+                f"create job: HTTP 409: {excerpt} (no sync of the connection is running any "
+                "more; trying again)",
+                retryable=True,
+                retry_after=reply.retry_after,
+            )
+        self._unanswered.pop(record.idempotency_key, None)
+        outcome = self.outcome(running)
+        _remember(self._coalesced, record.idempotency_key, outcome.run_id)
+        detail = {
+            **outcome.detail,
+            "coalesced_into": outcome.run_id,
+            "http_status": 409,
+            "message": excerpt,
+        }
+        return replace(outcome, detail=detail)
+
+    async def _jobs(self, what: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        reply = await self.api("GET", "v1", "jobs", what=what, params=params)
+        if not reply.ok:
+            raise self.failure(what, reply)
+        jobs = self.document(what, reply).get("data")
         if not isinstance(jobs, list):
-            return None
+            raise PipelineError(f"{what}: the answer holds no data list", retryable=False)
+        return [job for job in jobs if isinstance(job, dict) and job.get("jobId") is not None]
+
+    async def _running_sync(self, connection_id: str) -> dict[str, Any] | None:
+        """The connection's newest unfinished sync job, if any."""
+        jobs = await self._jobs(
+            "list running jobs",
+            {
+                "connectionId": connection_id,
+                "jobType": "sync",
+                "limit": "10",
+                "orderBy": "createdAt|DESC",
+            },
+        )
         for job in jobs:
-            if not isinstance(job, dict) or job.get("jobId") is None:
-                continue
             status = JOB_STATUSES.get(str(job.get("status") or "").lower(), RunStatus.RUNNING)
-            if not status.final:
-                return str(job["jobId"])
+            if not status.final and str(job.get("jobType") or "sync") == "sync":
+                return job
+        return None
+
+    async def _job_created_since(
+        self, connection_id: str, sent_at: float, key: str
+    ) -> dict[str, Any] | None:
+        """The earliest job of ``connection_id`` (of our job type) created since ``sent_at``
+        that no other window claimed; it is then claimed for ``key``."""
+        jobs = await self._jobs(
+            "look up the unanswered create",
+            {
+                "connectionId": connection_id,
+                "jobType": self.cfg.job_type,
+                "createdAtStart": _iso(sent_at - CLOCK_SKEW),
+                "limit": "20",
+                "orderBy": "createdAt|ASC",
+            },
+        )
+        for job in jobs:
+            job_id = str(job["jobId"])
+            if self._claimed.get(job_id, key) == key:
+                _remember(self._claimed, job_id, key)
+                return job
         return None

@@ -3,7 +3,9 @@
 Every request carries ``Idempotency-Key: <consumer_id>:<window_id>`` so a receiver can drop
 the duplicate a retry or a re-dispatch may produce. 408, 429 and 5xx answers, connection
 errors and timeouts are worth retrying (``Retry-After`` is honoured); other answers are not.
-Header values never appear in errors: they may be secrets.
+TLS options, proxies, redirects (the method and body are sent again) and the per-request
+``timeout`` are :mod:`kafkaconsole.engine.http_client`'s. Header values never appear in
+errors: they may be secrets.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import orjson
 from multidict import CIMultiDict
 
 from kafkaconsole.config.models import HttpPipeline as HttpPipelineConfig
+from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
 from kafkaconsole.engine.pipelines.base import (
     CallOutcome,
     Pipeline,
+    PipelineConfigError,
     PipelineError,
     format_seconds,
     one_line,
@@ -82,16 +86,16 @@ class HttpPipeline(Pipeline):
 
     def __init__(self, name: str, cfg: HttpPipelineConfig) -> None:
         super().__init__(name, cfg)
-        self._session: aiohttp.ClientSession | None = None
+        self.client = HttpClient(cfg, self.timeout)
 
     async def start(self) -> None:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            await self.client.start()
+        except TlsSetupError as exc:
+            raise PipelineConfigError(f"pipeline {self.name!r}: {exc}") from None
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self.client.close()
 
     def scrub(self, text: str) -> str:
         """``text`` with every configured header value masked, and the credential of an
@@ -116,35 +120,36 @@ class HttpPipeline(Pipeline):
         return headers
 
     async def call(self, record: TriggerRecord, payload: dict[str, Any]) -> CallOutcome:
-        if self._session is None or self._session.closed:
-            await self.start()
-        session = self._session
-        assert session is not None
+        await self.start()
         try:
-            async with session.request(
+            answer = await self.client.request(
                 self.cfg.method,
                 self.cfg.url,
-                data=orjson.dumps(payload),
+                body=orjson.dumps(payload),
                 headers=self.request_headers(record),
-                # aiohttp turns a redirected POST into a GET without a body; never follow.
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                body = await response.read()
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            )
         except TimeoutError:
             raise PipelineError(
                 f"timed out after {format_seconds(self.timeout)}", retryable=True
+            ) from None
+        except RedirectRefused as exc:
+            raise PipelineError(str(exc), retryable=False) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise PipelineError(
+                f"TLS: the server's certificate was refused: {exc.certificate_error}",
+                retryable=False,
             ) from None
         except aiohttp.InvalidURL:
             raise PipelineError("invalid URL", retryable=False) from None
         except aiohttp.ClientError as exc:
             raise PipelineError(
-                f"connection error: {type(exc).__name__}: {exc}", retryable=True
+                f"connection error: {type(exc).__name__}: {self.scrub(str(exc))}", retryable=True
             ) from None
         except ValueError as exc:
             # e.g. a header value aiohttp refuses; its message may quote the (secret) value.
             raise PipelineError(f"invalid request: {type(exc).__name__}", retryable=False) from None
+        status, body = answer.status, answer.body
+        retry_after = parse_retry_after(answer.headers.get("Retry-After"))
 
         if 200 <= status < 300:
             return CallOutcome(
@@ -156,8 +161,7 @@ class HttpPipeline(Pipeline):
         message = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
         if 300 <= status < 400:
             raise PipelineError(
-                f"HTTP {status}: redirect not followed (configure the final URL)",
-                retryable=False,
+                f"HTTP {status}: a redirect without a usable Location", retryable=False
             )
         retryable = status >= 500 or status in RETRYABLE_STATUSES
         raise PipelineError(

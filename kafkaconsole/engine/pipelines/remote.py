@@ -1,9 +1,11 @@
 """What the REST-driven kinds with remote runs (Airbyte, Airflow) share.
 
-One aiohttp session per pipeline; one place that turns a request into either a parsed reply or
-a :class:`PipelineError` with the same retry rules as the ``http`` kind (network errors,
+One :class:`~kafkaconsole.engine.http_client.HttpClient` per pipeline (TLS, proxies, redirects,
+the per-request ``timeout``); one place that turns a request into either a parsed reply or a
+:class:`PipelineError` with the same retry rules as the ``http`` kind (network errors,
 timeouts, 408, 429 and 5xx are retryable and honour ``Retry-After``; other 4xx fail at once
-with the response body quoted); and the polling loop behind :meth:`Pipeline.wait`.
+with the response body quoted); the access tokens both kinds obtain and renew
+(:class:`AccessToken`); and the polling loop behind :meth:`Pipeline.wait`.
 
 Credentials never reach an error message: header values are never quoted, and every configured
 secret (and every access token obtained) is masked in quoted bodies and exception texts.
@@ -12,24 +14,33 @@ secret (and every access token obtained) is masked in quoted bodies and exceptio
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
+from aiohttp import (
+    ClientConnectorCertificateError,
+    ClientConnectorError,
+    ClientError,
+    InvalidURL,
+)
 from yarl import URL
 
 from kafkaconsole.config.models import AirbytePipeline as AirbyteConfig
 from kafkaconsole.config.models import AirflowPipeline as AirflowConfig
 from kafkaconsole.config.models import RetryPolicy
+from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
 from kafkaconsole.engine.pipelines.base import (
     CallOutcome,
     OnStatus,
     Pipeline,
+    PipelineConfigError,
     PipelineError,
     format_seconds,
     one_line,
@@ -45,7 +56,14 @@ BODY_LIMIT = 200
 
 MASK = "******"
 
-USER_AGENT = "kafkaconsole"
+TOKEN_EARLY = 60.0
+"""Seconds before its expiry that an access token is renewed (at least the request timeout,
+at most half the token's lifetime), so no request ever leaves with a token about to expire."""
+
+
+class NotSent(PipelineError):
+    """A request that never left (the connection could not be made): retryable, and certain
+    to have changed nothing on the far side."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,80 @@ class Reply:
         return document if isinstance(document, dict) else None
 
 
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT (read, not verified: only its times are used), or None if ``token``
+    is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = orjson.loads(raw)
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def jwt_lifetime(token: str, now: float | None = None) -> float | None:
+    """Seconds a JWT lives from its issue (``exp - iat``; ``exp - now`` without ``iat``), or
+    None without an ``exp`` claim."""
+    claims = jwt_claims(token) or {}
+    expires = _number(claims.get("exp"))
+    if expires is None:
+        return None
+    issued = _number(claims.get("iat"))
+    return max(expires - (issued if issued is not None else (now or time.time())), 0.0)
+
+
+class AccessToken:
+    """A short-lived access token: obtained on first use, renewed :data:`TOKEN_EARLY` seconds
+    (or at least ``early``) before it expires, and renewed at once when a 401 refused it.
+    Renewals happen one at a time."""
+
+    def __init__(
+        self,
+        obtain: Callable[[], Awaitable[tuple[str, float | None]]],
+        *,
+        clock: Callable[[], float],
+        early: float = TOKEN_EARLY,
+    ) -> None:
+        self._obtain = obtain
+        self._clock = clock
+        self.early = max(early, TOKEN_EARLY)
+        self.value: str | None = None
+        self.renew_at: float | None = None
+        self.obtained = 0
+        self.recent: list[str] = []
+        """The last few tokens obtained (masked in errors even after they were replaced)."""
+        self._lock: asyncio.Lock | None = None
+
+    async def get(self, *, stale: str | None = None) -> str:
+        """The token; renewed if it is about to expire or equals ``stale`` (the one a 401 just
+        refused)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            token = self.value
+            fresh = self.renew_at is None or self._clock() < self.renew_at
+            if token is not None and token != stale and fresh:
+                return token
+            token, lifetime = await self._obtain()
+            self.value = token
+            self.obtained += 1
+            self.recent = [*self.recent[-3:], token]
+            if lifetime is None:
+                self.renew_at = None
+            else:
+                self.renew_at = self._clock() + max(lifetime - self.early, lifetime / 2)
+            return token
+
+
 class RemoteRunPipeline(Pipeline):
     """Base of kinds that start a run over REST and poll it to its end."""
 
@@ -78,22 +170,19 @@ class RemoteRunPipeline(Pipeline):
     def __init__(self, name: str, cfg: AirbyteConfig | AirflowConfig) -> None:
         super().__init__(name, cfg)
         self.base_url = URL(cfg.url.rstrip("/"))
-        self._session: aiohttp.ClientSession | None = None
+        self.client = HttpClient(cfg, self.timeout, headers={"Accept": "application/json"})
         self.clock: Callable[[], float] = time.monotonic
 
     # -- session ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            )
+        try:
+            await self.client.start()
+        except TlsSetupError as exc:
+            raise PipelineConfigError(f"pipeline {self.name!r}: {exc}") from None
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self.client.close()
 
     # -- secrets ------------------------------------------------------------------------------
 
@@ -131,33 +220,37 @@ class RemoteRunPipeline(Pipeline):
     ) -> Reply:
         """One request; network errors and timeouts become a retryable PipelineError named
         ``what`` (e.g. "create job"). Any HTTP status comes back as a :class:`Reply`."""
-        if self._session is None or self._session.closed:
-            await self.start()
-        session = self._session
-        assert session is not None
+        await self.start()
         try:
-            async with session.request(
+            answer = await self.client.request(
                 method,
                 url,
-                data=None if json is None else orjson.dumps(json),
+                body=None if json is None else orjson.dumps(json),
                 headers={
                     **({"Content-Type": "application/json"} if json is not None else {}),
                     **(headers or {}),
                 },
                 params=params,
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                return Reply(
-                    response.status, body, parse_retry_after(response.headers.get("Retry-After"))
-                )
+            )
         except TimeoutError:
             raise PipelineError(
                 f"{what}: timed out after {format_seconds(self.timeout)}", retryable=True
             ) from None
-        except aiohttp.InvalidURL:
+        except RedirectRefused as exc:
+            raise PipelineError(f"{what}: {exc}", retryable=False) from None
+        except ClientConnectorCertificateError as exc:
+            raise PipelineError(
+                f"{what}: TLS: the server's certificate was refused: {exc.certificate_error}",
+                retryable=False,
+            ) from None
+        except InvalidURL:
             raise PipelineError(f"{what}: invalid URL", retryable=False) from None
-        except aiohttp.ClientError as exc:
+        except ClientConnectorError as exc:
+            raise NotSent(
+                f"{what}: connection error: {type(exc).__name__}: {self.scrub(str(exc))}",
+                retryable=True,
+            ) from None
+        except ClientError as exc:
             raise PipelineError(
                 f"{what}: connection error: {type(exc).__name__}: {self.scrub(str(exc))}",
                 retryable=True,
@@ -167,6 +260,9 @@ class RemoteRunPipeline(Pipeline):
             raise PipelineError(
                 f"{what}: invalid request: {type(exc).__name__}", retryable=False
             ) from None
+        return Reply(
+            answer.status, answer.body, parse_retry_after(answer.headers.get("Retry-After"))
+        )
 
     def failure(self, what: str, reply: Reply) -> PipelineError:
         """The error for a non-2xx ``reply``: retryable for 408, 429 and 5xx (with its
@@ -174,8 +270,7 @@ class RemoteRunPipeline(Pipeline):
         status = reply.status
         if 300 <= status < 400:
             return PipelineError(
-                f"{what}: HTTP {status}: redirect not followed (configure the final URL)",
-                retryable=False,
+                f"{what}: HTTP {status}: a redirect without a usable Location", retryable=False
             )
         excerpt = self.excerpt(reply.body)
         message = f"{what}: HTTP {status}: {excerpt}" if excerpt else f"{what}: HTTP {status}"
