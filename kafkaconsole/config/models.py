@@ -60,6 +60,10 @@ class KafkaConfig(Section):
     """A consumer that does not poll for this long leaves its group (pipelines never block it)."""
     commit_interval: float = Field(1.0, gt=0)
     """Seconds between Kafka commits (Redis holds the truth; commits keep lag tools right)."""
+    request_timeout_ms: int = Field(40_000, ge=1_000, le=600_000)
+    """How long a consumer waits for a broker's answer. A broker that hangs (no error, no
+    answer) holds its partitions until it wakes or this expires; lower it (e.g. 10000) to
+    move to the new leader sooner."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaConfig:

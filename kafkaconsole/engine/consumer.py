@@ -179,6 +179,7 @@ class ConsumerRunner:
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
+            request_timeout_ms=k.request_timeout_ms,
             isolation_level="read_committed",
             fetch_max_bytes=fetch_max,
             max_partition_fetch_bytes=partition_max,
