@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ THROUGHPUT_CASES = [
     "seed-style",
     "engine-raw",
     "engine-json",
+    "engine-processor",
     "engine-tui",
 ]
 FLEET_SIZES = (1, 10, 50)
@@ -76,6 +77,7 @@ class Plan:
     latency_interval_ms: int = 100
     control_samples: int = 10
     group_settings: dict[str, int] = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # --cases: just these throughput cases, nothing else
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -198,6 +200,8 @@ class Runner:
             return self.spec("engine", format="raw")
         if case == "engine-json":
             return self.spec("engine", format="json")
+        if case == "engine-processor":
+            return self.spec("engine", format="json", processor="benchmarks.common:keep")
         if case == "engine-tui":
             return self.spec("tui", format="json")
         raise ValueError(case)
@@ -274,8 +278,8 @@ async def run_all(plan: Plan, log: Callable[[str], None]) -> Results:
             f"produced {plan.events:,} events ({res.produce_eps:,.0f}/s) "
             f"and {FLEET_TOPICS} x {plan.fleet_topic_events:,} fleet events"
         )
-        cases = list(THROUGHPUT_CASES)
-        why = tui_available()
+        cases = [c for c in THROUGHPUT_CASES if not plan.only or c in plan.only]
+        why = tui_available() if "engine-tui" in cases else None
         if why:
             cases.remove("engine-tui")
             res.skipped["engine-tui"] = why
@@ -302,12 +306,12 @@ async def run_all(plan: Plan, log: Callable[[str], None]) -> Results:
             k = rnd % len(cases)
             for c in cases[k:] + cases[:k]:
                 jobs.append((f"round {rnd + 1} {c}", runner.throughput_spec(c), res.throughput[c]))
-        for rnd in range(plan.repeat):
+        for rnd in range(plan.repeat if not plan.only else 0):
             for size in FLEET_SIZES:
                 jobs.append(
                     (f"round {rnd + 1} fleet-{size}", runner.fleet_spec(size), res.fleet[size])
                 )
-        for rnd in range(plan.repeat):
+        for rnd in range(plan.repeat if not plan.only else 0):
             jobs.append((f"round {rnd + 1} time-trigger", runner.timer_spec(), res.timer))
             jobs.append((f"round {rnd + 1} count-latency", runner.latency_spec(), res.latency))
             jobs.append((f"round {rnd + 1} control", runner.control_spec(), res.control))
@@ -406,6 +410,9 @@ def checks(res: Results, *, quick: bool) -> tuple[list[Check], dict[str, Summary
         ),
         "engine-json / seed-style": ratio_stats(
             tp.get("engine-json", []), tp.get("seed-style", [])
+        ),
+        "engine-processor / engine-json": ratio_stats(
+            tp.get("engine-processor", []), tp.get("engine-json", [])
         ),
         "raw-orjson / raw": ratio_stats(tp.get("raw-orjson", []), tp.get("raw", [])),
     }
@@ -529,6 +536,8 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
         f"(first {plan.seed_events:,} events)",
         "engine-raw": 'Engine headless, `format = "raw"`',
         "engine-json": 'Engine headless, `format = "json"`, `filter = {type = "order"}`',
+        "engine-processor": "engine-json plus a `processor` that keeps every event (run off "
+        "the event loop, in a worker thread)",
         "engine-tui": "engine-json inside the Textual app (headless driver), default refresh",
     }
     raw_med = summary([r["eps"] for r in res.throughput.get("raw", [])]).median
@@ -749,8 +758,19 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "BENCHMARKS.md",
         help="where to write the report (default BENCHMARKS.md at the repo root)",
     )
+    ap.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated throughput cases to run alone (e.g. raw,engine-json,"
+        "engine-processor); skips the fleet and latency cases",
+    )
     args = ap.parse_args(argv)
     plan = Plan.from_args(args)
+    if args.cases:
+        unknown = sorted(set(args.cases.split(",")) - set(THROUGHPUT_CASES))
+        if unknown:
+            ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(THROUGHPUT_CASES)}")
+        plan = replace(plan, only=tuple(args.cases.split(",")))
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

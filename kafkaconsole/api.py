@@ -157,6 +157,12 @@ class ApiMetrics:
             "Bad events this instance wrote to the dead-letter topic since it started.",
             labels=["consumer_id"],
         )
+        refused = CounterMetricFamily(
+            "kafkaconsole_dlq_refused_events",
+            "Bad events the dead-letter topic refused even cut down (recorded in Redis as "
+            "errors and skipped) since this instance started.",
+            labels=["consumer_id"],
+        )
         losses = CounterMetricFamily(
             "kafkaconsole_redis_state_losses",
             "Times this instance found that Redis had lost counting state (offsets below what "
@@ -172,7 +178,8 @@ class ApiMetrics:
                     lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
             rate.add_metric([c.consumer_id], c.rate)
             dlq.add_metric([c.consumer_id], c.dlq)
-        out += [state, lag, rate, dlq, losses, self._partition_time_lag(snap)]
+            refused.add_metric([c.consumer_id], c.dlq_refused)
+        out += [state, lag, rate, dlq, refused, losses, self._partition_time_lag(snap)]
 
         runs = CounterMetricFamily(
             "kafkaconsole_pipeline_runs",

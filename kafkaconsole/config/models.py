@@ -302,8 +302,10 @@ class ConsumerConfig(Section):
     """Count only JSON events whose fields equal these values (dotted paths allowed)."""
     processor: str | None = Field(None, pattern=TARGET_PATTERN)
     """"package.module:function" called per event; returning None drops the event."""
+    processor_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds the processor may take on one event; then the event is handled per error_handling."""
     max_event_bytes: int = Field(1_048_576, gt=0)
-    """Events larger than this go to the DLQ."""
+    """Events larger than this go to the DLQ (cut to what the DLQ accepts)."""
     retry_policy: RetryPolicy | None = None
     """Overrides the pipeline's retry policy for this consumer."""
     error_handling: ErrorHandling = Field(default_factory=ErrorHandling)

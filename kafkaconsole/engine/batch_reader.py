@@ -62,9 +62,12 @@ class WindowEventReader:
                         if recs and recs[-1].offset >= last:
                             remaining.discard(tp)
                             consumer.pause(tp)
-            events: list[Any] = []
-            for tp in sorted(ranges, key=lambda t: (t.topic, t.partition)):
-                events += [_jsonable(e) for e in self.classifier.matching_events(values[tp])]
-            return events
+            ordered = [
+                v for tp in sorted(ranges, key=lambda t: (t.topic, t.partition)) for v in values[tp]
+            ]
+            # the processor hook is user code: never on the event loop (engine.processing)
+            async with asyncio.timeout(self.timeout):
+                matching = await asyncio.to_thread(self.classifier.matching_events, ordered)
+            return [_jsonable(e) for e in matching]
         finally:
             await consumer.stop()

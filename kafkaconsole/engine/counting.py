@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from kafkaconsole.engine.keys import ConsumerKeys
@@ -475,6 +476,15 @@ class WindowCounter:
             opened_at_ms=int(opened) if opened else None,
             ranges=tuple(ranges),
         )
+
+    async def record_refused(self, entries: list[dict[str, Any]], keep: int = 1000) -> None:
+        """Record bad events even the DLQ refused (newest first, the last ``keep``), and count
+        them in the stats hash (``dlq_refused``)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(self.keys.dlq_refused, *[orjson.dumps(e) for e in entries])
+        pipe.ltrim(self.keys.dlq_refused, 0, keep - 1)
+        pipe.hincrby(self.keys.stats, "dlq_refused", len(entries))
+        await pipe.execute()
 
     async def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         """Next offset to count per partition, for those Redis knows."""

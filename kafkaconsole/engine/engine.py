@@ -158,7 +158,7 @@ class Engine:
                 pipeline = build_pipeline(name, pcfg, kafka=self.config.kafka)
                 await pipeline.start()
                 self._pipelines[name] = pipeline
-        dlq = DeadLetterSink(self._producer)
+        dlq = DeadLetterSink(self._producer, task_id=self.instance_id)
         for cfg in self.config.consumers:
             self._consumers[cfg.consumer_id] = self._build_consumer(cfg, dlq)
         await self._load_pause_flags()
@@ -596,7 +596,9 @@ class Engine:
                     last_trigger=c.shared.last_trigger,
                     last_error=self._mask(r.last_error) if r.last_error else None,
                     dlq=r.dlq_count,
+                    dlq_refused=r.dlq_refused,
                     redis_state_losses=r.state_losses,
+                    processor_stall=stall.describe() if (stall := r.processor_stall()) else None,
                     breaker=c.dispatcher.breaker.to_json_dict(),
                     time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
                     **self._health_fields(c.cfg.consumer_id),

@@ -12,8 +12,9 @@ The checks, most severe first (the first that holds wins):
 - ``stopped``: no live instance runs the consumer, it stopped on an error, or no partition has
   been owned for ``stall_after`` seconds;
 - ``paused``: paused by an operator (who and since when);
-- ``stalled``: not paused, events waiting (lag > 0) and a partition's position unchanged for
-  ``stall_after`` seconds;
+- ``stalled``: not paused, and the processor hook has held one event for over half its
+  ``processor_timeout`` (or every hung-call slot is taken), or events waiting (lag > 0) and a
+  partition's position unchanged for ``stall_after`` seconds;
 - ``pipeline-failing``: the last ``failing_runs`` runs failed, or the circuit breaker is open;
 - ``window-stuck``: events read for ``stuck_after`` seconds and none counted (all filtered or
   bad);
@@ -80,6 +81,8 @@ class HealthSample:
     paused_by: str | None = None
     paused_at_ms: int | None = None
     last_error: str | None = None
+    processor_stall: str | None = None
+    """What holds the consumer's processor hook up (an event over time, hung calls)."""
     lag: int | None = None
     time_lag_seconds: float | None = None
     rate: float = 0.0
@@ -126,6 +129,7 @@ def sample_from_status(
         paused_by=c.get("paused_by"),
         paused_at_ms=_iso_to_ms(c.get("paused_at")),
         last_error=c.get("last_error"),
+        processor_stall=c.get("processor_stall"),
         lag=c.get("lag"),
         time_lag_seconds=c.get("time_lag_seconds"),
         rate=float(c.get("rate") or 0.0),
@@ -239,6 +243,9 @@ def _paused(last: HealthSample, now: float) -> str | None:
 
 
 def _stalled(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> str | None:
+    last = samples[-1]
+    if last.processor_stall and not last.paused and last.live:
+        return last.processor_stall
     window = covering(samples, cfg.stall_after, now)
     if not window or any(s.paused or not s.live for s in window):
         return None
