@@ -650,7 +650,10 @@ class ApiServer:
         snap = self.engine.snapshot()
         reasons = []
         running = self.engine.started and not self.engine.stopping
-        if not running:
+        waiting = self.engine.waiting_for
+        if waiting is not None:
+            reasons.append(f"waiting for {mask_text(waiting, self.config)} (retrying)")
+        elif not running:
             reasons.append("engine is not running")
         if not snap.kafka_ok:
             reasons.append(f"Kafka unreachable: no broker answered for {KAFKA_SILENCE_S:g} s")
@@ -665,7 +668,9 @@ class ApiServer:
         body = {
             "ready": not reasons,
             # degraded: running, but a broker or Redis does not answer (it resumes by itself)
-            "status": "ready" if not reasons else ("degraded" if running else "not running"),
+            "status": "ready"
+            if not reasons
+            else ("degraded" if running else "waiting" if waiting else "not running"),
             "instance_id": self.engine.instance_id,
             "kafka": snap.kafka_ok,
             "redis": redis_ok,

@@ -258,9 +258,9 @@ async def test_an_event_the_dlq_refuses_even_cut_is_recorded_and_skipped(
         await wait_for(all_counted, 20, what="every other event counted")
         stats = await counted(redis_client, unique, unique)
         assert stats["errors"] == 1 and stats["dlq_refused"] == 1
-        [entry] = await redis_client.lrange(f"{unique}:{unique}:dlq_refused", 0, -1)
-        refused = orjson.loads(entry)
-        assert (refused["partition"], refused["offset"], refused["bytes"]) == (0, 3, BIG)
+        [(_, entry)] = await redis_client.xrange(f"{unique}:{unique}:dlq_refused")
+        refused = {k.decode(): v.decode() for k, v in entry.items()}
+        assert (refused["partition"], refused["offset"], refused["bytes"]) == ("0", "3", str(BIG))
         assert refused["stage"] == "validate"
         assert refused["dlq_error"].startswith("MessageSizeTooLargeError")
         assert any(

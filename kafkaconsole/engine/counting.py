@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from kafkaconsole.engine.keys import ConsumerKeys
@@ -478,11 +477,12 @@ class WindowCounter:
         )
 
     async def record_refused(self, entries: list[dict[str, Any]], keep: int = 1000) -> None:
-        """Record bad events even the DLQ refused (newest first, the last ``keep``), and count
-        them in the stats hash (``dlq_refused``)."""
+        """Record bad events even the DLQ refused in a capped stream (about the last ``keep``),
+        and count them in the stats hash (``dlq_refused``)."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.keys.dlq_refused, *[orjson.dumps(e) for e in entries])
-        pipe.ltrim(self.keys.dlq_refused, 0, keep - 1)
+        for entry in entries:
+            fields = {k: str(v) for k, v in entry.items()}
+            pipe.xadd(self.keys.dlq_refused, fields, maxlen=keep, approximate=True)  # type: ignore[arg-type]
         pipe.hincrby(self.keys.stats, "dlq_refused", len(entries))
         await pipe.execute()
 

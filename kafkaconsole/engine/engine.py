@@ -14,19 +14,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
-from kafkaconsole.config.models import AppConfig, ConsumerConfig
-from kafkaconsole.config.secrets import masker
+from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
+from kafkaconsole.config.secrets import mask_text, masker
 from kafkaconsole.engine.audit import AuditLog, ReadOnlyError, reset_detail, trigger_detail
 from kafkaconsole.engine.batch_reader import WindowEventReader
 from kafkaconsole.engine.clients import (
@@ -44,7 +45,7 @@ from kafkaconsole.engine.counting import (
     WindowCounter,
 )
 from kafkaconsole.engine.dispatch import TriggerDispatcher
-from kafkaconsole.engine.dlq import DeadLetterSink
+from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.faults import fault_hook_from_env
 from kafkaconsole.engine.health import consumer_time_lag
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
@@ -52,6 +53,7 @@ from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
+from kafkaconsole.engine.retry import retry_call
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
     ConsumerState,
@@ -68,6 +70,31 @@ HEARTBEAT_TTL_S = 5
 
 class UnknownConsumer(KeyError):
     """No consumer with that id in the config."""
+
+
+class DependencyUnreachable(ConnectionError):
+    """Redis or the brokers did not answer (at start: waited for, see Engine.start)."""
+
+
+#: Waiting for Redis and the brokers at start: 0.5 s doubling to 10 s between attempts.
+CONNECT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=10.0, jitter=True)
+
+
+class _BootstrapErrors(logging.Filter):
+    """Drops aiokafka's "Unable connect to" lines while the engine waits for the brokers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable connect to")
+
+
+@contextlib.contextmanager
+def _quiet_bootstrap_errors() -> Iterator[None]:
+    logger, quiet = logging.getLogger("aiokafka"), _BootstrapErrors()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def default_instance_id() -> str:
@@ -138,20 +165,20 @@ class Engine:
         if config.monitoring.enabled:
             self.monitor = HealthMonitor(self.redis, config, self.instance_id)
         self.started = False
+        self.waiting_for: str | None = None  # while start() waits: what does not answer
 
     # ---- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Connect, build every consumer and start its tasks. Raises if Redis is unreachable."""
-        await self.redis.ping()
-        # an ACL user lacking a command the engine needs fails here, with one clear message
-        await check_redis_access(self.redis, self.prefix)
-        self._redis_ok = True
+    async def start(self, wait_timeout: float | None = None) -> None:
+        """Connect, build every consumer and start its tasks.
+
+        Redis or the brokers not answering yet is waited for (backoff, the reason in the log
+        and in :attr:`waiting_for`), for at most ``wait_timeout`` seconds (None: until they
+        answer or a stop is requested; 0: one attempt); then :class:`DependencyUnreachable`
+        is raised. Other failures (a refused login, a missing ACL permission) raise at once.
+        """
         for warning in security_warnings(self.config):
             log.warning("insecure setting: %s", warning)
-        self._producer = AIOKafkaProducer(
-            acks="all", linger_ms=5, **kafka_kwargs(self.config.kafka)
-        )
-        await self._producer.start()
+        await self._connect(wait_timeout)
         await self._ensure_dlq_topics()
         for name, pcfg in self.config.pipelines.items():
             if any(c.pipeline_name == name for c in self.config.consumers):
@@ -186,6 +213,72 @@ class Engine:
             )
         self.started = True
         log.info("engine %s started with %d consumer(s)", self.instance_id, len(self._consumers))
+
+    async def _connect(self, wait_timeout: float | None) -> None:
+        """Reach Redis and the brokers, waiting for them under :data:`CONNECT_POLICY`."""
+        noted: list[str] = []
+
+        def on_error(attempt: int, exc: BaseException) -> None:
+            reason = str(exc)
+            self.waiting_for = reason
+            if (not noted or noted[-1] != reason) and wait_timeout != 0:
+                noted.append(reason)
+                limit = "" if wait_timeout is None else f" (at most {wait_timeout:g}s)"
+                log.warning("waiting for %s; retrying with backoff%s", reason, limit)
+
+        try:
+            await retry_call(
+                self._connect_once,
+                CONNECT_POLICY,
+                retry_on=(DependencyUnreachable,),
+                what="connecting to Redis and Kafka",
+                attempts=0,
+                stop=self._stop,
+                give_up_after=wait_timeout,
+                on_error=on_error,
+                logger=log,
+                give_up_level=logging.DEBUG,  # the caller reports it (headless: one line)
+            )
+        finally:
+            self.waiting_for = None
+        if noted:
+            log.info("Redis and Kafka answer: starting")
+
+    async def _connect_once(self) -> None:
+        try:
+            await self.redis.ping()
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            where = mask_text(self.config.redis.url, self.config)
+            raise DependencyUnreachable(
+                f"Redis at {where}: {mask_text(str(exc) or type(exc).__name__, self.config)}"
+            ) from exc
+        # an ACL user lacking a command the engine needs fails here, with one clear message
+        await check_redis_access(self.redis, self.prefix)
+        self._redis_ok = True
+        producer = AIOKafkaProducer(
+            acks="all",
+            linger_ms=5,
+            max_request_size=DLQ_MAX_RECORD_BYTES + 16 * 1024,
+            **kafka_kwargs(self.config.kafka),
+        )
+        try:
+            # each failed attempt is ours to report (once per reason), not one line per try
+            with _quiet_bootstrap_errors():
+                await producer.start()
+        except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            brokers = mask_text(self.config.kafka.bootstrap_servers, self.config)
+            raise DependencyUnreachable(
+                f"Kafka at {brokers}: {type(exc).__name__}: {mask_text(str(exc), self.config)}"
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        self._producer = producer
 
     def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
         keys = ConsumerKeys(self.prefix, cfg.consumer_id)

@@ -77,7 +77,7 @@ class ConsumerKeys:
 
     @property
     def dlq_refused(self) -> str:
-        """Bad events even the DLQ refused (newest first, capped): recorded, then skipped."""
+        """A capped stream of the bad events even the DLQ refused (recorded, then skipped)."""
         return self._k("dlq_refused")
 
     def counting_keys(self) -> list[str]:

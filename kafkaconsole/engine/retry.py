@@ -46,21 +46,25 @@ async def retry_call(
     what: str,
     attempts: int | None = None,
     stop: asyncio.Event | None = None,
+    give_up_after: float | None = None,
     on_error: Callable[[int, BaseException], None] | None = None,
     sleep: Sleep | None = None,
     rng: random.Random | None = None,
     logger: logging.Logger | None = None,
+    give_up_level: int = logging.WARNING,
 ) -> T:
     """``await fn()`` until it succeeds, waiting :func:`backoff_delay` between attempts.
 
     Only exceptions in ``retry_on`` are retried; any other propagates at once. ``attempts``
-    caps the attempts (default ``policy.max_attempts``; 0 retries until ``stop`` is set).
-    When it gives up (attempts spent, or ``stop`` set) it logs one line saying so and
-    re-raises the last error. ``on_error(attempt, exc)`` hears about every failed attempt.
-    A set ``stop`` also cuts a backoff wait short.
+    caps the attempts (default ``policy.max_attempts``; 0 retries until ``stop`` is set or
+    ``give_up_after`` seconds have passed, 0 meaning one attempt). When it gives up it logs
+    one line saying so (at ``give_up_level``: DEBUG when the caller reports the failure
+    itself) and re-raises the last error. ``on_error(attempt, exc)`` hears about
+    every failed attempt. A set ``stop`` also cuts a backoff wait short.
     """
     limit = policy.max_attempts if attempts is None else attempts
     logger = logger or log
+    started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
@@ -70,11 +74,21 @@ async def retry_call(
             if on_error is not None:
                 on_error(attempt, exc)
             stopping = stop is not None and stop.is_set()
-            if (limit and attempt >= limit) or stopping:
-                why = "stopping" if stopping else f"after {attempt} attempt(s)"
-                logger.warning("%s: giving up (%s): %s: %s", what, why, type(exc).__name__, exc)
+            left = None if give_up_after is None else give_up_after - (time.monotonic() - started)
+            if (limit and attempt >= limit) or stopping or (left is not None and left <= 0):
+                if stopping:
+                    why = "stopping"
+                elif limit and attempt >= limit:
+                    why = f"after {attempt} attempt(s)"
+                else:
+                    why = f"after {give_up_after:g}s and {attempt} attempt(s)"
+                logger.log(
+                    give_up_level, "%s: giving up (%s): %s: %s", what, why, type(exc).__name__, exc
+                )
                 raise
             delay = backoff_delay(attempt, policy, rng)
+            if left is not None:
+                delay = min(delay, left)
             if sleep is not None:
                 await sleep(delay)
             elif stop is not None:

@@ -120,6 +120,7 @@ class KafkaConsoleApp(App[int]):
     ) -> None:
         super().__init__()
         self.config = config
+        self.wait_timeout: float | None = None  # for Redis and the brokers at start
         self.clock = clock or wall_clock_ms
         if data_source is None:
             engine = engine or Engine(
@@ -278,7 +279,7 @@ class KafkaConsoleApp(App[int]):
         self._engine_launched = True
         await self._start_extras(engine)
         try:
-            await engine.start()
+            await engine.start(wait_timeout=self.wait_timeout)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -435,6 +436,7 @@ class KafkaConsoleApp(App[int]):
             filter_text=self.filter_text,
             redis_ok=False if self._fleet_ok is False else None,
             mask=self.mask,
+            waiting_for=self.engine.waiting_for if self.engine is not None else None,
         )
         palette = self.palette
         for screen in self.screen_stack:
@@ -849,9 +851,16 @@ def _window_facts(w: WindowState, age: str) -> str:
     return facts
 
 
-def run_tui(config: AppConfig, *, instance_id: str | None = None, theme: str | None = None) -> int:
+def run_tui(
+    config: AppConfig,
+    *,
+    instance_id: str | None = None,
+    theme: str | None = None,
+    wait_timeout: float | None = None,
+) -> int:
     """Run the console (with its engine) until the user quits; returns the exit code."""
     app = KafkaConsoleApp(config, instance_id=instance_id, theme=theme)
+    app.wait_timeout = wait_timeout
     app.run()
     return int(app.return_code or 0)
 
