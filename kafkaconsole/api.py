@@ -665,6 +665,7 @@ class ApiServer:
             reasons.append(f"Redis unreachable: {mask_text(str(exc) or 'timeout', self.config)}")
         if not redis_ok and not any(r.startswith("Redis") for r in reasons):
             reasons.append("Redis unreachable")
+        reasons += [f"{failure} (restarted)" for failure in snap.task_failures]
         body = {
             "ready": not reasons,
             # degraded: running, but a broker or Redis does not answer (it resumes by itself)

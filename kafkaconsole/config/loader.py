@@ -15,6 +15,7 @@ Messages are built without input values, and are redacted against every known se
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -447,21 +448,32 @@ class _Loader:
     # -- booleans -------------------------------------------------------------------------
 
     def reject_booleans_as_numbers(self, data: dict[str, Any]) -> None:
-        """pydantic's lax mode reads ``max_event = true`` as 1; a TOML file means no such thing."""
+        """Numbers are strict: an integer key takes a TOML integer (not ``"100"``, ``100.0``
+        or ``true``: pydantic's lax mode would read those as 100 and 1), a number key takes
+        an integer or a float, finite (not ``inf``, ``nan``, a string or a boolean). Text from
+        ``${VAR}`` is parsed (the environment holds only text). Messages never quote values."""
 
         def visit(value: Any, path: tuple[str | int, ...]) -> None:
             if isinstance(value, dict):
                 for key, item in value.items():
                     visit(item, (*path, key))
-            elif isinstance(value, list):
+                return
+            if isinstance(value, list):
                 for index, item in enumerate(value):
                     visit(item, (*path, index))
-            elif isinstance(value, bool):
-                annotation = _unwrap(_locate(path, data)[0])
-                if annotation in (int, float):
-                    key = dotted_key(path)
-                    message = "expected an integer" if annotation is int else "expected a number"
-                    self.problem(key, self.with_origin(key, message))
+                return
+            annotation = _unwrap(_locate(path, data)[0])
+            if annotation not in (int, float):
+                return
+            key = dotted_key(path)
+            if isinstance(value, str) and (key in self.secret_keys or self.is_unresolved(key)):
+                return  # text from ${VAR}: the environment only holds text (pydantic parses it)
+            if annotation is int and type(value) is not int:
+                self.problem(key, self.with_origin(key, "expected an integer"))
+            elif annotation is float and type(value) not in (int, float):
+                self.problem(key, self.with_origin(key, "expected a number"))
+            elif annotation is float and not math.isfinite(value):
+                self.problem(key, self.with_origin(key, "expected a finite number"))
 
         visit(data, ())
 
@@ -486,8 +498,8 @@ class _Loader:
             else:
                 message = self.message(kind, ctx, error["msg"], loc, data)
             key = dotted_key(loc)
-            if self.is_unresolved(key):
-                continue
+            if self.is_unresolved(key) or any(k == key for k, _ in self.problems):
+                continue  # a ${VAR} that failed, or a type already reported for this key
             self.problem(key, self.with_origin(key, message))
 
     @staticmethod

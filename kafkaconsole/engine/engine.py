@@ -14,8 +14,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -53,7 +54,7 @@ from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
-from kafkaconsole.engine.retry import retry_call
+from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
     ConsumerState,
@@ -76,6 +77,8 @@ class DependencyUnreachable(ConnectionError):
     """Redis or the brokers did not answer (at start: waited for, see Engine.start)."""
 
 
+#: Restarting a background task that failed: 0.5 s doubling to 30 s between restarts.
+RESTART_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=30.0, jitter=True)
 #: Waiting for Redis and the brokers at start: 0.5 s doubling to 10 s between attempts.
 CONNECT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=10.0, jitter=True)
 
@@ -166,6 +169,8 @@ class Engine:
             self.monitor = HealthMonitor(self.redis, config, self.instance_id)
         self.started = False
         self.waiting_for: str | None = None  # while start() waits: what does not answer
+        # background task failures (each logged and restarted): name -> (text, epoch seconds)
+        self.task_failures: dict[str, tuple[str, float]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self, wait_timeout: float | None = None) -> None:
@@ -193,22 +198,32 @@ class Engine:
             cid = c.cfg.consumer_id
             c.tasks = [
                 asyncio.create_task(
-                    self._guard(c.runner.run(self._stop), f"consumer {cid}"), name=f"consume:{cid}"
+                    self._guard(partial(c.runner.run, self._stop), f"consumer {cid}", c.runner),
+                    name=f"consume:{cid}",
                 ),
                 asyncio.create_task(
-                    self._guard(c.timer.run(self._stop), f"timer {cid}"), name=f"timer:{cid}"
+                    self._guard(partial(c.timer.run, self._stop), f"timer {cid}", c.runner),
+                    name=f"timer:{cid}",
                 ),
                 asyncio.create_task(
-                    self._guard(c.dispatcher.run(self._stop), f"dispatch {cid}"),
+                    self._guard(partial(c.dispatcher.run, self._stop), f"dispatch {cid}", c.runner),
                     name=f"dispatch:{cid}",
                 ),
             ]
-        self._tasks.append(asyncio.create_task(self._status_loop(), name="status"))
-        self._tasks.append(asyncio.create_task(self._control_listener(), name="control"))
+        self._tasks.append(
+            asyncio.create_task(self._guard(self._status_loop, "status loop"), name="status")
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._guard(self._control_listener, "control listener"), name="control"
+            )
+        )
         if self.monitor is not None:
+            monitor = self.monitor
             self._tasks.append(
                 asyncio.create_task(
-                    self._guard(self.monitor.run(self._stop), "health monitor"), name="health"
+                    self._guard(partial(monitor.run, self._stop), "health monitor"),
+                    name="health",
                 )
             )
         self.started = True
@@ -397,13 +412,46 @@ class Engine:
             with contextlib.suppress(Exception):
                 await admin.close()
 
-    async def _guard(self, coro: Any, what: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("%s failed: %s", what, exc)
+    async def _guard(
+        self,
+        start: Callable[[], Awaitable[None]],
+        what: str,
+        runner: ConsumerRunner | None = None,
+    ) -> None:
+        """Run a background task until the engine stops; if it fails, log the failure (with
+        its traceback, once per distinct error), surface it (:attr:`task_failures`, in the
+        snapshot and on ``/ready``; the consumer's ``last_error``) and start it again after
+        a backoff (:data:`RESTART_POLICY`). No task of the engine dies silently."""
+        failures = 0
+        last = ""
+        while True:
+            began = time.monotonic()
+            try:
+                await start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                text = f"{what} failed: {type(exc).__name__}: {exc}"
+                if text != last:
+                    log.exception("%s (restarting it)", self._mask(text))
+                last = text
+                self.task_failures[what] = (self._mask(text), time.time())
+                if runner is not None:
+                    runner.last_error = text
+            if self._stop.is_set():
+                return
+            failures = 1 if time.monotonic() - began > 60 else failures + 1
+            delay = backoff_delay(failures, RESTART_POLICY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return
+
+    def recent_task_failures(self, within_s: float = 60.0) -> tuple[str, ...]:
+        """Background task failures of the last ``within_s`` seconds (each restarted)."""
+        now = time.time()
+        return tuple(text for text, at in self.task_failures.values() if now - at <= within_s)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -595,9 +643,20 @@ class Engine:
         return snap
 
     async def _status_loop(self) -> None:
+        """Once per snapshot interval: read the shared state, build the snapshot, publish the
+        heartbeat (1/s) and tell the listeners. An unexpected error in one step is logged
+        (once per distinct error), surfaced (:attr:`task_failures`: the snapshot, ``/ready``)
+        and the loop goes on with what it has: the heartbeat never stops over one bad value."""
         while not self._stop.is_set():
             try:
-                snap = await self.refresh_snapshot()
+                try:
+                    snap = await self.refresh_snapshot()
+                except (RedisError, OSError):
+                    raise
+                except Exception as exc:
+                    self._status_failed("reading the shared state", exc)
+                    snap = self._build_snapshot()
+                    self._snapshot = snap
                 now = time.monotonic()
                 if now - self._last_heartbeat >= 1.0:
                     self._last_heartbeat = now
@@ -615,8 +674,16 @@ class Engine:
                 if self._redis_ok:
                     log.error("Redis unreachable: %s", exc)
                 self._redis_ok = False
+            except Exception as exc:  # a bug must not end the heartbeat: log, surface, go on
+                self._status_failed("publishing the heartbeat", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.snapshot_interval)
+
+    def _status_failed(self, step: str, exc: Exception) -> None:
+        text = self._mask(f"status loop failed {step}: {type(exc).__name__}: {exc}")
+        if self.task_failures.get("status loop", ("",))[0] != text:
+            log.exception("%s (going on)", text)
+        self.task_failures["status loop"] = (text, time.time())
 
     async def _read_shared(self) -> None:
         consumers = list(self._consumers.values())
@@ -707,6 +774,7 @@ class Engine:
             redis_ok=self._redis_ok,
             kafka_ok=kafka_ok,
             consumers=tuple(consumers),
+            task_failures=self.recent_task_failures(),
         )
 
     def _health_fields(self, consumer_id: str) -> dict[str, Any]:

@@ -108,6 +108,7 @@ class InstanceSnapshot:
     redis_ok: bool
     kafka_ok: bool
     consumers: tuple[ConsumerSnapshot, ...] = ()
+    task_failures: tuple[str, ...] = ()  # background tasks that failed lately (restarted)
 
     def consumer(self, consumer_id: str) -> ConsumerSnapshot | None:
         for c in self.consumers:
