@@ -89,6 +89,15 @@ def _is_model(value: Any) -> bool:
     return isinstance(value, type) and issubclass(value, BaseModel)
 
 
+def _handed_out(path: Sequence[str | int]) -> bool:
+    """Whether ``path`` is in (or is) a table of values handed to the outside as they are:
+    a pipeline's ``env`` or ``headers``, an alert rule's ``headers``."""
+    return any(part in ("env", "headers") for part in path[2:]) and path[0] in (
+        "pipelines",
+        "monitoring",
+    )
+
+
 def _unwrap(annotation: Any) -> Any:
     """Strip ``Annotated`` and ``| None``."""
     while True:
@@ -391,7 +400,11 @@ class _Loader:
             if index == len(rest) - 1:
                 node[key] = self.parse_override(raw, path, data)
                 self.origins[dotted_key(path)] = name
-                self.secret_keys.discard(dotted_key(path))
+                if _handed_out(path):
+                    # a pipeline's env or headers set from the environment: as secret as ${VAR}
+                    self.secret_keys.add(dotted_key(path))
+                else:
+                    self.secret_keys.discard(dotted_key(path))
             else:
                 node = node.setdefault(key, {})
 
