@@ -31,9 +31,10 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from kafkaconsole.config.models import AlertRule, MonitoringConfig
+from kafkaconsole.config.models import AlertRule, MonitoringConfig, RetryPolicy
 from kafkaconsole.engine.health import Verdict
 from kafkaconsole.engine.records import iso_ms
+from kafkaconsole.engine.retry import retry_call
 
 log = logging.getLogger("kafkaconsole.alert")
 
@@ -252,6 +253,10 @@ return v
 """GETDEL with the commands the engine's ACL grants already (GET, DEL, EVALSHA)."""
 
 
+class WebhookFailed(Exception):
+    """One webhook attempt failed (HTTP status or connection error)."""
+
+
 class AlertLedger:
     """Fires and resolves each alert once across the fleet through Redis keys."""
 
@@ -384,26 +389,40 @@ class AlertNotifier:
             )
         body = orjson.dumps(event.to_json_dict())
         headers = {"Content-Type": "application/json", **rule.headers}
-        error = ""
-        for attempt in range(1, self.cfg.webhook_attempts + 1):
+        session = self._session
+
+        async def post() -> None:
             try:
-                async with self._session.post(rule.url, data=body, headers=headers) as resp:
-                    if 200 <= resp.status < 300:
-                        return True
-                    error = f"HTTP {resp.status}"
+                async with session.post(rule.url or "", data=body, headers=headers) as resp:
+                    if not 200 <= resp.status < 300:
+                        raise WebhookFailed(f"HTTP {resp.status}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.cfg.webhook_attempts:
-                await self.sleep(min(0.5 * 2 ** (attempt - 1), 30.0))
-        log.error(
-            "alert %s (%s, %s): webhook failed after %d attempt(s): %s",
-            event.rule,
-            event.consumer_id,
-            event.status,
-            self.cfg.webhook_attempts,
-            error,
-        )
-        return False
+                raise WebhookFailed(f"{type(exc).__name__}: {exc}") from exc
+
+        attempts = self.cfg.webhook_attempts
+        try:
+            await retry_call(
+                post,
+                RetryPolicy(
+                    max_attempts=attempts, initial_backoff=0.5, max_backoff=30.0, jitter=False
+                ),
+                retry_on=(WebhookFailed,),
+                what=f"alert {event.rule} webhook",
+                sleep=self.sleep,
+                logger=log,
+                give_up_level=logging.DEBUG,  # the line below says it
+            )
+        except WebhookFailed as exc:
+            log.error(
+                "alert %s (%s, %s): webhook failed after %d attempt(s): %s",
+                event.rule,
+                event.consumer_id,
+                event.status,
+                attempts,
+                exc,
+            )
+            return False
+        return True
 
     async def close(self, timeout: float = 2.0) -> None:
         """Let deliveries in flight finish (up to ``timeout``), then close the HTTP session."""

@@ -29,7 +29,7 @@ from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink, Refused
 from kafkaconsole.engine.events import EventClassifier, build_batch
 from kafkaconsole.engine.health import time_lag_seconds
 from kafkaconsole.engine.processing import ProcessorRunner, ProcessorStall
-from kafkaconsole.engine.retry import retry_call
+from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import ConsumerState, PartitionSnapshot, RateMeter
 
 log = logging.getLogger("kafkaconsole.consumer")
@@ -52,7 +52,10 @@ FETCH_BUDGET_BYTES = 32 * 1024 * 1024
 MIN_FETCH_MAX_BYTES = 512 * 1024
 #: Waiting for a dependency that does not answer (Redis, an unreachable DLQ): retried until
 #: it answers or the consumer stops, 0.1 s doubling to 5 s between attempts.
-WAIT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.1, max_backoff=5.0, jitter=True)
+WAIT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.1, max_backoff=5.0, jitter=False)
+#: Reading the stored offsets on assignment (inside the rebalance, which waits for it):
+#: 50 attempts, 0.1 s doubling to 2 s (about 90 s), then Kafka's committed offsets.
+ASSIGN_POLICY = RetryPolicy(max_attempts=50, initial_backoff=0.1, max_backoff=2.0, jitter=False)
 
 
 def fetch_sizes(consumers_in_process: int) -> tuple[int, int]:
@@ -198,6 +201,7 @@ class ConsumerRunner:
             )
             timeout_ms = int(self.cfg.poll_timeout * 1000)
             stopped = asyncio.ensure_future(stop.wait())
+            poll_failures = 0
             while not stop.is_set():
                 self._apply_pause()
                 if self._resync is not None and self._counting is None:
@@ -215,12 +219,16 @@ class ConsumerRunner:
                         break
                     batch = poll.result()
                     self._kafka_failed = False
+                    poll_failures = 0
                     if batch:
                         self._kafka_answered()
                 except KafkaError as exc:
                     self._kafka_failed = True
+                    poll_failures += 1
                     self._note_error(f"Kafka poll failed: {type(exc).__name__}: {exc}")
-                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(TimeoutError):
+                        delay = backoff_delay(poll_failures, WAIT_POLICY)
+                        await asyncio.wait_for(stop.wait(), max(delay, 0.5))
                     continue
                 now_ms = time.time_ns() // 1_000_000
                 for tp in consumer.assignment():
@@ -494,21 +502,29 @@ class ConsumerRunner:
     async def _apply(
         self, deltas: list[Any], stop: asyncio.Event, expected: dict[int, int]
     ) -> ApplyResult | None:
-        delay = 0.1
-        while True:
-            try:
-                result = await self.counter.apply(deltas, expected, self.window_floor)
-                if not self.redis_ok:
-                    log.info("%s: Redis is reachable again", self.cfg.consumer_id)
-                self.redis_ok = True
-                return result
-            except (RedisError, OSError) as exc:
-                self.redis_ok = False
-                self._note_error(f"Redis update failed (will retry): {type(exc).__name__}: {exc}")
-                if stop.is_set():
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Count ``deltas``, waiting for Redis as long as it takes (None: stopping first)."""
+
+        def failed(_: int, exc: BaseException) -> None:
+            self.redis_ok = False
+            self._note_error(f"Redis update failed (will retry): {type(exc).__name__}: {exc}")
+
+        try:
+            result = await retry_call(
+                lambda: self.counter.apply(deltas, expected, self.window_floor),
+                WAIT_POLICY,
+                retry_on=(RedisError, OSError),
+                what=f"{self.cfg.consumer_id}: counting a poll",
+                attempts=0,
+                stop=stop,
+                on_error=failed,
+                logger=log,
+            )
+        except (RedisError, OSError):
+            return None  # stopping: nothing of these polls was counted
+        if not self.redis_ok:
+            log.info("%s: Redis is reachable again", self.cfg.consumer_id)
+        self.redis_ok = True
+        return result
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:
@@ -625,13 +641,26 @@ class ConsumerRunner:
         self._kafka_answered()  # the group coordinator just answered
         parts = sorted(tp.partition for tp in assigned)
         stored: dict[int, int] = {}
-        for attempt in range(50):
-            try:
-                stored = await self.counter.stored_offsets(parts)
-                break
-            except (RedisError, OSError) as exc:
-                self._note_error(f"Redis unreachable on assignment: {exc}")
-                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        try:
+            stored = await retry_call(
+                lambda: self.counter.stored_offsets(parts),
+                ASSIGN_POLICY,
+                retry_on=(RedisError, OSError),
+                what=f"{self.cfg.consumer_id}: reading stored offsets on assignment",
+                stop=self._stop_event,
+                on_error=lambda _, exc: self._note_error(f"Redis unreachable on assignment: {exc}"),
+                logger=log,
+            )
+        except (RedisError, OSError):
+            # reading from Kafka's committed offsets instead: they never run ahead of what
+            # Redis counted, and the counting script skips whatever it counted already
+            log.warning(
+                "%s: partitions %s of %s start from Kafka's committed offsets (Redis did not "
+                "answer); nothing is counted twice",
+                self.cfg.consumer_id,
+                parts,
+                self.topic,
+            )
         self._forget_times(set(parts))
         for tp in assigned:
             if tp.partition in stored:

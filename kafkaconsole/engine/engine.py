@@ -79,6 +79,9 @@ class DependencyUnreachable(ConnectionError):
 
 #: Restarting a background task that failed: 0.5 s doubling to 30 s between restarts.
 RESTART_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=30.0, jitter=True)
+#: The control listener while Redis does not answer: 0.5 s doubling to 2 s (pause flags are
+#: polled at least that often, so every instance applies a change within a few seconds).
+CONTROL_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=2.0, jitter=False)
 #: Waiting for Redis and the brokers at start: 0.5 s doubling to 10 s between attempts.
 CONNECT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=10.0, jitter=True)
 
@@ -597,21 +600,27 @@ class Engine:
     async def _control_listener(self) -> None:
         """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
         pubsub = self.redis.pubsub()
-        listening: PubSub | None = pubsub
-        try:
-            await pubsub.subscribe(self.fleet_keys.control_channel)
-        except (RedisError, OSError):
-            listening = None  # polling alone still applies changes within a second
+        listening: PubSub | None = None
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
-                    if listening is not None:
-                        await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                    else:
-                        await asyncio.sleep(0.5)
-                except (RedisError, OSError):
-                    # an unreachable Redis fails at once: wait, never spin (polling goes on)
-                    await asyncio.sleep(0.5)
+                    if listening is None:  # (re)subscribe once Redis answers again
+                        await pubsub.subscribe(self.fleet_keys.control_channel)
+                        listening = pubsub
+                    await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if failures:
+                        log.info("control listener: Redis answers again")
+                    failures = 0
+                except (RedisError, OSError) as exc:
+                    # an unreachable Redis fails at once: back off, never spin (polling goes on)
+                    listening = None
+                    failures += 1
+                    if failures == 1:
+                        log.warning("control listener: Redis: %s (retrying with backoff)", exc)
+                    with contextlib.suppress(TimeoutError):
+                        delay = max(backoff_delay(failures, CONTROL_POLICY), 0.5)
+                        await asyncio.wait_for(self._stop.wait(), delay)
                 with contextlib.suppress(RedisError, OSError):
                     await self._load_pause_flags()
         finally:
