@@ -79,6 +79,7 @@ class Cluster:
         error_handling: str = '{ on_error = "dlq" }',
         kafka_extra: str = "",
         pipeline_timeout: float = 5,
+        processor: str = "tests.faults.processors:validate",
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,7 @@ class Cluster:
         self.error_handling = error_handling
         self.kafka_extra = kafka_extra
         self.pipeline_timeout = pipeline_timeout
+        self.processor = processor
         self.broker: ManagedProcess | None = None
         self.redis: ManagedProcess | None = None
         self.redis_dir = workdir / "redis"
@@ -132,7 +134,9 @@ class Cluster:
             )
         finally:
             await admin.close()
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024
+        )
         await self.producer.start()
         self.write_config()
 
@@ -185,7 +189,7 @@ max_time = {self.max_time}
 batch_size = 200
 poll_timeout = 0.2
 max_event_bytes = 1024
-processor = "tests.faults.processors:validate"
+processor = "{self.processor}"
 error_handling = {self.error_handling}
 {self.extra_consumer}
 """)
@@ -310,8 +314,16 @@ error_handling = {self.error_handling}
         return [n for n, p in self.procs.items() if p.poll() is None]
 
     # ---- production ------------------------------------------------------------------------
-    async def produce(self, n: int, *, bad_every: int = 0, rate: float | None = None) -> None:
-        """n valid events (+ one bad event after every ``bad_every`` valid ones)."""
+    async def produce(
+        self,
+        n: int,
+        *,
+        bad_every: int = 0,
+        rate: float | None = None,
+        bad_values: list[bytes] | None = None,
+    ) -> None:
+        """n valid events (+ one bad event after every ``bad_every`` valid ones, taken in
+        turn from ``bad_values``, default :data:`BAD_VALUES`)."""
         assert self.producer is not None
         futures: list[tuple[bool, Any]] = []
         t0 = time.monotonic()
@@ -322,7 +334,8 @@ error_handling = {self.error_handling}
                 (False, await self.producer.send(TOPIC, value, partition=self.seq % PARTITIONS))
             )
             if bad_every and (i + 1) % bad_every == 0:
-                bad = BAD_VALUES[(i // bad_every) % len(BAD_VALUES)]
+                pool = bad_values or BAD_VALUES
+                bad = pool[(i // bad_every) % len(pool)]
                 futures.append(
                     (True, await self.producer.send(TOPIC, bad, partition=self.seq % PARTITIONS))
                 )
