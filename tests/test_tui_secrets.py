@@ -231,7 +231,15 @@ async def test_no_secret_reaches_the_console(
             await wait_for(every_run_failed, 30, interval=0.3, what="every pipeline run failed")
             assert receiver.calls >= 1
 
+            # toasts expire (on a slow machine before the end of the test): keep each one seen
+            seen_notes: dict[str, None] = {}
+
+            def note_toasts() -> None:
+                for n in app._notifications:
+                    seen_notes.setdefault(f"{n.title}: {n.message}")
+
             async def alert_toast() -> bool:
+                note_toasts()
                 return any(
                     n.title == "Alert pipeline-failing firing"
                     and n.message.startswith(f"{cid}-leaky:")
@@ -298,9 +306,8 @@ async def test_no_secret_reaches_the_console(
             await shots.take(pilot, "detail 80x24")
             await pilot.press("escape")
 
-            shots.items["notifications"] = "\n".join(
-                f"{n.title}: {n.message}" for n in app._notifications
-            )
+            note_toasts()
+            shots.items["notifications"] = "\n".join(seen_notes)
             shots.items["log book"] = "\n".join(line.message for line in app.logbook.lines())
             await pilot.press("q")
 
