@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from kafkaconsole.api import start_api
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.processing import MAX_HUNG_CALLS
+from tests import pipeline_targets
 from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
@@ -214,3 +215,41 @@ async def test_a_hung_processor_does_not_hold_a_stop(
         GATE.set()
         if not stopped:
             await engine.stop()
+
+
+async def test_a_batch_pipeline_rereads_events_through_the_same_guard(
+    services: EmbeddedServices, kafka: KafkaHelper, unique: str
+) -> None:
+    """job_type = "batch" applies the processor again to the window's events: off the loop,
+    under processor_timeout (the hung event is left out, as it was from the count)."""
+    GATE.clear()
+    await kafka.create_topic(unique, 1)
+    values = [{"i": 0}, {"i": 1}, {"i": 2, "hang": True}, {"i": 3}, {"i": 4}]
+    await kafka.produce(unique, values, partitions=1)
+    cfg = make_config(
+        services,
+        unique,
+        [
+            {
+                "consumer_id": unique,
+                "kafka_topic": unique,
+                "max_event": 4,
+                "job_type": "batch",
+                "processor": "tests.test_processor_isolation:hangs",
+                "processor_timeout": 1.0,
+            }
+        ],
+    )
+    engine = await start_engine(cfg)
+    try:
+
+        async def one_call() -> bool:
+            return len(pipeline_targets.calls_for(unique)) >= 1
+
+        await wait_for(one_call, 20, what="the batch pipeline call")
+        call = pipeline_targets.calls_for(unique)[0]
+        assert call["count"] == 4
+        assert [e["i"] for e in call["events"]] == [0, 1, 3, 4]
+    finally:
+        GATE.set()
+        await engine.stop()

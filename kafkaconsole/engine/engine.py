@@ -53,6 +53,7 @@ from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
+from kafkaconsole.engine.processing import ProcessorRunner
 from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
 from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import (
@@ -379,7 +380,18 @@ class Engine:
         timer = WindowTimer(counter, cfg.max_time, on_timer_closed)
         loader = None
         if cfg.job_type == "batch":
-            loader = WindowEventReader(self.config.kafka, runner.classifier)
+            loader = WindowEventReader(
+                self.config.kafka,
+                runner.classifier,
+                processors=ProcessorRunner(
+                    runner.classifier,
+                    cfg.processor,
+                    cfg.processor_timeout,
+                    f"{cfg.consumer_id} (batch)",
+                )
+                if cfg.processor
+                else None,
+            )
         dispatcher = TriggerDispatcher(
             self.redis,
             keys,
