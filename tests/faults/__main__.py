@@ -99,8 +99,11 @@ def update_report(rows: list[dict[str, Any]], out: Path, command: str) -> None:
         at = [i for i, line in enumerate(lines) if line.startswith(f"| {r['name']} |")]
         if at:
             lines[at[0]] = _row(r)
-        else:
-            last = max(i for i, line in enumerate(lines) if line.startswith("| "))
+        else:  # a new scenario: after the last row of the scenario table (the first table)
+            header = next(i for i, line in enumerate(lines) if line.startswith("| scenario |"))
+            last = header
+            while last + 1 < len(lines) and lines[last + 1].startswith("| "):
+                last += 1
             lines.insert(last + 1, _row(r))
     run_at = next(i for i, line in enumerate(lines) if line.startswith("Run: "))
     names = ", ".join(r["name"] for r in rows)
