@@ -45,7 +45,7 @@ from kafkaconsole.config.secrets import mask_config, masker
 from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
 from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.counting import WindowState
-from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.engine import DependencyUnreachable, Engine
 from kafkaconsole.headless import default_extras, start_error_text
 from kafkaconsole.tui.bindings import (
     ALL_COMMANDS,
@@ -282,11 +282,19 @@ class KafkaConsoleApp(App[int]):
             await engine.start(wait_timeout=self.wait_timeout)
         except asyncio.CancelledError:
             raise
-        except BaseException:
+        except DependencyUnreachable:
+            if not engine.stopping:
+                await self._failed_start(engine)
+                raise
+            # asked to quit while waiting for Redis or the brokers: a clean stop
             await self._close_extras()
             with contextlib.suppress(Exception):
                 await engine.stop(timeout=2)
             self._engine_closed = True
+            self.engine_state = "stopped"
+            return
+        except BaseException:
+            await self._failed_start(engine)
             raise
         self.engine_state = "running"
         await engine.wait_stopped()
@@ -296,6 +304,12 @@ class KafkaConsoleApp(App[int]):
         await engine.stop()
         self._engine_closed = True
         self.engine_state = "stopped"
+
+    async def _failed_start(self, engine: Engine) -> None:
+        await self._close_extras()
+        with contextlib.suppress(Exception):
+            await engine.stop(timeout=2)
+        self._engine_closed = True
 
     async def _start_extras(self, engine: Engine) -> None:
         """The services headless mode runs beside the engine (the HTTP API, when enabled).
