@@ -253,3 +253,54 @@ async def test_a_batch_pipeline_rereads_events_through_the_same_guard(
     finally:
         GATE.set()
         await engine.stop()
+
+
+async def test_a_timed_out_event_follows_error_handling(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    """skip: the timed-out event is an error, nothing goes to the DLQ, counting goes on;
+    stop: the consumer stops at it, in state error, saying why."""
+    GATE.clear()
+    skip, stop = f"{unique}-skip", f"{unique}-stop"
+    for topic in (skip, stop):
+        await kafka.create_topic(topic, 1)
+        await kafka.produce(topic, [{"i": 0}, {"i": 1, "hang": True}, {"i": 2}], partitions=1)
+    cfg = make_config(
+        services,
+        unique,
+        [
+            {
+                "consumer_id": cid,
+                "kafka_topic": cid,
+                "max_event": 1000,
+                "processor": "tests.test_processor_isolation:hangs",
+                "processor_timeout": 1.0,
+                "error_handling": {"on_error": on_error},
+            }
+            for cid, on_error in ((skip, "skip"), (stop, "stop"))
+        ],
+    )
+    engine = await start_engine(cfg)
+    try:
+
+        async def skipped() -> bool:
+            stats = await redis_client.hgetall(f"{unique}:{skip}:stats")
+            return stats.get(b"total") == b"2" and stats.get(b"errors") == b"1"
+
+        await wait_for(skipped, 20, what="the skip consumer past the hung event")
+
+        async def stopped() -> bool:
+            c = (await engine.refresh_snapshot()).consumer(stop)
+            return c is not None and c.state == "error"
+
+        await wait_for(stopped, 20, what="the stop consumer stopped")
+        c = engine.snapshot().consumer(stop)
+        assert c is not None and c.last_error is not None
+        assert c.last_error.startswith(f"stopped at bad event {stop}[0]@1: process failed: ")
+        assert "TimeoutError" in c.last_error
+        assert int(await redis_client.get(f"{unique}:{stop}:events") or 0) <= 1
+        s = engine.snapshot().consumer(skip)
+        assert s is not None and s.dlq == 0
+    finally:
+        GATE.set()
+        await engine.stop()
