@@ -248,6 +248,8 @@ def throughput_consumer(spec: Spec, cid: str, topic: str) -> dict[str, Any]:
     }
     if spec["format"] == "json":
         c["filter"] = FILTER
+    if spec.get("processor"):
+        c["processor"] = spec["processor"]
     return c
 
 

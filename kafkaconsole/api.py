@@ -12,6 +12,7 @@ filter expressions, and request bodies are capped at a few hundred bytes (none i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -34,6 +36,7 @@ from redis.exceptions import RedisError
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.audit import ReadOnlyError
+from kafkaconsole.engine.clients import reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
 from kafkaconsole.engine.engine import Engine, UnknownConsumer
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
@@ -44,6 +47,12 @@ from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 log = logging.getLogger("kafkaconsole.api")
 
 CLIENT_MAX_SIZE = 1024
+#: Requests served at once; more are answered 503 with Retry-After (never queued).
+MAX_CONCURRENT_REQUESTS = 32
+#: A /metrics exposition is reused for this long (Prometheus scrapes every 15 s or so).
+METRICS_MAX_AGE_S = 1.0
+#: No valid consumer id is longer (config.models.CONSUMER_ID_PATTERN).
+MAX_CONSUMER_ID_LENGTH = 128
 """Largest request body accepted (bytes); no endpoint needs a body at all."""
 
 API_VERSION = "1"
@@ -157,6 +166,12 @@ class ApiMetrics:
             "Bad events this instance wrote to the dead-letter topic since it started.",
             labels=["consumer_id"],
         )
+        refused = CounterMetricFamily(
+            "kafkaconsole_dlq_refused_events",
+            "Bad events the dead-letter topic refused even cut down (recorded in Redis as "
+            "errors and skipped) since this instance started.",
+            labels=["consumer_id"],
+        )
         losses = CounterMetricFamily(
             "kafkaconsole_redis_state_losses",
             "Times this instance found that Redis had lost counting state (offsets below what "
@@ -172,7 +187,8 @@ class ApiMetrics:
                     lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
             rate.add_metric([c.consumer_id], c.rate)
             dlq.add_metric([c.consumer_id], c.dlq)
-        out += [state, lag, rate, dlq, losses, self._partition_time_lag(snap)]
+            refused.add_metric([c.consumer_id], c.dlq_refused)
+        out += [state, lag, rate, dlq, refused, losses, self._partition_time_lag(snap)]
 
         runs = CounterMetricFamily(
             "kafkaconsole_pipeline_runs",
@@ -467,8 +483,14 @@ class ApiServer:
     def __init__(self, engine: Engine, config: AppConfig) -> None:
         self.engine = engine
         self.config = config
-        self.fleet = Fleet(engine.redis, config)
+        # reads take a small pool of their own: API load never takes the counting path's
+        # connections (nor waits behind them)
+        self.redis = reader_redis_client(config.redis)
+        self.fleet = Fleet(self.redis, config)
         self.metrics = ApiMetrics(engine)
+        self._in_flight = 0
+        self._metrics_cache: tuple[float, bytes] | None = None
+        self._metrics_render: asyncio.Task[bytes] | None = None
         self.host = config.api.host
         self.port = config.api.port
         self._runner: web.AppRunner | None = None
@@ -482,7 +504,9 @@ class ApiServer:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=CLIENT_MAX_SIZE, middlewares=[self._limit, self._errors]
+        )
         app.on_response_prepare.append(_security_headers)
         handlers: dict[str, Handler] = {
             "health": self.health,
@@ -517,6 +541,7 @@ class ApiServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_LINE)
         addresses = runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
@@ -534,11 +559,35 @@ class ApiServer:
         if runner is not None:
             await runner.cleanup()
             log.info("HTTP API stopped")
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
 
     async def __call__(self) -> None:
         await self.close()
 
     # ---- plumbing ----------------------------------------------------------------------------
+    @web.middleware
+    async def _limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most MAX_CONCURRENT_REQUESTS at once (``/health`` aside): a burst beyond that is
+        answered 503 with Retry-After at once, never queued on the engine's loop; a consumer
+        id longer than any valid one is a 404 without further work."""
+        cid = request.match_info.get("consumer_id")
+        if cid is not None and len(cid) > MAX_CONSUMER_ID_LENGTH:
+            return _error(
+                404, f"unknown consumer (ids are at most {MAX_CONSUMER_ID_LENGTH} characters)"
+            )
+        if request.path == "/health":
+            return await handler(request)
+        if self._in_flight >= MAX_CONCURRENT_REQUESTS:
+            resp = _error(503, f"busy: {MAX_CONCURRENT_REQUESTS} requests in flight, retry shortly")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        self._in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight -= 1
+
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error as JSON ``{"error": ...}``; never a traceback or a secret."""
@@ -643,22 +692,28 @@ class ApiServer:
         snap = self.engine.snapshot()
         reasons = []
         running = self.engine.started and not self.engine.stopping
-        if not running:
+        waiting = self.engine.waiting_for
+        if waiting is not None:
+            reasons.append(f"waiting for {mask_text(waiting, self.config)} (retrying)")
+        elif not running:
             reasons.append("engine is not running")
         if not snap.kafka_ok:
             reasons.append(f"Kafka unreachable: no broker answered for {KAFKA_SILENCE_S:g} s")
         try:
-            await asyncio.wait_for(self.engine.redis.ping(), 1.0)
+            await asyncio.wait_for(self.redis.ping(), 1.0)
             redis_ok = snap.redis_ok
         except (RedisError, OSError, TimeoutError) as exc:
             redis_ok = False
             reasons.append(f"Redis unreachable: {mask_text(str(exc) or 'timeout', self.config)}")
         if not redis_ok and not any(r.startswith("Redis") for r in reasons):
             reasons.append("Redis unreachable")
+        reasons += [f"{failure} (restarted)" for failure in snap.task_failures]
         body = {
             "ready": not reasons,
             # degraded: running, but a broker or Redis does not answer (it resumes by itself)
-            "status": "ready" if not reasons else ("degraded" if running else "not running"),
+            "status": "ready"
+            if not reasons
+            else ("degraded" if running else "waiting" if waiting else "not running"),
             "instance_id": self.engine.instance_id,
             "kafka": snap.kafka_ok,
             "redis": redis_ok,
@@ -677,8 +732,23 @@ class ApiServer:
         return web.json_response({"instances": await self.fleet.instance_summaries()})
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
-        body = await self.metrics.render(self.fleet)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=await self._metrics_body(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _metrics_body(self) -> bytes:
+        """The exposition, rendered at most once per METRICS_MAX_AGE_S: concurrent scrapes
+        share one render (one fleet read), whatever their number."""
+        cached = self._metrics_cache
+        if cached is not None and time.monotonic() - cached[0] < METRICS_MAX_AGE_S:
+            return cached[1]
+        task = self._metrics_render
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.metrics.render(self.fleet))
+            self._metrics_render = task
+        body = await asyncio.shield(task)
+        self._metrics_cache = (time.monotonic(), body)
+        return body
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi_document())
@@ -700,6 +770,25 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
+
+
+class _BadRequestLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line over 8 KiB, say) with a full
+    traceback at ERROR; the client got its 400 already. One warning line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            first = str(exc.message).splitlines()[0] if exc.message else type(exc).__name__
+            record.msg = "API refused a malformed request (%s %s): %s"
+            record.args = (exc.code, type(exc).__name__, first[:200])
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_BAD_REQUEST_LINE = _BadRequestLine()
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,8 +6,12 @@ a second SIGINT exits at once. The HTTP API starts beside the engine when ``[api
 Consumer state changes are logged (one line, or one JSON object with ``event``), as are
 triggers, errors and rebalances by the engine itself.
 
-Exit codes: 0 after a clean stop, 1 when the engine or the API could not start, or when a
-second interrupt forced the exit (2, configuration errors, is the CLI's).
+Redis and the brokers need not be up yet: the engine waits for them (backoff, the reason in
+the log, ``/ready`` and the console header), at most ``--wait-timeout`` seconds when given.
+
+Exit codes: 0 after a clean stop, 1 when the engine or the API could not start (or Redis or
+the brokers did not answer within ``--wait-timeout``), or when a second interrupt forced the
+exit (2, configuration errors, is the CLI's).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
-from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.engine import DependencyUnreachable, Engine
 from kafkaconsole.engine.status import InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.headless")
@@ -93,10 +97,13 @@ async def serve(
     instance_id: str | None = None,
     extras: list[ExtraService] | None = None,
     ready: Callable[[Engine], None] | None = None,
+    wait_timeout: float | None = None,
 ) -> int:
     """Run the engine (and its extras) until a signal; returns the exit code.
 
     ``extras=None`` starts :func:`default_extras`; pass ``[]`` for the engine alone.
+    Redis and the brokers are waited for at start (see :meth:`Engine.start`), at most
+    ``wait_timeout`` seconds when given.
     """
     engine = Engine(config, instance_id=instance_id)
     loop = asyncio.get_running_loop()
@@ -132,7 +139,16 @@ async def serve(
             await _close_all(closers)
             return EXIT_FAILURE
         try:
-            await engine.start()
+            await engine.start(wait_timeout=wait_timeout)
+        except DependencyUnreachable as exc:
+            stopped = engine.stopping  # a signal while waiting: a clean stop
+            await _close_all(closers)
+            await engine.stop(timeout=2)
+            if stopped:
+                log.info("stopped while waiting for %s", exc)
+                return EXIT_OK
+            log.error("cannot start: %s does not answer", exc)
+            return EXIT_FAILURE
         except RedisError as exc:
             log.error(
                 "cannot start: Redis at %s: %s",
@@ -203,6 +219,7 @@ def run_headless(
     *,
     instance_id: str | None = None,
     extras: list[ExtraService] | None = None,
+    wait_timeout: float | None = None,
 ) -> int:
     """``asyncio.run(serve(...))``; the exit code of ``kafkaconsole run --no-ui``.
 
@@ -210,7 +227,9 @@ def run_headless(
     traceback on stderr), and exits 1.
     """
     try:
-        return asyncio.run(serve(config, instance_id=instance_id, extras=extras))
+        return asyncio.run(
+            serve(config, instance_id=instance_id, extras=extras, wait_timeout=wait_timeout)
+        )
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as exc:

@@ -81,7 +81,8 @@ def test_run_no_ui_never_imports_textual(tmp_path: Path, services: EmbeddedServi
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from kafkaconsole.cli.app import app\n"
-        f"r = CliRunner().invoke(app, ['run', '--config', {str(config)!r}, '--no-ui'])\n"
+        f"args = ['run', '--config', {str(config)!r}, '--no-ui', '--wait-timeout', '0']\n"
+        "r = CliRunner().invoke(app, args)\n"
         "assert r.exit_code == 1, (r.exit_code, r.output)\n"
         "assert not any(m.startswith('textual') for m in sys.modules)\n"
     )
@@ -210,7 +211,7 @@ def test_cannot_start_exits_1(tmp_path: Path, services: EmbeddedServices) -> Non
         out_file=tmp_path / "runs.jsonl",
     )
     log = tmp_path / "down.log"
-    proc = _start(config, log)
+    proc = _start(config, log, "--wait-timeout", "0")
     assert proc.wait(30) == 1
     text = log.read_text()
     assert "cannot start" in text and "Traceback" not in text

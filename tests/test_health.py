@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -199,13 +200,61 @@ def test_lag_that_dips_or_stays_flat_is_not_lagging() -> None:
     assert judge(flat)[0] == "ok"
 
 
+def test_a_consumer_keeping_up_with_jitter_is_never_lagging() -> None:
+    rng = random.Random(14)
+    t = 0.0
+    for level, spread in ((0, 12), (0, 500), (50, 20), (5_000, 1_000)):
+        samples: list[HealthSample] = []
+        previous = None
+        for _ in range(2_000):
+            lag = max(level + rng.randint(-spread, spread), 0)
+            # a consumer keeping up: its lag swings by less than half a second of its rate
+            rate = float(2 * (level + spread))
+            samples.append(sample(t, position=int(t) * 100, lag=lag, total=int(t) * 100, rate=rate))
+            t += 1.0
+            window = samples[-20:]
+            v = verdict(window, CFG, t - 1.0, previous)
+            assert v.name != "lagging", (level, spread, [s.lag for s in window])
+            previous = v
+
+
+def test_a_consumer_falling_behind_is_lagging_within_the_window_and_stays_so() -> None:
+    # keeping up (lag 0..3), then the producer outpaces it by 40 events a second
+    lags = [0, 2, 1, 3, 0] + [
+        40 * n + rng_free for n, rng_free in zip(range(1, 13), [3] * 12, strict=True)
+    ]
+    samples: list[HealthSample] = []
+    names = []
+    previous = None
+    for t, lag in enumerate(lags):
+        samples.append(sample(float(t), position=t * 10, lag=lag, total=t * 10))
+        v = verdict(samples, CFG, float(t), previous)
+        names.append(str(v.name))
+        previous = v
+    first = names.index("lagging")
+    # the first report behind is t = 5; three intervals later it is lagging
+    assert first == 5 + CFG.lagging_intervals
+    assert set(names[first:]) == {"lagging"}
+    # a dip inside a growing lag does not clear it; catching up (lag 0) does
+    for lag in (520, 500, 560, 610):
+        t = samples[-1].t + 1
+        samples.append(sample(t, position=int(t) * 10, lag=lag, total=int(t) * 10))
+        previous = verdict(samples, CFG, t, previous)
+        assert previous.name == "lagging", previous
+    for lag in (300, 0):
+        t = samples[-1].t + 1
+        samples.append(sample(t, position=int(t) * 10, lag=lag, total=int(t) * 10))
+        previous = verdict(samples, CFG, t, previous)
+    assert previous.name == "ok", previous
+
+
 def test_repeated_reports_count_as_one_interval() -> None:
     # sampled four times a second, but heartbeats come once a second: the same report repeats
     samples = []
     for t in range(16):
         report = t // 4
         samples.append(
-            sample(t / 4, position=100 + report, lag=10 * report, observed_ms=report * 1000)
+            sample(t / 4, position=100 + report, lag=10 * report + 5, observed_ms=report * 1000)
         )
     assert len(distinct(samples)) == 4
     assert judge(samples)[0] == "lagging"

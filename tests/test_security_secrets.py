@@ -290,7 +290,7 @@ async def test_no_secret_reaches_any_output(
 
         # the headless process when Redis is unreachable at start
         down_log = tmp_path / "down.log"
-        down_proc = _start(down, down_log)
+        down_proc = _start(down, down_log, "--wait-timeout", "0")
         assert await asyncio.to_thread(down_proc.wait, 30) == 1
         assert "cannot start: Redis at" in down_log.read_text()
         outputs["headless redis down"] = down_log

@@ -238,8 +238,8 @@ async def test_t_and_confirm_triggers_a_manual_window(
         await _quit(pilot, app, engine)
 
 
-async def test_engine_failure_is_shown_and_q_exits_with_1(unique: str) -> None:
-    cfg = AppConfig.model_validate(
+def _unreachable_config(unique: str) -> AppConfig:
+    return AppConfig.model_validate(
         {
             "redis": {"url": "redis://127.0.0.1:1/0", "key_prefix": unique},
             "kafka": {"bootstrap_servers": "127.0.0.1:1"},
@@ -256,13 +256,32 @@ async def test_engine_failure_is_shown_and_q_exits_with_1(unique: str) -> None:
             ],
         }
     )
-    app = KafkaConsoleApp(cfg)
+
+
+async def test_engine_failure_is_shown_and_q_exits_with_1(unique: str) -> None:
+    app = KafkaConsoleApp(_unreachable_config(unique))
+    app.wait_timeout = 0  # --wait-timeout 0: fail at once
     async with running(app) as pilot:
         await wait_for(lambda: _has(app, "Press q to quit"), 15, what="engine failure notice")
         assert app.engine_state == "failed"
         assert "engine failed" in screen_text(app)
         await pilot.press("q")
     assert app.return_code == 1
+
+
+async def test_the_header_says_what_the_engine_waits_for(unique: str) -> None:
+    """By default the engine waits for Redis and the brokers; the header says why."""
+    app = KafkaConsoleApp(_unreachable_config(unique))
+    async with running(app) as pilot:
+
+        async def waiting() -> bool:
+            await app.refresh_now()
+            return "waiting for Redis at redis://127.0.0.1:1/0" in screen_text(app)
+
+        await wait_for(waiting, 15, what="the wait in the header")
+        assert app.engine_state == "starting"
+        await pilot.press("q")
+    assert app.return_code == 0  # quitting while it waits is a clean stop
 
 
 # ---- without an engine: read-only, keymap, themes ---------------------------------------------

@@ -59,6 +59,16 @@ ReadOnlyOpt = Annotated[
         "and trigger (as with [ui] read_only = true).",
     ),
 ]
+WaitTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--wait-timeout",
+        min=0,
+        help="Seconds to wait for Redis and the brokers at start (default: until they answer; "
+        "0: fail at once, exit 1).",
+        show_default=False,
+    ),
+]
 InstanceOpt = Annotated[
     str | None,
     typer.Option(
@@ -75,11 +85,16 @@ def _check_log_format(value: str) -> str:
     return value
 
 
-def run_headless_cli(config: AppConfig, log_format: str, instance_id: str | None) -> int:
+def run_headless_cli(
+    config: AppConfig,
+    log_format: str,
+    instance_id: str | None,
+    wait_timeout: float | None = None,
+) -> int:
     from kafkaconsole.headless import run_headless
 
     setup_logging(log_format, secrets=secret_values(config))
-    return run_headless(config, instance_id=instance_id)
+    return run_headless(config, instance_id=instance_id, wait_timeout=wait_timeout)
 
 
 def run(
@@ -89,6 +104,7 @@ def run(
     instance_id: InstanceOpt = None,
     theme: ThemeOpt = None,
     read_only: ReadOnlyOpt = False,
+    wait_timeout: WaitTimeoutOpt = None,
 ) -> None:
     """Run every consumer of the config until interrupted.
 
@@ -102,10 +118,10 @@ def run(
     if read_only:
         cfg = cfg.with_read_only()
     if no_ui:
-        raise typer.Exit(run_headless_cli(cfg, log_format, instance_id))
+        raise typer.Exit(run_headless_cli(cfg, log_format, instance_id, wait_timeout))
     from kafkaconsole.tui.app import run_tui
 
-    raise typer.Exit(run_tui(cfg, instance_id=instance_id, theme=theme))
+    raise typer.Exit(run_tui(cfg, instance_id=instance_id, theme=theme, wait_timeout=wait_timeout))
 
 
 def demo(

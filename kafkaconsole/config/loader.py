@@ -15,6 +15,7 @@ Messages are built without input values, and are redacted against every known se
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -86,6 +87,15 @@ _REDACT_MIN_LENGTH = 4
 
 def _is_model(value: Any) -> bool:
     return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _handed_out(path: Sequence[str | int]) -> bool:
+    """Whether ``path`` is in (or is) a table of values handed to the outside as they are:
+    a pipeline's ``env`` or ``headers``, an alert rule's ``headers``."""
+    return any(part in ("env", "headers") for part in path[2:]) and path[0] in (
+        "pipelines",
+        "monitoring",
+    )
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -390,7 +400,11 @@ class _Loader:
             if index == len(rest) - 1:
                 node[key] = self.parse_override(raw, path, data)
                 self.origins[dotted_key(path)] = name
-                self.secret_keys.discard(dotted_key(path))
+                if _handed_out(path):
+                    # a pipeline's env or headers set from the environment: as secret as ${VAR}
+                    self.secret_keys.add(dotted_key(path))
+                else:
+                    self.secret_keys.discard(dotted_key(path))
             else:
                 node = node.setdefault(key, {})
 
@@ -447,21 +461,32 @@ class _Loader:
     # -- booleans -------------------------------------------------------------------------
 
     def reject_booleans_as_numbers(self, data: dict[str, Any]) -> None:
-        """pydantic's lax mode reads ``max_event = true`` as 1; a TOML file means no such thing."""
+        """Numbers are strict: an integer key takes a TOML integer (not ``"100"``, ``100.0``
+        or ``true``: pydantic's lax mode would read those as 100 and 1), a number key takes
+        an integer or a float, finite (not ``inf``, ``nan``, a string or a boolean). Text from
+        ``${VAR}`` is parsed (the environment holds only text). Messages never quote values."""
 
         def visit(value: Any, path: tuple[str | int, ...]) -> None:
             if isinstance(value, dict):
                 for key, item in value.items():
                     visit(item, (*path, key))
-            elif isinstance(value, list):
+                return
+            if isinstance(value, list):
                 for index, item in enumerate(value):
                     visit(item, (*path, index))
-            elif isinstance(value, bool):
-                annotation = _unwrap(_locate(path, data)[0])
-                if annotation in (int, float):
-                    key = dotted_key(path)
-                    message = "expected an integer" if annotation is int else "expected a number"
-                    self.problem(key, self.with_origin(key, message))
+                return
+            annotation = _unwrap(_locate(path, data)[0])
+            if annotation not in (int, float):
+                return
+            key = dotted_key(path)
+            if isinstance(value, str) and (key in self.secret_keys or self.is_unresolved(key)):
+                return  # text from ${VAR}: the environment only holds text (pydantic parses it)
+            if annotation is int and type(value) is not int:
+                self.problem(key, self.with_origin(key, "expected an integer"))
+            elif annotation is float and type(value) not in (int, float):
+                self.problem(key, self.with_origin(key, "expected a number"))
+            elif annotation is float and not math.isfinite(value):
+                self.problem(key, self.with_origin(key, "expected a finite number"))
 
         visit(data, ())
 
@@ -486,8 +511,8 @@ class _Loader:
             else:
                 message = self.message(kind, ctx, error["msg"], loc, data)
             key = dotted_key(loc)
-            if self.is_unresolved(key):
-                continue
+            if self.is_unresolved(key) or any(k == key for k, _ in self.problems):
+                continue  # a ${VAR} that failed, or a type already reported for this key
             self.problem(key, self.with_origin(key, message))
 
     @staticmethod

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+MAX_COUNT = 2**53 - 1
+"""Counts, offsets and max_event stay below 2**53: Redis Lua numbers are doubles."""
 CONSUMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
@@ -52,13 +54,13 @@ class KafkaConfig(Section):
     """Accept SASL_PLAINTEXT (credentials unencrypted); logs a warning. Not recommended."""
     fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
     """How long the broker may hold a fetch waiting for data (lower = lower latency)."""
-    session_timeout_ms: int = Field(10_000, ge=1_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=3_600_000)
     """Consumer group session timeout: how fast a dead instance's partitions move."""
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000)
     """Consumer group heartbeat interval."""
-    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000, le=86_400_000)
     """A consumer that does not poll for this long leaves its group (pipelines never block it)."""
-    commit_interval: float = Field(1.0, gt=0)
+    commit_interval: float = Field(1.0, gt=0, le=3600)
     """Seconds between Kafka commits (Redis holds the truth; commits keep lag tools right)."""
     request_timeout_ms: int = Field(40_000, ge=1_000, le=600_000)
     """How long a consumer waits for a broker's answer. A broker that hangs (no error, no
@@ -112,9 +114,9 @@ class RedisConfig(Section):
     """Use TLS even when the URL says redis://."""
     ssl_ca_certs: str | None = None
     """CA bundle for TLS."""
-    history_limit: int = Field(1000, ge=10)
+    history_limit: int = Field(1000, ge=10, le=1_000_000)
     """How many trigger records to keep per consumer."""
-    dispatch_lease_ms: int = Field(10_000, ge=500)
+    dispatch_lease_ms: int = Field(10_000, ge=500, le=3_600_000)
     """How long a dead instance keeps the right to dispatch a consumer's triggers."""
 
     @model_validator(mode="after")
@@ -152,9 +154,9 @@ class UiConfig(Section):
 class RetryPolicy(Section):
     max_attempts: int = Field(5, ge=1, le=100)
     """Attempts per pipeline call, the first included."""
-    initial_backoff: float = Field(0.5, ge=0)
+    initial_backoff: float = Field(0.5, ge=0, le=3600)
     """Seconds before the first retry."""
-    max_backoff: float = Field(30.0, ge=0)
+    max_backoff: float = Field(30.0, ge=0, le=86_400)
     """Cap on the backoff between retries."""
     jitter: bool = True
     """Randomise each backoff (full jitter) so instances do not retry in step."""
@@ -170,13 +172,13 @@ class ErrorHandling(Section):
 class PipelineBase(Section):
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     """Retries of a failed call (capped exponential backoff with jitter)."""
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(30.0, gt=0, le=86_400)
     """Seconds one call may take (http, airbyte, airflow: each HTTP request, redirects included)."""
     max_concurrent_runs: int = Field(1, ge=1, le=1000)
     """Runs of this pipeline in flight at once for job_type = "async" consumers."""
-    breaker_threshold: int = Field(5, ge=0)
+    breaker_threshold: int = Field(5, ge=0, le=10_000)
     """Consecutive failed runs that open the circuit (0 = never open it)."""
-    breaker_cooldown: float = Field(60.0, gt=0)
+    breaker_cooldown: float = Field(60.0, gt=0, le=86_400)
     """Seconds an open circuit holds triggers back before one probe run is let through."""
 
 
@@ -248,9 +250,9 @@ class AirbytePipeline(PipelineBase, RemoteEndpoint):
     """Basic auth password."""
     job_type: Literal["sync", "reset"] = "sync"
     """Airbyte jobType."""
-    poll_interval: float = Field(5.0, gt=0)
+    poll_interval: float = Field(5.0, gt=0, le=3600)
     """Seconds between job status polls."""
-    run_timeout: float = Field(3600.0, gt=0)
+    run_timeout: float = Field(3600.0, gt=0, le=604_800)
     """Seconds a job may run before it is marked failed."""
 
     @model_validator(mode="after")
@@ -287,9 +289,9 @@ class AirflowPipeline(PipelineBase, RemoteEndpoint):
     """Password of username."""
     token: str | None = None
     """Bearer token instead of username/password (a JWT with v2: never renewed)."""
-    poll_interval: float = Field(5.0, gt=0)
+    poll_interval: float = Field(5.0, gt=0, le=3600)
     """Seconds between DAG run state polls."""
-    run_timeout: float = Field(3600.0, gt=0)
+    run_timeout: float = Field(3600.0, gt=0, le=604_800)
     """Seconds a DAG run may take before it is marked failed."""
 
     @model_validator(mode="after")
@@ -327,9 +329,9 @@ class ConsumerConfig(Section):
     """Names a [pipelines.NAME] table."""
     connection_id: str
     """Passed to the pipeline (the Airbyte connection id)."""
-    max_event: int = Field(gt=0)
+    max_event: int = Field(gt=0, le=MAX_COUNT)
     """A window closes when it holds exactly this many events."""
-    max_time: float = Field(gt=0)
+    max_time: float = Field(gt=0, le=31_536_000)
     """A window closes this many seconds after its first event, even if the topic is idle."""
     job_type: Literal["sync", "async", "batch"] = "sync"
     """sync: wait for the run before the next; async: fire and track; batch: sync + events."""
@@ -337,7 +339,7 @@ class ConsumerConfig(Section):
     """Where to start when nothing was ever counted or committed."""
     batch_size: int = Field(500, gt=0, le=100_000)
     """Maximum records per poll (one atomic Redis update per poll)."""
-    poll_timeout: float = Field(1.0, gt=0)
+    poll_timeout: float = Field(1.0, gt=0, le=60)
     """Seconds a poll waits for records."""
     group_id: str | None = None
     """Kafka consumer group (default kafkaconsole-<consumer_id>)."""
@@ -347,8 +349,10 @@ class ConsumerConfig(Section):
     """Count only JSON events whose fields equal these values (dotted paths allowed)."""
     processor: str | None = Field(None, pattern=TARGET_PATTERN)
     """"package.module:function" called per event; returning None drops the event."""
-    max_event_bytes: int = Field(1_048_576, gt=0)
-    """Events larger than this go to the DLQ."""
+    processor_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds the processor may take on one event; then the event is handled per error_handling."""
+    max_event_bytes: int = Field(1_048_576, gt=0, le=104_857_600)
+    """Events larger than this go to the DLQ (cut to what the DLQ accepts)."""
     retry_policy: RetryPolicy | None = None
     """Overrides the pipeline's retry policy for this consumer."""
     error_handling: ErrorHandling = Field(default_factory=ErrorHandling)
@@ -412,11 +416,11 @@ class AlertRule(RemoteEndpoint):
     """Fire while a consumer has this verdict (set verdict or metric, not both)."""
     metric: AlertMetric | None = None
     """Fire while this number of a consumer is above or below a threshold."""
-    above: float | None = None
+    above: float | None = Field(None, ge=-1e15, le=1e15)
     """With metric: fire while the metric is greater than this."""
-    below: float | None = None
+    below: float | None = Field(None, ge=-1e15, le=1e15)
     """With metric: fire while the metric is less than this."""
-    for_: float = Field(0.0, ge=0, alias="for")
+    for_: float = Field(0.0, ge=0, le=86_400, alias="for")
     """Seconds the condition must hold before the alert fires (it resolves when it stops)."""
     channel: Literal["log", "webhook", "tui"] = "log"
     """log: a log line; webhook: a JSON POST to url (retried); tui: a toast and a row badge."""
@@ -468,17 +472,17 @@ class MonitoringConfig(Section):
     """Seconds between two samples of the fleet (lag, positions, counts, runs)."""
     lagging_intervals: int = Field(5, ge=1, le=1000)
     """lagging: the lag grew over this many consecutive status intervals (about a second each)."""
-    stall_after: float = Field(30.0, gt=0)
+    stall_after: float = Field(30.0, gt=0, le=86_400)
     """stalled: seconds with events waiting (lag > 0), not paused, and a position not moving."""
-    stuck_after: float = Field(60.0, gt=0)
+    stuck_after: float = Field(60.0, gt=0, le=86_400)
     """window-stuck: seconds with events being read but none counted (all filtered or bad)."""
     failing_runs: int = Field(3, ge=1, le=100)
     """pipeline-failing: this many most recent pipeline runs failed (or the breaker is open)."""
-    storm_per_minute: float = Field(30.0, gt=0)
+    storm_per_minute: float = Field(30.0, gt=0, le=1_000_000)
     """trigger-storm: more triggers per minute than this, counted over storm_period."""
-    storm_period: float = Field(60.0, gt=0)
+    storm_period: float = Field(60.0, gt=0, le=86_400)
     """Seconds over which triggers are counted for trigger-storm."""
-    webhook_timeout: float = Field(5.0, gt=0)
+    webhook_timeout: float = Field(5.0, gt=0, le=300)
     """Seconds one webhook POST may take."""
     webhook_attempts: int = Field(3, ge=1, le=20)
     """Attempts per webhook notification (waiting 0.5 s, 1 s, 2 s... between them)."""

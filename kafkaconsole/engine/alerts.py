@@ -32,10 +32,11 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from kafkaconsole.config.models import AlertRule, MonitoringConfig
+from kafkaconsole.config.models import AlertRule, MonitoringConfig, RetryPolicy
 from kafkaconsole.engine.health import Verdict
 from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
 from kafkaconsole.engine.records import iso_ms
+from kafkaconsole.engine.retry import retry_call
 
 log = logging.getLogger("kafkaconsole.alert")
 
@@ -254,6 +255,10 @@ return v
 """GETDEL with the commands the engine's ACL grants already (GET, DEL, EVALSHA)."""
 
 
+class WebhookFailed(Exception):
+    """One webhook attempt failed (HTTP status or connection error)."""
+
+
 class AlertLedger:
     """Fires and resolves each alert once across the fleet through Redis keys."""
 
@@ -385,29 +390,41 @@ class AlertNotifier:
             client = self._clients[rule.rule_id] = HttpClient(rule, self.cfg.webhook_timeout)
         body = orjson.dumps(event.to_json_dict())
         headers = {"Content-Type": "application/json", **rule.headers}
-        error = ""
-        for attempt in range(1, self.cfg.webhook_attempts + 1):
+
+        async def post() -> None:
             try:
-                answer = await client.request("POST", rule.url, body=body, headers=headers)
-                if 200 <= answer.status < 300:
-                    return True
-                error = f"HTTP {answer.status}"
-            except (TlsSetupError, RedirectRefused) as exc:
-                error = str(exc)
-                break
+                answer = await client.request("POST", rule.url or "", body=body, headers=headers)
+            except (TlsSetupError, RedirectRefused):
+                raise  # a setting to fix, not an outage: never retried
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.cfg.webhook_attempts:
-                await self.sleep(min(0.5 * 2 ** (attempt - 1), 30.0))
-        log.error(
-            "alert %s (%s, %s): webhook failed after %d attempt(s): %s",
-            event.rule,
-            event.consumer_id,
-            event.status,
-            attempt,
-            error,
-        )
-        return False
+                raise WebhookFailed(f"{type(exc).__name__}: {exc}") from exc
+            if not 200 <= answer.status < 300:
+                raise WebhookFailed(f"HTTP {answer.status}")
+
+        attempts = self.cfg.webhook_attempts
+        try:
+            await retry_call(
+                post,
+                RetryPolicy(
+                    max_attempts=attempts, initial_backoff=0.5, max_backoff=30.0, jitter=False
+                ),
+                retry_on=(WebhookFailed,),
+                what=f"alert {event.rule} webhook",
+                sleep=self.sleep,
+                logger=log,
+                give_up_level=logging.DEBUG,  # the line below says it
+            )
+        except (WebhookFailed, TlsSetupError, RedirectRefused) as exc:
+            log.error(
+                "alert %s (%s, %s): webhook failed after %d attempt(s): %s",
+                event.rule,
+                event.consumer_id,
+                event.status,
+                attempts if isinstance(exc, WebhookFailed) else 1,
+                exc,
+            )
+            return False
+        return True
 
     async def close(self, timeout: float = 2.0) -> None:
         """Let deliveries in flight finish (up to ``timeout``), then close the HTTP session."""

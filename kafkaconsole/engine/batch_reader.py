@@ -14,7 +14,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kafkaconsole.config.models import KafkaConfig
 from kafkaconsole.engine.clients import kafka_kwargs
-from kafkaconsole.engine.events import EventClassifier
+from kafkaconsole.engine.events import COUNT, EventClassifier
+from kafkaconsole.engine.processing import ProcessorRunner
 from kafkaconsole.engine.records import TriggerRecord
 
 
@@ -28,11 +29,24 @@ class WindowEventReader:
     """Loads the counted events of a window by its recorded offset ranges."""
 
     def __init__(
-        self, kafka: KafkaConfig, classifier: EventClassifier, timeout: float = 60.0
+        self,
+        kafka: KafkaConfig,
+        classifier: EventClassifier,
+        timeout: float = 60.0,
+        processors: ProcessorRunner | None = None,
     ) -> None:
         self.kafka = kafka
         self.classifier = classifier
         self.timeout = timeout
+        # the processor hook is user code: never on the event loop (engine.processing)
+        self.processors = processors
+
+    async def _matching(self, values: list[bytes | None]) -> list[Any]:
+        if self.processors is None:
+            return self.classifier.matching_events(values)
+        items = [(0, i, v) for i, v in enumerate(values)]
+        outcomes = await self.processors.classify(items, asyncio.Event())
+        return [o[1] for o in outcomes or () if o is not None and o[0] == COUNT]
 
     async def __call__(self, record: TriggerRecord) -> list[Any]:
         if not record.offsets:
@@ -62,9 +76,9 @@ class WindowEventReader:
                         if recs and recs[-1].offset >= last:
                             remaining.discard(tp)
                             consumer.pause(tp)
-            events: list[Any] = []
-            for tp in sorted(ranges, key=lambda t: (t.topic, t.partition)):
-                events += [_jsonable(e) for e in self.classifier.matching_events(values[tp])]
-            return events
+            ordered = [
+                v for tp in sorted(ranges, key=lambda t: (t.topic, t.partition)) for v in values[tp]
+            ]
+            return [_jsonable(e) for e in await self._matching(ordered)]
         finally:
             await consumer.stop()

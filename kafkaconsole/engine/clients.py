@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from kafkaconsole.config.models import AppConfig, KafkaConfig, RedisConfig
@@ -82,6 +82,24 @@ def kafka_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
 
 def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """An asyncio Redis client for the configured server."""
+    url, kwargs = _redis_args(cfg, extra)
+    return Redis.from_url(url, **kwargs)
+
+
+#: Connections of the HTTP API's own Redis pool (never the counting path's).
+API_REDIS_CONNECTIONS = 4
+
+
+def reader_redis_client(cfg: RedisConfig, connections: int = API_REDIS_CONNECTIONS) -> Redis:
+    """A client with a small pool of its own, for readers that must never take the counting
+    path's connections (the HTTP API): at most ``connections`` at once; a request waits up to
+    5 s for one to be free (then fails as Redis unreachable)."""
+    url, kwargs = _redis_args(cfg, {"socket_timeout": 5})
+    pool = BlockingConnectionPool.from_url(url, max_connections=connections, timeout=5, **kwargs)
+    return Redis.from_pool(pool)
+
+
+def _redis_args(cfg: RedisConfig, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {"health_check_interval": 10, "socket_connect_timeout": 5}
     if cfg.username:
         kwargs["username"] = cfg.username
@@ -93,7 +111,7 @@ def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     if url.startswith("rediss://") and cfg.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
     kwargs.update(extra)
-    return Redis.from_url(url, **kwargs)
+    return url, kwargs
 
 
 def _is_loopback_host(host: str | None) -> bool:

@@ -22,12 +22,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InvalidSessionTimeoutError, KafkaError
 from redis.exceptions import RedisError
 
-from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
 from kafkaconsole.engine.clients import kafka_kwargs
 from kafkaconsole.engine.counting import ApplyResult, PartitionDelta, RedisBehind, WindowCounter
-from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink
+from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink, Refused
 from kafkaconsole.engine.events import EventClassifier, build_batch
 from kafkaconsole.engine.health import time_lag_seconds
+from kafkaconsole.engine.processing import ProcessorRunner, ProcessorStall
+from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import ConsumerState, PartitionSnapshot, RateMeter
 
 log = logging.getLogger("kafkaconsole.consumer")
@@ -51,6 +53,12 @@ PROBE_TIMEOUT_S = 2.0
 #: fetches cost it ~25 %), 50 consumers in one process stay under 200 MB.
 FETCH_BUDGET_BYTES = 32 * 1024 * 1024
 MIN_FETCH_MAX_BYTES = 512 * 1024
+#: Waiting for a dependency that does not answer (Redis, an unreachable DLQ): retried until
+#: it answers or the consumer stops, 0.1 s doubling to 5 s between attempts.
+WAIT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.1, max_backoff=5.0, jitter=False)
+#: Reading the stored offsets on assignment (inside the rebalance, which waits for it):
+#: 50 attempts, 0.1 s doubling to 2 s (about 90 s), then Kafka's committed offsets.
+ASSIGN_POLICY = RetryPolicy(max_attempts=50, initial_backoff=0.1, max_backoff=2.0, jitter=False)
 
 
 def fetch_sizes(consumers_in_process: int) -> tuple[int, int]:
@@ -129,6 +137,11 @@ class ConsumerRunner:
         self.on_applied = on_applied
         self.fault_hook = fault_hook or (lambda point: None)
         self.classifier = EventClassifier(cfg)
+        self.processors: ProcessorRunner | None = None
+        if cfg.processor is not None:
+            self.processors = ProcessorRunner(
+                self.classifier, cfg.processor, cfg.processor_timeout, cfg.consumer_id
+            )
         self.topic = cfg.kafka_topic
         self.state = ConsumerState.STARTING
         self.paused = False
@@ -136,6 +149,10 @@ class ConsumerRunner:
         self.rate = RateMeter()
         self.errors = 0
         self.dlq_count = 0
+        self.dlq_refused = 0  # bad events even the DLQ refused: recorded and skipped
+        self.policy = (
+            app.retry_policy_for(cfg) if cfg.pipeline_name in app.pipelines else RetryPolicy()
+        )
         self.last_error: str | None = None
         self.local_next: dict[int, int] = {}
         self.assigned: set[int] = set()
@@ -206,6 +223,7 @@ class ConsumerRunner:
             )
             timeout_ms = int(self.cfg.poll_timeout * 1000)
             stopped = asyncio.ensure_future(stop.wait())
+            poll_failures = 0
             while not stop.is_set():
                 self._apply_pause()
                 if self._resync is not None and self._counting is None:
@@ -223,6 +241,7 @@ class ConsumerRunner:
                         break
                     batch = poll.result()
                     self._kafka_failed = False
+                    poll_failures = 0
                     if batch:
                         self._kafka_answered()
                 except InvalidSessionTimeoutError as exc:
@@ -234,8 +253,11 @@ class ConsumerRunner:
                     raise ConsumerStopped(self.last_error) from exc
                 except KafkaError as exc:
                     self._kafka_failed = True
+                    poll_failures += 1
                     self._note_error(f"Kafka poll failed: {type(exc).__name__}: {exc}")
-                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(TimeoutError):
+                        delay = backoff_delay(poll_failures, WAIT_POLICY)
+                        await asyncio.wait_for(stop.wait(), max(delay, 0.5))
                     continue
                 now_ms = time.time_ns() // 1_000_000
                 for tp in consumer.assignment():
@@ -285,6 +307,10 @@ class ConsumerRunner:
 
     def _kafka_answered(self) -> None:
         self._kafka_contact = time.monotonic()
+
+    def processor_stall(self) -> ProcessorStall | None:
+        """What holds this consumer's processor up, if anything (see engine.processing)."""
+        return self.processors.stall() if self.processors is not None else None
 
     # ---- time lag (per poll and partition, never per record) -------------------------------
     def _note_times(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -337,8 +363,21 @@ class ConsumerRunner:
         if self._drop_if_resyncing(batch):
             return
         on_error = self.cfg.error_handling.on_error
+        outcomes = None
+        if self.processors is not None:
+            # user code runs off the loop (kafkaconsole.engine.processing), in order
+            batch = self._above_floor(batch)
+            items = [(tp.partition, r.offset, r.value) for tp, recs in batch.items() for r in recs]
+            outcomes = await self.processors.classify(items, stop, stop_at_bad=on_error == "stop")
+            if outcomes is None or self._drop_if_resyncing(batch):
+                return  # stopping (or Redis lost state meanwhile): the records are read again
         deltas, bad, _ = build_batch(
-            self.classifier, self.topic, batch, self.local_next, stop_at_bad=on_error == "stop"
+            self.classifier,
+            self.topic,
+            batch,
+            self.local_next,
+            stop_at_bad=on_error == "stop",
+            outcomes=outcomes,
         )
         if bad:
             await self._settle()
@@ -347,16 +386,25 @@ class ConsumerRunner:
             for b in bad:
                 log.warning("%s: bad event %s", self.cfg.consumer_id, b.describe())
             if on_error == "dlq":
-                while True:
-                    try:
-                        await self.dlq.publish(self.cfg.dlq_topic, self.cfg.consumer_id, bad)
-                        self.dlq_count += len(bad)
-                        break
-                    except DeadLetterError as exc:
-                        self._note_error(str(exc))
-                        if stop.is_set():
-                            return  # nothing applied: the bad events will be read again
-                        await asyncio.sleep(1.0)
+                try:
+                    # an unreachable DLQ holds the partition at the bad event until it is back
+                    refused = await retry_call(
+                        lambda: self.dlq.publish(
+                            self.cfg.dlq_topic, self.cfg.consumer_id, bad, policy=self.policy
+                        ),
+                        WAIT_POLICY,
+                        retry_on=(DeadLetterError,),
+                        what=f"{self.cfg.consumer_id}: dead-lettering {len(bad)} bad event(s)",
+                        attempts=0,
+                        stop=stop,
+                        on_error=lambda _, exc: self._note_error(str(exc)),
+                        logger=log,
+                    )
+                except DeadLetterError:
+                    return  # stopping, nothing applied: the bad events will be read again
+                self.dlq_count += len(bad) - len(refused)
+                if refused:
+                    await self._record_refused(refused)
         if deltas:
             self._queued.append(deltas)
             self._kick(flush=self.paused or not self._behind(deltas))
@@ -369,6 +417,47 @@ class ConsumerRunner:
             self.last_error = f"stopped at bad event {first.describe()}"
             log.error("%s: %s", self.cfg.consumer_id, self.last_error)
             raise ConsumerStopped(self.last_error)
+
+    def _above_floor(
+        self, batch: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """The records of ``batch`` not yet counted by this instance (as build_batch keeps)."""
+        out = {}
+        for tp, records in batch.items():
+            floor = self.local_next.get(tp.partition, -1)
+            if records and records[0].offset < floor:
+                records = [r for r in records if r.offset >= floor]
+            if records:
+                out[tp] = records
+        return out
+
+    async def _record_refused(self, refused: list[Refused]) -> None:
+        """Bad events even the DLQ refused: logged, counted (metrics), recorded in Redis and
+        skipped (they are counted as errors with the rest of the poll)."""
+        self.dlq_refused += len(refused)
+        for r in refused:
+            self._note_error(f"bad event not dead-lettered, skipped: {r.describe()}")
+        entries = [
+            {
+                "topic": r.event.topic,
+                "partition": r.event.partition,
+                "offset": r.event.offset,
+                "bytes": len(r.event.value or b""),
+                "stage": r.event.stage,
+                "error": f"{r.event.error_class}: {r.event.message}"[:500],
+                "dlq_error": r.error[:500],
+            }
+            for r in refused
+        ]
+        # logged by retry_call when it gives up; the log lines above name every event
+        with contextlib.suppress(RedisError, OSError):
+            await retry_call(
+                lambda: self.counter.record_refused(entries),
+                self.policy,
+                retry_on=(RedisError, OSError),
+                what=f"{self.cfg.consumer_id}: recording {len(refused)} refused event(s)",
+                logger=log,
+            )
 
     def _behind(self, deltas: list[PartitionDelta]) -> bool:
         """Whether a partition of this poll holds more than was polled, by the highwater of
@@ -442,21 +531,29 @@ class ConsumerRunner:
     async def _apply(
         self, deltas: list[Any], stop: asyncio.Event, expected: dict[int, int]
     ) -> ApplyResult | None:
-        delay = 0.1
-        while True:
-            try:
-                result = await self.counter.apply(deltas, expected, self.window_floor)
-                if not self.redis_ok:
-                    log.info("%s: Redis is reachable again", self.cfg.consumer_id)
-                self.redis_ok = True
-                return result
-            except (RedisError, OSError) as exc:
-                self.redis_ok = False
-                self._note_error(f"Redis update failed (will retry): {type(exc).__name__}: {exc}")
-                if stop.is_set():
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Count ``deltas``, waiting for Redis as long as it takes (None: stopping first)."""
+
+        def failed(_: int, exc: BaseException) -> None:
+            self.redis_ok = False
+            self._note_error(f"Redis update failed (will retry): {type(exc).__name__}: {exc}")
+
+        try:
+            result = await retry_call(
+                lambda: self.counter.apply(deltas, expected, self.window_floor),
+                WAIT_POLICY,
+                retry_on=(RedisError, OSError),
+                what=f"{self.cfg.consumer_id}: counting a poll",
+                attempts=0,
+                stop=stop,
+                on_error=failed,
+                logger=log,
+            )
+        except (RedisError, OSError):
+            return None  # stopping: nothing of these polls was counted
+        if not self.redis_ok:
+            log.info("%s: Redis is reachable again", self.cfg.consumer_id)
+        self.redis_ok = True
+        return result
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:
@@ -573,13 +670,26 @@ class ConsumerRunner:
         self._kafka_answered()  # the group coordinator just answered
         parts = sorted(tp.partition for tp in assigned)
         stored: dict[int, int] = {}
-        for attempt in range(50):
-            try:
-                stored = await self.counter.stored_offsets(parts)
-                break
-            except (RedisError, OSError) as exc:
-                self._note_error(f"Redis unreachable on assignment: {exc}")
-                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        try:
+            stored = await retry_call(
+                lambda: self.counter.stored_offsets(parts),
+                ASSIGN_POLICY,
+                retry_on=(RedisError, OSError),
+                what=f"{self.cfg.consumer_id}: reading stored offsets on assignment",
+                stop=self._stop_event,
+                on_error=lambda _, exc: self._note_error(f"Redis unreachable on assignment: {exc}"),
+                logger=log,
+            )
+        except (RedisError, OSError):
+            # reading from Kafka's committed offsets instead: they never run ahead of what
+            # Redis counted, and the counting script skips whatever it counted already
+            log.warning(
+                "%s: partitions %s of %s start from Kafka's committed offsets (Redis did not "
+                "answer); nothing is counted twice",
+                self.cfg.consumer_id,
+                parts,
+                self.topic,
+            )
         self._forget_times(set(parts))
         for tp in assigned:
             if tp.partition in stored:

@@ -476,6 +476,16 @@ class WindowCounter:
             ranges=tuple(ranges),
         )
 
+    async def record_refused(self, entries: list[dict[str, Any]], keep: int = 1000) -> None:
+        """Record bad events even the DLQ refused in a capped stream (about the last ``keep``),
+        and count them in the stats hash (``dlq_refused``)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for entry in entries:
+            fields = {k: str(v) for k, v in entry.items()}
+            pipe.xadd(self.keys.dlq_refused, fields, maxlen=keep, approximate=True)  # type: ignore[arg-type]
+        pipe.hincrby(self.keys.stats, "dlq_refused", len(entries))
+        await pipe.execute()
+
     async def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         """Next offset to count per partition, for those Redis knows."""
         if not partitions:

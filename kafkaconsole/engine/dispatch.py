@@ -50,7 +50,7 @@ from kafkaconsole.engine.records import (
     TriggerReason,
     TriggerRecord,
 )
-from kafkaconsole.engine.retry import call_with_retry, follow_run
+from kafkaconsole.engine.retry import call_with_retry, follow_run, retry_call
 
 log = logging.getLogger("kafkaconsole.dispatch")
 
@@ -74,6 +74,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+#: Creating the dispatch group while Redis does not answer: 0.5 s doubling to 5 s.
+GROUP_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
 READ_COUNT = 50
 """Stream entries read per XREADGROUP / XAUTOCLAIM."""
 
@@ -220,12 +222,18 @@ class TriggerDispatcher:
         self._stop = stop
         keeper = asyncio.create_task(self._keep_lease(stop), name=f"lease:{self.cfg.consumer_id}")
         try:
-            while not stop.is_set():
-                try:
-                    await self.ensure_group()
-                    break
-                except (RedisError, OSError):
-                    await asyncio.sleep(0.5)
+            try:
+                await retry_call(
+                    self.ensure_group,
+                    GROUP_POLICY,
+                    retry_on=(RedisError, OSError),
+                    what=f"{self.cfg.consumer_id}: creating the dispatch group",
+                    attempts=0,
+                    stop=stop,
+                    logger=log,
+                )
+            except (RedisError, OSError):
+                return  # stopping before Redis answered
             while not stop.is_set():
                 if not self.leader:
                     await self._sleep(0.5)

@@ -14,19 +14,21 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
-from kafkaconsole.config.models import AppConfig, ConsumerConfig
-from kafkaconsole.config.secrets import masker
+from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
+from kafkaconsole.config.secrets import mask_text, masker
 from kafkaconsole.engine.audit import AuditLog, ReadOnlyError, reset_detail, trigger_detail
 from kafkaconsole.engine.batch_reader import WindowEventReader
 from kafkaconsole.engine.clients import (
@@ -44,14 +46,16 @@ from kafkaconsole.engine.counting import (
     WindowCounter,
 )
 from kafkaconsole.engine.dispatch import TriggerDispatcher
-from kafkaconsole.engine.dlq import DeadLetterSink
+from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.faults import fault_hook_from_env
 from kafkaconsole.engine.health import consumer_time_lag
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
+from kafkaconsole.engine.processing import ProcessorRunner
 from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
+from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
     ConsumerState,
@@ -68,6 +72,37 @@ HEARTBEAT_TTL_S = 5
 
 class UnknownConsumer(KeyError):
     """No consumer with that id in the config."""
+
+
+class DependencyUnreachable(ConnectionError):
+    """Redis or the brokers did not answer (at start: waited for, see Engine.start)."""
+
+
+#: Restarting a background task that failed: 0.5 s doubling to 30 s between restarts.
+RESTART_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=30.0, jitter=True)
+#: The control listener while Redis does not answer: 0.5 s doubling to 2 s (pause flags are
+#: polled at least that often, so every instance applies a change within a few seconds).
+CONTROL_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=2.0, jitter=False)
+#: Waiting for Redis and the brokers at start: 0.2 s doubling to 2 s between attempts (a try
+#: costs little; counting starts within about 2 s of both answering).
+CONNECT_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.2, max_backoff=2.0, jitter=True)
+
+
+class _BootstrapErrors(logging.Filter):
+    """Drops aiokafka's "Unable connect to" lines while the engine waits for the brokers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable connect to")
+
+
+@contextlib.contextmanager
+def _quiet_bootstrap_errors() -> Iterator[None]:
+    logger, quiet = logging.getLogger("aiokafka"), _BootstrapErrors()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def default_instance_id() -> str:
@@ -138,27 +173,29 @@ class Engine:
         if config.monitoring.enabled:
             self.monitor = HealthMonitor(self.redis, config, self.instance_id)
         self.started = False
+        self.waiting_for: str | None = None  # while start() waits: what does not answer
+        # background task failures (each logged and restarted): name -> (text, epoch seconds)
+        self.task_failures: dict[str, tuple[str, float]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Connect, build every consumer and start its tasks. Raises if Redis is unreachable."""
-        await self.redis.ping()
-        # an ACL user lacking a command the engine needs fails here, with one clear message
-        await check_redis_access(self.redis, self.prefix)
-        self._redis_ok = True
+    async def start(self, wait_timeout: float | None = None) -> None:
+        """Connect, build every consumer and start its tasks.
+
+        Redis or the brokers not answering yet is waited for (backoff, the reason in the log
+        and in :attr:`waiting_for`), for at most ``wait_timeout`` seconds (None: until they
+        answer or a stop is requested; 0: one attempt); then :class:`DependencyUnreachable`
+        is raised. Other failures (a refused login, a missing ACL permission) raise at once.
+        """
         for warning in security_warnings(self.config):
             log.warning("insecure setting: %s", warning)
-        self._producer = AIOKafkaProducer(
-            acks="all", linger_ms=5, **kafka_kwargs(self.config.kafka)
-        )
-        await self._producer.start()
+        await self._connect(wait_timeout)
         await self._ensure_dlq_topics()
         for name, pcfg in self.config.pipelines.items():
             if any(c.pipeline_name == name for c in self.config.consumers):
                 pipeline = build_pipeline(name, pcfg, kafka=self.config.kafka)
                 await pipeline.start()
                 self._pipelines[name] = pipeline
-        dlq = DeadLetterSink(self._producer)
+        dlq = DeadLetterSink(self._producer, task_id=self.instance_id)
         for cfg in self.config.consumers:
             self._consumers[cfg.consumer_id] = self._build_consumer(cfg, dlq)
         await self._load_pause_flags()
@@ -166,26 +203,102 @@ class Engine:
             cid = c.cfg.consumer_id
             c.tasks = [
                 asyncio.create_task(
-                    self._guard(c.runner.run(self._stop), f"consumer {cid}"), name=f"consume:{cid}"
+                    self._guard(partial(c.runner.run, self._stop), f"consumer {cid}", c.runner),
+                    name=f"consume:{cid}",
                 ),
                 asyncio.create_task(
-                    self._guard(c.timer.run(self._stop), f"timer {cid}"), name=f"timer:{cid}"
+                    self._guard(partial(c.timer.run, self._stop), f"timer {cid}", c.runner),
+                    name=f"timer:{cid}",
                 ),
                 asyncio.create_task(
-                    self._guard(c.dispatcher.run(self._stop), f"dispatch {cid}"),
+                    self._guard(partial(c.dispatcher.run, self._stop), f"dispatch {cid}", c.runner),
                     name=f"dispatch:{cid}",
                 ),
             ]
-        self._tasks.append(asyncio.create_task(self._status_loop(), name="status"))
-        self._tasks.append(asyncio.create_task(self._control_listener(), name="control"))
+        self._tasks.append(
+            asyncio.create_task(self._guard(self._status_loop, "status loop"), name="status")
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._guard(self._control_listener, "control listener"), name="control"
+            )
+        )
         if self.monitor is not None:
+            monitor = self.monitor
             self._tasks.append(
                 asyncio.create_task(
-                    self._guard(self.monitor.run(self._stop), "health monitor"), name="health"
+                    self._guard(partial(monitor.run, self._stop), "health monitor"),
+                    name="health",
                 )
             )
         self.started = True
         log.info("engine %s started with %d consumer(s)", self.instance_id, len(self._consumers))
+
+    async def _connect(self, wait_timeout: float | None) -> None:
+        """Reach Redis and the brokers, waiting for them under :data:`CONNECT_POLICY`."""
+        noted: list[str] = []
+
+        def on_error(attempt: int, exc: BaseException) -> None:
+            reason = str(exc)
+            self.waiting_for = reason
+            if (not noted or noted[-1] != reason) and wait_timeout != 0:
+                noted.append(reason)
+                limit = "" if wait_timeout is None else f" (at most {wait_timeout:g}s)"
+                log.warning("waiting for %s; retrying with backoff%s", reason, limit)
+
+        try:
+            await retry_call(
+                self._connect_once,
+                CONNECT_POLICY,
+                retry_on=(DependencyUnreachable,),
+                what="connecting to Redis and Kafka",
+                attempts=0,
+                stop=self._stop,
+                give_up_after=wait_timeout,
+                on_error=on_error,
+                logger=log,
+                give_up_level=logging.DEBUG,  # the caller reports it (headless: one line)
+            )
+        finally:
+            self.waiting_for = None
+        if noted:
+            log.info("Redis and Kafka answer: starting")
+
+    async def _connect_once(self) -> None:
+        try:
+            await self.redis.ping()
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            where = mask_text(self.config.redis.url, self.config)
+            raise DependencyUnreachable(
+                f"Redis at {where}: {mask_text(str(exc) or type(exc).__name__, self.config)}"
+            ) from exc
+        # an ACL user lacking a command the engine needs fails here, with one clear message
+        await check_redis_access(self.redis, self.prefix)
+        self._redis_ok = True
+        producer = AIOKafkaProducer(
+            acks="all",
+            linger_ms=5,
+            max_request_size=DLQ_MAX_RECORD_BYTES + 16 * 1024,
+            **kafka_kwargs(self.config.kafka),
+        )
+        try:
+            # each failed attempt is ours to report (once per reason), not one line per try
+            with _quiet_bootstrap_errors():
+                await producer.start()
+        except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            brokers = mask_text(self.config.kafka.bootstrap_servers, self.config)
+            raise DependencyUnreachable(
+                f"Kafka at {brokers}: {type(exc).__name__}: {mask_text(str(exc), self.config)}"
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        self._producer = producer
 
     def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
         keys = ConsumerKeys(self.prefix, cfg.consumer_id)
@@ -268,7 +381,18 @@ class Engine:
         timer = WindowTimer(counter, cfg.max_time, on_timer_closed)
         loader = None
         if cfg.job_type == "batch":
-            loader = WindowEventReader(self.config.kafka, runner.classifier)
+            loader = WindowEventReader(
+                self.config.kafka,
+                runner.classifier,
+                processors=ProcessorRunner(
+                    runner.classifier,
+                    cfg.processor,
+                    cfg.processor_timeout,
+                    f"{cfg.consumer_id} (batch)",
+                )
+                if cfg.processor
+                else None,
+            )
         dispatcher = TriggerDispatcher(
             self.redis,
             keys,
@@ -307,13 +431,46 @@ class Engine:
             with contextlib.suppress(Exception):
                 await admin.close()
 
-    async def _guard(self, coro: Any, what: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("%s failed: %s", what, exc)
+    async def _guard(
+        self,
+        start: Callable[[], Awaitable[None]],
+        what: str,
+        runner: ConsumerRunner | None = None,
+    ) -> None:
+        """Run a background task until the engine stops; if it fails, log the failure (with
+        its traceback, once per distinct error), surface it (:attr:`task_failures`, in the
+        snapshot and on ``/ready``; the consumer's ``last_error``) and start it again after
+        a backoff (:data:`RESTART_POLICY`). No task of the engine dies silently."""
+        failures = 0
+        last = ""
+        while True:
+            began = time.monotonic()
+            try:
+                await start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                text = f"{what} failed: {type(exc).__name__}: {exc}"
+                if text != last:
+                    log.exception("%s (restarting it)", self._mask(text))
+                last = text
+                self.task_failures[what] = (self._mask(text), time.time())
+                if runner is not None:
+                    runner.last_error = text
+            if self._stop.is_set():
+                return
+            failures = 1 if time.monotonic() - began > 60 else failures + 1
+            delay = backoff_delay(failures, RESTART_POLICY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return
+
+    def recent_task_failures(self, within_s: float = 60.0) -> tuple[str, ...]:
+        """Background task failures of the last ``within_s`` seconds (each restarted)."""
+        now = time.time()
+        return tuple(text for text, at in self.task_failures.values() if now - at <= within_s)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -459,21 +616,27 @@ class Engine:
     async def _control_listener(self) -> None:
         """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
         pubsub = self.redis.pubsub()
-        listening: PubSub | None = pubsub
-        try:
-            await pubsub.subscribe(self.fleet_keys.control_channel)
-        except (RedisError, OSError):
-            listening = None  # polling alone still applies changes within a second
+        listening: PubSub | None = None
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
-                    if listening is not None:
-                        await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                    else:
-                        await asyncio.sleep(0.5)
-                except (RedisError, OSError):
-                    # an unreachable Redis fails at once: wait, never spin (polling goes on)
-                    await asyncio.sleep(0.5)
+                    if listening is None:  # (re)subscribe once Redis answers again
+                        await pubsub.subscribe(self.fleet_keys.control_channel)
+                        listening = pubsub
+                    await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if failures:
+                        log.info("control listener: Redis answers again")
+                    failures = 0
+                except (RedisError, OSError) as exc:
+                    # an unreachable Redis fails at once: back off, never spin (polling goes on)
+                    listening = None
+                    failures += 1
+                    if failures == 1:
+                        log.warning("control listener: Redis: %s (retrying with backoff)", exc)
+                    with contextlib.suppress(TimeoutError):
+                        delay = max(backoff_delay(failures, CONTROL_POLICY), 0.5)
+                        await asyncio.wait_for(self._stop.wait(), delay)
                 with contextlib.suppress(RedisError, OSError):
                     await self._load_pause_flags()
         finally:
@@ -505,9 +668,20 @@ class Engine:
         return snap
 
     async def _status_loop(self) -> None:
+        """Once per snapshot interval: read the shared state, build the snapshot, publish the
+        heartbeat (1/s) and tell the listeners. An unexpected error in one step is logged
+        (once per distinct error), surfaced (:attr:`task_failures`: the snapshot, ``/ready``)
+        and the loop goes on with what it has: the heartbeat never stops over one bad value."""
         while not self._stop.is_set():
             try:
-                snap = await self.refresh_snapshot()
+                try:
+                    snap = await self.refresh_snapshot()
+                except (RedisError, OSError):
+                    raise
+                except Exception as exc:
+                    self._status_failed("reading the shared state", exc)
+                    snap = self._build_snapshot()
+                    self._snapshot = snap
                 now = time.monotonic()
                 if now - self._last_heartbeat >= 1.0:
                     self._last_heartbeat = now
@@ -525,8 +699,16 @@ class Engine:
                 if self._redis_ok:
                     log.error("Redis unreachable: %s", exc)
                 self._redis_ok = False
+            except Exception as exc:  # a bug must not end the heartbeat: log, surface, go on
+                self._status_failed("publishing the heartbeat", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.snapshot_interval)
+
+    def _status_failed(self, step: str, exc: Exception) -> None:
+        text = self._mask(f"status loop failed {step}: {type(exc).__name__}: {exc}")
+        if self.task_failures.get("status loop", ("",))[0] != text:
+            log.exception("%s (going on)", text)
+        self.task_failures["status loop"] = (text, time.time())
 
     async def _read_shared(self) -> None:
         consumers = list(self._consumers.values())
@@ -599,8 +781,10 @@ class Engine:
                     last_trigger=c.shared.last_trigger,
                     last_error=self._mask(r.last_error) if r.last_error else None,
                     dlq=r.dlq_count,
+                    dlq_refused=r.dlq_refused,
                     redis_state_losses=r.state_losses,
                     topic_end_offsets=tuple(sorted(r.topic_ends.items())),
+                    processor_stall=stall.describe() if (stall := r.processor_stall()) else None,
                     breaker=c.dispatcher.breaker.to_json_dict(),
                     time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
                     **self._health_fields(c.cfg.consumer_id),
@@ -616,6 +800,7 @@ class Engine:
             redis_ok=self._redis_ok,
             kafka_ok=kafka_ok,
             consumers=tuple(consumers),
+            task_failures=self.recent_task_failures(),
         )
 
     def _health_fields(self, consumer_id: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ DLQ. The raw format without filter or processor takes a fast path with no per-re
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -36,6 +37,9 @@ class BadEvent:
     stage: str  # decode | validate | process
     error_class: str
     message: str
+    timestamp: int | None = None  # the record's timestamp (ms), kept in the DLQ
+    component: str = ""  # what failed: the processor's target, or the format's decoder
+    stacktrace: str = ""
 
     def describe(self) -> str:
         return (
@@ -111,6 +115,7 @@ class EventClassifier:
         self.max_bytes = cfg.max_event_bytes
         self.filter = make_filter(cfg.filter)
         self.processor = load_target(cfg.processor) if cfg.processor else None
+        self.processor_target = cfg.processor
         self.fast_raw = self.format == "raw" and self.filter is None and self.processor is None
         # JSON without processor: build_batch decodes and filters inline, and falls back to
         # classify() for anything unusual (empty, oversized or undecodable values)
@@ -134,8 +139,14 @@ class EventClassifier:
             return orjson.loads(value)
         return value.decode("utf-8")
 
-    def classify(self, value: bytes | None) -> tuple[int, Any, str, str]:
-        """(COUNT|FILTERED|BAD, decoded event, stage, error) for one record value."""
+    def component(self, stage: str) -> str:
+        """What rejects an event at ``stage`` (Kafka Connect's ``class.name`` header)."""
+        if stage == "process" and self.processor_target:
+            return self.processor_target
+        return f"kafkaconsole.format.{self.format}"
+
+    def classify(self, value: bytes | None) -> tuple[int, Any, str, str, str]:
+        """(COUNT|FILTERED|BAD, decoded event, stage, error, stack trace) for one value."""
         if value is not None and len(value) > self.max_bytes:
             return (
                 BAD,
@@ -143,33 +154,35 @@ class EventClassifier:
                 "validate",
                 f"ValueError: event of {len(value)} bytes exceeds "
                 f"max_event_bytes ({self.max_bytes})",
+                "",
             )
         try:
             event = self.decode(value)
         except (ValueError, TypeError) as exc:
-            return BAD, None, "decode", f"{type(exc).__name__}: {exc}"
+            return BAD, None, "decode", f"{type(exc).__name__}: {exc}", _trace(exc)
         if self.filter is not None and not self.filter(event):
-            return FILTERED, None, "", ""
+            return FILTERED, None, "", "", ""
         if self.processor is not None:
             try:
                 event = self.processor(event)
             except Exception as exc:
-                return BAD, None, "process", f"{type(exc).__name__}: {exc}"
+                return BAD, None, "process", f"{type(exc).__name__}: {exc}", _trace(exc)
             if event is None:
-                return FILTERED, None, "", ""
-        return COUNT, event, "", ""
+                return FILTERED, None, "", "", ""
+        return COUNT, event, "", "", ""
 
     def matching_events(self, values: Iterable[bytes | None]) -> list[Any]:
         """The decoded counted events among ``values`` (for batch pipelines)."""
         out = []
         for v in values:
-            kind, event, _, _ = self.classify(v)
+            kind, event, _, _, _ = self.classify(v)
             if kind == COUNT:
                 out.append(event)
         return out
 
 
 _value = attrgetter("value")
+_value_size = attrgetter("serialized_value_size")  # -1 for a null value
 _offset = attrgetter("offset")
 
 
@@ -197,6 +210,10 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
     ]
 
 
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
 def _split_error(error: str) -> tuple[str, str]:
     cls, _, msg = error.partition(": ")
     return cls, msg
@@ -208,16 +225,21 @@ def build_batch(
     batch: Mapping[Any, list[Any]],
     local_next: dict[int, int],
     stop_at_bad: bool = False,
+    outcomes: Sequence[tuple[int, Any, str, str, str] | None] | None = None,
 ) -> tuple[list[PartitionDelta], list[BadEvent], int]:
     """Deltas for the counter, bad events for the DLQ, and the number of records seen.
 
     ``local_next`` holds this instance's next offset per partition (what it already applied);
     records below it are dropped here so a re-delivered record is not re-sent to the DLQ.
     With ``stop_at_bad`` a partition's records stop before its first bad event.
+    ``outcomes``, when given, are the classifications already made (by the processor runner,
+    off the loop) of every record at or above ``local_next``, in the batch's order; a None
+    ends its partition's records there.
     """
     deltas: list[PartitionDelta] = []
     bad: list[BadEvent] = []
     seen = 0
+    taken = 0  # outcomes used so far
     for tp, records in batch.items():
         if not records:
             continue
@@ -230,14 +252,19 @@ def build_batch(
         seen += len(records)
         first = records[0].offset
         last = records[-1].offset
-        if classifier.fast_raw and not stop_at_bad:
+        if (
+            classifier.fast_raw
+            and not stop_at_bad
+            and outcomes is None
+            and max(map(_value_size, records)) <= classifier.max_bytes
+        ):
             if last - first + 1 == len(records):
                 ranges = [(first, last)]
             else:
                 ranges = ranges_of([r.offset for r in records])
             deltas.append(PartitionDelta(p, last + 1, first, len(records), ranges, []))
             continue
-        if classifier.bulk_json:
+        if classifier.bulk_json and outcomes is None:
             bulk = _bulk_json(classifier, records)
             if bulk is not None:
                 deltas.append(PartitionDelta(p, last + 1, first, len(records), ranges_of(bulk), []))
@@ -245,7 +272,12 @@ def build_batch(
         counted: list[int] = []
         errors: list[int] = []
         n = 0
-        fast = classifier.fast_json
+        decided: Sequence[tuple[int, Any, str, str, str] | None] = ()
+        if outcomes is not None:
+            decided = outcomes[taken : taken + len(records)]
+            taken += len(records)
+        index = 0
+        fast = classifier.fast_json and outcomes is None
         if fast:
             loads = orjson.loads
             max_bytes = classifier.max_bytes
@@ -273,7 +305,14 @@ def build_batch(
                         n += 1
                         last = rec.offset
                         continue
-            kind, _, stage, error = classifier.classify(rec.value)
+            if outcomes is not None:
+                outcome = decided[index]
+                index += 1
+                if outcome is None:
+                    break
+                kind, _, stage, error, trace = outcome
+            else:
+                kind, _, stage, error, trace = classifier.classify(rec.value)
             if kind == BAD:
                 cls, msg = _split_error(error)
                 bad.append(
@@ -287,6 +326,9 @@ def build_batch(
                         stage,
                         cls,
                         msg,
+                        rec.timestamp,
+                        classifier.component(stage),
+                        trace,
                     )
                 )
                 if stop_at_bad:

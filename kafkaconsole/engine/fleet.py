@@ -211,6 +211,7 @@ class Fleet:
         owners: dict[int, tuple[int, dict[str, Any]]] = {}
         errors_text = None
         any_error = None
+        processor_stall = None
         rate = 0.0
         dlq = 0
         reported_ms, reported = 0, None  # the newest heartbeat's view of this consumer
@@ -230,6 +231,7 @@ class Fleet:
                     seen = owners.get(p["partition"])
                     if seen is None or taken > seen[0]:
                         owners[p["partition"]] = (taken, {**p, "owner": inst["instance_id"]})
+                processor_stall = processor_stall or c.get("processor_stall")
                 if c.get("state") == "error":
                     errors_text = c.get("last_error")
                 any_error = any_error or c.get("last_error")
@@ -286,6 +288,7 @@ class Fleet:
             "instances": [iid for iid, _ in mine],
             "last_trigger": last_trigger,
             "last_error": errors_text or any_error,
+            "processor_stall": processor_stall,
         }
         return await self._with_health(status, cfg, reported, reported_ms, now_ms)
 

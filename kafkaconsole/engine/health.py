@@ -12,12 +12,15 @@ The checks, most severe first (the first that holds wins):
 - ``stopped``: no live instance runs the consumer, it stopped on an error, or no partition has
   been owned for ``stall_after`` seconds;
 - ``paused``: paused by an operator (who and since when);
-- ``stalled``: not paused, events waiting (lag > 0) and a partition's position unchanged for
-  ``stall_after`` seconds;
+- ``stalled``: not paused, and the processor hook has held one event for over half its
+  ``processor_timeout`` (or every hung-call slot is taken), or events waiting (lag > 0) and a
+  partition's position unchanged for ``stall_after`` seconds;
 - ``pipeline-failing``: the last ``failing_runs`` runs failed, or the circuit breaker is open;
 - ``window-stuck``: events read for ``stuck_after`` seconds and none counted (all filtered or
   bad);
-- ``lagging``: the lag grew (never shrinking) over ``lagging_intervals`` status intervals;
+- ``lagging``: over a window of ``lagging_intervals`` reports the lag never reached 0 and
+  grew at every step; it clears only once the lag is 0 or shrank over the window
+  (hysteresis: jitter neither raises nor clears it);
 - ``trigger-storm``: more than ``storm_per_minute`` triggers a minute over ``storm_period``;
 - ``ok``.
 """
@@ -80,6 +83,8 @@ class HealthSample:
     paused_by: str | None = None
     paused_at_ms: int | None = None
     last_error: str | None = None
+    processor_stall: str | None = None
+    """What holds the consumer's processor hook up (an event over time, hung calls)."""
     lag: int | None = None
     time_lag_seconds: float | None = None
     rate: float = 0.0
@@ -126,6 +131,7 @@ def sample_from_status(
         paused_by=c.get("paused_by"),
         paused_at_ms=_iso_to_ms(c.get("paused_at")),
         last_error=c.get("last_error"),
+        processor_stall=c.get("processor_stall"),
         lag=c.get("lag"),
         time_lag_seconds=c.get("time_lag_seconds"),
         rate=float(c.get("rate") or 0.0),
@@ -239,6 +245,9 @@ def _paused(last: HealthSample, now: float) -> str | None:
 
 
 def _stalled(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> str | None:
+    last = samples[-1]
+    if last.processor_stall and not last.paused and last.live:
+        return last.processor_stall
     window = covering(samples, cfg.stall_after, now)
     if not window or any(s.paused or not s.live for s in window):
         return None
@@ -309,7 +318,27 @@ def _window_stuck(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: f
     )
 
 
-def _lagging(samples: Sequence[HealthSample], cfg: MonitoringConfig) -> str | None:
+#: lagging: over the window the lag must grow by more than each of these: this fraction of
+#: its value at the window's start, what the consumer counts in this many seconds, and this
+#: many events. Below that, a lag wandering up is the jitter of a consumer that keeps up.
+LAG_GROWTH_MIN = 0.25
+LAG_GROWTH_SECONDS = 0.5
+LAG_GROWTH_EVENTS = 10
+
+
+def _lagging(
+    samples: Sequence[HealthSample], cfg: MonitoringConfig, was_lagging: bool = False
+) -> str | None:
+    """Lag judged over a window of ``lagging_intervals`` reports, with hysteresis (as Burrow
+    evaluates a window of offsets, never two samples).
+
+    Entering: the lag never reached 0 in the window (a consumer that catches up now and then
+    keeps up: its jitter is not lagging), it grew at every step, and by more than the noise
+    (:data:`LAG_GROWTH_MIN` of where it started, :data:`LAG_GROWTH_SECONDS` of the consumer's
+    rate, :data:`LAG_GROWTH_EVENTS`). Leaving (once lagging):
+    only when the lag is back to 0 or smaller at the end of the window than at its start; a
+    dip within a growing lag does not clear it.
+    """
     points = distinct(samples)[-(cfg.lagging_intervals + 1) :]
     if len(points) < cfg.lagging_intervals + 1 or any(s.paused for s in points):
         return None
@@ -317,11 +346,25 @@ def _lagging(samples: Sequence[HealthSample], cfg: MonitoringConfig) -> str | No
     if any(lag is None for lag in lags):
         return None
     values = [int(lag or 0) for lag in lags]
-    if values[-1] <= values[0] or any(b < a for a, b in pairwise(values)):
+    span = _span(points[-1].t - points[0].t)
+    if was_lagging:
+        if values[-1] == 0 or values[-1] < values[0]:
+            return None
+        if values[-1] == values[0]:
+            return f"lag not shrinking: {values[-1]} now, {values[0]} {span} ago"
+        return (
+            f"lag grew from {values[0]} to {values[-1]} over the last "
+            f"{cfg.lagging_intervals} interval(s) ({span})"
+        )
+    if min(values) == 0 or any(b < a for a, b in pairwise(values)):
         return None
+    rate = min(s.rate for s in points)
+    noise = max(values[0] * LAG_GROWTH_MIN, rate * LAG_GROWTH_SECONDS, LAG_GROWTH_EVENTS)
+    if values[-1] - values[0] <= noise:
+        return None  # a steady lag wandering up a little is jitter, not falling behind
     return (
         f"lag grew from {values[0]} to {values[-1]} over the last {cfg.lagging_intervals} "
-        f"interval(s) ({_span(points[-1].t - points[0].t)})"
+        f"interval(s) ({span})"
     )
 
 
@@ -347,8 +390,16 @@ def _storm(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -
     )
 
 
-def verdict(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) -> Verdict:
-    """The consumer's verdict from its samples (oldest first; the newest is the present)."""
+def verdict(
+    samples: Sequence[HealthSample],
+    cfg: MonitoringConfig,
+    now: float,
+    previous: Verdict | None = None,
+) -> Verdict:
+    """The consumer's verdict from its samples (oldest first; the newest is the present).
+
+    ``previous`` is the verdict of the last judgement: ``lagging`` clears with hysteresis
+    (see :func:`_lagging`)."""
     if not samples:
         return Verdict(VerdictName.STOPPED, "no status sample yet")
     last = samples[-1]
@@ -367,7 +418,8 @@ def verdict(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float) 
     reason = _window_stuck(samples, cfg, now)
     if reason:
         return Verdict(VerdictName.WINDOW_STUCK, reason)
-    reason = _lagging(samples, cfg)
+    was_lagging = previous is not None and previous.name == VerdictName.LAGGING
+    reason = _lagging(samples, cfg, was_lagging)
     if reason:
         return Verdict(VerdictName.LAGGING, reason)
     reason = _storm(samples, cfg, now)

@@ -75,6 +75,11 @@ class ConsumerKeys:
     def breaker(self) -> str:
         return self._k("breaker")
 
+    @property
+    def dlq_refused(self) -> str:
+        """A capped stream of the bad events even the DLQ refused (recorded, then skipped)."""
+        return self._k("dlq_refused")
+
     def counting_keys(self) -> list[str]:
         """KEYS of the counting scripts, in the order the Lua code expects."""
         return [self.events, self.window, self.stats, self.offsets, self.history, self.dispatch]

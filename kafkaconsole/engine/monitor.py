@@ -219,7 +219,8 @@ class HealthMonitor:
                     breaker_failures=f.breaker_failures,
                 )
             )
-            v = verdict(window, self.cfg, now)
+            before = self._health.get(cid)
+            v = verdict(window, self.cfg, now, before.verdict if before is not None else None)
             local += self.evaluator.evaluate(cid, v, metrics(window, self.cfg, now), now, settled)
             self._judged(cid, v, now)
         won = await self.ledger.reconcile(self.evaluator, ids, now)

@@ -1,6 +1,8 @@
-"""Retrying a pipeline call: capped exponential backoff with full jitter.
+"""Retrying: capped exponential backoff with full jitter, one helper for every retry loop.
 
-:func:`backoff_delay` is the pure maths; :func:`call_with_retry` drives a
+:func:`backoff_delay` is the pure maths; :func:`retry_call` is the one retry loop the engine
+uses for Redis, Kafka and DLQ calls (it logs each retry once and says when it gives up);
+:func:`call_with_retry` drives a
 :class:`~kafkaconsole.engine.pipelines.base.Pipeline` through up to ``max_attempts`` attempts
 and folds them into one :class:`~kafkaconsole.engine.records.RunResult`. For kinds whose run
 happens elsewhere, :func:`follow_run` waits for the started run's final status and
@@ -11,12 +13,13 @@ instantly and deterministically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kafkaconsole.config.models import RetryPolicy
 from kafkaconsole.engine.pipelines.base import CallOutcome, Pipeline, PipelineError, one_line
@@ -30,6 +33,69 @@ Sleep = Callable[[float], Awaitable[Any]]
 OnAttempt = Callable[[int, str | None], None]
 OnProgress = Callable[[RunResult], Awaitable[None]]
 """Told about a run that is not final yet: started (with its run id), then each change."""
+
+
+T = TypeVar("T")
+
+
+async def retry_call(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    what: str,
+    attempts: int | None = None,
+    stop: asyncio.Event | None = None,
+    give_up_after: float | None = None,
+    on_error: Callable[[int, BaseException], None] | None = None,
+    sleep: Sleep | None = None,
+    rng: random.Random | None = None,
+    logger: logging.Logger | None = None,
+    give_up_level: int = logging.WARNING,
+) -> T:
+    """``await fn()`` until it succeeds, waiting :func:`backoff_delay` between attempts.
+
+    Only exceptions in ``retry_on`` are retried; any other propagates at once. ``attempts``
+    caps the attempts (default ``policy.max_attempts``; 0 retries until ``stop`` is set or
+    ``give_up_after`` seconds have passed, 0 meaning one attempt). When it gives up it logs
+    one line saying so (at ``give_up_level``: DEBUG when the caller reports the failure
+    itself) and re-raises the last error. ``on_error(attempt, exc)`` hears about
+    every failed attempt. A set ``stop`` also cuts a backoff wait short.
+    """
+    limit = policy.max_attempts if attempts is None else attempts
+    logger = logger or log
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await fn()
+        except retry_on as exc:
+            if on_error is not None:
+                on_error(attempt, exc)
+            stopping = stop is not None and stop.is_set()
+            left = None if give_up_after is None else give_up_after - (time.monotonic() - started)
+            if (limit and attempt >= limit) or stopping or (left is not None and left <= 0):
+                if stopping:
+                    why = "stopping"
+                elif limit and attempt >= limit:
+                    why = f"after {attempt} attempt(s)"
+                else:
+                    why = f"after {give_up_after:g}s and {attempt} attempt(s)"
+                logger.log(
+                    give_up_level, "%s: giving up (%s): %s: %s", what, why, type(exc).__name__, exc
+                )
+                raise
+            delay = backoff_delay(attempt, policy, rng)
+            if left is not None:
+                delay = min(delay, left)
+            if sleep is not None:
+                await sleep(delay)
+            elif stop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            else:
+                await asyncio.sleep(delay)
 
 
 def _now_ms() -> int:

@@ -80,12 +80,14 @@ class ConsumerSnapshot:
     last_trigger: TriggerSummary | None = None
     last_error: str | None = None
     dlq: int = 0
+    dlq_refused: int = 0  # bad events even the DLQ refused: recorded in Redis and skipped
     breaker: dict[str, Any] | None = None  # the pipeline's circuit breaker, as dispatching sees it
     time_lag_seconds: float | None = None  # oldest unconsumed event of this instance's partitions
     redis_state_losses: int = 0  # times this instance found Redis had lost counting state
     # end offset of every partition of the topic, owned here or not, as (partition, offset):
     # the fleet measures the lag of partitions no instance owns against Redis's stored offsets
     topic_end_offsets: tuple[tuple[int, int], ...] = ()
+    processor_stall: str | None = None  # what holds the processor hook up (engine.processing)
     # health, fleet-wide (kafkaconsole.engine.health): the same on every instance
     verdict: str | None = None
     verdict_reason: str | None = None
@@ -109,6 +111,7 @@ class InstanceSnapshot:
     redis_ok: bool
     kafka_ok: bool
     consumers: tuple[ConsumerSnapshot, ...] = ()
+    task_failures: tuple[str, ...] = ()  # background tasks that failed lately (restarted)
 
     def consumer(self, consumer_id: str) -> ConsumerSnapshot | None:
         for c in self.consumers:

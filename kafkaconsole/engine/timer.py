@@ -16,10 +16,15 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from kafkaconsole.config.models import RetryPolicy
 from kafkaconsole.engine.counting import CloseResult, WindowCounter
 from kafkaconsole.engine.records import TriggerReason
+from kafkaconsole.engine.retry import backoff_delay
 
 log = logging.getLogger("kafkaconsole.timer")
+
+#: A time trigger Redis did not take: tried again 0.2 s later, doubling to 2 s.
+FIRE_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.2, max_backoff=2.0, jitter=False)
 
 
 def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
@@ -48,6 +53,7 @@ class WindowTimer:
         self._deadline: int | None = None  # Redis clock
         self._version = -1  # redis_now_ms of the newest observation applied
         self._changed = asyncio.Event()
+        self._failures = 0  # consecutive failed closes (Redis unreachable)
 
     def observe(
         self, window_id: int, count: int, opened_at_ms: int | None, redis_now_ms: int
@@ -95,9 +101,14 @@ class WindowTimer:
                 max_time_ms=round(self.max_time_s * 1000),
             )
         except (RedisError, OSError) as exc:
-            log.warning("time trigger of window %s delayed: Redis: %s", wid, exc)
-            await asyncio.sleep(0.2)
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("time trigger of window %s delayed: Redis: %s (retrying)", wid, exc)
+            await self._wait_change(backoff_delay(self._failures, FIRE_POLICY))
             return
+        if self._failures:
+            log.info("time trigger of window %s: Redis answers again", wid)
+        self._failures = 0
         self.skew_ms = res.redis_now_ms - self.clock_ms()
         if res.status == "early":
             self._deadline = res.redis_now_ms + res.count

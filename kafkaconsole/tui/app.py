@@ -45,7 +45,7 @@ from kafkaconsole.config.secrets import mask_config, masker
 from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
 from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.counting import WindowState
-from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.engine import DependencyUnreachable, Engine
 from kafkaconsole.headless import default_extras, start_error_text
 from kafkaconsole.tui.bindings import (
     ALL_COMMANDS,
@@ -120,6 +120,7 @@ class KafkaConsoleApp(App[int]):
     ) -> None:
         super().__init__()
         self.config = config
+        self.wait_timeout: float | None = None  # for Redis and the brokers at start
         self.clock = clock or wall_clock_ms
         if data_source is None:
             engine = engine or Engine(
@@ -278,14 +279,22 @@ class KafkaConsoleApp(App[int]):
         self._engine_launched = True
         await self._start_extras(engine)
         try:
-            await engine.start()
+            await engine.start(wait_timeout=self.wait_timeout)
         except asyncio.CancelledError:
             raise
-        except BaseException:
+        except DependencyUnreachable:
+            if not engine.stopping:
+                await self._failed_start(engine)
+                raise
+            # asked to quit while waiting for Redis or the brokers: a clean stop
             await self._close_extras()
             with contextlib.suppress(Exception):
                 await engine.stop(timeout=2)
             self._engine_closed = True
+            self.engine_state = "stopped"
+            return
+        except BaseException:
+            await self._failed_start(engine)
             raise
         self.engine_state = "running"
         await engine.wait_stopped()
@@ -295,6 +304,12 @@ class KafkaConsoleApp(App[int]):
         await engine.stop()
         self._engine_closed = True
         self.engine_state = "stopped"
+
+    async def _failed_start(self, engine: Engine) -> None:
+        await self._close_extras()
+        with contextlib.suppress(Exception):
+            await engine.stop(timeout=2)
+        self._engine_closed = True
 
     async def _start_extras(self, engine: Engine) -> None:
         """The services headless mode runs beside the engine (the HTTP API, when enabled).
@@ -435,6 +450,7 @@ class KafkaConsoleApp(App[int]):
             filter_text=self.filter_text,
             redis_ok=False if self._fleet_ok is False else None,
             mask=self.mask,
+            waiting_for=self.engine.waiting_for if self.engine is not None else None,
         )
         palette = self.palette
         for screen in self.screen_stack:
@@ -849,9 +865,16 @@ def _window_facts(w: WindowState, age: str) -> str:
     return facts
 
 
-def run_tui(config: AppConfig, *, instance_id: str | None = None, theme: str | None = None) -> int:
+def run_tui(
+    config: AppConfig,
+    *,
+    instance_id: str | None = None,
+    theme: str | None = None,
+    wait_timeout: float | None = None,
+) -> int:
     """Run the console (with its engine) until the user quits; returns the exit code."""
     app = KafkaConsoleApp(config, instance_id=instance_id, theme=theme)
+    app.wait_timeout = wait_timeout
     app.run()
     return int(app.return_code or 0)
 

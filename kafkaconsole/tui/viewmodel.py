@@ -480,6 +480,7 @@ class HeaderModel:
     consumers: int
     shown: int
     filter_text: str = ""
+    waiting_for: str | None = None  # the engine waits at start for Redis or the brokers
 
 
 def build_header(
@@ -495,6 +496,7 @@ def build_header(
     filter_text: str = "",
     redis_ok: bool | None = None,
     mask: Mask = identity,
+    waiting_for: str | None = None,
 ) -> HeaderModel:
     return HeaderModel(
         brokers=mask(config.kafka.bootstrap_servers),
@@ -509,6 +511,7 @@ def build_header(
         consumers=len(rows),
         shown=len(rows) if shown is None else shown,
         filter_text=filter_text,
+        waiting_for=mask(waiting_for) if waiting_for else None,
     )
 
 

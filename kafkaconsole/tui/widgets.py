@@ -252,7 +252,9 @@ class FleetHeader(Static):
         )
         parts.append(f"{fmt_rate(model.rate)} ev/s")
         parts.append(f"up {fmt_clock(model.uptime_seconds)}")
-        if model.engine not in ("running", "none"):
+        if model.waiting_for:
+            parts.append(f"[$warning]waiting for {escape(fit(model.waiting_for, 60))}[/]")
+        elif model.engine not in ("running", "none"):
             colour = "$error" if model.engine == "failed" else "$warning"
             parts.append(f"[{colour}]engine {model.engine}[/]")
         if model.filter_text:

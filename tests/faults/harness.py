@@ -94,6 +94,7 @@ class Cluster:
         kafka_extra: str = "",
         pipeline_timeout: float = 5,
         brokers: int = 1,
+        processor: str = "tests.faults.processors:validate",
     ) -> None:
         """``brokers``: 1, or 3 for an Apache Kafka cluster (replication factor 3, min ISR 2,
         the producer writing with acks=all so an acknowledged event survives a broker's death)."""
@@ -110,6 +111,7 @@ class Cluster:
         self.pipeline_timeout = pipeline_timeout
         self.broker_count = brokers
         self.brokers: list[ManagedProcess] = []
+        self.processor = processor
         self.redis: ManagedProcess | None = None
         self.redis_dir = workdir / "redis"
         self.target = PipelineTarget()
@@ -162,6 +164,7 @@ class Cluster:
             linger_ms=5,
             acks="all",
             enable_idempotence=len(self.brokers) > 1,
+            max_request_size=4 * 1024 * 1024,
         )
         await self.producer.start()
         self.write_config()
@@ -215,7 +218,7 @@ max_time = {self.max_time}
 batch_size = 200
 poll_timeout = 0.2
 max_event_bytes = 1024
-processor = "tests.faults.processors:validate"
+processor = "{self.processor}"
 error_handling = {self.error_handling}
 {self.extra_consumer}
 """)
@@ -342,8 +345,16 @@ error_handling = {self.error_handling}
         return [n for n, p in self.procs.items() if p.poll() is None]
 
     # ---- production ------------------------------------------------------------------------
-    async def produce(self, n: int, *, bad_every: int = 0, rate: float | None = None) -> None:
-        """n valid events (+ one bad event after every ``bad_every`` valid ones)."""
+    async def produce(
+        self,
+        n: int,
+        *,
+        bad_every: int = 0,
+        rate: float | None = None,
+        bad_values: list[bytes] | None = None,
+    ) -> None:
+        """n valid events (+ one bad event after every ``bad_every`` valid ones, taken in
+        turn from ``bad_values``, default :data:`BAD_VALUES`)."""
         assert self.producer is not None
         futures: list[tuple[bool, Any]] = []
         t0 = time.monotonic()
@@ -354,7 +365,8 @@ error_handling = {self.error_handling}
                 (False, await self.producer.send(TOPIC, value, partition=self.seq % PARTITIONS))
             )
             if bad_every and (i + 1) % bad_every == 0:
-                bad = BAD_VALUES[(i // bad_every) % len(BAD_VALUES)]
+                pool = bad_values or BAD_VALUES
+                bad = pool[(i // bad_every) % len(pool)]
                 futures.append(
                     (True, await self.producer.send(TOPIC, bad, partition=self.seq % PARTITIONS))
                 )

@@ -709,6 +709,187 @@ async def bad_configs(workdir: Path, quick: bool) -> Verdict:
     return v
 
 
+# 12 ------------------------------------------------------------------------------------------
+HANG = b'{"seq": -1, "hang": true}'
+
+
+async def hung_processor(workdir: Path, quick: bool) -> Verdict:
+    """Events on which the processor hangs (8 s, processor_timeout 1.5 s), six in a row and
+    then more, while valid events flow: the instance stays live (its API answers at once,
+    its heartbeat is fresh), the consumer reports stalled, every hung event is dead-lettered
+    with a TimeoutError, and the count is exact."""
+    from kafkaconsole.engine.processing import MAX_HUNG_CALLS
+
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a", api=True)
+        await _wait_owned_by(c, {"a"})
+        n = 600 if quick else 3_000
+        await c.produce(n // 2)
+        await c.wait_counted()
+        producing = asyncio.create_task(
+            c.produce(n // 2, bad_every=n // 12, bad_values=[HANG], rate=n / 10)
+        )
+        worst_ready = 0.0
+        stalled_seen = False
+        t0 = time.monotonic()
+        while not producing.done() or time.monotonic() - t0 < 6:
+            t = time.monotonic()
+            status, _ = await c.ready("a")
+            worst_ready = max(worst_ready, time.monotonic() - t)
+            stalled_seen = stalled_seen or await _verdict_of(c) == "stalled"
+            if status == 0:
+                break
+            await asyncio.sleep(0.5)
+        await producing
+        took = await c.wait_counted(180)
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a"])
+        dlq = await c.dlq_records()
+        timeouts = [
+            r
+            for r in dlq
+            if dict(r.headers).get("__connect.errors.exception.class.name") == b"TimeoutError"
+        ]
+        v.add("every hung event dead-lettered as a TimeoutError", len(timeouts) == len(c.bad))
+        v.add("the API answered within 1 s throughout", worst_ready < 1.0, f"{worst_ready:.2f}s")
+        v.add("stalled reported while hung", stalled_seen or _stalled_logged(c))
+        threads = c.log_lines("a", "hung now, at most")
+        v.add(
+            f"never more than {MAX_HUNG_CALLS} hung calls",
+            all(int(line.split("(")[-1].split()[0]) <= MAX_HUNG_CALLS for line in threads),
+        )
+        v.figures["hung events"] = len(c.bad)
+        v.figures["worst /ready answer while hung (s)"] = round(worst_ready, 2)
+        v.figures["count catch-up after the last hang (s)"] = round(took, 1)
+        return v
+
+    return await _run(
+        workdir,
+        body,
+        max_event=100,
+        processor="tests.faults.processors:validate_or_hang",
+        extra_consumer="processor_timeout = 1.5",
+    )
+
+
+async def _verdict_of(c: Cluster) -> str | None:
+    res = await asyncio.to_thread(c.cli, "status", "--json")
+    if res.returncode != 0:
+        return None
+    import json
+
+    for consumer in json.loads(res.stdout).get("consumers", []):
+        if consumer.get("consumer_id") == "c1":
+            return str(consumer.get("verdict"))
+    return None
+
+
+def _stalled_logged(c: Cluster) -> bool:
+    return bool(c.log_lines("a", "verdict stalled"))
+
+
+async def oversize_dlq(workdir: Path, quick: bool) -> Verdict:
+    """Events of 2 MiB, larger than the DLQ accepts (default 1 MiB request limit): each is
+    dead-lettered cut to fit, with its original size, and no partition is held up."""
+
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a")
+        await _wait_owned_by(c, {"a"})
+        n = 1_000 if quick else 5_000
+        big = b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+        await c.produce(n, bad_every=n // 5, bad_values=[big])
+        took = await c.wait_counted(120)
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a"])
+        dlq = await c.dlq_records()
+        cut = [r for r in dlq if dict(r.headers).get("kafkaconsole.truncated") == b"value"]
+        sizes = {dict(r.headers).get("kafkaconsole.original.size") for r in cut}
+        v.add(
+            "every oversized event dead-lettered cut, with its size",
+            len(cut) == len(c.bad) and sizes == {str(len(big)).encode()},
+            f"{len(cut)} cut of {len(c.bad)}",
+        )
+        v.figures["oversized events"] = len(c.bad)
+        v.figures["count catch-up (s)"] = round(took, 2)
+        return v
+
+    return await _run(workdir, body)
+
+
+async def late_dependencies(workdir: Path, quick: bool) -> Verdict:
+    """The instance starts while Redis is down (containers start in any order): it waits,
+    says why on /ready, and counts everything once Redis is up."""
+
+    async def body(c: Cluster) -> Verdict:
+        down = 8 if quick else 20
+        outage = asyncio.create_task(c.restart_redis(down))
+        await asyncio.sleep(1)
+        c.start_instance("a", api=True)
+        reasons: list[str] = []
+        while not outage.done():
+            status, ready = await c.ready("a")
+            if status == 503 and ready.get("status") == "waiting":
+                reasons = list(ready.get("reasons", []))
+            await asyncio.sleep(0.5)
+        await outage
+        up = time.monotonic()
+        await _wait_owned_by(c, {"a"})
+        started = time.monotonic() - up
+        n = 2_000 if quick else 10_000
+        await c.produce(n, bad_every=500)
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a"])
+        v.add(
+            "/ready 503 waiting, naming Redis",
+            any(r.startswith("waiting for Redis at") for r in reasons),
+            str(reasons)[:200],
+        )
+        v.add("the wait is in the log", bool(c.log_lines("a", "waiting for Redis at")))
+        v.figures["counting after Redis came up (s)"] = round(started, 1)
+        return v
+
+    return await _run(workdir, body)
+
+
+async def api_burst(workdir: Path, quick: bool) -> Verdict:
+    """Hundreds of unauthenticated GET /metrics at once, repeatedly, while producing: every
+    answer is 200 or a quick 503 (busy), counting never sees a Redis error."""
+    import aiohttp
+
+    async def body(c: Cluster) -> Verdict:
+        c.start_instance("a", api=True)
+        await _wait_owned_by(c, {"a"})
+        n = 4_000 if quick else 20_000
+        producing = asyncio.create_task(c.produce(n, bad_every=1000, rate=n / 10))
+        url = f"http://127.0.0.1:{c.api_ports['a']}/metrics"
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def scrape() -> None:
+                try:
+                    async with session.get(url) as resp:
+                        await resp.read()
+                        statuses.append(resp.status)
+                except aiohttp.ClientError:
+                    statuses.append(0)
+
+            while not producing.done():
+                await asyncio.gather(*(scrape() for _ in range(300)))
+        await producing
+        await c.wait_counted()
+        await c.wait_dispatched()
+        v = await c.oracle(healthy=["a"])
+        v.add("only 200 or 503 busy", set(statuses) <= {200, 503}, str(sorted(set(statuses))))
+        errors = c.log_lines("a", "Too many connections") + c.log_lines("a", "Redis update failed")
+        v.add("counting saw no Redis error", not errors, str(errors[:2]))
+        v.figures["scrapes"] = len(statuses)
+        v.figures["answered 200 (%)"] = round(100 * statuses.count(200) / max(len(statuses), 1))
+        return v
+
+    return await _run(workdir, body)
+
+
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "baseline": ("none (2 instances, full speed)", baseline),
     "rolling-sigterm": ("SIGTERM each instance in turn while producing", rolling_sigterm),
@@ -752,6 +933,13 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         poison,
     ),
     "dlq-unavailable": ("DLQ topic refuses writes", dlq_unavailable),
+    "hung-processor": (
+        "processor hangs past processor_timeout on events, six in a row and more",
+        hung_processor,
+    ),
+    "oversize-dlq": ("events of 2 MiB, larger than the DLQ accepts", oversize_dlq),
+    "late-dependencies": ("instance started while Redis is down", late_dependencies),
+    "api-burst": ("300 unauthenticated GET /metrics at once, repeatedly", api_burst),
     "bad-configs": ("the bad config corpus", bad_configs),
 }
 
