@@ -116,8 +116,8 @@ def setup_logging(
                 "%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
             )
         )
-    handler.addFilter(RepeatFilter())
     handler.addFilter(SecretMaskFilter(secrets))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
