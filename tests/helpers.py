@@ -32,8 +32,10 @@ class KafkaHelper:
         await self.producer.stop()
         await self.admin.close()
 
-    async def create_topic(self, name: str, partitions: int = 3) -> None:
-        await self.admin.create_topics([NewTopic(name, partitions, 1)])
+    async def create_topic(
+        self, name: str, partitions: int = 3, configs: dict[str, str] | None = None
+    ) -> None:
+        await self.admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
 
     async def produce(
         self,

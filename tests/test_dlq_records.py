@@ -22,6 +22,9 @@ from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 BIG = 2 * 1024 * 1024
+#: the source topic takes events this large (Apache Kafka's default is about 1 MiB); the DLQ
+#: topic keeps the default, so it refuses them whole
+BIG_TOPIC = {"max.message.bytes": str(4 * 1024 * 1024)}
 CONNECT_HEADERS = {
     f"__connect.errors.{name}"
     for name in (
@@ -97,7 +100,7 @@ async def test_an_event_larger_than_the_dlq_accepts_is_cut_and_never_blocks(
     kafka = KafkaHelper(services.bootstrap_servers)
     await kafka.start()
     try:
-        await kafka.create_topic(topic, 1)
+        await kafka.create_topic(topic, 1, BIG_TOPIC)
     finally:
         await kafka.stop()
     big = b'{"pad": "' + b"x" * (BIG - 11) + b'"}'
@@ -223,7 +226,7 @@ async def test_an_event_the_dlq_refuses_even_cut_is_recorded_and_skipped(
     """The dead-letter producer here has a 2 KB request limit: the 1 MiB cut and every
     smaller try under the retry policy are refused; the consumer records the event in Redis,
     logs it, counts it in metrics and goes on counting."""
-    await kafka.create_topic(unique, 2)
+    await kafka.create_topic(unique, 2, BIG_TOPIC)
     big = b'{"pad": "' + b"x" * (BIG - 11) + b'"}'
     await produce_raw(
         services,

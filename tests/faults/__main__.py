@@ -21,6 +21,9 @@ from typing import Any
 from tests.faults.harness import REPO, Verdict
 from tests.faults.scenarios import SCENARIOS
 
+#: No scenario takes longer than this (the longest, full mode, takes about 2 minutes)
+SCENARIO_LIMIT_S = 900
+
 
 def _fmt(values: list[Any]) -> str:
     nums = [v for v in values if isinstance(v, int | float)]
@@ -41,7 +44,11 @@ async def run(names: list[str], runs: int, quick: bool) -> list[dict[str, Any]]:
             with tempfile.TemporaryDirectory(prefix=f"kc-fault-{name}-") as tmp:
                 t0 = time.monotonic()
                 try:
-                    v = await scenario(Path(tmp), quick)
+                    async with asyncio.timeout(SCENARIO_LIMIT_S):  # a hang is a failed run
+                        v = await scenario(Path(tmp), quick)
+                except TimeoutError:
+                    v = Verdict()
+                    v.add("scenario ended", False, f"still running after {SCENARIO_LIMIT_S} s")
                 except Exception as exc:  # a crash of the harness is a failed run
                     v = Verdict()
                     v.add("scenario ran", False, f"{type(exc).__name__}: {exc}")

@@ -155,7 +155,16 @@ class Cluster:
         try:
             replicas = len(self.brokers)
             await admin.create_topics(
-                [NewTopic(TOPIC, PARTITIONS, replicas), NewTopic(f"{TOPIC}.dlq", 1, replicas)]
+                [
+                    # takes events of a few MiB (oversize-dlq); the DLQ keeps the ~1 MiB default
+                    NewTopic(
+                        TOPIC,
+                        PARTITIONS,
+                        replicas,
+                        topic_configs={"max.message.bytes": str(4 * 1024 * 1024)},
+                    ),
+                    NewTopic(f"{TOPIC}.dlq", 1, replicas),
+                ]
             )
         finally:
             await admin.close()

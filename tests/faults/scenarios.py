@@ -508,6 +508,7 @@ class CountingStalls:
 @contextlib.asynccontextmanager
 async def _phase(name: str, seconds: float) -> AsyncIterator[None]:
     """A phase of a scenario that must end in time: a hang fails the run, naming the phase."""
+    print(f"  phase: {name} (at most {seconds:.0f} s)", file=sys.stderr, flush=True)
     try:
         async with asyncio.timeout(seconds):
             yield
@@ -567,8 +568,9 @@ async def _cluster_fault(
         async with _phase("production", 120):
             await producing
         worst = await stalls.stop()
-        took = await c.wait_counted(120)
-        await c.wait_dispatched()
+        async with _phase("counting and dispatch", 200):
+            took = await c.wait_counted(120)
+            await c.wait_dispatched()
         async with _phase("the oracle", 120):
             v = await c.oracle(healthy=["a", "b"])
         v.add("every broker back", all(node.alive() for node in c.brokers))
