@@ -400,10 +400,12 @@ def start_apache_kafka(
     workdir: Path | None = None,
     properties: Mapping[str, str] | None = None,
     heap: str = "512m",
+    port: int | None = None,
 ) -> list[ManagedProcess]:
     """Start an Apache Kafka cluster of ``nodes`` KRaft nodes on loopback, each broker and
     controller; wait until every node serves requests. One node: replication factor 1; three:
-    replication factor 3 and min ISR 2. ``properties`` override the broker config."""
+    replication factor 3 and min ISR 2. ``properties`` override the broker config; ``port``
+    is the first node's client port (default: a free one)."""
     from kafkaconsole import kafka_jars
 
     try:
@@ -413,7 +415,10 @@ def start_apache_kafka(
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-kafka-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log4j = _log4j_config(workdir)
-    ports = [(node, free_port(), free_port()) for node in range(1, nodes + 1)]
+    ports = [
+        (node, port if port and node == 1 else free_port(), free_port())
+        for node in range(1, nodes + 1)
+    ]
     voters = ",".join(f"{node}@127.0.0.1:{cport}" for node, _, cport in ports)
     cluster_id = _cluster_id()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL"))}
@@ -477,15 +482,17 @@ def start_kafka(
     nodes: int = 1,
     log_dir: Path | None = None,
     properties: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> list[ManagedProcess]:
-    """Start a broker of ``kind``: Tansu (one node only) or an Apache Kafka cluster."""
+    """Start a broker of ``kind``: Tansu (one node only) or an Apache Kafka cluster;
+    ``port``: the (first) node's client port."""
     if kind == "tansu":
         if nodes != 1 or properties:
             raise EmbeddedError("Tansu runs a single node with fixed settings")
-        return [start_broker(log_dir=log_dir)]
+        return [start_broker(port, log_dir=log_dir)]
     if kind == "apache":
         workdir = Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir)) if log_dir else None
-        return start_apache_kafka(nodes, workdir=workdir, properties=properties)
+        return start_apache_kafka(nodes, workdir=workdir, properties=properties, port=port)
     raise EmbeddedError(f"unknown broker kind {kind!r} (choose from {', '.join(BROKER_KINDS)})")
 
 

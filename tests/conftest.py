@@ -94,11 +94,12 @@ def own_broker(
     restart it without touching the session's); every one started is stopped afterwards."""
     started: list[ManagedProcess] = []
 
-    def start(**properties: str) -> ManagedProcess:
-        """``properties`` configure an Apache Kafka broker (Tansu takes none)."""
+    def start(port: int | None = None, **properties: str) -> ManagedProcess:
+        """``port``: where it listens (default: a free port); ``properties`` configure an
+        Apache Kafka broker (Tansu takes none)."""
         log_dir = Path(tmp_path_factory.mktemp("own-broker"))
         settings = properties if broker_kind == "apache" else None
-        node = start_kafka(broker_kind, log_dir=log_dir, properties=settings)[0]
+        node = start_kafka(broker_kind, log_dir=log_dir, properties=settings, port=port)[0]
         started.append(node)
         return node
 

@@ -10,38 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aredis
 
-from kafkaconsole.embedded import EmbeddedServices, free_port, start_broker, start_redis
+from kafkaconsole.embedded import EmbeddedServices, ManagedProcess, free_port, start_redis
 from tests.helpers import KafkaHelper, wait_for
 from tests.test_cli_control import write_config
+from tests.test_headless import _start
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _start(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kafkaconsole",
-                "run",
-                "--config",
-                str(config),
-                "--no-ui",
-                *list(extra),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=REPO,
-        )
 
 
 def _with_api(config: Path, port: int) -> None:
@@ -121,7 +102,10 @@ async def test_redis_started_late_is_waited_for(
 
 
 async def test_brokers_started_late_are_waited_for(
-    tmp_path: Path, services: EmbeddedServices, unique: str
+    tmp_path: Path,
+    services: EmbeddedServices,
+    unique: str,
+    own_broker: Callable[..., ManagedProcess],
 ) -> None:
     broker_port = free_port()
     config = write_config(
@@ -143,7 +127,7 @@ async def test_brokers_started_late_are_waited_for(
 
         await wait_for(waiting, 20, what="the wait for Kafka in the log")
         assert proc.poll() is None
-        broker = start_broker(broker_port)
+        broker = own_broker(broker_port)  # of the session's kind
         kafka = KafkaHelper(f"127.0.0.1:{broker_port}")
         await kafka.start()
         try:
