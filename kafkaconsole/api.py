@@ -718,6 +718,10 @@ class ApiServer:
             "kafka": snap.kafka_ok,
             "redis": redis_ok,
             "reasons": reasons,
+            # not a reason to be unready: the other brokers serve the partitions
+            "warnings": [
+                f"Kafka {broker} missing from the cluster" for broker in snap.kafka_missing
+            ],
         }
         return web.json_response(body, status=200 if not reasons else 503)
 

@@ -176,6 +176,7 @@ async def test_health_ready_instances(env: Env) -> None:
         "kafka": True,
         "redis": True,
         "reasons": [],
+        "warnings": [],
     }
     status, body = await env.get("/instances")
     assert status == 200

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,16 @@ def test_help_shows_remapped_keys(snap_compare: SnapCompare) -> None:
     """[ui.keymap] pause = "space", reset = "R": help shows the new keys."""
     app = sample_app(ui={"keymap": {"pause": "space", "reset": "R"}})
     assert snap_compare(app, terminal_size=NARROW, run_before=_then("question_mark"))
+
+
+def test_header_names_missing_brokers(snap_compare: SnapCompare) -> None:
+    """A broker gone from the cluster's metadata: the header says how many (the instance
+    still counts through the others, so Kafka stays green)."""
+    app = sample_app()
+    source = app.source
+    assert isinstance(source, StaticSource) and source.snapshot is not None
+    source.snapshot = replace(source.snapshot, kafka_missing=("broker 3 (kafka-3:9092)",))
+    assert snap_compare(app, terminal_size=WIDE, run_before=_then())
 
 
 def test_read_only_header(snap_compare: SnapCompare) -> None:

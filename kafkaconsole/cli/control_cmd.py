@@ -220,7 +220,8 @@ def _status_text(data: dict[str, Any]) -> str:
             i.get("host"),
             i.get("pid"),
             duration((now_ms - i["started_at_ms"]) / 1000) if i.get("started_at_ms") else None,
-            "ok" if i.get("kafka_ok") else "DOWN",
+            ("ok" if i.get("kafka_ok") else "DOWN")
+            + (f", {len(i['kafka_missing'])} broker(s) missing" if i.get("kafka_missing") else ""),
             "ok" if i.get("redis_ok") else "DOWN",
             ",".join(i.get("consumers", [])) or "-",
         ]

@@ -308,6 +308,22 @@ class ConsumerRunner:
     def _kafka_answered(self) -> None:
         self._kafka_contact = time.monotonic()
 
+    def known_brokers(self) -> dict[int, str] | None:
+        """The brokers in this consumer's view of the cluster metadata (id -> host:port), or
+        None before it has any."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        brokers = consumer._client.cluster.brokers()
+        return {b.nodeId: f"{b.host}:{b.port}" for b in brokers} or None
+
+    async def refresh_metadata(self) -> None:
+        """Ask the brokers for the cluster metadata now (a broker that came back shows up)."""
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer._client.force_metadata_update(), PROBE_TIMEOUT_S)
+
     def processor_stall(self) -> ProcessorStall | None:
         """What holds this consumer's processor up, if anything (see engine.processing)."""
         return self.processors.stall() if self.processors is not None else None

@@ -68,6 +68,8 @@ log = logging.getLogger("kafkaconsole.engine")
 trigger_log = logging.getLogger("kafkaconsole.trigger")
 
 HEARTBEAT_TTL_S = 5
+#: Seconds between the instance's own looks at the cluster's brokers (metadata)
+METADATA_REFRESH_S = 10.0
 
 
 class UnknownConsumer(KeyError):
@@ -156,6 +158,9 @@ class Engine:
         self.control = FleetControl(self.redis, self.prefix)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
         self.started_at_ms = int(time.time() * 1000)
+        self._brokers_seen: dict[int, str] = {}  # every broker seen in the cluster metadata
+        self._kafka_missing: tuple[str, ...] = ()
+        self._metadata_refreshed = 0.0
         self._stop = asyncio.Event()
         self._consumers: dict[str, _Consumer] = {}
         self._pipelines: dict[str, Pipeline] = {}
@@ -695,6 +700,7 @@ class Engine:
                         listener(snap)
                     except Exception:
                         log.exception("status listener failed")
+                await self._refresh_cluster_view()
             except (RedisError, OSError) as exc:
                 if self._redis_ok:
                     log.error("Redis unreachable: %s", exc)
@@ -791,6 +797,7 @@ class Engine:
                 )
             )
         kafka_ok = any(c.runner.kafka_ok for c in self._consumers.values()) or not self._consumers
+        self._watch_brokers()
         return InstanceSnapshot(
             instance_id=self.instance_id,
             host=socket.gethostname(),
@@ -801,7 +808,47 @@ class Engine:
             kafka_ok=kafka_ok,
             consumers=tuple(consumers),
             task_failures=self.recent_task_failures(),
+            kafka_missing=self._kafka_missing,
         )
+
+    def _metadata_watcher(self) -> ConsumerRunner | None:
+        """The consumer whose view of the cluster's brokers is the instance's (the first)."""
+        return next(iter(self._consumers.values())).runner if self._consumers else None
+
+    def _watch_brokers(self) -> None:
+        """Say once when a broker seen in the cluster's metadata is gone from it (dead, or
+        fenced by the controller: its partitions moved to the others), and when it is back."""
+        watcher = self._metadata_watcher()
+        current = watcher.known_brokers() if watcher is not None else None
+        if not current:
+            return
+        self._brokers_seen.update(current)
+        missing = tuple(
+            f"broker {node} ({address})"
+            for node, address in sorted(self._brokers_seen.items())
+            if node not in current
+        )
+        if missing == self._kafka_missing:
+            return
+        for broker in sorted(set(missing) - set(self._kafka_missing)):
+            log.warning(
+                "Kafka %s is gone from the cluster's metadata (dead or fenced); the other "
+                "brokers took over its partitions",
+                broker,
+            )
+        for broker in sorted(set(self._kafka_missing) - set(missing)):
+            log.info("Kafka %s is back in the cluster", broker)
+        self._kafka_missing = missing
+
+    async def _refresh_cluster_view(self) -> None:
+        """Ask for the cluster's metadata every 10 s (every 2 s while a broker is missing), so a
+        broker that dies or comes back is seen even when no request of ours failed."""
+        now = time.monotonic()
+        every = 2.0 if self._kafka_missing else METADATA_REFRESH_S
+        watcher = self._metadata_watcher()
+        if watcher is not None and now - self._metadata_refreshed >= every:
+            self._metadata_refreshed = now
+            await watcher.refresh_metadata()
 
     def _health_fields(self, consumer_id: str) -> dict[str, Any]:
         health = self.monitor.health(consumer_id) if self.monitor is not None else None

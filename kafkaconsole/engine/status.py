@@ -112,6 +112,9 @@ class InstanceSnapshot:
     kafka_ok: bool
     consumers: tuple[ConsumerSnapshot, ...] = ()
     task_failures: tuple[str, ...] = ()  # background tasks that failed lately (restarted)
+    # brokers this instance saw in the cluster's metadata that are gone from it now (dead or
+    # fenced: their partitions moved to the others), as "broker ID (host:port)"
+    kafka_missing: tuple[str, ...] = ()
 
     def consumer(self, consumer_id: str) -> ConsumerSnapshot | None:
         for c in self.consumers:

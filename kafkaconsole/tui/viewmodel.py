@@ -481,6 +481,7 @@ class HeaderModel:
     shown: int
     filter_text: str = ""
     waiting_for: str | None = None  # the engine waits at start for Redis or the brokers
+    kafka_missing: tuple[str, ...] = ()  # brokers gone from the cluster's metadata
 
 
 def build_header(
@@ -501,6 +502,7 @@ def build_header(
     return HeaderModel(
         brokers=mask(config.kafka.bootstrap_servers),
         kafka_ok=snap.kafka_ok if snap is not None else None,
+        kafka_missing=snap.kafka_missing if snap is not None else (),
         redis_ok=redis_ok if redis_ok is not None else (snap.redis_ok if snap else None),
         instances=len(fleet.instances) if fleet is not None else None,
         rate=sum(r.rate for r in rows),

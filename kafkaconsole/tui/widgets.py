@@ -245,7 +245,11 @@ class FleetHeader(Static):
 
         parts = [" [b]kafkaconsole[/b]"]
         kafka = "kafka" if compact else f"kafka {escape(fit(model.brokers, 28))}"
-        parts.append(f"{kafka} {dot(model.kafka_ok)}  redis {dot(model.redis_ok)}")
+        missing = ""
+        if model.kafka_missing:
+            count = len(model.kafka_missing)
+            missing = f" [$warning]{count} broker{'' if count == 1 else 's'} missing[/]"
+        parts.append(f"{kafka} {dot(model.kafka_ok)}{missing}  redis {dot(model.redis_ok)}")
         inst = "?" if model.instances is None else str(model.instances)
         parts.append(
             f"{inst} inst" if compact else f"{inst} instance{'' if model.instances == 1 else 's'}"

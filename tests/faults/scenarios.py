@@ -576,6 +576,10 @@ async def _cluster_fault(
         v.add("every broker back", all(node.alive() for node in c.brokers))
         in_sync = notes.pop("in sync again", True)
         v.add("every partition fully replicated again", in_sync is True, str(notes))
+        for check in ("reported gone", "reported back"):
+            if check in notes:
+                said = notes.pop(check)
+                v.add(f"instances {check} (log, status)", said is True, str(notes))
         v.add("counted everything after the fault", took != float("inf"), f"{took}")
         v.figures["time to resume counting (s)"] = round(worst, 1)
         v.figures.update({k: val for k, val in notes.items() if isinstance(val, int | float)})
@@ -591,11 +595,45 @@ async def broker_leader_kill9(workdir: Path, quick: bool) -> Verdict:
         victim = _node(c, (await _leaders(c))[0][0])
         await asyncio.to_thread(victim.kill)
         await asyncio.sleep(5)
+        # every instance says the broker is gone once the controller fenced it (status), then
+        # that it is back
+        name = f"broker {victim.node_id} (127.0.0.1:{victim.port})"
+        gone = await _instances_report_missing(c, name, True, 30)
         await asyncio.to_thread(victim.restart)
         back = await _fully_replicated(c)
-        return {"killed node": f"node {victim.node_id}", "in sync again": back}
+        returned = await _instances_report_missing(c, name, False, 30)
+        said = all(c.log_lines(i, f"Kafka {name} is gone from the cluster") for i in ("a", "b"))
+        return {
+            "killed node": f"node {victim.node_id}",
+            "in sync again": back,
+            "reported gone": gone and said,
+            "reported back": returned,
+        }
 
     return await _cluster_fault(workdir, quick, fault)
+
+
+async def _instances_report_missing(
+    cluster: Cluster, broker: str, missing: bool, timeout: float
+) -> bool:
+    """Wait until every live instance's heartbeat lists ``broker`` as missing (or not)."""
+    import orjson
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        r = await cluster.redis_client()
+        try:
+            views = []
+            async for key in r.scan_iter(match=f"{cluster.prefix}:_fleet:instance:*"):
+                raw = await r.get(key)
+                if raw:
+                    views.append(broker in orjson.loads(raw).get("kafka_missing", []))
+        finally:
+            await r.aclose()
+        if views and all(view == missing for view in views):
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 async def broker_rolling_restart(workdir: Path, quick: bool) -> Verdict:
