@@ -315,7 +315,10 @@ class ConsumerRunner:
         if consumer is None:
             return None
         brokers = consumer._client.cluster.brokers()
-        return {b.nodeId: f"{b.host}:{b.port}" for b in brokers} or None
+        # node ids only: a metadata view made from bootstrap servers names them "bootstrap-N"
+        return {
+            b.nodeId: f"{b.host}:{b.port}" for b in brokers if isinstance(b.nodeId, int)
+        } or None
 
     async def refresh_metadata(self) -> None:
         """Ask the brokers for the cluster metadata now (a broker that came back shows up)."""
