@@ -63,9 +63,7 @@ class KafkaConfig(Section):
     commit_interval: float = Field(1.0, gt=0, le=3600)
     """Seconds between Kafka commits (Redis holds the truth; commits keep lag tools right)."""
     request_timeout_ms: int = Field(40_000, ge=1_000, le=600_000)
-    """How long a consumer waits for a broker's answer. A broker that hangs (no error, no
-    answer) holds its partitions until it wakes or this expires; lower it (e.g. 10000) to
-    move to the new leader sooner."""
+    """How long a consumer waits for a broker's answer (a hung leader holds its partitions)."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaConfig:
