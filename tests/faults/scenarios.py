@@ -549,7 +549,6 @@ async def _cluster_fault(
     workdir: Path,
     quick: bool,
     fault: Callable[[Cluster], Awaitable[dict[str, object]]],
-    kafka_extra: str = "",
 ) -> Verdict:
     """Two instances count a steady stream over three brokers while ``fault`` runs."""
 
@@ -585,7 +584,7 @@ async def _cluster_fault(
         v.figures.update({k: val for k, val in notes.items() if isinstance(val, int | float)})
         return v
 
-    return await _run(workdir, body, brokers=3, max_event=500, kafka_extra=kafka_extra)
+    return await _run(workdir, body, brokers=3, max_event=500)
 
 
 async def broker_leader_kill9(workdir: Path, quick: bool) -> Verdict:
@@ -654,7 +653,7 @@ async def broker_rolling_restart(workdir: Path, quick: bool) -> Verdict:
     return await _cluster_fault(workdir, quick, fault)
 
 
-async def broker_freeze(workdir: Path, quick: bool, kafka_extra: str = "") -> Verdict:
+async def broker_freeze(workdir: Path, quick: bool) -> Verdict:
     """SIGSTOP the leader of partition 0 (it hangs: no error reaches a client) for 15 s
     (30 s in full mode), then SIGCONT: the controller fences it and moves its partitions."""
 
@@ -666,13 +665,7 @@ async def broker_freeze(workdir: Path, quick: bool, kafka_extra: str = "") -> Ve
         back = await _fully_replicated(c, 90)
         return {"frozen node": f"node {victim.node_id}", "in sync again": back}
 
-    return await _cluster_fault(workdir, quick, fault, kafka_extra)
-
-
-async def broker_freeze_short_timeout(workdir: Path, quick: bool) -> Verdict:
-    """The same freeze with ``[kafka] request_timeout_ms = 10000``: the fetch sent to the
-    hung leader is given up after 10 s and the consumer moves to the new leader."""
-    return await broker_freeze(workdir, quick, "request_timeout_ms = 10000")
+    return await _cluster_fault(workdir, quick, fault)
 
 
 # 10 ------------------------------------------------------------------------------------------
@@ -963,10 +956,6 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "cluster-broker-freeze": (
         "3 brokers: partition 0's leader frozen (SIGSTOP) under load, then SIGCONT",
         broker_freeze,
-    ),
-    "cluster-broker-freeze-10s": (
-        "the same freeze, consumers with request_timeout_ms = 10000",
-        broker_freeze_short_timeout,
     ),
     "poison": (
         "invalid JSON, invalid UTF-8, empty, null, wrong types, over the size cap",
