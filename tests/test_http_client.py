@@ -35,30 +35,15 @@ from kafkaconsole.engine.clients import security_warnings
 from kafkaconsole.engine.http_client import MAX_REDIRECTS, HttpClient
 from kafkaconsole.engine.pipelines import PipelineConfigError, build_pipeline
 from kafkaconsole.engine.records import (
-    OffsetRange,
     RunResult,
     RunStatus,
-    TriggerReason,
-    TriggerRecord,
 )
 from kafkaconsole.engine.retry import run_pipeline
 from tests.remote_fakes import FakeAirbyte, FakeAirflow
+from tests.test_pipelines_remote import PAYLOAD, RECORD
 from tests.tls_support import Certs, make_certs
 
 FAST = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.05, jitter=False)
-RECORD = TriggerRecord(
-    consumer_id="orders",
-    pipeline_name="sink",
-    connection_id="conn-1",
-    job_type="sync",
-    window_id=7,
-    reason=TriggerReason.COUNT,
-    count=100,
-    opened_at_ms=1_717_243_200_000,
-    closed_at_ms=1_717_243_212_345,
-    offsets=(OffsetRange("orders", 0, 10, 59),),
-)
-PAYLOAD = RECORD.to_json_dict()
 
 
 @pytest.fixture(scope="module")
