@@ -1,7 +1,8 @@
 """``kafkaconsole demo``: a self-contained fleet to look at and steer.
 
 Starts the embedded broker and Redis, creates the demo topics, serves a local webhook receiver,
-writes a demo config (printed, so other terminals can run ``kafkaconsole status --config``),
+writes a demo config (printed, and recorded in the runtime folder so that ``kafkaconsole
+status`` and the other steering commands find it without ``--config``: :mod:`kafkaconsole.runtime`),
 and produces a steady synthetic stream with a few malformed events so the DLQ is exercised.
 """
 
@@ -24,10 +25,19 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from kafkaconsole.embedded import BrokerKind, EmbeddedServices, free_port
+from kafkaconsole.runtime import remove_demo_file, write_demo_file
 
 log = logging.getLogger("kafkaconsole.demo")
 
 TOPICS = {"orders": 3, "clicks": 3, "payments": 2, "logs": 1}
+
+
+def hint(config_path: Path) -> str:
+    """The one line that tells where the demo's config is and how to steer the demo."""
+    return (
+        f"config at {config_path}; in another terminal, kafkaconsole status (pause, resume, "
+        "trigger, ...) finds it while the demo runs"
+    )
 
 
 def record_trigger(record: dict[str, Any]) -> dict[str, Any]:
@@ -194,10 +204,10 @@ async def demo_environment(
     hits: list[dict[str, Any]] = []
     runner = None
     producer_task = None
+    path = workdir / "demo.toml"
     try:
         await _create_topics(services.bootstrap_servers)
         runner, hook_port = await _webhook_server(hits)
-        path = workdir / "demo.toml"
         path.write_text(
             demo_config_toml(
                 services.bootstrap_servers,
@@ -206,10 +216,12 @@ async def demo_environment(
                 free_port(),
             )
         )
+        write_demo_file(path)
         if produce:
             producer_task = asyncio.create_task(produce_forever(services.bootstrap_servers, rate))
         yield DemoEnvironment(services, path, hits)
     finally:
+        remove_demo_file(path)
         if producer_task is not None:
             producer_task.cancel()
             with contextlib.suppress(BaseException):

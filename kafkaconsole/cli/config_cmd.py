@@ -1,4 +1,5 @@
-"""``kafkaconsole config validate|show``: check a configuration file, print the effective one.
+"""``kafkaconsole config validate|show|init``: check a configuration file, print the effective
+one, write the sample one.
 
 stdout is data (``ok``, or the configuration), stderr is diagnostics (one problem per line as
 ``FILE: dotted.key: message``). Exit codes: 0 ok, 1 unexpected failure, 2 configuration or
@@ -12,6 +13,8 @@ import json
 import math
 import os
 import re
+import sys
+from importlib.resources import files
 from typing import Annotated, Any
 
 import typer
@@ -30,9 +33,10 @@ DEBUG_ENV = "KAFKACONSOLE_DEBUG"
 
 config_app = typer.Typer(
     name="config",
-    help="Check the configuration file and show the effective configuration.",
+    help="Check the configuration file, show the effective configuration, write a sample one.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 FileArgument = Annotated[
@@ -127,6 +131,50 @@ def show(
         chosen = resolve_config_path(_chosen_file(file, config))
         typer.echo(f"# effective configuration of {chosen} (secrets masked)\n")
         typer.echo(to_toml(masked), nl=False)
+
+
+def sample_config_text() -> str:
+    """The sample configuration shipped in the package (every key with a comment)."""
+    return files("kafkaconsole").joinpath("sample_config.toml").read_text(encoding="utf-8")
+
+
+@config_app.command("init")
+def init(
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="Where to write it (- for stdout).",
+        ),
+    ] = "kafkaconsole.toml",
+) -> None:
+    """Write the sample configuration (every key, with a comment) to FILE, never over a file.
+
+    An existing FILE is left as it is (exit 1). Edit the result, then check it with
+    kafkaconsole config validate.
+
+    Example:
+
+        kafkaconsole config init
+
+        kafkaconsole config init prod.toml && kafkaconsole config validate prod.toml
+    """
+    text = sample_config_text()
+    if file == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(file, "x", encoding="utf-8") as out:
+            out.write(text)
+    except FileExistsError:
+        typer.echo(
+            f"{file}: already exists; not overwritten (remove it or name another file)", err=True
+        )
+        raise typer.Exit(ExitCode.FAILURE) from None
+    except OSError as exc:
+        typer.echo(f"{file}: cannot be written ({exc.strerror or type(exc).__name__})", err=True)
+        raise typer.Exit(ExitCode.FAILURE) from None
+    typer.echo(f"wrote {file}", err=True)
 
 
 # -- output ----------------------------------------------------------------------------------

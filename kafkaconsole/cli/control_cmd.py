@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -33,12 +34,14 @@ from kafkaconsole.cli.output import (
     warn,
 )
 from kafkaconsole.config import AppConfig, mask_text
+from kafkaconsole.config.loader import CONFIG_ENV, DEFAULT_CONFIG_FILE
 from kafkaconsole.engine.audit import ReadOnlyError, cli_instance
 from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.dispatch import RedispatchError, redispatch
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
 from kafkaconsole.engine.group_offsets import committed_offsets
+from kafkaconsole.runtime import running_demo_config
 
 T = TypeVar("T")
 
@@ -52,7 +55,8 @@ ConfigOpt = Annotated[
         "-c",
         metavar="FILE",
         show_default=False,
-        help="Configuration file (default: $KAFKACONSOLE_CONFIG, then ./kafkaconsole.toml).",
+        help="Configuration file (default: $KAFKACONSOLE_CONFIG, then ./kafkaconsole.toml, then "
+        "the config of a kafkaconsole demo running now).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
@@ -73,6 +77,18 @@ ReadOnlyOpt = Annotated[
 
 
 # ---- plumbing -------------------------------------------------------------------------------
+
+
+def fleet_config(config: str | None) -> AppConfig:
+    """The configuration a steering command acts on: ``--config``, ``$KAFKACONSOLE_CONFIG``,
+    ``./kafkaconsole.toml``, else the config of a ``kafkaconsole demo`` running now (said on
+    stderr)."""
+    if config is None and not os.environ.get(CONFIG_ENV) and not Path(DEFAULT_CONFIG_FILE).exists():
+        demo = running_demo_config()
+        if demo is not None:
+            typer.echo(f"kafkaconsole: using the running demo's config {demo}", err=True)
+            config = str(demo)
+    return _load(None, config)
 
 
 def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
@@ -247,7 +263,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
         kafkaconsole status --json | jq '.consumers[] | {consumer_id, state, lag}'
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     data = _with_fleet(cfg, lambda fleet: fleet.status())
     Output(as_json).emit(data, _status_text)
 
@@ -316,7 +332,7 @@ def info(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False)
 
         kafkaconsole info orders --json | jq .window
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     _known(cfg, consumer_id)
     data = _with_fleet(cfg, lambda fleet: fleet.info(consumer_id))
     Output(as_json).emit(data, _info_text)
@@ -388,7 +404,7 @@ def lag(
 
         kafkaconsole lag --committed --json | jq .total_lag
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
         data = _lag_data(await fleet.consumers())
@@ -469,7 +485,7 @@ def history(
 
         kafkaconsole history orders --redispatch 42
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     _known(cfg, consumer_id)
     if redispatch_window is not None:
         _writable(cfg, "re-dispatch", read_only)
@@ -587,7 +603,7 @@ def pause(
         kafkaconsole pause --all --config prod.toml
     """
     _check_target(consumer_id, all_)
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     ids = _targets(cfg, consumer_id, all_)
     _writable(cfg, "pause", read_only)
     Output(as_json).emit(_set_paused(cfg, ids, True), _pause_text)
@@ -609,7 +625,7 @@ def resume(
         kafkaconsole resume --all --json
     """
     _check_target(consumer_id, all_)
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     ids = _targets(cfg, consumer_id, all_)
     _writable(cfg, "resume", read_only)
     Output(as_json).emit(_set_paused(cfg, ids, False), _pause_text)
@@ -629,7 +645,7 @@ def reset(
 
         kafkaconsole reset orders
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     _known(cfg, consumer_id)
     _writable(cfg, "reset", read_only)
 
@@ -663,7 +679,7 @@ def trigger(
 
         kafkaconsole trigger orders --json | jq .window_id
     """
-    cfg = _load(None, config)
+    cfg = fleet_config(config)
     _known(cfg, consumer_id)
     _writable(cfg, "trigger", read_only)
 

