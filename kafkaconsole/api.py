@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hmac
 import ipaddress
 import logging
@@ -24,13 +25,19 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
@@ -98,6 +105,36 @@ class _Families:
         return self.families
 
 
+#: The client library's standard collectors: process_* (CPU, memory, open files, start time;
+#: Linux), python_info and python_gc_*.
+STANDARD_COLLECTORS = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+
+
+def exposition(
+    families: Iterable[Metric],
+    *,
+    accept: str = "",
+    accept_encoding: str = "",
+    names: Iterable[str] = (),
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a scrape, by prometheus_client's own exposition: the format the
+    ``Accept`` header asks for (OpenMetrics 1.0 or the text format 0.0.4), gzip when
+    ``Accept-Encoding`` allows it, only the ``name[]`` families when given."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))  # type: ignore[arg-type]
+    for collector in STANDARD_COLLECTORS:
+        registry.register(collector)
+    chosen = list(names)
+    target = registry.restricted_registry(chosen) if chosen else registry
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(target)  # type: ignore[arg-type]
+    headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+    if gzip_accepted(accept_encoding):
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
+
+
 class ApiMetrics:
     """Prometheus metrics: fleet-wide counts from Redis plus this instance's own numbers.
 
@@ -119,7 +156,8 @@ class ApiMetrics:
         if result.duration_ms is not None:
             self.durations.setdefault(key, _Durations()).observe(result.duration_ms / 1000)
 
-    async def render(self, fleet: Fleet) -> bytes:
+    async def gather(self, fleet: Fleet) -> list[Metric]:
+        """This instance's and the fleet's metric families (one fleet read)."""
         consumers: list[dict[str, Any]] | None
         try:
             consumers = await fleet.consumers()
@@ -127,9 +165,7 @@ class ApiMetrics:
         except (RedisError, OSError) as exc:
             log.warning("metrics: fleet data unavailable: %s", exc)
             consumers, instances = None, 0
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(self._families(consumers, instances)))  # type: ignore[arg-type]
-        return generate_latest(registry)
+        return self._families(consumers, instances)
 
     def _families(self, consumers: list[dict[str, Any]] | None, instances: int) -> list[Metric]:
         snap = self.engine.snapshot()
@@ -489,8 +525,8 @@ class ApiServer:
         self.fleet = Fleet(self.redis, config)
         self.metrics = ApiMetrics(engine)
         self._in_flight = 0
-        self._metrics_cache: tuple[float, bytes] | None = None
-        self._metrics_render: asyncio.Task[bytes] | None = None
+        self._metrics_cache: tuple[float, list[Metric]] | None = None
+        self._metrics_render: asyncio.Task[list[Metric]] | None = None
         self.host = config.api.host
         self.port = config.api.port
         self._runner: web.AppRunner | None = None
@@ -736,19 +772,23 @@ class ApiServer:
         return web.json_response({"instances": await self.fleet.instance_summaries()})
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=await self._metrics_body(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        body, headers = exposition(
+            await self._metrics_families(),
+            accept=request.headers.get("Accept", ""),
+            accept_encoding=request.headers.get("Accept-Encoding", ""),
+            names=request.query.getall("name[]", []),
         )
+        return web.Response(body=body, headers=headers)
 
-    async def _metrics_body(self) -> bytes:
-        """The exposition, rendered at most once per METRICS_MAX_AGE_S: concurrent scrapes
-        share one render (one fleet read), whatever their number."""
+    async def _metrics_families(self) -> list[Metric]:
+        """The metric families, gathered at most once per METRICS_MAX_AGE_S: concurrent scrapes
+        share one gathering (one fleet read), whatever their number or format."""
         cached = self._metrics_cache
         if cached is not None and time.monotonic() - cached[0] < METRICS_MAX_AGE_S:
             return cached[1]
         task = self._metrics_render
         if task is None or task.done():
-            task = asyncio.ensure_future(self.metrics.render(self.fleet))
+            task = asyncio.ensure_future(self.metrics.gather(self.fleet))
             self._metrics_render = task
         body = await asyncio.shield(task)
         self._metrics_cache = (time.monotonic(), body)
