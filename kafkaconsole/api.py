@@ -120,7 +120,7 @@ def exposition(
     """Body and headers of a scrape, by prometheus_client's own exposition: the format the
     ``Accept`` header asks for (OpenMetrics 1.0 or the text format 0.0.4), gzip when
     ``Accept-Encoding`` allows it, only the ``name[]`` families when given."""
-    registry = CollectorRegistry(auto_describe=False)
+    registry = CollectorRegistry(auto_describe=True)  # name[] selection needs the names
     registry.register(_Families(families))  # type: ignore[arg-type]
     for collector in STANDARD_COLLECTORS:
         registry.register(collector)
