@@ -59,24 +59,26 @@ class StateChangeLog:
                     before or "none",
                     state,
                     f" ({c.last_error})" if state == "error" and c.last_error else "",
-                    extra={"event": "state_change"},
+                    extra={"event": "state_change", "consumer_id": c.consumer_id},
                 )
 
 
 class EventTag(logging.Filter):
-    """Adds ``event`` (trigger, pipeline_run, rebalance, error) to the records it recognises,
-    so JSON log lines can be selected by kind (``jq 'select(.event == "trigger")'``)."""
+    """Stamps every record with this process's ``instance_id`` and gives ``event = "error"``
+    to error records that carry no event of their own. The other events (trigger,
+    pipeline_run, rebalance, state_change, crash) are set where they are logged, with their
+    consumer_id, window_id and pipeline, so JSON log lines can be selected by kind and
+    subject (``jq 'select(.event == "trigger" and .consumer_id == "orders")'``)."""
+
+    def __init__(self, instance_id: str | None = None) -> None:
+        super().__init__()
+        self.instance_id = instance_id
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "event", None):
-            return True
-        if record.levelno >= logging.ERROR:
+        if not getattr(record, "event", None) and record.levelno >= logging.ERROR:
             record.event = "error"
-        elif record.name == "kafkaconsole.trigger":
-            closed = " closed (" in str(record.msg)
-            record.event = "trigger" if closed else "pipeline_run"
-        elif "assigned partitions" in str(record.msg) or "revoked" in str(record.msg):
-            record.event = "rebalance"
+        if self.instance_id and not getattr(record, "instance_id", None):
+            record.instance_id = self.instance_id
         return True
 
 
@@ -123,7 +125,7 @@ async def serve(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    tag = EventTag()
+    tag = EventTag(engine.instance_id)
     handlers = list(logging.getLogger().handlers)
     for h in handlers:
         h.addFilter(tag)

@@ -19,7 +19,7 @@ import orjson
 
 from kafkaconsole.config.secrets import MASK, redact
 
-__all__ = ["MASK", "JsonFormatter", "RepeatFilter", "SecretMaskFilter", "setup_logging"]
+__all__ = ["FIELDS", "MASK", "JsonFormatter", "RepeatFilter", "SecretMaskFilter", "setup_logging"]
 
 #: Loggers of libraries whose repeated lines are collapsed (our own lines never are: each
 #: says something new, and the engine already logs a repeated error once)
@@ -81,19 +81,26 @@ class SecretMaskFilter(logging.Filter):
         return True
 
 
+#: Structured fields a record may carry (``extra=`` where it is logged, or the headless
+#: process's filter for ``instance_id``); JSON lines include those that are set.
+FIELDS = ("event", "instance_id", "consumer_id", "window_id", "pipeline")
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message (+ exception)."""
+    """One JSON object per line: ts, level, logger, message, the :data:`FIELDS` that are set
+    (+ exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        body = {
+        body: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
-        event = getattr(record, "event", None)
-        if event:
-            body["event"] = event
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None and value != "":
+                body[name] = value
         if record.exc_info or record.exc_text:
             body["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return orjson.dumps(body).decode()

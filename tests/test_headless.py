@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import aiohttp
 import redis.asyncio as aredis
 
 from kafkaconsole.embedded import EmbeddedServices, free_port
+from kafkaconsole.engine.engine import log_fields
+from kafkaconsole.logs import FIELDS, JsonFormatter
 from tests.helpers import KafkaHelper, wait_for
 from tests.test_cli_control import write_config
 
@@ -149,6 +152,42 @@ async def test_json_logs_api_and_sigterm(
     events = {x.get("event") for x in lines}
     assert {"state_change", "trigger", "pipeline_run", "rebalance"} <= events, events
     assert "t0ken" not in log.read_text()
+    # structured fields, set where each event is logged
+    assert all(x["instance_id"] == "solo" for x in lines), [
+        x for x in lines if "instance_id" not in x
+    ]
+    (trigger,) = [x for x in lines if x.get("event") == "trigger"]
+    assert (trigger["consumer_id"], trigger["window_id"], trigger["pipeline"]) == (
+        "c1",
+        1,
+        "append",
+    )
+    (run,) = [x for x in lines if x.get("event") == "pipeline_run"]
+    assert (run["consumer_id"], run["window_id"], run["pipeline"]) == ("c1", 1, "append")
+    for x in lines:
+        if x.get("event") in ("rebalance", "state_change"):
+            assert x["consumer_id"] == "c1", x
+    assert "window_id" not in [k for x in lines if x.get("event") == "rebalance" for k in x]
+
+
+def test_json_fields_come_from_the_record_not_its_text() -> None:
+    """A line that reads like a trigger but was logged without fields gets none."""
+    formatter = JsonFormatter()
+    bare = logging.LogRecord(
+        "kafkaconsole.trigger", logging.INFO, __file__, 1, "c1: window 7 closed (count)", None, None
+    )
+    assert set(json.loads(formatter.format(bare))) == {"ts", "level", "logger", "message"}
+    tagged = logging.LogRecord(
+        "kafkaconsole.trigger", logging.INFO, __file__, 1, "anything", None, None
+    )
+    tagged.__dict__.update(log_fields("trigger", "c1", 7, "p"))
+    body = json.loads(formatter.format(tagged))
+    assert {k: body[k] for k in FIELDS if k in body} == {
+        "event": "trigger",
+        "consumer_id": "c1",
+        "window_id": 7,
+        "pipeline": "p",
+    }
 
 
 async def test_second_sigint_forces_exit(

@@ -719,7 +719,13 @@ class ConsumerRunner:
             consumer.pause(*assigned)
         if self.state != ConsumerState.ERROR:
             self.state = ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING
-        log.info("%s: assigned partitions %s of %s", self.cfg.consumer_id, parts, self.topic)
+        log.info(
+            "%s: assigned partitions %s of %s",
+            self.cfg.consumer_id,
+            parts,
+            self.topic,
+            extra={"event": "rebalance", "consumer_id": self.cfg.consumer_id},
+        )
 
     # ---- commits ---------------------------------------------------------------------------
     async def _maybe_commit(self) -> None:

@@ -67,6 +67,22 @@ from kafkaconsole.engine.timer import WindowTimer
 log = logging.getLogger("kafkaconsole.engine")
 trigger_log = logging.getLogger("kafkaconsole.trigger")
 
+
+def log_fields(
+    event: str,
+    consumer_id: str | None = None,
+    window_id: int | None = None,
+    pipeline: str | None = None,
+) -> dict[str, Any]:
+    """``extra=`` of a log record: the structured fields JSON log lines carry."""
+    return {
+        "event": event,
+        "consumer_id": consumer_id,
+        "window_id": window_id,
+        "pipeline": pipeline,
+    }
+
+
 HEARTBEAT_TTL_S = 5
 #: Seconds between the instance's own looks at the cluster's brokers (metadata)
 METADATA_REFRESH_S = 10.0
@@ -328,6 +344,7 @@ class Engine:
                         cfg.consumer_id,
                         wid,
                         cfg.max_event,
+                        extra=log_fields("trigger", cfg.consumer_id, wid, cfg.pipeline_name),
                     )
                 if self._fault:
                     self._fault("after_close")
@@ -336,7 +353,11 @@ class Engine:
         def on_timer_closed(res: CloseResult) -> None:
             c = holder["c"]
             trigger_log.info(
-                "%s: window %d closed (time, %d events)", cfg.consumer_id, res.window_id, res.count
+                "%s: window %d closed (time, %d events)",
+                cfg.consumer_id,
+                res.window_id,
+                res.count,
+                extra=log_fields("trigger", cfg.consumer_id, res.window_id, cfg.pipeline_name),
             )
             c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
             c.runner.window_floor = max(c.runner.window_floor, res.window_id + 1)
@@ -354,6 +375,9 @@ class Engine:
                 record.closed_at_ms,
                 str(result.status),
             )
+            fields = log_fields(
+                "pipeline_run", record.consumer_id, record.window_id, record.pipeline_name
+            )
             if result.status == RunStatus.FAILED:
                 trigger_log.error(
                     "%s: pipeline %s FAILED for window %d after %d attempt(s): %s",
@@ -362,6 +386,7 @@ class Engine:
                     record.window_id,
                     result.attempts,
                     result.error,
+                    extra=fields,
                 )
             else:
                 trigger_log.info(
@@ -373,6 +398,7 @@ class Engine:
                     record.reason,
                     record.count,
                     result.duration_ms,
+                    extra=fields,
                 )
             for listener in list(self._run_listeners):
                 try:
@@ -603,7 +629,11 @@ class Engine:
             res = await c.counter.close(TriggerReason.MANUAL)
             outcome.detail = trigger_detail(res)
         trigger_log.info(
-            "%s: window %d closed (manual, %d events)", consumer_id, res.window_id, res.count
+            "%s: window %d closed (manual, %d events)",
+            consumer_id,
+            res.window_id,
+            res.count,
+            extra=log_fields("trigger", consumer_id, res.window_id, c.cfg.pipeline_name),
         )
         c.timer.observe(res.window_id + 1, 0, None, res.redis_now_ms)
         c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
