@@ -420,10 +420,14 @@ class AlertRule(RemoteEndpoint):
     """With metric: fire while the metric is less than this."""
     for_: float = Field(0.0, ge=0, le=86_400, alias="for")
     """Seconds the condition must hold before the alert fires (it resolves when it stops)."""
-    channel: Literal["log", "webhook", "tui"] = "log"
-    """log: a log line; webhook: a JSON POST to url (retried); tui: a toast and a row badge."""
+    channel: Literal["log", "webhook", "tui", "slack", "pagerduty", "alertmanager"] = "log"
+    """Where it goes: log, webhook, tui, slack, pagerduty or alertmanager (see README)."""
     url: str | None = Field(None, pattern=r"^https?://")
-    """Webhook URL (channel = "webhook"); the alert is the JSON body."""
+    """Webhook URL, Slack incoming-webhook URL, Alertmanager base URL, or PagerDuty's."""
+    routing_key: str | None = Field(None, min_length=1, max_length=256)
+    """PagerDuty Events v2 integration key (channel = "pagerduty"; write it as ${ENV_VAR})."""
+    severity: Literal["critical", "error", "warning", "info"] = "warning"
+    """Severity sent to PagerDuty, Alertmanager (label) and Slack."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra webhook headers (write tokens as ${ENV_VAR})."""
     consumers: list[str] = Field(default_factory=list)
@@ -444,8 +448,12 @@ class AlertRule(RemoteEndpoint):
             raise ValueError("a metric rule needs either above or below (not both)")
         if self.verdict is not None and (self.above is not None or self.below is not None):
             raise ValueError("above and below go with metric, not with verdict")
-        if self.channel == "webhook" and not self.url:
-            raise ValueError('url is required with channel = "webhook"')
+        if self.channel in ("webhook", "slack", "alertmanager") and not self.url:
+            raise ValueError(f'url is required with channel = "{self.channel}"')
+        if self.channel == "pagerduty" and not self.routing_key:
+            raise ValueError('routing_key is required with channel = "pagerduty"')
+        if self.routing_key is not None and self.channel != "pagerduty":
+            raise ValueError('routing_key goes with channel = "pagerduty"')
         return self
 
     @property

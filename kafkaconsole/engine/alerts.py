@@ -15,7 +15,12 @@ threshold (``metric = "time_lag_seconds"``, ``above = 60``), how long the condit
 - :class:`AlertNotifier` delivers announcements: ``log`` writes a log line, ``webhook`` POSTs
   JSON (retried with backoff, in the background; TLS, proxies and redirects as every remote kind,
   :mod:`kafkaconsole.engine.http_client`), ``tui`` only shows in the console (a toast on
-  each local transition and a badge while the alert is active).
+  each local transition and a badge while the alert is active). ``slack`` (an incoming
+  webhook), ``pagerduty`` (Events API v2: trigger, then resolve, one dedup key per consumer and
+  rule) and ``alertmanager`` (``POST /api/v2/alerts``) POST their documented payloads the same
+  way; Alertmanager forgets an alert that is not re-sent, so every instance re-sends the
+  alerts active in Redis every :data:`ALERTMANAGER_RESEND_S` with ``endsAt`` a few minutes
+  ahead, and the resolution with ``endsAt`` now.
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ from kafkaconsole.engine.records import iso_ms
 from kafkaconsole.engine.retry import retry_call
 
 log = logging.getLogger("kafkaconsole.alert")
+
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+"""PagerDuty Events API v2 endpoint (``url`` of a pagerduty rule overrides it)."""
+ALERTMANAGER_PATH = "/api/v2/alerts"
+ALERTMANAGER_RESEND_S = 60.0
+"""How often a firing alert is re-sent to Alertmanager (Prometheus re-sends every minute)."""
+ALERTMANAGER_HOLD_S = 300.0
+"""``endsAt`` of a firing alert is this far ahead: Alertmanager resolves it by itself if the
+re-sends stop (every instance gone), instead of showing it firing for ever."""
+SLACK_TEXT_MAX = 3000
+"""Slack's limit on a section block's text."""
+PAGERDUTY_SUMMARY_MAX = 1024
 
 
 class AlertStatus(StrEnum):
@@ -267,6 +284,9 @@ class AlertLedger:
         self.prefix = prefix
         self.instance_id = instance_id
         self._take = redis.register_script(_TAKE)
+        self.active: dict[tuple[str, str], dict[str, Any]] = {}
+        """(consumer_id, rule) -> stored alert, for every alert active fleet-wide after the
+        last :meth:`reconcile` (what Alertmanager is re-sent)."""
 
     async def reconcile(
         self,
@@ -282,13 +302,17 @@ class AlertLedger:
         """
         pairs = [(cid, rule) for cid in consumer_ids for rule in rules_for(evaluator.rules, cid)]
         if not pairs:
+            self.active = {}
             return []
         keys = [alert_key(self.prefix, cid, rule.rule_id) for cid, rule in pairs]
         present = await self.redis.mget(keys)
         actions: list[tuple[str, str, AlertRule, RuleTrack]] = []
+        active: dict[tuple[str, str], dict[str, Any]] = {}
         pipe = self.redis.pipeline(transaction=False)
         for (cid, rule), key, stored in zip(pairs, keys, present, strict=True):
             track = evaluator.track(cid, rule.rule_id)
+            if stored is not None:
+                active[(cid, rule.rule_id)] = _loads(stored)
             if track.firing and stored is None:
                 event = event_of(rule, cid, AlertStatus.FIRING, track, now, self.instance_id)
                 body = {
@@ -298,15 +322,19 @@ class AlertLedger:
                     "at_ms": event.at_ms,
                 }
                 pipe.set(key, orjson.dumps(body), nx=True)
+                active[(cid, rule.rule_id)] = body
                 actions.append(("fire", cid, rule, track))
             elif track.clear and stored is not None:
                 await self._take(keys=[key], client=pipe)  # queued in the pipeline
                 actions.append(("resolve", cid, rule, track))
+        self.active = active
         if not actions:
             return []
         results = await pipe.execute()
         won = []
         for (action, cid, rule, track), result in zip(actions, results, strict=True):
+            if action == "resolve":
+                active.pop((cid, rule.rule_id), None)
             if action == "fire" and result:
                 won.append(event_of(rule, cid, AlertStatus.FIRING, track, now, self.instance_id))
             elif action == "resolve" and result:
@@ -352,6 +380,146 @@ async def active_alerts(
     ]
 
 
+# ---- channels: documented payloads (pure) -----------------------------------------------------
+
+
+def _slack_escape(text: str) -> str:
+    """Slack mrkdwn: &, < and > must be escaped (api.slack.com/reference/surfaces/formatting)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_body(event: AlertEvent, rule: AlertRule) -> dict[str, Any]:
+    """A Slack incoming-webhook message: ``text`` (notifications, fallback) and two blocks."""
+    firing = event.status == AlertStatus.FIRING
+    verb = "FIRING" if firing else "resolved"
+    icon = ":red_circle:" if firing else ":large_green_circle:"
+    head = (
+        f"{icon} kafkaconsole alert *{_slack_escape(event.rule)}* {verb} for "
+        f"*{_slack_escape(event.consumer_id)}*"
+    )
+    section = f"{head}\n{_slack_escape(event.message)}"
+    if len(section) > SLACK_TEXT_MAX:
+        section = section[: SLACK_TEXT_MAX - 1] + "…"
+    context = f"severity {rule.severity} · since {iso_ms(event.since_ms)}"
+    if event.instance:
+        context += f" · instance {_slack_escape(event.instance)}"
+    return {
+        "text": _slack_escape(event.describe()),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": section}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+        ],
+    }
+
+
+def pagerduty_dedup_key(event: AlertEvent) -> str:
+    return f"kafkaconsole/{event.consumer_id}/{event.rule}"[:255]
+
+
+def pagerduty_body(event: AlertEvent, rule: AlertRule) -> dict[str, Any]:
+    """A PagerDuty Events API v2 event: ``trigger`` with a payload, or ``resolve`` by dedup key
+    (developer.pagerduty.com/docs/events-api-v2/trigger-events)."""
+    base = {
+        "routing_key": rule.routing_key or "",
+        "dedup_key": pagerduty_dedup_key(event),
+    }
+    if event.status == AlertStatus.RESOLVED:
+        return {**base, "event_action": "resolve"}
+    summary = event.describe()
+    if len(summary) > PAGERDUTY_SUMMARY_MAX:
+        summary = summary[: PAGERDUTY_SUMMARY_MAX - 1] + "…"
+    return {
+        **base,
+        "event_action": "trigger",
+        "client": "kafkaconsole",
+        "payload": {
+            "summary": summary,
+            "source": event.instance or "kafkaconsole",
+            "severity": rule.severity,
+            "timestamp": iso_ms(event.since_ms),
+            "component": event.consumer_id,
+            "group": "kafkaconsole",
+            "class": event.verdict or event.metric or event.rule,
+            "custom_details": event.to_json_dict(),
+        },
+    }
+
+
+def alertmanager_url(rule: AlertRule) -> str:
+    base = (rule.url or "").rstrip("/")
+    return base if base.endswith(ALERTMANAGER_PATH) else base + ALERTMANAGER_PATH
+
+
+def alertmanager_body(event: AlertEvent, rule: AlertRule) -> list[dict[str, Any]]:
+    """Alertmanager API v2 ``postableAlerts``: one alert, labelled by rule and consumer;
+    ``endsAt`` is now once resolved, :data:`ALERTMANAGER_HOLD_S` ahead while firing."""
+    labels = {
+        "alertname": event.rule,
+        "consumer_id": event.consumer_id,
+        "severity": rule.severity,
+        "service": "kafkaconsole",
+    }
+    if event.verdict:
+        labels["verdict"] = event.verdict
+    if event.metric:
+        labels["metric"] = event.metric
+    annotations = {"summary": event.describe(), "description": event.message}
+    if event.instance:
+        annotations["instance"] = event.instance
+    if event.value is not None:
+        annotations["value"] = f"{event.value:g}"
+    firing = event.status == AlertStatus.FIRING
+    ends = event.at_ms + int(ALERTMANAGER_HOLD_S * 1000) if firing else event.at_ms
+    return [
+        {
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": iso_ms(event.since_ms),
+            "endsAt": iso_ms(ends),
+        }
+    ]
+
+
+def channel_request(rule: AlertRule, event: AlertEvent) -> tuple[str, Any]:
+    """URL and JSON body of ``event`` on the rule's HTTP channel."""
+    if rule.channel == "slack":
+        return rule.url or "", slack_body(event, rule)
+    if rule.channel == "pagerduty":
+        return rule.url or PAGERDUTY_URL, pagerduty_body(event, rule)
+    if rule.channel == "alertmanager":
+        return alertmanager_url(rule), alertmanager_body(event, rule)
+    return rule.url or "", event.to_json_dict()
+
+
+def stored_event(
+    stored: Mapping[str, Any], rule: AlertRule, consumer_id: str, now: float
+) -> AlertEvent:
+    """A firing alert as kept in Redis by the ledger, ready to be sent again."""
+    since = stored.get("since_ms")
+    value = stored.get("value")
+    return AlertEvent(
+        status=AlertStatus.FIRING,
+        rule=rule.rule_id,
+        consumer_id=consumer_id,
+        channel=rule.channel,
+        message=str(stored.get("message") or ""),
+        since_ms=int(since) if isinstance(since, int) else int(now * 1000),
+        at_ms=int(now * 1000),
+        value=float(value) if isinstance(value, int | float) else None,
+        threshold=_threshold(rule),
+        verdict=rule.verdict,
+        metric=rule.metric,
+        instance=stored.get("instance") if isinstance(stored.get("instance"), str) else None,
+    )
+
+
+HTTP_CHANNELS = ("webhook", "slack", "pagerduty", "alertmanager")
+
+
+class AlertRejected(Exception):
+    """The receiver refused the alert for good (4xx other than 408 and 429): not retried."""
+
+
 # ---- channels ---------------------------------------------------------------------------------
 
 
@@ -364,6 +532,7 @@ class AlertNotifier:
     sleep: Callable[[float], Any] = asyncio.sleep
     _clients: dict[str, HttpClient] = field(default_factory=dict)
     _tasks: set[asyncio.Task[bool]] = field(default_factory=set)
+    _resent: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -376,28 +545,56 @@ class AlertNotifier:
         if rule.channel == "log":
             level = logging.WARNING if event.status == AlertStatus.FIRING else logging.INFO
             log.log(level, "%s", event.describe())
-        elif rule.channel == "webhook":
-            task = asyncio.create_task(self.post(rule, event), name=f"alert:{event.rule}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        elif rule.channel in HTTP_CHANNELS:
+            if rule.channel == "alertmanager":
+                key = (event.consumer_id, event.rule)
+                if event.status == AlertStatus.FIRING:
+                    self._resent[key] = event.at_ms / 1000
+                else:
+                    self._resent.pop(key, None)
+            self._spawn(rule, event)
         # "tui": shown by the console from the status model and its alert listener
 
+    def _spawn(self, rule: AlertRule, event: AlertEvent) -> None:
+        task = asyncio.create_task(self.post(rule, event), name=f"alert:{event.rule}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def refresh(self, active: Mapping[tuple[str, str], Mapping[str, Any]], now: float) -> None:
+        """Re-send to Alertmanager the alerts active fleet-wide (the ledger's keys) that were
+        not sent for :data:`ALERTMANAGER_RESEND_S`; every instance does (Alertmanager
+        deduplicates by labels), so the alert stays firing while any instance lives."""
+        for (consumer_id, rule_id), stored in active.items():
+            rule = self.rules.get(rule_id)
+            if rule is None or rule.channel != "alertmanager":
+                continue
+            last = self._resent.get((consumer_id, rule_id))
+            if last is not None and now - last < ALERTMANAGER_RESEND_S:
+                continue
+            self._resent[(consumer_id, rule_id)] = now
+            self._spawn(rule, stored_event(stored, rule, consumer_id, now))
+        for key in [k for k in self._resent if k not in active]:
+            del self._resent[key]
+
     async def post(self, rule: AlertRule, event: AlertEvent) -> bool:
-        """POST ``event`` to the rule's URL; True once a 2xx answer came back."""
-        assert rule.url is not None
+        """POST ``event`` on the rule's channel (its documented payload); True once a 2xx
+        answer came back. 4xx answers other than 408 and 429 are not retried."""
+        url, payload = channel_request(rule, event)
         client = self._clients.get(rule.rule_id)
         if client is None:
             client = self._clients[rule.rule_id] = HttpClient(rule, self.cfg.webhook_timeout)
-        body = orjson.dumps(event.to_json_dict())
+        body = orjson.dumps(payload)
         headers = {"Content-Type": "application/json", **rule.headers}
 
         async def post() -> None:
             try:
-                answer = await client.request("POST", rule.url or "", body=body, headers=headers)
+                answer = await client.request("POST", url, body=body, headers=headers)
             except (TlsSetupError, RedirectRefused):
                 raise  # a setting to fix, not an outage: never retried
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise WebhookFailed(f"{type(exc).__name__}: {exc}") from exc
+            if 400 <= answer.status < 500 and answer.status not in (408, 429):
+                raise AlertRejected(f"HTTP {answer.status}")
             if not 200 <= answer.status < 300:
                 raise WebhookFailed(f"HTTP {answer.status}")
 
@@ -414,14 +611,16 @@ class AlertNotifier:
                 logger=log,
                 give_up_level=logging.DEBUG,  # the line below says it
             )
-        except (WebhookFailed, TlsSetupError, RedirectRefused) as exc:
+        except (WebhookFailed, AlertRejected, TlsSetupError, RedirectRefused) as exc:
             log.error(
-                "alert %s (%s, %s): webhook failed after %d attempt(s): %s",
+                "alert %s (%s, %s): %s failed after %d attempt(s): %s",
                 event.rule,
                 event.consumer_id,
                 event.status,
+                rule.channel,
                 attempts if isinstance(exc, WebhookFailed) else 1,
                 exc,
+                extra={"event": "alert", "consumer_id": event.consumer_id},
             )
             return False
         return True

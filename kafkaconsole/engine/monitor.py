@@ -226,6 +226,7 @@ class HealthMonitor:
         won = await self.ledger.reconcile(self.evaluator, ids, now)
         for event in won:
             self.notifier.deliver(event)
+        self.notifier.refresh(self.ledger.active, now)
         for event in local:
             for listener in list(self._listeners):
                 try:
