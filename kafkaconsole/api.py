@@ -40,6 +40,7 @@ from kafkaconsole.engine.clients import reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
 from kafkaconsole.engine.engine import Engine, UnknownConsumer
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.fleet_status import ConsumerStatus
 from kafkaconsole.engine.health import VerdictName
 from kafkaconsole.engine.records import RunResult, TriggerRecord
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
@@ -120,10 +121,10 @@ class ApiMetrics:
             self.durations.setdefault(key, _Durations()).observe(result.duration_ms / 1000)
 
     async def render(self, fleet: Fleet) -> bytes:
-        consumers: list[dict[str, Any]] | None
+        consumers: tuple[ConsumerStatus, ...] | None
         try:
-            consumers = await fleet.consumers()
-            instances = len(await fleet.instances())
+            status = await fleet.read()
+            consumers, instances = status.consumers, len(status.instances)
         except (RedisError, OSError) as exc:
             log.warning("metrics: fleet data unavailable: %s", exc)
             consumers, instances = None, 0
@@ -131,7 +132,9 @@ class ApiMetrics:
         registry.register(_Families(self._families(consumers, instances)))  # type: ignore[arg-type]
         return generate_latest(registry)
 
-    def _families(self, consumers: list[dict[str, Any]] | None, instances: int) -> list[Metric]:
+    def _families(
+        self, consumers: tuple[ConsumerStatus, ...] | None, instances: int
+    ) -> list[Metric]:
         snap = self.engine.snapshot()
         out: list[Metric] = []
 
@@ -266,20 +269,20 @@ class ApiMetrics:
             labels=["consumer_id"],
         )
         for fc in consumers:
-            cid = fc["consumer_id"]
-            counted.add_metric([cid, fc["kafka_topic"]], fc["total"])
-            errors.add_metric([cid], fc["errors"])
-            filtered.add_metric([cid], fc["filtered"])
-            discarded.add_metric([cid], fc["discarded"])
-            for reason, n in fc["windows_by_reason"].items():
+            cid = fc.consumer_id
+            counted.add_metric([cid, fc.kafka_topic], fc.total)
+            errors.add_metric([cid], fc.errors)
+            filtered.add_metric([cid], fc.filtered)
+            discarded.add_metric([cid], fc.discarded)
+            for reason, n in fc.windows_by_reason.items():
                 triggers.add_metric([cid, reason], n)
-            w_events.add_metric([cid], fc["count"])
-            w_max.add_metric([cid], fc["max_event"])
-            w_fill.add_metric([cid], fc["fill_ratio"])
-            if fc["time_left"] is not None:
-                w_left.add_metric([cid], fc["time_left"])
-            paused.add_metric([cid], 1 if fc["state"] == "paused" else 0)
-            live.add_metric([cid], len(fc["instances"]))
+            w_events.add_metric([cid], fc.count)
+            w_max.add_metric([cid], fc.max_event)
+            w_fill.add_metric([cid], fc.fill_ratio)
+            if fc.time_left is not None:
+                w_left.add_metric([cid], fc.time_left)
+            paused.add_metric([cid], 1 if fc.state == "paused" else 0)
+            live.add_metric([cid], len(fc.instances))
         out += [fleet_instances, counted, errors, filtered, discarded, triggers]
         out += [w_events, w_max, w_fill, w_left, paused, live, *self._health(consumers)]
         return out
@@ -299,7 +302,7 @@ class ApiMetrics:
         return family
 
     @staticmethod
-    def _health(consumers: list[dict[str, Any]]) -> list[Metric]:
+    def _health(consumers: tuple[ConsumerStatus, ...]) -> list[Metric]:
         """Fleet-wide health: verdicts, time lag, time to the next trigger, firing alerts."""
         verdict = GaugeMetricFamily(
             "kafkaconsole_consumer_verdict",
@@ -322,15 +325,15 @@ class ApiMetrics:
             labels=["consumer_id", "alert"],
         )
         for fc in consumers:
-            cid = fc["consumer_id"]
+            cid = fc.consumer_id
             for v in VerdictName:
-                verdict.add_metric([cid, str(v)], 1 if fc.get("verdict") == v else 0)
-            if fc.get("time_lag_seconds") is not None:
-                time_lag.add_metric([cid], fc["time_lag_seconds"])
-            if fc.get("time_to_trigger_seconds") is not None:
-                to_trigger.add_metric([cid], fc["time_to_trigger_seconds"])
-            for alert in fc.get("alerts", []):
-                alerts.add_metric([cid, alert["alert"]], 1)
+                verdict.add_metric([cid, str(v)], 1 if fc.verdict == v else 0)
+            if fc.time_lag_seconds is not None:
+                time_lag.add_metric([cid], fc.time_lag_seconds)
+            if fc.time_to_trigger_seconds is not None:
+                to_trigger.add_metric([cid], fc.time_to_trigger_seconds)
+            for alert in fc.alerts:
+                alerts.add_metric([cid, alert.alert], 1)
         return [verdict, time_lag, to_trigger, alerts]
 
 
