@@ -31,6 +31,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
@@ -40,7 +41,16 @@ from kafkaconsole.engine.clients import reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
 from kafkaconsole.engine.engine import Engine, UnknownConsumer
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
-from kafkaconsole.engine.fleet_status import ConsumerStatus
+from kafkaconsole.engine.fleet_status import (
+    ConsumerInfo,
+    ConsumersBody,
+    ConsumerStatus,
+    ControlResult,
+    HealthBody,
+    InstancesBody,
+    ReadyBody,
+    json_schemas,
+)
 from kafkaconsole.engine.health import VerdictName
 from kafkaconsole.engine.records import RunResult, TriggerRecord
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
@@ -349,16 +359,25 @@ class Route:
     auth: bool = False
     responses: tuple[int, ...] = (200,)
     produces: str = "application/json"
+    body: type[BaseModel] | None = None
+    """The model of the 200 body (the OpenAPI schema is generated from it)."""
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "health", "Liveness: 200 while the process serves requests."),
+    Route(
+        "GET",
+        "/health",
+        "health",
+        "Liveness: 200 while the process serves requests.",
+        body=HealthBody,
+    ),
     Route(
         "GET",
         "/ready",
         "ready",
         "Readiness: 200 when Kafka and Redis answer, else 503 with status degraded and reasons.",
         responses=(200, 503),
+        body=ReadyBody,
     ),
     Route(
         "GET",
@@ -366,6 +385,7 @@ ROUTES: tuple[Route, ...] = (
         "consumers",
         "Every consumer across the fleet (the consumers of `status --json`).",
         responses=(200, 503),
+        body=ConsumersBody,
     ),
     Route(
         "GET",
@@ -373,6 +393,7 @@ ROUTES: tuple[Route, ...] = (
         "consumer_info",
         "One consumer: config (secrets masked), state, window, lag, triggers, errors.",
         responses=(200, 404, 503),
+        body=ConsumerInfo,
     ),
     Route(
         "GET",
@@ -380,6 +401,7 @@ ROUTES: tuple[Route, ...] = (
         "instances",
         "Live instances of the fleet (heartbeats in Redis).",
         responses=(200, 503),
+        body=InstancesBody,
     ),
     Route(
         "GET",
@@ -396,6 +418,7 @@ ROUTES: tuple[Route, ...] = (
         "Pause the consumer on every instance (they keep polling, count nothing).",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
     Route(
         "POST",
@@ -404,6 +427,7 @@ ROUTES: tuple[Route, ...] = (
         "Resume the consumer on every instance.",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
     Route(
         "POST",
@@ -412,6 +436,7 @@ ROUTES: tuple[Route, ...] = (
         "Empty the open window without triggering.",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
     Route(
         "POST",
@@ -420,6 +445,7 @@ ROUTES: tuple[Route, ...] = (
         "Close the open window now (even when empty) and run its pipeline.",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
 )
 
@@ -434,8 +460,9 @@ _STATUS_TEXT = {
 
 
 def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
-    """An OpenAPI 3.0 description of every route."""
-    error = {"$ref": "#/components/schemas/Error"}
+    """An OpenAPI 3.1 description of every route, its bodies' schemas generated from the
+    models the handlers answer with (:mod:`kafkaconsole.engine.fleet_status`)."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "responses": {}}
@@ -451,16 +478,18 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
             ]
         if r.auth:
             op["security"] = [{"bearerAuth": []}]
+        body = {"$ref": f"#/components/schemas/{r.body.__name__}"} if r.body else None
         for code in r.responses:
             if code == 200 and r.produces != "application/json":
                 content = {r.produces: {"schema": {"type": "string"}}}
+            elif code == 200 or (code == 503 and r.name == "ready"):
+                content = {"application/json": {"schema": body or {"type": "object"}}}
             else:
-                schema = error if code >= 400 and code != 503 else {"type": "object"}
-                content = {"application/json": {"schema": schema}}
+                content = {"application/json": {"schema": error}}
             op["responses"][str(code)] = {"description": _STATUS_TEXT[code], "content": content}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "kafkaconsole",
             "version": API_VERSION,
@@ -469,13 +498,7 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                }
-            },
+            "schemas": json_schemas(),
         },
     }
 
@@ -651,7 +674,8 @@ class ApiServer:
                 return _error(503, "the engine is not running (starting or stopping)")
             body = await action(cid, request)
             log.info("API %s %s from %s", request.path.rsplit("/", 1)[-1], cid, request.remote)
-            return web.json_response({"consumer_id": cid, **body})
+            result = ControlResult(consumer_id=cid, **body)
+            return web.json_response(result.model_dump(exclude_unset=True))
 
         return handler
 
@@ -683,13 +707,12 @@ class ApiServer:
 
     # ---- reads -------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "status": "ok",
-                "instance_id": self.engine.instance_id,
-                "uptime_s": round(time.time() - self.engine.started_at_ms / 1000, 1),
-            }
+        body = HealthBody(
+            status="ok",
+            instance_id=self.engine.instance_id,
+            uptime_s=round(time.time() - self.engine.started_at_ms / 1000, 1),
         )
+        return web.json_response(body.to_json())
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         snap = self.engine.snapshot()
@@ -711,22 +734,20 @@ class ApiServer:
         if not redis_ok and not any(r.startswith("Redis") for r in reasons):
             reasons.append("Redis unreachable")
         reasons += [f"{failure} (restarted)" for failure in snap.task_failures]
-        body = {
-            "ready": not reasons,
+        body = ReadyBody(
+            ready=not reasons,
             # degraded: running, but a broker or Redis does not answer (it resumes by itself)
-            "status": "ready"
+            status="ready"
             if not reasons
             else ("degraded" if running else "waiting" if waiting else "not running"),
-            "instance_id": self.engine.instance_id,
-            "kafka": snap.kafka_ok,
-            "redis": redis_ok,
-            "reasons": reasons,
+            instance_id=self.engine.instance_id,
+            kafka=snap.kafka_ok,
+            redis=redis_ok,
+            reasons=reasons,
             # not a reason to be unready: the other brokers serve the partitions
-            "warnings": [
-                f"Kafka {broker} missing from the cluster" for broker in snap.kafka_missing
-            ],
-        }
-        return web.json_response(body, status=200 if not reasons else 503)
+            warnings=[f"Kafka {broker} missing from the cluster" for broker in snap.kafka_missing],
+        )
+        return web.json_response(body.to_json(), status=200 if not reasons else 503)
 
     async def consumers(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"consumers": await self.fleet.consumers()})

@@ -27,7 +27,12 @@ from kafkaconsole.engine.audit import (
 )
 from kafkaconsole.engine.control import FleetControl, PauseState, actor
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowCounter
-from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus, InstanceSummary
+from kafkaconsole.engine.fleet_status import (
+    ConsumerInfo,
+    ConsumerStatus,
+    FleetStatus,
+    InstanceSummary,
+)
 from kafkaconsole.engine.health import (
     VerdictName,
     consumer_time_lag,
@@ -460,7 +465,7 @@ class Fleet:
         history = await self.history(consumer_id, limit=triggers)
         masked = mask_config(self.config)
         index = [x.consumer_id for x in self.config.consumers].index(consumer_id)
-        return {
+        info = {
             "consumer_id": consumer_id,
             "kafka_topic": cfg.kafka_topic,
             "pipeline_name": cfg.pipeline_name,
@@ -501,6 +506,7 @@ class Fleet:
             "triggers": history,
             "errors": {"count": c["errors"], "dlq": c["dlq"], "last_error": c["last_error"]},
         }
+        return ConsumerInfo.model_validate(info).to_json()
 
     # ---- steering --------------------------------------------------------------------------
     # Each action refuses in read-only mode and is recorded in the audit stream (who: this
