@@ -7,7 +7,9 @@ that no one owns, one closed window each with its run, an alert rule watching ev
 ``status --json`` and every ``/metrics`` scrape make is timed and its Redis traffic counted:
 
 * round trips: requests written to the server (a pipeline is one);
-* commands: the server's own count (``INFO commandstats``).
+* commands: the server's own count (``INFO commandstats``);
+* read CPU: this process's CPU time per read (less sensitive than wall time to other load
+  on a shared machine).
 
 Run: ``.venv/bin/python -m benchmarks.status_reads`` (prints a Markdown table).
 """
@@ -50,11 +52,11 @@ async def _counting_send(self: AbstractConnection, command: Any, check_health: b
     await _send(self, command, check_health)
 
 
-def config(redis_url: str, n: int) -> AppConfig:
+def config(redis_url: str, n: int, prefix: str = PREFIX) -> AppConfig:
     return AppConfig.model_validate(
         {
             "kafka": {"bootstrap_servers": "127.0.0.1:9"},
-            "redis": {"url": redis_url, "key_prefix": PREFIX},
+            "redis": {"url": redis_url, "key_prefix": prefix},
             "api": {"enabled": False},
             "pipelines": {"noop": {"kind": "python", "target": "benchmarks.noop:noop"}},
             "monitoring": {"alerts": [{"metric": "lag", "above": 100}]},
@@ -84,11 +86,12 @@ class _Instance:
 
 
 async def seed(redis: aredis.Redis, cfg: AppConfig) -> InstanceSnapshot:
+    prefix = cfg.redis.key_prefix
     now = int(time.time() * 1000)
     consumers = []
     pipe = redis.pipeline(transaction=False)
     for i, c in enumerate(cfg.consumers):
-        k = ConsumerKeys(PREFIX, c.consumer_id)
+        k = ConsumerKeys(prefix, c.consumer_id)
         pipe.set(k.events, 17)
         pipe.hset(k.window, mapping={"id": 3, "opened_at": now - 5000})
         pipe.hset(k.stats, mapping={"total": 2017, "errors": 1, "windows": 2})
@@ -107,7 +110,7 @@ async def seed(redis: aredis.Redis, cfg: AppConfig) -> InstanceSnapshot:
         pipe.hset(k.runs, "2", orjson.dumps({"status": "success"}))
         if i % 2 == 0:
             pipe.set(
-                alert_key(PREFIX, c.consumer_id, cfg.monitoring.alerts[0].rule_id),
+                alert_key(prefix, c.consumer_id, cfg.monitoring.alerts[0].rule_id),
                 orjson.dumps({"message": "lag above 100", "since": "x", "value": 120}),
             )
         consumers.append(
@@ -138,7 +141,7 @@ async def seed(redis: aredis.Redis, cfg: AppConfig) -> InstanceSnapshot:
     snap = InstanceSnapshot(
         "bench-1", "host", 1, now - 60_000, now, True, True, consumers=tuple(consumers)
     )
-    pipe.set(FleetKeys(PREFIX).instance("bench-1"), orjson.dumps(snap.to_json_dict()), ex=600)
+    pipe.set(FleetKeys(prefix).instance("bench-1"), orjson.dumps(snap.to_json_dict()), ex=600)
     await pipe.execute()
     return snap
 
@@ -163,10 +166,12 @@ async def measure(redis_url: str, n: int) -> dict[str, float]:
     trips = _round_trips
     cmds = await commands(redis) - before - 1
     times = []
+    cpu0 = time.process_time()
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         await fleet.consumers()
         times.append((time.perf_counter() - t0) * 1000)
+    cpu_ms = (time.process_time() - cpu0) * 1000 / REPEATS
     metrics = ApiMetrics(_Instance(snap))  # type: ignore[arg-type]
     scrape = []
     for _ in range(REPEATS):
@@ -177,6 +182,7 @@ async def measure(redis_url: str, n: int) -> dict[str, float]:
     times.sort()
     return {
         "metrics_ms": statistics.median(scrape),
+        "cpu_ms": cpu_ms,
         "round_trips": trips,
         "commands": cmds,
         "median_ms": statistics.median(times),
@@ -191,14 +197,15 @@ async def main() -> None:
         url = f"redis://127.0.0.1:{server.port}/0"
         print(
             "| consumers | round trips | commands | read median (ms) | read p95 (ms) "
-            "| /metrics render median (ms) |"
+            "| read CPU (ms) | /metrics render median (ms) |"
         )
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for n in SIZES:
             r = await measure(url, n)
             print(
                 f"| {n} | {r['round_trips']:.0f} | {r['commands']:.0f} "
-                f"| {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['metrics_ms']:.2f} |"
+                f"| {r['median_ms']:.2f} | {r['p95_ms']:.2f} | {r['cpu_ms']:.2f} "
+                f"| {r['metrics_ms']:.2f} |"
             )
     finally:
         server.stop()
