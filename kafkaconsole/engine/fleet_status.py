@@ -272,7 +272,5 @@ API_MODELS: tuple[type[BaseModel], ...] = (
 
 def json_schemas(ref_template: str = "#/components/schemas/{model}") -> dict[str, Any]:
     """JSON Schemas (2020-12, as OpenAPI 3.1 takes them) of every body, by model name."""
-    _, top = models_json_schema(
-        [(m, "validation") for m in API_MODELS], ref_template=ref_template
-    )
+    _, top = models_json_schema([(m, "validation") for m in API_MODELS], ref_template=ref_template)
     return dict(top.get("$defs", {}))
