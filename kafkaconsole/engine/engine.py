@@ -48,6 +48,7 @@ from kafkaconsole.engine.counting import (
 from kafkaconsole.engine.dispatch import TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.faults import fault_hook_from_env
+from kafkaconsole.engine.fleet import publish_heartbeat, withdraw_heartbeat
 from kafkaconsole.engine.health import consumer_time_lag
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
@@ -503,7 +504,7 @@ class Engine:
                 with contextlib.suppress(BaseException):
                     await t
         with contextlib.suppress(Exception):
-            await self.redis.delete(self.fleet_keys.instance(self.instance_id))
+            await withdraw_heartbeat(self.redis, self.fleet_keys, self.instance_id)
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.close()
@@ -690,10 +691,12 @@ class Engine:
                 now = time.monotonic()
                 if now - self._last_heartbeat >= 1.0:
                     self._last_heartbeat = now
-                    await self.redis.set(
-                        self.fleet_keys.instance(self.instance_id),
-                        orjson.dumps(snap.to_json_dict()),
-                        ex=HEARTBEAT_TTL_S,
+                    await publish_heartbeat(
+                        self.redis,
+                        self.fleet_keys,
+                        self.instance_id,
+                        snap.to_json_dict(),
+                        HEARTBEAT_TTL_S,
                     )
                 for listener in list(self._listeners):
                     try:
