@@ -29,7 +29,7 @@ from kafkaconsole.api import ApiMetrics
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import start_redis
 from kafkaconsole.engine.alerts import alert_key
-from kafkaconsole.engine.fleet import Fleet, publish_heartbeat
+from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
@@ -141,8 +141,10 @@ async def seed(redis: aredis.Redis, cfg: AppConfig) -> InstanceSnapshot:
     snap = InstanceSnapshot(
         "bench-1", "host", 1, now - 60_000, now, True, True, consumers=tuple(consumers)
     )
+    # the heartbeat as an instance writes it (kafkaconsole.engine.fleet.publish_heartbeat)
+    pipe.set(FleetKeys(prefix).instance("bench-1"), orjson.dumps(snap.to_json_dict()), ex=600)
+    pipe.zadd(f"{prefix}:_fleet:instances", {"bench-1": now})
     await pipe.execute()
-    await publish_heartbeat(redis, FleetKeys(prefix), "bench-1", snap.to_json_dict(), 600)
     return snap
 
 

@@ -36,11 +36,11 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
-from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.clients import reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
-from kafkaconsole.engine.engine import Engine, UnknownConsumer
-from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.errors import ControlError
+from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.fleet_status import (
     ConsumerInfo,
     ConsumersBody,
@@ -626,10 +626,8 @@ class ApiServer:
             return web.json_response(
                 {"error": exc.reason.lower()}, status=exc.status, headers=headers
             )
-        except (UnknownConsumerError, UnknownConsumer) as exc:
-            return _error(404, _unknown_text(exc, self.config))
-        except ReadOnlyError as exc:
-            return _error(403, str(exc))
+        except ControlError as exc:
+            return _error(exc.http_status, str(exc))
         except (RedisError, OSError) as exc:
             return _error(503, f"Redis unreachable: {mask_text(str(exc), self.config)}")
         except asyncio.CancelledError:
@@ -780,13 +778,6 @@ class ApiServer:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi_document())
-
-
-def _unknown_text(exc: Exception, config: AppConfig) -> str:
-    if isinstance(exc, UnknownConsumerError):
-        return str(exc)
-    cid = exc.args[0] if exc.args else "?"
-    return str(UnknownConsumerError(str(cid), [c.consumer_id for c in config.consumers]))
 
 
 def _api_user(request: web.Request) -> str:

@@ -21,13 +21,13 @@ from kafkaconsole.config.secrets import mask_config, mask_strings, masker
 from kafkaconsole.engine.alerts import alert_key, rules_for, stored_alert_view
 from kafkaconsole.engine.audit import (
     AuditLog,
-    ReadOnlyError,
     cli_instance,
     reset_detail,
     trigger_detail,
 )
 from kafkaconsole.engine.control import FleetControl, PauseState, actor
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowCounter
+from kafkaconsole.engine.errors import ReadOnlyError, UnknownConsumerError
 from kafkaconsole.engine.fleet_status import (
     ConsumerInfo,
     ConsumerStatus,
@@ -170,12 +170,6 @@ class _Shared:
             for partition, end in snapshot.get("topic_end_offsets") or ():
                 self.ends[int(partition)] = max(int(end), self.ends.get(int(partition), 0))
         self.unowned = sorted(set(self.ends) - set(self.owners))
-
-
-class UnknownConsumerError(LookupError):
-    def __init__(self, consumer_id: str, known: list[str]) -> None:
-        super().__init__(f"unknown consumer {consumer_id!r} (known: {', '.join(known) or 'none'})")
-        self.consumer_id = consumer_id
 
 
 class Fleet:
@@ -546,33 +540,70 @@ class Fleet:
     # ---- steering --------------------------------------------------------------------------
     # Each action refuses in read-only mode and is recorded in the audit stream (who: this
     # process's user and instance, via: this Fleet's face, what, when, result).
-    def _audited(self, action: str, consumer_id: str, user: str | None) -> Any:
+    # The engine's own controls (console, HTTP API) come through here too, naming their face
+    # (``via``) and instance: the refusals below exist once.
+    def _audited(
+        self, action: str, consumer_id: str, user: str | None, via: str | None, instance: str | None
+    ) -> Any:
         self.consumer_cfg(consumer_id)
         if self.config.ui.read_only:
             raise ReadOnlyError(action)
         return self.audit.action(
-            action, consumer_id, via=self.via, user=user or actor(), instance=cli_instance()
+            action,
+            consumer_id,
+            via=via or self.via,
+            user=user or actor(),
+            instance=instance or cli_instance(),
         )
 
-    async def pause(self, consumer_id: str, by: str | None = None, user: str | None = None) -> None:
-        async with self._audited("pause", consumer_id, user) as outcome:
+    async def pause(
+        self,
+        consumer_id: str,
+        by: str | None = None,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> None:
+        async with self._audited("pause", consumer_id, user, via, instance) as outcome:
             await self.control.set_paused(consumer_id, True, by)
             outcome.detail = "paused on every instance"
 
-    async def resume(self, consumer_id: str, user: str | None = None) -> None:
-        async with self._audited("resume", consumer_id, user) as outcome:
+    async def resume(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> None:
+        async with self._audited("resume", consumer_id, user, via, instance) as outcome:
             await self.control.set_paused(consumer_id, False)
             outcome.detail = "resumed on every instance"
 
-    async def reset(self, consumer_id: str, user: str | None = None) -> ResetResult:
-        async with self._audited("reset", consumer_id, user) as outcome:
+    async def reset(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> ResetResult:
+        async with self._audited("reset", consumer_id, user, via, instance) as outcome:
             res = await self.counter(consumer_id).reset()
             await self.control.announce(consumer_id, "reset")
             outcome.detail = reset_detail(res)
         return res
 
-    async def trigger(self, consumer_id: str, user: str | None = None) -> CloseResult:
-        async with self._audited("trigger", consumer_id, user) as outcome:
+    async def trigger(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> CloseResult:
+        async with self._audited("trigger", consumer_id, user, via, instance) as outcome:
             res = await self.counter(consumer_id).close(TriggerReason.MANUAL)
             await self.control.announce(consumer_id, "trigger")
             outcome.detail = trigger_detail(res)
