@@ -38,15 +38,26 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
-from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.clients import reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
-from kafkaconsole.engine.engine import Engine, UnknownConsumer
-from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.errors import ControlError
+from kafkaconsole.engine.fleet import Fleet
+from kafkaconsole.engine.fleet_status import (
+    ConsumerInfo,
+    ConsumersBody,
+    ConsumerStatus,
+    ControlResult,
+    HealthBody,
+    InstancesBody,
+    ReadyBody,
+    json_schemas,
+)
 from kafkaconsole.engine.health import VerdictName
 from kafkaconsole.engine.records import RunResult, TriggerRecord
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
@@ -158,16 +169,18 @@ class ApiMetrics:
 
     async def gather(self, fleet: Fleet) -> list[Metric]:
         """This instance's and the fleet's metric families (one fleet read)."""
-        consumers: list[dict[str, Any]] | None
+        consumers: tuple[ConsumerStatus, ...] | None
         try:
-            consumers = await fleet.consumers()
-            instances = len(await fleet.instances())
+            status = await fleet.read()
+            consumers, instances = status.consumers, len(status.instances)
         except (RedisError, OSError) as exc:
             log.warning("metrics: fleet data unavailable: %s", exc)
             consumers, instances = None, 0
         return self._families(consumers, instances)
 
-    def _families(self, consumers: list[dict[str, Any]] | None, instances: int) -> list[Metric]:
+    def _families(
+        self, consumers: tuple[ConsumerStatus, ...] | None, instances: int
+    ) -> list[Metric]:
         snap = self.engine.snapshot()
         out: list[Metric] = []
 
@@ -302,20 +315,20 @@ class ApiMetrics:
             labels=["consumer_id"],
         )
         for fc in consumers:
-            cid = fc["consumer_id"]
-            counted.add_metric([cid, fc["kafka_topic"]], fc["total"])
-            errors.add_metric([cid], fc["errors"])
-            filtered.add_metric([cid], fc["filtered"])
-            discarded.add_metric([cid], fc["discarded"])
-            for reason, n in fc["windows_by_reason"].items():
+            cid = fc.consumer_id
+            counted.add_metric([cid, fc.kafka_topic], fc.total)
+            errors.add_metric([cid], fc.errors)
+            filtered.add_metric([cid], fc.filtered)
+            discarded.add_metric([cid], fc.discarded)
+            for reason, n in fc.windows_by_reason.items():
                 triggers.add_metric([cid, reason], n)
-            w_events.add_metric([cid], fc["count"])
-            w_max.add_metric([cid], fc["max_event"])
-            w_fill.add_metric([cid], fc["fill_ratio"])
-            if fc["time_left"] is not None:
-                w_left.add_metric([cid], fc["time_left"])
-            paused.add_metric([cid], 1 if fc["state"] == "paused" else 0)
-            live.add_metric([cid], len(fc["instances"]))
+            w_events.add_metric([cid], fc.count)
+            w_max.add_metric([cid], fc.max_event)
+            w_fill.add_metric([cid], fc.fill_ratio)
+            if fc.time_left is not None:
+                w_left.add_metric([cid], fc.time_left)
+            paused.add_metric([cid], 1 if fc.state == "paused" else 0)
+            live.add_metric([cid], len(fc.instances))
         out += [fleet_instances, counted, errors, filtered, discarded, triggers]
         out += [w_events, w_max, w_fill, w_left, paused, live, *self._health(consumers)]
         return out
@@ -335,7 +348,7 @@ class ApiMetrics:
         return family
 
     @staticmethod
-    def _health(consumers: list[dict[str, Any]]) -> list[Metric]:
+    def _health(consumers: tuple[ConsumerStatus, ...]) -> list[Metric]:
         """Fleet-wide health: verdicts, time lag, time to the next trigger, firing alerts."""
         verdict = GaugeMetricFamily(
             "kafkaconsole_consumer_verdict",
@@ -358,15 +371,15 @@ class ApiMetrics:
             labels=["consumer_id", "alert"],
         )
         for fc in consumers:
-            cid = fc["consumer_id"]
+            cid = fc.consumer_id
             for v in VerdictName:
-                verdict.add_metric([cid, str(v)], 1 if fc.get("verdict") == v else 0)
-            if fc.get("time_lag_seconds") is not None:
-                time_lag.add_metric([cid], fc["time_lag_seconds"])
-            if fc.get("time_to_trigger_seconds") is not None:
-                to_trigger.add_metric([cid], fc["time_to_trigger_seconds"])
-            for alert in fc.get("alerts", []):
-                alerts.add_metric([cid, alert["alert"]], 1)
+                verdict.add_metric([cid, str(v)], 1 if fc.verdict == v else 0)
+            if fc.time_lag_seconds is not None:
+                time_lag.add_metric([cid], fc.time_lag_seconds)
+            if fc.time_to_trigger_seconds is not None:
+                to_trigger.add_metric([cid], fc.time_to_trigger_seconds)
+            for alert in fc.alerts:
+                alerts.add_metric([cid, alert.alert], 1)
         return [verdict, time_lag, to_trigger, alerts]
 
 
@@ -382,16 +395,25 @@ class Route:
     auth: bool = False
     responses: tuple[int, ...] = (200,)
     produces: str = "application/json"
+    body: type[BaseModel] | None = None
+    """The model of the 200 body (the OpenAPI schema is generated from it)."""
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "health", "Liveness: 200 while the process serves requests."),
+    Route(
+        "GET",
+        "/health",
+        "health",
+        "Liveness: 200 while the process serves requests.",
+        body=HealthBody,
+    ),
     Route(
         "GET",
         "/ready",
         "ready",
         "Readiness: 200 when Kafka and Redis answer, else 503 with status degraded and reasons.",
         responses=(200, 503),
+        body=ReadyBody,
     ),
     Route(
         "GET",
@@ -399,6 +421,7 @@ ROUTES: tuple[Route, ...] = (
         "consumers",
         "Every consumer across the fleet (the consumers of `status --json`).",
         responses=(200, 503),
+        body=ConsumersBody,
     ),
     Route(
         "GET",
@@ -406,6 +429,7 @@ ROUTES: tuple[Route, ...] = (
         "consumer_info",
         "One consumer: config (secrets masked), state, window, lag, triggers, errors.",
         responses=(200, 404, 503),
+        body=ConsumerInfo,
     ),
     Route(
         "GET",
@@ -413,6 +437,7 @@ ROUTES: tuple[Route, ...] = (
         "instances",
         "Live instances of the fleet (heartbeats in Redis).",
         responses=(200, 503),
+        body=InstancesBody,
     ),
     Route(
         "GET",
@@ -429,6 +454,7 @@ ROUTES: tuple[Route, ...] = (
         "Pause the consumer on every instance (they keep polling, count nothing).",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
     Route(
         "POST",
@@ -437,6 +463,7 @@ ROUTES: tuple[Route, ...] = (
         "Resume the consumer on every instance.",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
     Route(
         "POST",
@@ -445,6 +472,7 @@ ROUTES: tuple[Route, ...] = (
         "Empty the open window without triggering.",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
     Route(
         "POST",
@@ -453,6 +481,7 @@ ROUTES: tuple[Route, ...] = (
         "Close the open window now (even when empty) and run its pipeline.",
         auth=True,
         responses=(200, 401, 403, 404, 413, 503),
+        body=ControlResult,
     ),
 )
 
@@ -467,8 +496,9 @@ _STATUS_TEXT = {
 
 
 def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
-    """An OpenAPI 3.0 description of every route."""
-    error = {"$ref": "#/components/schemas/Error"}
+    """An OpenAPI 3.1 description of every route, its bodies' schemas generated from the
+    models the handlers answer with (:mod:`kafkaconsole.engine.fleet_status`)."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "responses": {}}
@@ -484,16 +514,18 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
             ]
         if r.auth:
             op["security"] = [{"bearerAuth": []}]
+        body = {"$ref": f"#/components/schemas/{r.body.__name__}"} if r.body else None
         for code in r.responses:
             if code == 200 and r.produces != "application/json":
                 content = {r.produces: {"schema": {"type": "string"}}}
+            elif code == 200 or (code == 503 and r.name == "ready"):
+                content = {"application/json": {"schema": body or {"type": "object"}}}
             else:
-                schema = error if code >= 400 and code != 503 else {"type": "object"}
-                content = {"application/json": {"schema": schema}}
+                content = {"application/json": {"schema": error}}
             op["responses"][str(code)] = {"description": _STATUS_TEXT[code], "content": content}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "kafkaconsole",
             "version": API_VERSION,
@@ -502,13 +534,7 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                }
-            },
+            "schemas": json_schemas(),
         },
     }
 
@@ -636,10 +662,8 @@ class ApiServer:
             return web.json_response(
                 {"error": exc.reason.lower()}, status=exc.status, headers=headers
             )
-        except (UnknownConsumerError, UnknownConsumer) as exc:
-            return _error(404, _unknown_text(exc, self.config))
-        except ReadOnlyError as exc:
-            return _error(403, str(exc))
+        except ControlError as exc:
+            return _error(exc.http_status, str(exc))
         except (RedisError, OSError) as exc:
             return _error(503, f"Redis unreachable: {mask_text(str(exc), self.config)}")
         except asyncio.CancelledError:
@@ -684,7 +708,8 @@ class ApiServer:
                 return _error(503, "the engine is not running (starting or stopping)")
             body = await action(cid, request)
             log.info("API %s %s from %s", request.path.rsplit("/", 1)[-1], cid, request.remote)
-            return web.json_response({"consumer_id": cid, **body})
+            result = ControlResult(consumer_id=cid, **body)
+            return web.json_response(result.model_dump(exclude_unset=True))
 
         return handler
 
@@ -716,13 +741,12 @@ class ApiServer:
 
     # ---- reads -------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "status": "ok",
-                "instance_id": self.engine.instance_id,
-                "uptime_s": round(time.time() - self.engine.started_at_ms / 1000, 1),
-            }
+        body = HealthBody(
+            status="ok",
+            instance_id=self.engine.instance_id,
+            uptime_s=round(time.time() - self.engine.started_at_ms / 1000, 1),
         )
+        return web.json_response(body.to_json())
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         snap = self.engine.snapshot()
@@ -744,22 +768,20 @@ class ApiServer:
         if not redis_ok and not any(r.startswith("Redis") for r in reasons):
             reasons.append("Redis unreachable")
         reasons += [f"{failure} (restarted)" for failure in snap.task_failures]
-        body = {
-            "ready": not reasons,
+        body = ReadyBody(
+            ready=not reasons,
             # degraded: running, but a broker or Redis does not answer (it resumes by itself)
-            "status": "ready"
+            status="ready"
             if not reasons
             else ("degraded" if running else "waiting" if waiting else "not running"),
-            "instance_id": self.engine.instance_id,
-            "kafka": snap.kafka_ok,
-            "redis": redis_ok,
-            "reasons": reasons,
+            instance_id=self.engine.instance_id,
+            kafka=snap.kafka_ok,
+            redis=redis_ok,
+            reasons=reasons,
             # not a reason to be unready: the other brokers serve the partitions
-            "warnings": [
-                f"Kafka {broker} missing from the cluster" for broker in snap.kafka_missing
-            ],
-        }
-        return web.json_response(body, status=200 if not reasons else 503)
+            warnings=[f"Kafka {broker} missing from the cluster" for broker in snap.kafka_missing],
+        )
+        return web.json_response(body.to_json(), status=200 if not reasons else 503)
 
     async def consumers(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"consumers": await self.fleet.consumers()})
@@ -796,13 +818,6 @@ class ApiServer:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi_document())
-
-
-def _unknown_text(exc: Exception, config: AppConfig) -> str:
-    if isinstance(exc, UnknownConsumerError):
-        return str(exc)
-    cid = exc.args[0] if exc.args else "?"
-    return str(UnknownConsumerError(str(cid), [c.consumer_id for c in config.consumers]))
 
 
 def _api_user(request: web.Request) -> str:

@@ -13,9 +13,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import redis.asyncio as aredis
+from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
-from kafkaconsole.api import ApiServer, start_api
+from kafkaconsole.api import ApiServer, openapi_document, start_api
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
 from tests.engine_support import make_config, start_engine
@@ -387,3 +390,70 @@ async def test_openapi_lists_every_route(env: Env) -> None:
 async def test_read_endpoints_need_no_token(env: Env, path: str) -> None:
     status, _ = await env.get(path)
     assert status == 200
+
+
+def _response_validator(doc: dict[str, Any], path: str, method: str, code: int) -> Any:
+    """A JSON Schema validator of one documented response, its $refs resolved in ``doc``."""
+    base = "urn:kafkaconsole:openapi"
+    registry: Registry[Any] = Registry().with_resource(
+        base, Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    schema = doc["paths"][path][method]["responses"][str(code)]["content"]["application/json"]
+    ref = schema["schema"].get("$ref")
+    assert ref is not None, f"{method} {path} {code}: no schema of its own"
+    return Draft202012Validator({"$ref": base + ref}, registry=registry)
+
+
+async def test_live_responses_match_the_openapi_document(env: Env) -> None:
+    """Every JSON response, success or error, is what the document says (no key more or
+    less, every type right): a client generated from the document reads them all."""
+    _, doc = await env.get("/openapi.json")
+    assert doc["openapi"] == "3.1.0"
+    cid = env.cid
+    info = "/consumer/info/{consumer_id}"
+    calls: list[tuple[str, str, str, Any]] = [
+        ("post", f"/consumer/{cid}/pause", "/consumer/{consumer_id}/pause", None),
+        ("get", "/consumers", "/consumers", None),
+        ("post", f"/consumer/{cid}/resume", "/consumer/{consumer_id}/resume", None),
+        ("post", f"/consumer/{cid}/reset", "/consumer/{consumer_id}/reset", None),
+        ("post", f"/consumer/{cid}/trigger", "/consumer/{consumer_id}/trigger", None),
+        ("post", f"/consumer/{cid}/pause", "/consumer/{consumer_id}/pause", "wrong"),
+        ("post", "/consumer/nope/reset", "/consumer/{consumer_id}/reset", None),
+        ("get", "/health", "/health", None),
+        ("get", "/ready", "/ready", None),
+        ("get", "/consumers", "/consumers", None),
+        ("get", f"/consumer/info/{cid}", info, None),
+        ("get", "/consumer/info/nope", info, None),
+        ("get", "/instances", "/instances", None),
+    ]
+    seen = set()
+    for method, url, path, token in calls:
+        if method == "get":
+            code, body = await env.get(url)
+        else:
+            code, body = await env.post(url, token=token or TOKEN)
+        assert str(code) in doc["paths"][path][method]["responses"], (url, code)
+        _response_validator(doc, path, method, code).validate(body)
+        seen.add((path, code))
+    assert {("/consumer/{consumer_id}/pause", 401), (info, 404), (info, 200)} <= seen
+    # the trigger went through: the info validated above had a trigger record to check
+    _, body = await env.get(f"/consumer/info/{cid}")
+    assert body["triggers"] and body["last_trigger"] is not None
+    _response_validator(doc, info, "get", 200).validate(body)
+    # status --json prints the same model the document describes
+    fleet_schema = {"$ref": "urn:kafkaconsole:openapi#/components/schemas/FleetStatus"}
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:kafkaconsole:openapi", Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    Draft202012Validator(fleet_schema, registry=registry).validate(await env.api.fleet.status())
+
+
+def test_a_response_the_document_does_not_describe_is_refused() -> None:
+    """The check above can fail: an undocumented key or a wrong type does not validate."""
+    doc = openapi_document()
+    validator = _response_validator(doc, "/health", "get", 200)
+    good = {"status": "ok", "instance_id": "i-1", "uptime_s": 1.5}
+    validator.validate(good)
+    assert not validator.is_valid({**good, "extra": 1})
+    assert not validator.is_valid({**good, "uptime_s": "long"})
+    assert not validator.is_valid({k: v for k, v in good.items() if k != "status"})

@@ -35,10 +35,11 @@ from kafkaconsole.cli.output import (
 )
 from kafkaconsole.config import AppConfig, mask_text
 from kafkaconsole.config.loader import CONFIG_ENV, DEFAULT_CONFIG_FILE
-from kafkaconsole.engine.audit import ReadOnlyError, cli_instance
+from kafkaconsole.engine.audit import cli_instance
 from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.dispatch import RedispatchError, redispatch
+from kafkaconsole.engine.errors import ControlError
 from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
 from kafkaconsole.engine.group_offsets import committed_offsets
 from kafkaconsole.runtime import running_demo_config
@@ -111,10 +112,8 @@ def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except typer.Exit:
         raise
-    except UnknownConsumerError as exc:
-        fail(str(exc))
-    except ReadOnlyError as exc:
-        fail(str(exc))
+    except ControlError as exc:
+        fail(str(exc), ExitCode(exc.exit_code))
     except NoPermissionError as exc:
         fail(
             f"Redis at {mask_text(cfg.redis.url, cfg)} refused a command: "

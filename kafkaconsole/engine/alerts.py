@@ -366,6 +366,11 @@ def alert_view(stored: Mapping[str, Any], rule: AlertRule) -> dict[str, Any]:
     }
 
 
+def stored_alert_view(raw: Any, rule: AlertRule) -> dict[str, Any]:
+    """An active alert as shown, from its Redis value (JSON)."""
+    return alert_view(_loads(raw), rule)
+
+
 async def active_alerts(
     redis: Redis, prefix: str, rules: Sequence[AlertRule], consumer_id: str
 ) -> list[dict[str, Any]]:
@@ -374,7 +379,7 @@ async def active_alerts(
         return []
     values = await redis.mget([alert_key(prefix, consumer_id, r.rule_id) for r in watching])
     return [
-        alert_view(_loads(raw), rule)
+        stored_alert_view(raw, rule)
         for rule, raw in zip(watching, values, strict=True)
         if raw is not None
     ]

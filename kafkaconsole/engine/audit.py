@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kafkaconsole.engine.counting import CloseResult, ResetResult
+from kafkaconsole.engine.errors import ReadOnlyError as ReadOnlyError  # re-exported
 from kafkaconsole.engine.records import iso_ms
 
 log = logging.getLogger("kafkaconsole.audit")
@@ -63,16 +64,6 @@ def trigger_detail(res: CloseResult) -> str:
     if res.status == "closed":
         return f"window {res.window_id} closed with {res.count} event(s)"
     return f"window {res.window_id} not closed ({res.status})"
-
-
-class ReadOnlyError(RuntimeError):
-    """A control action refused because the configuration is read-only."""
-
-    def __init__(self, action: str) -> None:
-        super().__init__(
-            f"refusing to {action}: read-only mode ([ui] read_only = true or --read-only)"
-        )
-        self.action = action
 
 
 @dataclass

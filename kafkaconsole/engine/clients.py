@@ -34,6 +34,8 @@ REDIS_COMMANDS: tuple[str, ...] = (
     # streams: history, dispatch (consumer group), audit
     "xadd", "xrange", "xrevrange", "xreadgroup", "xack", "xdel", "xautoclaim", "xclaim",
     "xgroup|create",
+    # sorted set: the registry of instances' heartbeats
+    "zadd", "zrange", "zrem", "zremrangebyscore",
     # pub/sub: control announcements
     "publish", "subscribe", "unsubscribe",
 )  # fmt: skip
@@ -170,7 +172,7 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
     instead of in a background task later. Other errors of the probe are ignored.
     """
     base = f"{prefix}:_fleet:probe:{uuid.uuid4().hex}"
-    k_str, k_hash, k_stream = f"{base}:s", f"{base}:h", f"{base}:x"
+    k_str, k_hash, k_stream, k_zset = f"{base}:s", f"{base}:h", f"{base}:x", f"{base}:z"
     script = "return 1"
     sha = hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by their SHA-1
     probes: list[tuple[str, tuple[Any, ...]]] = [
@@ -194,11 +196,16 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
         ("xdel", ("XDEL", k_stream, "0-1")),
         ("xrange", ("XRANGE", k_stream, "-", "+", "COUNT", 1)),
         ("xrevrange", ("XREVRANGE", k_stream, "+", "-", "COUNT", 1)),
+        ("zadd", ("ZADD", k_zset, 1, "m")),
+        ("zrange", ("ZRANGE", k_zset, 0, -1)),
+        ("zremrangebyscore", ("ZREMRANGEBYSCORE", k_zset, "-inf", 0)),
+        ("zrem", ("ZREM", k_zset, "m")),
         ("publish", ("PUBLISH", f"{base}:channel", "probe")),
         ("scan", ("SCAN", 0, "MATCH", f"{base}:*", "COUNT", 10)),
         # the probe keys expire even if the clean-up below is refused
         ("pexpire", ("PEXPIRE", k_hash, 60_000)),
         ("pexpire", ("PEXPIRE", k_stream, 60_000)),
+        ("pexpire", ("PEXPIRE", k_zset, 60_000)),
         ("script|load", ("SCRIPT", "LOAD", script)),
         ("script|exists", ("SCRIPT", "EXISTS", sha)),
         ("evalsha", ("EVALSHA", sha, 0)),
@@ -226,7 +233,7 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
         async with redis.pipeline(transaction=True) as tx:
             await tx.watch(k_str)
             tx.multi()
-            tx.delete(k_str, k_hash, k_stream)
+            tx.delete(k_str, k_hash, k_stream, k_zset)
             await tx.execute()
     except NoPermissionError as exc:
         named = [c for c in ("watch", "multi", "exec", "del") if f"'{c}'" in str(exc).lower()]

@@ -37,6 +37,16 @@ class PauseState:
     by: str | None = None
     since_ms: int | None = None
 
+    @classmethod
+    def parse(cls, raw: dict[Any, Any]) -> PauseState:
+        """From the consumer's control hash (HGETALL)."""
+        f = {_s(k): _s(v) for k, v in raw.items()}
+        return cls(
+            paused=f.get("paused") == "1",
+            by=f.get("paused_by"),
+            since_ms=int(f["paused_at"]) if f.get("paused_at") else None,
+        )
+
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
@@ -77,15 +87,10 @@ class FleetControl:
         pipe = self.redis.pipeline(transaction=False)
         for cid in consumer_ids:
             pipe.hgetall(self.keys(cid).control)
-        out: dict[str, PauseState] = {}
-        for cid, raw in zip(consumer_ids, await pipe.execute(), strict=True):
-            f = {_s(k): _s(v) for k, v in raw.items()}
-            out[cid] = PauseState(
-                paused=f.get("paused") == "1",
-                by=f.get("paused_by"),
-                since_ms=int(f["paused_at"]) if f.get("paused_at") else None,
-            )
-        return out
+        return {
+            cid: PauseState.parse(raw)
+            for cid, raw in zip(consumer_ids, await pipe.execute(), strict=True)
+        }
 
     async def announce(self, consumer_id: str, action: str) -> None:
         await self.redis.publish(

@@ -29,7 +29,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
 from kafkaconsole.config.secrets import mask_text, masker
-from kafkaconsole.engine.audit import AuditLog, ReadOnlyError, reset_detail, trigger_detail
+from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.batch_reader import WindowEventReader
 from kafkaconsole.engine.clients import (
     check_redis_access,
@@ -47,14 +47,16 @@ from kafkaconsole.engine.counting import (
 )
 from kafkaconsole.engine.dispatch import TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
+from kafkaconsole.engine.errors import UnknownConsumerError
 from kafkaconsole.engine.faults import fault_hook_from_env
+from kafkaconsole.engine.fleet import Fleet, publish_heartbeat, withdraw_heartbeat
 from kafkaconsole.engine.health import consumer_time_lag
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.processing import ProcessorRunner
-from kafkaconsole.engine.records import RunResult, RunStatus, TriggerReason, TriggerRecord
+from kafkaconsole.engine.records import RunResult, RunStatus, TriggerRecord
 from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
@@ -86,10 +88,6 @@ def log_fields(
 HEARTBEAT_TTL_S = 5
 #: Seconds between the instance's own looks at the cluster's brokers (metadata)
 METADATA_REFRESH_S = 10.0
-
-
-class UnknownConsumer(KeyError):
-    """No consumer with that id in the config."""
 
 
 class DependencyUnreachable(ConnectionError):
@@ -173,6 +171,7 @@ class Engine:
         self.redis: Redis = redis or redis_client(config.redis)
         self.control = FleetControl(self.redis, self.prefix)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
+        self._fleet: Fleet | None = None
         self.started_at_ms = int(time.time() * 1000)
         self._brokers_seen: dict[int, str] = {}  # every broker seen in the cluster metadata
         self._kafka_missing: tuple[str, ...] = ()
@@ -330,86 +329,17 @@ class Engine:
             max_event=cfg.max_event,
             history_limit=self.config.redis.history_limit,
         )
-        holder: dict[str, _Consumer] = {}
-
-        def on_applied(res: ApplyResult) -> None:
-            c = holder["c"]
-            c.timer.observe(res.window_id, res.count, res.opened_at_ms, res.redis_now_ms)
-            c.shared.count, c.shared.window_id = res.count, res.window_id
-            c.shared.opened_at_ms = res.opened_at_ms
-            if res.closed_window_ids:
-                for wid in res.closed_window_ids:
-                    trigger_log.info(
-                        "%s: window %d closed (count, %d events)",
-                        cfg.consumer_id,
-                        wid,
-                        cfg.max_event,
-                        extra=log_fields("trigger", cfg.consumer_id, wid, cfg.pipeline_name),
-                    )
-                if self._fault:
-                    self._fault("after_close")
-                c.dispatcher.wake()
-
-        def on_timer_closed(res: CloseResult) -> None:
-            c = holder["c"]
-            trigger_log.info(
-                "%s: window %d closed (time, %d events)",
-                cfg.consumer_id,
-                res.window_id,
-                res.count,
-                extra=log_fields("trigger", cfg.consumer_id, res.window_id, cfg.pipeline_name),
-            )
-            c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
-            c.runner.window_floor = max(c.runner.window_floor, res.window_id + 1)
-            if self._fault:
-                self._fault("after_close")
-            c.dispatcher.wake()
-
-        def on_result(record: TriggerRecord, result: RunResult) -> None:
-            c = holder["c"]
-            c.runner.window_floor = max(c.runner.window_floor, record.window_id + 1)
-            c.shared.last_trigger = TriggerSummary(
-                record.window_id,
-                str(record.reason),
-                record.count,
-                record.closed_at_ms,
-                str(result.status),
-            )
-            fields = log_fields(
-                "pipeline_run", record.consumer_id, record.window_id, record.pipeline_name
-            )
-            if result.status == RunStatus.FAILED:
-                trigger_log.error(
-                    "%s: pipeline %s FAILED for window %d after %d attempt(s): %s",
-                    record.consumer_id,
-                    record.pipeline_name,
-                    record.window_id,
-                    result.attempts,
-                    result.error,
-                    extra=fields,
-                )
-            else:
-                trigger_log.info(
-                    "%s: pipeline %s %s for window %d (%s, %d events, %s ms)",
-                    record.consumer_id,
-                    record.pipeline_name,
-                    result.status,
-                    record.window_id,
-                    record.reason,
-                    record.count,
-                    result.duration_ms,
-                    extra=fields,
-                )
-            for listener in list(self._run_listeners):
-                try:
-                    listener(record, result)
-                except Exception:
-                    log.exception("run listener failed")
-
+        # the callbacks find the consumer by id: they fire only once it is running
+        cid = cfg.consumer_id
         runner = ConsumerRunner(
-            cfg, self.config, counter, dlq, on_applied=on_applied, fault_hook=self._fault
+            cfg,
+            self.config,
+            counter,
+            dlq,
+            on_applied=partial(self._on_applied, cid),
+            fault_hook=self._fault,
         )
-        timer = WindowTimer(counter, cfg.max_time, on_timer_closed)
+        timer = WindowTimer(counter, cfg.max_time, partial(self._on_timer_closed, cid))
         loader = None
         if cfg.job_type == "batch":
             loader = WindowEventReader(
@@ -434,12 +364,86 @@ class Engine:
             lease_ms=self.lease_ms,
             history_limit=self.config.redis.history_limit,
             events_loader=loader,
-            on_result=on_result,
+            on_result=partial(self._on_result, cid),
             mask=self._mask,
         )
-        c = _Consumer(cfg, keys, counter, runner, timer, dispatcher)
-        holder["c"] = c
-        return c
+        return _Consumer(cfg, keys, counter, runner, timer, dispatcher)
+
+    def _on_applied(self, consumer_id: str, res: ApplyResult) -> None:
+        c = self._consumers[consumer_id]
+        cfg = c.cfg
+        c.timer.observe(res.window_id, res.count, res.opened_at_ms, res.redis_now_ms)
+        c.shared.count, c.shared.window_id = res.count, res.window_id
+        c.shared.opened_at_ms = res.opened_at_ms
+        if res.closed_window_ids:
+            for wid in res.closed_window_ids:
+                trigger_log.info(
+                    "%s: window %d closed (count, %d events)",
+                    cfg.consumer_id,
+                    wid,
+                    cfg.max_event,
+                    extra=log_fields("trigger", cfg.consumer_id, wid, cfg.pipeline_name),
+                )
+            if self._fault:
+                self._fault("after_close")
+            c.dispatcher.wake()
+
+    def _on_timer_closed(self, consumer_id: str, res: CloseResult) -> None:
+        c = self._consumers[consumer_id]
+        cfg = c.cfg
+        trigger_log.info(
+            "%s: window %d closed (time, %d events)",
+            cfg.consumer_id,
+            res.window_id,
+            res.count,
+            extra=log_fields("trigger", cfg.consumer_id, res.window_id, cfg.pipeline_name),
+        )
+        c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
+        c.runner.window_floor = max(c.runner.window_floor, res.window_id + 1)
+        if self._fault:
+            self._fault("after_close")
+        c.dispatcher.wake()
+
+    def _on_result(self, consumer_id: str, record: TriggerRecord, result: RunResult) -> None:
+        c = self._consumers[consumer_id]
+        c.runner.window_floor = max(c.runner.window_floor, record.window_id + 1)
+        c.shared.last_trigger = TriggerSummary(
+            record.window_id,
+            str(record.reason),
+            record.count,
+            record.closed_at_ms,
+            str(result.status),
+        )
+        fields = log_fields(
+            "pipeline_run", record.consumer_id, record.window_id, record.pipeline_name
+        )
+        if result.status == RunStatus.FAILED:
+            trigger_log.error(
+                "%s: pipeline %s FAILED for window %d after %d attempt(s): %s",
+                record.consumer_id,
+                record.pipeline_name,
+                record.window_id,
+                result.attempts,
+                result.error,
+                extra=fields,
+            )
+        else:
+            trigger_log.info(
+                "%s: pipeline %s %s for window %d (%s, %d events, %s ms)",
+                record.consumer_id,
+                record.pipeline_name,
+                result.status,
+                record.window_id,
+                record.reason,
+                record.count,
+                result.duration_ms,
+                extra=fields,
+            )
+        for listener in list(self._run_listeners):
+            try:
+                listener(record, result)
+            except Exception:
+                log.exception("run listener failed")
 
     async def _ensure_dlq_topics(self) -> None:
         wanted = {c.dlq_topic for c in self.config.consumers if c.error_handling.on_error == "dlq"}
@@ -529,7 +533,7 @@ class Engine:
                 with contextlib.suppress(BaseException):
                     await t
         with contextlib.suppress(Exception):
-            await self.redis.delete(self.fleet_keys.instance(self.instance_id))
+            await withdraw_heartbeat(self.redis, self.fleet_keys, self.instance_id)
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.close()
@@ -557,20 +561,22 @@ class Engine:
         try:
             return self._consumers[consumer_id]
         except KeyError:
-            raise UnknownConsumer(consumer_id) from None
+            raise UnknownConsumerError(consumer_id, self.consumer_ids()) from None
+
+    @property
+    def fleet(self) -> Fleet:
+        """Control actions go through the fleet's (the same checks and audit as the CLI's),
+        with this engine's current config (read-only mode can be switched on)."""
+        if self._fleet is None or self._fleet.config is not self.config:
+            self._fleet = Fleet(self.redis, self.config, via="engine")
+        return self._fleet
 
     def consumer_ids(self) -> list[str]:
         return [c.consumer_id for c in self.config.consumers]
 
-    # Control actions refuse in read-only mode ([ui] read_only, ReadOnlyError) and are
-    # recorded in the audit stream: ``via`` names the face (the TUI passes "tui", the API
-    # "api"), ``user`` who acted (default: this process's user@host).
-    def _audited(self, action: str, consumer_id: str, via: str, user: str | None) -> Any:
-        if self.config.ui.read_only:
-            raise ReadOnlyError(action)
-        return self.audit.action(
-            action, consumer_id, via=via, user=user or actor(), instance=self.instance_id
-        )
+    # Control actions are the fleet's (Fleet.pause...: the read-only refusal, the audit
+    # record) plus their effect on this instance at once: ``via`` names the face (the TUI
+    # passes "tui", the API "api"), ``user`` who acted (default: this process's user@host).
 
     async def pause(
         self,
@@ -584,9 +590,8 @@ class Engine:
         ids = [consumer_id] if consumer_id else self.consumer_ids()
         for cid in ids:
             c = self._get(cid)
-            async with self._audited("pause", cid, via, user) as outcome:
-                await self.control.set_paused(cid, True, by or f"{actor()} ({self.instance_id})")
-                outcome.detail = "paused on every instance"
+            by_whom = by or f"{actor()} ({self.instance_id})"
+            await self.fleet.pause(cid, by_whom, user, via=via, instance=self.instance_id)
             c.runner.set_paused(True)
             c.shared.paused = True
         return ids
@@ -597,9 +602,7 @@ class Engine:
         ids = [consumer_id] if consumer_id else self.consumer_ids()
         for cid in ids:
             c = self._get(cid)
-            async with self._audited("resume", cid, via, user) as outcome:
-                await self.control.set_paused(cid, False)
-                outcome.detail = "resumed on every instance"
+            await self.fleet.resume(cid, user, via=via, instance=self.instance_id)
             c.runner.set_paused(False)
             c.shared.paused = False
         return ids
@@ -609,12 +612,9 @@ class Engine:
     ) -> ResetResult:
         """Empty the open window without triggering."""
         c = self._get(consumer_id)
-        async with self._audited("reset", consumer_id, via, user) as outcome:
-            res = await c.counter.reset()
-            outcome.detail = reset_detail(res)
+        res = await self.fleet.reset(consumer_id, user, via=via, instance=self.instance_id)
         c.timer.observe(res.window_id, 0, None, res.redis_now_ms)
         c.shared.count, c.shared.opened_at_ms = 0, None
-        await self.control.announce(consumer_id, "reset")
         log.info(
             "%s: window %d reset, %d event(s) discarded", consumer_id, res.window_id, res.discarded
         )
@@ -625,9 +625,7 @@ class Engine:
     ) -> CloseResult:
         """Close the open window now (even when empty) and dispatch its pipeline."""
         c = self._get(consumer_id)
-        async with self._audited("trigger", consumer_id, via, user) as outcome:
-            res = await c.counter.close(TriggerReason.MANUAL)
-            outcome.detail = trigger_detail(res)
+        res = await self.fleet.trigger(consumer_id, user, via=via, instance=self.instance_id)
         trigger_log.info(
             "%s: window %d closed (manual, %d events)",
             consumer_id,
@@ -638,7 +636,6 @@ class Engine:
         c.timer.observe(res.window_id + 1, 0, None, res.redis_now_ms)
         c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, res.window_id + 1, None
         c.dispatcher.wake()
-        await self.control.announce(consumer_id, "trigger")
         return res
 
     async def _load_pause_flags(self) -> None:
@@ -720,10 +717,12 @@ class Engine:
                 now = time.monotonic()
                 if now - self._last_heartbeat >= 1.0:
                     self._last_heartbeat = now
-                    await self.redis.set(
-                        self.fleet_keys.instance(self.instance_id),
-                        orjson.dumps(snap.to_json_dict()),
-                        ex=HEARTBEAT_TTL_S,
+                    await publish_heartbeat(
+                        self.redis,
+                        self.fleet_keys,
+                        self.instance_id,
+                        snap.to_json_dict(),
+                        HEARTBEAT_TTL_S,
                     )
                 for listener in list(self._listeners):
                     try:

@@ -9,23 +9,31 @@ through the same Redis scripts and flags the engine itself uses.
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.config.models import AlertRule, AppConfig, ConsumerConfig
 from kafkaconsole.config.secrets import mask_config, mask_strings, masker
-from kafkaconsole.engine.alerts import active_alerts
+from kafkaconsole.engine.alerts import alert_key, rules_for, stored_alert_view
 from kafkaconsole.engine.audit import (
     AuditLog,
-    ReadOnlyError,
     cli_instance,
     reset_detail,
     trigger_detail,
 )
-from kafkaconsole.engine.control import FleetControl, actor
+from kafkaconsole.engine.control import FleetControl, PauseState, actor
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowCounter
+from kafkaconsole.engine.errors import ReadOnlyError, UnknownConsumerError
+from kafkaconsole.engine.fleet_status import (
+    ConsumerInfo,
+    ConsumerStatus,
+    FleetStatus,
+    InstanceSummary,
+)
 from kafkaconsole.engine.health import (
     VerdictName,
     consumer_time_lag,
@@ -66,10 +74,102 @@ def instance_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class UnknownConsumerError(LookupError):
-    def __init__(self, consumer_id: str, known: list[str]) -> None:
-        super().__init__(f"unknown consumer {consumer_id!r} (known: {', '.join(known) or 'none'})")
-        self.consumer_id = consumer_id
+#: Registry entries of instances silent this long are dropped by the next heartbeat written.
+REGISTRY_FORGET_MS = 3_600_000
+
+
+async def publish_heartbeat(
+    redis: Redis, keys: FleetKeys, instance_id: str, snapshot: dict[str, Any], ttl_s: int
+) -> None:
+    """Write an instance's heartbeat (expiring after ``ttl_s``) and list it in the registry
+    the fleet reads instead of scanning the keyspace, in one round trip."""
+    now_ms = int(time.time() * 1000)
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(keys.instance(instance_id), orjson.dumps(snapshot), ex=ttl_s)
+    pipe.zadd(keys.instances, {instance_id: now_ms})
+    pipe.zremrangebyscore(keys.instances, "-inf", now_ms - REGISTRY_FORGET_MS)
+    await pipe.execute()
+
+
+async def withdraw_heartbeat(redis: Redis, keys: FleetKeys, instance_id: str) -> None:
+    """An instance stopping: its heartbeat and registry entry go at once."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(keys.instance(instance_id))
+    pipe.zrem(keys.instances, instance_id)
+    await pipe.execute()
+
+
+@dataclass
+class _Shared:
+    """One consumer's first read: its shared counting state (from Redis) merged with what
+    the live instances' heartbeats say of it, before the follow-up reads."""
+
+    cfg: ConsumerConfig
+    pause: PauseState
+    count: int
+    window_id: int
+    opened: int | None
+    stats: dict[str, int]
+    last: dict[str, str] | None  # the newest trigger record's fields
+    rules: list[AlertRule]
+    mine: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    owners: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)
+    unowned: list[int] = field(default_factory=list)
+    rate: float = 0.0
+    dlq: int = 0
+    errors_text: str | None = None
+    any_error: str | None = None
+    processor_stall: str | None = None
+    reported_ms: int = 0
+    reported: dict[str, Any] | None = None  # the newest heartbeat's view of this consumer
+
+    @classmethod
+    def of(cls, cfg: ConsumerConfig, instances: list[dict[str, Any]], raw: list[Any]) -> _Shared:
+        control, count_raw, (wid, opened), stats_raw, last = raw
+        s = cls(
+            cfg=cfg,
+            pause=PauseState.parse(control),
+            count=int(count_raw or 0),
+            window_id=int(wid or 1),
+            opened=int(opened) if opened else None,
+            stats={_s(k): int(v) for k, v in stats_raw.items()},
+            last={_s(k): _s(v) for k, v in last[0][1].items()} if last else None,
+            rules=[],
+        )
+        s._merge(instances)
+        return s
+
+    def _merge(self, instances: list[dict[str, Any]]) -> None:
+        cid = self.cfg.consumer_id
+        for inst in instances:
+            for c in inst.get("consumers", []):
+                if c["consumer_id"] != cid:
+                    continue
+                self.mine.append((inst["instance_id"], c))
+                self.rate += float(c.get("rate") or 0)
+                self.dlq += int(c.get("dlq") or 0)
+                taken = int(inst.get("taken_at_ms") or 0)
+                if taken >= self.reported_ms:
+                    self.reported_ms, self.reported = taken, c
+                for p in c.get("partitions", []):
+                    # during a rebalance (or until a dead instance's heartbeat expires) two
+                    # snapshots may claim a partition: the newest snapshot wins
+                    seen = self.owners.get(p["partition"])
+                    if seen is None or taken > seen[0]:
+                        self.owners[p["partition"]] = (taken, {**p, "owner": inst["instance_id"]})
+                self.processor_stall = self.processor_stall or c.get("processor_stall")
+                if c.get("state") == "error":
+                    self.errors_text = c.get("last_error")
+                self.any_error = self.any_error or c.get("last_error")
+        # Partitions of the topic that no live instance owns (the consumer is stopped, between
+        # rebalances, or has fewer members than partitions): their lag is measured as the
+        # broker's end offset minus the next offset Redis holds as counted (unknown when
+        # nothing was counted there yet).
+        for _, snapshot in self.mine:
+            for partition, end in snapshot.get("topic_end_offsets") or ():
+                self.ends[int(partition)] = max(int(end), self.ends.get(int(partition), 0))
+        self.unowned = sorted(set(self.ends) - set(self.owners))
 
 
 class Fleet:
@@ -111,10 +211,19 @@ class Fleet:
 
     # ---- reads -----------------------------------------------------------------------------
     async def instances(self) -> list[dict[str, Any]]:
-        """Live instances' latest snapshots (heartbeat keys that have not expired)."""
-        keys = [
-            k async for k in self.redis.scan_iter(match=self.fleet_keys.instance_pattern, count=500)
-        ]
+        """Live instances' latest snapshots (heartbeat keys that have not expired), found
+        through the registry :func:`publish_heartbeat` keeps: two round trips however large
+        the keyspace (scanning it took one per 500 keys)."""
+        ids = [_s(i) for i in await self.redis.zrange(self.fleet_keys.instances, 0, -1)]
+        if ids:
+            keys = [self.fleet_keys.instance(i) for i in ids]
+        else:  # heartbeats written before the registry existed
+            keys = [
+                k
+                async for k in self.redis.scan_iter(
+                    match=self.fleet_keys.instance_pattern, count=500
+                )
+            ]
         if not keys:
             return []
         values = await self.redis.mget(keys)
@@ -157,17 +266,23 @@ class Fleet:
             )
         return list(mask_strings(out, self.mask))
 
-    async def consumers(self) -> list[dict[str, Any]]:
-        """Every configured consumer's fleet-wide status (``status --json``'s ``consumers``)."""
+    async def read(self) -> FleetStatus:
+        """The whole fleet's status, in a constant number of Redis round trips whatever the
+        number of consumers: the live heartbeats (SCAN + MGET), then one pipeline of every
+        consumer's shared state, then one of what that first read points to (the last
+        trigger's run, stored offsets of partitions no one owns, firing alerts)."""
         instances = await self.instances()
-        ids = [c.consumer_id for c in self.config.consumers]
-        if not ids:
-            return []
-        pauses = await self.control.pause_states(ids)
+        cfgs = list(self.config.consumers)
+        if not cfgs:
+            return FleetStatus(
+                consumers=(),
+                instances=tuple(InstanceSummary(**instance_summary(i)) for i in instances),
+            )
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
-        for cid in ids:
-            k = self.keys(cid)
+        for cfg in cfgs:
+            k = self.keys(cfg.consumer_id)
+            pipe.hgetall(k.control)
             pipe.get(k.events)
             pipe.hmget(k.window, ["id", "opened_at"])
             pipe.hgetall(k.stats)
@@ -175,82 +290,88 @@ class Fleet:
         res = await pipe.execute()
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
-        out = []
-        for n, cfg in enumerate(self.config.consumers):
-            count_raw, (wid, opened), stats_raw, last = res[1 + 4 * n : 5 + 4 * n]
-            stats = {_s(k): int(v) for k, v in stats_raw.items()}
-            out.append(
-                await self._consumer_status(
-                    cfg,
-                    instances,
-                    pauses[cfg.consumer_id],
-                    int(count_raw or 0),
-                    int(wid or 1),
-                    int(opened) if opened else None,
-                    stats,
-                    last,
-                    now_ms,
-                )
-            )
-        return list(mask_strings(out, self.mask))
+        shared = [
+            _Shared.of(cfg, instances, res[1 + 5 * n : 6 + 5 * n]) for n, cfg in enumerate(cfgs)
+        ]
+        for sh in shared:
+            sh.rules = rules_for(self.config.monitoring.alerts, sh.cfg.consumer_id)
 
-    async def _consumer_status(
+        # what the first read points to, for every consumer in one more pipeline
+        follow = self.redis.pipeline(transaction=False)
+        slots: list[tuple[int, int, int]] = []  # per consumer: commands for run, offsets, alerts
+        for s in shared:
+            k = self.keys(s.cfg.consumer_id)
+            runs = offsets = alerts = 0
+            if s.last is not None:
+                follow.hget(k.runs, s.last["window_id"])
+                runs = 1
+            if s.unowned:
+                follow.hmget(k.offsets, [f"{s.cfg.kafka_topic}|{p}" for p in s.unowned])
+                offsets = 1
+            if s.rules:
+                follow.mget([alert_key(self.prefix, s.cfg.consumer_id, r.rule_id) for r in s.rules])
+                alerts = 1
+            slots.append((runs, offsets, alerts))
+        more = await follow.execute() if any(sum(x) for x in slots) else []
+        consumers = []
+        i = 0
+        for s, (runs, offsets, alerts) in zip(shared, slots, strict=True):
+            run_raw = more[i] if runs else None
+            stored_raw = more[i + runs] if offsets else []
+            alert_raw = more[i + runs + offsets] if alerts else []
+            i += runs + offsets + alerts
+            status = self._consumer_status(s, run_raw, stored_raw, alert_raw, now_ms)
+            consumers.append(ConsumerStatus.model_validate(mask_strings(status, self.mask)))
+        return FleetStatus(
+            consumers=tuple(consumers),
+            instances=tuple(InstanceSummary(**instance_summary(i)) for i in instances),
+        )
+
+    async def consumers(self) -> list[dict[str, Any]]:
+        """Every configured consumer's fleet-wide status (``status --json``'s ``consumers``)."""
+        return [c.to_json() for c in (await self.read()).consumers]
+
+    def _consumer_status(
         self,
-        cfg: ConsumerConfig,
-        instances: list[dict[str, Any]],
-        pause: Any,
-        count: int,
-        window_id: int,
-        opened: int | None,
-        stats: dict[str, int],
-        last: list[Any],
+        s: _Shared,
+        run_raw: bytes | None,
+        stored_raw: list[Any],
+        alert_raw: list[Any],
         now_ms: int,
     ) -> dict[str, Any]:
-        cid = cfg.consumer_id
-        mine = []
-        owners: dict[int, tuple[int, dict[str, Any]]] = {}
-        errors_text = None
-        any_error = None
-        processor_stall = None
-        rate = 0.0
-        dlq = 0
-        reported_ms, reported = 0, None  # the newest heartbeat's view of this consumer
-        for inst in instances:
-            for c in inst.get("consumers", []):
-                if c["consumer_id"] != cid:
-                    continue
-                mine.append((inst["instance_id"], c))
-                rate += float(c.get("rate") or 0)
-                dlq += int(c.get("dlq") or 0)
-                taken = int(inst.get("taken_at_ms") or 0)
-                if taken >= reported_ms:
-                    reported_ms, reported = taken, c
-                for p in c.get("partitions", []):
-                    # during a rebalance (or until a dead instance's heartbeat expires) two
-                    # snapshots may claim a partition: the newest snapshot wins
-                    seen = owners.get(p["partition"])
-                    if seen is None or taken > seen[0]:
-                        owners[p["partition"]] = (taken, {**p, "owner": inst["instance_id"]})
-                processor_stall = processor_stall or c.get("processor_stall")
-                if c.get("state") == "error":
-                    errors_text = c.get("last_error")
-                any_error = any_error or c.get("last_error")
-        owners.update(await self._unowned_partitions(cid, mine, owners))
+        cfg, cid, pause = s.cfg, s.cfg.consumer_id, s.pause
+        owners = dict(s.owners)
+        stored = {p: int(v) for p, v in zip(s.unowned, stored_raw, strict=False) if v is not None}
+        for partition in s.unowned:
+            position = stored.get(partition)
+            end = s.ends[partition]
+            lag = max(end - position, 0) if position is not None else None
+            owners[partition] = (
+                0,
+                {
+                    "partition": partition,
+                    "position": position,
+                    "highwater": end,
+                    "lag": lag,
+                    "time_lag_seconds": None,
+                    "oldest_ts_ms": None,
+                    "owner": None,
+                },
+            )
         partitions = [entry for _, (_, entry) in sorted(owners.items())]
         lags = [p["lag"] for p in partitions if p.get("lag") is not None]
-        live_states = [c.get("state") for _, c in mine]
+        live_states = [c.get("state") for _, c in s.mine]
         if pause.paused:
             state = "paused"
-        elif not mine or all(s == "stopped" for s in live_states):
+        elif not s.mine or all(st == "stopped" for st in live_states):
             state = "stopped"
-        elif any(s == "error" for s in live_states):
+        elif any(st == "error" for st in live_states):
             state = "error"
         else:
             state = "running"
         last_trigger = None
-        if last:
-            f = {_s(k): _s(v) for k, v in last[0][1].items()}
-            run_raw = await self.redis.hget(self.keys(cid).runs, f["window_id"])
+        if s.last is not None:
+            f = s.last
             run = orjson.loads(run_raw) if run_raw else {"status": "pending"}
             last_trigger = {
                 "window_id": int(f["window_id"]),
@@ -259,6 +380,7 @@ class Fleet:
                 "closed_at": iso_ms(int(f["closed_at"])),
                 "status": run.get("status", "pending"),
             }
+        stats, opened, count = s.stats, s.opened, s.count
         status = {
             "consumer_id": cid,
             "kafka_topic": cfg.kafka_topic,
@@ -270,7 +392,7 @@ class Fleet:
             "count": count,
             "max_event": cfg.max_event,
             "max_time": cfg.max_time,
-            "window_id": window_id,
+            "window_id": s.window_id,
             "window_opened_at": iso_ms(opened),
             "window_opened_at_ms": opened,
             "time_left": window_time_left(opened, cfg.max_time, now_ms),
@@ -281,60 +403,30 @@ class Fleet:
             "windows": stats.get("windows", 0),
             "windows_by_reason": {r: stats.get(f"windows_{r}", 0) for r in TRIGGER_REASONS},
             "discarded": stats.get("discarded", 0),
-            "dlq": dlq,
-            "rate": round(rate, 1),
+            "dlq": s.dlq,
+            "rate": round(s.rate, 1),
             "lag": sum(lags) if lags else (0 if partitions else None),
             "partitions": partitions,
-            "instances": [iid for iid, _ in mine],
+            "instances": [iid for iid, _ in s.mine],
             "last_trigger": last_trigger,
-            "last_error": errors_text or any_error,
-            "processor_stall": processor_stall,
+            "last_error": s.errors_text or s.any_error,
+            "processor_stall": s.processor_stall,
         }
-        return await self._with_health(status, cfg, reported, reported_ms, now_ms)
+        alerts = [
+            stored_alert_view(raw, rule)
+            for rule, raw in zip(s.rules, alert_raw, strict=False)
+            if raw is not None
+        ]
+        return self._with_health(status, cfg, s.reported, s.reported_ms, now_ms, alerts)
 
-    async def _unowned_partitions(
-        self,
-        consumer_id: str,
-        mine: list[tuple[str, dict[str, Any]]],
-        owners: dict[int, tuple[int, dict[str, Any]]],
-    ) -> dict[int, tuple[int, dict[str, Any]]]:
-        """Partitions of the topic that no live instance owns (the consumer is stopped,
-        between rebalances, or has fewer members than partitions), with their lag measured
-        as the broker's end offset minus the next offset Redis holds as counted (unknown when
-        nothing was counted there yet)."""
-        ends: dict[int, int] = {}
-        for _, snapshot in mine:
-            for partition, end in snapshot.get("topic_end_offsets") or ():
-                ends[int(partition)] = max(int(end), ends.get(int(partition), 0))
-        unowned = sorted(set(ends) - set(owners))
-        if not unowned:
-            return {}
-        stored = await self.counter(consumer_id).stored_offsets(unowned)
-        out = {}
-        for partition in unowned:
-            position = stored.get(partition)
-            lag = max(ends[partition] - position, 0) if position is not None else None
-            out[partition] = (
-                0,
-                {
-                    "partition": partition,
-                    "position": position,
-                    "highwater": ends[partition],
-                    "lag": lag,
-                    "time_lag_seconds": None,
-                    "oldest_ts_ms": None,
-                    "owner": None,
-                },
-            )
-        return out
-
-    async def _with_health(
+    def _with_health(
         self,
         status: dict[str, Any],
         cfg: ConsumerConfig,
         reported: dict[str, Any] | None,
         reported_ms: int,
         now_ms: int,
+        alerts: list[dict[str, Any]],
     ) -> dict[str, Any]:
         """Add time lag, time to the next trigger, the verdict and the active alerts.
 
@@ -370,27 +462,26 @@ class Fleet:
             status["verdict"] = judged
             status["verdict_reason"] = reported.get("verdict_reason")
             status["verdict_since"] = iso_ms(reported.get("verdict_since_ms"))
-        status["alerts"] = await active_alerts(
-            self.redis, self.prefix, self.config.monitoring.alerts, cfg.consumer_id
-        )
+        status["alerts"] = alerts
         return status
 
     async def status(self) -> dict[str, Any]:
         """``{"consumers": [...], "instances": [...]}``: the model ``status --json`` prints."""
-        consumers = await self.consumers()
-        instances = await self.instances()
-        return {"consumers": consumers, "instances": [instance_summary(i) for i in instances]}
+        return (await self.read()).to_json()
 
     async def instance_summaries(self) -> list[dict[str, Any]]:
         """The live instances as ``status --json`` lists them (consumers as ids)."""
-        return [instance_summary(i) for i in await self.instances()]
+        return [InstanceSummary(**instance_summary(i)).to_json() for i in await self.instances()]
 
-    async def consumer(self, consumer_id: str) -> dict[str, Any]:
+    async def consumer_status(self, consumer_id: str) -> ConsumerStatus:
         self.consumer_cfg(consumer_id)
-        for c in await self.consumers():
-            if c["consumer_id"] == consumer_id:
+        for c in (await self.read()).consumers:
+            if c.consumer_id == consumer_id:
                 return c
         raise UnknownConsumerError(consumer_id, [])  # pragma: no cover - checked above
+
+    async def consumer(self, consumer_id: str) -> dict[str, Any]:
+        return (await self.consumer_status(consumer_id)).to_json()
 
     async def info(self, consumer_id: str, triggers: int = 10) -> dict[str, Any]:
         """Everything about one consumer: ``GET /consumer/info/<id>`` and ``info --json``.
@@ -403,7 +494,7 @@ class Fleet:
         history = await self.history(consumer_id, limit=triggers)
         masked = mask_config(self.config)
         index = [x.consumer_id for x in self.config.consumers].index(consumer_id)
-        return {
+        info = {
             "consumer_id": consumer_id,
             "kafka_topic": cfg.kafka_topic,
             "pipeline_name": cfg.pipeline_name,
@@ -444,37 +535,75 @@ class Fleet:
             "triggers": history,
             "errors": {"count": c["errors"], "dlq": c["dlq"], "last_error": c["last_error"]},
         }
+        return ConsumerInfo.model_validate(info).to_json()
 
     # ---- steering --------------------------------------------------------------------------
     # Each action refuses in read-only mode and is recorded in the audit stream (who: this
     # process's user and instance, via: this Fleet's face, what, when, result).
-    def _audited(self, action: str, consumer_id: str, user: str | None) -> Any:
+    # The engine's own controls (console, HTTP API) come through here too, naming their face
+    # (``via``) and instance: the refusals below exist once.
+    def _audited(
+        self, action: str, consumer_id: str, user: str | None, via: str | None, instance: str | None
+    ) -> Any:
         self.consumer_cfg(consumer_id)
         if self.config.ui.read_only:
             raise ReadOnlyError(action)
         return self.audit.action(
-            action, consumer_id, via=self.via, user=user or actor(), instance=cli_instance()
+            action,
+            consumer_id,
+            via=via or self.via,
+            user=user or actor(),
+            instance=instance or cli_instance(),
         )
 
-    async def pause(self, consumer_id: str, by: str | None = None, user: str | None = None) -> None:
-        async with self._audited("pause", consumer_id, user) as outcome:
+    async def pause(
+        self,
+        consumer_id: str,
+        by: str | None = None,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> None:
+        async with self._audited("pause", consumer_id, user, via, instance) as outcome:
             await self.control.set_paused(consumer_id, True, by)
             outcome.detail = "paused on every instance"
 
-    async def resume(self, consumer_id: str, user: str | None = None) -> None:
-        async with self._audited("resume", consumer_id, user) as outcome:
+    async def resume(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> None:
+        async with self._audited("resume", consumer_id, user, via, instance) as outcome:
             await self.control.set_paused(consumer_id, False)
             outcome.detail = "resumed on every instance"
 
-    async def reset(self, consumer_id: str, user: str | None = None) -> ResetResult:
-        async with self._audited("reset", consumer_id, user) as outcome:
+    async def reset(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> ResetResult:
+        async with self._audited("reset", consumer_id, user, via, instance) as outcome:
             res = await self.counter(consumer_id).reset()
             await self.control.announce(consumer_id, "reset")
             outcome.detail = reset_detail(res)
         return res
 
-    async def trigger(self, consumer_id: str, user: str | None = None) -> CloseResult:
-        async with self._audited("trigger", consumer_id, user) as outcome:
+    async def trigger(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> CloseResult:
+        async with self._audited("trigger", consumer_id, user, via, instance) as outcome:
             res = await self.counter(consumer_id).close(TriggerReason.MANUAL)
             await self.control.announce(consumer_id, "trigger")
             outcome.detail = trigger_detail(res)

@@ -97,5 +97,11 @@ class FleetKeys:
         return f"{self.prefix}:_fleet:instance:*"
 
     @property
+    def instances(self) -> str:
+        """Sorted set of the instance ids that wrote a heartbeat (score: when, epoch ms): the
+        fleet finds the heartbeats without scanning the keyspace."""
+        return f"{self.prefix}:_fleet:instances"
+
+    @property
     def control_channel(self) -> str:
         return f"{self.prefix}:_fleet:control"

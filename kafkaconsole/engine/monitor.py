@@ -196,8 +196,8 @@ class HealthMonitor:
 
     async def tick(self) -> None:
         """Take one sample of every consumer, judge it, step and reconcile the alerts."""
-        consumers = await self.fleet.consumers()
-        ids = [c["consumer_id"] for c in consumers]
+        consumers = (await self.fleet.read()).consumers
+        ids = [c.consumer_id for c in consumers]
         now = self.clock()
         prefix = self.config.redis.key_prefix
         facts = await read_run_facts(self.redis, prefix, ids, self.cfg.failing_runs, now)
@@ -206,12 +206,12 @@ class HealthMonitor:
         settled = self.settled
         local: list[AlertEvent] = []
         for c in consumers:
-            cid = c["consumer_id"]
+            cid = c.consumer_id
             window = self._samples.setdefault(cid, deque(maxlen=samples_to_keep(self.cfg)))
             f = facts.get(cid, RunFacts())
             window.append(
                 sample_from_status(
-                    c,
+                    c.to_json(),
                     now,
                     runs=f.runs,
                     run_error=f.run_error,
