@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from benchmarks.common import create_topics
 from kafkaconsole.embedded import EmbeddedServices, free_port, pick_broker
 
+ROOT = Path(__file__).resolve().parents[1]
 PER_TOPIC = 10
 EVENTS = 2  # per topic, and each consumer's max_event: one count trigger per consumer
 POOL_ERRORS = ("Too many connections", "No connection available", "pool exhausted")
@@ -82,7 +83,9 @@ async def produce(bootstrap: str, topics: list[str]) -> None:
     await producer.start()
     try:
         futures = [
-            await producer.send(topic, b'{"type": "order"}') for topic in topics for _ in range(EVENTS)
+            await producer.send(topic, b'{"type": "order"}')
+            for topic in topics
+            for _ in range(EVENTS)
         ]
         await asyncio.gather(*futures)
     finally:
@@ -105,6 +108,18 @@ async def all_triggered(redis: Redis, prefix: str, n: int) -> int:
     return done
 
 
+def spawn(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``kafkaconsole run --no-ui`` on ``cfg``, its output in ``log_path``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kafkaconsole", "run", "--no-ui", "--config", str(cfg)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
 async def measure(
     services: EmbeddedServices, n: int, seconds: float, settle: float, workdir: Path
 ) -> dict[str, Any]:
@@ -117,14 +132,7 @@ async def measure(
     log_path = workdir / f"fleet-{n}.log"
     redis = Redis.from_url(services.redis_url)
     baseline = await clients(redis)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kafkaconsole", "run", "--no-ui", "--config", str(cfg)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = spawn(cfg, log_path)
     began = time.monotonic()
     peak = 0
     try:
@@ -173,9 +181,10 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     if reason:
         print(reason, file=sys.stderr)
     results = []
-    with tempfile.TemporaryDirectory(prefix="kc-idle-") as tmp, EmbeddedServices.start(
-        broker=kind
-    ) as services:
+    with (
+        tempfile.TemporaryDirectory(prefix="kc-idle-") as tmp,
+        EmbeddedServices.start(broker=kind) as services,
+    ):
         for n in [int(s) for s in args.sizes.split(",")]:
             res = await measure(services, n, args.seconds, args.settle, Path(tmp))
             print(json.dumps(res), flush=True)

@@ -192,7 +192,7 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset=self.cfg.auto_offset_reset,
             max_poll_records=self.cfg.batch_size,
-            fetch_max_wait_ms=k.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.app.fetch_wait_ms(),
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,

@@ -32,9 +32,16 @@ from kafkaconsole.config.secrets import mask_text, masker
 from kafkaconsole.engine.audit import AuditLog, ReadOnlyError, reset_detail, trigger_detail
 from kafkaconsole.engine.batch_reader import WindowEventReader
 from kafkaconsole.engine.clients import (
+    API_REDIS_CONNECTIONS,
+    DEDICATED_REDIS_CONNECTIONS,
+    MONITOR_REDIS_CONNECTIONS,
     check_redis_access,
+    check_redis_capacity,
+    dedicated_redis_client,
+    engine_redis_client,
     kafka_kwargs,
-    redis_client,
+    pool_exhausted,
+    reader_redis_client,
     security_warnings,
 )
 from kafkaconsole.engine.consumer import ConsumerRunner
@@ -45,7 +52,7 @@ from kafkaconsole.engine.counting import (
     ResetResult,
     WindowCounter,
 )
-from kafkaconsole.engine.dispatch import TriggerDispatcher
+from kafkaconsole.engine.dispatch import DispatchWaker, TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.faults import fault_hook_from_env
 from kafkaconsole.engine.health import consumer_time_lag
@@ -154,7 +161,9 @@ class Engine:
         self.snapshot_interval = snapshot_interval
         self.prefix = config.redis.key_prefix
         self.fleet_keys = FleetKeys(self.prefix)
-        self.redis: Redis = redis or redis_client(config.redis)
+        # one bounded pool for counting, timers and dispatch; dedicated connections beside it
+        # (control subscription, dispatch wake-up, health monitor): README "Redis connections"
+        self.redis: Redis = redis or engine_redis_client(config.redis)
         self.control = FleetControl(self.redis, self.prefix)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
         self.started_at_ms = int(time.time() * 1000)
@@ -175,8 +184,13 @@ class Engine:
         self._mask = masker(config)  # what the engine writes to Redis never holds a secret
         # health verdicts and alerts over the fleet view ([monitoring]; kafkaconsole.engine.health)
         self.monitor: HealthMonitor | None = None
+        self._monitor_redis: Redis | None = None
+        self.dispatch_waker = DispatchWaker(config.redis, self._dispatchers)
         if config.monitoring.enabled:
-            self.monitor = HealthMonitor(self.redis, config, self.instance_id)
+            self._monitor_redis = reader_redis_client(
+                config.redis, MONITOR_REDIS_CONNECTIONS, "health monitor's"
+            )
+            self.monitor = HealthMonitor(self._monitor_redis, config, self.instance_id)
         self.started = False
         self.waiting_for: str | None = None  # while start() waits: what does not answer
         # background task failures (each logged and restarted): name -> (text, epoch seconds)
@@ -226,6 +240,12 @@ class Engine:
         self._tasks.append(
             asyncio.create_task(
                 self._guard(self._control_listener, "control listener"), name="control"
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._guard(partial(self.dispatch_waker.run, self._stop), "dispatch wake-up"),
+                name="dispatch-wake",
             )
         )
         if self.monitor is not None:
@@ -281,6 +301,7 @@ class Engine:
             ) from exc
         # an ACL user lacking a command the engine needs fails here, with one clear message
         await check_redis_access(self.redis, self.prefix)
+        await check_redis_capacity(self.redis, self.redis_connections_needed())
         self._redis_ok = True
         producer = AIOKafkaProducer(
             acks="all",
@@ -304,6 +325,20 @@ class Engine:
                 await producer.stop()
             raise
         self._producer = producer
+
+    def redis_pool_exhausted(self) -> tuple[str, ...]:
+        """Why a Redis pool of this engine counts as exhausted (empty: none is)."""
+        clients = [self.redis] + ([self._monitor_redis] if self._monitor_redis else [])
+        return tuple(reason for client in clients if (reason := pool_exhausted(client)))
+
+    def redis_connections_needed(self) -> int:
+        """The most Redis connections this instance holds: its pool and the dedicated ones
+        (the HTTP API's only when it is enabled)."""
+        api = 0 if self.config.api.enabled else API_REDIS_CONNECTIONS
+        return self.config.redis.max_connections + DEDICATED_REDIS_CONNECTIONS - api
+
+    def _dispatchers(self) -> list[TriggerDispatcher]:
+        return [c.dispatcher for c in self._consumers.values()]
 
     def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
         keys = ConsumerKeys(self.prefix, cfg.consumer_id)
@@ -410,6 +445,7 @@ class Engine:
             events_loader=loader,
             on_result=on_result,
             mask=self._mask,
+            idle_poll_s=self.lease_ms / 1000,  # the dispatch wake-up wakes it meanwhile
         )
         c = _Consumer(cfg, keys, counter, runner, timer, dispatcher)
         holder["c"] = c
@@ -507,6 +543,9 @@ class Engine:
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.close()
+        if self._monitor_redis is not None:
+            with contextlib.suppress(Exception):
+                await self._monitor_redis.aclose()
         for pipeline in self._pipelines.values():
             with contextlib.suppress(Exception):
                 await pipeline.close()
@@ -620,7 +659,9 @@ class Engine:
 
     async def _control_listener(self) -> None:
         """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
-        pubsub = self.redis.pubsub()
+        # a connection of its own: the subscription never holds one of the pool's
+        subscriber = dedicated_redis_client(self.config.redis)
+        pubsub = subscriber.pubsub()
         listening: PubSub | None = None
         failures = 0
         try:
@@ -647,6 +688,8 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await subscriber.aclose()
 
     # ---- status ----------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[InstanceSnapshot], None]) -> None:
@@ -809,6 +852,7 @@ class Engine:
             consumers=tuple(consumers),
             task_failures=self.recent_task_failures(),
             kafka_missing=self._kafka_missing,
+            redis_pool=self.redis_pool_exhausted(),
         )
 
     def _metadata_watcher(self) -> ConsumerRunner | None:
