@@ -123,14 +123,16 @@ class WatchedConnectionPool(BlockingConnectionPool):
     Exhaustion is a degraded state, never a retry storm: the command fails with
     :class:`PoolExhausted`, one warning is logged per episode (and one line when the pool
     has room again), and :attr:`exhausted` names the reason for ``/ready`` and the console
-    header for :data:`POOL_DEGRADED_S`.
+    header for :attr:`degraded_s` (:data:`POOL_DEGRADED_S`) after the last such failure.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.label = f"pool of {self.max_connections} ([redis] max_connections)"
         self.exhaustions = 0
+        self.degraded_s = POOL_DEGRADED_S
         self._exhausted_at: float | None = None
+        self._reason = ""
         self._episode = False
 
     async def get_connection(self, *_args: Any, **_options: Any) -> Any:  # type: ignore[override]
@@ -141,7 +143,7 @@ class WatchedConnectionPool(BlockingConnectionPool):
                 raise
             self.exhaustions += 1
             self._exhausted_at = time.monotonic()
-            reason = self.reason()
+            reason = self._reason = self.reason()
             if not self._episode:
                 self._episode = True
                 log.warning("%s", reason)
@@ -161,9 +163,9 @@ class WatchedConnectionPool(BlockingConnectionPool):
     def exhausted(self) -> str | None:
         """Why the pool is degraded (None: no command waited out in the last minute)."""
         at = self._exhausted_at
-        if at is None or time.monotonic() - at > POOL_DEGRADED_S:
+        if at is None or time.monotonic() - at > self.degraded_s:
             return None
-        return self.reason()
+        return self._reason
 
 
 def engine_redis_client(cfg: RedisConfig) -> Redis:
