@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaProducer
 
+from kafkaconsole.config.models import RedisConfig
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.clients import API_REDIS_CONNECTIONS, DEDICATED_REDIS_CONNECTIONS
 from tests.helpers import KafkaHelper
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONSUMERS = 500
 PER_TOPIC = 10  # consumers per topic, each in a group of its own
 EVENTS = 3  # per topic; max_event of every consumer: one count trigger each
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = RedisConfig().max_connections  # the default
 POOL_ERRORS = ("Too many connections", "No connection available", "connections exhausted")
 
 
@@ -40,7 +41,6 @@ def write_config(path: Path, services: EmbeddedServices, prefix: str) -> None:
         "[redis]",
         f'url = "{services.redis_url}"',
         f'key_prefix = "{prefix}"',
-        f"max_connections = {MAX_CONNECTIONS}",
         "[api]",
         "enabled = false",
         "[pipelines.noop]",

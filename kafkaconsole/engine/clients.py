@@ -107,7 +107,7 @@ MONITOR_REDIS_CONNECTIONS = 2
 #: dispatch wake-up's blocking read (1), the health monitor (2) and the HTTP API (4).
 DEDICATED_REDIS_CONNECTIONS = 2 + MONITOR_REDIS_CONNECTIONS + API_REDIS_CONNECTIONS
 #: How long a command waits for a free pooled connection before the pool counts as exhausted.
-POOL_WAIT_S = 5.0
+POOL_WAIT_S = 20.0
 #: How long an exhaustion keeps the instance degraded after the last command that waited out.
 POOL_DEGRADED_S = 60.0
 
