@@ -561,5 +561,12 @@ class AppConfig(Section):
         wait = min(max(50, 5 * len(self.consumers)), 5_000)
         return min(wait, self.kafka.request_timeout_ms // 2)
 
+    def probe_interval_s(self) -> float:
+        """How often each consumer asks the brokers for its topic's end offsets and its
+        positions (lag while idle or paused; a fetch's highwater keeps it live while events
+        flow): once a second, or so that the process sends at most about 200 such requests a
+        second (2.5 s with 500 consumers)."""
+        return max(1.0, len(self.consumers) / 200)
+
     def retry_policy_for(self, consumer: ConsumerConfig) -> RetryPolicy:
         return consumer.retry_policy or self.pipeline_for(consumer).retry_policy

@@ -748,12 +748,15 @@ class ConsumerRunner:
 
     # ---- status ----------------------------------------------------------------------------
     async def _probe_loop(self, stop: asyncio.Event) -> None:
-        """Once a second, on this consumer's own schedule (so a process's consumers do not
-        probe in one burst, and a hanging broker delays nothing else): refresh_positions."""
+        """Once per :meth:`AppConfig.probe_interval_s` (a second, longer with hundreds of
+        consumers in the process), on this consumer's own schedule (so a process's consumers
+        do not probe in one burst, and a hanging broker delays nothing else):
+        refresh_positions."""
+        interval = self.app.probe_interval_s()
         while not stop.is_set():
             await self.refresh_positions()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def refresh_positions(self) -> None:
         """Learn the fetch position of assigned partitions that have had no records yet, and

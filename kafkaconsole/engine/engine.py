@@ -676,7 +676,7 @@ class Engine:
                     if listening is None:  # (re)subscribe once Redis answers again
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
-                    await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    await listening.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if failures:
                         log.info("control listener: Redis answers again")
                     failures = 0
