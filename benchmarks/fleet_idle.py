@@ -192,6 +192,22 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def table(results: list[dict[str, Any]]) -> str:
+    """The results as the Markdown table of BENCHMARKS.md."""
+    rows = [
+        "| consumers | start-up s | idle CPU % of a core | RSS MB | Redis connections idle "
+        "| peak | pool error lines |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r['consumers']:,} | {r['startup_s']:g} | {r['idle_cpu_pct']:g} | {r['rss_mb']} "
+            f"| {r['redis_connections_idle']} | {r['redis_connections_peak']} "
+            f"| {r['pool_error_lines']:,} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50,500,1000", help="fleet sizes, comma separated")
@@ -199,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="idle CPU measured over")
     parser.add_argument("--settle", type=float, default=10.0, help="idle seconds before that")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--render", type=Path, help="only print the table of a --json file")
     args = parser.parse_args(argv)
+    if args.render:
+        print(table(json.loads(args.render.read_text())))
+        return 0
     results = asyncio.run(main_async(args))
+    print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
