@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
-from kafkaconsole.engine.clients import reader_redis_client
+from kafkaconsole.engine.clients import pool_exhausted, reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.errors import ControlError
@@ -768,9 +768,15 @@ class ApiServer:
         if not redis_ok and not any(r.startswith("Redis") for r in reasons):
             reasons.append("Redis unreachable")
         reasons += [f"{failure} (restarted)" for failure in snap.task_failures]
+        # pool exhaustion: commands failed waiting for a connection (the engine's own pools,
+        # read now, and this API's)
+        reasons += list(self.engine.redis_pool_exhausted())
+        if (api_pool := pool_exhausted(self.redis)) is not None:
+            reasons.append(api_pool)
         body = ReadyBody(
             ready=not reasons,
-            # degraded: running, but a broker or Redis does not answer (it resumes by itself)
+            # degraded: running, but a broker or Redis does not answer, or a Redis connection
+            # pool is exhausted (it resumes by itself)
             status="ready"
             if not reasons
             else ("degraded" if running else "waiting" if waiting else "not running"),

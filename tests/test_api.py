@@ -20,6 +20,7 @@ from referencing.jsonschema import DRAFT202012
 
 from kafkaconsole.api import ApiServer, openapi_document, start_api
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.clients import PoolExhausted, WatchedConnectionPool
 from kafkaconsole.engine.engine import Engine
 from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
@@ -185,6 +186,57 @@ async def test_health_ready_instances(env: Env) -> None:
     assert status == 200
     [inst] = [i for i in body["instances"] if i["instance_id"] == env.engine.instance_id]
     assert inst["consumers"] == [env.cid] and inst["kafka_ok"] and inst["redis_ok"]
+
+
+async def test_ready_says_degraded_while_the_redis_pool_is_exhausted(env: Env) -> None:
+    """A command that waited out for a pooled connection makes the instance degraded, with
+    the reason, and ready again once the pool has had room for the degraded period."""
+    pool = env.engine.redis.connection_pool
+    assert isinstance(pool, WatchedConnectionPool)
+    timeout, degraded_s = pool.timeout, pool.degraded_s
+    pool.timeout, pool.degraded_s = 0.2, 60.0
+    held = []
+    try:
+        while len(held) < pool.max_connections:  # the engine's tasks hand theirs back
+            held.append(await pool.get_connection())
+        with pytest.raises(PoolExhausted, match=r"stayed busy for 0\.2 s"):
+            await env.engine.redis.get(f"{env.prefix}:probe")
+    finally:
+        for connection in held:
+            await pool.release(connection)
+        pool.timeout = timeout
+    reason = (
+        f"Redis connections exhausted: every connection of the pool of "
+        f"{env.engine.config.redis.max_connections} ([redis] max_connections) stayed busy "
+        "for 0.2 s"
+    )
+    try:
+
+        async def redis_answers_again() -> bool:
+            status, body = await env.get("/ready")
+            return status == 503 and body["redis"] is True and body["kafka"] is True
+
+        await wait_for(redis_answers_again, 10, what="/ready 503 with Redis answering")
+        status, body = await env.get("/ready")
+        assert status == 503
+        assert body == {
+            "ready": False,
+            "status": "degraded",
+            "instance_id": env.engine.instance_id,
+            "kafka": True,
+            "redis": True,
+            "reasons": [reason],
+            "warnings": [],
+        }
+        assert env.engine.snapshot().redis_pool == (reason,)
+    finally:
+        pool.degraded_s = 0.0
+
+    async def ready() -> bool:
+        return (await env.get("/ready"))[0] == 200
+
+    await wait_for(ready, 10, what="/ready 200 again")
+    pool.degraded_s = degraded_s
 
 
 async def test_consumers_and_info_schema(env: Env) -> None:

@@ -192,6 +192,20 @@ def test_header_names_missing_brokers(snap_compare: SnapCompare) -> None:
     assert snap_compare(app, terminal_size=WIDE, run_before=_then())
 
 
+def test_header_shows_an_exhausted_redis_pool(snap_compare: SnapCompare) -> None:
+    """Commands waited out for a pooled Redis connection: the header says the pool is
+    exhausted beside Redis (the instance is degraded, /ready gives the reason)."""
+    app = sample_app()
+    source = app.source
+    assert isinstance(source, StaticSource) and source.snapshot is not None
+    reason = (
+        "Redis connections exhausted: every connection of the pool of 32 "
+        "([redis] max_connections) stayed busy for 20 s"
+    )
+    source.snapshot = replace(source.snapshot, redis_pool=(reason,))
+    assert snap_compare(app, terminal_size=WIDE, run_before=_then())
+
+
 def test_read_only_header(snap_compare: SnapCompare) -> None:
     """[ui] read_only = true: READ-ONLY in the header, `p` refused with a notice."""
     app = sample_app(ui={"read_only": True})

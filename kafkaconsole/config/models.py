@@ -52,8 +52,8 @@ class KafkaConfig(Section):
     """Verify that the broker's certificate matches its host name."""
     allow_insecure: bool = False
     """Accept SASL_PLAINTEXT (credentials unencrypted); logs a warning. Not recommended."""
-    fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
-    """How long the broker may hold a fetch waiting for data (lower = lower latency)."""
+    fetch_max_wait_ms: int | None = Field(None, ge=0, le=10_000)
+    """How long the broker may hold a fetch waiting for data; unset: 5 ms per consumer, 50-5000."""
     session_timeout_ms: int = Field(10_000, ge=1_000, le=3_600_000)
     """Consumer group session timeout: how fast a dead instance's partitions move."""
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000)
@@ -116,6 +116,8 @@ class RedisConfig(Section):
     """How many trigger records to keep per consumer."""
     dispatch_lease_ms: int = Field(10_000, ge=500, le=3_600_000)
     """How long a dead instance keeps the right to dispatch a consumer's triggers."""
+    max_connections: int = Field(32, ge=4, le=10_000)
+    """Pooled Redis connections of the counting, timer and dispatch paths (8 more: see README)."""
 
     @model_validator(mode="after")
     def _ca_needs_tls(self) -> RedisConfig:
@@ -553,6 +555,26 @@ class AppConfig(Section):
 
     def pipeline_for(self, consumer: ConsumerConfig) -> Any:
         return self.pipelines[consumer.pipeline_name]
+
+    def fetch_wait_ms(self) -> int:
+        """The fetch wait of this process's consumers: ``[kafka] fetch_max_wait_ms``, or when
+        unset 5 ms per consumer between 50 and 5,000 ms (below half the request timeout).
+
+        An idle consumer sends one fetch per wait, so the process sends at most about 200
+        fetches a second however many consumers it runs. A broker answers a fetch as soon as
+        data arrives, so a longer wait costs no latency on Apache Kafka (Tansu holds every
+        fetch for the whole wait)."""
+        if self.kafka.fetch_max_wait_ms is not None:
+            return self.kafka.fetch_max_wait_ms
+        wait = min(max(50, 5 * len(self.consumers)), 5_000)
+        return min(wait, self.kafka.request_timeout_ms // 2)
+
+    def probe_interval_s(self) -> float:
+        """How often each consumer asks the brokers for its topic's end offsets and its
+        positions (lag while idle or paused; a fetch's highwater keeps it live while events
+        flow): once a second, or so that the process sends at most about 200 such requests a
+        second (2.5 s with 500 consumers)."""
+        return max(1.0, len(self.consumers) / 200)
 
     def retry_policy_for(self, consumer: ConsumerConfig) -> RetryPolicy:
         return consumer.retry_policy or self.pipeline_for(consumer).retry_policy

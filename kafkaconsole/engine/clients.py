@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import ssl
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from kafkaconsole.config.models import AppConfig, KafkaConfig, RedisConfig
 from kafkaconsole.engine.http_client import insecure_warning
@@ -23,6 +26,8 @@ from kafkaconsole.engine.http_client import insecure_warning
 REDIS_COMMANDS: tuple[str, ...] = (
     # connection (HELLO/AUTH at connect; CLIENT SETINFO is sent by redis-py, errors ignored)
     "ping", "hello", "auth", "client|setinfo", "select",
+    # the start-up check that the server's maxclients fits this instance (INFO clients)
+    "info",
     # scripts: the counting and lease scripts (EVALSHA; SCRIPT LOAD/EXISTS when not cached)
     "evalsha", "script|load", "script|exists",
     # transactions
@@ -33,6 +38,7 @@ REDIS_COMMANDS: tuple[str, ...] = (
     "hget", "hset", "hdel", "hgetall", "hmget", "hincrby",
     # streams: history, dispatch (consumer group), audit
     "xadd", "xrange", "xrevrange", "xreadgroup", "xack", "xdel", "xautoclaim", "xclaim",
+    "xread",
     "xgroup|create",
     # sorted set: the registry of instances' heartbeats
     "zadd", "zrange", "zrem", "zremrangebyscore",
@@ -42,8 +48,15 @@ REDIS_COMMANDS: tuple[str, ...] = (
 """Every Redis command the engine, the CLI and the HTTP API send (scripts included)."""
 
 
+log = logging.getLogger("kafkaconsole.redis")
+
+
 class RedisAccessError(NoPermissionError):
     """The Redis user lacks commands (or key access) the engine needs."""
+
+
+class RedisCapacityError(RedisError):
+    """The Redis server's ``maxclients`` cannot fit the connections this instance needs."""
 
 
 def redis_acl_line(prefix: str = "consumer", user: str = "kafkaconsole") -> str:
@@ -90,14 +103,130 @@ def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
 
 #: Connections of the HTTP API's own Redis pool (never the counting path's).
 API_REDIS_CONNECTIONS = 4
+#: The health monitor's own pool (its fleet reads never wait behind the counting path).
+MONITOR_REDIS_CONNECTIONS = 2
+#: Connections an engine holds beside its pool: the control listener's subscription (1), the
+#: dispatch wake-up's blocking read (1), the health monitor (2) and the HTTP API (4).
+DEDICATED_REDIS_CONNECTIONS = 2 + MONITOR_REDIS_CONNECTIONS + API_REDIS_CONNECTIONS
+#: How long a command waits for a free pooled connection before the pool counts as exhausted.
+POOL_WAIT_S = 20.0
+#: How long an exhaustion keeps the instance degraded after the last command that waited out.
+POOL_DEGRADED_S = 60.0
 
 
-def reader_redis_client(cfg: RedisConfig, connections: int = API_REDIS_CONNECTIONS) -> Redis:
+class PoolExhausted(RedisConnectionError):
+    """Every pooled connection stayed busy for :data:`POOL_WAIT_S`: the command was not sent."""
+
+
+class WatchedConnectionPool(BlockingConnectionPool):
+    """A bounded pool whose commands wait (up to :data:`POOL_WAIT_S`) for a free connection
+    instead of failing at once, and which remembers when that wait ran out.
+
+    Exhaustion is a degraded state, never a retry storm: the command fails with
+    :class:`PoolExhausted`, one warning is logged per episode (and one line when the pool
+    has room again), and :attr:`exhausted` names the reason for ``/ready`` and the console
+    header for :attr:`degraded_s` (:data:`POOL_DEGRADED_S`) after the last such failure.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label = f"pool of {self.max_connections} ([redis] max_connections)"
+        self.exhaustions = 0
+        self.degraded_s = POOL_DEGRADED_S
+        self._exhausted_at: float | None = None
+        self._reason = ""
+        self._episode = False
+
+    async def get_connection(self, *_args: Any, **_options: Any) -> Any:  # type: ignore[override]
+        try:
+            connection = await super().get_connection()
+        except RedisConnectionError as exc:
+            if "No connection available" not in str(exc):
+                raise
+            self.exhaustions += 1
+            self._exhausted_at = time.monotonic()
+            reason = self._reason = self.reason()
+            if not self._episode:
+                self._episode = True
+                log.warning("%s", reason)
+            raise PoolExhausted(reason) from None
+        if self._episode and self.exhausted is None:
+            self._episode = False
+            log.info("Redis connections: the %s has free connections again", self.label)
+        return connection
+
+    def reason(self) -> str:
+        return (
+            f"Redis connections exhausted: every connection of the {self.label} stayed busy "
+            f"for {self.timeout:g} s"
+        )
+
+    @property
+    def exhausted(self) -> str | None:
+        """Why the pool is degraded (None: no command waited out in the last minute)."""
+        at = self._exhausted_at
+        if at is None or time.monotonic() - at > self.degraded_s:
+            return None
+        return self._reason
+
+
+def engine_redis_client(cfg: RedisConfig) -> Redis:
+    """The engine's client: a :class:`WatchedConnectionPool` of ``[redis] max_connections``
+    shared by the counting path, the timers and the dispatchers."""
+    url, kwargs = _redis_args(cfg, {})
+    pool = WatchedConnectionPool.from_url(
+        url, max_connections=cfg.max_connections, timeout=POOL_WAIT_S, **kwargs
+    )
+    return Redis.from_pool(pool)
+
+
+def dedicated_redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
+    """A client of one connection of its own (a subscription, a blocking read)."""
+    url, kwargs = _redis_args(cfg, extra)
+    return Redis.from_url(url, max_connections=1, **kwargs)
+
+
+def pool_exhausted(redis: Redis) -> str | None:
+    """The reason ``redis``'s pool counts as exhausted, if it is a watched pool."""
+    pool = redis.connection_pool
+    return pool.exhausted if isinstance(pool, WatchedConnectionPool) else None
+
+
+async def check_redis_capacity(redis: Redis, needed: int) -> None:
+    """Refuse to start when the server's ``maxclients`` cannot fit ``needed`` more clients.
+
+    Reads ``INFO clients`` (``maxclients`` since Redis 7 and Valkey); a server that does not
+    report it, or refuses INFO, is not checked.
+    """
+    try:
+        info: Any = await redis.info("clients")
+    except ResponseError:
+        return
+    maxclients = info.get("maxclients")
+    if maxclients is None:
+        return
+    connected = int(info.get("connected_clients", 0))
+    free = int(maxclients) - connected + 1  # this check's own connection is part of ours
+    if free < needed:
+        raise RedisCapacityError(
+            f"the Redis server accepts at most {maxclients} clients (maxclients) and "
+            f"{connected} are connected: this instance needs up to {needed} "
+            f"([redis] max_connections + {DEDICATED_REDIS_CONNECTIONS}); raise the server's "
+            "maxclients or lower [redis] max_connections"
+        )
+
+
+def reader_redis_client(
+    cfg: RedisConfig, connections: int = API_REDIS_CONNECTIONS, name: str = "the HTTP API's"
+) -> Redis:
     """A client with a small pool of its own, for readers that must never take the counting
-    path's connections (the HTTP API): at most ``connections`` at once; a request waits up to
-    5 s for one to be free (then fails as Redis unreachable)."""
+    path's connections (the HTTP API, the health monitor): at most ``connections`` at once; a
+    request waits up to 5 s for one to be free (then fails, the pool reported exhausted)."""
     url, kwargs = _redis_args(cfg, {"socket_timeout": 5})
-    pool = BlockingConnectionPool.from_url(url, max_connections=connections, timeout=5, **kwargs)
+    pool = WatchedConnectionPool.from_url(
+        url, max_connections=connections, timeout=POOL_WAIT_S, **kwargs
+    )
+    pool.label = f"{name} pool of {connections}"
     return Redis.from_pool(pool)
 
 
@@ -177,6 +306,7 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
     sha = hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by their SHA-1
     probes: list[tuple[str, tuple[Any, ...]]] = [
         ("time", ("TIME",)),
+        ("info", ("INFO", "clients")),
         ("set", ("SET", k_str, "1", "PX", 60_000)),
         ("get", ("GET", k_str)),
         ("mget", ("MGET", k_str)),
@@ -200,6 +330,7 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
         ("zrange", ("ZRANGE", k_zset, 0, -1)),
         ("zremrangebyscore", ("ZREMRANGEBYSCORE", k_zset, "-inf", 0)),
         ("zrem", ("ZREM", k_zset, "m")),
+        ("xread", ("XREAD", "COUNT", 1, "STREAMS", k_stream, "0-0")),
         ("publish", ("PUBLISH", f"{base}:channel", "probe")),
         ("scan", ("SCAN", 0, "MATCH", f"{base}:*", "COUNT", 10)),
         # the probe keys expire even if the clean-up below is refused

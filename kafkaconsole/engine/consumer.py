@@ -192,7 +192,7 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset=self.cfg.auto_offset_reset,
             max_poll_records=self.cfg.batch_size,
-            fetch_max_wait_ms=k.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.app.fetch_wait_ms(),
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
@@ -754,12 +754,15 @@ class ConsumerRunner:
 
     # ---- status ----------------------------------------------------------------------------
     async def _probe_loop(self, stop: asyncio.Event) -> None:
-        """Once a second, on this consumer's own schedule (so a process's consumers do not
-        probe in one burst, and a hanging broker delays nothing else): refresh_positions."""
+        """Once per :meth:`AppConfig.probe_interval_s` (a second, longer with hundreds of
+        consumers in the process), on this consumer's own schedule (so a process's consumers
+        do not probe in one burst, and a hanging broker delays nothing else):
+        refresh_positions."""
+        interval = self.app.probe_interval_s()
         while not stop.is_set():
             await self.refresh_positions()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def refresh_positions(self) -> None:
         """Learn the fetch position of assigned partitions that have had no records yet, and

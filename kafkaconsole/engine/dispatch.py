@@ -15,6 +15,13 @@ An entry stays pending until its final status is recorded, so a new lease holder
 again: a run whose id was recorded is followed (not started twice), one whose final status was
 recorded is only acknowledged.
 
+An idle dispatcher does not poll its stream: :class:`DispatchWaker` holds one blocking XREAD
+over the dispatch streams of every consumer this instance dispatches (one Redis connection
+for them all) and wakes the dispatcher whose stream grew; a window closed here wakes it
+directly. Beside that, an idle dispatcher looks at its stream once per ``idle_poll_s`` (the
+engine: once per lease period, every 0.5 s for two lease periods after it took the lease, to
+claim what a dead instance left pending).
+
 A :class:`~kafkaconsole.engine.breaker.CircuitBreaker` per consumer holds triggers back (in the
 stream, marked QUEUED) after ``breaker_threshold`` consecutive failed runs, until a probe run
 succeeds after ``breaker_cooldown``. Its state is in :attr:`TriggerDispatcher.breaker` and in
@@ -38,9 +45,10 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
+from kafkaconsole.config.models import AppConfig, ConsumerConfig, RedisConfig, RetryPolicy
 from kafkaconsole.config.secrets import mask_strings
 from kafkaconsole.engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
+from kafkaconsole.engine.clients import dedicated_redis_client
 from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import (
@@ -50,7 +58,7 @@ from kafkaconsole.engine.records import (
     TriggerReason,
     TriggerRecord,
 )
-from kafkaconsole.engine.retry import call_with_retry, follow_run, retry_call
+from kafkaconsole.engine.retry import backoff_delay, call_with_retry, follow_run, retry_call
 
 log = logging.getLogger("kafkaconsole.dispatch")
 
@@ -169,8 +177,11 @@ class TriggerDispatcher:
         max_concurrent: int | None = None,
         clock: Callable[[], float] = time.time,
         mask: Callable[[str], str] | None = None,
+        idle_poll_s: float = 0.5,
     ) -> None:
         self.redis = redis
+        self.idle_poll_s = idle_poll_s
+        self._fast_until = 0.0  # monotonic: poll every 0.5 s until then (lease just taken)
         self._mask = mask
         self.keys = keys
         self.cfg = cfg
@@ -236,7 +247,7 @@ class TriggerDispatcher:
                 return  # stopping before Redis answered
             while not stop.is_set():
                 if not self.leader:
-                    await self._sleep(0.5)
+                    await self._sleep(max(self.idle_poll_s, 0.5))  # the lease keeper wakes it
                     continue
                 try:
                     if self._breaker_restore:
@@ -250,7 +261,8 @@ class TriggerDispatcher:
                     await self._sleep(0.5)
                     continue
                 if not entries:
-                    await self._sleep(0.5)
+                    fast = time.monotonic() < self._fast_until
+                    await self._sleep(0.5 if fast else self.idle_poll_s)
                     continue
                 pause = await self._dispatch_batch(entries, stop)
                 if pause is not None:
@@ -562,6 +574,7 @@ class TriggerDispatcher:
                 log.debug("%s: this instance dispatches its triggers", self.cfg.consumer_id)
                 self._own_pending_checked = False
                 self._breaker_restore = True
+                self._fast_until = time.monotonic() + 2 * self.lease_ms / 1000
                 self._wake.set()
             self.leader = held
             if held and self._inflight:
@@ -652,6 +665,77 @@ class TriggerDispatcher:
         for task in pending:
             with contextlib.suppress(BaseException):
                 await task
+
+
+# -- waking idle dispatchers --------------------------------------------------------------------
+
+#: The wake-up's blocking read: how long one XREAD waits (the set of streams is read again after).
+WAKE_BLOCK_MS = 1000
+#: The wake-up while Redis does not answer: 0.5 s doubling to 5 s.
+WAKE_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
+
+
+class DispatchWaker:
+    """One blocking reader for every dispatch stream this instance dispatches.
+
+    A single ``XREAD BLOCK`` over the streams of the consumers whose lease this instance holds
+    (XREAD, not XREADGROUP: it reads without taking entries, so each dispatcher still reads
+    its own with the consumer group). When a stream grows (a window closed on another
+    instance, a re-dispatch), its dispatcher is woken. It uses one connection of its own, so
+    the dispatchers of hundreds of consumers neither poll nor hold a pooled connection each.
+    """
+
+    def __init__(
+        self,
+        cfg: RedisConfig,
+        dispatchers: Callable[[], list[TriggerDispatcher]],
+        *,
+        block_ms: int = WAKE_BLOCK_MS,
+    ) -> None:
+        self.cfg = cfg
+        self.dispatchers = dispatchers
+        self.block_ms = block_ms
+        self.wakes = 0  # dispatchers woken (for tests and diagnostics)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        redis = dedicated_redis_client(self.cfg)
+        seen: dict[str, bytes | str] = {}  # stream -> newest entry id seen
+        failures = 0
+        try:
+            while not stop.is_set():
+                leading = {d.keys.dispatch: d for d in self.dispatchers() if d.leader}
+                if not leading:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.block_ms / 1000)
+                    continue
+                streams: dict[Any, Any] = {key: seen.get(key, "0-0") for key in leading}
+                try:
+                    res: Any = await redis.xread(streams, count=READ_COUNT, block=self.block_ms)
+                except (RedisError, OSError) as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning("dispatch wake-up: Redis: %s (retrying with backoff)", exc)
+                    with contextlib.suppress(TimeoutError):
+                        delay = backoff_delay(failures, WAKE_POLICY)
+                        await asyncio.wait_for(stop.wait(), delay)
+                    continue
+                if failures:
+                    log.info("dispatch wake-up: Redis answers again")
+                failures = 0
+                for stream, entries in res or []:
+                    key = _s(stream)
+                    if entries:
+                        seen[key] = entries[-1][0]
+                    dispatcher = leading.get(key)
+                    if dispatcher is not None:
+                        dispatcher.wake()
+                        self.wakes += 1
+                for key in list(seen):
+                    if key not in leading:
+                        del seen[key]  # read from the start again if it comes back
+        finally:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
 
 
 # -- re-dispatch --------------------------------------------------------------------------------

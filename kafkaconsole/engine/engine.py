@@ -32,9 +32,16 @@ from kafkaconsole.config.secrets import mask_text, masker
 from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.batch_reader import WindowEventReader
 from kafkaconsole.engine.clients import (
+    API_REDIS_CONNECTIONS,
+    DEDICATED_REDIS_CONNECTIONS,
+    MONITOR_REDIS_CONNECTIONS,
     check_redis_access,
+    check_redis_capacity,
+    dedicated_redis_client,
+    engine_redis_client,
     kafka_kwargs,
-    redis_client,
+    pool_exhausted,
+    reader_redis_client,
     security_warnings,
 )
 from kafkaconsole.engine.consumer import ConsumerRunner
@@ -45,7 +52,7 @@ from kafkaconsole.engine.counting import (
     ResetResult,
     WindowCounter,
 )
-from kafkaconsole.engine.dispatch import TriggerDispatcher
+from kafkaconsole.engine.dispatch import DispatchWaker, TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.errors import UnknownConsumerError
 from kafkaconsole.engine.faults import fault_hook_from_env
@@ -88,6 +95,10 @@ def log_fields(
 HEARTBEAT_TTL_S = 5
 #: Seconds between the instance's own looks at the cluster's brokers (metadata)
 METADATA_REFRESH_S = 10.0
+
+
+#: An idle dispatcher looks at its stream at least this often (the dispatch wake-up wakes it).
+IDLE_DISPATCH_POLL_S = 30.0
 
 
 class DependencyUnreachable(ConnectionError):
@@ -168,7 +179,9 @@ class Engine:
         self.snapshot_interval = snapshot_interval
         self.prefix = config.redis.key_prefix
         self.fleet_keys = FleetKeys(self.prefix)
-        self.redis: Redis = redis or redis_client(config.redis)
+        # one bounded pool for counting, timers and dispatch; dedicated connections beside it
+        # (control subscription, dispatch wake-up, health monitor): README "Redis connections"
+        self.redis: Redis = redis or engine_redis_client(config.redis)
         self.control = FleetControl(self.redis, self.prefix)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
         self._fleet: Fleet | None = None
@@ -190,8 +203,13 @@ class Engine:
         self._mask = masker(config)  # what the engine writes to Redis never holds a secret
         # health verdicts and alerts over the fleet view ([monitoring]; kafkaconsole.engine.health)
         self.monitor: HealthMonitor | None = None
+        self._monitor_redis: Redis | None = None
+        self.dispatch_waker = DispatchWaker(config.redis, self._dispatchers)
         if config.monitoring.enabled:
-            self.monitor = HealthMonitor(self.redis, config, self.instance_id)
+            self._monitor_redis = reader_redis_client(
+                config.redis, MONITOR_REDIS_CONNECTIONS, "health monitor's"
+            )
+            self.monitor = HealthMonitor(self._monitor_redis, config, self.instance_id)
         self.started = False
         self.waiting_for: str | None = None  # while start() waits: what does not answer
         # background task failures (each logged and restarted): name -> (text, epoch seconds)
@@ -241,6 +259,12 @@ class Engine:
         self._tasks.append(
             asyncio.create_task(
                 self._guard(self._control_listener, "control listener"), name="control"
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._guard(partial(self.dispatch_waker.run, self._stop), "dispatch wake-up"),
+                name="dispatch-wake",
             )
         )
         if self.monitor is not None:
@@ -296,6 +320,7 @@ class Engine:
             ) from exc
         # an ACL user lacking a command the engine needs fails here, with one clear message
         await check_redis_access(self.redis, self.prefix)
+        await check_redis_capacity(self.redis, self.redis_connections_needed())
         self._redis_ok = True
         producer = AIOKafkaProducer(
             acks="all",
@@ -319,6 +344,20 @@ class Engine:
                 await producer.stop()
             raise
         self._producer = producer
+
+    def redis_pool_exhausted(self) -> tuple[str, ...]:
+        """Why a Redis pool of this engine counts as exhausted (empty: none is)."""
+        clients = [self.redis] + ([self._monitor_redis] if self._monitor_redis else [])
+        return tuple(reason for client in clients if (reason := pool_exhausted(client)))
+
+    def redis_connections_needed(self) -> int:
+        """The most Redis connections this instance holds: its pool and the dedicated ones
+        (the HTTP API's only when it is enabled)."""
+        api = 0 if self.config.api.enabled else API_REDIS_CONNECTIONS
+        return self.config.redis.max_connections + DEDICATED_REDIS_CONNECTIONS - api
+
+    def _dispatchers(self) -> list[TriggerDispatcher]:
+        return [c.dispatcher for c in self._consumers.values()]
 
     def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
         keys = ConsumerKeys(self.prefix, cfg.consumer_id)
@@ -366,6 +405,9 @@ class Engine:
             events_loader=loader,
             on_result=partial(self._on_result, cid),
             mask=self._mask,
+            # the dispatch wake-up wakes it when its stream grows; this only looks for what
+            # another instance left pending
+            idle_poll_s=max(self.lease_ms / 1000, IDLE_DISPATCH_POLL_S),
         )
         return _Consumer(cfg, keys, counter, runner, timer, dispatcher)
 
@@ -537,6 +579,9 @@ class Engine:
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.close()
+        if self._monitor_redis is not None:
+            with contextlib.suppress(Exception):
+                await self._monitor_redis.aclose()
         for pipeline in self._pipelines.values():
             with contextlib.suppress(Exception):
                 await pipeline.close()
@@ -647,7 +692,9 @@ class Engine:
 
     async def _control_listener(self) -> None:
         """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
-        pubsub = self.redis.pubsub()
+        # a connection of its own: the subscription never holds one of the pool's
+        subscriber = dedicated_redis_client(self.config.redis)
+        pubsub = subscriber.pubsub()
         listening: PubSub | None = None
         failures = 0
         try:
@@ -656,7 +703,7 @@ class Engine:
                     if listening is None:  # (re)subscribe once Redis answers again
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
-                    await listening.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    await listening.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if failures:
                         log.info("control listener: Redis answers again")
                     failures = 0
@@ -674,6 +721,8 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await subscriber.aclose()
 
     # ---- status ----------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[InstanceSnapshot], None]) -> None:
@@ -721,7 +770,9 @@ class Engine:
                         self.redis,
                         self.fleet_keys,
                         self.instance_id,
-                        snap.to_json_dict(),
+                        # orjson writes the frozen dataclasses as to_json_dict() does, at a
+                        # fraction of dataclasses.asdict's cost (hundreds of consumers a second)
+                        snap,
                         HEARTBEAT_TTL_S,
                     )
                 for listener in list(self._listeners):
@@ -838,6 +889,7 @@ class Engine:
             consumers=tuple(consumers),
             task_failures=self.recent_task_failures(),
             kafka_missing=self._kafka_missing,
+            redis_pool=self.redis_pool_exhausted(),
         )
 
     def _metadata_watcher(self) -> ConsumerRunner | None:

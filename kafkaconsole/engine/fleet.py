@@ -79,10 +79,11 @@ REGISTRY_FORGET_MS = 3_600_000
 
 
 async def publish_heartbeat(
-    redis: Redis, keys: FleetKeys, instance_id: str, snapshot: dict[str, Any], ttl_s: int
+    redis: Redis, keys: FleetKeys, instance_id: str, snapshot: object, ttl_s: int
 ) -> None:
     """Write an instance's heartbeat (expiring after ``ttl_s``) and list it in the registry
-    the fleet reads instead of scanning the keyspace, in one round trip."""
+    the fleet reads instead of scanning the keyspace, in one round trip. ``snapshot`` is
+    anything orjson serialises (a dict, or the frozen snapshot dataclasses themselves)."""
     now_ms = int(time.time() * 1000)
     pipe = redis.pipeline(transaction=True)
     pipe.set(keys.instance(instance_id), orjson.dumps(snapshot), ex=ttl_s)

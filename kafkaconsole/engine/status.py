@@ -115,6 +115,8 @@ class InstanceSnapshot:
     # brokers this instance saw in the cluster's metadata that are gone from it now (dead or
     # fenced: their partitions moved to the others), as "broker ID (host:port)"
     kafka_missing: tuple[str, ...] = ()
+    # Redis connection pools whose commands waited out for a free connection lately (why)
+    redis_pool: tuple[str, ...] = ()
 
     def consumer(self, consumer_id: str) -> ConsumerSnapshot | None:
         for c in self.consumers:

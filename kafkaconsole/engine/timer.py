@@ -79,7 +79,7 @@ class WindowTimer:
         while not stop.is_set():
             self._changed.clear()
             if self._deadline is None:
-                await self._wait_change(1.0)
+                await self._wait_change(None)  # observe() and wake() set the event
                 continue
             delay = (self._deadline - self.skew_ms - self.clock_ms()) / 1000
             if delay > 0:
@@ -87,7 +87,7 @@ class WindowTimer:
                 continue
             await self._fire()
 
-    async def _wait_change(self, timeout: float) -> None:
+    async def _wait_change(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 

@@ -482,6 +482,7 @@ class HeaderModel:
     filter_text: str = ""
     waiting_for: str | None = None  # the engine waits at start for Redis or the brokers
     kafka_missing: tuple[str, ...] = ()  # brokers gone from the cluster's metadata
+    redis_pool: tuple[str, ...] = ()  # Redis connection pools exhausted lately (why)
 
 
 def build_header(
@@ -503,6 +504,7 @@ def build_header(
         brokers=mask(config.kafka.bootstrap_servers),
         kafka_ok=snap.kafka_ok if snap is not None else None,
         kafka_missing=snap.kafka_missing if snap is not None else (),
+        redis_pool=snap.redis_pool if snap is not None else (),
         redis_ok=redis_ok if redis_ok is not None else (snap.redis_ok if snap else None),
         instances=len(fleet.instances) if fleet is not None else None,
         rate=sum(r.rate for r in rows),

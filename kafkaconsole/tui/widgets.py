@@ -249,7 +249,8 @@ class FleetHeader(Static):
         if model.kafka_missing:
             count = len(model.kafka_missing)
             missing = f" [$warning]{count} broker{'' if count == 1 else 's'} missing[/]"
-        parts.append(f"{kafka} {dot(model.kafka_ok)}{missing}  redis {dot(model.redis_ok)}")
+        pool = " [$warning]pool exhausted[/]" if model.redis_pool else ""
+        parts.append(f"{kafka} {dot(model.kafka_ok)}{missing}  redis {dot(model.redis_ok)}{pool}")
         inst = "?" if model.instances is None else str(model.instances)
         parts.append(
             f"{inst} inst" if compact else f"{inst} instance{'' if model.instances == 1 else 's'}"
