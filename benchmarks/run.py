@@ -99,6 +99,7 @@ class Plan:
     group_settings: dict[str, int] = field(default_factory=dict)
     only: tuple[str, ...] = ()  # --cases: just these throughput cases, nothing else
     peers: bool = False  # --peers: the peer cases too
+    install: bool = True  # False (--no-install): a peer whose venv is missing is left out
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -369,7 +370,7 @@ async def run_all(
     unavailable: dict[str, str] = {}
     for env in sorted({PEER_CASES[c][0] for c in peers}):
         try:
-            peer_python[env] = str(peer_env.ensure(env, log))
+            peer_python[env] = str(peer_env.ensure(env, log, install=plan.install))
             res.peer_versions[env] = peer_env.versions(env)
         except (peer_env.PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
             unavailable[env] = str(exc)
@@ -1091,8 +1092,21 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the peers (confluent-kafka, Quix Streams, Faust; benchmarks/peers/), "
         "installing them on first use into their own venvs under the cache directory",
     )
+    ap.add_argument(
+        "--max-event",
+        type=int,
+        default=None,
+        help="the count windows' size in every case (default 10,000)",
+    )
+    ap.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never install a peer: one whose venv is missing is left out (the test suite)",
+    )
     args = ap.parse_args(argv)
-    plan = replace(Plan.from_args(args), peers=args.peers)
+    plan = replace(Plan.from_args(args), peers=args.peers, install=not args.no_install)
+    if args.max_event:
+        plan = replace(plan, max_event=args.max_event)
     if args.cases:
         known = THROUGHPUT_CASES + list(PEER_CASES)
         unknown = sorted(set(args.cases.split(",")) - set(known))

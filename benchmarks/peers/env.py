@@ -53,16 +53,29 @@ def _run(argv: list[str], what: str, timeout: float = 900) -> str:
     return done.stdout
 
 
-def ensure(env: str, log: Callable[[str], None]) -> Path:
+def installed(env: str) -> bool:
+    """The venv is there with the current pins."""
+    marker = python(env).parent.parent / "kafkaconsole-pins.json"
+    return (
+        python(env).exists() and marker.exists() and json.loads(marker.read_text()) == ENVS[env][0]
+    )
+
+
+def ensure(env: str, log: Callable[[str], None], install: bool = True) -> Path:
     """The venv's python, after making the venv and installing its pins if needed.
 
     Runs on the interpreter running the benchmark (Python 3.11 here), so every peer is
-    measured on the same Python version as the engine.
+    measured on the same Python version as the engine. ``install=False``: never install;
+    a missing venv is a :class:`PeerUnavailable`.
     """
     reqs, _, module = ENVS[env]
     py = python(env)
     marker = py.parent.parent / "kafkaconsole-pins.json"
-    if not (py.exists() and marker.exists() and json.loads(marker.read_text()) == reqs):
+    if not installed(env):
+        if not install:
+            raise PeerUnavailable(
+                f"not installed in {py.parent.parent} (`benchmarks/run.py --peers` installs it)"
+            )
         log(f"installing the {env} peer into {py.parent.parent} ({', '.join(reqs)})")
         if not py.exists():
             _run([sys.executable, "-m", "venv", str(py.parent.parent)], f"venv for {env}")
