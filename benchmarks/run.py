@@ -1129,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
     res = asyncio.run(run_all(plan, log, brokers))
     res.versions = versions()
     raw = Path(tempfile.gettempdir()) / f"kafkaconsole-bench-{os.getpid()}.json"
-    raw.write_bytes(orjson.dumps(res, default=vars))
+    raw.write_bytes(orjson.dumps(res, default=vars, option=orjson.OPT_NON_STR_KEYS))
     log(f"raw results in {raw}")
     text = render(res, plan, argv, res.versions)
     args.out.write_text(text)
