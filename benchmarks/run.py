@@ -1025,8 +1025,16 @@ def render_peers(res: Results, plan: Plan, add: Callable[[str], None]) -> None:
                 c = crash[case]
                 after = "yes" if c.get("exact") else "**NO**"
                 if "duplicates" in c:
-                    after += f" ({c['windows']} windows for {c['expected_windows']}"
-                    after += f", {c['duplicates']} twice)" if c["duplicates"] else ")"
+                    after += f" ({c['windows']:,} windows for {c['expected_windows']:,}"
+                    after += f", {c['duplicates']} twice" if c["duplicates"] else ""
+                    after += f", {c['missing']} missing" if c.get("missing") else ""
+                    after += ")"
+                if c.get("held_s", 0) >= 5:
+                    after += (
+                        f"; its output readable (read_committed) {c['held_s']:.0f} s after the "
+                        "restart's end: the killed process's transaction stays open until the "
+                        "broker times it out"
+                    )
             elif case in ("peer-faust", "seed-style"):
                 after = "not checked"
             rss = fmt(summary([r["rss_mb"] for r in rs]).median)
@@ -1103,6 +1111,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="never install a peer: one whose venv is missing is left out (the test suite)",
     )
+    ap.add_argument(
+        "--render-from",
+        type=Path,
+        default=None,
+        help="write the report from the raw results a run saved (its log says where)",
+    )
     args = ap.parse_args(argv)
     plan = replace(Plan.from_args(args), peers=args.peers, install=not args.no_install)
     if args.max_event:
@@ -1126,6 +1140,13 @@ def main(argv: list[str] | None = None) -> int:
         brokers = ["tansu"] if why else ["tansu", "apache"]
         if why:
             log(f"Apache Kafka left out: {why}")
+    if args.render_from:  # the report again, from a run's raw results
+        res = Results(**orjson.loads(args.render_from.read_bytes()))
+        res.fleet = {int(k): v for k, v in res.fleet.items()}
+        text = render(res, plan, argv, res.versions)
+        args.out.write_text(text)
+        print_table(text)
+        return 0
     res = asyncio.run(run_all(plan, log, brokers))
     res.versions = versions()
     raw = Path(tempfile.gettempdir()) / f"kafkaconsole-bench-{os.getpid()}.json"
