@@ -606,8 +606,8 @@ def checks(res: Results, *, quick: bool) -> tuple[list[Check], dict[str, Summary
             Check(
                 f"{max(FLEET_SIZES)} consumers, total events/s vs 1",
                 ">= 100%",
-                f"{a / b:.0%}",
-                a >= b,
+                f"{a / b:.0%}" if b else "n/a (1 consumer counted nothing in its span)",
+                a >= b if b else None,
             )
         )
     return out, ratios
