@@ -19,6 +19,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,7 @@ class Runner:
         self.big: dict[str, int] = {}
         self.fleet_topics: dict[str, dict[str, int]] = {}
         self.errors: list[str] = []
+        self.state_dirs: list[str] = []  # the peers' local state, removed after the run
         self.group_settings = dict(plan.group_settings)
         if services.kind == "apache":  # its coordinator refuses sessions under 6 s by default
             self.group_settings["session_timeout_ms"] = 6000
@@ -247,6 +249,7 @@ class Runner:
             _, _, extra = PEER_CASES[case]
             spec = self.spec(case, format="json", **extra)
             spec["state_dir"] = tempfile.mkdtemp(prefix="kafkaconsole-peer-")
+            self.state_dirs.append(spec["state_dir"])
             spec["output"] = f"{spec['prefix']}.out"
             if case == "peer-faust":
                 spec["limit"] = self.plan.seed_events
@@ -449,6 +452,8 @@ async def run_all(
             jobs.append((f"round {rnd + 1} control", runner.control_spec(), res.control))
         await run_jobs(jobs)
         await crash_runs(runner, services.description, here)
+        for d in runner.state_dirs:
+            shutil.rmtree(d, ignore_errors=True)
     for kind in others:
         with EmbeddedServices.start(log_dir=log_dir, broker=kind) as services:
             runner = Runner(plan, services)
@@ -459,6 +464,8 @@ async def run_all(
             res.by_broker[services.description] = sinks
             await run_jobs(throughput_jobs(runner, sinks, f"{kind} ", here))
             await crash_runs(runner, services.description, here)
+            for d in runner.state_dirs:
+                shutil.rmtree(d, ignore_errors=True)
     res.seconds = time.perf_counter() - started
     return res
 
