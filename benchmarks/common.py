@@ -54,9 +54,13 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
 
 
 async def produce_bulk(
-    bootstrap: str, topic: str, n: int, partitions: int, start: int = 0
+    bootstrap: str, topic: str, n: int, partitions: int, start: int = 0, keyed: bool = False
 ) -> dict[int, int]:
     """Produce ``n`` events spread evenly over ``partitions``; returns the end offset of each.
+
+    ``keyed``: every record of partition ``p`` has the key ``p<p>`` (Quix Streams' windows
+    are per key and skip records without one: one key per partition gives one window per
+    partition, the job the other cases do).
 
     Record batches of 64 KB (aiokafka's default is 16 KB): fast to produce, and the size a
     busy real producer makes; the broker hands whole batches to fetches.
@@ -78,7 +82,8 @@ async def produce_bulk(
         while i < stop:
             batch = producer.create_batch()
             count = 0
-            while i < stop and batch.append(key=None, value=event(i), timestamp=None):
+            key = f"p{part}".encode() if keyed else None
+            while i < stop and batch.append(key=key, value=event(i), timestamp=None):
                 i += 1
                 count += 1
             batch.close()

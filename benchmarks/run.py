@@ -19,6 +19,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from benchmarks.common import (  # noqa: E402
     produce_bulk,
     summary,
 )
+from benchmarks.peers import env as peer_env  # noqa: E402
 from kafkaconsole.embedded import (  # noqa: E402
     BrokerKind,
     EmbeddedServices,
@@ -60,6 +62,19 @@ THROUGHPUT_CASES = [
     "engine-processor",
     "engine-tui",
 ]
+#: Peers (benchmarks/peers/), run with ``--peers`` or named in ``--cases``: case -> (venv,
+#: module, extra spec). They run in their own venvs (benchmarks/peers/env.py).
+PEER_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "peer-confluent": ("confluent", "benchmarks.peers.confluent_loop", {}),
+    "peer-confluent-json": ("confluent", "benchmarks.peers.confluent_loop", {"decode": "json"}),
+    "peer-quix-eos": ("quix", "benchmarks.peers.quix", {"guarantee": "exactly-once"}),
+    "peer-quix-alo": ("quix", "benchmarks.peers.quix", {"guarantee": "at-least-once"}),
+    "peer-faust": ("faust", "benchmarks.peers.faust_table", {}),
+}
+#: librdkafka cannot talk to Tansu (it needs APIs Tansu does not serve)
+LIBRDKAFKA_ENVS = ("confluent", "quix")
+#: cases whose exactness is also checked after a kill -9 and a restart (once per broker)
+CRASH_CASES = ("engine-json", "peer-quix-eos", "peer-quix-alo")
 FLEET_SIZES = (1, 10, 50)
 FLEET_TOPICS = 10
 TRICKLE_TOPICS = 10
@@ -84,6 +99,8 @@ class Plan:
     control_samples: int = 10
     group_settings: dict[str, int] = field(default_factory=dict)
     only: tuple[str, ...] = ()  # --cases: just these throughput cases, nothing else
+    peers: bool = False  # --peers: the peer cases too
+    install: bool = True  # False (--no-install): a peer whose venv is missing is left out
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -118,7 +135,14 @@ class WorkerFailed(RuntimeError):
     pass
 
 
-async def run_worker(spec: dict[str, Any], timeout: float = 300) -> Result:
+async def run_worker(
+    spec: dict[str, Any],
+    timeout: float = 300,
+    python: str = sys.executable,
+    module: str = "benchmarks.worker",
+    killed: bool = False,
+) -> Result:
+    """Run one case; ``killed``: the case kills itself with SIGKILL (a crash), as expected."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -126,9 +150,11 @@ async def run_worker(spec: dict[str, Any], timeout: float = 300) -> Result:
         ),
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
+        python,
+        "-W",
+        "ignore",
         "-m",
-        "benchmarks.worker",
+        module,
         orjson.dumps(spec).decode(),
         cwd=str(REPO),
         env=env,
@@ -142,8 +168,10 @@ async def run_worker(spec: dict[str, Any], timeout: float = 300) -> Result:
         proc.kill()
         await proc.wait()
         raise WorkerFailed(f"{spec['case']} timed out after {timeout:.0f}s") from None
+    if killed and proc.returncode == -9:
+        return {}
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
+    if killed or proc.returncode != 0 or not lines:
         tail = err.decode(errors="replace").strip().splitlines()[-15:]
         raise WorkerFailed(f"{spec['case']} exited {proc.returncode}:\n" + "\n".join(tail))
     result: Result = orjson.loads(lines[-1][len("RESULT ") :])
@@ -161,6 +189,7 @@ class Runner:
         self.big: dict[str, int] = {}
         self.fleet_topics: dict[str, dict[str, int]] = {}
         self.errors: list[str] = []
+        self.state_dirs: list[str] = []  # the peers' local state, removed after the run
         self.group_settings = dict(plan.group_settings)
         if services.kind == "apache":  # its coordinator refuses sessions under 6 s by default
             self.group_settings["session_timeout_ms"] = 6000
@@ -192,7 +221,7 @@ class Runner:
         }
         await create_topics(b, topics)
         t0 = time.perf_counter()
-        ends = await produce_bulk(b, "bench.big", p.events, 3)
+        ends = await produce_bulk(b, "bench.big", p.events, 3, keyed=True)
         seconds = time.perf_counter() - t0
         self.big = {str(k): v for k, v in ends.items()}
         for i in range(FLEET_TOPICS if fleet else 0):
@@ -216,6 +245,15 @@ class Runner:
             return self.spec("engine", format="json", processor="benchmarks.common:keep")
         if case == "engine-tui":
             return self.spec("tui", format="json")
+        if case in PEER_CASES:
+            _, _, extra = PEER_CASES[case]
+            spec = self.spec(case, format="json", **extra)
+            spec["state_dir"] = tempfile.mkdtemp(prefix="kafkaconsole-peer-")
+            self.state_dirs.append(spec["state_dir"])
+            spec["output"] = f"{spec['prefix']}.out"
+            if case == "peer-faust":
+                spec["limit"] = self.plan.seed_events
+            return spec
         raise ValueError(case)
 
     def fleet_spec(self, size: int) -> dict[str, Any]:
@@ -270,6 +308,12 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    first_broker: str = ""
+    # the peers: {broker: {case: why not run}}, {broker: {case: the run after a kill -9}}
+    peer_skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    crash: dict[str, dict[str, Result]] = field(default_factory=dict)
+    peer_versions: dict[str, dict[str, str]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 def tui_available() -> str | None:
@@ -290,10 +334,22 @@ async def run_all(
     started = time.perf_counter()
     log_dir = Path(tempfile.mkdtemp(prefix="kafkaconsole-bench-"))
 
+    timeout = 90 if plan.quick else 300
+    peer_python: dict[str, str] = {}
+
+    def launch(spec: dict[str, Any]) -> dict[str, Any]:
+        if spec["case"] not in PEER_CASES:
+            return {}
+        env, module, _ = PEER_CASES[spec["case"]]
+        # Quix Streams runs at a few thousand events/s: 1M events take minutes
+        return {"python": peer_python[env], "module": module, "timeout": timeout * 4}
+
     async def one(label: str, spec: dict[str, Any], sink: list[Result]) -> None:
         t = time.perf_counter()
         try:
-            r = await run_worker(spec, timeout=90 if plan.quick else 300)
+            r = await run_worker(spec, **({"timeout": timeout} | launch(spec)))
+            if spec["case"].startswith("peer-quix"):  # its windows, read back from Kafka
+                r |= await run_worker({**spec, "verify": True}, **launch(spec))
         except WorkerFailed as exc:
             res.errors.append(f"{label}: {exc}")
             log(f"  {label}: FAILED {str(exc).splitlines()[0]}")
@@ -314,15 +370,58 @@ async def run_all(
     if why:
         cases.remove("engine-tui")
         res.skipped["engine-tui"] = why
+    peers = [c for c in PEER_CASES if c in plan.only or (plan.peers and not plan.only)]
+    unavailable: dict[str, str] = {}
+    for env in sorted({PEER_CASES[c][0] for c in peers}):
+        try:
+            peer_python[env] = str(peer_env.ensure(env, log, install=plan.install))
+            res.peer_versions[env] = peer_env.versions(env)
+        except (peer_env.PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
+            unavailable[env] = str(exc)
+            log(f"the {env} peer is left out: {exc}")
+
+    def peer_cases(kind: BrokerKind, label: str) -> list[str]:
+        """The peers that run on this broker; the others' reasons go to the report."""
+        run, skipped = [], res.peer_skipped.setdefault(label, {})
+        for c in peers:
+            env = PEER_CASES[c][0]
+            if env in unavailable:
+                skipped[c] = unavailable[env]
+            elif kind == "tansu" and env in LIBRDKAFKA_ENVS:
+                skipped[c] = "librdkafka-based clients cannot talk to Tansu"
+            else:
+                run.append(c)
+        return run
+
+    async def crash_runs(runner: Runner, label: str, here: list[str]) -> None:
+        """kill -9 halfway, run again from where it stood, check exactness (once a broker)."""
+        sink = res.crash.setdefault(label, {})
+        for case in [c for c in CRASH_CASES if c in here]:
+            spec = runner.throughput_spec(case)
+            spec["crash_after"] = max(plan.events // 2, 1)
+            t = time.perf_counter()
+            try:
+                how = {"timeout": timeout} | launch(spec)
+                await run_worker(spec, killed=True, **how)
+                again = {k: v for k, v in spec.items() if k != "crash_after"}
+                r = await run_worker(again, **how)
+                if case.startswith("peer-quix"):
+                    r |= await run_worker({**again, "verify": True}, **how)
+            except WorkerFailed as exc:
+                res.errors.append(f"{label} kill -9 {case}: {exc}")
+                log(f"  kill -9 {case}: FAILED {str(exc).splitlines()[0]}")
+                continue
+            sink[case] = r
+            log(f"  kill -9 {case}: exact {r.get('exact')} ({time.perf_counter() - t:.1f}s)")
 
     def throughput_jobs(
-        runner: Runner, sinks: dict[str, list[Result]], tag: str
+        runner: Runner, sinks: dict[str, list[Result]], tag: str, here: list[str]
     ) -> list[tuple[str, dict[str, Any], list[Result]]]:
         jobs = []
         for rnd in range(plan.repeat):
             # interleaved: each round runs every case once, starting one case later each time
-            k = rnd % len(cases)
-            for c in cases[k:] + cases[:k]:
+            k = rnd % len(here)
+            for c in here[k:] + here[:k]:
                 jobs.append((f"{tag}round {rnd + 1} {c}", runner.throughput_spec(c), sinks[c]))
         return jobs
 
@@ -330,16 +429,18 @@ async def run_all(
     with EmbeddedServices.start(log_dir=log_dir, broker=first) as services:
         runner = Runner(plan, services)
         log(f"{services.description}: {services.bootstrap_servers}, redis {services.redis_url}")
-        res.produce_eps = await runner.prepare()
+        res.first_broker = services.description
+        here = cases + peer_cases(first, services.description)
+        res.produce_eps = await runner.prepare(fleet=not plan.only)
         log(
             f"produced {plan.events:,} events ({res.produce_eps:,.0f}/s) "
             f"and {FLEET_TOPICS} x {plan.fleet_topic_events:,} fleet events"
         )
-        for c in cases:
+        for c in here:
             res.throughput[c] = []
         for size in FLEET_SIZES:
             res.fleet[size] = []
-        jobs = throughput_jobs(runner, res.throughput, "")
+        jobs = throughput_jobs(runner, res.throughput, "", here)
         for rnd in range(plan.repeat if not plan.only else 0):
             for size in FLEET_SIZES:
                 jobs.append(
@@ -350,14 +451,21 @@ async def run_all(
             jobs.append((f"round {rnd + 1} count-latency", runner.latency_spec(), res.latency))
             jobs.append((f"round {rnd + 1} control", runner.control_spec(), res.control))
         await run_jobs(jobs)
+        await crash_runs(runner, services.description, here)
+        for d in runner.state_dirs:
+            shutil.rmtree(d, ignore_errors=True)
     for kind in others:
         with EmbeddedServices.start(log_dir=log_dir, broker=kind) as services:
             runner = Runner(plan, services)
             log(f"{services.description}: {services.bootstrap_servers}")
             res.produce_eps_by_broker[kind] = await runner.prepare(fleet=False)
-            sinks: dict[str, list[Result]] = {c: [] for c in cases}
+            here = cases + peer_cases(kind, services.description)
+            sinks: dict[str, list[Result]] = {c: [] for c in here}
             res.by_broker[services.description] = sinks
-            await run_jobs(throughput_jobs(runner, sinks, f"{kind} "))
+            await run_jobs(throughput_jobs(runner, sinks, f"{kind} ", here))
+            await crash_runs(runner, services.description, here)
+            for d in runner.state_dirs:
+                shutil.rmtree(d, ignore_errors=True)
     res.seconds = time.perf_counter() - started
     return res
 
@@ -505,8 +613,8 @@ def checks(res: Results, *, quick: bool) -> tuple[list[Check], dict[str, Summary
             Check(
                 f"{max(FLEET_SIZES)} consumers, total events/s vs 1",
                 ">= 100%",
-                f"{a / b:.0%}",
-                a >= b,
+                f"{a / b:.0%}" if b else "n/a (1 consumer counted nothing in its span)",
+                a >= b if b else None,
             )
         )
     return out, ratios
@@ -614,6 +722,8 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
     for case, why in res.skipped.items():
         add("")
         add(f"*{case} was left out: {why}.*")
+    if res.peer_versions or any(res.peer_skipped.values()):
+        render_peers(res, plan, add)
     add("")
     add("## Fleet: consumers in one process")
     add("")
@@ -790,12 +900,170 @@ ANALYSIS = """
 """
 
 
+PEER_ROWS: list[tuple[str, str, str, str]] = [
+    # case, tool (venv or "" for kafkaconsole's), what, time bound
+    ("raw", "aiokafka", "bare `getmany` loop, counts records", "no windows"),
+    (
+        "peer-confluent",
+        "confluent",
+        "bare `consume(500)` loop (librdkafka), counts records",
+        "no windows",
+    ),
+    ("raw-orjson", "aiokafka", "the bare loop, `orjson.loads` of every value", "no windows"),
+    (
+        "peer-confluent-json",
+        "confluent",
+        "the librdkafka loop, `orjson.loads` of every value",
+        "no windows",
+    ),
+    ("engine-raw", "", 'kafkaconsole, `format = "raw"`, exact counting, no-op pipeline', "engine"),
+    ("engine-json", "", 'kafkaconsole, `format = "json"`, `filter = {type = "order"}`', "engine"),
+    (
+        "peer-quix-eos",
+        "quix",
+        "JSON, `filter(type == order)`, `tumbling_count_window(max_event)"
+        ".count().final()` to a topic, RocksDB state + changelog, exactly-once",
+        "quix",
+    ),
+    ("peer-quix-alo", "quix", "the same, at-least-once (Quix's default)", "quix"),
+    (
+        "peer-faust",
+        "faust",
+        "agent: JSON, filter, a table counter per partition reset at "
+        "`max_event` (memory store + changelog), at-least-once (first {limit:,} records)",
+        "faust",
+    ),
+    (
+        "seed-style",
+        "aiokafka",
+        "per event `INCR` + `GET` + threshold check (first {limit:,} records)",
+        "none",
+    ),
+]
+
+TIME_BOUND = {
+    "no windows": "n/a (no windows)",
+    "none": "none",
+    "quix": "none: a count window closes on its `max_event`-th record only (Quix's time "
+    "windows close on event time, when a later record arrives, never on the clock)",
+    "faust": "none for counts (Faust's windowed tables are time windows only)",
+}
+
+
+def render_peers(res: Results, plan: Plan, add: Callable[[str], None]) -> None:
+    """The peers next to the engine and the bare loops, per broker they ran on."""
+    add("")
+    add("## Peers: the same job with other tools")
+    add("")
+    add(
+        "Each tool in its own fresh process, on the same pre-produced topic, interleaved with "
+        "the cases above over the same rounds; *vs best ceiling* is against the faster of the "
+        "two bare loops (aiokafka, librdkafka) on the same broker in the same run. The peers "
+        "run in venvs of their own (`benchmarks/peers/`, installed by `run.py --peers` under "
+        "the cache directory, never a kafkaconsole dependency). Windows count per partition "
+        "for the peers (Quix Streams keeps state per key: the topic's records carry one key "
+        "per partition), per consumer for kafkaconsole. *exact*: kafkaconsole's Redis totals "
+        "and windows, or every closed Quix window read back from its output topic "
+        "(read_committed: each partition's orders // `max_event` windows of `max_event` "
+        "events, none twice). *after kill -9*: the process kills itself with SIGKILL once "
+        f"half the events ({max(plan.events // 2, 1):,}) were processed, is started again "
+        "with the same group and state, runs to the end, then the same check."
+    )
+    vers = []
+    for env, v in sorted(res.peer_versions.items()):
+        vers.append(f"{env}: " + ", ".join(f"{k} {x}" for k, x in v.items()))
+    if vers:
+        add("")
+        add("Peer versions (Python " + platform.python_version() + "): " + "; ".join(vers) + ".")
+    load = pooled(res.timer, "load_ms")
+    engine_bound = (
+        f"`max_time` on Redis's clock: lateness p99 {percentile(load, 99):.0f} ms under load "
+        "(Latency)"
+        if load
+        else "`max_time` on Redis's clock (lateness: the Latency section of a full run)"
+    )
+    boards = [(res.first_broker, res.throughput), *res.by_broker.items()]
+    for label, results in boards:
+        skipped = res.peer_skipped.get(label, {})
+        if not any(c in results for c in PEER_CASES) and not skipped:
+            continue
+        add("")
+        add(f"### On {label}")
+        add("")
+        add(
+            "| case | tool | what | events/s median | min | max | vs best ceiling | "
+            "peak RSS MB | exact | exact after kill -9 | time bound |"
+        )
+        add("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
+        ceilings = [
+            summary([r["eps"] for r in results.get(c, [])]).median
+            for c in ("raw", "peer-confluent")
+        ]
+        best = max((c for c in ceilings if c == c), default=math.nan)
+        crash = res.crash.get(label, {})
+        for case, env, what, bound in PEER_ROWS:
+            what = what.replace("{limit:,}", f"{plan.seed_events:,}")
+            if env == "aiokafka":
+                tool = f"aiokafka {res.versions.get('aiokafka', '')}".strip()
+            elif env:
+                name = {
+                    "confluent": "confluent-kafka",
+                    "quix": "quixstreams",
+                    "faust": "faust-streaming",
+                }[env]
+                tool = f"{name} {res.peer_versions.get(env, {}).get(name, '')}".strip()
+            else:
+                tool = "kafkaconsole"
+            if case in skipped:
+                add(f"| {case} | {tool} | {what} | not run: {skipped[case]} | | | | | | | |")
+                continue
+            rs = results.get(case, [])
+            if not rs:
+                continue
+            st = summary([r["eps"] for r in rs])
+            med, lo, hi = fmt_summary(st)
+            share = st.median / best
+            vs = "n/a" if best != best else f"{share:.0%}" if share >= 0.01 else f"{share:.2%}"
+            exact = ""
+            if "exact" in rs[0]:
+                exact = "yes" if all(r["exact"] for r in rs) else "**NO**"
+            after = ""
+            if case in crash:
+                c = crash[case]
+                after = "yes" if c.get("exact") else "**NO**"
+                if "duplicates" in c:
+                    after += f" ({c['windows']:,} windows for {c['expected_windows']:,}"
+                    after += f", {c['duplicates']} twice" if c["duplicates"] else ""
+                    after += f", {c['missing']} missing" if c.get("missing") else ""
+                    after += ")"
+                if c.get("held_s", 0) >= 5:
+                    after += (
+                        f"; its output readable (read_committed) {c['held_s']:.0f} s after the "
+                        "restart's end: the killed process's transaction stays open until the "
+                        "broker times it out"
+                    )
+            elif case in ("peer-faust", "seed-style"):
+                after = "not checked"
+            rss = fmt(summary([r["rss_mb"] for r in rs]).median)
+            tb = engine_bound if bound == "engine" else TIME_BOUND[bound]
+            add(
+                f"| {case} | {tool} | {what} | {med} | {lo} | {hi} | {vs} | {rss} | {exact} "
+                f"| {after} | {tb} |"
+            )
+
+
 def print_table(text: str) -> None:
     """The Markdown tables on stdout, trimmed to the interesting sections."""
     keep = False
     for line in text.splitlines():
         if line.startswith("## "):
-            keep = line[3:].split(" ")[0] in ("Throughput", "Fleet:", "Latency", "Targets")
+            keep = line[3:].split(" ")[0] in (
+                "Throughput",
+                "Peers:",
+                "Fleet:",
+                "Latency",
+                "Targets",
+            )
         if keep:
             print(line)
 
@@ -833,12 +1101,38 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated throughput cases to run alone (e.g. raw,engine-json,"
         "engine-processor); skips the fleet and latency cases",
     )
+    ap.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run the peers (confluent-kafka, Quix Streams, Faust; benchmarks/peers/), "
+        "installing them on first use into their own venvs under the cache directory",
+    )
+    ap.add_argument(
+        "--max-event",
+        type=int,
+        default=None,
+        help="the count windows' size in every case (default 10,000)",
+    )
+    ap.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never install a peer: one whose venv is missing is left out (the test suite)",
+    )
+    ap.add_argument(
+        "--render-from",
+        type=Path,
+        default=None,
+        help="write the report from the raw results a run saved (its log says where)",
+    )
     args = ap.parse_args(argv)
-    plan = Plan.from_args(args)
+    plan = replace(Plan.from_args(args), peers=args.peers, install=not args.no_install)
+    if args.max_event:
+        plan = replace(plan, max_event=args.max_event)
     if args.cases:
-        unknown = sorted(set(args.cases.split(",")) - set(THROUGHPUT_CASES))
+        known = THROUGHPUT_CASES + list(PEER_CASES)
+        unknown = sorted(set(args.cases.split(",")) - set(known))
         if unknown:
-            ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(THROUGHPUT_CASES)}")
+            ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
         plan = replace(plan, only=tuple(args.cases.split(",")))
 
     def log(msg: str) -> None:
@@ -853,8 +1147,19 @@ def main(argv: list[str] | None = None) -> int:
         brokers = ["tansu"] if why else ["tansu", "apache"]
         if why:
             log(f"Apache Kafka left out: {why}")
+    if args.render_from:  # the report again, from a run's raw results
+        res = Results(**orjson.loads(args.render_from.read_bytes()))
+        res.fleet = {int(k): v for k, v in res.fleet.items()}
+        text = render(res, plan, argv, res.versions)
+        args.out.write_text(text)
+        print_table(text)
+        return 0
     res = asyncio.run(run_all(plan, log, brokers))
-    text = render(res, plan, argv, versions())
+    res.versions = versions()
+    raw = Path(tempfile.gettempdir()) / f"kafkaconsole-bench-{os.getpid()}.json"
+    raw.write_bytes(orjson.dumps(res, default=vars, option=orjson.OPT_NON_STR_KEYS))
+    log(f"raw results in {raw}")
+    text = render(res, plan, argv, res.versions)
     args.out.write_text(text)
     print_table(text)
     print(f"\nwrote {args.out}", file=sys.stderr)

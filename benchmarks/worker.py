@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -178,6 +179,7 @@ class Probe:
         self.added: dict[str, int] = {}  # events counted so far, per consumer
         self.flowing = asyncio.Event()  # every consumer in ``expect`` has counted a poll
         self.expect = 0
+        self.crash_after = 0  # > 0: kill -9 this process once that many events were counted
         process = ConsumerRunner._process
         init = ConsumerRunner.__init__
         probe = self
@@ -209,6 +211,8 @@ class Probe:
             if len(self.added) >= self.expect:
                 self.flowing.set()
         self.added[cid] += result.added
+        if self.crash_after and self.added[cid] >= self.crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # no stop, no final commit: a crash
         if self.record_applies and result.added:
             self.applies.append((time.perf_counter(), cid))
         if cid in self.pending and _caught_up(runner.local_next, self.ends[cid]):
@@ -275,10 +279,15 @@ async def _check_exact(spec: Spec, cids: list[str], ends: Ends) -> bool:
 
 
 async def case_engine(spec: Spec) -> dict[str, Any]:
-    """The kafkaconsole Engine, headless, in this process (``--no-ui`` runs the same object)."""
+    """The kafkaconsole Engine, headless, in this process (``--no-ui`` runs the same object).
+
+    ``crash_after``: kill -9 the process once that many events were counted (the harness then
+    runs the same spec again without it, and checks the totals are exact).
+    """
     ends = _ends(spec["ends"])
     cid = "bench"
     probe = Probe({cid: ends})
+    probe.crash_after = spec.get("crash_after", 0)
     cfg = engine_config(spec, [throughput_consumer(spec, cid, spec["topic"])])
     engine = Engine(cfg, instance_id=f"bench-{os.getpid()}")
     await engine.start()

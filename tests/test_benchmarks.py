@@ -64,3 +64,75 @@ def test_quick_benchmark_runs_every_case(tmp_path: Path, broker_kind: BrokerKind
         section = text.split("### The same cases on Apache Kafka", 1)
         assert len(section) == 2, text
         assert "| engine-json |" in section[1] and "| raw |" in section[1]
+
+
+PEER_ENVS = ("confluent", "quix", "faust")
+
+
+def _peers_missing() -> str | None:
+    from benchmarks.peers import env
+
+    missing = [e for e in PEER_ENVS if not env.installed(e)]
+    if missing:
+        return (
+            f"peer venvs {', '.join(missing)} not installed under {env.root()} "
+            "(`python benchmarks/run.py --peers` installs them; the suite never does)"
+        )
+    return None
+
+
+@pytest.mark.slow
+def test_peers_harness_runs_every_peer(tmp_path: Path) -> None:
+    """Every peer runs, is timed and checked, next to the bare loops and the engine; the
+    kill -9 runs restart the engine and Quix Streams and check their results."""
+    from kafkaconsole.embedded import apache_unavailable
+
+    why = _peers_missing() or apache_unavailable()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "BENCH.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cases = "raw,engine-json,peer-confluent,peer-confluent-json,peer-quix-eos,peer-quix-alo,"
+    cases += "peer-faust"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--quick",
+            "--no-install",
+            "--brokers",
+            "apache",
+            "--events",
+            "3000",
+            "--max-event",
+            "100",  # windows close: 2,700 orders, 900 a partition
+            "--cases",
+            cases,
+            "--out",
+            str(out),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = out.read_text()
+    peers = text.split("## Peers: the same job with other tools", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in peers.splitlines()
+        if line.startswith("| ") and not line.startswith("| case")
+    }
+    for case in cases.split(","):
+        row = rows[case]
+        assert float(row[3].replace(",", "")) > 0, row  # events/s measured
+        assert row[6].endswith("%"), row  # vs the best ceiling
+    # the same check of every window, on a clean run and after a kill -9 and a restart
+    assert rows["engine-json"][8] == "yes" and rows["engine-json"][9] == "yes", rows
+    assert rows["peer-quix-eos"][8] == "yes" and rows["peer-quix-eos"][9].startswith("yes"), rows
+    assert rows["peer-quix-alo"][9] != "", rows  # measured; at-least-once may count twice
+    assert "quixstreams 3.28.1" in rows["peer-quix-eos"][1]
+    assert "Peer versions (Python" in peers
