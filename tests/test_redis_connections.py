@@ -146,3 +146,39 @@ async def test_many_commands_at_once_wait_for_the_pool_instead_of_failing(
         assert pool_exhausted(client) is None
     finally:
         await client.aclose()
+
+
+async def test_commands_get_a_connection_in_the_order_they_asked(
+    services: EmbeddedServices,
+) -> None:
+    """A burst of commands is served first come, first served: a command that asked early is
+    never overtaken by later ones until it waits out the pool's timeout."""
+    client = engine_redis_client(RedisConfig(url=services.redis_url, max_connections=4))
+    served: list[int] = []
+    try:
+        pool = client.connection_pool
+        # every connection busy: everything below queues
+        held = [await pool.get_connection() for _ in range(4)]
+
+        newcomers: list[asyncio.Task[None]] = []
+
+        async def one(i: int) -> None:
+            connection = await pool.get_connection()
+            served.append(i)
+            await asyncio.sleep(0)  # let the others run while this one holds its connection
+            await pool.release(connection)
+            if i < 200:
+                # a newcomer asks just as a connection comes free: it must queue behind
+                newcomers.append(asyncio.create_task(one(1000 + i)))
+
+        tasks = [asyncio.create_task(one(i)) for i in range(200)]
+        await asyncio.sleep(0.05)  # every task is waiting for a connection
+        for connection in held:
+            await pool.release(connection)
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await asyncio.wait_for(asyncio.gather(*newcomers), 10)
+        assert served[:200] == list(range(200))
+        assert sorted(served[200:]) == [1000 + i for i in range(200)]
+        assert pool_exhausted(client) is None
+    finally:
+        await client.aclose()

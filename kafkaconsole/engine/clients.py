@@ -7,6 +7,7 @@ may run every command the engine needs, on keys under the prefix; see :data:`RED
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
@@ -130,6 +131,11 @@ class WatchedConnectionPool(BlockingConnectionPool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # first come, first served: commands queue here in order (redis-py's own wait is a
+        # condition any newcomer can overtake, so under a burst of hundreds of commands a few
+        # waited out the timeout while later ones were served)
+        self._turns = asyncio.Semaphore(self.max_connections)
+        self._holding: set[Any] = set()
         self.label = f"pool of {self.max_connections} ([redis] max_connections)"
         self.exhaustions = 0
         self.degraded_s = POOL_DEGRADED_S
@@ -139,10 +145,25 @@ class WatchedConnectionPool(BlockingConnectionPool):
 
     async def get_connection(self, *_args: Any, **_options: Any) -> Any:  # type: ignore[override]
         try:
-            connection = await super().get_connection()
-        except RedisConnectionError as exc:
-            if "No connection available" not in str(exc):
+            async with asyncio.timeout(self.timeout):
+                await self._turns.acquire()
+        except TimeoutError:
+            exhausted = True
+        else:
+            exhausted = False
+            try:
+                connection = await super().get_connection()
+            except RedisConnectionError as exc:
+                self._turns.release()
+                if "No connection available" not in str(exc):
+                    raise
+                exhausted = True
+            except BaseException:
+                self._turns.release()
                 raise
+            else:
+                self._holding.add(connection)
+        if exhausted:
             self.exhaustions += 1
             self._exhausted_at = time.monotonic()
             reason = self._reason = self.reason()
@@ -154,6 +175,15 @@ class WatchedConnectionPool(BlockingConnectionPool):
             self._episode = False
             log.info("Redis connections: the %s has free connections again", self.label)
         return connection
+
+    async def release(self, connection: Any) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            # a connection handed out by get_connection gives its turn back once
+            if connection in self._holding:
+                self._holding.discard(connection)
+                self._turns.release()
 
     def reason(self) -> str:
         return (
