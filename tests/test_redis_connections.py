@@ -22,7 +22,9 @@ from kafkaconsole.engine.clients import (
     engine_redis_client,
     pool_exhausted,
 )
+from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.pipelines import build_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -182,3 +184,37 @@ async def test_commands_get_a_connection_in_the_order_they_asked(
         assert pool_exhausted(client) is None
     finally:
         await client.aclose()
+
+
+def test_takeover_polling_keeps_to_a_process_budget() -> None:
+    """A dispatcher that just took its lease looks for what a stopped instance left every
+    0.5 s; with hundreds of consumers taking their leases at once the process keeps to about
+    200 such looks a second instead of thousands."""
+
+    def config(n: int) -> AppConfig:
+        consumers = [
+            {
+                "consumer_id": f"c{i}",
+                "kafka_topic": "t",
+                "pipeline_name": "p",
+                "connection_id": "x",
+                "max_event": 10,
+                "max_time": 60,
+            }
+            for i in range(n)
+        ]
+        pipelines = {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}}
+        return AppConfig.model_validate(
+            {"kafka": {}, "pipelines": pipelines, "consumers": consumers}
+        )
+
+    assert config(1).takeover_poll_s() == 0.5
+    assert config(100).takeover_poll_s() == 0.5
+    assert config(1000).takeover_poll_s() == 5.0
+    cfg = config(1000)
+    engine = Engine(cfg)
+    engine._pipelines["p"] = build_pipeline("p", cfg.pipelines["p"], kafka=cfg.kafka)
+    # the producer is not used to build a consumer
+    dlq = DeadLetterSink(None)  # type: ignore[arg-type]
+    consumer = engine._build_consumer(cfg.consumers[0], dlq)
+    assert consumer.dispatcher.takeover_poll_s == 5.0

@@ -576,5 +576,11 @@ class AppConfig(Section):
         second (2.5 s with 500 consumers)."""
         return max(1.0, len(self.consumers) / 200)
 
+    def takeover_poll_s(self) -> float:
+        """How often a dispatcher that just took its lease looks for what a stopped instance
+        left pending: every 0.5 s, or so that the process sends at most about 200 such looks
+        a second (5 s with 1,000 consumers, all taking their lease at start)."""
+        return max(0.5, len(self.consumers) / 200)
+
     def retry_policy_for(self, consumer: ConsumerConfig) -> RetryPolicy:
         return consumer.retry_policy or self.pipeline_for(consumer).retry_policy

@@ -19,8 +19,9 @@ An idle dispatcher does not poll its stream: :class:`DispatchWaker` holds one bl
 over the dispatch streams of every consumer this instance dispatches (one Redis connection
 for them all) and wakes the dispatcher whose stream grew; a window closed here wakes it
 directly. Beside that, an idle dispatcher looks at its stream once per ``idle_poll_s`` (the
-engine: once per lease period, every 0.5 s for two lease periods after it took the lease, to
-claim what a dead instance left pending).
+engine: once per lease period, and every ``takeover_poll_s`` for two lease periods after it
+took the lease, to claim what a dead instance left pending: 0.5 s, longer with hundreds of
+consumers, see :meth:`~kafkaconsole.config.models.AppConfig.takeover_poll_s`).
 
 A :class:`~kafkaconsole.engine.breaker.CircuitBreaker` per consumer holds triggers back (in the
 stream, marked QUEUED) after ``breaker_threshold`` consecutive failed runs, until a probe run
@@ -178,10 +179,13 @@ class TriggerDispatcher:
         clock: Callable[[], float] = time.time,
         mask: Callable[[str], str] | None = None,
         idle_poll_s: float = 0.5,
+        takeover_poll_s: float = 0.5,
     ) -> None:
         self.redis = redis
         self.idle_poll_s = idle_poll_s
-        self._fast_until = 0.0  # monotonic: poll every 0.5 s until then (lease just taken)
+        self.takeover_poll_s = takeover_poll_s
+        # monotonic: poll every takeover_poll_s until then (lease just taken)
+        self._fast_until = 0.0
         self._mask = mask
         self.keys = keys
         self.cfg = cfg
@@ -262,7 +266,7 @@ class TriggerDispatcher:
                     continue
                 if not entries:
                     fast = time.monotonic() < self._fast_until
-                    await self._sleep(0.5 if fast else self.idle_poll_s)
+                    await self._sleep(self.takeover_poll_s if fast else self.idle_poll_s)
                     continue
                 pause = await self._dispatch_batch(entries, stop)
                 if pause is not None:

@@ -408,6 +408,7 @@ class Engine:
             # the dispatch wake-up wakes it when its stream grows; this only looks for what
             # another instance left pending
             idle_poll_s=max(self.lease_ms / 1000, IDLE_DISPATCH_POLL_S),
+            takeover_poll_s=self.config.takeover_poll_s(),
         )
         return _Consumer(cfg, keys, counter, runner, timer, dispatcher)
 
