@@ -49,7 +49,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RedisConfig, RetryPolicy
 from kafkaconsole.config.secrets import mask_strings
 from kafkaconsole.engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
-from kafkaconsole.engine.clients import dedicated_redis_client
+from kafkaconsole.engine.clients import PoolExhausted, dedicated_redis_client
 from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import (
@@ -258,7 +258,8 @@ class TriggerDispatcher:
                         await self._restore_breaker()
                     entries = await self._next_entries()
                 except (RedisError, OSError) as exc:
-                    log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
+                    if not isinstance(exc, PoolExhausted):  # the pool says so, once
+                        log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
                     if "NOGROUP" in str(exc):  # Redis came back without its data
                         with contextlib.suppress(RedisError, OSError):
                             await self.ensure_group()
@@ -322,7 +323,8 @@ class TriggerDispatcher:
                     await self._hold(record)
                     return max(min(self._breaker.seconds_until_allowed(), 1.0), 0.05)
             except (RedisError, OSError) as exc:
-                log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
+                if not isinstance(exc, PoolExhausted):  # the pool says so, once
+                    log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
                 return 0.5
             self._held.discard(record.window_id)
             if not await self._dispatch(entry_id, record, prior if resume else None):
