@@ -14,12 +14,19 @@ import pytest
 from rich.text import Text
 from textual.pilot import Pilot
 
+from kafkaconsole.engine.fleet_status import (
+    AlertStatus,
+    ConsumerStatus,
+    FleetStatus,
+    InstanceSummary,
+    PartitionStatus,
+)
 from kafkaconsole.tui import app as app_module
 from kafkaconsole.tui import widgets
 from kafkaconsole.tui.app import KafkaConsoleApp, SnapshotReady
 from kafkaconsole.tui.sample import sample_app
 from kafkaconsole.tui.source import StaticSource
-from kafkaconsole.tui.viewmodel import ConsoleSnapshot, ConsumerRow
+from kafkaconsole.tui.viewmodel import ConsoleSnapshot, ConsumerRow, FleetView
 from kafkaconsole.tui.widgets import ConsumerTable, row_cells
 from tests.helpers import wait_for
 
@@ -148,3 +155,86 @@ async def test_only_the_rows_that_changed_are_redrawn(monkeypatch: pytest.Monkey
         assert table.redrawn == ("clicks",)
         assert set(touched) == {"clicks"} and built == ["clicks"]
         assert "7" in _count_cell(table, "clicks")
+
+
+def test_the_fleet_view_is_built_from_the_typed_status_as_from_its_json() -> None:
+    partition = PartitionStatus(
+        partition=0,
+        position=5,
+        highwater=17,
+        lag=12,
+        time_lag_seconds=7.25,
+        oldest_ts_ms=1,
+        owner="i1",
+    )
+    unowned = PartitionStatus(partition=1, position=None, highwater=3, lag=None)
+    alert = AlertStatus(
+        alert="stalled",
+        channel="tui",
+        message="stalled: partition 0 has not moved",
+        since="2026-01-01T00:00:01.000Z",
+        value=None,
+        verdict="stalled",
+        metric=None,
+    )
+    consumer = ConsumerStatus(
+        consumer_id="orders",
+        kafka_topic="orders",
+        pipeline_name="orders_sync",
+        job_type="sync",
+        state="paused",
+        paused_by="ops",
+        paused_at="2026-01-01T00:00:00.000Z",
+        count=3,
+        max_event=500,
+        max_time=20.0,
+        window_id=4,
+        window_opened_at=None,
+        window_opened_at_ms=None,
+        time_left=None,
+        fill_ratio=0.006,
+        total=90,
+        errors=2,
+        filtered=0,
+        windows=3,
+        windows_by_reason={"count": 3},
+        discarded=0,
+        dlq=0,
+        rate=3.5,
+        lag=12,
+        partitions=(partition, unowned),
+        instances=("i1",),
+        last_trigger=None,
+        last_error=None,
+        processor_stall=None,
+        time_lag_seconds=7.25,
+        time_to_trigger_seconds=3.0,
+        reported_at_ms=None,
+        verdict="stalled",
+        verdict_reason="partition 0 has not moved",
+        verdict_since="2026-01-01T00:00:00.000Z",
+        alerts=(alert,),
+    )
+    status = FleetStatus(
+        consumers=(consumer,),
+        instances=(
+            InstanceSummary(
+                instance_id="i1",
+                host="h",
+                pid=1,
+                started_at_ms=0,
+                taken_at_ms=0,
+                redis_ok=True,
+                kafka_ok=True,
+                consumers=["orders"],
+            ),
+        ),
+    )
+    typed = FleetView.from_fleet(status)
+    assert typed == FleetView.from_status(status.to_json())
+    c = typed.consumers["orders"]
+    assert typed.instances == ("i1",)
+    assert (c.state, c.paused_by, c.errors, c.total, c.lag) == ("paused", "ops", 2, 90, 12)
+    assert c.partitions[1].owner == "" and c.partitions[0].time_lag_seconds == 7.25
+    assert c.verdict_since_ms == 1767225600000
+    assert c.alerts[0].since_ms == 1767225601000
