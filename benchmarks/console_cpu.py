@@ -39,7 +39,7 @@ class RedisFleetSource(ConsoleSource):
         return Series()
 
     async def fleet(self) -> FleetView | None:
-        return FleetView.from_status(await self.reader.status())
+        return FleetView.from_fleet(await self.reader.read())
 
     async def history(self, consumer_id: str, limit: int = 20) -> list[dict[str, Any]]:
         return []

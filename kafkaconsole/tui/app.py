@@ -2,9 +2,13 @@
 
 The engine is a named, exclusive Textual worker (``exit_on_error=False``) on the app's event
 loop; its failure is handled in one place (:meth:`KafkaConsoleApp.on_worker_state_changed`).
-The screens refresh on a timer at ``[ui] refresh_hz`` from the latest snapshot, never per
-event; the fleet (other instances, partition owners, trigger history) is read from Redis once a
-second. Log records go to the log panel, never to the terminal, while the app runs.
+One poll at ``[ui] refresh_hz`` (never per event) takes this instance's latest snapshot and the
+fleet's typed status (other instances, partition owners, trigger history; read from Redis at
+most once a second) and posts them as one frozen :class:`ConsoleSnapshot` in a
+:class:`SnapshotReady` message. The app keeps one slot and at most one such message queued: a
+newer snapshot replaces one not drawn yet, so a slow screen draws the latest and never works
+through a backlog. The table redraws only the cells that changed. Log records go to the log
+panel, never to the terminal, while the app runs.
 
 For tests and screenshots the app takes a ``data_source`` instead of an engine, and a ``clock``.
 
@@ -23,7 +27,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.markup import escape
+from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.theme import Theme
@@ -46,6 +51,7 @@ from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
 from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.counting import WindowState
 from kafkaconsole.engine.engine import DependencyUnreachable, Engine
+from kafkaconsole.engine.status import InstanceSnapshot
 from kafkaconsole.headless import default_extras, start_error_text
 from kafkaconsole.tui.bindings import (
     ALL_COMMANDS,
@@ -64,9 +70,11 @@ from kafkaconsole.tui.themes import (
     variable_defaults,
 )
 from kafkaconsole.tui.viewmodel import (
+    ConsoleSnapshot,
     ConsumerRow,
     FleetView,
     LogBook,
+    Series,
     build_header,
     build_history,
     build_rows,
@@ -95,6 +103,15 @@ READ_ONLY_HINT = "[ui] read_only = true or --read-only"
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+class SnapshotReady(Message):
+    """A poll's snapshot is waiting in the app's slot (the slot may hold a newer one by the
+    time this is handled: the handler draws whatever the slot holds)."""
+
+    def __init__(self, snapshot: ConsoleSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
 
 
 class KafkaConsoleApp(App[int]):
@@ -153,6 +170,22 @@ class KafkaConsoleApp(App[int]):
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._watch_runs: dict[str, int] = {}
         self._rows: list[ConsumerRow] = []
+        self._instance: InstanceSnapshot | None = None
+        self._series_of: Mapping[str, Series] = {}
+        # the poll: one in flight at a time, the fleet read at most every FLEET_POLL_S
+        self._polling = False
+        self._poll_seq = 0
+        self._fleet_read: FleetView | None = None
+        self._fleet_read_ok: bool | None = None
+        self._fleet_read_at: float | None = None
+        self._fleet_read_seq = 0
+        # the mailbox: the newest snapshot not drawn yet, and whether a message is queued
+        self._slot: ConsoleSnapshot | None = None
+        self._posted = False
+        self.drawn: ConsoleSnapshot | None = None
+        """The snapshot on screen."""
+        self.snapshots_drawn = 0
+        """How many snapshots were drawn (each at most once; replaced ones never)."""
 
     def notify(
         self,
@@ -244,12 +277,15 @@ class KafkaConsoleApp(App[int]):
                 )
         self.query_one("#filter-bar").display = False
         self.source.subscribe_alerts(self._on_alert)
-        self.set_interval(1.0 / self.config.ui.refresh_hz, self.refresh_view, name="refresh")
-        self.set_interval(FLEET_POLL_S, self.poll_fleet, name="fleet")
+        self.set_interval(1.0 / self.config.ui.refresh_hz, self.poll, name="poll")
         if self.engine is not None:
             self.run_engine()
             self._handle_sigterm(True)
+        # draw this instance's data at once; the first poll adds the fleet
+        self._poll_seq += 1
+        self._apply(self._snapshot(self._poll_seq, {}))
         self.refresh_view()
+        self.poll()
         self.query_one(ConsumerTable).focus()
 
     def on_unmount(self) -> None:
@@ -386,39 +422,103 @@ class KafkaConsoleApp(App[int]):
         return any(w.name == "engine" and w.is_running for w in self.workers)
 
     # ---- data ------------------------------------------------------------------------------
-    def poll_fleet(self) -> None:
-        self._poll_fleet_worker()
+    def poll(self, *, fleet: bool = False) -> None:
+        """Read a snapshot and post it (skipped while the previous read is still running).
 
-    @work(group="fleet", exclusive=True, exit_on_error=False)
-    async def _poll_fleet_worker(self) -> None:
-        await self.fetch()
-        self.refresh_view()
+        ``fleet=True`` reads the fleet now rather than when it is due (the detail view opens)."""
+        if fleet:
+            self._fleet_read_at = None
+        if self._polling:
+            return
+        self._polling = True
+        self._poll_worker()
 
-    async def fetch(self) -> None:
-        """Read the fleet (and the open detail's history) from the source."""
+    @work(group="poll", exit_on_error=False)
+    async def _poll_worker(self) -> None:
         try:
-            async with asyncio.timeout(3):
-                self._fleet = await self.source.fleet()
-            self._fleet_ok = True if self._fleet is not None else self._fleet_ok
-        except Exception as exc:
-            if self._fleet_ok is not False:
-                log.warning("fleet status unavailable: %s", exc)
-            self._fleet_ok = False
-        detail = self._detail_screen()
-        if detail is not None:
-            with contextlib.suppress(Exception):
+            self.deliver(await self.read_snapshot())
+        finally:
+            self._polling = False
+
+    async def read_snapshot(self, *, fleet: bool = False) -> ConsoleSnapshot:
+        """This instance's latest snapshot, its series and the fleet (read from the source when
+        due, else the last read) as one frozen snapshot."""
+        self._poll_seq += 1
+        seq = self._poll_seq
+        due = (
+            fleet
+            or self._fleet_read_at is None
+            or time.monotonic() - self._fleet_read_at >= FLEET_POLL_S
+        )
+        histories: dict[str, tuple[Mapping[str, Any], ...]] = {}
+        if due:
+            self._fleet_read_at = time.monotonic()
+            ok: bool | None
+            try:
                 async with asyncio.timeout(3):
-                    self._histories[detail.consumer_id] = await self.source.history(
-                        detail.consumer_id, 20
-                    )
+                    view = await self.source.fleet()
+                ok = True if view is not None else self._fleet_read_ok
+            except Exception as exc:
+                if self._fleet_read_ok is not False:
+                    log.warning("fleet status unavailable: %s", exc)
+                view, ok = self._fleet_read, False
+            if seq > self._fleet_read_seq:  # a read started earlier never overwrites a later one
+                self._fleet_read, self._fleet_read_ok, self._fleet_read_seq = view, ok, seq
+            detail = self._detail_screen()
+            if detail is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(3):
+                        records = await self.source.history(detail.consumer_id, 20)
+                    histories[detail.consumer_id] = tuple(records)
+        return self._snapshot(seq, histories)
+
+    def _snapshot(
+        self, seq: int, histories: Mapping[str, tuple[Mapping[str, Any], ...]]
+    ) -> ConsoleSnapshot:
+        return ConsoleSnapshot(
+            seq=seq,
+            instance=self.source.latest(),
+            fleet=self._fleet_read,
+            fleet_ok=self._fleet_read_ok,
+            series={
+                c.consumer_id: self.source.series(c.consumer_id) for c in self.config.consumers
+            },
+            histories=histories,
+        )
+
+    def deliver(self, snapshot: ConsoleSnapshot) -> None:
+        """Put a snapshot in the slot (unless it holds a newer one); post a message only if
+        none is queued already."""
+        if self._slot is None or snapshot.seq > self._slot.seq:
+            self._slot = snapshot
+        if not self._posted:
+            self._posted = True
+            self.post_message(SnapshotReady(snapshot))
+
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        self._posted = False
+        snapshot, self._slot = self._slot, None
+        if snapshot is not None and self._apply(snapshot):
+            self.refresh_view()
+
+    def _apply(self, snapshot: ConsoleSnapshot) -> bool:
+        """Take a snapshot as the one shown (an older one than shown is dropped)."""
+        if self.drawn is not None and snapshot.seq <= self.drawn.seq:
+            return False
+        self.drawn = snapshot
+        self.snapshots_drawn += 1
+        self._instance = snapshot.instance
+        self._fleet = snapshot.fleet
+        self._fleet_ok = snapshot.fleet_ok
+        self._series_of = snapshot.series
+        for cid, records in snapshot.histories.items():
+            self._histories[cid] = [dict(r) for r in records]
+        return True
 
     async def refresh_now(self) -> None:
-        """Fetch everything and redraw at once (tests and screenshots call this)."""
-        await self.fetch()
-        self.refresh_view()
-
-    def _series(self) -> dict[str, Any]:
-        return {c.consumer_id: self.source.series(c.consumer_id) for c in self.config.consumers}
+        """Read everything and redraw at once (tests and screenshots call this)."""
+        if self._apply(await self.read_snapshot(fleet=True)):
+            self.refresh_view()
 
     @property
     def main_screen(self) -> Screen[Any]:
@@ -429,7 +529,7 @@ class KafkaConsoleApp(App[int]):
         return self.main_screen.query_one(ConsumerTable)
 
     def refresh_view(self) -> None:
-        """Redraw from the latest snapshot: called at refresh_hz, after commands and resizes."""
+        """Draw the snapshot taken last (after each poll's, commands, resizes, the filter)."""
         if not self.screen_stack:
             return
         try:
@@ -437,8 +537,8 @@ class KafkaConsoleApp(App[int]):
         except NoMatches:
             return
         now = self.clock()
-        snap = self.source.latest()
-        rows = build_rows(self.config, snap, self._fleet, self._series(), now, self.mask)
+        snap = self._instance
+        rows = build_rows(self.config, snap, self._fleet, self._series_of, now, self.mask)
         self._rows = rows
         self._notify_finished_runs(rows)
         shown = [r for r in rows if r.matches(self.filter_text)]
@@ -522,7 +622,7 @@ class KafkaConsoleApp(App[int]):
         cfg = self.config.consumer(row.consumer_id)
         model = DetailModel(
             row=row,
-            partitions=partitions_of(row.consumer_id, self.source.latest(), self._fleet),
+            partitions=partitions_of(row.consumer_id, self._instance, self._fleet),
             history=build_history(
                 self._histories.get(row.consumer_id, []),
                 now,
@@ -531,7 +631,7 @@ class KafkaConsoleApp(App[int]):
             ),
             errors=self.logbook.errors_for(row.consumer_id),
             config=config_lines(self.masked_config, row.consumer_id),
-            series=self.source.series(row.consumer_id),
+            series=self._series_of.get(row.consumer_id, Series()),
             dlq_topic=cfg.dlq_topic if cfg.error_handling.on_error == "dlq" else None,
             now_ms=now,
         )
@@ -762,7 +862,7 @@ class KafkaConsoleApp(App[int]):
         if row is None:
             return
         self.push_screen(DetailScreen(row.consumer_id, self.logbook.lines(), self.palette))
-        self.call_after_refresh(self.poll_fleet)
+        self.call_after_refresh(self.poll, fleet=True)
         self.call_after_refresh(self.refresh_view)
 
     @on(DataTable.RowSelected, "#consumers")

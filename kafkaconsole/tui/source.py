@@ -2,8 +2,9 @@
 
 :class:`EngineSource` wraps the :class:`~kafkaconsole.engine.engine.Engine` that runs inside the
 app: it receives the engine's snapshots (one per refresh interval, never one per event), records
-the rate/lag series, reads the fleet through :class:`~kafkaconsole.engine.fleet.Fleet` and
-steers through the engine (which acts fleet-wide through Redis).
+the rate/lag series, reads the fleet's typed status through
+:meth:`~kafkaconsole.engine.fleet.Fleet.read` and steers through the engine (which acts
+fleet-wide through Redis). The app's one poll reads both and posts them as one snapshot.
 
 :class:`StaticSource` holds fixed data: snapshot tests, the README screenshot and any test that
 wants the screens without a broker. Its commands change its own data, so the screens react.
@@ -112,7 +113,7 @@ class EngineSource(ConsoleSource):
     async def fleet(self) -> FleetView | None:
         if not self.ready:
             return None
-        return FleetView.from_status(await self.fleet_reader.status())
+        return FleetView.from_fleet(await self.fleet_reader.read())
 
     async def history(self, consumer_id: str, limit: int = 20) -> list[dict[str, Any]]:
         if not self.ready:

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
+from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus
 from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot
 from kafkaconsole.engine.thresholds import Progress, window_progress
 
@@ -84,8 +85,14 @@ class FleetView:
     consumers: Mapping[str, FleetConsumer]
 
     @classmethod
+    def from_fleet(cls, status: FleetStatus) -> FleetView:
+        """Build from :meth:`Fleet.read`'s typed status (what the console polls)."""
+        consumers = {c.consumer_id: _fleet_consumer(c) for c in status.consumers}
+        return cls(tuple(i.instance_id for i in status.instances), consumers)
+
+    @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> FleetView:
-        """Build from :meth:`Fleet.status` (the ``status --json`` model)."""
+        """Build from the ``status --json`` body (JSON read from elsewhere, possibly partial)."""
         consumers: dict[str, FleetConsumer] = {}
         for c in status.get("consumers", []):
             parts = tuple(
@@ -128,6 +135,34 @@ class FleetView:
             )
         instances = tuple(str(i["instance_id"]) for i in status.get("instances", []))
         return cls(instances, consumers)
+
+
+def _fleet_consumer(c: ConsumerStatus) -> FleetConsumer:
+    return FleetConsumer(
+        consumer_id=c.consumer_id,
+        state=c.state,
+        rate=c.rate,
+        lag=c.lag,
+        partitions=tuple(
+            FleetPartition(
+                p.partition, p.position, p.highwater, p.lag, p.owner or "", p.time_lag_seconds
+            )
+            for p in c.partitions
+        ),
+        instances=c.instances,
+        paused_by=c.paused_by,
+        errors=c.errors,
+        total=c.total,
+        verdict=c.verdict,
+        verdict_reason=c.verdict_reason,
+        verdict_since_ms=_iso_to_ms(c.verdict_since),
+        alerts=tuple(
+            AlertView(a.alert, a.channel, a.message or "", _iso_to_ms(a.since), a.value)
+            for a in c.alerts
+        ),
+        time_lag_seconds=c.time_lag_seconds,
+        time_to_trigger_seconds=c.time_to_trigger_seconds,
+    )
 
 
 def _float(value: Any) -> float | None:
@@ -198,6 +233,25 @@ def lag_trend(
     if abs(delta) < min_change or abs(delta) < min_ratio * max(then, 1.0):
         return Trend.FLAT
     return Trend.UP if delta > 0 else Trend.DOWN
+
+
+# ---- one poll's worth of data ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSnapshot:
+    """Everything a redraw shows, read in one poll: this instance's snapshot, the fleet and the
+    recorded series. The poll posts it to the app as one message; a newer one replaces one not
+    drawn yet (``seq`` orders them)."""
+
+    seq: int
+    instance: InstanceSnapshot | None
+    fleet: FleetView | None
+    fleet_ok: bool | None
+    """False when the last fleet read failed, None before the first one answered."""
+    series: Mapping[str, Series] = field(default_factory=dict)
+    histories: Mapping[str, tuple[Mapping[str, Any], ...]] = field(default_factory=dict)
+    """Trigger records (newest first) of the consumer whose detail view is open."""
 
 
 # ---- formatting -------------------------------------------------------------------------------
@@ -684,6 +738,7 @@ class LogBook:
 
 __all__ = [
     "AlertView",
+    "ConsoleSnapshot",
     "ConsumerRow",
     "FleetConsumer",
     "FleetPartition",

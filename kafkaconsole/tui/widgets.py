@@ -461,7 +461,13 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
         self._columns_sig: tuple[tuple[str, int], ...] = ()
         self._row_ids: list[str] = []
         self._shown: dict[tuple[str, str], Text] = {}
+        self._drawn_rows: dict[str, ConsumerRow] = {}
+        self._drawn_with: tuple[tuple[tuple[str, int], ...], bool] | None = None
+        self._drawn_palette: Palette | None = None
         self.compact = False
+        self.redrawn: tuple[str, ...] = ()
+        """The consumers whose cells the last :meth:`show` changed (all of them when the rows
+        or columns changed)."""
 
     @property
     def selected_id(self) -> str | None:
@@ -475,6 +481,10 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
         sig = tuple((c.key, c.width) for c in columns)
         selected = self.selected_id
         ids = [r.consumer_id for r in rows]
+        drawn_with = (sig, compact)
+        if drawn_with != self._drawn_with or palette is not self._drawn_palette:
+            self._drawn_rows = {}  # other columns or colours: every row's cells again
+            self._drawn_with, self._drawn_palette = drawn_with, palette
         if sig != self._columns_sig:
             self.clear(columns=True)
             for c in columns:
@@ -482,22 +492,34 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
                 self.add_column(label, key=c.key, width=c.width + 1)
             self._columns_sig = sig
             self._row_ids = []
-        cells = {r.consumer_id: row_cells(r, columns, palette, compact) for r in rows}
         if ids != self._row_ids:
             self.clear()
-            for cid in ids:
-                self.add_row(*cells[cid], key=cid)
+            self._shown = {}
+            for r in rows:
+                cells = row_cells(r, columns, palette, compact)
+                self.add_row(*cells, key=r.consumer_id)
+                for c, cell in zip(columns, cells, strict=True):
+                    self._shown[(r.consumer_id, c.key)] = cell
             self._row_ids = ids
+            self.redrawn = tuple(ids)
             if selected in ids:
                 self.move_cursor(row=ids.index(selected), animate=False)
-        else:  # same rows: touch only the cells that changed
-            for cid in ids:
-                for c, cell in zip(columns, cells[cid], strict=True):
+        else:  # same rows: an unchanged row is skipped, a changed one touches changed cells
+            redrawn = []
+            for r in rows:
+                cid = r.consumer_id
+                if self._drawn_rows.get(cid) == r:
+                    continue
+                changed = False
+                for c, cell in zip(columns, row_cells(r, columns, palette, compact), strict=True):
                     if self._shown.get((cid, c.key)) != cell:
                         self.update_cell(cid, c.key, cell)
-        self._shown = {
-            (cid, c.key): cell for cid in ids for c, cell in zip(columns, cells[cid], strict=True)
-        }
+                        self._shown[(cid, c.key)] = cell
+                        changed = True
+                if changed:
+                    redrawn.append(cid)
+            self.redrawn = tuple(redrawn)
+        self._drawn_rows = {r.consumer_id: r for r in rows}
 
     def select_id(self, consumer_id: str) -> None:
         if consumer_id in self._row_ids:
