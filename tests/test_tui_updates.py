@@ -6,6 +6,7 @@ The console runs on the sample fleet (a :class:`StaticSource`, frozen clock) wit
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,37 @@ def test_the_fleet_view_is_built_from_the_typed_status_as_from_its_json() -> Non
     assert c.partitions[1].owner == "" and c.partitions[0].time_lag_seconds == 7.25
     assert c.verdict_since_ms == 1767225600000
     assert c.alerts[0].since_ms == 1767225601000
+
+
+async def test_a_refresh_is_not_lost_to_a_poll_built_while_its_fleet_read_ran() -> None:
+    """A refresh reads the fleet; a poll that was not due to read it builds its snapshot
+    meanwhile from the previous read. The refresh, finishing last with the newer fleet, is the
+    one drawn."""
+    app = _counting_app()
+    source = app.source
+    assert isinstance(source, StaticSource)
+    async with app.run_test(size=SIZE) as pilot:
+        await _settled(app, pilot)
+        old_view = app._fleet_read
+        assert old_view is not None
+        new_view = replace(old_view, instances=(*old_view.instances, "another-instance"))
+        release = asyncio.Event()
+        reading = asyncio.Event()
+
+        async def slow_fleet() -> FleetView | None:
+            reading.set()
+            await release.wait()
+            return new_view
+
+        source.fleet = slow_fleet  # type: ignore[method-assign]
+        refresh = asyncio.create_task(app.refresh_now())
+        await reading.wait()
+        poll = await app.read_snapshot()  # not due: built from the previous fleet read
+        assert poll.fleet is old_view
+        app.deliver(poll)
+        await pilot.pause()
+        assert app.drawn is poll
+        release.set()
+        await refresh
+        await pilot.pause()
+        assert app.drawn is not None and app.drawn.fleet is new_view

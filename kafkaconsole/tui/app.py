@@ -174,7 +174,8 @@ class KafkaConsoleApp(App[int]):
         self._series_of: Mapping[str, Series] = {}
         # the poll: one in flight at a time, the fleet read at most every FLEET_POLL_S
         self._polling = False
-        self._poll_seq = 0
+        self._poll_seq = 0  # orders the fleet reads by when they started
+        self._snapshot_seq = 0  # orders the snapshots by when they were built
         self._fleet_read: FleetView | None = None
         self._fleet_read_ok: bool | None = None
         self._fleet_read_at: float | None = None
@@ -282,8 +283,7 @@ class KafkaConsoleApp(App[int]):
             self.run_engine()
             self._handle_sigterm(True)
         # draw this instance's data at once; the first poll adds the fleet
-        self._poll_seq += 1
-        self._apply(self._snapshot(self._poll_seq, {}))
+        self._apply(self._snapshot({}))
         self.refresh_view()
         self.poll()
         self.query_one(ConsumerTable).focus()
@@ -470,13 +470,15 @@ class KafkaConsoleApp(App[int]):
                     async with asyncio.timeout(3):
                         records = await self.source.history(detail.consumer_id, 20)
                     histories[detail.consumer_id] = tuple(records)
-        return self._snapshot(seq, histories)
+        return self._snapshot(histories)
 
-    def _snapshot(
-        self, seq: int, histories: Mapping[str, tuple[Mapping[str, Any], ...]]
-    ) -> ConsoleSnapshot:
+    def _snapshot(self, histories: Mapping[str, tuple[Mapping[str, Any], ...]]) -> ConsoleSnapshot:
+        # numbered when built, not when its read started: a snapshot built later holds the
+        # newest fleet read that finished, so it never loses to one built earlier (a poll
+        # that did not read the fleet while a refresh's read was still under way)
+        self._snapshot_seq += 1
         return ConsoleSnapshot(
-            seq=seq,
+            seq=self._snapshot_seq,
             instance=self.source.latest(),
             fleet=self._fleet_read,
             fleet_ok=self._fleet_read_ok,
