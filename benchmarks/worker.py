@@ -60,6 +60,10 @@ def _caught_up(next_offsets: dict[int, int], ends: Ends) -> bool:
     return all(next_offsets.get(p, 0) >= e for p, e in ends.items())
 
 
+def _counted_through(runner: ConsumerRunner, ends: Ends) -> bool:
+    return all((runner.next_offset(p) or 0) >= e for p, e in ends.items())
+
+
 def expected_counted(ends: Ends, fmt: str) -> int:
     """Events the consumer counts: all of them in raw format, the orders in JSON format."""
     total = sum(ends.values())
@@ -215,7 +219,7 @@ class Probe:
             os.kill(os.getpid(), signal.SIGKILL)  # no stop, no final commit: a crash
         if self.record_applies and result.added:
             self.applies.append((time.perf_counter(), cid))
-        if cid in self.pending and _caught_up(runner.local_next, self.ends[cid]):
+        if cid in self.pending and _counted_through(runner, self.ends[cid]):
             self.pending.discard(cid)
             if not self.pending:
                 self.t_done = time.perf_counter()
@@ -358,8 +362,7 @@ async def case_fleet(spec: Spec) -> dict[str, Any]:
         await asyncio.sleep(spec["duration"])
         a1, t1 = sum(probe.added.values()), time.perf_counter()
         ran_dry = any(
-            _caught_up(engine._get(cid).runner.local_next, ends)
-            for cid, ends in ends_by_cid.items()
+            _counted_through(engine._get(cid).runner, ends) for cid, ends in ends_by_cid.items()
         )
     finally:
         await engine.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from kafkaconsole.config.models import AppConfig
@@ -53,3 +55,13 @@ async def start_engine(cfg: AppConfig) -> Engine:
     engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
     await engine.start()
     return engine
+
+
+@asynccontextmanager
+async def running_engine(cfg: AppConfig) -> AsyncIterator[Engine]:
+    """:func:`start_engine`, stopped again on the way out (whatever the test raised)."""
+    engine = await start_engine(cfg)
+    try:
+        yield engine
+    finally:
+        await engine.stop()

@@ -1,16 +1,22 @@
-"""Test helpers that talk to the real broker: create topics, produce, wait for conditions."""
+"""Test helpers: talk to the real broker (create topics, produce), wait for conditions, run
+the CLI in-process, serve local HTTP endpoints (webhook receivers)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from click.testing import Result
 
 from kafkaconsole.embedded import BrokerKind
 
@@ -79,3 +85,90 @@ async def wait_for(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- the CLI, run in-process ---------------------------------------------------------------
+
+_cli_lock = threading.Lock()
+
+
+def invoke_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run the CLI in a worker thread (its commands call asyncio.run), one invocation at a
+    time (CliRunner swaps sys.stdout)."""
+
+    from typer.testing import CliRunner
+
+    from kafkaconsole.cli.app import app
+
+    def run() -> Result:
+        with _cli_lock:
+            return CliRunner().invoke(app, list(args), env=env)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """:func:`invoke_cli` from a test's event loop, without blocking it."""
+    return await asyncio.to_thread(invoke_cli, *args, env=env)
+
+
+# ---- local HTTP services -------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def http_server(
+    routes: Iterable[tuple[str, str, Handler]], port: int = 0
+) -> AsyncIterator[str]:
+    """An HTTP server on 127.0.0.1 serving ``routes`` (method, path, handler) on ``port`` (0:
+    a free one); yields its base URL, stops on the way out."""
+    web_app = web.Application()
+    for method, path, handler in routes:
+        web_app.router.add_route(method, path, handler)
+    runner = web.AppRunner(web_app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+class Receiver:
+    """A webhook receiver: collects the JSON bodies and headers POSTed to ``url``; answers
+    204, or 503 to its first ``fail_first`` requests."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.fail_first = 0
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return web.Response(status=503)
+        self.bodies.append(await request.json())
+        self.headers.append(dict(request.headers))
+        return web.Response(status=204)
+
+    def got(self, status: str, alert: str) -> list[dict[str, Any]]:
+        """The alert notifications received for ``alert`` with ``status``."""
+        return [b for b in self.bodies if b["status"] == status and b["alert"] == alert]
+
+    async def wait(self, status: str, alert: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The first notification for ``alert`` with ``status``, once it arrived."""
+
+        async def arrived() -> bool:
+            return bool(self.got(status, alert))
+
+        await wait_for(arrived, timeout, what=f"webhook {alert} {status}")
+        return self.got(status, alert)[0]
+
+    @asynccontextmanager
+    async def serving(self, path: str = "/hook") -> AsyncIterator[Receiver]:
+        async with http_server([("POST", path, self.handle)]) as base:
+            self.url = base + path
+            yield self

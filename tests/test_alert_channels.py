@@ -41,6 +41,7 @@ from kafkaconsole.engine.alerts import (
     AlertNotifier,
 )
 from kafkaconsole.engine.health import Verdict, VerdictName
+from tests.helpers import http_server
 
 OK = Verdict(VerdictName.OK, "caught up")
 STALLED = Verdict(VerdictName.STALLED, "partition 0 has not moved from offset 5 for 31s <&>")
@@ -67,7 +68,6 @@ class Receivers:
         self.alertmanager: list[list[dict[str, Any]]] = []
         self.am_alerts: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
         self.throttle = 0
-        self.runner: web.AppRunner | None = None
         self.base = ""
 
     # -- Slack --------------------------------------------------------------------------------
@@ -163,26 +163,18 @@ class Receivers:
         """The alerts Alertmanager holds as firing at time ``at``."""
         return [a["labels"] for a in self.am_alerts.values() if _time(a["endsAt"]).timestamp() > at]
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/services/T000/B000/XXXX", self.slack_hook)
-        app.router.add_post("/v2/enqueue", self.pagerduty_enqueue)
-        app.router.add_post("/api/v2/alerts", self.am_post_alerts)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.base = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-
 
 @pytest.fixture
 async def receivers() -> AsyncIterator[Receivers]:
     r = Receivers()
-    await r.start()
-    try:
+    routes = [
+        ("POST", "/services/T000/B000/XXXX", r.slack_hook),
+        ("POST", "/v2/enqueue", r.pagerduty_enqueue),
+        ("POST", "/api/v2/alerts", r.am_post_alerts),
+    ]
+    async with http_server(routes) as base:
+        r.base = base
         yield r
-    finally:
-        assert r.runner is not None
-        await r.runner.cleanup()
 
 
 async def _no_sleep(_: float) -> None:

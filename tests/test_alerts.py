@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aredis
-from aiohttp import web
 
 from kafkaconsole.config.models import AlertRule, MonitoringConfig
 from kafkaconsole.engine.alerts import (
@@ -26,6 +25,7 @@ from kafkaconsole.engine.alerts import (
     step,
 )
 from kafkaconsole.engine.health import Verdict, VerdictName
+from tests.helpers import Receiver
 
 OK = Verdict(VerdictName.OK, "caught up")
 STALLED = Verdict(VerdictName.STALLED, "partition 0 has not moved from offset 5 for 31s")
@@ -213,44 +213,10 @@ async def test_a_later_instance_resolves_what_another_fired(
 # ---- channels ----------------------------------------------------------------------------------
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1:0 that can fail its first N requests."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.fail_first = 0
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.fail_first > 0:
-            self.fail_first -= 1
-            return web.Response(status=503)
-        self.bodies.append(await request.json())
-        self.headers.append(dict(request.headers))
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
+    async with Receiver().serving("/hook") as r:
         yield r
-    finally:
-        assert r.runner is not None
-        await r.runner.cleanup()
 
 
 async def _no_sleep(_: float) -> None:

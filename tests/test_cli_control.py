@@ -12,20 +12,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aredis
-from typer.testing import CliRunner
 
-from kafkaconsole.cli.app import app
 from kafkaconsole.embedded import BrokerKind, EmbeddedServices, free_port
-from tests.helpers import KafkaHelper, wait_for
+from tests.helpers import KafkaHelper, cli, wait_for
+from tests.helpers import invoke_cli as invoke
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["status", "info", "pause", "resume", "reset", "trigger", "history", "lag"]
@@ -82,24 +79,6 @@ poll_timeout = 0.2
 """
     )
     return path
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
-    """Run the CLI in a worker thread (its commands call asyncio.run)."""
-    runner = CliRunner()
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(runner.invoke, app, list(args), env=env).result()
-
-
-_invoke_lock = threading.Lock()
-
-
-async def cli(*args: str) -> Any:
-    def run() -> Any:
-        with _invoke_lock:  # CliRunner swaps sys.stdout: one invocation at a time
-            return CliRunner().invoke(app, list(args))
-
-    return await asyncio.to_thread(run)
 
 
 async def cli_json(*args: str) -> Any:

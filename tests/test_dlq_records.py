@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 BIG = 2 * 1024 * 1024
@@ -121,8 +121,7 @@ async def test_an_event_larger_than_the_dlq_accepts_is_cut_and_never_blocks(
         unique,
         [{"consumer_id": cid, "kafka_topic": topic, "max_event": 1000, "format": fmt}],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg) as engine:
 
         async def all_counted() -> bool:
             return (await counted(redis_client, unique, cid)).get("total") == 10
@@ -153,8 +152,6 @@ async def test_an_event_larger_than_the_dlq_accepts_is_cut_and_never_blocks(
         assert 0 < len(dead.value) <= DLQ_MAX_RECORD_BYTES and big.startswith(dead.value)
         snap = (await engine.refresh_snapshot()).consumer(cid)
         assert snap is not None and snap.dlq == 1 and snap.dlq_refused == 0
-    finally:
-        await engine.stop()
 
 
 async def test_a_processor_failure_carries_connects_full_header_set(
@@ -182,8 +179,7 @@ async def test_a_processor_failure_carries_connects_full_header_set(
             }
         ],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
 
         async def done() -> bool:
             return (await counted(redis_client, unique, unique)).get("errors") == 2
@@ -212,8 +208,6 @@ async def test_a_processor_failure_carries_connects_full_header_set(
         assert u["__connect.errors.class.name"] == "kafkaconsole.format.json"
         assert u["__connect.errors.exception.class.name"] == "JSONDecodeError"
         assert "JSONDecodeError" in u["__connect.errors.exception.stacktrace"]
-    finally:
-        await engine.stop()
 
 
 async def test_an_event_the_dlq_refuses_even_cut_is_recorded_and_skipped(

@@ -11,7 +11,7 @@ from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.status import ConsumerState
 from tests import pipeline_targets
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -31,8 +31,7 @@ async def test_count_windows_exact(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000, "batch_size": 700}],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
 
         async def ten_runs() -> bool:
             return len(pipeline_targets.calls_for(cid)) >= 10
@@ -49,8 +48,6 @@ async def test_count_windows_exact(
         assert int(await redis_client.get(f"{unique}:{cid}:events")) == 500
         runs = await redis_client.hgetall(f"{unique}:{cid}:runs")
         assert {orjson.loads(v)["status"] for v in runs.values()} == {"succeeded"}
-    finally:
-        await engine.stop()
 
 
 async def test_time_trigger_fires_while_idle(
@@ -63,8 +60,7 @@ async def test_time_trigger_fires_while_idle(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000, "max_time": 1.0}],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
         await kafka.produce(unique, ({"i": i} for i in range(5)), partitions=1)
 
         async def one_call() -> bool:
@@ -77,8 +73,6 @@ async def test_time_trigger_fires_while_idle(
         await asyncio.sleep(1.5)
         assert len(pipeline_targets.calls_for(cid)) == 1
         assert int(await redis_client.get(f"{unique}:{cid}:events")) == 0
-    finally:
-        await engine.stop()
 
 
 async def test_bad_events_go_to_dlq_and_filter_applies(
@@ -105,8 +99,7 @@ async def test_bad_events_go_to_dlq_and_filter_applies(
         + [b"{not json", b"\xff\xfe", {"type": "order", "poison": True}, b""]
     )
     await kafka.produce(unique, values, partitions=1)
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
 
         async def applied() -> bool:
             return int(await redis_client.hget(f"{unique}:{cid}:stats", "errors") or 0) == 4
@@ -137,8 +130,6 @@ async def test_bad_events_go_to_dlq_and_filter_applies(
         assert {h["__connect.errors.topic"].decode() for h in headers} == {unique}
         assert headers[2]["__connect.errors.stage"] == b"process"
         assert all(h["kafkaconsole.consumer_id"] == cid.encode() for h in headers)
-    finally:
-        await engine.stop()
 
 
 async def test_pause_reset_and_force_trigger(
@@ -210,8 +201,7 @@ async def test_batch_job_hands_the_window_events(
             }
         ],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
 
         async def one_call() -> bool:
             return len(pipeline_targets.calls_for(cid)) >= 1
@@ -223,8 +213,6 @@ async def test_batch_job_hands_the_window_events(
         assert len(events) == 8
         assert all(e["type"] == "order" for e in events)
         assert sorted(e["i"] for e in events) == sorted(i for i in range(12) if i % 3)
-    finally:
-        await engine.stop()
 
 
 async def test_async_job_dispatches_every_window(
@@ -238,8 +226,7 @@ async def test_async_job_dispatches_every_window(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 10, "job_type": "async"}],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
 
         async def five_calls() -> bool:
             return len(pipeline_targets.calls_for(cid)) >= 5
@@ -247,8 +234,6 @@ async def test_async_job_dispatches_every_window(
         await wait_for(five_calls, 20, what="5 async pipeline calls")
         await asyncio.sleep(0.3)
         assert sorted(c["window_id"] for c in pipeline_targets.calls_for(cid)) == [1, 2, 3, 4, 5]
-    finally:
-        await engine.stop()
 
 
 async def test_text_and_raw_formats(
@@ -274,8 +259,7 @@ async def test_text_and_raw_formats(
             },
         ],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
 
         async def both_counted() -> bool:
             t = int(await redis_client.get(f"{unique}:text:events") or 0)
@@ -285,8 +269,6 @@ async def test_text_and_raw_formats(
         await wait_for(both_counted, 20, what="text and raw counted")
         assert await redis_client.hget(f"{unique}:text:stats", "errors") == b"2"
         assert await redis_client.hget(f"{unique}:raw:stats", "errors") is None
-    finally:
-        await engine.stop()
 
 
 async def test_one_script_call_per_polled_batch(
@@ -335,8 +317,7 @@ async def test_time_trigger_is_on_time(
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000, "max_time": 0.5}],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg) as engine:
 
         async def assigned() -> bool:
             c = (await engine.refresh_snapshot()).consumer(cid)
@@ -352,5 +333,3 @@ async def test_time_trigger_is_on_time(
             assert f[b"reason"] == b"time"
             late = int(f[b"closed_at"]) - (int(f[b"opened_at"]) + 500)
             assert 0 <= late < 100, late
-    finally:
-        await engine.stop()

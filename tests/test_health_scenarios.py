@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
@@ -32,7 +31,7 @@ from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
 from tests.engine_support import make_config, start_engine
-from tests.helpers import KafkaHelper, wait_for
+from tests.helpers import KafkaHelper, Receiver, wait_for
 
 MONITORING: dict[str, Any] = {
     "sample_interval": 0.2,
@@ -69,43 +68,10 @@ def flaky_pipeline(payload: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": f"run-{payload['idempotency_key']}"}
 
 
-class Receiver:
-    """Collects webhook POSTs on 127.0.0.1:0."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.json())
-        return web.Response(status=204)
-
-    def got(self, status: str, alert: str) -> list[dict[str, Any]]:
-        return [b for b in self.bodies if b["status"] == status and b["alert"] == alert]
-
-    async def wait(self, status: str, alert: str, timeout: float = 15.0) -> dict[str, Any]:
-        async def arrived() -> bool:
-            return bool(self.got(status, alert))
-
-        await wait_for(arrived, timeout, what=f"webhook {alert} {status}")
-        return self.got(status, alert)[0]
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    web_app = web.Application()
-    web_app.router.add_post("/alerts", r.handle)
-    r.runner = web.AppRunner(web_app, access_log=None)
-    await r.runner.setup()
-    site = web.TCPSite(r.runner, "127.0.0.1", 0)
-    await site.start()
-    r.url = f"http://127.0.0.1:{r.runner.addresses[0][1]}/alerts"
-    try:
+    async with Receiver().serving("/alerts") as r:
         yield r
-    finally:
-        await r.runner.cleanup()
 
 
 def config(

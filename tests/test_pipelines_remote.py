@@ -44,7 +44,7 @@ from kafkaconsole.engine.records import (
     TriggerRecord,
 )
 from kafkaconsole.engine.retry import call_with_retry, run_pipeline
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 from tests.remote_fakes import FakeAirbyte, FakeAirflow, serve
 
@@ -1074,8 +1074,7 @@ async def test_engine_triggers_airbyte_jobs_and_history_shows_them(
         ],
         pipelines,
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg) as engine:
         await kafka.produce(unique, ({"i": i} for i in range(30)), partitions=1)
         keys = ConsumerKeys(unique, cid)
 
@@ -1101,5 +1100,3 @@ async def test_engine_triggers_airbyte_jobs_and_history_shows_them(
         consumer = snap.consumer(cid)
         assert consumer is not None and consumer.last_trigger is not None
         assert consumer.last_trigger.status == "succeeded"
-    finally:
-        await engine.stop()

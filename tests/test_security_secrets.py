@@ -30,11 +30,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aredis
 from aiohttp import web
-from typer.testing import CliRunner
 
-from kafkaconsole.cli.app import app
 from kafkaconsole.embedded import EmbeddedServices, free_port, start_broker
-from tests.helpers import KafkaHelper, wait_for
+from tests.helpers import KafkaHelper, http_server, wait_for
+from tests.helpers import cli as run_cli
 from tests.secrets_support import (
     SENTINELS,
     assert_no_sentinel,
@@ -100,11 +99,7 @@ def listening_addresses(pid: int, port: int) -> set[str]:
 
 
 async def cli(*args: str) -> Any:
-    def run() -> Any:
-        with _lock:
-            return CliRunner().invoke(app, list(args), env=SENTINELS)
-
-    return await asyncio.to_thread(run)
+    return await run_cli(*args, env=SENTINELS)
 
 
 class Receiver:
@@ -113,33 +108,18 @@ class Receiver:
     def __init__(self) -> None:
         self.calls = 0
         self.port = free_port()
-        self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls += 1
         given = request.headers.get("Authorization", "")
         return web.json_response({"error": f"invalid credentials: {given}"}, status=401)
 
-    async def start(self) -> None:
-        webapp = web.Application()
-        webapp.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(webapp, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
-    await r.start()
-    try:
+    async with http_server([("POST", "/hook", r.handle)], r.port):
         yield r
-    finally:
-        await r.stop()
 
 
 async def test_no_secret_reaches_any_output(

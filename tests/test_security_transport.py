@@ -46,7 +46,7 @@ from kafkaconsole.engine.clients import (
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.headless import start_error_text
 from tests import pipeline_targets
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine, start_engine
 from tests.helpers import wait_for
 from tests.tls_support import Certs, TlsProxy, make_certs, openssl_available
 
@@ -147,16 +147,13 @@ async def test_engine_counts_over_mutual_tls(
         | {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
     )
     before = tls_kafka.proxy.handshakes
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
         await _produce(kafka_cfg, unique, 10)
 
         async def two_windows() -> bool:
             return len(pipeline_targets.calls_for(unique)) == 2
 
         await wait_for(two_windows, 20, what="2 windows counted and dispatched over TLS")
-    finally:
-        await engine.stop()
     assert tls_kafka.proxy.handshakes > before
     assert "kafkaconsole-client" in tls_kafka.proxy.client_subjects
 

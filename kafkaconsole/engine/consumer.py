@@ -14,7 +14,6 @@ import contextlib
 import gc
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from kafkaconsole.engine.counting import ApplyResult, PartitionDelta, RedisBehin
 from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink, Refused
 from kafkaconsole.engine.events import EventClassifier, build_batch
 from kafkaconsole.engine.health import time_lag_seconds
+from kafkaconsole.engine.partitions import PartitionState
 from kafkaconsole.engine.processing import ProcessorRunner, ProcessorStall
 from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import ConsumerState, PartitionSnapshot, RateMeter
@@ -154,23 +154,16 @@ class ConsumerRunner:
             app.retry_policy_for(cfg) if cfg.pipeline_name in app.pipelines else RetryPolicy()
         )
         self.last_error: str | None = None
-        self.local_next: dict[int, int] = {}
+        # what this consumer knows of each partition it owns (or owned: the last commit of
+        # a revoked partition is kept, the rest is reset)
+        self.parts: dict[int, PartitionState] = {}
         self.assigned: set[int] = set()
-        self.highwater: dict[int, int] = {}
-        self.positions: dict[int, int] = {}  # fetch position where nothing was applied yet
-        # time lag, per partition: polled batches not yet counted as (first offset, first
-        # record's timestamp, next offset, last record's timestamp); the newest timestamp
-        # counted; when the partition was last caught up
-        self._unapplied: dict[int, deque[tuple[int, int, int, int]]] = {}
-        self._last_ts: dict[int, int] = {}
-        self._caught_up_ms: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._queued: list[list[PartitionDelta]] = []  # polls classified, not yet counted
         self._counting: asyncio.Task[None] | None = None  # counts the queued polls
         self._flush = False  # count the queued polls now, however few
         self._stop_event: asyncio.Event | None = None
         self._last_commit = 0.0
-        self._committed: dict[int, int] = {}
         self.redis_ok = True
         self._kafka_contact: float | None = None  # monotonic time a broker last answered
         self._kafka_failed = False  # the last poll raised
@@ -260,15 +253,20 @@ class ConsumerRunner:
                         await asyncio.wait_for(stop.wait(), max(delay, 0.5))
                     continue
                 now_ms = time.time_ns() // 1_000_000
+                parts = self.parts
                 for tp in consumer.assignment():
                     hw = consumer.highwater(tp)
                     if hw is not None:
+                        st = parts.get(tp.partition)
+                        if st is None:
+                            st = parts[tp.partition] = PartitionState()
                         # never below what refresh_positions learnt from the brokers
-                        hw = max(hw, self.highwater.get(tp.partition, hw))
-                        self.highwater[tp.partition] = hw
-                        pos = self.local_next.get(tp.partition, self.positions.get(tp.partition))
+                        if st.highwater is not None and st.highwater > hw:
+                            hw = st.highwater
+                        st.highwater = hw
+                        pos = st.next if st.next is not None else st.position
                         if pos is not None and pos >= hw:
-                            self._caught_up_ms[tp.partition] = now_ms
+                            st.caught_up_ms = now_ms
                 if batch:
                     self._note_times(batch)
                     await self._process(batch, stop)
@@ -332,39 +330,54 @@ class ConsumerRunner:
         return self.processors.stall() if self.processors is not None else None
 
     # ---- time lag (per poll and partition, never per record) -------------------------------
+    def _state(self, p: int) -> PartitionState:
+        st = self.parts.get(p)
+        if st is None:
+            st = self.parts[p] = PartitionState()
+        return st
+
+    def next_offset(self, p: int) -> int | None:
+        """The next offset of partition ``p`` this instance counts (None: not known yet)."""
+        st = self.parts.get(p)
+        return st.next if st is not None else None
+
     def _note_times(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
             if records:
-                self._drop_counted(tp.partition)
+                st = self._state(tp.partition)
+                self._drop_counted(st)
                 first, last = records[0], records[-1]
                 if first.timestamp is not None and first.timestamp >= 0:
-                    pending = self._unapplied.setdefault(tp.partition, deque())
                     entry = (first.offset, first.timestamp, last.offset + 1, last.timestamp)
-                    pending.append(entry)
+                    st.unapplied.append(entry)
 
-    def _drop_counted(self, p: int) -> None:
-        pending = self._unapplied.get(p)
-        done = self.local_next.get(p)
+    @staticmethod
+    def _drop_counted(st: PartitionState) -> None:
+        pending = st.unapplied
+        done = st.next
         while pending and done is not None and pending[0][2] <= done:
             _, _, _, last_ts = pending.popleft()
-            self._last_ts[p] = max(self._last_ts.get(p, last_ts), last_ts)
+            if st.last_ts is None or last_ts > st.last_ts:
+                st.last_ts = last_ts
 
     def oldest_unconsumed_ts(self, p: int) -> int | None:
         """Timestamp of partition ``p``'s oldest unconsumed event: exact while a polled batch
         waits to be counted (its first record), else a lower bound (the newest event counted,
         or when the partition was last caught up). None when neither is known."""
-        self._drop_counted(p)
-        pending = self._unapplied.get(p)
-        if pending:
-            return pending[0][1]
-        bounds = [t for t in (self._last_ts.get(p), self._caught_up_ms.get(p)) if t is not None]
+        st = self.parts.get(p)
+        if st is None:
+            return None
+        self._drop_counted(st)
+        if st.unapplied:
+            return st.unapplied[0][1]
+        bounds = [t for t in (st.last_ts, st.caught_up_ms) if t is not None]
         return max(bounds) if bounds else None
 
     def _forget_times(self, partitions: set[int]) -> None:
         for p in partitions:
-            self._unapplied.pop(p, None)
-            self._last_ts.pop(p, None)
-            self._caught_up_ms.pop(p, None)
+            st = self.parts.get(p)
+            if st is not None:
+                st.forget_times()
 
     # ---- the hot path ----------------------------------------------------------------------
     # The Redis update of a poll runs while the loop polls and classifies the next ones, so
@@ -394,7 +407,7 @@ class ConsumerRunner:
             self.classifier,
             self.topic,
             batch,
-            self.local_next,
+            self.parts,
             stop_at_bad=on_error == "stop",
             outcomes=outcomes,
         )
@@ -443,7 +456,8 @@ class ConsumerRunner:
         """The records of ``batch`` not yet counted by this instance (as build_batch keeps)."""
         out = {}
         for tp, records in batch.items():
-            floor = self.local_next.get(tp.partition, -1)
+            st = self.parts.get(tp.partition)
+            floor = st.next if st is not None and st.next is not None else -1
             if records and records[0].offset < floor:
                 records = [r for r in records if r.offset >= floor]
             if records:
@@ -508,11 +522,12 @@ class ConsumerRunner:
                 polls, self._queued = self._queued, []
                 self._flush = False
                 deltas = polls[0] if len(polls) == 1 else [d for poll in polls for d in poll]
-                expected = {
-                    d.partition: self.local_next[d.partition]
-                    for d in deltas
-                    if d.partition in self.local_next
-                }
+                parts = self.parts
+                expected = {}
+                for d in deltas:
+                    st = parts.get(d.partition)
+                    if st is not None and st.next is not None:
+                        expected[d.partition] = st.next
                 try:
                     result = await self._apply(deltas, stop, expected)
                 except RedisBehind as exc:
@@ -524,9 +539,11 @@ class ConsumerRunner:
                     self._queued.clear()
                     return
                 for d in deltas:
-                    self.local_next[d.partition] = max(
-                        self.local_next.get(d.partition, 0), d.next_offset
-                    )
+                    st = parts.get(d.partition)
+                    if st is None:
+                        st = parts[d.partition] = PartitionState()
+                    if st.next is None or d.next_offset > st.next:
+                        st.next = d.next_offset
                 self.fault_hook("after_apply")
                 if result.lost:
                     self._note_lost(result.lost)
@@ -591,12 +608,14 @@ class ConsumerRunner:
         targets: dict[int, int] = {}
         for d in deltas + [d for poll in self._queued for d in poll]:
             if d.partition not in targets:
-                targets[d.partition] = self.local_next.get(d.partition, d.first_offset)
+                counted = self.next_offset(d.partition)
+                targets[d.partition] = counted if counted is not None else d.first_offset
         self._queued.clear()
         targets.update(stored)
         for p, o in stored.items():  # what a commit on the way out may say from now on
-            if p in self.local_next:
-                self.local_next[p] = min(self.local_next[p], o)
+            st = self.parts.get(p)
+            if st is not None and st.next is not None:
+                st.next = min(st.next, o)
         self.state_losses += 1
         for p, o in sorted(stored.items()):
             self._note_error(
@@ -612,7 +631,8 @@ class ConsumerRunner:
         for tp, records in batch.items():
             if records:
                 p = tp.partition
-                self._resync.setdefault(p, self.local_next.get(p, records[0].offset))
+                counted = self.next_offset(p)
+                self._resync.setdefault(p, counted if counted is not None else records[0].offset)
         return True
 
     def _do_resync(self) -> None:
@@ -625,8 +645,10 @@ class ConsumerRunner:
             if p not in owned:
                 continue
             consumer.seek(TopicPartition(self.topic, p), offset)
-            self._unapplied.pop(p, None)
-            self._committed.pop(p, None)
+            st = self.parts.get(p)
+            if st is not None:
+                st.unapplied.clear()
+                st.committed = None
         log.warning(
             "%s: reading partitions %s of %s again after Redis lost state",
             self.cfg.consumer_id,
@@ -678,9 +700,9 @@ class ConsumerRunner:
         for tp in revoked:
             if self._resync is not None:
                 self._resync.pop(tp.partition, None)
-            self.local_next.pop(tp.partition, None)
-            self.highwater.pop(tp.partition, None)
-            self.positions.pop(tp.partition, None)
+            st = self.parts.get(tp.partition)
+            if st is not None:  # the last commit is kept: it is what Kafka holds
+                st.next = st.highwater = st.position = None
             self.assigned.discard(tp.partition)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -713,7 +735,7 @@ class ConsumerRunner:
         for tp in assigned:
             if tp.partition in stored:
                 consumer.seek(tp, stored[tp.partition])
-                self.local_next[tp.partition] = stored[tp.partition]
+                self._state(tp.partition).next = stored[tp.partition]
         self.assigned = {tp.partition for tp in consumer.assignment()}
         if self.paused and assigned:
             consumer.pause(*assigned)
@@ -739,16 +761,19 @@ class ConsumerRunner:
         self._last_commit = time.monotonic()
         owned = {tp.partition for tp in consumer.assignment()}
         offsets = {
-            TopicPartition(self.topic, p): o
-            for p, o in self.local_next.items()
-            if p in owned and (only is None or p in only) and self._committed.get(p) != o
+            TopicPartition(self.topic, p): st.next
+            for p, st in self.parts.items()
+            if st.next is not None
+            and p in owned
+            and (only is None or p in only)
+            and st.committed != st.next
         }
         if not offsets:
             return
         try:
             await consumer.commit(offsets)
             for tp, o in offsets.items():
-                self._committed[tp.partition] = o
+                self.parts[tp.partition].committed = o
         except Exception as exc:  # commits are advisory: Redis holds the truth
             log.debug("%s: commit skipped: %s", self.cfg.consumer_id, exc)
 
@@ -792,14 +817,15 @@ class ConsumerRunner:
             self.topic_ends = {tp.partition: end for tp, end in ends.items() if end is not None}
             for tp, end in ends.items():
                 if tp.partition in self.assigned and end is not None:
-                    self.highwater[tp.partition] = max(self.highwater.get(tp.partition, end), end)
+                    st = self._state(tp.partition)
+                    if st.highwater is None or end > st.highwater:
+                        st.highwater = end
         for tp in assigned:
-            if tp.partition in self.local_next:
+            if self.next_offset(tp.partition) is not None:
                 continue
             with contextlib.suppress(Exception):
-                self.positions[tp.partition] = await asyncio.wait_for(
-                    consumer.position(tp), PROBE_TIMEOUT_S
-                )
+                position = await asyncio.wait_for(consumer.position(tp), PROBE_TIMEOUT_S)
+                self._state(tp.partition).position = position
 
     async def _check_topic_exists(self, consumer: AIOKafkaConsumer, topics: set[str]) -> None:
         """With no partition assigned: say so once if the topic does not exist (the consumer
@@ -825,14 +851,15 @@ class ConsumerRunner:
         out = []
         now_ms = time.time_ns() // 1_000_000
         for p in sorted(self.assigned):
-            pos = self.local_next.get(p, self.positions.get(p))
-            self._drop_counted(p)
-            pending = self._unapplied.get(p)
+            st = self._state(p)
+            pos = st.next if st.next is not None else st.position
+            self._drop_counted(st)
+            pending = st.unapplied
             if pending and pos is not None:
                 # the fetch position is past a polled batch that is not counted yet (e.g. held
                 # at a bad event the DLQ does not accept): those events still wait
                 pos = min(pos, pending[0][0])
-            hw = self.highwater.get(p)
+            hw = st.highwater
             lag = max(hw - pos, 0) if hw is not None and pos is not None else None
             oldest = self.oldest_unconsumed_ts(p) if lag else None
             tl = time_lag_seconds(lag, oldest, now_ms)

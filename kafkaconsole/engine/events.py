@@ -20,6 +20,7 @@ import orjson
 
 from kafkaconsole.config.models import ConsumerConfig
 from kafkaconsole.engine.counting import PartitionDelta, ranges_of
+from kafkaconsole.engine.partitions import PartitionState
 
 COUNT, FILTERED, BAD = 0, 1, 2
 
@@ -223,17 +224,18 @@ def build_batch(
     classifier: EventClassifier,
     topic: str,
     batch: Mapping[Any, list[Any]],
-    local_next: dict[int, int],
+    parts: Mapping[int, PartitionState],
     stop_at_bad: bool = False,
     outcomes: Sequence[tuple[int, Any, str, str, str] | None] | None = None,
 ) -> tuple[list[PartitionDelta], list[BadEvent], int]:
     """Deltas for the counter, bad events for the DLQ, and the number of records seen.
 
-    ``local_next`` holds this instance's next offset per partition (what it already applied);
-    records below it are dropped here so a re-delivered record is not re-sent to the DLQ.
+    ``parts`` holds this instance's state per partition, its next offset (what it already
+    applied) among it; records below that are dropped here so a re-delivered record is not
+    re-sent to the DLQ.
     With ``stop_at_bad`` a partition's records stop before its first bad event.
     ``outcomes``, when given, are the classifications already made (by the processor runner,
-    off the loop) of every record at or above ``local_next``, in the batch's order; a None
+    off the loop) of every record at or above that offset, in the batch's order; a None
     ends its partition's records there.
     """
     deltas: list[PartitionDelta] = []
@@ -244,7 +246,8 @@ def build_batch(
         if not records:
             continue
         p = tp.partition
-        floor = local_next.get(p, -1)
+        st = parts.get(p)
+        floor = st.next if st is not None and st.next is not None else -1
         if records[0].offset < floor:
             records = [r for r in records if r.offset >= floor]
             if not records:
