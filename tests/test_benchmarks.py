@@ -30,31 +30,29 @@ ROWS = [
 ]
 
 
-@pytest.mark.slow
-def test_quick_benchmark_runs_every_case(tmp_path: Path, broker_kind: BrokerKind) -> None:
+def _run_benchmark(
+    tmp_path: Path, args: list[str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``benchmarks/run.py ARGS`` in a fresh process; its exit checked; its report's text."""
     out = tmp_path / "BENCH.md"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # on Apache Kafka sessions, the throughput cases run on it too (as in a full run)
-    brokers = "tansu,apache" if broker_kind == "apache" else "tansu"
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run.py"),
-            "--quick",
-            "--brokers",
-            brokers,
-            "--out",
-            str(out),
-        ],
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), *args, "--out", str(out)],
         cwd=str(tmp_path),
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    text = out.read_text()
+    return done, out.read_text()
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_every_case(tmp_path: Path, broker_kind: BrokerKind) -> None:
+    # on Apache Kafka sessions, the throughput cases run on it too (as in a full run)
+    brokers = "tansu,apache" if broker_kind == "apache" else "tansu"
+    done, text = _run_benchmark(tmp_path, ["--quick", "--brokers", brokers], timeout=240)
     for row in ROWS:
         assert any(line.startswith(row) for line in text.splitlines()), (row, text)
     assert "## Targets" in text and "## Machine and versions" in text
@@ -90,36 +88,12 @@ def test_peers_harness_runs_every_peer(tmp_path: Path) -> None:
     why = _peers_missing() or apache_unavailable()
     if why:
         pytest.skip(why)
-    out = tmp_path / "BENCH.md"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     cases = "raw,engine-json,peer-confluent,peer-confluent-json,peer-quix-eos,peer-quix-alo,"
     cases += "peer-faust"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "run.py"),
-            "--quick",
-            "--no-install",
-            "--brokers",
-            "apache",
-            "--events",
-            "3000",
-            "--max-event",
-            "100",  # windows close: 2,700 orders, 900 a partition
-            "--cases",
-            cases,
-            "--out",
-            str(out),
-        ],
-        cwd=str(tmp_path),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    text = out.read_text()
+    args = ["--quick", "--no-install", "--brokers", "apache", "--events", "3000"]
+    # windows close: 2,700 orders, 900 a partition
+    args += ["--max-event", "100", "--cases", cases]
+    _, text = _run_benchmark(tmp_path, args, timeout=400)
     peers = text.split("## Peers: the same job with other tools", 1)[1].split("\n## ", 1)[0]
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
