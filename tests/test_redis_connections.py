@@ -218,3 +218,38 @@ def test_takeover_polling_keeps_to_a_process_budget() -> None:
     dlq = DeadLetterSink(None)  # type: ignore[arg-type]
     consumer = engine._build_consumer(cfg.consumers[0], dlq)
     assert consumer.dispatcher.takeover_poll_s == 5.0
+
+
+def test_status_reads_and_health_samples_keep_to_a_process_budget() -> None:
+    """With a few consumers an instance reads their shared state every snapshot (a second)
+    and the health monitor samples every ``sample_interval``; with hundreds both keep to a
+    budget (about 250 and 100 consumers a second) instead of growing with the fleet."""
+
+    def config(n: int) -> AppConfig:
+        consumers = [
+            {
+                "consumer_id": f"c{i}",
+                "kafka_topic": "t",
+                "pipeline_name": "p",
+                "connection_id": "x",
+                "max_event": 10,
+                "max_time": 60,
+            }
+            for i in range(n)
+        ]
+        pipelines = {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}}
+        return AppConfig.model_validate(
+            {
+                "kafka": {},
+                "pipelines": pipelines,
+                "consumers": consumers,
+                "monitoring": {"sample_interval": 0.3},
+            }
+        )
+
+    assert Engine(config(10)).shared_read_s == 1.0
+    assert Engine(config(10), snapshot_interval=0.2).shared_read_s == 0.2
+    assert Engine(config(500)).shared_read_s == 2.0
+    assert Engine(config(1000), snapshot_interval=0.2).shared_read_s == 4.0
+    assert config(10).monitor_interval_s(10) == 0.3
+    assert config(10).monitor_interval_s(500) == 5.0

@@ -576,6 +576,12 @@ class AppConfig(Section):
         second (2.5 s with 500 consumers)."""
         return max(1.0, len(self.consumers) / 200)
 
+    def monitor_interval_s(self, consumers: int) -> float:
+        """How often the health monitor samples a fleet of ``consumers``: every
+        ``[monitoring] sample_interval``, or so that it samples at most about 100 consumers a
+        second (5 s with 500: verdicts and alerts come at most that much later)."""
+        return max(self.monitoring.sample_interval, consumers / 100)
+
     def takeover_poll_s(self) -> float:
         """How often a dispatcher that just took its lease looks for what a stopped instance
         left pending: every 0.5 s, or so that the process sends at most about 200 such looks

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -93,6 +94,8 @@ def log_fields(
 
 
 HEARTBEAT_TTL_S = 5
+#: The status loop reads at most about this many consumers' shared state a second.
+SHARED_READS_PER_S = 250
 #: Seconds between the instance's own looks at the cluster's brokers (metadata)
 METADATA_REFRESH_S = 10.0
 
@@ -177,6 +180,10 @@ class Engine:
         self.instance_id = instance_id or default_instance_id()
         self.lease_ms = lease_ms or config.redis.dispatch_lease_ms
         self.snapshot_interval = snapshot_interval
+        #: the status loop reads the shared state (counts, windows, last trigger; this
+        #: instance's own counting updates them at once) every snapshot, or so that it reads at
+        #: most about SHARED_READS_PER_S consumers a second (2 s with 500 consumers)
+        self.shared_read_s = max(snapshot_interval, len(config.consumers) / SHARED_READS_PER_S)
         self.prefix = config.redis.key_prefix
         self.fleet_keys = FleetKeys(self.prefix)
         # one bounded pool for counting, timers and dispatch; dedicated connections beside it
@@ -754,10 +761,15 @@ class Engine:
         heartbeat (1/s) and tell the listeners. An unexpected error in one step is logged
         (once per distinct error), surfaced (:attr:`task_failures`: the snapshot, ``/ready``)
         and the loop goes on with what it has: the heartbeat never stops over one bad value."""
+        shared_at = -math.inf
         while not self._stop.is_set():
             try:
                 try:
-                    snap = await self.refresh_snapshot()
+                    if time.monotonic() - shared_at >= self.shared_read_s:
+                        shared_at = time.monotonic()
+                        await self._read_shared()
+                    snap = self._build_snapshot()
+                    self._snapshot = snap
                 except (RedisError, OSError):
                     raise
                 except Exception as exc:

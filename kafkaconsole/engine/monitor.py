@@ -143,6 +143,8 @@ class HealthMonitor:
     ) -> None:
         self.config = config
         self.cfg = config.monitoring
+        #: seconds between samples: [monitoring] sample_interval, longer for large fleets
+        self.interval = self.cfg.sample_interval
         self.redis = redis
         self.instance_id = instance_id
         self.clock = clock
@@ -179,7 +181,7 @@ class HealthMonitor:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self.tick()
+                self.interval = self.config.monitor_interval_s(await self.tick())
                 if self._failing:
                     log.info("health monitor: sampling the fleet again")
                 self._failing = False
@@ -192,10 +194,11 @@ class HealthMonitor:
                     log.exception("health monitor: sample failed")
                 self._failing = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.cfg.sample_interval)
+                await asyncio.wait_for(stop.wait(), self.interval)
 
-    async def tick(self) -> None:
-        """Take one sample of every consumer, judge it, step and reconcile the alerts."""
+    async def tick(self) -> int:
+        """Take one sample of every consumer, judge it, step and reconcile the alerts; the
+        number of consumers sampled."""
         consumers = (await self.fleet.read()).consumers
         ids = [c.consumer_id for c in consumers]
         now = self.clock()
@@ -233,6 +236,7 @@ class HealthMonitor:
                     listener(event)
                 except Exception:
                     log.exception("alert listener failed")
+        return len(consumers)
 
     def _judged(self, cid: str, v: Verdict, now: float) -> None:
         before = self._health.get(cid)
