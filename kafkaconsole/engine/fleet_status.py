@@ -55,8 +55,8 @@ class AlertStatus(_Status):
     metric: str | None
 
 
-class ConsumerStatus(_Status):
-    """One consumer across the fleet: shared counting state merged with live heartbeats."""
+class _ConsumerIdentity(_Status):
+    """What every view of one consumer starts with: who it is and whether it runs."""
 
     consumer_id: str
     kafka_topic: str
@@ -66,6 +66,11 @@ class ConsumerStatus(_Status):
     """paused, stopped, error or running."""
     paused_by: str | None
     paused_at: str | None
+
+
+class ConsumerStatus(_ConsumerIdentity):
+    """One consumer across the fleet: shared counting state merged with live heartbeats."""
+
     count: int
     max_event: int
     max_time: float
@@ -184,16 +189,9 @@ class TriggerEntry(_Status):
     run: dict[str, Any]
 
 
-class ConsumerInfo(_Status):
+class ConsumerInfo(_ConsumerIdentity):
     """Everything about one consumer (config and pipeline with secrets masked)."""
 
-    consumer_id: str
-    kafka_topic: str
-    pipeline_name: str
-    job_type: str
-    state: str
-    paused_by: str | None
-    paused_at: str | None
     instances: list[str]
     config: dict[str, Any]
     pipeline: dict[str, Any] | None
