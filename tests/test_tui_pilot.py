@@ -334,9 +334,12 @@ async def test_pause_all_and_filter_and_theme_cycle() -> None:
         await pilot.press("P")
         await wait_for(lambda: _async(bool(source.actions)), 5, what="pause all")
         assert source.actions == [("pause", None)]
-        await pilot.press("slash", "c", "l", "i")
         table = app.main_screen.query_one(ConsumerTable)
+        columns = [str(c.key.value) for c in table.columns.values()]
+        await pilot.press("slash", "c", "l", "i")
         assert table.row_count == 1 and table.selected_id == "clicks"
+        # the columns are laid out for every consumer: filtering never adds or drops one
+        assert [str(c.key.value) for c in table.columns.values()] == columns
         await pilot.press("escape")
         assert table.row_count == 6
         assert app.theme == "kafkaconsole-dark"

@@ -564,7 +564,7 @@ class KafkaConsoleApp(App[int]):
         for screen in self.screen_stack:
             for h in screen.query(FleetHeader):
                 h.show(header, compact)
-        table.show(shown, palette, max(width - 2, 40))
+        table.show(shown, palette, max(width - 2, 40), layout_rows=rows)
         self._show_selection()
         new_lines = self.logbook.drain()
         if new_lines:

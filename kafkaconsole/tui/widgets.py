@@ -475,8 +475,16 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
             return None
         return self._row_ids[self.cursor_row]
 
-    def show(self, rows: Sequence[ConsumerRow], palette: Palette, available: int) -> None:
-        columns, compact = table_columns(rows, available)
+    def show(
+        self,
+        rows: Sequence[ConsumerRow],
+        palette: Palette,
+        available: int,
+        layout_rows: Sequence[ConsumerRow] | None = None,
+    ) -> None:
+        """Draw ``rows``; the columns are laid out for ``layout_rows`` (all consumers, so a
+        filter that hides the long names does not change which columns are shown)."""
+        columns, compact = table_columns(rows if layout_rows is None else layout_rows, available)
         self.compact = compact
         sig = tuple((c.key, c.width) for c in columns)
         selected = self.selected_id
