@@ -505,3 +505,23 @@ async def test_alert_events_of_channel_tui_become_toasts() -> None:
         source.emit_alert(replace(event, status=AlertStatus.RESOLVED, message="ok: caught up"))
         await pilot.pause()
         assert _notes(app)[-1] == ("Alert stalled resolved", "orders: ok: caught up", "information")
+
+
+async def test_toasts_stay_above_the_status_line() -> None:
+    """Toasts stack upwards from above the status line; the selected consumer stays readable."""
+    from textual.widgets._toast import Toast, ToastRack
+
+    app, _ = _static_app()
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await app.refresh_now()
+        for i in range(3):
+            app.notify(f"note {i}", title="Note")
+        await pilot.pause()
+        rack = app.screen.get_child_by_type(ToastRack)
+        status = app.main_screen.query_one("#selection")
+
+        def toasts() -> list[Toast]:
+            return [t for t in rack.query(Toast) if t.region.height]
+
+        await wait_for(lambda: _async(len(toasts()) == 3), 5, what="the toasts shown")
+        assert max(t.region.bottom for t in toasts()) <= status.region.y

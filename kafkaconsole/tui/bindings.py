@@ -119,7 +119,6 @@ DETAIL_COMMANDS: tuple[Command, ...] = (
         "Overview",
         "Detail: overview",
         "Detail view: partitions and trigger history",
-        show=False,
         palette=False,
     ),
     Command(
@@ -129,7 +128,6 @@ DETAIL_COMMANDS: tuple[Command, ...] = (
         "Errors",
         "Detail: errors",
         "Detail view: DLQ and error tail",
-        show=False,
         palette=False,
     ),
     Command(
@@ -139,7 +137,6 @@ DETAIL_COMMANDS: tuple[Command, ...] = (
         "Config",
         "Detail: config",
         "Detail view: the consumer's config, secrets masked",
-        show=False,
         palette=False,
     ),
 )
@@ -174,6 +171,15 @@ def bindings_for(commands: tuple[Command, ...]) -> list[BindingType]:
     ]
 
 
+def detail_bindings() -> list[BindingType]:
+    """The detail view's keys: its tabs, and escape back to the table, all in its footer."""
+    back = next(c for c in APP_COMMANDS if c.id == "back")
+    return [
+        Binding(back.key, "app.leave", back.label, id=back.id, tooltip=back.help),
+        *bindings_for(DETAIL_COMMANDS),
+    ]
+
+
 def key_for(command: Command, keymap: dict[str, str]) -> str:
     """The key(s) a command is bound to after the keymap."""
     return keymap.get(command.id, command.key)
@@ -191,6 +197,7 @@ __all__ = [
     "DETAIL_COMMANDS",
     "Command",
     "bindings_for",
+    "detail_bindings",
     "key_for",
     "unknown_keymap_ids",
 ]

@@ -31,6 +31,7 @@ from kafkaconsole.tui.bindings import (
     CONFIRM_COMMANDS,
     DETAIL_COMMANDS,
     bindings_for,
+    detail_bindings,
 )
 from kafkaconsole.tui.viewmodel import (
     NONE_TEXT,
@@ -127,7 +128,7 @@ def alerts_text(alerts: Sequence[AlertView], palette: Palette, now_ms: int) -> T
 class DetailScreen(Screen[None]):
     """One consumer: window progress, sparklines, partitions, trigger history, errors, config."""
 
-    BINDINGS = bindings_for(DETAIL_COMMANDS)
+    BINDINGS = detail_bindings()
     TAB_FOCUS = {"overview": "#history", "errors": "#errors-scroll", "config": "#config-scroll"}
 
     def __init__(
