@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -31,12 +32,20 @@ log = logging.getLogger("kafkaconsole.demo")
 
 TOPICS = {"orders": 3, "clicks": 3, "payments": 2, "logs": 1}
 
+#: About one event in this many on orders, clicks and payments is malformed on purpose.
+BAD_EVENT_ONE_IN = 250
+
+BAD_EVENTS_NOTE = (
+    f"about 1 in {BAD_EVENT_ONE_IN} events on orders, clicks and payments is malformed on "
+    "purpose, so the red Err/DLQ counts and the DLQ topics show how bad events are handled"
+)
+
 
 def hint(config_path: Path) -> str:
     """The one line that tells where the demo's config is and how to steer the demo."""
     return (
         f"config at {config_path}; in another terminal, kafkaconsole status (pause, resume, "
-        "trigger, ...) finds it while the demo runs"
+        f"trigger, ...) finds it while the demo runs; {BAD_EVENTS_NOTE}"
     )
 
 
@@ -55,6 +64,7 @@ def demo_config_toml(bootstrap: str, redis_url: str, webhook_url: str, api_port:
         ]
     ).decode()
     return f"""# Demo fleet written by `kafkaconsole demo`.
+# Its stream is synthetic: {BAD_EVENTS_NOTE}.
 [kafka]
 bootstrap_servers = "{bootstrap}"
 session_timeout_ms = 6000
@@ -136,7 +146,7 @@ async def _create_topics(bootstrap: str) -> None:
 
 
 def _event(rng: random.Random, topic: str, i: int) -> bytes:
-    if rng.random() < 0.004 and topic != "logs":
+    if rng.random() < 1 / BAD_EVENT_ONE_IN and topic != "logs":
         return rng.choice([b"{not json", b"\xff\xfe\xfd", b""])
     if topic == "orders":
         return orjson.dumps(
@@ -197,10 +207,19 @@ async def demo_environment(
     broker: BrokerKind = "tansu",
 ) -> AsyncIterator[DemoEnvironment]:
     """Everything the demo needs, stopped (only what was started here) on exit. ``broker``
-    picks Tansu (no set-up) or Apache Kafka (needs Java; jars fetched with Maven once)."""
+    picks Tansu (no set-up) or Apache Kafka (needs Java; jars fetched with Maven once).
+
+    Without ``workdir`` the demo works in a temporary folder, removed on exit; a given
+    ``workdir`` is kept (its config and the services' logs stay for a look afterwards)."""
+    temporary = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafkaconsole-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    services = await asyncio.to_thread(EmbeddedServices.start, log_dir=workdir, broker=broker)
+    try:
+        services = await asyncio.to_thread(EmbeddedServices.start, log_dir=workdir, broker=broker)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     hits: list[dict[str, Any]] = []
     runner = None
     producer_task = None
@@ -229,3 +248,5 @@ async def demo_environment(
         if runner is not None:
             await runner.cleanup()
         await asyncio.to_thread(services.stop)
+        if temporary:
+            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)

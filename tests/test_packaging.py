@@ -385,6 +385,21 @@ async def test_demo_environment_records_and_removes_its_config(
     assert running_demo_config() is None
 
 
+async def test_demo_removes_its_temporary_folder_and_keeps_a_given_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafkaconsole.demo import demo_environment
+
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path / "run"))
+    async with demo_environment(produce=False) as env:
+        temporary = env.config_path.parent
+        assert temporary.name.startswith("kafkaconsole-demo-") and env.config_path.exists()
+    assert not temporary.exists()
+    async with demo_environment(tmp_path / "kept", produce=False) as env:
+        pass
+    assert env.config_path.exists()
+
+
 async def test_console_shows_the_demo_hint_inside() -> None:
     from kafkaconsole.demo import hint
 
@@ -397,3 +412,5 @@ async def test_console_shows_the_demo_hint_inside() -> None:
         assert line in [n.message for n in app._notifications]
         assert line in [entry.message for entry in app.logbook.lines()]
     assert "kafkaconsole status" in line and "/tmp/kafkaconsole-demo-x/demo.toml" in line
+    # the demo's deliberate bad events are named as such, next to the red counts they cause
+    assert "malformed on purpose" in line and "Err/DLQ" in line

@@ -525,3 +525,34 @@ async def test_toasts_stay_above_the_status_line() -> None:
 
         await wait_for(lambda: _async(len(toasts()) == 3), 5, what="the toasts shown")
         assert max(t.region.bottom for t in toasts()) <= status.region.y
+
+
+async def test_a_short_table_leaves_its_rows_to_the_selected_consumers_preview() -> None:
+    """Under a short table, the selected consumer's sparklines and last triggers; a table that
+    needs the room gets all of it."""
+    from kafkaconsole.tui.widgets import ConsumerPreview
+
+    app, _ = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.pause()
+        await app.refresh_now()  # the preview's history is read with the fleet
+        await pilot.pause()
+        table = app.main_screen.query_one(ConsumerTable)
+        preview = app.main_screen.query_one(ConsumerPreview)
+        assert preview.display and table.region.height == 7  # six rows and the header
+        text = str(preview.query_one("#preview-history").render())
+        assert "#1841" in text and "succeeded" in text  # orders' newest trigger
+        title = str(preview.query_one("#preview-title").render())
+        assert title.startswith(" orders ·")
+        await pilot.press("down")
+        await pilot.pause()
+        assert str(preview.query_one("#preview-title").render()).startswith(" clicks ·")
+
+    app, _ = _static_app()
+    async with app.run_test(size=(120, 12)) as pilot:  # 6 rows fill a 12-row terminal
+        await app.refresh_now()
+        await pilot.pause()
+        preview = app.main_screen.query_one(ConsumerPreview)
+        assert not preview.display
+        assert app.main_screen.query_one(ConsumerTable).region.height == 12 - 3  # all but 3

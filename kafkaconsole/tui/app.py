@@ -85,11 +85,13 @@ from kafkaconsole.tui.viewmodel import (
 )
 from kafkaconsole.tui.widgets import (
     VERDICT_VARIABLE,
+    ConsumerPreview,
     ConsumerTable,
     FleetHeader,
     LogPanel,
     Palette,
     alert_badge,
+    preview_rows,
 )
 
 log = logging.getLogger("kafkaconsole.tui")
@@ -170,6 +172,8 @@ class KafkaConsoleApp(App[int]):
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._watch_runs: dict[str, int] = {}
         self._rows: list[ConsumerRow] = []
+        self._preview_for: str | None = None  # the consumer the preview shows
+        self._preview_lines = 0  # trigger lines the preview has room for
         self._instance: InstanceSnapshot | None = None
         self._series_of: Mapping[str, Series] = {}
         # the poll: one in flight at a time, the fleet read at most every FLEET_POLL_S
@@ -253,6 +257,7 @@ class KafkaConsoleApp(App[int]):
                 placeholder="consumer id or topic (enter: keep, escape: clear)", id="filter"
             )
         yield ConsumerTable(id="consumers")
+        yield ConsumerPreview(id="preview")
         yield Static(id="selection")
         yield LogPanel(id="log", classes="log")
         yield Footer(compact=True)
@@ -465,11 +470,14 @@ class KafkaConsoleApp(App[int]):
             if seq > self._fleet_read_seq:  # a read started earlier never overwrites a later one
                 self._fleet_read, self._fleet_read_ok, self._fleet_read_seq = view, ok, seq
             detail = self._detail_screen()
-            if detail is not None:
+            wanted = [detail.consumer_id] if detail is not None else []
+            if self._preview_for is not None and self._preview_for not in wanted:
+                wanted.append(self._preview_for)  # the preview under a short table
+            for cid in wanted:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(3):
-                        records = await self.source.history(detail.consumer_id, 20)
-                    histories[detail.consumer_id] = tuple(records)
+                        records = await self.source.history(cid, 20)
+                    histories[cid] = tuple(records)
         return self._snapshot(histories)
 
     def _snapshot(self, histories: Mapping[str, tuple[Mapping[str, Any], ...]]) -> ConsoleSnapshot:
@@ -565,6 +573,7 @@ class KafkaConsoleApp(App[int]):
             for h in screen.query(FleetHeader):
                 h.show(header, compact)
         table.show(shown, palette, max(width - 2, 40), layout_rows=rows)
+        self._layout_preview(len(shown))
         self._show_selection()
         new_lines = self.logbook.drain()
         if new_lines:
@@ -577,10 +586,57 @@ class KafkaConsoleApp(App[int]):
     def _log_panels(self) -> list[LogPanel]:
         return [panel for screen in self.screen_stack for panel in screen.query(LogPanel)]
 
+    def _layout_preview(self, shown: int) -> None:
+        """A short table takes the rows it needs and the selected consumer's preview the rest;
+        a table that needs the room gets all of it."""
+        main = self.main_screen
+        table, preview = self._table(), main.query_one(ConsumerPreview)
+        fixed = 3  # header, status line, footer
+        if main.query_one("#filter-bar").display:
+            fixed += 1
+        if self.show_log:
+            fixed += 8
+        spare = preview_rows(main.size.height - fixed, shown + 1)
+        height = f"{shown + 1}" if spare else "1fr"
+        if str(table.styles.height) != height:
+            table.styles.height = height
+        if preview.display != bool(spare):
+            preview.display = bool(spare)
+        self._preview_lines = max(spare - 4, 0)  # under the title, two sparklines and a rule
+
+    def _show_preview(self, row: ConsumerRow | None) -> None:
+        preview = self.main_screen.query_one(ConsumerPreview)
+        if row is None or not preview.display:
+            self._preview_for = None
+            return
+        if self._preview_for != row.consumer_id:
+            self._preview_for = row.consumer_id
+            if row.consumer_id not in self._histories:
+                self.call_after_refresh(self.poll, fleet=True)  # read its history now
+        records = self._histories.get(row.consumer_id)
+        history = (
+            None
+            if records is None
+            else build_history(
+                records,
+                self.clock(),
+                offsets_limit=1 if self.size.width < 110 else 3,
+                mask=self.mask,
+            )
+        )
+        preview.show(
+            row,
+            self._series_of.get(row.consumer_id, Series()),
+            history,
+            self.palette,
+            self._preview_lines,
+        )
+
     def _show_selection(self) -> None:
         sel = self.main_screen.query_one("#selection", Static)
         cid = self._table().selected_id
         row = next((r for r in self._rows if r.consumer_id == cid), None)
+        self._show_preview(row)
         if row is None:
             sel.update(" no consumer matches the filter" if self.filter_text else "")
             return

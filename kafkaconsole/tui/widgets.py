@@ -19,15 +19,17 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.color import Color, ColorParseError
-from textual.containers import VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Label, Sparkline, Static
 
 from kafkaconsole.tui.viewmodel import (
     NONE_TEXT,
     ConsumerRow,
     HeaderModel,
+    HistoryRow,
     LogLine,
+    Series,
     Trend,
     fmt_clock,
     fmt_count,
@@ -534,6 +536,92 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
             self.move_cursor(row=self._row_ids.index(consumer_id), animate=False)
 
 
+# ---- preview of the selected consumer ---------------------------------------------------------
+
+#: The fewest rows worth a preview under a short table (title, two sparklines, two triggers).
+PREVIEW_MIN_ROWS = 5
+
+
+def preview_rows(available: int, table_rows: int) -> int:
+    """Rows left for the preview when a table of ``table_rows`` rows (header included) sits in
+    ``available`` rows; 0 when the table needs the room (the preview is hidden then)."""
+    spare = available - table_rows
+    return spare if spare >= PREVIEW_MIN_ROWS else 0
+
+
+def history_line(h: HistoryRow, palette: Palette) -> Text:
+    line = Text(f" #{h.window_id:<6} {h.reason:<7}{h.count:>8,}  ")
+    line.append(
+        f"{PIPELINE_GLYPH.get(h.status, '?')} {h.status:<10}",
+        style=palette[pipeline_variable(h.status)],
+    )
+    line.append(f" {h.duration:>7}  {fmt_span(h.closed_age_seconds) + ' ago':<9}  ")
+    line.append(h.offsets, style=palette["state-stopped"])
+    if h.error:
+        line.append(f"  {h.error}", style=palette["state-error"])
+    line.no_wrap = True
+    line.overflow = "ellipsis"
+    return line
+
+
+class ConsumerPreview(Vertical):
+    """Under a short table: the selected consumer's sparklines and its last triggers, so the
+    screen's empty rows are put to use (the detail view has the rest)."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._sig: tuple[object, ...] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="preview-title")
+        with Horizontal(classes="spark-row"):
+            yield Label("events/s", classes="spark-label")
+            yield Sparkline([], id="preview-rate", classes="spark")
+            yield Static(id="preview-rate-value", classes="spark-value")
+        with Horizontal(classes="spark-row"):
+            yield Label("lag", classes="spark-label")
+            yield Sparkline([], id="preview-lag", classes="spark")
+            yield Static(id="preview-lag-value", classes="spark-value")
+        yield Static(id="preview-history")
+
+    def show(
+        self,
+        row: ConsumerRow,
+        series: Series,
+        history: Sequence[HistoryRow] | None,
+        palette: Palette,
+        lines: int,
+    ) -> None:
+        """Draw ``row``'s preview with at most ``lines`` trigger lines (``None``: not read yet);
+        nothing is redrawn when nothing changed."""
+        rates = list(series.rates) or [0.0]
+        lags = list(series.lags) or [0.0]
+        shown = tuple(history[:lines]) if history is not None else None
+        sig = (row.consumer_id, row.rate, row.lag, tuple(rates), tuple(lags), shown, lines, palette)
+        if sig == self._sig:
+            return
+        self._sig = sig
+        title = Text(" ")
+        title.append(row.consumer_id, style="bold")
+        title.append(f" · {row.topic} → {row.pipeline} · last triggers and rates (enter: detail)")
+        self.query_one("#preview-title", Static).update(title)
+        self.query_one("#preview-rate", Sparkline).data = rates
+        self.query_one("#preview-lag", Sparkline).data = lags
+        self.query_one("#preview-rate-value", Static).update(
+            f"{fmt_rate(row.rate)}/s  max {fmt_rate(max(*rates, row.rate))}"
+        )
+        self.query_one("#preview-lag-value", Static).update(
+            f"{fmt_count(row.lag)}  max {fmt_count(max(*lags, row.lag or 0))}"
+        )
+        if shown is None:
+            text = Text(" reading the trigger history…", style=palette["state-stopped"])
+        elif not shown:
+            text = Text(" no trigger yet", style=palette["state-stopped"])
+        else:
+            text = Text("\n").join(history_line(h, palette) for h in shown)
+        self.query_one("#preview-history", Static).update(text)
+
+
 # ---- log panel --------------------------------------------------------------------------------
 
 
@@ -603,7 +691,9 @@ class LogPanel(VerticalScroll):
 
 
 __all__ = [
+    "PREVIEW_MIN_ROWS",
     "Column",
+    "ConsumerPreview",
     "ConsumerTable",
     "FleetHeader",
     "LogPanel",
@@ -611,7 +701,9 @@ __all__ = [
     "alert_badge",
     "bar_text",
     "health_text",
+    "history_line",
     "log_text",
+    "preview_rows",
     "row_cells",
     "state_text",
     "table_columns",
