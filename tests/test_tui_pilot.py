@@ -556,3 +556,88 @@ async def test_a_short_table_leaves_its_rows_to_the_selected_consumers_preview()
         preview = app.main_screen.query_one(ConsumerPreview)
         assert not preview.display
         assert app.main_screen.query_one(ConsumerTable).region.height == 12 - 3  # all but 3
+
+
+async def test_confirm_dialog_figures_are_live() -> None:
+    """The reset dialog reads the open window again while it is open: what is discarded is
+    what the window holds when the operator answers, not when the dialog opened."""
+    from kafkaconsole.engine.counting import WindowState
+
+    app, source = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        source.windows["orders"] = WindowState(1842, 340, SAMPLE_NOW_MS - 8000, ())
+        await pilot.press("r")
+        await wait_for(lambda: _async(isinstance(app.screen, ConfirmDialog)), 5, what="dialog")
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmDialog)
+        body = dialog.query_one("#dialog-body")
+        assert "340 event(s)" in str(body.render())
+        source.windows["orders"] = WindowState(1842, 377, SAMPLE_NOW_MS - 8000, ())
+        await wait_for(
+            lambda: _async("377 event(s)" in str(body.render())), 5, what="the live figures"
+        )
+        await pilot.press("n")
+    assert source.actions == []
+
+
+async def test_sort_keys_order_the_table_and_keep_the_selection() -> None:
+    """k9s-style: a capital letter per column sorts by it (again: reversed), `s` cycles the
+    columns shown, `O` is the config's order; the cursor stays on its consumer."""
+    app, _ = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        table = app.main_screen.query_one(ConsumerTable)
+        config_order = ["orders", "clicks", "payments", "logs", "audit", "archive"]
+        assert table._row_ids == config_order
+        await pilot.press("down")  # clicks
+        await pilot.press("L")
+        assert table._row_ids[:4] == ["logs", "clicks", "payments", "orders"]  # biggest lag
+        assert table.selected_id == "clicks"
+        assert "Lag▼" in str(table.columns["lag"].label)  # type: ignore[index]
+        assert "Sorted by lag, descending." in _messages(app)
+        await pilot.press("L")
+        assert table._row_ids[-4:] == ["orders", "payments", "clicks", "logs"]
+        assert "Lag▲" in str(table.columns["lag"].label)  # type: ignore[index]
+        await pilot.press("N")
+        assert table._row_ids == sorted(config_order)
+        await pilot.press("s")  # the column after the name among those shown: health
+        assert table._row_ids[0] in ("logs", "archive") and app.sort_key == "health"
+        await pilot.press("O")
+        assert table._row_ids == config_order and app.sort_key is None
+        assert table.selected_id == "clicks"
+
+
+async def test_command_line_runs_the_same_actions_as_the_keys() -> None:
+    """`:` then a command: pause by id, a trigger that asks first, a clear error for a line
+    that cannot run; escape closes it; read-only refuses there too."""
+    app, source = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        bar = app.main_screen.query_one("#command-bar")
+        await pilot.press("colon")
+        assert bar.display
+        await pilot.press(*"pause pay", "tab", "enter")  # tab takes the suggestion
+        await wait_for(lambda: _async(bool(source.actions)), 5, what="pause by command")
+        assert source.actions == [("pause", "payments")] and not bar.display
+        await pilot.press("colon", *"trigger orders", "enter")
+        await wait_for(lambda: _async(isinstance(app.screen, ConfirmDialog)), 5, what="dialog")
+        await pilot.press("n")
+        assert source.actions == [("pause", "payments")]
+        await pilot.press("colon", *"reset nobody", "enter")
+        await pilot.pause()
+        assert any("no consumer 'nobody' in this config" in m for m in _messages(app))
+        await pilot.press("colon", *"sort lag", "enter")
+        assert app.main_screen.query_one(ConsumerTable)._row_ids[0] == "logs"
+        await pilot.press("colon", "x", "escape")
+        assert not bar.display and app.main_screen.query_one(ConsumerTable).has_focus
+
+    app, source = _static_app(read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.press("colon", *"resume all", "enter")
+        await pilot.pause()
+        assert any(
+            m.startswith("Resume all refused: this console is read-only") for m in _messages(app)
+        )
+    assert source.actions == []

@@ -224,3 +224,14 @@ def test_theme_detail_light(snap_compare: SnapCompare) -> None:
     """The light theme's sparklines and history colours."""
     app = sample_app(theme="kafkaconsole-light")
     assert snap_compare(app, terminal_size=WIDE, run_before=_then("enter"))
+
+
+def test_sorted_by_lag(snap_compare: SnapCompare) -> None:
+    """`L`: the table by lag, largest first, the column marked with an arrow."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("L"))
+
+
+def test_command_line_with_a_suggestion(snap_compare: SnapCompare) -> None:
+    """`:` opens the command line; a consumer id is suggested as it is typed."""
+    keys = ("colon", "t", "r", "i", "g", "g", "e", "r", "space", "c", "l")
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then(*keys))

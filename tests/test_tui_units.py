@@ -544,6 +544,7 @@ def test_every_binding_has_a_unique_id_and_the_brief_keys() -> None:
         "back": "escape",
         "filter": "slash",
         "log": "l",
+        "command": "colon",
         "theme": "T",
         "help": "question_mark",
         "quit": "q",
@@ -596,3 +597,50 @@ max_time = 1
         assert result.exit_code == 0, result.output
     assert seen == [("tui", True), ("tui", False), ("headless", True), ("headless", False)]
     assert "--read-only" in runner.invoke(app, ["demo", "--help"]).output
+
+
+# ---- the : command line and sorting ----------------------------------------------------------
+
+
+def test_command_line_parses_commands_and_names_what_is_wrong() -> None:
+    from kafkaconsole.tui.commandline import CommandLineError, ConsoleCommand, parse
+
+    ids = ["orders", "clicks"]
+    assert parse(":pause orders", ids) == ConsoleCommand("pause", "orders")
+    assert parse("resume all", ids) == ConsoleCommand("resume", "all")
+    assert parse("open clicks", ids) == ConsoleCommand("detail", "clicks")
+    assert parse("sort lag", ids) == ConsoleCommand("sort", "lag", None)
+    assert parse("sort behind asc", ids) == ConsoleCommand("sort", "tlag", False)
+    assert parse("sort none", ids) == ConsoleCommand("sort", None)
+    assert parse("filter pay ments", ids) == ConsoleCommand("filter", "pay ments")
+    assert parse("q", ids) == ConsoleCommand("quit")
+    for line, problem in [
+        ("", "type a command"),
+        ("seek orders", "unknown command 'seek'"),
+        ("reset nobody", "no consumer 'nobody' in this config; known: orders, clicks"),
+        ("reset all", "no consumer 'all'"),
+        ("trigger", "trigger takes one consumer id"),
+        ("sort colour", "sort: no column 'colour'"),
+        ("sort lag sideways", "asc or desc"),
+        ("help me", "help takes no argument"),
+        ("pause 'orders", "cannot read"),
+    ]:
+        with pytest.raises(CommandLineError, match=re.escape(problem)):
+            parse(line, ids)
+
+
+def test_sort_rows_orders_by_column_and_keeps_ties_in_config_order() -> None:
+    from kafkaconsole.tui.viewmodel import sort_rows
+
+    rows = build_rows(
+        sample_config(), sample_snapshot(), sample_fleet(), sample_series(), SAMPLE_NOW_MS
+    )
+    ids = [r.consumer_id for r in rows]
+    assert [r.consumer_id for r in sort_rows(rows, None, False)] == ids
+    by_lag = [r.consumer_id for r in sort_rows(rows, "lag", False)]
+    assert by_lag[:4] == ["logs", "clicks", "payments", "orders"]
+    assert by_lag[4:] == ["audit", "archive"]  # no lag: last, in config order
+    assert [r.consumer_id for r in sort_rows(rows, "lag", True)][:2] == ["audit", "archive"]
+    assert [r.consumer_id for r in sort_rows(rows, "id", False)] == sorted(ids)
+    worst = [r.consumer_id for r in sort_rows(rows, "health", False)]
+    assert worst[0] == "logs" and worst[-1] in ("orders", "audit")

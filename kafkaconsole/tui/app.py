@@ -56,9 +56,13 @@ from kafkaconsole.headless import default_extras, start_error_text
 from kafkaconsole.tui.bindings import (
     ALL_COMMANDS,
     APP_COMMANDS,
+    SORT_COMMANDS,
     bindings_for,
     unknown_keymap_ids,
 )
+from kafkaconsole.tui.commandline import CommandInput, CommandLineError
+from kafkaconsole.tui.commandline import parse as parse_command
+from kafkaconsole.tui.commandline import suggester as command_suggester
 from kafkaconsole.tui.logcapture import ConsoleLogHandler, LogCapture
 from kafkaconsole.tui.screens import ConfirmDialog, DetailModel, DetailScreen, HelpScreen
 from kafkaconsole.tui.source import ConsoleSource, EngineSource
@@ -70,6 +74,8 @@ from kafkaconsole.tui.themes import (
     variable_defaults,
 )
 from kafkaconsole.tui.viewmodel import (
+    SORT_BY_KEY,
+    SORT_COLUMNS,
     ConsoleSnapshot,
     ConsumerRow,
     FleetView,
@@ -82,6 +88,7 @@ from kafkaconsole.tui.viewmodel import (
     fmt_offsets,
     fmt_span,
     partitions_of,
+    sort_rows,
 )
 from kafkaconsole.tui.widgets import (
     VERDICT_VARIABLE,
@@ -123,6 +130,7 @@ class KafkaConsoleApp(App[int]):
     TITLE = "kafkaconsole"
     BINDINGS = [
         *bindings_for(APP_COMMANDS),
+        *bindings_for(SORT_COMMANDS),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
@@ -160,6 +168,9 @@ class KafkaConsoleApp(App[int]):
         self.masked_config = mask_config(config)
         self.show_log = False
         self.filter_text = ""
+        self.sort_key: str | None = None
+        """The column the table is sorted by (None: the config's order)."""
+        self.sort_reverse = False
         self.engine_state = "starting" if engine is not None else "none"
         self.engine_error: str | None = None
         self._fleet: FleetView | None = None
@@ -260,6 +271,14 @@ class KafkaConsoleApp(App[int]):
         yield ConsumerPreview(id="preview")
         yield Static(id="selection")
         yield LogPanel(id="log", classes="log")
+        with Horizontal(id="command-bar"):
+            yield Label(":", id="command-label")
+            yield CommandInput(
+                placeholder="pause ID · resume ID · reset ID · trigger ID · detail ID · "
+                "filter TEXT · sort COLUMN · help (tab completes, escape closes)",
+                id="command",
+                suggester=command_suggester([c.consumer_id for c in self.config.consumers]),
+            )
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -551,7 +570,9 @@ class KafkaConsoleApp(App[int]):
         rows = build_rows(self.config, snap, self._fleet, self._series_of, now, self.mask)
         self._rows = rows
         self._notify_finished_runs(rows)
-        shown = [r for r in rows if r.matches(self.filter_text)]
+        shown = sort_rows(
+            [r for r in rows if r.matches(self.filter_text)], self.sort_key, self.sort_reverse
+        )
         width = self.size.width
         compact = width < 110
         header = build_header(
@@ -572,7 +593,13 @@ class KafkaConsoleApp(App[int]):
         for screen in self.screen_stack:
             for h in screen.query(FleetHeader):
                 h.show(header, compact)
-        table.show(shown, palette, max(width - 2, 40), layout_rows=rows)
+        table.show(
+            shown,
+            palette,
+            max(width - 2, 40),
+            layout_rows=rows,
+            sort=(self.sort_key, self.sort_key is not None and self._sort_descending()),
+        )
         self._layout_preview(len(shown))
         self._show_selection()
         new_lines = self.logbook.drain()
@@ -593,6 +620,8 @@ class KafkaConsoleApp(App[int]):
         table, preview = self._table(), main.query_one(ConsumerPreview)
         fixed = 3  # header, status line, footer
         if main.query_one("#filter-bar").display:
+            fixed += 1
+        if main.query_one("#command-bar").display:
             fixed += 1
         if self.show_log:
             fixed += 8
@@ -827,25 +856,35 @@ class KafkaConsoleApp(App[int]):
             return
         self._confirm_reset(row)
 
-    @work(group="commands", exit_on_error=False)
-    async def _confirm_reset(self, row: ConsumerRow) -> None:
-        cid = row.consumer_id
-        try:
-            w = await self.source.window(cid)
-        except Exception as exc:
-            self.notify(
-                f"{cid}: cannot read the open window: {exc}", title="Reset", severity="error"
-            )
-            return
+    async def _reset_body(self, cid: str) -> str:
+        """The reset dialog's text, from the open window as it is now."""
+        w = await self.source.window(cid)
         age = fmt_span((self.clock() - (w.opened_at_ms or 0)) / 1000) + " ago"
-        body = (
+        return (
             f"Window [b]#{w.window_id}[/b] of [b]{cid}[/b] holds "
             f"[b $warning]{w.count:,} event(s)[/] ({_window_facts(w, age)}).\n\n"
             "They will be [b]discarded[/b]: the count goes back to 0 and "
             f"[b]no pipeline runs[/b]. The events are not counted again."
         )
+
+    @work(group="commands", exit_on_error=False)
+    async def _confirm_reset(self, row: ConsumerRow) -> None:
+        cid = row.consumer_id
+        try:
+            body = await self._reset_body(cid)
+        except Exception as exc:
+            self.notify(
+                f"{cid}: cannot read the open window: {exc}", title="Reset", severity="error"
+            )
+            return
         ok = await self.push_screen_wait(
-            ConfirmDialog(f"Reset {cid}?", body, "Reset", variant="error")
+            ConfirmDialog(
+                f"Reset {cid}?",
+                body,
+                "Reset",
+                variant="error",
+                live=partial(self._reset_body, cid),
+            )
         )
         if not ok:
             self.notify(f"Reset of {cid} cancelled; nothing changed.", title="Reset")
@@ -868,16 +907,9 @@ class KafkaConsoleApp(App[int]):
             return
         self._confirm_trigger(row)
 
-    @work(group="commands", exit_on_error=False)
-    async def _confirm_trigger(self, row: ConsumerRow) -> None:
-        cid = row.consumer_id
-        try:
-            w = await self.source.window(cid)
-        except Exception as exc:
-            self.notify(
-                f"{cid}: cannot read the open window: {exc}", title="Trigger", severity="error"
-            )
-            return
+    async def _trigger_body(self, cid: str) -> str:
+        """The trigger dialog's text, from the open window as it is now."""
+        w = await self.source.window(cid)
         age = fmt_span((self.clock() - (w.opened_at_ms or 0)) / 1000) + " ago"
         cfg = self.config.consumer(cid)
         body = (
@@ -889,8 +921,27 @@ class KafkaConsoleApp(App[int]):
         )
         if w.count == 0:
             body += "\nThe window is empty: the pipeline runs with 0 events."
+        return body
+
+    @work(group="commands", exit_on_error=False)
+    async def _confirm_trigger(self, row: ConsumerRow) -> None:
+        cid = row.consumer_id
+        cfg = self.config.consumer(cid)
+        try:
+            body = await self._trigger_body(cid)
+        except Exception as exc:
+            self.notify(
+                f"{cid}: cannot read the open window: {exc}", title="Trigger", severity="error"
+            )
+            return
         ok = await self.push_screen_wait(
-            ConfirmDialog(f"Force-trigger {cid}?", body, "Trigger", variant="warning")
+            ConfirmDialog(
+                f"Force-trigger {cid}?",
+                body,
+                "Trigger",
+                variant="warning",
+                live=partial(self._trigger_body, cid),
+            )
         )
         if not ok:
             self.notify(f"Trigger of {cid} cancelled; nothing changed.", title="Trigger")
@@ -933,7 +984,9 @@ class KafkaConsoleApp(App[int]):
         self._show_selection()
 
     def action_leave(self) -> None:
-        """Escape: leave the detail view, else clear and hide the filter."""
+        """Escape: leave the detail view or the command line, else clear and hide the filter."""
+        if self._close_command_line():
+            return
         if isinstance(self.screen, DetailScreen):
             self.pop_screen()
             self.refresh_view()
@@ -967,12 +1020,152 @@ class KafkaConsoleApp(App[int]):
         self.show_log = not self.show_log
         for panel in self._log_panels():
             panel.reveal(self.show_log)
+        self.refresh_view()
+
+    # ---- the command line ------------------------------------------------------------------
+    def action_command_line(self) -> None:
+        """``:`` opens the command line at the bottom of the table."""
+        if isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+        main = self.main_screen
+        main.query_one("#command-bar").display = True
+        field = main.query_one("#command", Input)
+        field.value = ""
+        field.focus()
+        self.call_after_refresh(field.focus)  # after a popped screen gives focus back
+        self.refresh_view()
+
+    def _close_command_line(self) -> bool:
+        bar = self.main_screen.query_one("#command-bar")
+        if not bar.display:
+            return False
+        bar.display = False
+        self._table().focus()
+        self.refresh_view()
+        return True
+
+    @on(Input.Submitted, "#command")
+    def _command_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._close_command_line()
+        if event.value.strip():
+            self.run_command_line(event.value)
+
+    def run_command_line(self, line: str) -> None:
+        """Run one ``:`` command through the same actions as the keys (confirm dialogs and the
+        read-only refusal included); a line that cannot run says why in a toast."""
+        try:
+            cmd = parse_command(line, [c.consumer_id for c in self.config.consumers])
+        except CommandLineError as exc:
+            self.notify(str(exc), title="Command", severity="error")
+            return
+        row = next((r for r in self._rows if r.consumer_id == cmd.target), None)
+        if cmd.name in ("pause", "resume"):
+            what = "Pause" if cmd.name == "pause" else "Resume"
+            if self._refused(what if cmd.target != "all" else f"{what} all"):
+                return
+            if cmd.target == "all":
+                self._toggle_pause_all(cmd.name == "resume")
+            else:
+                self._set_paused(str(cmd.target), cmd.name == "pause")
+        elif cmd.name in ("reset", "trigger", "detail"):
+            if row is None:
+                self.notify(f"{cmd.target}: not in the table yet.", severity="warning")
+                return
+            if cmd.name == "detail":
+                self.push_screen(DetailScreen(row.consumer_id, self.logbook.lines(), self.palette))
+                self.call_after_refresh(self.poll, fleet=True)
+                self.call_after_refresh(self.refresh_view)
+            elif not self._refused(cmd.name.capitalize()):
+                if cmd.name == "reset":
+                    self._confirm_reset(row)
+                else:
+                    self._confirm_trigger(row)
+        elif cmd.name == "filter":
+            main = self.main_screen
+            self.filter_text = cmd.target or ""
+            main.query_one("#filter", Input).value = self.filter_text
+            main.query_one("#filter-bar").display = bool(self.filter_text)
+            self.refresh_view()
+        elif cmd.name == "sort":
+            self.sort_key = cmd.target
+            self.sort_reverse = (
+                cmd.target is not None
+                and cmd.descending is not None
+                and cmd.descending != SORT_BY_KEY[cmd.target].descending
+            )
+            self._sorted()
+        elif cmd.name == "theme":
+            if cmd.target not in self.available_themes:
+                known = ", ".join(sorted(self.available_themes))
+                self.notify(f"no theme {cmd.target!r}; themes: {known}", severity="error")
+                return
+            self.theme = str(cmd.target)
+            self.notify(f"Theme: {cmd.target}", title="Theme")
+        elif cmd.name == "log":
+            self.action_toggle_log()
+        elif cmd.name == "help":
+            self.action_help()
+        elif cmd.name == "quit":
+            self.call_later(self.action_quit)
+
+    @work(group="commands", exit_on_error=False)
+    async def _set_paused(self, cid: str, pause: bool) -> None:
+        try:
+            if pause:
+                await self.source.pause(cid)
+                self.notify(
+                    f"{cid} paused on every instance (the group keeps its members).", title="Paused"
+                )
+            else:
+                await self.source.resume(cid)
+                self.notify(f"{cid} resumed on every instance.", title="Resumed")
+        except Exception as exc:
+            self._command_failed(exc, "Pause" if pause else "Resume", cid)
+        await self.refresh_now()
 
     def action_cycle_theme(self) -> None:
         names = [t.name for t in self.console_themes] or [DEFAULT_THEME]
         nxt = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
         self.theme = nxt
         self.notify(f"Theme: {nxt}", title="Theme")
+
+    # ---- sorting ---------------------------------------------------------------------------
+    def _sort_descending(self) -> bool:
+        return self.sort_key is not None and (
+            SORT_BY_KEY[self.sort_key].descending != self.sort_reverse
+        )
+
+    def action_sort_by(self, key: str) -> None:
+        """Sort by a column (its first direction); the same column again reverses it; ``""``
+        goes back to the config's order."""
+        if not key:
+            self.sort_key, self.sort_reverse = None, False
+        elif key == self.sort_key:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_key, self.sort_reverse = key, False
+        self._sorted()
+
+    def action_cycle_sort(self) -> None:
+        """The next sortable column shown, then the config's order again."""
+        shown = self._table().column_keys
+        keys = [c.key for c in SORT_COLUMNS if c.key in shown]
+        at = keys.index(self.sort_key) + 1 if self.sort_key in keys else 0
+        self.sort_key = keys[at] if at < len(keys) else None
+        self.sort_reverse = False
+        self._sorted()
+
+    def _sorted(self) -> None:
+        if isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+        self.refresh_view()
+        if self.sort_key is None:
+            self.notify("Sorted in config order.", title="Sort")
+        else:
+            way = "descending" if self._sort_descending() else "ascending"
+            title = SORT_BY_KEY[self.sort_key].title
+            self.notify(f"Sorted by {title}, {way}.", title="Sort")
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -1016,7 +1209,7 @@ class KafkaConsoleApp(App[int]):
 
     # ---- command palette -------------------------------------------------------------------
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        for c in APP_COMMANDS:
+        for c in APP_COMMANDS + SORT_COMMANDS:
             if c.palette and c.id != "quit":
                 yield SystemCommand(c.title, c.help, partial(self.run_action, c.action))
         yield from super().get_system_commands(screen)

@@ -92,6 +92,14 @@ APP_COMMANDS: tuple[Command, ...] = (
         "log", "l", "toggle_log", "Log", "Toggle log panel", "Show or hide the engine's log lines"
     ),
     Command(
+        "command",
+        "colon",
+        "command_line",
+        "Command",
+        "Command line",
+        "Type a command: pause ID, resume ID, reset ID, trigger ID, detail ID, filter, sort",
+    ),
+    Command(
         "theme",
         "T",
         "cycle_theme",
@@ -141,6 +149,89 @@ DETAIL_COMMANDS: tuple[Command, ...] = (
     ),
 )
 
+SORT_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "sort",
+        "s",
+        "cycle_sort",
+        "Sort",
+        "Sort: next column",
+        "Sort the table by the next column (config order after the last)",
+    ),
+    Command(
+        "sort.name",
+        "N",
+        "sort_by('id')",
+        "Sort by name",
+        "Sort by consumer",
+        "Sort by consumer id, A to Z (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.health",
+        "H",
+        "sort_by('health')",
+        "Sort by health",
+        "Sort by health",
+        "Sort by health, worst first (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.rate",
+        "E",
+        "sort_by('rate')",
+        "Sort by events/s",
+        "Sort by events/s",
+        "Sort by events/s, busiest first (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.lag",
+        "L",
+        "sort_by('lag')",
+        "Sort by lag",
+        "Sort by lag",
+        "Sort by lag, largest first (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.behind",
+        "B",
+        "sort_by('tlag')",
+        "Sort by time lag",
+        "Sort by time lag",
+        "Sort by time lag (Behind), furthest behind first (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.count",
+        "C",
+        "sort_by('count')",
+        "Sort by window fill",
+        "Sort by window fill",
+        "Sort by how full the open window is, fullest first (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.errors",
+        "X",
+        "sort_by('err')",
+        "Sort by errors",
+        "Sort by errors",
+        "Sort by errors and DLQ sends, most first (again: reverse)",
+        show=False,
+    ),
+    Command(
+        "sort.none",
+        "O",
+        "sort_by('')",
+        "Config order",
+        "Sort: config order",
+        "Back to the config's order",
+        show=False,
+    ),
+)
+
 CONFIRM_COMMANDS: tuple[Command, ...] = (
     Command(
         "confirm.yes",
@@ -162,7 +253,7 @@ CONFIRM_COMMANDS: tuple[Command, ...] = (
     ),
 )
 
-ALL_COMMANDS = APP_COMMANDS + DETAIL_COMMANDS + CONFIRM_COMMANDS
+ALL_COMMANDS = APP_COMMANDS + SORT_COMMANDS + DETAIL_COMMANDS + CONFIRM_COMMANDS
 
 
 def bindings_for(commands: tuple[Command, ...]) -> list[BindingType]:
@@ -195,6 +286,7 @@ __all__ = [
     "APP_COMMANDS",
     "CONFIRM_COMMANDS",
     "DETAIL_COMMANDS",
+    "SORT_COMMANDS",
     "Command",
     "bindings_for",
     "detail_bindings",

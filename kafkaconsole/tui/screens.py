@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from rich.style import Style
@@ -30,6 +30,7 @@ from kafkaconsole.tui.bindings import (
     APP_COMMANDS,
     CONFIRM_COMMANDS,
     DETAIL_COMMANDS,
+    SORT_COMMANDS,
     bindings_for,
     detail_bindings,
 )
@@ -342,14 +343,27 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("escape", "cancel", "Cancel", show=False),
     ]
 
+    LIVE_EVERY_S = 1.0
+    """How often a live dialog reads its figures again."""
+
     def __init__(
-        self, title: str, body: str, confirm_label: str, *, variant: ButtonVariant = "warning"
+        self,
+        title: str,
+        body: str,
+        confirm_label: str,
+        *,
+        variant: ButtonVariant = "warning",
+        live: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         super().__init__(classes="confirm")
         self.title_text = title
         self.body = body
         self.confirm_label = confirm_label
         self.variant = variant
+        self._live = live
+        self._reading = False
+        self.refreshes = 0
+        """How many times the live figures were read again."""
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -363,6 +377,25 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def on_mount(self) -> None:
         self.query_one("#confirm", Button).focus()
+        if self._live is not None:
+            self.set_interval(self.LIVE_EVERY_S, self.read_again, name="confirm-live")
+
+    async def read_again(self) -> None:
+        """Read the figures again (the window keeps counting while the dialog is open); a read
+        that fails leaves the last text, one read at a time."""
+        if self._live is None or self._reading:
+            return
+        self._reading = True
+        try:
+            body = await self._live()
+        except Exception:
+            return
+        finally:
+            self._reading = False
+        self.refreshes += 1
+        if body != self.body:
+            self.body = body
+            self.query_one("#dialog-body", Static).update(body)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "confirm")
@@ -401,6 +434,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column("Keymap id", no_wrap=True, style=self.palette["state-stopped"])
         sections = (
             ("", APP_COMMANDS),
+            ("Sorting the table", SORT_COMMANDS),
             ("Detail view", DETAIL_COMMANDS),
             ("Confirm dialogs", CONFIRM_COMMANDS),
         )

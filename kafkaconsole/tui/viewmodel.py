@@ -736,7 +736,74 @@ class LogBook:
             return list(self._errors.get(consumer_id, ()))
 
 
+# ---- sorting the table ---------------------------------------------------------------------
+
+#: How bad a verdict is, for sorting by health (worst first).
+VERDICT_SEVERITY = {
+    "stalled": 3,
+    "stopped": 3,
+    "window-stuck": 3,
+    "pipeline-failing": 3,
+    "lagging": 2,
+    "trigger-storm": 2,
+    "paused": 1,
+    "ok": 0,
+}
+
+
+@dataclass(frozen=True)
+class SortColumn:
+    key: str
+    """The table column it sorts (``widgets.Column.key``)."""
+    title: str
+    descending: bool
+    """The first press sorts biggest first (names sort A to Z)."""
+
+
+SORT_COLUMNS: tuple[SortColumn, ...] = (
+    SortColumn("id", "consumer", False),
+    SortColumn("health", "health", True),
+    SortColumn("rate", "events/s", True),
+    SortColumn("lag", "lag", True),
+    SortColumn("tlag", "time lag", True),
+    SortColumn("count", "window fill", True),
+    SortColumn("err", "errors", True),
+)
+SORT_BY_KEY = {c.key: c for c in SORT_COLUMNS}
+
+
+def _sort_value(row: ConsumerRow, key: str) -> tuple[float, ...] | str:
+    if key == "id":
+        return row.consumer_id
+    if key == "health":
+        return (VERDICT_SEVERITY.get(row.verdict or "", -1), len(row.alerts))
+    if key == "rate":
+        return (row.rate,)
+    if key == "lag":
+        return (-1 if row.lag is None else row.lag,)
+    if key == "tlag":
+        return (-1.0 if row.time_lag_seconds is None else row.time_lag_seconds,)
+    if key == "count":
+        return (row.progress.count_ratio, row.count)
+    if key == "err":
+        return (row.errors, row.dlq)
+    raise KeyError(key)
+
+
+def sort_rows(rows: Sequence[ConsumerRow], key: str | None, reverse: bool) -> list[ConsumerRow]:
+    """``rows`` in config order (``key`` None) or by a :data:`SORT_COLUMNS` column, its first
+    direction unless ``reverse``; ties keep config order (the sort is stable)."""
+    if key is None:
+        return list(rows)
+    col = SORT_BY_KEY[key]
+    descending = col.descending != reverse
+    return sorted(rows, key=lambda r: _sort_value(r, key), reverse=descending)
+
+
 __all__ = [
+    "SORT_BY_KEY",
+    "SORT_COLUMNS",
+    "VERDICT_SEVERITY",
     "AlertView",
     "ConsoleSnapshot",
     "ConsumerRow",
@@ -749,6 +816,7 @@ __all__ = [
     "LogLine",
     "Series",
     "SeriesRecorder",
+    "SortColumn",
     "Trend",
     "TriggerView",
     "build_header",
@@ -765,4 +833,5 @@ __all__ = [
     "identity",
     "lag_trend",
     "partitions_of",
+    "sort_rows",
 ]

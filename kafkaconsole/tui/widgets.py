@@ -355,6 +355,14 @@ def table_columns(rows: Sequence[ConsumerRow], available: int) -> tuple[list[Col
     return [*lead, *compact], True
 
 
+def sorted_label(col: Column, descending: bool) -> str:
+    """A sorted column's header: its label with an arrow, cut to fit its width."""
+    arrow = "▼" if descending else "▲"
+    if len(col.label) >= col.width:
+        return col.label[: col.width - 1] + arrow
+    return col.label + arrow
+
+
 def _cell(value: str | Text, col: Column) -> Text:
     text = value if isinstance(value, Text) else Text(value, no_wrap=True)
     text.truncate(col.width, overflow="ellipsis")
@@ -460,16 +468,21 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
             id=id,
             classes=classes,
         )
-        self._columns_sig: tuple[tuple[str, int], ...] = ()
+        self._columns_sig: tuple[tuple[str, int, str], ...] = ()
         self._row_ids: list[str] = []
         self._shown: dict[tuple[str, str], Text] = {}
         self._drawn_rows: dict[str, ConsumerRow] = {}
-        self._drawn_with: tuple[tuple[tuple[str, int], ...], bool] | None = None
+        self._drawn_with: tuple[tuple[tuple[str, int, str], ...], bool] | None = None
         self._drawn_palette: Palette | None = None
         self.compact = False
         self.redrawn: tuple[str, ...] = ()
         """The consumers whose cells the last :meth:`show` changed (all of them when the rows
         or columns changed)."""
+
+    @property
+    def column_keys(self) -> tuple[str, ...]:
+        """The columns shown, left to right."""
+        return tuple(key for key, _, _ in self._columns_sig)
 
     @property
     def selected_id(self) -> str | None:
@@ -483,12 +496,19 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
         palette: Palette,
         available: int,
         layout_rows: Sequence[ConsumerRow] | None = None,
+        sort: tuple[str | None, bool] = (None, False),
     ) -> None:
         """Draw ``rows``; the columns are laid out for ``layout_rows`` (all consumers, so a
-        filter that hides the long names does not change which columns are shown)."""
+        filter that hides the long names does not change which columns are shown). ``sort``
+        (column key, descending) marks the sorted column's header with an arrow."""
         columns, compact = table_columns(rows if layout_rows is None else layout_rows, available)
+        sort_key, descending = sort
+        columns = [
+            Column(c.key, sorted_label(c, descending), c.width, c.right) if c.key == sort_key else c
+            for c in columns
+        ]
         self.compact = compact
-        sig = tuple((c.key, c.width) for c in columns)
+        sig = tuple((c.key, c.width, c.label) for c in columns)
         selected = self.selected_id
         ids = [r.consumer_id for r in rows]
         drawn_with = (sig, compact)
