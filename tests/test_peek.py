@@ -297,3 +297,49 @@ async def test_window_events_deleted_by_retention(
         f"error: the events of window 1 of orders are no longer in the topic (retention "
         f"deleted them): {topic}[0] offsets 0-3 (the oldest offset there is now 4)\n"
     )
+
+
+async def test_window_beyond_the_partitions_end_says_so(
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """A trigger record whose ranges the topic no longer reaches (the topic was deleted and
+    created again, with fewer records): what is there is shown, the rest named."""
+    topic = f"{unique}-t"
+    await kafka.create_topic(topic, partitions=1)
+    await kafka.produce(topic, [{"n": 0}, {"n": 1}], partitions=1)
+    config = write_config(
+        tmp_path / "kc.toml", services.bootstrap_servers, services.redis_url, unique, topic
+    )
+    keys = ConsumerKeys(unique, "orders")
+    for window_id, first, last in ((1, 0, 5), (2, 10, 12)):
+        offsets = [{"topic": topic, "partition": 0, "first": first, "last": last}]
+        await redis_client.xadd(
+            keys.history,
+            {
+                "window_id": window_id,
+                "reason": "count",
+                "count": last - first + 1,
+                "opened_at": 1,
+                "closed_at": 2,
+                "offsets": json.dumps(offsets),
+            },
+        )
+    await redis_client.hset(keys.window, "id", 3)
+
+    partial = await cli("peek", "orders", "--window", "1", "--json", "--config", str(config))
+    assert partial.exit_code == 0, partial.output
+    assert [e["value"]["n"] for e in ndjson(partial.stdout)] == [0, 1]
+    assert partial.stderr == (
+        f"warning: window 1: {topic}[0] offsets 2-5 (it ends at 2) is beyond the partition's "
+        "end: was the topic deleted and created again?\n"
+    )
+    gone = await cli("peek", "orders", "--window", "2", "--config", str(config))
+    assert gone.exit_code == 1
+    assert gone.stderr == (
+        f"error: the events of window 2 of orders are not in the topic: {topic}[0] offsets "
+        "10-12 (it ends at 2); was the topic deleted and created again?\n"
+    )

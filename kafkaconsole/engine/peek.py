@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
@@ -267,7 +267,17 @@ class EventPeek:
             warnings += [
                 f"window {window_id}: {g} is no longer in the topic (retention)" for g in gone
             ]
-            records, truncated = await _read_spans(consumer, spans, limit)
+            records, truncated, beyond = await _read_spans(consumer, spans, limit)
+            if beyond and not records:
+                raise EventsExpiredError(
+                    f"the events of window {window_id} of {consumer_id} are not in the topic: "
+                    f"{'; '.join(beyond)}; was the topic deleted and created again?"
+                )
+            warnings += [
+                f"window {window_id}: {b} is beyond the partition's end: was the topic deleted "
+                "and created again?"
+                for b in beyond
+            ]
             return records, truncated, warnings
 
         records, truncated, warnings = await self._with_consumer(read)
@@ -357,7 +367,8 @@ class EventPeek:
                 for tp in tps
                 if (ends.get(tp) or 0) > (starts.get(tp) or 0)
             ]
-            return await _read_spans(consumer, spans, limit, newest=True)
+            records, truncated, _ = await _read_spans(consumer, spans, limit, newest=True)
+            return records, truncated
 
         records, truncated = await self._with_consumer(read)
         events = [peek_event(r, cfg.format, self.mask, dlq=source == "dlq") for r in records]
@@ -369,6 +380,8 @@ class EventPeek:
         consumer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
+            # an offset deleted under the read raises instead of jumping to the end unseen
+            auto_offset_reset="none",
             isolation_level="read_committed",
             request_timeout_ms=int(self.timeout * 1000),
             **kafka_kwargs(self.config.kafka),
@@ -383,6 +396,10 @@ class EventPeek:
                         f"{self.mask(str(exc) or type(exc).__name__)}"
                     ) from None
                 return await read(consumer)
+        except OffsetOutOfRangeError as exc:
+            raise EventsExpiredError(
+                f"records were deleted from the topic while being read (retention): {exc}"
+            ) from None
         except TimeoutError:
             raise KafkaUnreachableError(
                 f"the brokers at {self.mask(bootstrap)} did not answer within {self.timeout:g}s"
@@ -421,12 +438,14 @@ async def _read_spans(
     limit: int,
     *,
     newest: bool = False,
-) -> tuple[list[Any], bool]:
+) -> tuple[list[Any], bool, list[str]]:
     """Records of the offset spans ``[start, stop]`` (inclusive), oldest first by timestamp:
-    the first ``limit`` of them (the last ``limit`` when ``newest``), and whether any was left
-    out. Each partition is read up to ``limit`` records from the side kept."""
+    the first ``limit`` of them (the last ``limit`` when ``newest``), whether any was left
+    out, and the spans found beyond their partition's end (``topic[p] offsets a-b (it ends
+    at e)``). Each partition is read up to ``limit`` records from the side kept."""
     per_partition: list[list[Any]] = []
     truncated = False
+    beyond: list[str] = []
     for tp, start, stop in spans:
         if stop < start:
             continue
@@ -437,13 +456,31 @@ async def _read_spans(
         consumer.seek(tp, start)
         found: list[Any] = []
         while len(found) < limit:
-            batch = await consumer.getmany(tp, timeout_ms=500, max_records=limit - len(found))
-            for record in batch.get(tp, ()):
+            try:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=limit - len(found))
+            except OffsetOutOfRangeError:
+                position = await consumer.position(tp)
+                end = (await consumer.end_offsets([tp])).get(tp)
+                if end is None or position < end:  # below the start: retention, just now
+                    raise
+                beyond.append(
+                    f"{tp.topic}[{tp.partition}] offsets {position}-{stop} (it ends at {end})"
+                )
+                break
+            records = batch.get(tp, [])
+            for record in records:
                 if record.offset > stop:
                     break
                 found.append(record)
             # the position passes control records and compacted gaps the records do not show
-            if await consumer.position(tp) > stop:
+            position = await consumer.position(tp)
+            if position > stop:
+                break
+            end = consumer.highwater(tp)
+            if not records and end is not None and position >= end:
+                beyond.append(
+                    f"{tp.topic}[{tp.partition}] offsets {position}-{stop} (it ends at {end})"
+                )
                 break
         else:
             truncated = truncated or await consumer.position(tp) <= stop
@@ -452,4 +489,4 @@ async def _read_spans(
     if len(merged) > limit:
         truncated = True
         merged = merged[-limit:] if newest else merged[:limit]
-    return merged, truncated
+    return merged, truncated, beyond
