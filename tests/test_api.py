@@ -554,6 +554,21 @@ async def test_peek_endpoints_need_the_token_and_match_the_document(env: Env) ->
     for bad in ("window=abc", "limit=0", "limit=1001", "limit=x"):
         await check(f"/consumers/{cid}/events?{bad}", events, 400, headers=auth)
     await check("/consumers/nope/events", events, 404, headers=auth)
+
+    # without a configured token, and in read-only mode: disabled, and still served
+    no_token = env.engine.config.model_copy(
+        update={"api": env.engine.config.api.model_copy(update={"token": None})}
+    )
+    for cfg, code in ((no_token, 403), (env.engine.config.with_read_only(), 200)):
+        other = await start_api(env.engine, cfg)
+        try:
+            url = f"{other.url}/consumers/{cid}/events?limit=1"
+            async with env.session.get(url, headers=auth) as resp:
+                body = await resp.json()
+                assert resp.status == code, body
+                _response_validator(doc, events, "get", code).validate(body)
+        finally:
+            await other()
     await env.kafka.produce(env.topic, [b"{peek-bad"], partitions=1)
 
     async def dead_lettered() -> bool:
