@@ -59,6 +59,9 @@ from kafkaconsole.engine.fleet_status import (
     json_schemas,
 )
 from kafkaconsole.engine.health import VerdictName
+from kafkaconsole.engine.peek import DEFAULT_LIMIT as PEEK_DEFAULT_LIMIT
+from kafkaconsole.engine.peek import MAX_LIMIT as PEEK_MAX_LIMIT
+from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
 from kafkaconsole.engine.records import RunResult, TriggerRecord
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 
@@ -69,6 +72,8 @@ CLIENT_MAX_SIZE = 1024
 MAX_CONCURRENT_REQUESTS = 32
 #: A /metrics exposition is reused for this long (Prometheus scrapes every 15 s or so).
 METRICS_MAX_AGE_S = 1.0
+#: Peeks (each a throwaway Kafka consumer) served at once; more are answered 503.
+MAX_CONCURRENT_PEEKS = 2
 #: No valid consumer id is longer (config.models.CONSUMER_ID_PATTERN).
 MAX_CONSUMER_ID_LENGTH = 128
 """Largest request body accepted (bytes); no endpoint needs a body at all."""
@@ -397,6 +402,10 @@ class Route:
     produces: str = "application/json"
     body: type[BaseModel] | None = None
     """The model of the 200 body (the OpenAPI schema is generated from it)."""
+    query: tuple[dict[str, Any], ...] = ()
+    """OpenAPI parameter objects of the query string."""
+    notes: tuple[tuple[int, str], ...] = ()
+    """Descriptions of this route's statuses where they differ from the common ones."""
 
 
 ROUTES: tuple[Route, ...] = (
@@ -483,13 +492,83 @@ ROUTES: tuple[Route, ...] = (
         responses=(200, 401, 403, 404, 413, 503),
         body=ControlResult,
     ),
+    Route(
+        "GET",
+        "/consumers/{consumer_id}/events",
+        "peek_events",
+        "Events of a closed window (`window=N`, re-read from Kafka by its offset ranges) or "
+        "the topic's newest (`window=tail`, the default), oldest first; payloads decoded per "
+        "the consumer's format, secrets masked. Read by a consumer without a group: the "
+        "consumer group is never disturbed.",
+        auth=True,
+        responses=(200, 400, 401, 403, 404, 410, 503),
+        body=PeekBody,
+        query=(
+            {
+                "name": "window",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "pattern": "^(tail|[1-9][0-9]*)$", "default": "tail"},
+                "description": "A closed window's id, or `tail` for the topic's newest events.",
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": PEEK_MAX_LIMIT,
+                    "default": PEEK_DEFAULT_LIMIT,
+                },
+                "description": "At most this many events.",
+            },
+        ),
+        notes=(
+            (403, "Peek disabled: no [api] token configured"),
+            (404, "Unknown consumer, or the window is not closed yet or expired from history"),
+            (410, "The window's events are no longer in the topic (retention)"),
+            (503, "Kafka or Redis unreachable, or too many peeks at once (Retry-After)"),
+        ),
+    ),
+    Route(
+        "GET",
+        "/consumers/{consumer_id}/dlq",
+        "peek_dlq",
+        "The newest records of the consumer's DLQ topic, oldest first, each with its "
+        "`__connect.errors.*` headers as `error`; secrets masked.",
+        auth=True,
+        responses=(200, 400, 401, 403, 404, 503),
+        body=PeekBody,
+        query=(
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": PEEK_MAX_LIMIT,
+                    "default": PEEK_DEFAULT_LIMIT,
+                },
+                "description": "At most this many records.",
+            },
+        ),
+        notes=(
+            (403, "Peek disabled: no [api] token configured"),
+            (404, "Unknown consumer, or its DLQ topic does not exist (nothing dead-lettered)"),
+            (503, "Kafka or Redis unreachable, or too many peeks at once (Retry-After)"),
+        ),
+    ),
 )
 
 _STATUS_TEXT = {
     200: "OK",
+    400: "Bad query parameter",
     401: "Missing or wrong bearer token",
     403: "Control endpoints disabled (no [api] token configured, or read-only mode)",
     404: "Unknown consumer",
+    410: "Gone",
     413: "Request body too large",
     503: "Not ready, or Redis unreachable",
 }
@@ -502,8 +581,9 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "responses": {}}
+        parameters: list[dict[str, Any]] = []
         if "{consumer_id}" in r.path:
-            op["parameters"] = [
+            parameters.append(
                 {
                     "name": "consumer_id",
                     "in": "path",
@@ -511,7 +591,10 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
                     "schema": {"type": "string"},
                     "description": "A consumer_id of the configuration.",
                 }
-            ]
+            )
+        parameters += list(r.query)
+        if parameters:
+            op["parameters"] = parameters
         if r.auth:
             op["security"] = [{"bearerAuth": []}]
         body = {"$ref": f"#/components/schemas/{r.body.__name__}"} if r.body else None
@@ -522,7 +605,8 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
                 content = {"application/json": {"schema": body or {"type": "object"}}}
             else:
                 content = {"application/json": {"schema": error}}
-            op["responses"][str(code)] = {"description": _STATUS_TEXT[code], "content": content}
+            description = dict(r.notes).get(code, _STATUS_TEXT[code])
+            op["responses"][str(code)] = {"description": description, "content": content}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -557,6 +641,8 @@ class ApiServer:
         self.port = config.api.port
         self._runner: web.AppRunner | None = None
         self._token = (config.api.token or "").encode()
+        self.peeks = EventPeek(config, self.redis)
+        self._peeks_in_flight = 0
         self.app = self._build_app()
 
     @property
@@ -582,6 +668,8 @@ class ApiServer:
             "resume": self._control(self._resume),
             "reset": self._control(self._reset),
             "trigger": self._control(self._trigger),
+            "peek_events": self._peek(self._peek_events),
+            "peek_dlq": self._peek(self._peek_dlq),
         }
         for r in ROUTES:
             app.router.add_route(r.method, r.path, handlers[r.name], name=r.name)
@@ -672,9 +760,11 @@ class ApiServer:
             log.exception("API %s %s failed: %s", request.method, request.path, exc)
             return _error(500, "internal error (see the instance's log)")
 
-    def _authorize(self, request: web.Request) -> web.Response | None:
+    def _authorize(
+        self, request: web.Request, what: str = "control endpoints are"
+    ) -> web.Response | None:
         if not self._token:
-            return _error(403, "control endpoints are disabled: set [api] token to enable them")
+            return _error(403, f"{what} disabled: set [api] token to enable them")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), self._token
@@ -738,6 +828,42 @@ class ApiServer:
             "window_id": res.window_id,
             "count": res.count,
         }
+
+    # ---- peek: events behind a window, the topic's newest, the DLQ ------------------------------
+    # Payloads may hold personal data: the bearer token guards them as it guards control.
+    def _peek(self, read: Callable[[str, web.Request, int], Awaitable[PeekBody]]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            denied = self._authorize(request, "peeking at events is")
+            if denied is not None:
+                return denied
+            cid = request.match_info["consumer_id"]
+            self.fleet.consumer_cfg(cid)  # 404 for an unknown id
+            raw_limit = request.query.get("limit", str(PEEK_DEFAULT_LIMIT))
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= PEEK_MAX_LIMIT:
+                return _error(400, f"limit must be an integer from 1 to {PEEK_MAX_LIMIT}")
+            if self._peeks_in_flight >= MAX_CONCURRENT_PEEKS:
+                resp = _error(503, f"busy: {MAX_CONCURRENT_PEEKS} peeks in flight, retry shortly")
+                resp.headers["Retry-After"] = "1"
+                return resp
+            self._peeks_in_flight += 1
+            try:
+                body = await read(cid, request, int(raw_limit))
+            finally:
+                self._peeks_in_flight -= 1
+            return web.json_response(body.to_json())
+
+        return handler
+
+    async def _peek_events(self, cid: str, request: web.Request, limit: int) -> PeekBody:
+        window = request.query.get("window", "tail")
+        if window == "tail":
+            return await self.peeks.tail(cid, limit)
+        if not window.isdigit() or int(window) < 1:
+            raise PeekError(f"window must be a window id (1, 2, ...) or tail, not {window!r}")
+        return await self.peeks.window(cid, int(window), limit)
+
+    async def _peek_dlq(self, cid: str, request: web.Request, limit: int) -> PeekBody:
+        return await self.peeks.dlq(cid, limit)
 
     # ---- reads -------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.StreamResponse:

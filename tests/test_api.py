@@ -430,7 +430,7 @@ async def test_openapi_lists_every_route(env: Env) -> None:
         for r in env.api.app.router.routes()
         if r.resource is not None and r.method != "HEAD"
     ]
-    assert len(routes) == 11
+    assert len(routes) == 13
     for method, path in routes:
         assert method in doc["paths"][path], (method, path)
     for method in ("pause", "resume", "reset", "trigger"):
@@ -509,3 +509,74 @@ def test_a_response_the_document_does_not_describe_is_refused() -> None:
     assert not validator.is_valid({**good, "extra": 1})
     assert not validator.is_valid({**good, "uptime_s": "long"})
     assert not validator.is_valid({k: v for k, v in good.items() if k != "status"})
+
+
+async def test_peek_endpoints_need_the_token_and_match_the_document(env: Env) -> None:
+    """GET /consumers/{id}/events (a closed window, the topic's newest) and /dlq: guarded by
+    the bearer token, refusals as documented, bodies as the document describes."""
+    _, doc = await env.get("/openapi.json")
+    events = "/consumers/{consumer_id}/events"
+    dlq = "/consumers/{consumer_id}/dlq"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    cid = env.cid
+    before = await env.count()
+    await env.kafka.produce(
+        env.topic, ({"peek": i, "token": "t-1"} for i in range(3)), partitions=2
+    )
+
+    async def counted() -> bool:
+        return await env.count() == before + 3
+
+    await wait_for(counted, 20, what="the three events counted")
+    code, closed = await env.post(f"/consumer/{cid}/trigger")
+    assert code == 200
+
+    async def check(url: str, path: str, code: int, **kw: Any) -> Any:
+        status, body = await env.get(url, **kw)
+        assert status == code, (url, body)
+        assert str(status) in doc["paths"][path]["get"]["responses"]
+        _response_validator(doc, path, "get", status).validate(body)
+        return body
+
+    await check(f"/consumers/{cid}/events", events, 401)
+    await check(f"/consumers/{cid}/dlq", dlq, 401, headers={"Authorization": "Bearer wrong"})
+    window = await check(
+        f"/consumers/{cid}/events?window={closed['window_id']}", events, 200, headers=auth
+    )
+    assert window["source"] == "window" and window["window_id"] == closed["window_id"]
+    assert len(window["events"]) == window["window_count"] == closed["count"]
+    assert any(e["value"].get("peek") == 2 for e in window["events"])
+    assert all(e["value"].get("token") in (None, "******") for e in window["events"])
+    tail = await check(f"/consumers/{cid}/events?window=tail&limit=2", events, 200, headers=auth)
+    assert tail["source"] == "tail" and len(tail["events"]) == 2 and tail["truncated"]
+    body = await check(f"/consumers/{cid}/events?window=999", events, 404, headers=auth)
+    assert body["error"].startswith(f"window 999 of {cid} is not closed yet (window ")
+    for bad in ("window=abc", "limit=0", "limit=1001", "limit=x"):
+        await check(f"/consumers/{cid}/events?{bad}", events, 400, headers=auth)
+    await check("/consumers/nope/events", events, 404, headers=auth)
+
+    # without a configured token, and in read-only mode: disabled, and still served
+    no_token = env.engine.config.model_copy(
+        update={"api": env.engine.config.api.model_copy(update={"token": None})}
+    )
+    for cfg, code in ((no_token, 403), (env.engine.config.with_read_only(), 200)):
+        other = await start_api(env.engine, cfg)
+        try:
+            url = f"{other.url}/consumers/{cid}/events?limit=1"
+            async with env.session.get(url, headers=auth) as resp:
+                body = await resp.json()
+                assert resp.status == code, body
+                _response_validator(doc, events, "get", code).validate(body)
+        finally:
+            await other()
+    await env.kafka.produce(env.topic, [b"{peek-bad"], partitions=1)
+
+    async def dead_lettered() -> bool:
+        status, body = await env.get(f"/consumers/{cid}/dlq?limit=1000", headers=auth)
+        return status == 200 and any(e["value"] == "{peek-bad" for e in body["events"])
+
+    await wait_for(dead_lettered, 20, what="the bad event in the DLQ")
+    body = await check(f"/consumers/{cid}/dlq?limit=1000", dlq, 200, headers=auth)
+    (dead,) = [e for e in body["events"] if e["value"] == "{peek-bad"]
+    assert body["source"] == "dlq" and dead["topic"] == f"{env.topic}.dlq"
+    assert dead["error"]["stage"] == "decode" and dead["error"]["topic"] == env.topic

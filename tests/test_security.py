@@ -398,7 +398,14 @@ async def test_post_bodies_are_ignored_and_capped(env: Env) -> None:
     # the documented surface takes no request body at all, and no route writes settings
     doc = openapi_document()
     assert all("requestBody" not in op for ops in doc["paths"].values() for op in ops.values())
-    assert {(r.method, r.auth) for r in ROUTES} == {("GET", False), ("POST", True)}
+    # reads are open but the peeks (they return event payloads); every write needs the token
+    peeks = {r.name for r in ROUTES if r.path.startswith("/consumers/{consumer_id}/")}
+    assert peeks == {"peek_events", "peek_dlq"}
+    assert {(r.method, r.auth) for r in ROUTES if r.name in peeks} == {("GET", True)}
+    assert {(r.method, r.auth) for r in ROUTES if r.name not in peeks} == {
+        ("GET", False),
+        ("POST", True),
+    }
     for method in ("PUT", "PATCH", "DELETE"):
         async with env.session.request(method, f"{env.api.url}/consumer/{env.cid}/pause") as r:
             assert r.status == 405

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from kafkaconsole.cli import audit_cmd, control_cmd, run_cmd
+from kafkaconsole.cli import audit_cmd, control_cmd, peek_cmd, run_cmd
 from kafkaconsole.cli.config_cmd import config_app
 
 
@@ -62,6 +62,7 @@ def _root(
 app.command("run")(run_cmd.run)
 app.command("demo")(run_cmd.demo)
 control_cmd.register(app)
+peek_cmd.register(app)
 app.command("audit")(audit_cmd.audit)
 app.add_typer(config_app, name="config")
 

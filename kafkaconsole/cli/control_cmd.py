@@ -14,6 +14,8 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,6 +34,13 @@ from kafkaconsole.cli.output import (
     since,
     table,
     warn,
+)
+from kafkaconsole.cli.scripting import (
+    ReaderGone,
+    change_key,
+    history_csv,
+    reader_gone,
+    write_line,
 )
 from kafkaconsole.config import AppConfig, mask_text
 from kafkaconsole.config.loader import CONFIG_ENV, DEFAULT_CONFIG_FILE
@@ -250,19 +259,82 @@ def _status_text(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+WATCH_INTERVAL_S = 1.0
+"""``status --watch``'s default polling interval: instances publish their status every second."""
+
+
+def _watch(cfg: AppConfig, interval: float) -> None:
+    """Print one NDJSON line per consumer whose status changed, every ``interval`` seconds,
+    until Ctrl-C or until the reader of stdout goes away (both exit 0)."""
+
+    async def action(fleet: Fleet) -> None:
+        seen: dict[str, bytes] = {}
+        while True:
+            consumers = await fleet.consumers()
+            observed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            try:
+                for consumer in consumers:
+                    key = change_key(consumer)
+                    if seen.get(consumer["consumer_id"]) == key:
+                        continue
+                    seen[consumer["consumer_id"]] = key
+                    write_line({"observed_at": observed_at.replace("+00:00", "Z"), **consumer})
+            except ReaderGone:
+                return
+            if reader_gone():
+                return
+            await asyncio.sleep(interval)
+
+    try:
+        _with_fleet(cfg, action)
+    except KeyboardInterrupt:
+        raise typer.Exit(int(ExitCode.OK)) from None
+
+
+def status(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Keep reading and print NDJSON: one line per consumer whose status changed "
+            "(every consumer once at the start), until Ctrl-C (exit 0) or the reader of the "
+            "pipe goes away (exit 0); Redis lost: one error line, exit 1.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            min=0.2,
+            max=3600,
+            metavar="SECONDS",
+            help="With --watch: seconds between two reads of the fleet.",
+        ),
+    ] = WATCH_INTERVAL_S,
+) -> None:
     """Show every consumer across the fleet: state, instances, lag, window, last trigger.
 
     Reads Redis, so it shows every running instance wherever it runs. --json prints
-    {"consumers": [...], "instances": [...]}.
+    {"consumers": [...], "instances": [...]}. --watch prints one JSON object per line and per
+    change: a consumer's object of --json with "observed_at" (ISO 8601 UTC) first; fields
+    that move with the clock alone (time_left, time_to_trigger_seconds, time_lag_seconds,
+    reported_at_ms) are not changes.
 
     Example:
 
         kafkaconsole status --config kafkaconsole.toml
 
         kafkaconsole status --json | jq '.consumers[] | {consumer_id, state, lag}'
+
+        kafkaconsole status --watch | jq -c 'select(.state != "running")'
     """
     cfg = fleet_config(config)
+    if watch:
+        _watch(cfg, interval)
+        return
     data = _with_fleet(cfg, lambda fleet: fleet.status())
     Output(as_json).emit(data, _status_text)
 
@@ -451,6 +523,14 @@ def _history_text(records: list[dict[str, Any]]) -> str:
     return table(["WINDOW", "REASON", "COUNT", "OPENED", "CLOSED", "STATUS", "DURATION"], rows)
 
 
+class HistoryFormat(StrEnum):
+    """``history --format``."""
+
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
 def history(
     consumer_id: IdArg,
     limit: Annotated[
@@ -469,10 +549,23 @@ def history(
         ),
     ] = None,
     read_only: ReadOnlyOpt = False,
+    output_format: Annotated[
+        HistoryFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table (the default), json (as --json) or csv (RFC 4180: a header row, CRLF "
+            "line ends, the columns in README's order).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show a consumer's trigger records, newest first, each with its pipeline status.
 
-    --json prints a list of trigger records (the pipeline payload plus "status" and "run").
+    --json (or --format json) prints a list of trigger records (the pipeline payload plus
+    "status" and "run"). --format csv prints one row per record with the columns
+    consumer_id, window_id, reason, count, opened_at, closed_at, status, run_id, attempts,
+    started_at, finished_at, duration_ms, error, offsets (topic:partition:first-last, ;-joined).
     --redispatch WINDOW_ID puts a past window back in the dispatch queue; a running instance
     runs its pipeline again with the same idempotency key <consumer_id>:<window_id>.
 
@@ -482,8 +575,17 @@ def history(
 
         kafkaconsole history orders --json | jq '.[] | select(.status == "failed")'
 
+        kafkaconsole history orders --format csv --limit 1000 > orders.csv
+
         kafkaconsole history orders --redispatch 42
     """
+    if as_json and output_format not in (None, HistoryFormat.JSON):
+        raise typer.BadParameter(
+            f"--json and --format {output_format} disagree; give one", param_hint="--format"
+        )
+    if redispatch_window is not None and output_format is HistoryFormat.CSV:
+        raise typer.BadParameter("--format csv lists records; not with --redispatch")
+    as_json = as_json or output_format is HistoryFormat.JSON
     cfg = fleet_config(config)
     _known(cfg, consumer_id)
     if redispatch_window is not None:
@@ -516,6 +618,9 @@ def history(
         )
         return
     data = _with_fleet(cfg, lambda fleet: fleet.history(consumer_id, limit=limit))
+    if output_format is HistoryFormat.CSV:
+        typer.echo(history_csv(data), nl=False)
+        return
     Output(as_json).emit(data, _history_text)
 
 
@@ -661,22 +766,68 @@ def reset(
     Output(as_json).emit(_with_fleet(cfg, action), text)
 
 
+WAIT_POLL_S = 0.25
+"""How often ``trigger --wait`` reads the run's status from Redis."""
+WAIT_TIMEOUT_S = 600.0
+"""``trigger --wait``'s default bound (seconds)."""
+SUCCESSFUL_RUNS = ("succeeded", "coalesced")
+FINAL_RUNS = (*SUCCESSFUL_RUNS, "failed", "cancelled")
+
+
+async def _wait_for_run(
+    fleet: Fleet, consumer_id: str, window_id: int, timeout: float
+) -> tuple[dict[str, Any], bool]:
+    """The window's run once its status is final (``True``), or as it stands when
+    ``timeout`` seconds have passed (``False``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await fleet.run_status(consumer_id, window_id)
+        if run.get("status") in FINAL_RUNS:
+            return run, True
+        if time.monotonic() >= deadline:
+            return run, False
+        await asyncio.sleep(min(WAIT_POLL_S, max(deadline - time.monotonic(), 0.0)))
+
+
 def trigger(
     consumer_id: IdArg,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     read_only: ReadOnlyOpt = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until the window's pipeline run ends: exit 0 when it succeeded (or was "
+            "coalesced into a run that succeeded), 1 when it failed or was cancelled, 3 when "
+            "--timeout passed first (the run goes on).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            max=7 * 86_400,
+            metavar="SECONDS",
+            help="With --wait: how long to wait for the run's end.",
+        ),
+    ] = WAIT_TIMEOUT_S,
 ) -> None:
     """Close a consumer's open window now (even when empty) and run its pipeline.
 
     Prints the closed window's id and count; the instance holding the consumer's dispatch
-    lease runs the pipeline (see `kafkaconsole history ID` for its status).
+    lease runs the pipeline (see `kafkaconsole history ID` for its status). With --wait it
+    then follows the run (through Redis, wherever it runs) and exits by its result:
+    0 succeeded, 1 failed (the run's error on stderr), 3 timed out.
 
     Example:
 
         kafkaconsole trigger orders
 
         kafkaconsole trigger orders --json | jq .window_id
+
+        kafkaconsole trigger orders --wait --timeout 300 && echo synced
     """
     cfg = fleet_config(config)
     _known(cfg, consumer_id)
@@ -685,7 +836,7 @@ def trigger(
     async def action(fleet: Fleet) -> dict[str, Any]:
         res = await fleet.trigger(consumer_id)
         running = _instances_running(await fleet.instances(), consumer_id)
-        return {
+        data: dict[str, Any] = {
             "consumer_id": consumer_id,
             "status": res.status,
             "reason": "manual",
@@ -693,20 +844,56 @@ def trigger(
             "count": res.count,
             "instances": running,
         }
+        if wait and res.status == "closed":
+            if not running:
+                warn(f"no live instance runs {consumer_id}: its pipeline runs when one starts")
+            run, ended = await _wait_for_run(fleet, consumer_id, res.window_id, timeout)
+            data["run"] = run
+            data["timed_out"] = not ended
+        return data
 
-    data = _with_fleet(cfg, action)
+    try:
+        data = _with_fleet(cfg, action)
+    except KeyboardInterrupt:
+        fail(
+            "stopped waiting: the window's pipeline run goes on (see kafkaconsole history)",
+            ExitCode.INTERRUPTED,
+        )
     if data["status"] != "closed":
         fail(f"{consumer_id}: window {data['window_id']} was not closed ({data['status']})")
-    if not data["instances"]:
+    if not data["instances"] and not wait:
         warn(f"no live instance runs {consumer_id}: its pipeline runs when one starts")
 
     def text(d: dict[str, Any]) -> str:
-        return (
+        line = (
             f"triggered {d['consumer_id']}: window {d['window_id']} closed with "
             f"{d['count']} event(s) (manual); window {d['window_id'] + 1} is open"
         )
+        run = d.get("run")
+        if run is None:
+            return line
+        duration_ms = run.get("duration_ms")
+        took = "" if duration_ms is None else f" in {duration_ms / 1000:.2f}s"
+        return f"{line}\npipeline run of window {d['window_id']}: {run['status']}{took}"
 
     Output(as_json).emit(data, text)
+    if not wait:
+        return
+    run = data["run"]
+    wid = data["window_id"]
+    if data["timed_out"]:
+        fail(
+            f"{consumer_id}: window {wid}'s pipeline run did not end within {timeout:g}s "
+            f"(status {run.get('status')}); it goes on: kafkaconsole history {consumer_id}",
+            ExitCode.TIMEOUT,
+        )
+    if run["status"] not in SUCCESSFUL_RUNS:
+        attempts = run.get("attempts")
+        fail(
+            f"{consumer_id}: window {wid}'s pipeline run {run['status']}"
+            + (f" after {attempts} attempt(s)" if attempts else "")
+            + f": {run.get('error') or 'no error recorded'}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -24,6 +24,10 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1
     CONFIG_ERROR = 2
+    TIMEOUT = 3
+    """``trigger --wait`` gave up waiting (``--timeout``); the run goes on."""
+    INTERRUPTED = 130
+    """Ctrl-C while ``trigger --wait`` waited (the shell's 128 + SIGINT)."""
 
 
 def fail(message: str, code: ExitCode = ExitCode.FAILURE) -> NoReturn:

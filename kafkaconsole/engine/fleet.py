@@ -267,6 +267,14 @@ class Fleet:
             )
         return list(mask_strings(out, self.mask))
 
+    async def run_status(self, consumer_id: str, window_id: int) -> dict[str, Any]:
+        """The pipeline run of one closed window as the ``runs`` hash records it (``{"status":
+        "pending"}`` until a dispatcher writes it), secrets masked."""
+        self.consumer_cfg(consumer_id)
+        raw = await self.redis.hget(self.keys(consumer_id).runs, str(window_id))
+        run = orjson.loads(raw) if raw else {"status": "pending"}
+        return dict(mask_strings(run, self.mask))
+
     async def read(self) -> FleetStatus:
         """The whole fleet's status, in a constant number of Redis round trips whatever the
         number of consumers: the live heartbeats (SCAN + MGET), then one pipeline of every

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
+from kafkaconsole.engine.peek import PeekBody
+
 
 class _Status(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -265,6 +267,7 @@ API_MODELS: tuple[type[BaseModel], ...] = (
     ControlResult,
     ErrorBody,
     FleetStatus,
+    PeekBody,
 )
 
 
