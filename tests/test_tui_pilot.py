@@ -641,3 +641,64 @@ async def test_command_line_runs_the_same_actions_as_the_keys() -> None:
             m.startswith("Resume all refused: this console is read-only") for m in _messages(app)
         )
     assert source.actions == []
+
+
+async def test_enter_on_a_trigger_shows_that_windows_events_from_kafka(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    """The detail view's history: enter on a closed window re-reads its events from Kafka
+    (payload pretty-printed, secrets masked); `d` browses the DLQ with why each record is
+    there; escape goes back."""
+    from kafkaconsole.tui.screens import EventsScreen
+
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services,
+        unique,
+        [{"consumer_id": cid, "kafka_topic": unique, "max_event": 3}],
+    )
+    events = [{"i": i, "password": "hunter2"} for i in range(3)]
+    await kafka.produce(unique, iter(events), partitions=1)
+    await kafka.produce(unique, [b"{not json"], partitions=1)
+    app, engine = _app(cfg)
+    fleet = Fleet(redis_client, cfg)
+    async with running(app) as pilot:
+
+        async def closed() -> bool:
+            return bool(await fleet.history(cid))
+
+        await wait_for(closed, 20, what="window 1 closed")
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        await wait_for(
+            lambda: _async(app.screen.query_one("#history").row_count > 0), 10, what="history"
+        )
+        await pilot.press("enter")
+        assert isinstance(app.screen, EventsScreen)
+        screen = app.screen
+        await wait_for(lambda: _async(screen.body is not None), 20, what="the window's events")
+        assert screen.body is not None and screen.body.window_id == 1
+        assert [e.value["i"] for e in screen.body.events] == [0, 1, 2]
+        shown = str(screen.query_one("#event-text").render())
+        assert '"i": 0' in shown and "hunter2" not in shown
+        await pilot.press("escape")
+        assert isinstance(app.screen, DetailScreen)
+
+        async def sent_to_the_dlq() -> bool:
+            return any(r.consumer_id == cid and r.dlq >= 1 for r in app._rows)
+
+        await wait_for(sent_to_the_dlq, 20, what="the bad event sent to the DLQ")
+        await pilot.press("d")
+        assert isinstance(app.screen, EventsScreen)
+        dlq = app.screen
+
+        async def dead_lettered() -> bool:
+            return dlq.body is not None or dlq.problem is not None
+
+        await wait_for(dead_lettered, 20, what="the DLQ's records")
+        assert dlq.body is not None and dlq.body.events, dlq.problem
+        assert "{not json" in str(dlq.query_one("#event-text").render())
+        assert "why in the DLQ" in str(dlq.query_one("#event-text").render())
+        await pilot.press("escape", "escape")
+        await _quit(pilot, app, engine)

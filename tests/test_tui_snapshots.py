@@ -235,3 +235,16 @@ def test_command_line_with_a_suggestion(snap_compare: SnapCompare) -> None:
     """`:` opens the command line; a consumer id is suggested as it is typed."""
     keys = ("colon", "t", "r", "i", "g", "g", "e", "r", "space", "c", "l")
     assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then(*keys))
+
+
+def test_window_events(snap_compare: SnapCompare) -> None:
+    """Enter on a trigger in the detail view: that window's events, the selected one
+    pretty-printed with its secrets masked."""
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then("enter", "enter"))
+
+
+def test_dlq_records(snap_compare: SnapCompare) -> None:
+    """`d` in the detail view: the DLQ's latest records and why each is there."""
+    assert snap_compare(
+        sample_app(), terminal_size=NARROW, run_before=_then("enter", "2", "d", "down")
+    )

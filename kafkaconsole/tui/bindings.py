@@ -147,6 +147,24 @@ DETAIL_COMMANDS: tuple[Command, ...] = (
         "Detail view: the consumer's config, secrets masked",
         palette=False,
     ),
+    Command(
+        "detail.dlq",
+        "d",
+        "peek('dlq')",
+        "DLQ",
+        "Detail: browse the DLQ",
+        "Detail view: the DLQ's latest records, why each is there, payload pretty-printed",
+        palette=False,
+    ),
+    Command(
+        "detail.tail",
+        "v",
+        "peek('tail')",
+        "Latest",
+        "Detail: latest events",
+        "Detail view: the topic's latest events (enter on a trigger: that window's events)",
+        palette=False,
+    ),
 )
 
 SORT_COMMANDS: tuple[Command, ...] = (

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.engine.counting import WindowState
@@ -30,6 +30,9 @@ from kafkaconsole.engine.status import (
     TriggerSummary,
 )
 from kafkaconsole.tui.source import StaticSource
+
+if TYPE_CHECKING:
+    from kafkaconsole.engine.peek import PeekBody
 from kafkaconsole.tui.viewmodel import (
     AlertView,
     FleetConsumer,
@@ -510,6 +513,83 @@ def sample_log_lines() -> list[LogLine]:
     return sorted(lines, key=lambda line: line.created)
 
 
+def sample_peeks() -> dict[tuple[str, str, int | None], PeekBody]:
+    """What peeking shows on the sample fleet: window #1841 of orders and its DLQ."""
+    from kafkaconsole.engine.peek import PeekBody, PeekEvent, PeekHeader
+
+    closed = _ago(14)
+    events = []
+    for i in range(12):
+        p, offset = i % 3, 300_000 + (i % 3) * 7 + i // 3
+        ts = closed - 9_000 + i * 650
+        events.append(
+            PeekEvent(
+                topic="orders",
+                partition=p,
+                offset=offset,
+                timestamp=iso_ms(ts),
+                timestamp_ms=ts,
+                key=f"customer-{40 + i}",
+                key_format="text",
+                value={
+                    "type": "refund" if i % 5 == 4 else "order",
+                    "id": 91_000 + i,
+                    "amount": round(12.5 + i * 7.25, 2),
+                    "card": {"last4": f"{4000 + i}", "token": "********"},
+                },
+                value_format="json",
+                headers=[PeekHeader(name="source", value="web")],
+            )
+        )
+    window = PeekBody(
+        consumer_id="orders",
+        source="window",
+        topic="orders",
+        window_id=1841,
+        window_count=500,
+        limit=50,
+        truncated=True,
+        warnings=[],
+        events=events,
+    )
+    bad = [(b"{not json", "invalid JSON: unexpected end of data", 300_955, 1)]
+    bad.append((b"\xff\xfe", "not UTF-8 text", 301_190, 0))
+    dlq_events = [
+        PeekEvent(
+            topic="orders.dlq",
+            partition=0,
+            offset=n,
+            timestamp=iso_ms(_ago(60 - 17 * n)),
+            timestamp_ms=_ago(60 - 17 * n),
+            key=None,
+            key_format="null",
+            value=raw.decode("utf-8", "replace"),
+            value_format="text",
+            headers=[],
+            error={
+                "topic": "orders",
+                "partition": str(part),
+                "offset": str(off),
+                "stage": "VALUE_CONVERTER",
+                "exception.message": why,
+            },
+        )
+        for n, (raw, why, off, part) in enumerate(bad)
+    ]
+    dlq = PeekBody(
+        consumer_id="orders",
+        source="dlq",
+        topic="orders.dlq",
+        window_id=None,
+        window_count=None,
+        limit=50,
+        truncated=False,
+        warnings=[],
+        events=dlq_events,
+    )
+    return {("orders", "window", 1841): window, ("orders", "dlq", None): dlq}
+
+
 def sample_source() -> StaticSource:
     return StaticSource(
         snapshot=sample_snapshot(),
@@ -518,6 +598,7 @@ def sample_source() -> StaticSource:
         windows=sample_windows(),
         series_of=sample_series(),
         now_ms=SAMPLE_NOW_MS,
+        peeks=sample_peeks(),
     )
 
 

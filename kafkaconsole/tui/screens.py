@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -26,6 +28,7 @@ from textual.widgets import (
 )
 from textual.widgets.button import ButtonVariant
 
+from kafkaconsole.engine.peek import PeekBody, PeekError, PeekEvent
 from kafkaconsole.tui.bindings import (
     APP_COMMANDS,
     CONFIRM_COMMANDS,
@@ -184,6 +187,18 @@ class DetailScreen(Screen[None]):
         self.query_one("#history", DataTable).focus()
         self._ready = True
 
+    @on(DataTable.RowSelected, "#history")
+    def _window_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.row_key.value is not None:
+            self.app.push_screen(
+                EventsScreen(self.consumer_id, "window", int(event.row_key.value), self._palette)
+            )
+
+    def action_peek(self, what: str) -> None:
+        """``d``: the DLQ's latest records; ``v``: the topic's latest events."""
+        self.app.push_screen(EventsScreen(self.consumer_id, what, None, self._palette))
+
     def action_show_tab(self, tab: str) -> None:
         # Focus moves into the pane too: a focused widget in another pane would switch back.
         self.query_one(TabbedContent).active = tab
@@ -319,6 +334,13 @@ class DetailScreen(Screen[None]):
         if row.last_error:
             summary.append("\n last error: ")
             summary.append(row.last_error, style=palette["state-error"])
+        summary.append("\n ")
+        summary.append("d", style=palette["accent"] + Style(bold=True))
+        summary.append(" browse the DLQ's latest records   ")
+        summary.append("v", style=palette["accent"] + Style(bold=True))
+        summary.append(" the topic's latest events   ")
+        summary.append("enter", style=palette["accent"] + Style(bold=True))
+        summary.append(" on a trigger (Overview): that window's events")
         self.query_one("#errors-summary", Static).update(summary)
 
         config = tuple(model.config)
@@ -333,6 +355,139 @@ class DetailScreen(Screen[None]):
                 else:
                     rendered.append(entry + "\n", style="bold")
             self.query_one("#config-text", Static).update(rendered)
+
+
+class EventsScreen(Screen[None]):
+    """Events to look at: a closed window's (re-read from Kafka by its offset ranges), the
+    topic's newest, or the DLQ's newest with why each record is there. A list on the left, the
+    selected event on the right with its payload pretty-printed; secrets come masked."""
+
+    BINDINGS = [Binding("escape", "back", "Back", id="events.back")]
+    LIMIT = 200
+
+    def __init__(
+        self,
+        consumer_id: str,
+        what: str,
+        window_id: int | None,
+        palette: Palette | None = None,
+    ) -> None:
+        super().__init__(id="events")
+        self.consumer_id = consumer_id
+        self.what = what
+        self.window_id = window_id
+        self._palette = palette
+        self.body: PeekBody | None = None
+        self.problem: str | None = None
+        """The one line that says why nothing could be read."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title(), id="events-title")
+        yield Static("reading from Kafka…", id="events-note")
+        with Horizontal(id="events-panes"):
+            yield DataTable(id="events-list", cursor_type="row")
+            with VerticalScroll(id="events-scroll"):
+                yield Static(id="event-text")
+        yield Footer(compact=True)
+
+    def _title(self) -> str:
+        if self.what == "window":
+            return f" {self.consumer_id} · window #{self.window_id}: its events"
+        if self.what == "dlq":
+            return f" {self.consumer_id} · the DLQ's latest records"
+        return f" {self.consumer_id} · the topic's latest events"
+
+    def on_mount(self) -> None:
+        table = self.query_one("#events-list", DataTable)
+        for label in ("Partition", "Offset", "Time", "Key"):
+            table.add_column(label, key=label)
+        table.focus()
+        self.run_worker(self._load(), exclusive=True, exit_on_error=False)
+
+    async def _load(self) -> None:
+        source = getattr(self.app, "source", None)
+        try:
+            if source is None:
+                raise PeekError("no data source")
+            body = await source.peek(self.consumer_id, self.what, self.window_id, self.LIMIT)
+        except PeekError as exc:
+            self.problem = str(exc)
+            self.query_one("#events-note", Static).update(Text(f" {exc}", style="bold"))
+            return
+        except Exception as exc:  # the broker went away mid-read, ...
+            self.problem = f"cannot read the events: {type(exc).__name__}: {exc}"
+            self.query_one("#events-note", Static).update(Text(f" {self.problem}", style="bold"))
+            return
+        self.show(body)
+
+    def show(self, body: PeekBody) -> None:
+        self.body = body
+        note = f" {body.topic} · {len(body.events)} shown"
+        if body.window_count is not None:
+            note += f" · the window counted {body.window_count:,}"
+        if body.truncated:
+            note += f" · more there (kafkaconsole peek {self.consumer_id} --limit N)"
+        if not body.events:
+            note += " · nothing to show"
+        for w in body.warnings:
+            note += f"\n {w}"
+        self.query_one("#events-note", Static).update(note)
+        table = self.query_one("#events-list", DataTable)
+        table.clear()
+        for i, e in enumerate(body.events):
+            stamp = (e.timestamp or "")[11:19]
+            table.add_row(
+                Text(str(e.partition), justify="right"),
+                Text(str(e.offset), justify="right"),
+                stamp,
+                e.key if e.key is not None else NONE_TEXT,
+                key=str(i),
+            )
+        if body.events:
+            table.move_cursor(row=0, animate=False)
+            self._show_event(0)
+
+    @on(DataTable.RowHighlighted, "#events-list")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self._show_event(int(event.row_key.value))
+
+    def _show_event(self, index: int) -> None:
+        if self.body is None or not 0 <= index < len(self.body.events):
+            return
+        self.query_one("#event-text", Static).update(event_text(self.body.events[index]))
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+
+def event_text(e: PeekEvent) -> Text:
+    """One event for a person: where it is, its key and headers, why it is in the DLQ, and
+    its payload (JSON pretty-printed)."""
+    text = Text()
+    text.append(f"{e.topic}[{e.partition}] offset {e.offset}", style="bold")
+    if e.timestamp:
+        text.append(f"  {e.timestamp}")
+    text.append("\nkey: ")
+    text.append(e.key if e.key is not None else "(none)")
+    if e.key_format == "base64":
+        text.append(" (base64)")
+    if e.headers:
+        text.append("\nheaders: " + ", ".join(f"{h.name}={h.value}" for h in e.headers))
+    if e.error:
+        where = e.error.get("topic"), e.error.get("partition"), e.error.get("offset")
+        text.append("\nwhy in the DLQ: ", style="bold")
+        text.append(e.error.get("exception.message") or e.error.get("stage") or "?")
+        if all(where):
+            text.append(f" (from {where[0]}[{where[1]}]@{where[2]})")
+    text.append(f"\n\n{e.value_format}:\n", style="bold")
+    if e.value_format == "json":
+        text.append(json.dumps(e.value, indent=2, ensure_ascii=False, sort_keys=False))
+    elif e.value is None:
+        text.append("(null: a tombstone)")
+    else:
+        text.append(str(e.value))
+    return text
 
 
 class ConfirmDialog(ModalScreen[bool]):

@@ -24,6 +24,7 @@ from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowState
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
+from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 from kafkaconsole.tui.viewmodel import FleetView, Series, SeriesRecorder
 
@@ -71,6 +72,14 @@ class ConsoleSource(abc.ABC):
     @abc.abstractmethod
     async def trigger(self, consumer_id: str) -> CloseResult:
         """Close the open window now and dispatch its pipeline."""
+
+    @abc.abstractmethod
+    async def peek(
+        self, consumer_id: str, what: str, window_id: int | None = None, limit: int = 50
+    ) -> PeekBody:
+        """Events to look at: a closed window's (``what = "window"``), the topic's newest
+        (``"tail"``) or the DLQ's (``"dlq"``); a refusal raises
+        :class:`~kafkaconsole.engine.peek.PeekError` with one line."""
 
     def subscribe_alerts(self, listener: AlertListener) -> None:  # noqa: B027 (optional hook)
         """Call ``listener`` with every alert firing or resolving (on the app's loop)."""
@@ -135,6 +144,16 @@ class EngineSource(ConsoleSource):
     async def trigger(self, consumer_id: str) -> CloseResult:
         return await self.engine.force_trigger(consumer_id, via=VIA)
 
+    async def peek(
+        self, consumer_id: str, what: str, window_id: int | None = None, limit: int = 50
+    ) -> PeekBody:
+        reader = EventPeek(self.engine.config, self.engine.redis)
+        if what == "window":
+            return await reader.window(consumer_id, int(window_id or 0), limit)
+        if what == "dlq":
+            return await reader.dlq(consumer_id, limit)
+        return await reader.tail(consumer_id, limit)
+
 
 @dataclass
 class StaticSource(ConsoleSource):
@@ -147,6 +166,8 @@ class StaticSource(ConsoleSource):
     series_of: Mapping[str, Series] = field(default_factory=dict)
     now_ms: int = 0
     actions: list[tuple[str, str | None]] = field(default_factory=list)
+    peeks: Mapping[tuple[str, str, int | None], PeekBody] = field(default_factory=dict)
+    """``(consumer, "window" | "tail" | "dlq", window id or None)`` -> what a peek shows."""
     alert_listeners: list[AlertListener] = field(default_factory=list)
 
     def latest(self) -> InstanceSnapshot | None:
@@ -180,6 +201,14 @@ class StaticSource(ConsoleSource):
         if c is None:
             return WindowState(1, 0, None, ())
         return WindowState(c.window_id, c.count, c.window_opened_at_ms, ())
+
+    async def peek(
+        self, consumer_id: str, what: str, window_id: int | None = None, limit: int = 50
+    ) -> PeekBody:
+        body = self.peeks.get((consumer_id, what, window_id if what == "window" else None))
+        if body is None:
+            raise PeekError(f"nothing to show for {consumer_id} ({what})")
+        return body.model_copy(update={"events": body.events[:limit]})
 
     def _ids(self, consumer_id: str | None) -> list[str]:
         if consumer_id is not None:
