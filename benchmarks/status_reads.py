@@ -31,6 +31,7 @@ from kafkaconsole.embedded import start_redis
 from kafkaconsole.engine.alerts import alert_key
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.records import iso_ms
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
     ConsumerState,
@@ -111,7 +112,14 @@ async def seed(redis: aredis.Redis, cfg: AppConfig) -> InstanceSnapshot:
         if i % 2 == 0:
             pipe.set(
                 alert_key(prefix, c.consumer_id, cfg.monitoring.alerts[0].rule_id),
-                orjson.dumps({"message": "lag above 100", "since": "x", "value": 120}),
+                orjson.dumps(
+                    {
+                        "message": "lag above 100",
+                        "since": iso_ms(now - 60_000),
+                        "since_ms": now - 60_000,
+                        "value": 120,
+                    }
+                ),
             )
         consumers.append(
             ConsumerSnapshot(

@@ -26,6 +26,7 @@ from kafkaconsole.engine.health import (
     triggers_per_minute,
     verdict,
 )
+from tests.helpers import consumer_status
 
 CFG = MonitoringConfig(
     sample_interval=1.0,
@@ -314,30 +315,34 @@ def test_time_lag_of_a_partition() -> None:
 
 
 def test_sample_from_the_fleet_model() -> None:
-    c = {
-        "consumer_id": "orders",
-        "state": "paused",
-        "paused_by": "ana",
-        "paused_at": "2023-11-14T22:13:20.000Z",
-        "instances": ["a"],
-        "lag": 12,
-        "time_lag_seconds": 3.5,
-        "rate": 7.5,
-        "partitions": [{"partition": 1, "position": 40, "lag": 12, "owner": "a"}],
-        "total": 90,
-        "filtered": 4,
-        "errors": 2,
-        "windows": 9,
-        "reported_at_ms": 123,
-        "last_error": None,
-    }
+    c = consumer_status(
+        **{
+            "consumer_id": "orders",
+            "state": "paused",
+            "paused_by": "ana",
+            "paused_at": "2023-11-14T22:13:20.000Z",
+            "instances": ["a"],
+            "lag": 12,
+            "time_lag_seconds": 3.5,
+            "rate": 7.5,
+            "partitions": [
+                {"partition": 1, "position": 40, "highwater": 52, "lag": 12, "owner": "a"}
+            ],
+            "total": 90,
+            "filtered": 4,
+            "errors": 2,
+            "windows": 9,
+            "reported_at_ms": 123,
+            "last_error": None,
+        }
+    )
     s = sample_from_status(c, 5.0, runs=("failed",), breaker_state="open", breaker_failures=3)
     assert s.paused and s.paused_by == "ana" and s.paused_at_ms == 1_700_000_000_000
     assert s.live and s.observed_ms == 123 and s.partitions == (PartitionPoint(1, 40, 12),)
     assert (s.total, s.filtered, s.errors, s.windows) == (90, 4, 2, 9)
     assert (s.lag, s.time_lag_seconds, s.rate) == (12, 3.5, 7.5)
     assert s.runs == ("failed",) and s.breaker_state == "open" and s.breaker_failures == 3
-    stopped = sample_from_status({"instances": [], "state": "stopped"}, 0.0)
+    stopped = sample_from_status(consumer_status(instances=(), state="stopped"), 0.0)
     assert not stopped.live and verdict([stopped], CFG, 0.0).name == VerdictName.STOPPED
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
 from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus
-from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot
+from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot, shown_state
 from kafkaconsole.engine.thresholds import Progress, window_progress
 
 # ---- fleet data (from Redis, through kafkaconsole.engine.fleet.Fleet) ---------------------------
@@ -155,10 +155,9 @@ def _fleet_consumer(c: ConsumerStatus) -> FleetConsumer:
         total=c.total,
         verdict=c.verdict,
         verdict_reason=c.verdict_reason,
-        verdict_since_ms=_iso_to_ms(c.verdict_since),
+        verdict_since_ms=c.verdict_since_ms,
         alerts=tuple(
-            AlertView(a.alert, a.channel, a.message or "", _iso_to_ms(a.since), a.value)
-            for a in c.alerts
+            AlertView(a.alert, a.channel, a.message or "", a.since_ms, a.value) for a in c.alerts
         ),
         time_lag_seconds=c.time_lag_seconds,
         time_to_trigger_seconds=c.time_to_trigger_seconds,
@@ -399,16 +398,11 @@ class ConsumerRow:
 
 
 def _state_of(local: ConsumerSnapshot | None, fleet: FleetConsumer | None) -> str:
-    """Local runner state, corrected by the fleet: pause is fleet-wide, and a consumer whose
-    partitions all live on other instances is running there."""
-    if fleet is not None and fleet.state == "paused":
-        return "paused"
-    if local is None:
-        return fleet.state if fleet is not None else "starting"
-    state = str(local.state)
-    if state == "starting" and fleet is not None and fleet.state in ("running", "error"):
-        return fleet.state
-    return state
+    """Local runner state, corrected by the fleet (:func:`shown_state`)."""
+    return shown_state(
+        str(local.state) if local is not None else None,
+        fleet.state if fleet is not None else None,
+    )
 
 
 def _local_alerts(local: ConsumerSnapshot | None) -> tuple[AlertView, ...]:
