@@ -28,7 +28,7 @@ from pydantic.json_schema import models_json_schema
 from kafkaconsole.engine.records import iso_ms
 
 
-def _epoch_ms(value: Any) -> Any:
+def moment_ms(value: Any) -> Any:
     """An ISO 8601 moment (the JSON form, read back) as epoch ms (None when it is not one);
     anything else as it is."""
     if isinstance(value, str):
@@ -40,7 +40,7 @@ def _epoch_ms(value: Any) -> Any:
 
 
 EpochMs = Annotated[
-    int | None, BeforeValidator(_epoch_ms), PlainSerializer(iso_ms, return_type=str | None)
+    int | None, BeforeValidator(moment_ms), PlainSerializer(iso_ms, return_type=str | None)
 ]
 """A moment: epoch ms in the model, ISO 8601 UTC (or null) in its JSON form."""
 
@@ -79,7 +79,7 @@ class LastTrigger(_Status):
     reason: str
     count: int
     closed_at_ms: Annotated[
-        int, BeforeValidator(_epoch_ms), PlainSerializer(iso_ms, return_type=str)
+        int, BeforeValidator(moment_ms), PlainSerializer(iso_ms, return_type=str)
     ] = _moment("closed_at")
     status: str
     """Run status of the window's pipeline (pending until dispatched)."""

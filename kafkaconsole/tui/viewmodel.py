@@ -16,12 +16,11 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
-from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus
+from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus, moment_ms
 from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot, shown_state
 from kafkaconsole.engine.thresholds import Progress, window_progress
 
@@ -111,7 +110,7 @@ class FleetView:
                     alert=str(a.get("alert", "?")),
                     channel=str(a.get("channel", "")),
                     message=str(a.get("message") or ""),
-                    since_ms=_iso_to_ms(a.get("since")),
+                    since_ms=moment_ms(a.get("since")),
                     value=_float(a.get("value")),
                 )
                 for a in c.get("alerts") or []
@@ -128,7 +127,7 @@ class FleetView:
                 total=int(c.get("total") or 0),
                 verdict=c.get("verdict"),
                 verdict_reason=c.get("verdict_reason"),
-                verdict_since_ms=_iso_to_ms(c.get("verdict_since")),
+                verdict_since_ms=moment_ms(c.get("verdict_since")),
                 alerts=alerts,
                 time_lag_seconds=_float(c.get("time_lag_seconds")),
                 time_to_trigger_seconds=_float(c.get("time_to_trigger_seconds")),
@@ -582,15 +581,6 @@ class HistoryRow:
     error: str | None = None
 
 
-def _iso_to_ms(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 def build_history(
     records: Sequence[Mapping[str, Any]],
     now_ms: int,
@@ -601,7 +591,7 @@ def build_history(
     out = []
     for r in records:
         run = r.get("run") or {}
-        closed = _iso_to_ms(r.get("closed_at"))
+        closed = moment_ms(r.get("closed_at"))
         out.append(
             HistoryRow(
                 window_id=int(r["window_id"]),
