@@ -44,7 +44,12 @@ from kafkaconsole.engine.health import (
 )
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.records import HistoryEntry, TriggerReason, iso_ms, stored_run
-from kafkaconsole.engine.status import TriggerSummary, consumer_lag, fleet_state
+from kafkaconsole.engine.status import (
+    TriggerSummary,
+    consumer_lag,
+    fleet_state,
+    partition_lag,
+)
 from kafkaconsole.engine.thresholds import window_progress
 
 TRIGGER_REASONS = tuple(str(r) for r in TriggerReason)
@@ -347,14 +352,13 @@ class Fleet:
         for partition in s.unowned:
             position = stored.get(partition)
             end = s.ends[partition]
-            lag = max(end - position, 0) if position is not None else None
             owners[partition] = (
                 0,
                 {
                     "partition": partition,
                     "position": position,
                     "highwater": end,
-                    "lag": lag,
+                    "lag": partition_lag(end, position),
                     "time_lag_seconds": None,
                     "oldest_ts_ms": None,
                     "owner": None,

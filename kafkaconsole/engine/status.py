@@ -152,6 +152,14 @@ class InstanceSnapshot:
 # ---- the rules: a consumer's state and lag -----------------------------------------------------
 
 
+def partition_lag(highwater: int | None, position: int | None) -> int | None:
+    """A partition's lag: events between the next offset to consume and the end (None when
+    either is unknown)."""
+    if highwater is None or position is None:
+        return None
+    return max(highwater - position, 0)
+
+
 def consumer_lag(partition_lags: Iterable[int | None]) -> int | None:
     """A consumer's lag: the sum of its partitions' known lags (0 when it has partitions but
     none is known yet; None when it has none)."""
