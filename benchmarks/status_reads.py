@@ -25,7 +25,7 @@ import orjson
 import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection
 
-from kafkaconsole.api import ApiMetrics
+from kafkaconsole.api import ApiMetrics, exposition
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import start_redis
 from kafkaconsole.engine.alerts import alert_key
@@ -186,7 +186,7 @@ async def measure(redis_url: str, n: int) -> dict[str, float]:
     scrape = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        await metrics.render(fleet)
+        exposition(await metrics.gather(fleet), accept="", accept_encoding="", names=[])
         scrape.append((time.perf_counter() - t0) * 1000)
     await redis.aclose()
     times.sort()
