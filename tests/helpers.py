@@ -216,4 +216,7 @@ def consumer_status(**fields: Any) -> ConsumerStatus:
         "verdict_since": None,
         "alerts": (),
     }
+    for moment in ("paused_at", "verdict_since"):  # given by either name, once
+        if f"{moment}_ms" in fields:
+            del base[moment]
     return ConsumerStatus.model_validate(base | fields)
