@@ -30,7 +30,7 @@ from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
-from tests.engine_support import make_config, running_engine, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, Receiver, wait_for
 
 MONITORING: dict[str, Any] = {
@@ -223,7 +223,6 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
         "processor": "tests.test_health_scenarios:poison_raises",
     }
     cfg = config(services, unique, receiver, consumer, "stalled")
-    engine = await start_engine(cfg)
     # the dead-letter producer talks to a second, real broker, frozen until the DLQ is "back"
     dlq_broker = own_broker()
     producer = AIOKafkaProducer(
@@ -232,25 +231,29 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
         metadata_max_age_ms=500,
     )
     await producer.start()
-    dlq_broker.signal(signal.SIGSTOP)
-    engine._consumers[cid].runner.dlq = DeadLetterSink(producer)
     try:
-        values = [{"i": i} for i in range(5)] + [{"poison": True}] + [{"i": i} for i in range(9)]
-        await kafka.produce(unique, values, partitions=1)
-        body = await receiver.wait("firing", "stalled")
-        fleet, local = await shows(engine, redis_client, cid, "stalled")
-        assert body["message"].startswith("stalled: partition 0 has not moved from offset ")
-        assert "event(s) waiting" in fleet["verdict_reason"]
-        assert fleet["lag"] == 15 and fleet["time_lag_seconds"] > 1.0
-        assert local.verdict_since_ms is not None and fleet["verdict_since"]
-        dlq_broker.signal(signal.SIGCONT)  # the DLQ is back: the bad event is recorded
-        await resolved_once(receiver, "stalled")
-        assert engine._consumers[cid].runner.dlq_count == 1
-        fleet = await fleet_view(redis_client, cfg, cid)
-        assert fleet["lag"] == 0 and fleet["time_lag_seconds"] == 0 and fleet["total"] == 14
+        async with running_engine(cfg) as engine:
+            dlq_broker.signal(signal.SIGSTOP)
+            engine._consumers[cid].runner.dlq = DeadLetterSink(producer)
+            try:
+                values = (
+                    [{"i": i} for i in range(5)] + [{"poison": True}] + [{"i": i} for i in range(9)]
+                )
+                await kafka.produce(unique, values, partitions=1)
+                body = await receiver.wait("firing", "stalled")
+                fleet, local = await shows(engine, redis_client, cid, "stalled")
+                assert body["message"].startswith("stalled: partition 0 has not moved from offset ")
+                assert "event(s) waiting" in fleet["verdict_reason"]
+                assert fleet["lag"] == 15 and fleet["time_lag_seconds"] > 1.0
+                assert local.verdict_since_ms is not None and fleet["verdict_since"]
+                dlq_broker.signal(signal.SIGCONT)  # the DLQ is back: the bad event is recorded
+                await resolved_once(receiver, "stalled")
+                assert engine._consumers[cid].runner.dlq_count == 1
+                fleet = await fleet_view(redis_client, cfg, cid)
+                assert fleet["lag"] == 0 and fleet["time_lag_seconds"] == 0 and fleet["total"] == 14
+            finally:
+                dlq_broker.signal(signal.SIGCONT)
     finally:
-        dlq_broker.signal(signal.SIGCONT)
-        await engine.stop()
         await producer.stop()
         dlq_broker.stop()
 
