@@ -25,12 +25,13 @@ import orjson
 import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection
 
-from kafkaconsole.api import ApiMetrics
+from kafkaconsole.api import ApiMetrics, exposition
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import start_redis
 from kafkaconsole.engine.alerts import alert_key
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.records import iso_ms
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
     ConsumerState,
@@ -111,7 +112,14 @@ async def seed(redis: aredis.Redis, cfg: AppConfig) -> InstanceSnapshot:
         if i % 2 == 0:
             pipe.set(
                 alert_key(prefix, c.consumer_id, cfg.monitoring.alerts[0].rule_id),
-                orjson.dumps({"message": "lag above 100", "since": "x", "value": 120}),
+                orjson.dumps(
+                    {
+                        "message": "lag above 100",
+                        "since": iso_ms(now - 60_000),
+                        "since_ms": now - 60_000,
+                        "value": 120,
+                    }
+                ),
             )
         consumers.append(
             ConsumerSnapshot(
@@ -178,7 +186,7 @@ async def measure(redis_url: str, n: int) -> dict[str, float]:
     scrape = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        await metrics.render(fleet)
+        exposition(await metrics.gather(fleet), accept="", accept_encoding="", names=[])
         scrape.append((time.perf_counter() - t0) * 1000)
     await redis.aclose()
     times.sort()

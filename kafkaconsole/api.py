@@ -46,7 +46,7 @@ from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.clients import pool_exhausted, reader_redis_client
 from kafkaconsole.engine.consumer import KAFKA_SILENCE_S
 from kafkaconsole.engine.engine import Engine
-from kafkaconsole.engine.errors import ControlError
+from kafkaconsole.engine.errors import ControlError, ReadOnlyError
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.fleet_status import (
     ConsumerInfo,
@@ -785,12 +785,8 @@ class ApiServer:
             denied = self._authorize(request)
             if denied is not None:
                 return denied
-            if self.config.ui.read_only:
-                return _error(
-                    403,
-                    "read-only mode ([ui] read_only = true or --read-only): "
-                    "pause, resume, reset and trigger are refused",
-                )
+            if self.config.ui.read_only:  # before the id is looked up: 403 for any id
+                raise ReadOnlyError(request.path.rsplit("/", 1)[-1])
             await request.read()  # enforces CLIENT_MAX_SIZE; the body itself is ignored
             cid = request.match_info["consumer_id"]
             self.fleet.consumer_cfg(cid)  # 404 for an unknown id

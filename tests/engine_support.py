@@ -50,17 +50,17 @@ def make_config(
     return AppConfig.model_validate(base)
 
 
-async def start_engine(cfg: AppConfig) -> Engine:
+async def start_engine(cfg: AppConfig, snapshot_interval: float = 0.2) -> Engine:
     """An engine of ``cfg``, started, with a short dispatch lease and frequent snapshots."""
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    engine = Engine(cfg, lease_ms=1500, snapshot_interval=snapshot_interval)
     await engine.start()
     return engine
 
 
 @asynccontextmanager
-async def running_engine(cfg: AppConfig) -> AsyncIterator[Engine]:
+async def running_engine(cfg: AppConfig, snapshot_interval: float = 0.2) -> AsyncIterator[Engine]:
     """:func:`start_engine`, stopped again on the way out (whatever the test raised)."""
-    engine = await start_engine(cfg)
+    engine = await start_engine(cfg, snapshot_interval)
     try:
         yield engine
     finally:

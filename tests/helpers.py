@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import Result
 
 from kafkaconsole.embedded import BrokerKind
+from kafkaconsole.engine.fleet_status import ConsumerStatus
 
 #: The session's broker and, when it fell back to Tansu, why (set by conftest.py).
 BROKER_KEY = pytest.StashKey[tuple[BrokerKind, str | None]]()
@@ -172,3 +173,50 @@ class Receiver:
         async with http_server([("POST", path, self.handle)]) as base:
             self.url = base + path
             yield self
+
+
+def consumer_status(**fields: Any) -> ConsumerStatus:
+    """A :class:`ConsumerStatus` of a stopped consumer with nothing counted, with ``fields``
+    (any field, by its name or its JSON name) instead."""
+    base: dict[str, Any] = {
+        "consumer_id": "orders",
+        "kafka_topic": "orders",
+        "pipeline_name": "orders_sync",
+        "job_type": "sync",
+        "state": "stopped",
+        "paused_by": None,
+        "paused_at": None,
+        "count": 0,
+        "max_event": 100,
+        "max_time": 60.0,
+        "window_id": 1,
+        "window_opened_at": None,
+        "window_opened_at_ms": None,
+        "time_left": None,
+        "fill_ratio": 0.0,
+        "total": 0,
+        "errors": 0,
+        "filtered": 0,
+        "windows": 0,
+        "windows_by_reason": {},
+        "discarded": 0,
+        "dlq": 0,
+        "rate": 0.0,
+        "lag": None,
+        "partitions": (),
+        "instances": (),
+        "last_trigger": None,
+        "last_error": None,
+        "processor_stall": None,
+        "time_lag_seconds": None,
+        "time_to_trigger_seconds": None,
+        "reported_at_ms": None,
+        "verdict": "stopped",
+        "verdict_reason": None,
+        "verdict_since": None,
+        "alerts": (),
+    }
+    for moment in ("paused_at", "verdict_since"):  # given by either name, once
+        if f"{moment}_ms" in fields:
+            del base[moment]
+    return ConsumerStatus.model_validate(base | fields)

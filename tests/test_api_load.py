@@ -25,7 +25,7 @@ from kafkaconsole.config.loader import load_config
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.clients import API_REDIS_CONNECTIONS
 from kafkaconsole.engine.fleet import Fleet
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 
 BURST = 400
@@ -50,49 +50,48 @@ async def test_a_metrics_burst_takes_nothing_from_counting(
         api={"enabled": True, "host": "127.0.0.1", "port": 0},
     )
     caplog.set_level(logging.WARNING)
-    engine = await start_engine(cfg)
-    api = await start_api(engine)
-    connector = aiohttp.TCPConnector(limit=0)
-    session = aiohttp.ClientSession(connector=connector)
-    try:
-        await kafka.produce(unique, [{"i": i} for i in range(300)])
+    async with running_engine(cfg) as engine:
+        api = await start_api(engine)
+        connector = aiohttp.TCPConnector(limit=0)
+        session = aiohttp.ClientSession(connector=connector)
+        try:
+            await kafka.produce(unique, [{"i": i} for i in range(300)])
 
-        async def warm() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(unique)
-            return c is not None and c.count == 300
+            async def warm() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(unique)
+                return c is not None and c.count == 300
 
-        await wait_for(warm, 20, what="the first events counted")
-        before = await _connections(redis_client)
+            await wait_for(warm, 20, what="the first events counted")
+            before = await _connections(redis_client)
 
-        async def scrape() -> int:
-            async with session.get(f"{api.url}/metrics") as resp:
-                await resp.read()
-                if resp.status == 503:
-                    assert resp.headers["Retry-After"] == "1"
-                return resp.status
+            async def scrape() -> int:
+                async with session.get(f"{api.url}/metrics") as resp:
+                    await resp.read()
+                    if resp.status == 503:
+                        assert resp.headers["Retry-After"] == "1"
+                    return resp.status
 
-        produce = asyncio.ensure_future(kafka.produce(unique, [{"i": i} for i in range(3000)]))
-        statuses = await asyncio.gather(*(scrape() for _ in range(BURST)))
-        await produce
-        assert set(statuses) <= {200, 503}, statuses
-        assert statuses.count(200) >= MAX_CONCURRENT_REQUESTS // 2
+            produce = asyncio.ensure_future(kafka.produce(unique, [{"i": i} for i in range(3000)]))
+            statuses = await asyncio.gather(*(scrape() for _ in range(BURST)))
+            await produce
+            assert set(statuses) <= {200, 503}, statuses
+            assert statuses.count(200) >= MAX_CONCURRENT_REQUESTS // 2
 
-        async def all_counted() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(unique)
-            return c is not None and c.count == 3300
+            async def all_counted() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(unique)
+                return c is not None and c.count == 3300
 
-        await wait_for(all_counted, 30, what="every event counted during the burst")
-        # the burst opened at most the API's own pool, the counting path saw no error
-        assert await _connections(redis_client) - before <= API_REDIS_CONNECTIONS
-        snap = engine.snapshot().consumer(unique)
-        assert snap is not None and snap.last_error is None
-        assert not [r for r in caplog.records if "Too many connections" in r.getMessage()]
-        async with session.get(f"{api.url}/ready") as resp:
-            assert resp.status == 200
-    finally:
-        await session.close()
-        await api()
-        await engine.stop()
+            await wait_for(all_counted, 30, what="every event counted during the burst")
+            # the burst opened at most the API's own pool, the counting path saw no error
+            assert await _connections(redis_client) - before <= API_REDIS_CONNECTIONS
+            snap = engine.snapshot().consumer(unique)
+            assert snap is not None and snap.last_error is None
+            assert not [r for r in caplog.records if "Too many connections" in r.getMessage()]
+            async with session.get(f"{api.url}/ready") as resp:
+                assert resp.status == 200
+        finally:
+            await session.close()
+            await api()
 
 
 async def test_over_long_ids_get_a_clean_4xx(
@@ -106,27 +105,26 @@ async def test_over_long_ids_get_a_clean_4xx(
     )
     caplog.set_level(logging.DEBUG, logger="aiohttp")
     caplog.set_level(logging.INFO, logger="kafkaconsole")
-    engine = await start_engine(cfg)
-    api = await start_api(engine)
-    session = aiohttp.ClientSession()
-    try:
-        for length in (200, 5_000, 20_000, 100_000):
-            cid = "x" * length
-            async with session.get(f"{api.url}/consumer/info/{cid}") as resp:
-                assert 400 <= resp.status < 500, (length, resp.status)
-            headers = {"Authorization": "Bearer " + "t" * 32}
-            async with session.post(f"{api.url}/consumer/{cid}/pause", headers=headers) as resp:
-                assert 400 <= resp.status < 500, (length, resp.status)
-        async with session.get(f"{api.url}/consumer/info/{'x' * 200}") as resp:
-            assert resp.status == 404
-            assert "at most 128 characters" in (await resp.json())["error"]
-        assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
-        async with session.get(f"{api.url}/health") as resp:
-            assert resp.status == 200
-    finally:
-        await session.close()
-        await api()
-        await engine.stop()
+    async with running_engine(cfg) as engine:
+        api = await start_api(engine)
+        session = aiohttp.ClientSession()
+        try:
+            for length in (200, 5_000, 20_000, 100_000):
+                cid = "x" * length
+                async with session.get(f"{api.url}/consumer/info/{cid}") as resp:
+                    assert 400 <= resp.status < 500, (length, resp.status)
+                headers = {"Authorization": "Bearer " + "t" * 32}
+                async with session.post(f"{api.url}/consumer/{cid}/pause", headers=headers) as resp:
+                    assert 400 <= resp.status < 500, (length, resp.status)
+            async with session.get(f"{api.url}/consumer/info/{'x' * 200}") as resp:
+                assert resp.status == 404
+                assert "at most 128 characters" in (await resp.json())["error"]
+            assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+            async with session.get(f"{api.url}/health") as resp:
+                assert resp.status == 200
+        finally:
+            await session.close()
+            await api()
 
 
 async def test_values_from_environment_overrides_are_masked(

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
-from tests.engine_support import make_config, running_engine, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 
 BIG = 2 * 1024 * 1024
@@ -242,31 +242,34 @@ async def test_an_event_the_dlq_refuses_even_cut_is_recorded_and_skipped(
             }
         },
     )
-    engine = await start_engine(cfg)
     small = AIOKafkaProducer(bootstrap_servers=services.bootstrap_servers, max_request_size=2048)
     await small.start()
-    runner = engine._consumers[unique].runner
-    runner.dlq = DeadLetterSink(small, task_id=engine.instance_id)
     try:
+        async with running_engine(cfg) as engine:
+            runner = engine._consumers[unique].runner
+            runner.dlq = DeadLetterSink(small, task_id=engine.instance_id)
 
-        async def all_counted() -> bool:
-            return (await counted(redis_client, unique, unique)).get("total") == 10
+            async def all_counted() -> bool:
+                return (await counted(redis_client, unique, unique)).get("total") == 10
 
-        await wait_for(all_counted, 20, what="every other event counted")
-        stats = await counted(redis_client, unique, unique)
-        assert stats["errors"] == 1 and stats["dlq_refused"] == 1
-        [(_, entry)] = await redis_client.xrange(f"{unique}:{unique}:dlq_refused")
-        refused = {k.decode(): v.decode() for k, v in entry.items()}
-        assert (refused["partition"], refused["offset"], refused["bytes"]) == ("0", "3", str(BIG))
-        assert refused["stage"] == "validate"
-        assert refused["dlq_error"].startswith("MessageSizeTooLargeError")
-        assert any(
-            "bad event not dead-lettered, skipped" in r.getMessage()
-            and f"{unique}[0]@3" in r.getMessage()
-            for r in caplog.records
-        )
-        snap = (await engine.refresh_snapshot()).consumer(unique)
-        assert snap is not None and snap.dlq_refused == 1 and snap.dlq == 0
+            await wait_for(all_counted, 20, what="every other event counted")
+            stats = await counted(redis_client, unique, unique)
+            assert stats["errors"] == 1 and stats["dlq_refused"] == 1
+            [(_, entry)] = await redis_client.xrange(f"{unique}:{unique}:dlq_refused")
+            refused = {k.decode(): v.decode() for k, v in entry.items()}
+            assert (refused["partition"], refused["offset"], refused["bytes"]) == (
+                "0",
+                "3",
+                str(BIG),
+            )
+            assert refused["stage"] == "validate"
+            assert refused["dlq_error"].startswith("MessageSizeTooLargeError")
+            assert any(
+                "bad event not dead-lettered, skipped" in r.getMessage()
+                and f"{unique}[0]@3" in r.getMessage()
+                for r in caplog.records
+            )
+            snap = (await engine.refresh_snapshot()).consumer(unique)
+            assert snap is not None and snap.dlq_refused == 1 and snap.dlq == 0
     finally:
-        await engine.stop()
         await small.stop()

@@ -11,13 +11,8 @@ from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.status import ConsumerState
 from tests import pipeline_targets
-from tests.engine_support import make_config, running_engine, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
-
-
-async def started(cfg) -> Engine:  # type: ignore[no-untyped-def]
-    engine = await start_engine(cfg)
-    return engine
 
 
 async def test_count_windows_exact(
@@ -140,9 +135,8 @@ async def test_pause_reset_and_force_trigger(
     cfg = make_config(
         services, unique, [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}]
     )
-    engine = await start_engine(cfg)
-    key = f"{unique}:{cid}:events"
-    try:
+    async with running_engine(cfg) as engine:
+        key = f"{unique}:{cid}:events"
         await kafka.produce(unique, ({"i": i} for i in range(10)), partitions=1)
 
         async def count_is(n: int) -> bool:
@@ -168,8 +162,6 @@ async def test_pause_reset_and_force_trigger(
             return any(c["reason"] == "manual" for c in pipeline_targets.calls_for(cid))
 
         await wait_for(manual_call, 10, what="manual pipeline call")
-    finally:
-        await engine.stop()
 
 
 async def _state_is(engine: Engine, cid: str, state: ConsumerState) -> bool:
@@ -289,10 +281,8 @@ async def test_one_script_call_per_polled_batch(
             int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
         )
 
-    engine = Engine(cfg, lease_ms=1500, snapshot_interval=60)
     before = await script_calls()
-    await engine.start()
-    try:
+    async with running_engine(cfg, snapshot_interval=60):
 
         async def all_counted() -> bool:
             return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 5000
@@ -303,8 +293,6 @@ async def test_one_script_call_per_polled_batch(
         # the consumer is behind; other tests share this Redis and the dispatch lease renewals
         # are scripts too, so allow a margin, but nowhere near one call per event.
         assert 1 <= calls < 200
-    finally:
-        await engine.stop()
 
 
 async def test_time_trigger_is_on_time(

@@ -15,7 +15,7 @@ import redis.asyncio as aredis
 from kafkaconsole.embedded import BrokerKind, EmbeddedServices, ManagedProcess
 from kafkaconsole.engine.consumer import session_timeout_message
 from kafkaconsole.engine.status import ConsumerState
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -47,36 +47,33 @@ async def test_production_coordinator_settings(
     )
     await kafka.produce(unique, ({"i": i} for i in range(30)), partitions=2)
     started = time.monotonic()
-    engine = await start_engine(ok)
-    refused = await start_engine(short)
     try:
+        async with running_engine(ok), running_engine(short) as refused:
 
-        async def counted() -> bool:
-            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 30
+            async def counted() -> bool:
+                return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 30
 
-        # the first join waits out the initial rebalance delay, then counts
-        await wait_for(counted, 30, what="counting after the initial rebalance delay")
-        if broker_kind == "apache":
-            assert time.monotonic() - started >= 3.0
-        runner = refused._consumers[f"{cid}-short"].runner
-        if broker_kind == "apache":
+            # the first join waits out the initial rebalance delay, then counts
+            await wait_for(counted, 30, what="counting after the initial rebalance delay")
+            if broker_kind == "apache":
+                assert time.monotonic() - started >= 3.0
+            runner = refused._consumers[f"{cid}-short"].runner
+            if broker_kind == "apache":
 
-            async def reported() -> bool:  # in the published snapshot (status, API, console)
+                async def reported() -> bool:  # in the published snapshot (status, API, console)
+                    (consumer,) = refused.snapshot().consumers
+                    return consumer.state == ConsumerState.ERROR
+
+                await wait_for(reported, 20, what="the refused session timeout")
+                assert runner.last_error == session_timeout_message(3000)
                 (consumer,) = refused.snapshot().consumers
-                return consumer.state == ConsumerState.ERROR
+                assert consumer.last_error == session_timeout_message(3000)
+            # the other instance went on counting meanwhile
+            await kafka.produce(unique, ({"i": i} for i in range(30, 40)), partitions=2)
 
-            await wait_for(reported, 20, what="the refused session timeout")
-            assert runner.last_error == session_timeout_message(3000)
-            (consumer,) = refused.snapshot().consumers
-            assert consumer.last_error == session_timeout_message(3000)
-        # the other instance went on counting meanwhile
-        await kafka.produce(unique, ({"i": i} for i in range(30, 40)), partitions=2)
+            async def counted_more() -> bool:
+                return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 40
 
-        async def counted_more() -> bool:
-            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 40
-
-        await wait_for(counted_more, 20, what="counting on")
+            await wait_for(counted_more, 20, what="counting on")
     finally:
-        await refused.stop()
-        await engine.stop()
         await kafka.stop()

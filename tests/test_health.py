@@ -12,12 +12,15 @@ from pydantic import BaseModel
 
 from kafkaconsole.config import models
 from kafkaconsole.config.models import VERDICTS, MonitoringConfig
+from kafkaconsole.engine.fleet_status import ConsumerStatus
 from kafkaconsole.engine.health import (
     HealthSample,
     PartitionPoint,
+    Verdict,
     VerdictName,
     consumer_time_lag,
     distinct,
+    fleet_verdict,
     lookback,
     metrics,
     sample_from_status,
@@ -26,6 +29,15 @@ from kafkaconsole.engine.health import (
     triggers_per_minute,
     verdict,
 )
+from kafkaconsole.engine.status import (
+    ConsumerState,
+    consumer_lag,
+    fleet_state,
+    instance_state,
+    partition_lag,
+    shown_state,
+)
+from tests.helpers import consumer_status
 
 CFG = MonitoringConfig(
     sample_interval=1.0,
@@ -314,31 +326,98 @@ def test_time_lag_of_a_partition() -> None:
 
 
 def test_sample_from_the_fleet_model() -> None:
-    c = {
-        "consumer_id": "orders",
-        "state": "paused",
-        "paused_by": "ana",
-        "paused_at": "2023-11-14T22:13:20.000Z",
-        "instances": ["a"],
-        "lag": 12,
-        "time_lag_seconds": 3.5,
-        "rate": 7.5,
-        "partitions": [{"partition": 1, "position": 40, "lag": 12, "owner": "a"}],
-        "total": 90,
-        "filtered": 4,
-        "errors": 2,
-        "windows": 9,
-        "reported_at_ms": 123,
-        "last_error": None,
-    }
+    c = consumer_status(
+        **{
+            "consumer_id": "orders",
+            "state": "paused",
+            "paused_by": "ana",
+            "paused_at": "2023-11-14T22:13:20.000Z",
+            "instances": ["a"],
+            "lag": 12,
+            "time_lag_seconds": 3.5,
+            "rate": 7.5,
+            "partitions": [
+                {"partition": 1, "position": 40, "highwater": 52, "lag": 12, "owner": "a"}
+            ],
+            "total": 90,
+            "filtered": 4,
+            "errors": 2,
+            "windows": 9,
+            "reported_at_ms": 123,
+            "last_error": None,
+        }
+    )
     s = sample_from_status(c, 5.0, runs=("failed",), breaker_state="open", breaker_failures=3)
     assert s.paused and s.paused_by == "ana" and s.paused_at_ms == 1_700_000_000_000
     assert s.live and s.observed_ms == 123 and s.partitions == (PartitionPoint(1, 40, 12),)
     assert (s.total, s.filtered, s.errors, s.windows) == (90, 4, 2, 9)
     assert (s.lag, s.time_lag_seconds, s.rate) == (12, 3.5, 7.5)
     assert s.runs == ("failed",) and s.breaker_state == "open" and s.breaker_failures == 3
-    stopped = sample_from_status({"instances": [], "state": "stopped"}, 0.0)
+    stopped = sample_from_status(consumer_status(instances=(), state="stopped"), 0.0)
     assert not stopped.live and verdict([stopped], CFG, 0.0).name == VerdictName.STOPPED
+
+
+def test_the_fleet_shows_the_instances_verdict_unless_a_fact_says_otherwise() -> None:
+    lagging = {"verdict": "lagging", "verdict_reason": "lag grew", "verdict_since_ms": 5_000}
+    ok = Verdict(VerdictName.OK, "ok")
+    assert fleet_verdict(ok, lagging) == ("lagging", "lag grew", 5_000)
+    assert fleet_verdict(ok, None) == ("ok", "ok", None)  # no heartbeat speaks of it yet
+    assert fleet_verdict(ok, {"verdict": None}) == ("ok", "ok", None)
+    stopped = Verdict(VerdictName.STOPPED, "no live instance runs it")
+    assert fleet_verdict(stopped, lagging) == ("stopped", "no live instance runs it", None)
+    paused = Verdict(VerdictName.PAUSED, "paused by ana")
+    assert fleet_verdict(paused, lagging) == ("paused", "paused by ana", None)
+    # a pause that ended shows at once, not the heartbeat's stale "paused"
+    assert fleet_verdict(ok, {**lagging, "verdict": "paused"}) == ("ok", "ok", None)
+
+
+def test_state_and_lag_rules() -> None:
+    assert partition_lag(10, 4) == 6 and partition_lag(4, 10) == 0
+    assert partition_lag(None, 4) is None and partition_lag(10, None) is None
+    assert consumer_lag([3, None, 4]) == 7
+    assert consumer_lag([None]) == 0 and consumer_lag([]) is None
+    assert instance_state(ConsumerState.RUNNING, True) == ConsumerState.PAUSED
+    assert instance_state(ConsumerState.ERROR, True) == ConsumerState.ERROR
+    assert instance_state(ConsumerState.RUNNING, False) == ConsumerState.RUNNING
+    assert fleet_state(True, ["error"]) == "paused"
+    assert fleet_state(False, []) == fleet_state(False, ["stopped"]) == "stopped"
+    assert fleet_state(False, ["running", "error"]) == "error"
+    assert fleet_state(False, ["running", "stopped"]) == "running"
+    assert shown_state("running", "paused") == "paused"
+    assert shown_state(None, None) == "starting" and shown_state(None, "error") == "error"
+    assert shown_state("starting", "running") == "running"
+    assert shown_state("rebalancing", "running") == "rebalancing"
+
+
+def test_moments_are_epoch_ms_in_the_model_and_iso_in_json() -> None:
+    c = consumer_status(
+        state="paused",
+        paused_at_ms=1_700_000_000_000,
+        verdict_since_ms=1_700_000_000_500,
+        alerts=[
+            {
+                "alert": "lagging",
+                "channel": "log",
+                "message": "lag grew",
+                "since_ms": 1_700_000_001_000,
+                "value": None,
+                "verdict": "lagging",
+                "metric": None,
+            }
+        ],
+    )
+    assert (c.paused_at_ms, c.verdict_since_ms, c.alerts[0].since_ms) == (
+        1_700_000_000_000,
+        1_700_000_000_500,
+        1_700_000_001_000,
+    )
+    body = c.to_json()
+    assert body["paused_at"] == "2023-11-14T22:13:20.000Z"
+    assert body["verdict_since"] == "2023-11-14T22:13:20.500Z"
+    assert body["alerts"][0]["since"] == "2023-11-14T22:13:21.000Z"
+    assert not {"paused_at_ms", "verdict_since_ms"} & set(body)
+    assert "since_ms" not in body["alerts"][0]
+    assert ConsumerStatus.model_validate(body) == c  # the JSON form reads back the same
 
 
 # ---- config: [monitoring] in sample_config.toml --------------------------------------------

@@ -30,7 +30,7 @@ from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.fleet import Fleet
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, Receiver, wait_for
 
 MONITORING: dict[str, Any] = {
@@ -100,17 +100,6 @@ def config(
         monitoring={**MONITORING, "alerts": rules},
         **sections,
     )
-
-
-async def started(cfg: AppConfig) -> Engine:
-    engine = await start_engine(cfg)
-
-    async def assigned() -> bool:
-        c = (await engine.refresh_snapshot()).consumer(cfg.consumers[0].consumer_id)
-        return c is not None and bool(c.partitions)
-
-    await wait_for(assigned, 20, what="partition assigned")
-    return engine
 
 
 async def fleet_view(redis_client: aredis.Redis, cfg: AppConfig, cid: str) -> dict[str, Any]:
@@ -191,32 +180,31 @@ async def test_producer_outpacing_a_throttled_consumer_is_lagging(
     cfg = config(services, unique, receiver, consumer, "lagging", extra_rules=[lag_rule])
     caplog.set_level(logging.INFO, logger="kafkaconsole.alert")
     THROTTLE_S[0] = 0.05  # at most 20 events/s, while more arrive
-    engine = await start_engine(cfg)
-    try:
-        async with background(keep_producing(kafka, unique, lambda i: {"i": i}, 50, 0.1)):
-            body = await receiver.wait("firing", "lagging")
-            fleet, local = await shows(engine, redis_client, cid, "lagging", alerts=2)
-        assert body["consumer_id"] == cid and body["verdict"] == "lagging"
-        assert body["message"].startswith("lagging: lag grew from ")
-        assert fleet["verdict_reason"].startswith("lag grew from ")
-        assert fleet["time_lag_seconds"] > 0 and local.time_lag_seconds > 0
-        [p] = fleet["partitions"]
-        assert p["lag"] > 0 and p["time_lag_seconds"] > 0 and p["oldest_ts_ms"] > 0
-        assert {(a.alert, a.channel) for a in local.alerts} == {
-            ("lagging", "webhook"),
-            ("lag_above_20", "log"),
-        }
-        THROTTLE_S[0] = 0.0  # the producer stopped and the consumer catches up
-        await resolved_once(receiver, "lagging")
-        await shows(engine, redis_client, cid, "ok", alerts=0)  # within a heartbeat or two
-        logged = [r.getMessage() for r in caplog.records if r.name == "kafkaconsole.alert"]
-        assert [m.split(":")[0] for m in logged] == [
-            f"alert lag_above_20 FIRING for {cid}",
-            f"alert lag_above_20 resolved for {cid}",
-        ]
-    finally:
-        THROTTLE_S[0] = 0.0
-        await engine.stop()
+    async with running_engine(cfg) as engine:
+        try:
+            async with background(keep_producing(kafka, unique, lambda i: {"i": i}, 50, 0.1)):
+                body = await receiver.wait("firing", "lagging")
+                fleet, local = await shows(engine, redis_client, cid, "lagging", alerts=2)
+            assert body["consumer_id"] == cid and body["verdict"] == "lagging"
+            assert body["message"].startswith("lagging: lag grew from ")
+            assert fleet["verdict_reason"].startswith("lag grew from ")
+            assert fleet["time_lag_seconds"] > 0 and local.time_lag_seconds > 0
+            [p] = fleet["partitions"]
+            assert p["lag"] > 0 and p["time_lag_seconds"] > 0 and p["oldest_ts_ms"] > 0
+            assert {(a.alert, a.channel) for a in local.alerts} == {
+                ("lagging", "webhook"),
+                ("lag_above_20", "log"),
+            }
+            THROTTLE_S[0] = 0.0  # the producer stopped and the consumer catches up
+            await resolved_once(receiver, "lagging")
+            await shows(engine, redis_client, cid, "ok", alerts=0)  # within a heartbeat or two
+            logged = [r.getMessage() for r in caplog.records if r.name == "kafkaconsole.alert"]
+            assert [m.split(":")[0] for m in logged] == [
+                f"alert lag_above_20 FIRING for {cid}",
+                f"alert lag_above_20 resolved for {cid}",
+            ]
+        finally:
+            THROTTLE_S[0] = 0.0
 
 
 async def test_a_consumer_held_at_a_bad_event_is_stalled(
@@ -235,7 +223,6 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
         "processor": "tests.test_health_scenarios:poison_raises",
     }
     cfg = config(services, unique, receiver, consumer, "stalled")
-    engine = await start_engine(cfg)
     # the dead-letter producer talks to a second, real broker, frozen until the DLQ is "back"
     dlq_broker = own_broker()
     producer = AIOKafkaProducer(
@@ -244,25 +231,29 @@ async def test_a_consumer_held_at_a_bad_event_is_stalled(
         metadata_max_age_ms=500,
     )
     await producer.start()
-    dlq_broker.signal(signal.SIGSTOP)
-    engine._consumers[cid].runner.dlq = DeadLetterSink(producer)
     try:
-        values = [{"i": i} for i in range(5)] + [{"poison": True}] + [{"i": i} for i in range(9)]
-        await kafka.produce(unique, values, partitions=1)
-        body = await receiver.wait("firing", "stalled")
-        fleet, local = await shows(engine, redis_client, cid, "stalled")
-        assert body["message"].startswith("stalled: partition 0 has not moved from offset ")
-        assert "event(s) waiting" in fleet["verdict_reason"]
-        assert fleet["lag"] == 15 and fleet["time_lag_seconds"] > 1.0
-        assert local.verdict_since_ms is not None and fleet["verdict_since"]
-        dlq_broker.signal(signal.SIGCONT)  # the DLQ is back: the bad event is recorded
-        await resolved_once(receiver, "stalled")
-        assert engine._consumers[cid].runner.dlq_count == 1
-        fleet = await fleet_view(redis_client, cfg, cid)
-        assert fleet["lag"] == 0 and fleet["time_lag_seconds"] == 0 and fleet["total"] == 14
+        async with running_engine(cfg) as engine:
+            dlq_broker.signal(signal.SIGSTOP)
+            engine._consumers[cid].runner.dlq = DeadLetterSink(producer)
+            try:
+                values = (
+                    [{"i": i} for i in range(5)] + [{"poison": True}] + [{"i": i} for i in range(9)]
+                )
+                await kafka.produce(unique, values, partitions=1)
+                body = await receiver.wait("firing", "stalled")
+                fleet, local = await shows(engine, redis_client, cid, "stalled")
+                assert body["message"].startswith("stalled: partition 0 has not moved from offset ")
+                assert "event(s) waiting" in fleet["verdict_reason"]
+                assert fleet["lag"] == 15 and fleet["time_lag_seconds"] > 1.0
+                assert local.verdict_since_ms is not None and fleet["verdict_since"]
+                dlq_broker.signal(signal.SIGCONT)  # the DLQ is back: the bad event is recorded
+                await resolved_once(receiver, "stalled")
+                assert engine._consumers[cid].runner.dlq_count == 1
+                fleet = await fleet_view(redis_client, cfg, cid)
+                assert fleet["lag"] == 0 and fleet["time_lag_seconds"] == 0 and fleet["total"] == 14
+            finally:
+                dlq_broker.signal(signal.SIGCONT)
     finally:
-        dlq_broker.signal(signal.SIGCONT)
-        await engine.stop()
         await producer.stop()
         dlq_broker.stop()
 
@@ -279,10 +270,9 @@ async def test_a_paused_consumer_is_paused_with_who_and_since(
     consumer = {"consumer_id": cid, "kafka_topic": unique}
     tui_rule = {"name": "paused-toast", "verdict": "paused", "channel": "tui"}
     cfg = config(services, unique, receiver, consumer, "paused", extra_rules=[tui_rule])
-    engine = await start_engine(cfg)
-    toasts: list[AlertEvent] = []
-    engine.subscribe_alerts(toasts.append)
-    try:
+    async with running_engine(cfg) as engine:
+        toasts: list[AlertEvent] = []
+        engine.subscribe_alerts(toasts.append)
         await engine.pause(cid, by="tester@ops")
         body = await receiver.wait("firing", "paused")
         fleet, local = await shows(engine, redis_client, cid, "paused", alerts=2)
@@ -299,8 +289,6 @@ async def test_a_paused_consumer_is_paused_with_who_and_since(
         seen = [(e.rule, str(e.status)) for e in toasts]
         for rule in ("paused", "paused-toast"):
             assert seen.count((rule, "firing")) == 1 and seen.count((rule, "resolved")) == 1
-    finally:
-        await engine.stop()
 
 
 async def test_a_filter_that_drops_everything_is_window_stuck(
@@ -314,9 +302,8 @@ async def test_a_filter_that_drops_everything_is_window_stuck(
     cid = f"{unique}-c"
     consumer = {"consumer_id": cid, "kafka_topic": unique, "filter": {"type": "order"}}
     cfg = config(services, unique, receiver, consumer, "window-stuck")
-    engine = await start_engine(cfg)
-    kind = ["refund"]
-    try:
+    async with running_engine(cfg) as engine:
+        kind = ["refund"]
         async with background(
             keep_producing(kafka, unique, lambda i: {"type": kind[0], "i": i}, 5, 0.1)
         ):
@@ -327,8 +314,6 @@ async def test_a_filter_that_drops_everything_is_window_stuck(
             kind[0] = "order"  # matching events arrive again
             await resolved_once(receiver, "window-stuck")
         assert (await fleet_view(redis_client, cfg, cid))["total"] > 0
-    finally:
-        await engine.stop()
 
 
 async def test_failing_pipeline_runs_are_pipeline_failing(
@@ -351,22 +336,23 @@ async def test_failing_pipeline_runs_are_pipeline_failing(
     }
     cfg = config(services, unique, receiver, consumer, "pipeline-failing", pipelines=pipelines)
     PIPELINE_FAILS[0] = True
-    engine = await start_engine(cfg)
-    try:
-        await kafka.produce(unique, [{"i": i} for i in range(4)], partitions=1)
-        body = await receiver.wait("firing", "pipeline-failing")
-        fleet, _ = await shows(engine, redis_client, cid, "pipeline-failing")
-        assert fleet["verdict_reason"] == (
-            "the last 2 pipeline run(s) failed: RuntimeError: warehouse unreachable"
-        )
-        assert body["message"] == f"pipeline-failing: {fleet['verdict_reason']}"
-        PIPELINE_FAILS[0] = False
-        await kafka.produce(unique, [{"i": i} for i in range(2)], partitions=1)
-        await resolved_once(receiver, "pipeline-failing")
-        assert (await fleet_view(redis_client, cfg, cid))["last_trigger"]["status"] == "succeeded"
-    finally:
-        PIPELINE_FAILS[0] = False
-        await engine.stop()
+    async with running_engine(cfg) as engine:
+        try:
+            await kafka.produce(unique, [{"i": i} for i in range(4)], partitions=1)
+            body = await receiver.wait("firing", "pipeline-failing")
+            fleet, _ = await shows(engine, redis_client, cid, "pipeline-failing")
+            assert fleet["verdict_reason"] == (
+                "the last 2 pipeline run(s) failed: RuntimeError: warehouse unreachable"
+            )
+            assert body["message"] == f"pipeline-failing: {fleet['verdict_reason']}"
+            PIPELINE_FAILS[0] = False
+            await kafka.produce(unique, [{"i": i} for i in range(2)], partitions=1)
+            await resolved_once(receiver, "pipeline-failing")
+            assert (await fleet_view(redis_client, cfg, cid))["last_trigger"][
+                "status"
+            ] == "succeeded"
+        finally:
+            PIPELINE_FAILS[0] = False
 
 
 def test_no_running_instance_is_stopped_in_status(

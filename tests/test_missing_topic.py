@@ -13,7 +13,7 @@ import redis.asyncio as aredis
 from kafkaconsole.embedded import BrokerKind, EmbeddedServices, ManagedProcess
 from kafkaconsole.engine.consumer import missing_topic_message
 from kafkaconsole.engine.fleet import Fleet
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -41,41 +41,40 @@ async def test_a_missing_topic_is_reported_and_joined_once_created(
     await kafka.start()
     await kafka.create_topic(f"{unique}-other", 1)
     caplog.set_level(logging.ERROR, logger="kafkaconsole")
-    engine = await start_engine(cfg)
-    fleet = Fleet(redis_client, cfg)
-    runner = engine._consumers[cid].runner
     try:
-        message = missing_topic_message(unique)
+        async with running_engine(cfg) as engine:
+            fleet = Fleet(redis_client, cfg)
+            runner = engine._consumers[cid].runner
+            message = missing_topic_message(unique)
 
-        async def reported() -> bool:
-            status = await fleet.consumer(cid)
-            return status["last_error"] == message
+            async def reported() -> bool:
+                status = await fleet.consumer(cid)
+                return status["last_error"] == message
 
-        if broker_kind == "apache":
-            await wait_for(reported, 20, what="the missing topic in the fleet status")
-            lines = [r.getMessage() for r in caplog.records if message in r.getMessage()]
-            assert len(lines) == 1, lines  # one line, not one per probe
-        # the other consumer of the same instance counts meanwhile
-        await kafka.produce(f"{unique}-other", ({"i": i} for i in range(7)), partitions=1)
+            if broker_kind == "apache":
+                await wait_for(reported, 20, what="the missing topic in the fleet status")
+                lines = [r.getMessage() for r in caplog.records if message in r.getMessage()]
+                assert len(lines) == 1, lines  # one line, not one per probe
+            # the other consumer of the same instance counts meanwhile
+            await kafka.produce(f"{unique}-other", ({"i": i} for i in range(7)), partitions=1)
 
-        async def other_counted() -> bool:
-            return int(await redis_client.get(f"{unique}:{cid}-other:events") or 0) == 7
+            async def other_counted() -> bool:
+                return int(await redis_client.get(f"{unique}:{cid}-other:events") or 0) == 7
 
-        await wait_for(other_counted, 30, what="the other consumer counting")
-        await kafka.create_topic(unique, 2)
-        await kafka.produce(unique, ({"i": i} for i in range(40)), partitions=2)
+            await wait_for(other_counted, 30, what="the other consumer counting")
+            await kafka.create_topic(unique, 2)
+            await kafka.produce(unique, ({"i": i} for i in range(40)), partitions=2)
 
-        async def counted() -> bool:
-            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 40
+            async def counted() -> bool:
+                return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 40
 
-        await wait_for(counted, 30, what="counting once the topic exists")
-        assert runner.last_error is None and not runner.topic_missing
+            await wait_for(counted, 30, what="counting once the topic exists")
+            assert runner.last_error is None and not runner.topic_missing
 
-        async def cleared() -> bool:  # once the next heartbeat is published
-            status = await fleet.consumer(cid)
-            return status["last_error"] is None and status["state"] == "running"
+            async def cleared() -> bool:  # once the next heartbeat is published
+                status = await fleet.consumer(cid)
+                return status["last_error"] is None and status["state"] == "running"
 
-        await wait_for(cleared, 10, what="the error cleared in the fleet status")
+            await wait_for(cleared, 10, what="the error cleared in the fleet status")
     finally:
-        await engine.stop()
         await kafka.stop()

@@ -22,7 +22,7 @@ from kafkaconsole.api import start_api
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.processing import MAX_HUNG_CALLS
 from tests import pipeline_targets
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 # the processor below blocks while this gate is closed (the engine imports this module)
@@ -87,92 +87,93 @@ async def test_a_hung_processor_stalls_only_its_consumer(
             "alerts": [{"verdict": "stalled", "channel": "log", "consumers": [slow]}],
         },
     )
-    engine = await start_engine(cfg)
-    api = await start_api(engine)
-    session = aiohttp.ClientSession()
-    try:
-        values = [{"i": i} for i in range(3)]
-        values += [{"i": 3 + i, "hang": True} for i in range(hung)] + [{"i": 100}, {"i": 101}]
-        await kafka.produce(slow, values, partitions=1)
+    async with running_engine(cfg) as engine:
+        api = await start_api(engine)
+        session = aiohttp.ClientSession()
+        try:
+            values = [{"i": i} for i in range(3)]
+            values += [{"i": 3 + i, "hang": True} for i in range(hung)] + [{"i": 100}, {"i": 101}]
+            await kafka.produce(slow, values, partitions=1)
 
-        # the first hung event: the consumer is stalled with the reason, an alert fires
-        async def stalled_on_the_hook() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(slow)
-            return c is not None and c.verdict == "stalled" and bool(c.alerts)
+            # the first hung event: the consumer is stalled with the reason, an alert fires
+            async def stalled_on_the_hook() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(slow)
+                return c is not None and c.verdict == "stalled" and bool(c.alerts)
 
-        await wait_for(stalled_on_the_hook, 10, what="stalled verdict")
-        c = engine.snapshot().consumer(slow)
-        assert c is not None and c.verdict_reason is not None
-        assert c.verdict_reason.startswith(
-            "processor tests.test_processor_isolation:hangs has run for "
-        ), c.verdict_reason
-        assert "on partition 0 offset 3 (processor_timeout 3s)" in c.verdict_reason
-        assert [a.alert for a in c.alerts] == ["stalled"]
+            await wait_for(stalled_on_the_hook, 10, what="stalled verdict")
+            c = engine.snapshot().consumer(slow)
+            assert c is not None and c.verdict_reason is not None
+            assert c.verdict_reason.startswith(
+                "processor tests.test_processor_isolation:hangs has run for "
+            ), c.verdict_reason
+            assert "on partition 0 offset 3 (processor_timeout 3s)" in c.verdict_reason
+            assert [a.alert for a in c.alerts] == ["stalled"]
 
-        # meanwhile everything else stays live: another consumer counts, the API answers,
-        # the heartbeat is fresh
-        await kafka.produce(other, [{"i": i} for i in range(50)], partitions=1)
+            # meanwhile everything else stays live: another consumer counts, the API answers,
+            # the heartbeat is fresh
+            await kafka.produce(other, [{"i": i} for i in range(50)], partitions=1)
 
-        async def other_counted() -> bool:
-            return int(await redis_client.get(f"{unique}:{other}:events") or 0) == 50
+            async def other_counted() -> bool:
+                return int(await redis_client.get(f"{unique}:{other}:events") or 0) == 50
 
-        await wait_for(other_counted, 10, what="the other consumer counting")
-        t0 = time.monotonic()
-        async with session.get(f"{api.url}/consumers") as resp:
-            assert resp.status == 200
-            body = await resp.json()
-        assert time.monotonic() - t0 < 1.0
-        assert {c["consumer_id"] for c in body["consumers"]} == {slow, other}
-        beat = await redis_client.get(f"{unique}:_fleet:instance:{engine.instance_id}")
-        assert beat is not None and orjson.loads(beat)["taken_at_ms"] > time.time() * 1000 - 2000
+            await wait_for(other_counted, 10, what="the other consumer counting")
+            t0 = time.monotonic()
+            async with session.get(f"{api.url}/consumers") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert time.monotonic() - t0 < 1.0
+            assert {c["consumer_id"] for c in body["consumers"]} == {slow, other}
+            beat = await redis_client.get(f"{unique}:_fleet:instance:{engine.instance_id}")
+            assert (
+                beat is not None and orjson.loads(beat)["taken_at_ms"] > time.time() * 1000 - 2000
+            )
 
-        # MAX_HUNG_CALLS hung events are dead-lettered one processor_timeout apart; the next
-        # one waits for a hung call to return (stalled, the reason says so)
-        async def slots_taken() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(slow)
-            return c is not None and "call(s) hung" in (c.verdict_reason or "")
+            # MAX_HUNG_CALLS hung events are dead-lettered one processor_timeout apart; the next
+            # one waits for a hung call to return (stalled, the reason says so)
+            async def slots_taken() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(slow)
+                return c is not None and "call(s) hung" in (c.verdict_reason or "")
 
-        await wait_for(slots_taken, MAX_HUNG_CALLS * 3.0 + 10, what="every hung slot taken")
-        assert [3 + i for i in range(MAX_HUNG_CALLS)] == CALLS
-        assert len(processor_threads()) <= MAX_HUNG_CALLS + 1
-        # nothing after the hung events was counted (a poll is counted once all of it is
-        # decided, so the events before them may wait too)
-        assert int(await redis_client.get(f"{unique}:{slow}:events") or 0) <= 3
+            await wait_for(slots_taken, MAX_HUNG_CALLS * 3.0 + 10, what="every hung slot taken")
+            assert [3 + i for i in range(MAX_HUNG_CALLS)] == CALLS
+            assert len(processor_threads()) <= MAX_HUNG_CALLS + 1
+            # nothing after the hung events was counted (a poll is counted once all of it is
+            # decided, so the events before them may wait too)
+            assert int(await redis_client.get(f"{unique}:{slow}:events") or 0) <= 3
 
-        GATE.set()  # the hung calls return: their results are thrown away, counting goes on
+            GATE.set()  # the hung calls return: their results are thrown away, counting goes on
 
-        async def all_done() -> bool:
-            return int(await redis_client.get(f"{unique}:{slow}:events") or 0) == 3 + 1 + 2
+            async def all_done() -> bool:
+                return int(await redis_client.get(f"{unique}:{slow}:events") or 0) == 3 + 1 + 2
 
-        await wait_for(all_done, 10, what="the rest counted")
-        dead = await dlq_records(services, f"{slow}.dlq", MAX_HUNG_CALLS)
-        assert [r.offset for r in dead] == list(range(MAX_HUNG_CALLS))
-        for r in dead:
-            headers = {k: v.decode() for k, v in r.headers}
-            assert headers["__connect.errors.stage"] == "process"
-            assert headers["__connect.errors.exception.class.name"] == "TimeoutError"
-            assert "processor_timeout (3s)" in headers["__connect.errors.exception.message"]
-        assert sorted(int(h) for h in [orjson.loads(r.value)["i"] for r in dead]) == [
-            3 + i for i in range(MAX_HUNG_CALLS)
-        ]
-        stats = await redis_client.hgetall(f"{unique}:{slow}:stats")
-        assert int(stats[b"errors"]) == MAX_HUNG_CALLS
+            await wait_for(all_done, 10, what="the rest counted")
+            dead = await dlq_records(services, f"{slow}.dlq", MAX_HUNG_CALLS)
+            assert [r.offset for r in dead] == list(range(MAX_HUNG_CALLS))
+            for r in dead:
+                headers = {k: v.decode() for k, v in r.headers}
+                assert headers["__connect.errors.stage"] == "process"
+                assert headers["__connect.errors.exception.class.name"] == "TimeoutError"
+                assert "processor_timeout (3s)" in headers["__connect.errors.exception.message"]
+            assert sorted(int(h) for h in [orjson.loads(r.value)["i"] for r in dead]) == [
+                3 + i for i in range(MAX_HUNG_CALLS)
+            ]
+            stats = await redis_client.hgetall(f"{unique}:{slow}:stats")
+            assert int(stats[b"errors"]) == MAX_HUNG_CALLS
 
-        async def threads_gone() -> bool:
-            return not processor_threads()
+            async def threads_gone() -> bool:
+                return not processor_threads()
 
-        await wait_for(threads_gone, 5, what="hung threads to end")
+            await wait_for(threads_gone, 5, what="hung threads to end")
 
-        async def ok_again() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(slow)
-            return c is not None and c.verdict != "stalled"
+            async def ok_again() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(slow)
+                return c is not None and c.verdict != "stalled"
 
-        await wait_for(ok_again, 10, what="the stall to resolve")
-    finally:
-        GATE.set()
-        await session.close()
-        await api()
-        await engine.stop()
+            await wait_for(ok_again, 10, what="the stall to resolve")
+        finally:
+            GATE.set()
+            await session.close()
+            await api()
 
 
 async def test_a_hung_processor_does_not_hold_a_stop(
@@ -240,19 +241,18 @@ async def test_a_batch_pipeline_rereads_events_through_the_same_guard(
             }
         ],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg):
+        try:
 
-        async def one_call() -> bool:
-            return len(pipeline_targets.calls_for(unique)) >= 1
+            async def one_call() -> bool:
+                return len(pipeline_targets.calls_for(unique)) >= 1
 
-        await wait_for(one_call, 20, what="the batch pipeline call")
-        call = pipeline_targets.calls_for(unique)[0]
-        assert call["count"] == 4
-        assert [e["i"] for e in call["events"]] == [0, 1, 3, 4]
-    finally:
-        GATE.set()
-        await engine.stop()
+            await wait_for(one_call, 20, what="the batch pipeline call")
+            call = pipeline_targets.calls_for(unique)[0]
+            assert call["count"] == 4
+            assert [e["i"] for e in call["events"]] == [0, 1, 3, 4]
+        finally:
+            GATE.set()
 
 
 async def test_a_timed_out_event_follows_error_handling(
@@ -280,27 +280,26 @@ async def test_a_timed_out_event_follows_error_handling(
             for cid, on_error in ((skip, "skip"), (stop, "stop"))
         ],
     )
-    engine = await start_engine(cfg)
-    try:
+    async with running_engine(cfg) as engine:
+        try:
 
-        async def skipped() -> bool:
-            stats = await redis_client.hgetall(f"{unique}:{skip}:stats")
-            return stats.get(b"total") == b"2" and stats.get(b"errors") == b"1"
+            async def skipped() -> bool:
+                stats = await redis_client.hgetall(f"{unique}:{skip}:stats")
+                return stats.get(b"total") == b"2" and stats.get(b"errors") == b"1"
 
-        await wait_for(skipped, 20, what="the skip consumer past the hung event")
+            await wait_for(skipped, 20, what="the skip consumer past the hung event")
 
-        async def stopped() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(stop)
-            return c is not None and c.state == "error"
+            async def stopped() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(stop)
+                return c is not None and c.state == "error"
 
-        await wait_for(stopped, 20, what="the stop consumer stopped")
-        c = engine.snapshot().consumer(stop)
-        assert c is not None and c.last_error is not None
-        assert c.last_error.startswith(f"stopped at bad event {stop}[0]@1: process failed: ")
-        assert "TimeoutError" in c.last_error
-        assert int(await redis_client.get(f"{unique}:{stop}:events") or 0) <= 1
-        s = engine.snapshot().consumer(skip)
-        assert s is not None and s.dlq == 0
-    finally:
-        GATE.set()
-        await engine.stop()
+            await wait_for(stopped, 20, what="the stop consumer stopped")
+            c = engine.snapshot().consumer(stop)
+            assert c is not None and c.last_error is not None
+            assert c.last_error.startswith(f"stopped at bad event {stop}[0]@1: process failed: ")
+            assert "TimeoutError" in c.last_error
+            assert int(await redis_client.get(f"{unique}:{stop}:events") or 0) <= 1
+            s = engine.snapshot().consumer(skip)
+            assert s is not None and s.dlq == 0
+        finally:
+            GATE.set()

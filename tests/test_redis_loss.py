@@ -16,10 +16,10 @@ import redis.asyncio as aredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from kafkaconsole.api import start_api
+from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
-from kafkaconsole.engine.engine import Engine
 from tests import pipeline_targets
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -58,14 +58,14 @@ async def _crash_back_to(r: aredis.Redis, pattern: str, saved: dict[bytes, Any])
     await pipe.execute()
 
 
-async def _engine(services: EmbeddedServices, unique: str, cid: str) -> Engine:
+def _config(services: EmbeddedServices, unique: str, cid: str) -> AppConfig:
     cfg = make_config(
         services,
         unique,
         [{"consumer_id": cid, "kafka_topic": unique, "max_event": 100, "batch_size": 50}],
         api={"enabled": True, "port": 0},
     )
-    return await start_engine(cfg)
+    return cfg
 
 
 def _keys_called(cid: str) -> list[int]:
@@ -78,8 +78,7 @@ async def test_lost_last_writes_are_counted_again(
     cid = f"{unique}-c"
     pattern = f"{unique}:{cid}:*"
     await kafka.create_topic(unique, 3)
-    engine = await _engine(services, unique, cid)
-    try:
+    async with running_engine(_config(services, unique, cid)) as engine:
         await kafka.produce(unique, ({"i": i} for i in range(1000)))
         await _wait_counted(redis_client, unique, cid, 1000)
 
@@ -106,8 +105,6 @@ async def test_lost_last_writes_are_counted_again(
         c = engine.snapshot().consumers[0]
         assert c.redis_state_losses >= 1
         assert c.last_error is not None and "Redis lost counting state" in c.last_error
-    finally:
-        await engine.stop()
 
 
 async def test_empty_redis_is_reported_and_window_ids_go_on(
@@ -115,8 +112,7 @@ async def test_empty_redis_is_reported_and_window_ids_go_on(
 ) -> None:
     cid = f"{unique}-c"
     await kafka.create_topic(unique, 3)
-    engine = await _engine(services, unique, cid)
-    try:
+    async with running_engine(_config(services, unique, cid)) as engine:
         await kafka.produce(unique, ({"i": i} for i in range(1050)))
         await _wait_counted(redis_client, unique, cid, 1050)
         await wait_for(
@@ -153,8 +149,6 @@ async def test_empty_redis_is_reported_and_window_ids_go_on(
             assert sample.value >= 1
         finally:
             await api.close()
-    finally:
-        await engine.stop()
 
 
 async def _true(value: bool) -> bool:

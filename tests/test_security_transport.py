@@ -46,7 +46,7 @@ from kafkaconsole.engine.clients import (
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.headless import start_error_text
 from tests import pipeline_targets
-from tests.engine_support import make_config, running_engine, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import wait_for
 from tests.tls_support import Certs, TlsProxy, make_certs, openssl_available
 
@@ -306,55 +306,60 @@ async def test_engine_cli_and_api_under_the_documented_acl_user_over_tls(
         redis={"url": url, "ssl_ca_certs": str(certs.ca)},
         api={"enabled": True, "host": "127.0.0.1", "port": 0, "token": "t" * 32},
     )
-    engine = await start_engine(cfg)
-    api = await start_api(engine, cfg)
-    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {'t' * 32}"})
-    config = str(_write_config(tmp_path / "acl.toml", cfg))
-    try:
-        await kafka.produce(unique, ({"i": i} for i in range(9)), partitions=2)
+    async with running_engine(cfg) as engine:
+        api = await start_api(engine, cfg)
+        session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {'t' * 32}"})
+        config = str(_write_config(tmp_path / "acl.toml", cfg))
+        try:
+            await kafka.produce(unique, ({"i": i} for i in range(9)), partitions=2)
 
-        async def dispatched() -> bool:
-            return len(pipeline_targets.calls_for(unique)) == 2
+            async def dispatched() -> bool:
+                return len(pipeline_targets.calls_for(unique)) == 2
 
-        await wait_for(dispatched, 20, what="two count windows dispatched under the ACL user")
-        for action in ("pause", "resume", "trigger", "reset"):
-            async with session.post(f"{api.url}/consumer/{unique}/{action}") as resp:
-                assert resp.status == 200, (action, await resp.text())
-        for path in ("/consumers", f"/consumer/info/{unique}", "/instances", "/metrics", "/ready"):
-            async with session.get(api.url + path) as resp:
-                assert resp.status == 200, (path, await resp.text())
+            await wait_for(dispatched, 20, what="two count windows dispatched under the ACL user")
+            for action in ("pause", "resume", "trigger", "reset"):
+                async with session.post(f"{api.url}/consumer/{unique}/{action}") as resp:
+                    assert resp.status == 200, (action, await resp.text())
+            for path in (
+                "/consumers",
+                f"/consumer/info/{unique}",
+                "/instances",
+                "/metrics",
+                "/ready",
+            ):
+                async with session.get(api.url + path) as resp:
+                    assert resp.status == 200, (path, await resp.text())
 
-        for args in (
-            ["status", "--json"],
-            ["info", unique, "--json"],
-            ["history", unique, "--json"],
-            ["lag", "--json"],
-            ["pause", unique],
-            ["resume", unique],
-            ["trigger", unique],
-            ["reset", unique],
-            ["history", unique, "--redispatch", "1"],
-            ["audit", "--json"],
-        ):
-            result = await cli(*args, "--config", config)
-            assert result.exit_code == 0, (args, result.stdout, result.stderr)
-            assert password not in result.output
-        audit = await AuditLog(acl_redis.admin, unique).entries(50)
-        assert {(e["via"], e["action"]) for e in audit} >= {
-            ("api", "pause"),
-            ("cli", "reset"),
-            ("cli", "redispatch"),
-        }
+            for args in (
+                ["status", "--json"],
+                ["info", unique, "--json"],
+                ["history", unique, "--json"],
+                ["lag", "--json"],
+                ["pause", unique],
+                ["resume", unique],
+                ["trigger", unique],
+                ["reset", unique],
+                ["history", unique, "--redispatch", "1"],
+                ["audit", "--json"],
+            ):
+                result = await cli(*args, "--config", config)
+                assert result.exit_code == 0, (args, result.stdout, result.stderr)
+                assert password not in result.output
+            audit = await AuditLog(acl_redis.admin, unique).entries(50)
+            assert {(e["via"], e["action"]) for e in audit} >= {
+                ("api", "pause"),
+                ("cli", "reset"),
+                ("cli", "redispatch"),
+            }
 
-        async def redispatched() -> bool:
-            return len(pipeline_targets.calls_for(unique)) >= 4
+            async def redispatched() -> bool:
+                return len(pipeline_targets.calls_for(unique)) >= 4
 
-        await wait_for(redispatched, 15, what="manual trigger and re-dispatch ran")
-        await asyncio.sleep(0.3)  # a few more status rounds, pub/sub, heartbeats
-    finally:
-        await session.close()
-        await api()
-        await engine.stop()
+            await wait_for(redispatched, 15, what="manual trigger and re-dispatch ran")
+            await asyncio.sleep(0.3)  # a few more status rounds, pub/sub, heartbeats
+        finally:
+            await session.close()
+            await api()
     # nothing the engine, the API or the CLI sent was refused by the ACL
     assert await acl_redis.denials(user) == set()
     assert acl_redis.proxy.handshakes > 0

@@ -18,7 +18,7 @@ import redis.asyncio as aredis
 
 from kafkaconsole.api import start_api
 from kafkaconsole.embedded import EmbeddedServices
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, wait_for
 
 
@@ -37,45 +37,44 @@ async def test_a_failing_status_step_is_logged_surfaced_and_survived(
         api={"enabled": True, "host": "127.0.0.1", "port": 0},
     )
     caplog.set_level(logging.ERROR, logger="kafkaconsole")
-    engine = await start_engine(cfg)
-    api = await start_api(engine)
-    session = aiohttp.ClientSession()
-    heartbeat = f"{unique}:_fleet:instance:{engine.instance_id}"
-    try:
-        await redis_client.set(f"{unique}:{unique}:events", b"not-a-number")
+    async with running_engine(cfg) as engine:
+        api = await start_api(engine)
+        session = aiohttp.ClientSession()
+        heartbeat = f"{unique}:_fleet:instance:{engine.instance_id}"
+        try:
+            await redis_client.set(f"{unique}:{unique}:events", b"not-a-number")
 
-        async def surfaced() -> bool:
-            return bool(engine.snapshot().task_failures)
+            async def surfaced() -> bool:
+                return bool(engine.snapshot().task_failures)
 
-        await wait_for(surfaced, 10, what="the failure in the snapshot")
-        [failure] = engine.snapshot().task_failures
-        assert failure.startswith("status loop failed reading the shared state: ValueError")
-        logged = [r for r in caplog.records if "status loop failed" in r.getMessage()]
-        assert len(logged) == 1 and logged[0].exc_info is not None  # once, with a traceback
-        async with session.get(f"{api.url}/ready") as resp:
-            assert resp.status == 503
-            reasons = (await resp.json())["reasons"]
-        assert any(r.startswith("status loop failed reading the shared state") for r in reasons)
-        # the heartbeat goes on: the instance stays in the fleet
-        t0 = time.time() * 1000
-        await wait_for(
-            lambda: _fresh(redis_client, heartbeat, t0), 5, what="a fresh heartbeat meanwhile"
-        )
-        beat = orjson.loads(await redis_client.get(heartbeat))
-        assert beat["task_failures"] == [failure]
+            await wait_for(surfaced, 10, what="the failure in the snapshot")
+            [failure] = engine.snapshot().task_failures
+            assert failure.startswith("status loop failed reading the shared state: ValueError")
+            logged = [r for r in caplog.records if "status loop failed" in r.getMessage()]
+            assert len(logged) == 1 and logged[0].exc_info is not None  # once, with a traceback
+            async with session.get(f"{api.url}/ready") as resp:
+                assert resp.status == 503
+                reasons = (await resp.json())["reasons"]
+            assert any(r.startswith("status loop failed reading the shared state") for r in reasons)
+            # the heartbeat goes on: the instance stays in the fleet
+            t0 = time.time() * 1000
+            await wait_for(
+                lambda: _fresh(redis_client, heartbeat, t0), 5, what="a fresh heartbeat meanwhile"
+            )
+            beat = orjson.loads(await redis_client.get(heartbeat))
+            assert beat["task_failures"] == [failure]
 
-        await redis_client.delete(f"{unique}:{unique}:events")  # fixed: back to normal
-        await kafka.produce(unique, [{"i": i} for i in range(3)], partitions=1)
+            await redis_client.delete(f"{unique}:{unique}:events")  # fixed: back to normal
+            await kafka.produce(unique, [{"i": i} for i in range(3)], partitions=1)
 
-        async def counted() -> bool:
-            c = (await engine.refresh_snapshot()).consumer(unique)
-            return c is not None and c.count == 3
+            async def counted() -> bool:
+                c = (await engine.refresh_snapshot()).consumer(unique)
+                return c is not None and c.count == 3
 
-        await wait_for(counted, 15, what="counting after the fix")
-    finally:
-        await session.close()
-        await api()
-        await engine.stop()
+            await wait_for(counted, 15, what="counting after the fix")
+        finally:
+            await session.close()
+            await api()
 
 
 async def _fresh(redis_client: aredis.Redis, key: str, after_ms: float) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from redis.asyncio.retry import Retry
@@ -48,8 +48,8 @@ from kafkaconsole.engine.audit import cli_instance
 from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.dispatch import RedispatchError, redispatch
-from kafkaconsole.engine.errors import ControlError
-from kafkaconsole.engine.fleet import Fleet, UnknownConsumerError
+from kafkaconsole.engine.errors import ControlError, ReadOnlyError, UnknownConsumerError
+from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.group_offsets import committed_offsets
 from kafkaconsole.runtime import running_demo_config
 
@@ -122,7 +122,7 @@ def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
     except typer.Exit:
         raise
     except ControlError as exc:
-        fail(str(exc), ExitCode(exc.exit_code))
+        refuse(exc)
     except NoPermissionError as exc:
         fail(
             f"Redis at {mask_text(cfg.redis.url, cfg)} refused a command: "
@@ -148,19 +148,24 @@ def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
         )
 
 
+def refuse(exc: ControlError) -> NoReturn:
+    """A refusal of the control family: its message on one line, its exit code."""
+    fail(str(exc), ExitCode(exc.exit_code))
+
+
 def _known(cfg: AppConfig, consumer_id: str) -> None:
-    """Fail (exit 1) before touching Redis when the id is not in the configuration."""
+    """Refuse before touching Redis when the id is not in the configuration."""
     ids = [c.consumer_id for c in cfg.consumers]
     if consumer_id not in ids:
-        fail(str(UnknownConsumerError(consumer_id, ids)))
+        refuse(UnknownConsumerError(consumer_id, ids))
 
 
 def _writable(cfg: AppConfig, what: str, read_only: bool = False) -> None:
-    """Fail (exit 1) in read-only mode, before touching Redis."""
+    """Refuse in read-only mode, before touching Redis."""
     if read_only:
-        fail(f"refusing to {what}: read-only mode (--read-only)")
+        refuse(ReadOnlyError(what, "flag"))
     if cfg.ui.read_only:
-        fail(f"refusing to {what}: read-only mode (the configuration sets [ui] read_only = true)")
+        refuse(ReadOnlyError(what, "config"))
 
 
 def _check_target(consumer_id: str | None, all_: bool) -> None:

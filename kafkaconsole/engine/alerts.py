@@ -38,6 +38,7 @@ import orjson
 from redis.asyncio import Redis
 
 from kafkaconsole.config.models import AlertRule, MonitoringConfig, RetryPolicy
+from kafkaconsole.engine.fleet_status import AlertStatus as FiringAlert
 from kafkaconsole.engine.health import Verdict
 from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
 from kafkaconsole.engine.records import iso_ms
@@ -353,22 +354,29 @@ def _loads(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def alert_view(stored: Mapping[str, Any], rule: AlertRule) -> dict[str, Any]:
-    """An active alert as ``status --json`` and the API show it."""
+def alert_fields(stored: Mapping[str, Any], rule: AlertRule) -> dict[str, Any]:
+    """An active alert's fields (:class:`~kafkaconsole.engine.fleet_status.AlertStatus`'s, with
+    ``since_ms`` in epoch ms), from its Redis value."""
+    since = stored.get("since_ms")
     return {
         "alert": rule.rule_id,
         "channel": rule.channel,
         "message": stored.get("message"),
-        "since": stored.get("since"),
+        "since_ms": since if isinstance(since, int) else stored.get("since"),
         "value": stored.get("value"),
         "verdict": rule.verdict,
         "metric": rule.metric,
     }
 
 
+def stored_alert_fields(raw: Any, rule: AlertRule) -> dict[str, Any]:
+    """:func:`alert_fields` from the Redis value as read (JSON)."""
+    return alert_fields(_loads(raw), rule)
+
+
 def stored_alert_view(raw: Any, rule: AlertRule) -> dict[str, Any]:
-    """An active alert as shown, from its Redis value (JSON)."""
-    return alert_view(_loads(raw), rule)
+    """An active alert as ``status --json`` and the API show it, from its Redis value."""
+    return FiringAlert.model_validate(stored_alert_fields(raw, rule)).to_json()
 
 
 async def active_alerts(

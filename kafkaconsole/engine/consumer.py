@@ -30,7 +30,12 @@ from kafkaconsole.engine.health import time_lag_seconds
 from kafkaconsole.engine.partitions import PartitionState
 from kafkaconsole.engine.processing import ProcessorRunner, ProcessorStall
 from kafkaconsole.engine.retry import backoff_delay, retry_call
-from kafkaconsole.engine.status import ConsumerState, PartitionSnapshot, RateMeter
+from kafkaconsole.engine.status import (
+    ConsumerState,
+    PartitionSnapshot,
+    RateMeter,
+    partition_lag,
+)
 
 log = logging.getLogger("kafkaconsole.consumer")
 
@@ -860,7 +865,7 @@ class ConsumerRunner:
                 # at a bad event the DLQ does not accept): those events still wait
                 pos = min(pos, pending[0][0])
             hw = st.highwater
-            lag = max(hw - pos, 0) if hw is not None and pos is not None else None
+            lag = partition_lag(hw, pos)
             oldest = self.oldest_unconsumed_ts(p) if lag else None
             tl = time_lag_seconds(lag, oldest, now_ms)
             out.append(PartitionSnapshot(p, pos, hw, lag, tl, oldest))

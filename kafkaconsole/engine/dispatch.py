@@ -53,6 +53,7 @@ from kafkaconsole.engine.clients import PoolExhausted, dedicated_redis_client
 from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import (
+    HistoryEntry,
     OffsetRange,
     RunResult,
     RunStatus,
@@ -112,23 +113,21 @@ async def read_breaker(redis: Redis, keys: ConsumerKeys) -> BreakerSnapshot | No
 
 def record_from_fields(fields: dict[Any, Any], cfg: ConsumerConfig) -> TriggerRecord:
     """A :class:`TriggerRecord` from a history/dispatch stream entry."""
-    f = {_s(k): _s(v) for k, v in fields.items()}
-    offsets = tuple(
-        OffsetRange(o["topic"], int(o["partition"]), int(o["first"]), int(o["last"]))
-        for o in orjson.loads(f.get("offsets") or "[]")
-    )
-    opened = f.get("opened_at") or ""
+    entry = HistoryEntry.parse(fields)
     return TriggerRecord(
         consumer_id=cfg.consumer_id,
         pipeline_name=cfg.pipeline_name,
         connection_id=cfg.connection_id,
         job_type=cfg.job_type,
-        window_id=int(f["window_id"]),
-        reason=TriggerReason(f["reason"]),
-        count=int(f["count"]),
-        opened_at_ms=int(opened) if opened else None,
-        closed_at_ms=int(f["closed_at"]),
-        offsets=offsets,
+        window_id=entry.window_id,
+        reason=TriggerReason(entry.reason),
+        count=entry.count,
+        opened_at_ms=entry.opened_at_ms,
+        closed_at_ms=entry.closed_at_ms,
+        offsets=tuple(
+            OffsetRange(o["topic"], int(o["partition"]), int(o["first"]), int(o["last"]))
+            for o in entry.offsets
+        ),
     )
 
 

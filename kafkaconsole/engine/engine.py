@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -64,13 +63,20 @@ from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.processing import ProcessorRunner
-from kafkaconsole.engine.records import RunResult, RunStatus, TriggerRecord
+from kafkaconsole.engine.records import (
+    HistoryEntry,
+    RunResult,
+    RunStatus,
+    TriggerRecord,
+    stored_run,
+)
 from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
-    ConsumerState,
     InstanceSnapshot,
     TriggerSummary,
+    consumer_lag,
+    instance_state,
 )
 from kafkaconsole.engine.timer import WindowTimer
 
@@ -836,37 +842,26 @@ class Engine:
             s.errors = int(errors or 0)
             c.timer.observe(s.window_id, s.count, s.opened_at_ms, now_ms)
             if last:
-                _, fields = last[0]
-                f = {k.decode(): v.decode() for k, v in fields.items()}
-                wid_closed = int(f["window_id"])
-                status = "pending"
+                entry = HistoryEntry.parse(last[0][1])
                 if (
                     s.last_trigger is None
-                    or s.last_trigger.window_id != wid_closed
+                    or s.last_trigger.window_id != entry.window_id
                     or s.last_trigger.status in ("pending", "queued", "running")
                 ):
-                    run = await self.redis.hget(c.keys.runs, str(wid_closed))
-                    if run:
-                        status = orjson.loads(run).get("status", "pending")
-                    s.last_trigger = TriggerSummary(
-                        wid_closed, f["reason"], int(f["count"]), int(f["closed_at"]), status
-                    )
+                    run = await self.redis.hget(c.keys.runs, str(entry.window_id))
+                    s.last_trigger = TriggerSummary.of(entry, stored_run(run))
 
     def _build_snapshot(self) -> InstanceSnapshot:
         consumers = []
         for c in self._consumers.values():
             r = c.runner
             parts = r.partitions()
-            lags = [p.lag for p in parts if p.lag is not None]
-            state = r.state
-            if c.shared.paused and state in (ConsumerState.RUNNING, ConsumerState.STARTING):
-                state = ConsumerState.PAUSED
             consumers.append(
                 ConsumerSnapshot(
                     consumer_id=c.cfg.consumer_id,
                     kafka_topic=c.cfg.kafka_topic,
                     pipeline_name=c.cfg.pipeline_name,
-                    state=state,
+                    state=instance_state(r.state, c.shared.paused),
                     count=c.shared.count,
                     max_event=c.cfg.max_event,
                     max_time=c.cfg.max_time,
@@ -875,7 +870,7 @@ class Engine:
                     total=c.shared.total,
                     errors=c.shared.errors,
                     rate=round(r.rate.rate(), 1),
-                    lag=sum(lags) if lags else (0 if parts else None),
+                    lag=consumer_lag(p.lag for p in parts),
                     partitions=parts,
                     last_trigger=c.shared.last_trigger,
                     last_error=self._mask(r.last_error) if r.last_error else None,

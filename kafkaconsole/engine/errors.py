@@ -1,7 +1,34 @@
-"""The control actions' refusals: one family, each mapped once to what every face shows
-(the HTTP API's status, the CLI's exit code; the console shows the message as a toast)."""
+"""The control actions' refusals: one family, each mapped once to what every face shows.
+
+A refusal is raised wherever it is found (the CLI before it touches Redis, the console before
+it calls the engine, the fleet's control path itself) and shown through its class: the HTTP
+API answers :attr:`ControlError.http_status`, the CLI exits with :attr:`ControlError.exit_code`
+and prints the message, the console shows :meth:`ControlError.toast`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: Where read-only mode is switched on, as every refusal names it.
+READ_ONLY_HINT = "[ui] read_only = true or --read-only"
+
+ReadOnlySource = Literal["mode", "flag", "config"]
+_READ_ONLY_WHY: dict[str, str] = {
+    "mode": READ_ONLY_HINT,
+    "flag": "--read-only",
+    "config": "the configuration sets [ui] read_only = true",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Toast:
+    """A refusal as the console shows it (a notification)."""
+
+    message: str
+    title: str
+    severity: Literal["information", "warning", "error"]
 
 
 class ControlError(Exception):
@@ -10,17 +37,34 @@ class ControlError(Exception):
     http_status = 400
     exit_code = 1
 
+    def toast(self, what: str, consumer_id: str | None = None) -> Toast:
+        """``what`` (the console's name of the command, "Pause") refused for ``consumer_id``."""
+        who = f"{consumer_id}: " if consumer_id else ""
+        return Toast(f"{who}{self}", f"{what} failed", "error")
+
 
 class ReadOnlyError(ControlError, RuntimeError):
-    """A control action refused because the configuration is read-only."""
+    """A control action refused because the configuration is read-only.
+
+    ``source`` says what switched read-only mode on (as the CLI's message names it);
+    ``local`` marks a refusal by the face itself, before the engine was asked.
+    """
 
     http_status = 403
 
-    def __init__(self, action: str) -> None:
-        super().__init__(
-            f"refusing to {action}: read-only mode ([ui] read_only = true or --read-only)"
-        )
+    def __init__(self, action: str, source: ReadOnlySource = "mode", *, local: bool = False):
+        super().__init__(f"refusing to {action}: read-only mode ({_READ_ONLY_WHY[source]})")
         self.action = action
+        self.source = source
+        self.local = local
+
+    def toast(self, what: str, consumer_id: str | None = None) -> Toast:
+        if self.local:
+            text = f"{what} refused: this console is read-only ({READ_ONLY_HINT})."
+        else:
+            who = f"{consumer_id}: " if consumer_id else ""
+            text = f"{who}{what} refused by the engine: read-only mode ({READ_ONLY_HINT})."
+        return Toast(text, "Read-only", "warning")
 
 
 class UnknownConsumerError(ControlError, LookupError):

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from kafkaconsole.config.models import AlertRule, AppConfig, ConsumerConfig
 from kafkaconsole.config.secrets import mask_config, mask_strings, masker
-from kafkaconsole.engine.alerts import alert_key, rules_for, stored_alert_view
+from kafkaconsole.engine.alerts import alert_key, rules_for, stored_alert_fields
 from kafkaconsole.engine.audit import (
     AuditLog,
     cli_instance,
@@ -37,12 +37,19 @@ from kafkaconsole.engine.fleet_status import (
 from kafkaconsole.engine.health import (
     VerdictName,
     consumer_time_lag,
+    fleet_verdict,
     sample_from_status,
     time_lag_seconds,
     verdict,
 )
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
-from kafkaconsole.engine.records import TriggerReason, iso_ms
+from kafkaconsole.engine.records import HistoryEntry, TriggerReason, iso_ms, stored_run
+from kafkaconsole.engine.status import (
+    TriggerSummary,
+    consumer_lag,
+    fleet_state,
+    partition_lag,
+)
 from kafkaconsole.engine.thresholds import window_progress
 
 TRIGGER_REASONS = tuple(str(r) for r in TriggerReason)
@@ -111,7 +118,7 @@ class _Shared:
     window_id: int
     opened: int | None
     stats: dict[str, int]
-    last: dict[str, str] | None  # the newest trigger record's fields
+    last: HistoryEntry | None  # the newest trigger record
     rules: list[AlertRule]
     mine: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     owners: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
@@ -135,7 +142,7 @@ class _Shared:
             window_id=int(wid or 1),
             opened=int(opened) if opened else None,
             stats={_s(k): int(v) for k, v in stats_raw.items()},
-            last={_s(k): _s(v) for k, v in last[0][1].items()} if last else None,
+            last=HistoryEntry.parse(last[0][1]) if last else None,
             rules=[],
         )
         s._merge(instances)
@@ -244,23 +251,21 @@ class Fleet:
         runs = await self.redis.hmget(keys.runs, wids)
         out = []
         for (_, fields), run_raw in zip(entries, runs, strict=True):
-            f = {_s(k): _s(v) for k, v in fields.items()}
-            run = orjson.loads(run_raw) if run_raw else {"status": "pending"}
-            wid = int(f["window_id"])
-            opened = int(f["opened_at"]) if f.get("opened_at") else None
+            entry = HistoryEntry.parse(fields)
+            run = stored_run(run_raw)
             out.append(
                 {
                     "consumer_id": consumer_id,
                     "pipeline_name": cfg.pipeline_name,
                     "connection_id": cfg.connection_id,
                     "job_type": cfg.job_type,
-                    "window_id": wid,
-                    "idempotency_key": f"{consumer_id}:{wid}",
-                    "reason": f["reason"],
-                    "count": int(f["count"]),
-                    "opened_at": iso_ms(opened),
-                    "closed_at": iso_ms(int(f["closed_at"])),
-                    "offsets": orjson.loads(f.get("offsets") or "[]"),
+                    "window_id": entry.window_id,
+                    "idempotency_key": f"{consumer_id}:{entry.window_id}",
+                    "reason": entry.reason,
+                    "count": entry.count,
+                    "opened_at": iso_ms(entry.opened_at_ms),
+                    "closed_at": iso_ms(entry.closed_at_ms),
+                    "offsets": entry.offsets,
                     "status": run.get("status", "pending"),
                     "run": run,
                 }
@@ -312,7 +317,7 @@ class Fleet:
             k = self.keys(s.cfg.consumer_id)
             runs = offsets = alerts = 0
             if s.last is not None:
-                follow.hget(k.runs, s.last["window_id"])
+                follow.hget(k.runs, str(s.last.window_id))
                 runs = 1
             if s.unowned:
                 follow.hmget(k.offsets, [f"{s.cfg.kafka_topic}|{p}" for p in s.unowned])
@@ -329,8 +334,7 @@ class Fleet:
             stored_raw = more[i + runs] if offsets else []
             alert_raw = more[i + runs + offsets] if alerts else []
             i += runs + offsets + alerts
-            status = self._consumer_status(s, run_raw, stored_raw, alert_raw, now_ms)
-            consumers.append(ConsumerStatus.model_validate(mask_strings(status, self.mask)))
+            consumers.append(self._consumer_status(s, run_raw, stored_raw, alert_raw, now_ms))
         return FleetStatus(
             consumers=tuple(consumers),
             instances=tuple(InstanceSummary(**instance_summary(i)) for i in instances),
@@ -347,49 +351,41 @@ class Fleet:
         stored_raw: list[Any],
         alert_raw: list[Any],
         now_ms: int,
-    ) -> dict[str, Any]:
+    ) -> ConsumerStatus:
+        """One consumer's status: the shared counting state, the live instances' reports of
+        it, and the verdict (see :func:`~kafkaconsole.engine.health.fleet_verdict`)."""
         cfg, cid, pause = s.cfg, s.cfg.consumer_id, s.pause
         owners = dict(s.owners)
         stored = {p: int(v) for p, v in zip(s.unowned, stored_raw, strict=False) if v is not None}
         for partition in s.unowned:
             position = stored.get(partition)
             end = s.ends[partition]
-            lag = max(end - position, 0) if position is not None else None
             owners[partition] = (
                 0,
                 {
                     "partition": partition,
                     "position": position,
                     "highwater": end,
-                    "lag": lag,
+                    "lag": partition_lag(end, position),
                     "time_lag_seconds": None,
                     "oldest_ts_ms": None,
                     "owner": None,
                 },
             )
         partitions = [entry for _, (_, entry) in sorted(owners.items())]
-        lags = [p["lag"] for p in partitions if p.get("lag") is not None]
-        live_states = [c.get("state") for _, c in s.mine]
-        if pause.paused:
-            state = "paused"
-        elif not s.mine or all(st == "stopped" for st in live_states):
-            state = "stopped"
-        elif any(st == "error" for st in live_states):
-            state = "error"
-        else:
-            state = "running"
+        for p in partitions:
+            if "oldest_ts_ms" in p:
+                p["time_lag_seconds"] = time_lag_seconds(p.get("lag"), p["oldest_ts_ms"], now_ms)
+        time_lag = consumer_time_lag([p.get("time_lag_seconds") for p in partitions])
+        state = fleet_state(pause.paused, [c.get("state") or "" for _, c in s.mine])
         last_trigger = None
         if s.last is not None:
-            f = s.last
-            run = orjson.loads(run_raw) if run_raw else {"status": "pending"}
-            last_trigger = {
-                "window_id": int(f["window_id"]),
-                "reason": f["reason"],
-                "count": int(f["count"]),
-                "closed_at": iso_ms(int(f["closed_at"])),
-                "status": run.get("status", "pending"),
-            }
+            last_trigger = TriggerSummary.of(s.last, stored_run(run_raw)).to_json_dict()
         stats, opened, count = s.stats, s.opened, s.count
+        rate = round(s.rate, 1)
+        eta = window_progress(
+            count, cfg.max_event, opened, cfg.max_time, 0.0 if state == "paused" else rate, now_ms
+        ).eta_seconds
         status = {
             "consumer_id": cid,
             "kafka_topic": cfg.kafka_topic,
@@ -397,7 +393,7 @@ class Fleet:
             "job_type": cfg.job_type,
             "state": state,
             "paused_by": pause.by if pause.paused else None,
-            "paused_at": iso_ms(pause.since_ms) if pause.paused else None,
+            "paused_at_ms": pause.since_ms if pause.paused else None,
             "count": count,
             "max_event": cfg.max_event,
             "max_time": cfg.max_time,
@@ -413,66 +409,33 @@ class Fleet:
             "windows_by_reason": {r: stats.get(f"windows_{r}", 0) for r in TRIGGER_REASONS},
             "discarded": stats.get("discarded", 0),
             "dlq": s.dlq,
-            "rate": round(s.rate, 1),
-            "lag": sum(lags) if lags else (0 if partitions else None),
+            "rate": rate,
+            "lag": consumer_lag(p.get("lag") for p in partitions),
             "partitions": partitions,
             "instances": [iid for iid, _ in s.mine],
             "last_trigger": last_trigger,
             "last_error": s.errors_text or s.any_error,
             "processor_stall": s.processor_stall,
+            "time_lag_seconds": time_lag,
+            "time_to_trigger_seconds": round(eta, 3) if eta is not None else None,
+            "reported_at_ms": s.reported_ms or None,
+            # judged below, from the status itself
+            "verdict": str(VerdictName.OK),
+            "verdict_reason": None,
+            "verdict_since_ms": None,
+            "alerts": [
+                stored_alert_fields(raw, rule)
+                for rule, raw in zip(s.rules, alert_raw, strict=False)
+                if raw is not None
+            ],
         }
-        alerts = [
-            stored_alert_view(raw, rule)
-            for rule, raw in zip(s.rules, alert_raw, strict=False)
-            if raw is not None
-        ]
-        return self._with_health(status, cfg, s.reported, s.reported_ms, now_ms, alerts)
-
-    def _with_health(
-        self,
-        status: dict[str, Any],
-        cfg: ConsumerConfig,
-        reported: dict[str, Any] | None,
-        reported_ms: int,
-        now_ms: int,
-        alerts: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """Add time lag, time to the next trigger, the verdict and the active alerts.
-
-        The verdict is the one the instances compute over their sliding window of fleet
-        samples (the newest heartbeat's); facts that need no history win at once: no live
-        instance is ``stopped``, a pause (or its end) shows without waiting for a heartbeat.
-        """
-        for p in status["partitions"]:
-            if "oldest_ts_ms" in p:
-                p["time_lag_seconds"] = time_lag_seconds(p.get("lag"), p["oldest_ts_ms"], now_ms)
-        status["time_lag_seconds"] = consumer_time_lag(
-            [p.get("time_lag_seconds") for p in status["partitions"]]
-        )
-        rate = 0.0 if status["state"] == "paused" else status["rate"]
-        eta = window_progress(
-            status["count"],
-            cfg.max_event,
-            status["window_opened_at_ms"],
-            cfg.max_time,
-            rate,
-            now_ms,
-        ).eta_seconds
-        status["time_to_trigger_seconds"] = round(eta, 3) if eta is not None else None
-        status["reported_at_ms"] = reported_ms or None
+        unjudged = ConsumerStatus.model_validate(mask_strings(status, self.mask))
         now = now_ms / 1000
-        instant = verdict([sample_from_status(status, now)], self.config.monitoring, now)
-        judged = reported.get("verdict") if reported is not None else None
-        immediate = (VerdictName.STOPPED, VerdictName.PAUSED)
-        if reported is None or not judged or instant.name in immediate or judged == "paused":
-            status["verdict"], status["verdict_reason"] = str(instant.name), instant.reason
-            status["verdict_since"] = None
-        else:
-            status["verdict"] = judged
-            status["verdict_reason"] = reported.get("verdict_reason")
-            status["verdict_since"] = iso_ms(reported.get("verdict_since_ms"))
-        status["alerts"] = alerts
-        return status
+        instant = verdict([sample_from_status(unjudged, now)], self.config.monitoring, now)
+        name, reason, since_ms = fleet_verdict(instant, s.reported)
+        return unjudged.model_copy(
+            update={"verdict": name, "verdict_reason": reason, "verdict_since_ms": since_ms}
+        )
 
     async def status(self) -> dict[str, Any]:
         """``{"consumers": [...], "instances": [...]}``: the model ``status --json`` prints."""
@@ -499,7 +462,7 @@ class Fleet:
         masked, state, window progress, per-partition lag, totals, last triggers, errors.
         """
         cfg = self.consumer_cfg(consumer_id)
-        c = await self.consumer(consumer_id)
+        c = await self.consumer_status(consumer_id)
         history = await self.history(consumer_id, limit=triggers)
         masked = mask_config(self.config)
         index = [x.consumer_id for x in self.config.consumers].index(consumer_id)
@@ -508,41 +471,41 @@ class Fleet:
             "kafka_topic": cfg.kafka_topic,
             "pipeline_name": cfg.pipeline_name,
             "job_type": cfg.job_type,
-            "state": c["state"],
-            "paused_by": c["paused_by"],
-            "paused_at": c["paused_at"],
-            "instances": c["instances"],
+            "state": c.state,
+            "paused_by": c.paused_by,
+            "paused_at_ms": c.paused_at_ms,
+            "instances": list(c.instances),
             "config": masked["consumers"][index],
             "pipeline": masked["pipelines"].get(cfg.pipeline_name),
             "window": {
-                "id": c["window_id"],
-                "count": c["count"],
+                "id": c.window_id,
+                "count": c.count,
                 "max_event": cfg.max_event,
                 "max_time": cfg.max_time,
-                "fill_ratio": c["fill_ratio"],
-                "opened_at": c["window_opened_at"],
-                "time_left": c["time_left"],
-                "closes_at": iso_ms(window_closes_at(c["window_opened_at_ms"], cfg.max_time)),
+                "fill_ratio": c.fill_ratio,
+                "opened_at": c.window_opened_at,
+                "time_left": c.time_left,
+                "closes_at": iso_ms(window_closes_at(c.window_opened_at_ms, cfg.max_time)),
             },
-            "lag": c["lag"],
-            "time_lag_seconds": c["time_lag_seconds"],
-            "time_to_trigger_seconds": c["time_to_trigger_seconds"],
-            "verdict": c["verdict"],
-            "verdict_reason": c["verdict_reason"],
-            "verdict_since": c["verdict_since"],
-            "alerts": c["alerts"],
-            "partitions": c["partitions"],
-            "rate": c["rate"],
+            "lag": c.lag,
+            "time_lag_seconds": c.time_lag_seconds,
+            "time_to_trigger_seconds": c.time_to_trigger_seconds,
+            "verdict": c.verdict,
+            "verdict_reason": c.verdict_reason,
+            "verdict_since_ms": c.verdict_since_ms,
+            "alerts": list(c.alerts),
+            "partitions": list(c.partitions),
+            "rate": c.rate,
             "totals": {
-                "events": c["total"],
-                "filtered": c["filtered"],
-                "discarded": c["discarded"],
-                "windows": c["windows"],
-                "windows_by_reason": c["windows_by_reason"],
+                "events": c.total,
+                "filtered": c.filtered,
+                "discarded": c.discarded,
+                "windows": c.windows,
+                "windows_by_reason": c.windows_by_reason,
             },
-            "last_trigger": c["last_trigger"],
+            "last_trigger": c.last_trigger,
             "triggers": history,
-            "errors": {"count": c["errors"], "dlq": c["dlq"], "last_error": c["last_error"]},
+            "errors": {"count": c.errors, "dlq": c.dlq, "last_error": c.last_error},
         }
         return ConsumerInfo.model_validate(info).to_json()
 

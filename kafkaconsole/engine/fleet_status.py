@@ -3,25 +3,62 @@ the health monitor and the console read about each consumer.
 
 :class:`~kafkaconsole.engine.fleet.Fleet` builds them (one batch of Redis reads per status
 read); every face takes them as they are and turns them into JSON only at its edge
-(:meth:`ConsumerStatus.to_json`). The API's OpenAPI document is generated from these same
-models (:func:`json_schemas`), so the document and the responses cannot drift apart.
+(:meth:`ConsumerStatus.to_json`). Moments are epoch milliseconds inside (``verdict_since_ms``,
+``paused_at_ms``, an alert's ``since_ms``...) and ISO 8601 strings in the JSON form, under the
+names the API has always used (``verdict_since``, ``paused_at``, ``since``). The API's OpenAPI
+document is generated from these same models (:func:`json_schemas`, the JSON form), so the
+document and the responses cannot drift apart.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
 from pydantic.json_schema import models_json_schema
 
 from kafkaconsole.engine.peek import PeekBody
+from kafkaconsole.engine.records import iso_ms
+
+
+def moment_ms(value: Any) -> Any:
+    """An ISO 8601 moment (the JSON form, read back) as epoch ms (None when it is not one);
+    anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            return None
+    return value
+
+
+EpochMs = Annotated[
+    int | None, BeforeValidator(moment_ms), PlainSerializer(iso_ms, return_type=str | None)
+]
+"""A moment: epoch ms in the model, ISO 8601 UTC (or null) in its JSON form."""
+
+
+def _moment(name: str) -> Any:
+    """The field ``<name>_ms`` of a model, written ``<name>`` in the JSON form (and read from
+    either name)."""
+    return Field(validation_alias=AliasChoices(f"{name}_ms", name), serialization_alias=name)
 
 
 class _Status(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, serialize_by_alias=True
+    )
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form (plain dicts and lists; numbers as they are)."""
+        """The JSON form (plain dicts and lists; numbers as they are; moments as ISO text)."""
         return self.model_dump()
 
 
@@ -42,7 +79,9 @@ class LastTrigger(_Status):
     window_id: int
     reason: str
     count: int
-    closed_at: str
+    closed_at_ms: Annotated[
+        int, BeforeValidator(moment_ms), PlainSerializer(iso_ms, return_type=str)
+    ] = _moment("closed_at")
     status: str
     """Run status of the window's pipeline (pending until dispatched)."""
 
@@ -51,7 +90,7 @@ class AlertStatus(_Status):
     alert: str
     channel: str
     message: str | None
-    since: str | None
+    since_ms: EpochMs = _moment("since")
     value: float | None
     verdict: str | None
     metric: str | None
@@ -67,7 +106,7 @@ class _ConsumerIdentity(_Status):
     state: str
     """paused, stopped, error or running."""
     paused_by: str | None
-    paused_at: str | None
+    paused_at_ms: EpochMs = _moment("paused_at")
 
 
 class ConsumerStatus(_ConsumerIdentity):
@@ -100,7 +139,7 @@ class ConsumerStatus(_ConsumerIdentity):
     reported_at_ms: int | None
     verdict: str
     verdict_reason: str | None
-    verdict_since: str | None
+    verdict_since_ms: EpochMs = _moment("verdict_since")
     alerts: tuple[AlertStatus, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -203,7 +242,7 @@ class ConsumerInfo(_ConsumerIdentity):
     time_to_trigger_seconds: float | None
     verdict: str
     verdict_reason: str | None
-    verdict_since: str | None
+    verdict_since_ms: EpochMs = _moment("verdict_since")
     alerts: list[AlertStatus]
     partitions: list[PartitionStatus]
     rate: float
@@ -272,6 +311,9 @@ API_MODELS: tuple[type[BaseModel], ...] = (
 
 
 def json_schemas(ref_template: str = "#/components/schemas/{model}") -> dict[str, Any]:
-    """JSON Schemas (2020-12, as OpenAPI 3.1 takes them) of every body, by model name."""
-    _, top = models_json_schema([(m, "validation") for m in API_MODELS], ref_template=ref_template)
+    """JSON Schemas (2020-12, as OpenAPI 3.1 takes them) of every body as it is written (the
+    JSON form), by model name."""
+    _, top = models_json_schema(
+        [(m, "serialization") for m in API_MODELS], ref_template=ref_template
+    )
     return dict(top.get("$defs", {}))

@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafkaconsole.config.models import MonitoringConfig
+
+if TYPE_CHECKING:
+    from kafkaconsole.engine.fleet_status import ConsumerStatus
 
 
 class VerdictName(StrEnum):
@@ -103,17 +106,8 @@ class HealthSample:
     breaker_failures: int = 0
 
 
-def _iso_to_ms(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 def sample_from_status(
-    c: Mapping[str, Any],
+    c: ConsumerStatus,
     t: float,
     *,
     runs: tuple[str, ...] = (),
@@ -121,33 +115,48 @@ def sample_from_status(
     breaker_state: str | None = None,
     breaker_failures: int = 0,
 ) -> HealthSample:
-    """A sample from one consumer of the fleet model (``status --json``'s ``consumers``)."""
+    """A sample from one consumer of the fleet's status (:meth:`Fleet.read`)."""
     return HealthSample(
         t=t,
-        observed_ms=c.get("reported_at_ms"),
-        live=bool(c.get("instances")),
-        state=str(c.get("state", "stopped")),
-        paused=c.get("state") == "paused",
-        paused_by=c.get("paused_by"),
-        paused_at_ms=_iso_to_ms(c.get("paused_at")),
-        last_error=c.get("last_error"),
-        processor_stall=c.get("processor_stall"),
-        lag=c.get("lag"),
-        time_lag_seconds=c.get("time_lag_seconds"),
-        rate=float(c.get("rate") or 0.0),
-        partitions=tuple(
-            PartitionPoint(int(p["partition"]), p.get("position"), p.get("lag"))
-            for p in c.get("partitions", [])
-        ),
-        total=int(c.get("total") or 0),
-        filtered=int(c.get("filtered") or 0),
-        errors=int(c.get("errors") or 0),
-        windows=int(c.get("windows") or 0),
+        observed_ms=c.reported_at_ms,
+        live=bool(c.instances),
+        state=c.state,
+        paused=c.state == "paused",
+        paused_by=c.paused_by,
+        paused_at_ms=c.paused_at_ms,
+        last_error=c.last_error,
+        processor_stall=c.processor_stall,
+        lag=c.lag,
+        time_lag_seconds=c.time_lag_seconds,
+        rate=c.rate,
+        partitions=tuple(PartitionPoint(p.partition, p.position, p.lag) for p in c.partitions),
+        total=c.total,
+        filtered=c.filtered,
+        errors=c.errors,
+        windows=c.windows,
         runs=runs,
         run_error=run_error,
         breaker_state=breaker_state,
         breaker_failures=breaker_failures,
     )
+
+
+def fleet_verdict(
+    instant: Verdict, reported: Mapping[str, Any] | None
+) -> tuple[str, str | None, int | None]:
+    """A consumer's verdict as the fleet shows it (name, reason, since in epoch ms).
+
+    It is the one the instances compute over their sliding window of fleet samples (``reported``:
+    the newest heartbeat's view of the consumer); facts that need no history win at once
+    (``instant``, judged from the current status alone): no live instance is ``stopped``, a
+    pause (or its end) shows without waiting for a heartbeat.
+    """
+    judged = reported.get("verdict") if reported is not None else None
+    immediate = (VerdictName.STOPPED, VerdictName.PAUSED)
+    if reported is None or not judged or instant.name in immediate or judged == "paused":
+        return str(instant.name), instant.reason, None
+    since = reported.get("verdict_since_ms")
+    return str(judged), reported.get("verdict_reason"), int(since) if since is not None else None
 
 
 # ---- time lag ---------------------------------------------------------------------------------
@@ -480,6 +489,7 @@ __all__ = [
     "covering",
     "distinct",
     "failed_runs",
+    "fleet_verdict",
     "lookback",
     "metrics",
     "sample_from_status",

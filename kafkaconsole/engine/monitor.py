@@ -1,7 +1,8 @@
 """The health monitor of one instance: samples the fleet, judges it, raises the alerts.
 
 Once every ``[monitoring] sample_interval`` it reads the fleet as the CLI does
-(:meth:`Fleet.consumers`: every heartbeat plus the shared Redis state) and the latest pipeline
+(:meth:`Fleet.read`: every heartbeat plus the shared Redis state, as typed
+:class:`~kafkaconsole.engine.fleet_status.ConsumerStatus` values) and the latest pipeline
 runs and breaker of each consumer, appends one :class:`~kafkaconsole.engine.health.HealthSample`
 per consumer to a sliding window, computes each verdict
 (:func:`~kafkaconsole.engine.health.verdict`) and steps the alert rules
@@ -22,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -46,6 +46,7 @@ from kafkaconsole.engine.health import (
     verdict,
 )
 from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.records import HistoryEntry, stored_run
 from kafkaconsole.engine.status import ActiveAlert
 
 log = logging.getLogger("kafkaconsole.health")
@@ -92,7 +93,11 @@ async def read_run_facts(
     wids: list[list[str]] = []
     pipe = redis.pipeline(transaction=False)
     for n, k in enumerate(keys):
-        ids = [_s(f[b"window_id"]) for _, f in res[2 * n] or [] if f and b"window_id" in f]
+        ids = [
+            str(HistoryEntry.parse(f).window_id)
+            for _, f in res[2 * n] or []
+            if f and b"window_id" in f
+        ]
         wids.append(ids)
         if ids:
             pipe.hmget(k.runs, ids)
@@ -103,7 +108,7 @@ async def read_run_facts(
         error = None
         if wids[n]:
             for raw in next(runs_raw):
-                body = orjson.loads(raw) if raw else {"status": "pending"}
+                body = stored_run(raw)
                 status = str(body.get("status", "pending"))
                 if status in ("pending", "queued", "running"):
                     continue  # not final yet: judge the finished runs
@@ -214,7 +219,7 @@ class HealthMonitor:
             f = facts.get(cid, RunFacts())
             window.append(
                 sample_from_status(
-                    c.to_json(),
+                    c,
                     now,
                     runs=f.runs,
                     run_error=f.run_error,

@@ -7,10 +7,13 @@ A :class:`RunResult` is what a pipeline reports back and what history shows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
@@ -99,6 +102,43 @@ class TriggerRecord:
         if events is not None:
             body["events"] = events
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """A closed window as the counting script appends it to the history (and dispatch)
+    stream: the one reading of those fields, for the engine, the fleet and the dispatcher."""
+
+    window_id: int
+    reason: str
+    count: int
+    opened_at_ms: int | None
+    closed_at_ms: int
+    offsets: list[dict[str, Any]]
+    """``[{topic, partition, first, last}]`` as stored."""
+
+    @classmethod
+    def parse(cls, fields: Mapping[Any, Any]) -> HistoryEntry:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        opened = f.get("opened_at") or ""
+        return cls(
+            window_id=int(f["window_id"]),
+            reason=f["reason"],
+            count=int(f["count"]),
+            opened_at_ms=int(opened) if opened else None,
+            closed_at_ms=int(f["closed_at"]),
+            offsets=orjson.loads(f.get("offsets") or "[]"),
+        )
+
+
+def stored_run(raw: bytes | str | None) -> dict[str, Any]:
+    """A window's run as the ``runs`` hash holds it (``{"status": "pending"}`` until one is
+    written)."""
+    return orjson.loads(raw) if raw else {"status": "pending"}
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,25 @@
-"""Status snapshots: frozen dataclasses the engine publishes once a second.
+"""What one instance reports of its consumers (the heartbeat), and the rules that turn reports
+into a consumer's state and lag.
 
-The TUI, the HTTP API and the CLI never ask the engine's internals: they read these snapshots
-(in-process for the TUI, through Redis for the CLI and other instances). ``to_json_dict`` is the
-one JSON form shared by ``status --json``, the API and the Redis heartbeat.
+An :class:`InstanceSnapshot` is built once per status interval by the engine and published to
+Redis as the instance's heartbeat (and to in-process listeners: the console). It holds what only
+that instance knows: its runners' state, owned partitions, rate, DLQ counts, processor stalls.
+The fleet-wide status every face reads (:class:`~kafkaconsole.engine.fleet_status.ConsumerStatus`)
+is built from these reports plus the shared Redis state by
+:meth:`~kafkaconsole.engine.fleet.Fleet.read`. The derivations both sides need (state, lag,
+the last trigger) are the functions and constructors here, and nowhere else.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from kafkaconsole.engine.records import HistoryEntry
 
 
 class ConsumerState(StrEnum):
@@ -42,6 +50,17 @@ class TriggerSummary:
     count: int
     closed_at_ms: int
     status: str  # run status (pending until dispatched)
+
+    @classmethod
+    def of(cls, entry: HistoryEntry, run: dict[str, Any]) -> TriggerSummary:
+        """A history entry and its run (as :func:`~kafkaconsole.engine.records.stored_run`)."""
+        return cls(
+            entry.window_id,
+            entry.reason,
+            entry.count,
+            entry.closed_at_ms,
+            str(run.get("status", "pending")),
+        )
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +147,57 @@ class InstanceSnapshot:
         d = {k: v for k, v in asdict(self).items() if k != "consumers"}
         d["consumers"] = [c.to_json_dict() for c in self.consumers]
         return d
+
+
+# ---- the rules: a consumer's state and lag -----------------------------------------------------
+
+
+def partition_lag(highwater: int | None, position: int | None) -> int | None:
+    """A partition's lag: events between the next offset to consume and the end (None when
+    either is unknown)."""
+    if highwater is None or position is None:
+        return None
+    return max(highwater - position, 0)
+
+
+def consumer_lag(partition_lags: Iterable[int | None]) -> int | None:
+    """A consumer's lag: the sum of its partitions' known lags (0 when it has partitions but
+    none is known yet; None when it has none)."""
+    lags = list(partition_lags)
+    known = [lag for lag in lags if lag is not None]
+    return sum(known) if known else (0 if lags else None)
+
+
+def instance_state(runner: ConsumerState, paused: bool) -> ConsumerState:
+    """The state an instance reports: its runner's, shown paused once the fleet-wide pause flag
+    is set (the runner keeps polling, so it still says running)."""
+    if paused and runner in (ConsumerState.RUNNING, ConsumerState.STARTING):
+        return ConsumerState.PAUSED
+    return runner
+
+
+def fleet_state(paused: bool, reported: Sequence[str]) -> str:
+    """The state of a consumer across the fleet from the pause flag and the states its live
+    instances report: paused, stopped (no live instance runs it), error or running."""
+    if paused:
+        return "paused"
+    if not reported or all(state == "stopped" for state in reported):
+        return "stopped"
+    if any(state == "error" for state in reported):
+        return "error"
+    return "running"
+
+
+def shown_state(local: str | None, fleet: str | None) -> str:
+    """The state a console shows: this instance's, corrected by the fleet's (pause is
+    fleet-wide, and a consumer whose partitions all live on other instances runs there)."""
+    if fleet == "paused":
+        return "paused"
+    if local is None:
+        return fleet if fleet is not None else "starting"
+    if local == "starting" and fleet in ("running", "error"):
+        return fleet
+    return local
 
 
 @dataclass

@@ -16,7 +16,7 @@ Every text the engine, Redis or a pipeline provided (errors, verdict reasons, al
 log lines, notifications) passes through the config's :func:`~kafkaconsole.config.secrets.masker`
 before it is drawn; the config itself is shown only through :func:`mask_config`. Commands go to
 the engine with ``via="tui"`` (the audit stream records them); read-only mode refuses them here
-and in the engine (:class:`~kafkaconsole.engine.audit.ReadOnlyError`). Alerts whose channel is
+and in the engine (:class:`~kafkaconsole.engine.errors.ReadOnlyError`). Alerts whose channel is
 ``tui`` become toasts.
 """
 
@@ -48,9 +48,9 @@ from textual.worker import Worker, WorkerState
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_config, masker
 from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
-from kafkaconsole.engine.audit import ReadOnlyError
 from kafkaconsole.engine.counting import WindowState
 from kafkaconsole.engine.engine import DependencyUnreachable, Engine
+from kafkaconsole.engine.errors import ControlError, ReadOnlyError, Toast
 from kafkaconsole.engine.status import InstanceSnapshot
 from kafkaconsole.headless import default_extras, start_error_text
 from kafkaconsole.tui.bindings import (
@@ -107,7 +107,6 @@ FLEET_POLL_S = 1.0
 QUIT_GRACE_S = 20.0
 ALERT_CHANNEL = "tui"
 """Alert rules with this channel show as toasts (every channel shows as a row badge)."""
-READ_ONLY_HINT = "[ui] read_only = true or --read-only"
 
 
 def wall_clock_ms() -> int:
@@ -750,11 +749,7 @@ class KafkaConsoleApp(App[int]):
 
     def _refused(self, what: str) -> bool:
         if self.read_only:
-            self.notify(
-                f"{what} refused: this console is read-only ({READ_ONLY_HINT}).",
-                title="Read-only",
-                severity="warning",
-            )
+            self._toast(ReadOnlyError(what.lower(), local=True).toast(what))
             return True
         if not self.source.ready:
             self.notify(
@@ -765,16 +760,16 @@ class KafkaConsoleApp(App[int]):
             return True
         return False
 
+    def _toast(self, toast: Toast) -> None:
+        self.notify(toast.message, title=toast.title, severity=toast.severity)
+
     def _command_failed(self, exc: Exception, what: str, cid: str | None = None) -> None:
-        """Say why a command failed (a read-only engine's refusal is a warning, not an error)."""
-        who = f"{cid}: " if cid else ""
-        if isinstance(exc, ReadOnlyError):
-            self.notify(
-                f"{who}{what} refused by the engine: read-only mode ({READ_ONLY_HINT}).",
-                title="Read-only",
-                severity="warning",
-            )
+        """Say why a command failed: a refusal of the control family as it maps itself (a
+        read-only engine's refusal is a warning, not an error), anything else as an error."""
+        if isinstance(exc, ControlError):
+            self._toast(exc.toast(what, cid))
             return
+        who = f"{cid}: " if cid else ""
         self.notify(f"{who}{type(exc).__name__}: {exc}", title=f"{what} failed", severity="error")
 
     # ---- alerts ----------------------------------------------------------------------------

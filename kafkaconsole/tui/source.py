@@ -10,7 +10,7 @@ fleet-wide through Redis). The app's one poll reads both and posts them as one s
 wants the screens without a broker. Its commands change its own data, so the screens react.
 
 Commands go to the engine with ``via="tui"`` (the audit stream's face); a read-only engine
-refuses them with :class:`~kafkaconsole.engine.audit.ReadOnlyError`, which the app shows.
+refuses them with :class:`~kafkaconsole.engine.errors.ReadOnlyError`, which the app shows.
 """
 
 from __future__ import annotations

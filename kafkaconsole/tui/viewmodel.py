@@ -16,13 +16,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
-from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus
-from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot
+from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus, moment_ms
+from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot, shown_state
 from kafkaconsole.engine.thresholds import Progress, window_progress
 
 # ---- fleet data (from Redis, through kafkaconsole.engine.fleet.Fleet) ---------------------------
@@ -111,7 +110,7 @@ class FleetView:
                     alert=str(a.get("alert", "?")),
                     channel=str(a.get("channel", "")),
                     message=str(a.get("message") or ""),
-                    since_ms=_iso_to_ms(a.get("since")),
+                    since_ms=moment_ms(a.get("since")),
                     value=_float(a.get("value")),
                 )
                 for a in c.get("alerts") or []
@@ -128,7 +127,7 @@ class FleetView:
                 total=int(c.get("total") or 0),
                 verdict=c.get("verdict"),
                 verdict_reason=c.get("verdict_reason"),
-                verdict_since_ms=_iso_to_ms(c.get("verdict_since")),
+                verdict_since_ms=moment_ms(c.get("verdict_since")),
                 alerts=alerts,
                 time_lag_seconds=_float(c.get("time_lag_seconds")),
                 time_to_trigger_seconds=_float(c.get("time_to_trigger_seconds")),
@@ -155,10 +154,9 @@ def _fleet_consumer(c: ConsumerStatus) -> FleetConsumer:
         total=c.total,
         verdict=c.verdict,
         verdict_reason=c.verdict_reason,
-        verdict_since_ms=_iso_to_ms(c.verdict_since),
+        verdict_since_ms=c.verdict_since_ms,
         alerts=tuple(
-            AlertView(a.alert, a.channel, a.message or "", _iso_to_ms(a.since), a.value)
-            for a in c.alerts
+            AlertView(a.alert, a.channel, a.message or "", a.since_ms, a.value) for a in c.alerts
         ),
         time_lag_seconds=c.time_lag_seconds,
         time_to_trigger_seconds=c.time_to_trigger_seconds,
@@ -399,16 +397,11 @@ class ConsumerRow:
 
 
 def _state_of(local: ConsumerSnapshot | None, fleet: FleetConsumer | None) -> str:
-    """Local runner state, corrected by the fleet: pause is fleet-wide, and a consumer whose
-    partitions all live on other instances is running there."""
-    if fleet is not None and fleet.state == "paused":
-        return "paused"
-    if local is None:
-        return fleet.state if fleet is not None else "starting"
-    state = str(local.state)
-    if state == "starting" and fleet is not None and fleet.state in ("running", "error"):
-        return fleet.state
-    return state
+    """Local runner state, corrected by the fleet (:func:`shown_state`)."""
+    return shown_state(
+        str(local.state) if local is not None else None,
+        fleet.state if fleet is not None else None,
+    )
 
 
 def _local_alerts(local: ConsumerSnapshot | None) -> tuple[AlertView, ...]:
@@ -588,15 +581,6 @@ class HistoryRow:
     error: str | None = None
 
 
-def _iso_to_ms(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 def build_history(
     records: Sequence[Mapping[str, Any]],
     now_ms: int,
@@ -607,7 +591,7 @@ def build_history(
     out = []
     for r in records:
         run = r.get("run") or {}
-        closed = _iso_to_ms(r.get("closed_at"))
+        closed = moment_ms(r.get("closed_at"))
         out.append(
             HistoryRow(
                 window_id=int(r["window_id"]),
