@@ -64,7 +64,7 @@ WINDOW_KEYS = {
     "time_left",
     "closes_at",
 }
-TOTALS_KEYS = {"events", "filtered", "discarded", "windows", "windows_by_reason"}
+TOTALS_KEYS = {"events", "filtered", "skipped", "discarded", "windows", "windows_by_reason"}
 ERRORS_KEYS = {"count", "dlq", "last_error"}
 PARTITION_KEYS = {
     "partition",

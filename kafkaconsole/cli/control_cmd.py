@@ -293,7 +293,7 @@ def _info_text(d: dict[str, Any]) -> str:
         f"next trigger in {duration(d.get('time_to_trigger_seconds'))}",
         f"rate         {d['rate']:g} events/s",
         f"totals       {t['events']} counted, {t['filtered']} filtered, "
-        f"{t['discarded']} discarded, {t['windows']} windows",
+        f"{t['skipped']} skipped, {t['discarded']} discarded, {t['windows']} windows",
         f"errors       {e['count']} (dlq {e['dlq']}), last: {e['last_error'] or '-'}",
         f"last trigger {_last_trigger(d['last_trigger'])}",
     ]

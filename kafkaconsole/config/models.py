@@ -343,8 +343,12 @@ class ConsumerConfig(Section):
     """Seconds a poll waits for records."""
     group_id: str | None = None
     """Kafka consumer group (default kafkaconsole-<consumer_id>)."""
-    format: Literal["json", "text", "raw"] = "json"
-    """json and text validate each event; raw counts bytes as they are."""
+    format: Literal["json", "text", "raw", "debezium"] = "json"
+    """json and text validate each event; raw counts bytes; debezium reads change events."""
+    tombstones: Literal["skip", "count"] = "skip"
+    """Records with a null value: skip (recorded as skipped, never an error) or count them."""
+    snapshot_reads: Literal["count", "skip"] = "count"
+    """format = "debezium": count snapshot reads (op = r) or skip them (recorded as skipped)."""
     filter: dict[str, Any] | None = None
     """Count only JSON events whose fields equal these values (dotted paths allowed)."""
     processor: str | None = Field(None, pattern=TARGET_PATTERN)
@@ -365,6 +369,12 @@ class ConsumerConfig(Section):
     @property
     def dlq_topic(self) -> str:
         return self.error_handling.dlq_topic or f"{self.kafka_topic}.dlq"
+
+    @model_validator(mode="after")
+    def _snapshot_reads_need_debezium(self) -> ConsumerConfig:
+        if self.snapshot_reads == "skip" and self.format != "debezium":
+            raise ValueError('snapshot_reads = "skip" needs format = "debezium"')
+        return self
 
     @field_validator("filter")
     @classmethod

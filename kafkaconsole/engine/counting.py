@@ -124,7 +124,8 @@ _APPLY = (
     + r"""
 -- ARGV: max_event, history_limit, topic, then ONE space-separated string of integers:
 --   window_floor, n_expect, (partition, expected)*, n_parts, then per partition:
---   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*
+--   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*,
+--   n_skipped (records skipped on purpose: tombstones, heartbeats; stats field "skipped")
 -- (one argument instead of dozens: the client packs a poll's deltas with a single join)
 local A = {ARGV[1], ARGV[2], ARGV[3]}
 for tok in string.gmatch(ARGV[4], '%S+') do A[#A + 1] = tok end
@@ -182,7 +183,7 @@ end
 local n_parts = tonumber(A[i])
 i = i + 1
 local closed = {}
-local added, errors, filtered, skipped = 0, 0, 0, 0
+local added, errors, filtered, skipped, passed = 0, 0, 0, 0, 0
 
 for _ = 1, n_parts do
   local p = A[i]
@@ -232,8 +233,11 @@ for _ = 1, n_parts do
     i = i + 1
   end
   errors = errors + errors_here
+  local passed_here = tonumber(A[i])
+  i = i + 1
   if first_offset >= stored then
-    filtered = filtered + n_records - counted_here - errors_here
+    passed = passed + passed_here
+    filtered = filtered + n_records - counted_here - errors_here - passed_here
   end
   if next_after > stored then
     redis.call('HSET', K_OFFSETS, key, next_after)
@@ -244,6 +248,7 @@ end
 if added > 0 then redis.call('HINCRBY', K_STATS, 'total', added) end
 if errors > 0 then redis.call('HINCRBY', K_STATS, 'errors', errors) end
 if filtered > 0 then redis.call('HINCRBY', K_STATS, 'filtered', filtered) end
+if passed > 0 then redis.call('HINCRBY', K_STATS, 'skipped', passed) end
 save_window()
 return {count, wid, opened or -1, now, added, skipped, errors, closed, lost}
 """
@@ -295,6 +300,8 @@ class PartitionDelta:
     n_records: int
     ranges: list[tuple[int, int]] = field(default_factory=list)  # consecutive counted offsets
     errors: list[int] = field(default_factory=list)
+    #: records skipped (tombstones, Debezium heartbeats...): neither counted nor filtered
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +417,7 @@ class WindowCounter:
                 nums += (a, b)
             nums.append(len(d.errors))
             nums += d.errors
+            nums.append(d.skipped)
         # the deltas travel as one string: packing each integer as its own argument costs
         # more client time than the whole script takes to run on the server
         args: list[Any] = [self.max_event, self.history_limit, self.topic, " ".join(map(str, nums))]

@@ -401,6 +401,7 @@ class Fleet:
             "total": stats.get("total", 0),
             "errors": stats.get("errors", 0),
             "filtered": stats.get("filtered", 0),
+            "skipped": stats.get("skipped", 0),
             "windows": stats.get("windows", 0),
             "windows_by_reason": {r: stats.get(f"windows_{r}", 0) for r in TRIGGER_REASONS},
             "discarded": stats.get("discarded", 0),
@@ -528,6 +529,7 @@ class Fleet:
             "totals": {
                 "events": c["total"],
                 "filtered": c["filtered"],
+                "skipped": c["skipped"],
                 "discarded": c["discarded"],
                 "windows": c["windows"],
                 "windows_by_reason": c["windows_by_reason"],

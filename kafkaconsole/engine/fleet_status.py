@@ -82,6 +82,8 @@ class ConsumerStatus(_ConsumerIdentity):
     total: int
     errors: int
     filtered: int
+    skipped: int = 0
+    """Records skipped on purpose (tombstones, Debezium heartbeats, skipped snapshot reads)."""
     windows: int
     windows_by_reason: dict[str, int]
     discarded: int
@@ -160,6 +162,7 @@ class WindowInfo(_Status):
 class Totals(_Status):
     events: int
     filtered: int
+    skipped: int = 0
     discarded: int
     windows: int
     windows_by_reason: dict[str, int]

@@ -92,6 +92,8 @@ class HealthSample:
     total: int = 0
     """Events counted since the beginning (fleet-wide)."""
     filtered: int = 0
+    skipped: int = 0
+    """Records skipped on purpose (tombstones...): read, never counted, yet no sign of a fault."""
     errors: int = 0
     windows: int = 0
     """Windows closed since the beginning (fleet-wide)."""
@@ -141,6 +143,7 @@ def sample_from_status(
         ),
         total=int(c.get("total") or 0),
         filtered=int(c.get("filtered") or 0),
+        skipped=int(c.get("skipped") or 0),
         errors=int(c.get("errors") or 0),
         windows=int(c.get("windows") or 0),
         runs=runs,
@@ -309,7 +312,8 @@ def _window_stuck(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: f
     if not window or any(s.paused for s in window):
         return None
     first, last = window[0], window[-1]
-    read = _read(first, last)
+    # records skipped on purpose (a stream of tombstones after deletes) are not a stuck window
+    read = _read(first, last) - (last.skipped - first.skipped)
     if read <= 0 or last.total > first.total:
         return None
     return (

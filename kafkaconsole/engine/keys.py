@@ -5,7 +5,8 @@ Per consumer (``<prefix>:<consumer_id>:...``):
 - ``events``   string  count in the open window (the seed's ``redis-cli get`` reads it)
 - ``window``   hash    ``id`` (open window id), ``opened_at`` (ms, Redis TIME), and
                        ``r|<topic>|<partition>`` = ``"<first> <last>"`` for the open window
-- ``stats``    hash    ``total``, ``errors``, ``filtered``, ``windows``, ``discarded``
+- ``stats``    hash    ``total``, ``errors``, ``filtered``, ``skipped`` (tombstones, Debezium
+                       heartbeats...), ``windows``, ``discarded``
 - ``offsets``  hash    ``<topic>|<partition>`` -> next offset to count (the truth)
 - ``history``  stream  trigger records, capped at ``history_limit``
 - ``dispatch`` stream  triggers waiting for their pipeline (consumer group ``dispatchers``)
