@@ -233,7 +233,8 @@ class ApiMetrics:
                 state.add_metric([c.consumer_id, str(s)], 1 if c.state == s else 0)
             for p in c.partitions:
                 if p.lag is not None:
-                    lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
+                    labels = [c.consumer_id, p.topic or c.kafka_topic, str(p.partition)]
+                    lag.add_metric(labels, p.lag)
             rate.add_metric([c.consumer_id], c.rate)
             dlq.add_metric([c.consumer_id], c.dlq)
             refused.add_metric([c.consumer_id], c.dlq_refused)
@@ -349,7 +350,7 @@ class ApiMetrics:
         for c in snap.consumers:
             for p in c.partitions:
                 if p.time_lag_seconds is not None:
-                    labels = [c.consumer_id, c.kafka_topic, str(p.partition)]
+                    labels = [c.consumer_id, p.topic or c.kafka_topic, str(p.partition)]
                     family.add_metric(labels, p.time_lag_seconds)
         return family
 

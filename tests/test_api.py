@@ -31,6 +31,8 @@ SECRET = "pipeline-secret-value"
 INFO_KEYS = {
     "consumer_id",
     "kafka_topic",
+    "topics",
+    "topic_pattern",
     "pipeline_name",
     "job_type",
     "state",
@@ -67,6 +69,7 @@ WINDOW_KEYS = {
 TOTALS_KEYS = {"events", "filtered", "skipped", "discarded", "windows", "windows_by_reason"}
 ERRORS_KEYS = {"count", "dlq", "last_error"}
 PARTITION_KEYS = {
+    "topic",
     "partition",
     "position",
     "highwater",

@@ -280,15 +280,14 @@ def _split_error(error: str) -> tuple[str, str]:
 
 def build_batch(
     classifier: EventClassifier,
-    topic: str,
     batch: Mapping[Any, list[Any]],
-    parts: Mapping[int, PartitionState],
+    parts: Mapping[Any, PartitionState],
     stop_at_bad: bool = False,
     outcomes: Sequence[tuple[int, Any, str, str, str] | None] | None = None,
 ) -> tuple[list[PartitionDelta], list[BadEvent], int]:
     """Deltas for the counter, bad events for the DLQ, and the number of records seen.
 
-    ``parts`` holds this instance's state per partition, its next offset (what it already
+    ``parts`` holds this instance's state per topic-partition, its next offset (what it already
     applied) among it; records below that are dropped here so a re-delivered record is not
     re-sent to the DLQ.
     With ``stop_at_bad`` a partition's records stop before its first bad event.
@@ -304,7 +303,8 @@ def build_batch(
         if not records:
             continue
         p = tp.partition
-        st = parts.get(p)
+        topic = tp.topic
+        st = parts.get(tp)
         floor = st.next if st is not None and st.next is not None else -1
         if records[0].offset < floor:
             records = [r for r in records if r.offset >= floor]
@@ -313,11 +313,12 @@ def build_batch(
         seen += len(records)
         first = records[0].offset
         last = records[-1].offset
-        if classifier.debezium and tp.topic.startswith(DEBEZIUM_HEARTBEAT_PREFIX):
+        if classifier.debezium and topic.startswith(DEBEZIUM_HEARTBEAT_PREFIX):
             if outcomes is not None:
                 taken += len(records)
             # a heartbeat topic's records are skipped, never decoded (offsets still advance)
-            deltas.append(PartitionDelta(p, last + 1, first, len(records), [], [], len(records)))
+            n = len(records)
+            deltas.append(PartitionDelta(topic, p, last + 1, first, n, [], [], n))
             continue
         if classifier.fast_raw and not stop_at_bad and outcomes is None:
             sizes = list(map(_value_size, records))  # -1 for a tombstone
@@ -328,12 +329,13 @@ def build_batch(
                     ranges = [(first, last)]
                 else:
                     ranges = ranges_of([r.offset for r in records])
-                deltas.append(PartitionDelta(p, last + 1, first, len(records), ranges, []))
+                deltas.append(PartitionDelta(topic, p, last + 1, first, len(records), ranges, []))
                 continue
         if classifier.bulk_json and outcomes is None:
             bulk = _bulk_json(classifier, records)
             if bulk is not None:
-                deltas.append(PartitionDelta(p, last + 1, first, len(records), ranges_of(bulk), []))
+                ranges = ranges_of(bulk)
+                deltas.append(PartitionDelta(topic, p, last + 1, first, len(records), ranges, []))
                 continue
         counted: list[int] = []
         errors: list[int] = []
@@ -384,7 +386,7 @@ def build_batch(
                 cls, msg = _split_error(error)
                 bad.append(
                     BadEvent(
-                        tp.topic,
+                        topic,
                         p,
                         rec.offset,
                         rec.key,
@@ -409,5 +411,6 @@ def build_batch(
             last = rec.offset
         if n == 0:
             continue
-        deltas.append(PartitionDelta(p, last + 1, first, n, ranges_of(counted), errors, skipped))
+        ranges = ranges_of(counted)
+        deltas.append(PartitionDelta(topic, p, last + 1, first, n, ranges, errors, skipped))
     return deltas, bad, seen

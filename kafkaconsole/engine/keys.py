@@ -15,6 +15,12 @@ Per consumer (``<prefix>:<consumer_id>:...``):
 - ``dispatch_lease``   string  the instance allowed to dispatch this consumer's triggers
 - ``breaker``  hash    the pipeline circuit breaker as the dispatching instance sees it
 
+Every per-partition field names its topic (``<topic>|<partition>``, see :func:`offset_field`),
+so one consumer's state covers every topic it reads (``kafka_topics``, ``topic_pattern``) in
+the same keys, and a consumer that goes from ``kafka_topic = "a"`` to ``kafka_topics = ["a",
+"b"]`` keeps what it counted of ``a``: the layout did not change, nothing is migrated. Topic
+names hold no ``|`` (Kafka allows letters, digits, ``.``, ``_`` and ``-``).
+
 Fleet-wide (``<prefix>:_fleet:...``; consumer ids cannot start with ``_``):
 
 - ``instance:<instance_id>`` string JSON status snapshot with a TTL (heartbeat)
@@ -26,6 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DISPATCH_GROUP = "dispatchers"
+
+
+def offset_field(topic: str, partition: int) -> str:
+    """The field of a topic-partition in the ``offsets`` hash (and, after ``r|``, in the
+    ``window`` hash): ``<topic>|<partition>``."""
+    return f"{topic}|{partition}"
 
 
 @dataclass(frozen=True, slots=True)
