@@ -7,6 +7,7 @@ refresh) and never reads internal topics or the consumer's own DLQ.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
@@ -17,7 +18,7 @@ from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.fleet import Fleet
 from tests import pipeline_targets
 from tests.engine_support import make_config, running_engine
-from tests.helpers import KafkaHelper, wait_for
+from tests.helpers import KafkaHelper, cli, wait_for
 
 
 async def stored(redis_client: aredis.Redis, prefix: str, cid: str) -> dict[str, int]:
@@ -53,8 +54,38 @@ def covered(calls: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
     return out
 
 
+def cli_config(path: Path, services: EmbeddedServices, prefix: str, consumer: str) -> Path:
+    """A config file for the CLI: the test's Redis and prefix, and one consumer's table."""
+    path.write_text(
+        f"""
+[kafka]
+bootstrap_servers = "{services.bootstrap_servers}"
+
+[redis]
+url = "{services.redis_url}"
+key_prefix = "{prefix}"
+
+[pipelines.record]
+kind = "kafka"
+topic = "windows"
+
+[[consumers]]
+{consumer}
+pipeline_name = "record"
+connection_id = "conn-1"
+max_event = 25
+max_time = 3600
+"""
+    )
+    return path
+
+
 async def test_a_list_of_topics_counts_exactly_into_one_window(
-    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    tmp_path: Path,
 ) -> None:
     orders, lines = f"{unique}.orders", f"{unique}.lines"
     await kafka.create_topic(orders, 2)
@@ -112,6 +143,23 @@ async def test_a_list_of_topics_counts_exactly_into_one_window(
             return await committed(services, cfg, tps) == [16, 15, 20]
 
         await wait_for(kafka_committed, 15, interval=0.3, what="commits per topic-partition")
+        topics = f'consumer_id = "{cid}"\nkafka_topics = ["{orders}", "{lines}"]'
+        path = cli_config(tmp_path / "kc.toml", services, unique, topics)
+        info = await cli("info", cid, "--config", str(path))
+        assert info.exit_code == 0, info.stderr
+        assert f"topic        {orders},{lines}" in info.stdout
+        rows = [line.split() for line in info.stdout.splitlines()]
+        header = ["TOPIC", "PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG", "TIME", "LAG"]
+        assert header in rows  # several topics: each partition row names its topic
+        assert [r[:2] for r in rows if r[:1] in ([orders], [lines])] == [
+            [lines, "0"],
+            [orders, "0"],
+            [orders, "1"],
+        ]
+        lag = await cli("lag", "--config", str(path))
+        assert lag.exit_code == 0, lag.stderr
+        lag_rows = [line.split()[:3] for line in lag.stdout.splitlines()[1:] if cid in line]
+        assert lag_rows == [[cid, lines, "0"], [cid, orders, "0"], [cid, orders, "1"]]
     reader = AIOKafkaConsumer(
         f"{cid}.dlq",
         bootstrap_servers=services.bootstrap_servers,
