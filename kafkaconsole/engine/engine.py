@@ -377,7 +377,6 @@ class Engine:
         counter = WindowCounter(
             self.redis,
             keys,
-            topic=cfg.kafka_topic,
             max_event=cfg.max_event,
             history_limit=self.config.redis.history_limit,
         )
@@ -859,7 +858,7 @@ class Engine:
             consumers.append(
                 ConsumerSnapshot(
                     consumer_id=c.cfg.consumer_id,
-                    kafka_topic=c.cfg.kafka_topic,
+                    kafka_topic=c.cfg.topic_label,
                     pipeline_name=c.cfg.pipeline_name,
                     state=instance_state(r.state, c.shared.paused),
                     count=c.shared.count,
@@ -877,7 +876,9 @@ class Engine:
                     dlq=r.dlq_count,
                     dlq_refused=r.dlq_refused,
                     redis_state_losses=r.state_losses,
-                    topic_end_offsets=tuple(sorted(r.topic_ends.items())),
+                    topic_end_offsets=tuple(
+                        (tp.topic, tp.partition, end) for tp, end in sorted(r.topic_ends.items())
+                    ),
                     processor_stall=stall.describe() if (stall := r.processor_stall()) else None,
                     breaker=c.dispatcher.breaker.to_json_dict(),
                     time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),
