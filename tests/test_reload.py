@@ -30,6 +30,7 @@ from tests import procs
 from tests.engine_support import running_engine
 from tests.helpers import KafkaHelper, cli, wait_for
 from tests.pipeline_targets import calls_for
+from tests.test_api import _response_validator
 
 TOKEN = "reload-token-for-tests"
 
@@ -537,15 +538,17 @@ async def test_api_reload(
         )
         status, body = await post(TOKEN)
         assert status == 200 and body["status"] == "applied" and body["added"] == [added], body
+        async with session.get(server.url + "/openapi.json") as resp:
+            doc = await resp.json()
+        _response_validator(doc, "/reload", "post", 200).validate(body)
         async with session.get(f"{server.url}/consumer/info/{added}") as resp:
             assert resp.status == 200  # the API knows the added consumer
         path.write_text(path.read_text().replace("max_time = 3600", "max_time = 0", 1))
         status, body = await post(TOKEN)
         assert status == 422 and body["status"] == "invalid", body
         assert any("consumers[0].max_time" in p for p in body["problems"])
+        _response_validator(doc, "/reload", "post", 422).validate(body)
         assert sorted(engine.consumer_ids()) == sorted([cid, added])
-        async with session.get(server.url + "/openapi.json") as resp:
-            doc = await resp.json()
         responses = doc["paths"]["/reload"]["post"]["responses"]
         assert {"200", "401", "403", "422"} <= set(responses)
     finally:
