@@ -2,8 +2,9 @@
 
 One :class:`Engine` runs in one asyncio loop: ``asyncio.run`` in headless mode, a Textual
 worker in the TUI. It exposes the seam every face uses: ``start``/``stop``, ``pause``/
-``resume``, ``reset``, ``force_trigger`` and status snapshots (published to listeners and, as
-a heartbeat with a TTL, to Redis for the CLI and the rest of the fleet).
+``resume``, ``reset``, ``force_trigger``, ``reload`` (a changed config file, applied live)
+and status snapshots (published to listeners and, as a heartbeat with a TTL, to Redis for the
+CLI and the rest of the fleet).
 """
 
 from __future__ import annotations
@@ -771,6 +772,8 @@ class Engine:
         """
         if self.config.ui.read_only:
             raise ReadOnlyError("reload")
+        if not self.started or self._stop.is_set():
+            raise ControlError("cannot reload: the engine is not running (starting or stopping)")
         async with self._reload_lock:
             result = await self._reload(source)
         level = logging.INFO if result.ok else logging.WARNING
