@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from kafkaconsole.api import start_api
 from kafkaconsole.config import load_config
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.audit import AuditLog
+from kafkaconsole.engine.counting import PartitionDelta, WindowCounter
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.errors import ReadOnlyError
+from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.reload import plan_reload
 from tests import procs
 from tests.engine_support import running_engine
@@ -47,7 +50,7 @@ def write_config(
     prefix: str,
     consumers: list[dict[str, Any]],
     *,
-    pipelines: list[str] = ("record",),  # type: ignore[assignment]
+    pipelines: Sequence[str] = ("record",),
     api: dict[str, Any] | None = None,
     extra: str = "",
 ) -> Path:
@@ -357,6 +360,74 @@ def test_plan_lists_keys_that_need_a_restart(
     assert plan.needs_restart == ("api.port",)
     assert [c.new.consumer_id for c in plan.changed] == ["c"] and plan.changed[0].thresholds
     assert not plan.changed[0].pipeline and not plan.restarted
+
+
+async def test_lowered_max_time_closes_the_open_window_by_time(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+) -> None:
+    cid = f"{unique}-c"
+    await kafka.create_topic(unique, 1)
+    path = tmp_path / "kafkaconsole.toml"
+    write_config(path, services, unique, [{"consumer_id": cid, "kafka_topic": unique}])
+    engine = await start_from(path)
+    try:
+        await kafka.produce(unique, [{"n": 1}, {"n": 2}], partitions=1)
+
+        async def two() -> bool:
+            return await count_of(redis_client, unique, cid) == 2
+
+        await wait_for(two, what="2 events in the open window")
+        path.write_text(path.read_text().replace("max_time = 3600", "max_time = 0.5"))
+        result = await engine.reload()
+        assert result.changed == (cid,), result
+
+        async def closed() -> bool:
+            return len(await history(redis_client, unique, cid)) == 1
+
+        await wait_for(closed, what="the open window closed by the new max_time")
+        [record] = await history(redis_client, unique, cid)
+        assert (record["reason"], record["count"]) == ("time", "2")
+    finally:
+        await engine.stop()
+
+
+async def test_lowered_threshold_splits_ranges_over_partitions(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    """The carry-over split by the counting scripts themselves: partitions in order, each
+    closed window holding exactly max_event offsets; an apply that runs with the lowered
+    threshold first (another instance reloaded) closes the excess the same way."""
+    for first_close in ("set_max_event", "apply"):
+        keys = ConsumerKeys(f"{unique}{first_close}", "c")
+        counter = WindowCounter(redis_client, keys, topic="t", max_event=100)
+        await counter.apply(
+            [
+                PartitionDelta(0, 4, 0, 4, [(0, 3)]),
+                PartitionDelta(1, 3, 0, 3, [(0, 2)]),
+            ]
+        )
+        if first_close == "set_max_event":
+            res = await counter.set_max_event(3)
+            assert res.closed_window_ids == (1, 2) and res.count == 1
+        else:
+            counter.max_event = 3
+            applied = await counter.apply([PartitionDelta(1, 4, 3, 1, [(3, 3)])])
+            # 7 open + 1 new: windows of 3 and 3 close first, then the new event joins the
+            # carried-over one
+            assert applied.closed_window_ids == (1, 2) and applied.count == 2
+        raw = await redis_client.xrange(keys.history)
+        ranges = [
+            [(o["partition"], o["first"], o["last"]) for o in orjson.loads(f[b"offsets"])]
+            for _, f in raw
+        ]
+        assert ranges == [[(0, 0, 2)], [(0, 3, 3), (1, 0, 1)]]
+        window = await counter.window()
+        expected = [(1, 2, 2)] if first_close == "set_max_event" else [(1, 2, 3)]
+        assert [(r.partition, r.first, r.last) for r in window.ranges] == expected
 
 
 # ---- the CLI, fleet-wide ----------------------------------------------------------------------
