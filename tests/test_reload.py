@@ -106,7 +106,7 @@ async def committed_total(bootstrap: str, group: str, topic: str, partitions: in
 
 
 async def history(redis: aredis.Redis, prefix: str, cid: str) -> list[dict[str, str]]:
-    raw = await redis.xrange(f"{prefix}:{cid}:history")
+    raw: Any = await redis.xrange(f"{prefix}:{cid}:history")
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
 
 
@@ -419,7 +419,7 @@ async def test_lowered_threshold_splits_ranges_over_partitions(
             # 7 open + 1 new: windows of 3 and 3 close first, then the new event joins the
             # carried-over one
             assert applied.closed_window_ids == (1, 2) and applied.count == 2
-        raw = await redis_client.xrange(keys.history)
+        raw: Any = await redis_client.xrange(keys.history)
         ranges = [
             [(o["partition"], o["first"], o["last"]) for o in orjson.loads(f[b"offsets"])]
             for _, f in raw
