@@ -56,6 +56,7 @@ from kafkaconsole.engine.fleet_status import (
     HealthBody,
     InstancesBody,
     ReadyBody,
+    ReloadBody,
     json_schemas,
 )
 from kafkaconsole.engine.health import VerdictName
@@ -63,6 +64,7 @@ from kafkaconsole.engine.peek import DEFAULT_LIMIT as PEEK_DEFAULT_LIMIT
 from kafkaconsole.engine.peek import MAX_LIMIT as PEEK_MAX_LIMIT
 from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
 from kafkaconsole.engine.records import RunResult, TriggerRecord
+from kafkaconsole.engine.reload import ReloadStatus
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.api")
@@ -500,6 +502,23 @@ ROUTES: tuple[Route, ...] = (
         body=ControlResult,
     ),
     Route(
+        "POST",
+        "/reload",
+        "reload",
+        "Read this instance's configuration file again and apply it live: consumers added "
+        "start, removed ones stop gracefully, thresholds and pipelines change in place, other "
+        "consumer changes restart that consumer; sections that need a restart are listed, not "
+        "applied. A bad file changes nothing (422 with every problem).",
+        auth=True,
+        responses=(200, 401, 403, 413, 422, 500, 503),
+        body=ReloadBody,
+        notes=(
+            (200, "Applied (or nothing changed): what was added, removed, changed, restarted"),
+            (422, "The file is invalid: `problems` lists each (FILE: key: message)"),
+            (500, "Applying failed part-way: `error` says why, the lists say what was applied"),
+        ),
+    ),
+    Route(
         "GET",
         "/consumers/{consumer_id}/events",
         "peek_events",
@@ -577,6 +596,8 @@ _STATUS_TEXT = {
     404: "Unknown consumer",
     410: "Gone",
     413: "Request body too large",
+    422: "Invalid configuration",
+    500: "Internal error",
     503: "Not ready, or Redis unreachable",
 }
 
@@ -608,7 +629,11 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
         for code in r.responses:
             if code == 200 and r.produces != "application/json":
                 content = {r.produces: {"schema": {"type": "string"}}}
-            elif code == 200 or (code == 503 and r.name == "ready"):
+            elif (
+                code == 200
+                or (code == 503 and r.name == "ready")
+                or (r.name == "reload" and code in (422, 500))
+            ):
                 content = {"application/json": {"schema": body or {"type": "object"}}}
             else:
                 content = {"application/json": {"schema": error}}
@@ -639,7 +664,8 @@ class ApiServer:
         # reads take a small pool of their own: API load never takes the counting path's
         # connections (nor waits behind them)
         self.redis = reader_redis_client(config.redis)
-        self.fleet = Fleet(self.redis, config)
+        self._fleet = Fleet(self.redis, config)
+        self._fleet_of = engine.config
         self.metrics = ApiMetrics(engine)
         self._in_flight = 0
         self._metrics_cache: tuple[float, list[Metric]] | None = None
@@ -651,6 +677,15 @@ class ApiServer:
         self.peeks = EventPeek(config, self.redis)
         self._peeks_in_flight = 0
         self.app = self._build_app()
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet as the engine's configuration defines it (a reload changes its consumers;
+        the sections the API runs with, [api] and [redis], apply only at a restart)."""
+        if self.engine.config is not self._fleet_of:
+            self._fleet_of = self.engine.config
+            self._fleet = Fleet(self.redis, self.engine.config)
+        return self._fleet
 
     @property
     def url(self) -> str:
@@ -675,6 +710,7 @@ class ApiServer:
             "resume": self._control(self._resume),
             "reset": self._control(self._reset),
             "trigger": self._control(self._trigger),
+            "reload": self.reload,
             "peek_events": self._peek(self._peek_events),
             "peek_dlq": self._peek(self._peek_dlq),
         }
@@ -831,6 +867,23 @@ class ApiServer:
             "window_id": res.window_id,
             "count": res.count,
         }
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        """``POST /reload``: this instance reads its own configuration file again."""
+        denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        if self.config.ui.read_only:
+            return _error(
+                403, "read-only mode ([ui] read_only = true or --read-only): reload is refused"
+            )
+        await request.read()  # enforces CLIENT_MAX_SIZE; the body itself is ignored
+        if not self.engine.started or self.engine.stopping:
+            return _error(503, "the engine is not running (starting or stopping)")
+        result = await self.engine.reload(via="api", user=_api_user(request))
+        log.info("API reload from %s: %s", request.remote, result.status)
+        status = 200 if result.ok else 422 if result.status == ReloadStatus.INVALID else 500
+        return web.json_response(ReloadBody(**result.to_json_dict()).model_dump(), status=status)
 
     # ---- peek: events behind a window, the topic's newest, the DLQ ------------------------------
     # Payloads may hold personal data: the bearer token guards them as it guards control.

@@ -2,7 +2,9 @@
 
 No Textual or Rich is imported here (a subprocess test checks it). SIGTERM or SIGINT asks the
 engine to stop gracefully (finish the batch in hand, record counts and offsets, commit, close);
-a second SIGINT exits at once. The HTTP API starts beside the engine when ``[api] enabled``.
+a second SIGINT exits at once. SIGHUP reloads the configuration file (see
+:meth:`Engine.reload <kafkaconsole.engine.engine.Engine.reload>`) and logs the result. The
+HTTP API starts beside the engine when ``[api] enabled``.
 Consumer state changes are logged (one line, or one JSON object with ``event``), as are
 triggers, errors and rebalances by the engine itself.
 
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.engine import DependencyUnreachable, Engine
+from kafkaconsole.engine.errors import ControlError
 from kafkaconsole.engine.status import InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.headless")
@@ -123,8 +126,20 @@ async def serve(
             log.info("received %s, stopping gracefully (Ctrl-C again to force)", sig.name)
         engine.request_stop()
 
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        if not engine.started or engine.stopping:
+            log.warning("received SIGHUP before the engine runs (or while it stops): ignored")
+            return
+        log.info("received SIGHUP: reloading %s", engine.config.source_file or "the configuration")
+        task = asyncio.create_task(reload_on_signal(engine), name="reload:SIGHUP")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     tag = EventTag(engine.instance_id)
     handlers = list(logging.getLogger().handlers)
     for h in handlers:
@@ -178,10 +193,21 @@ async def serve(
         await engine.stop()
         return EXIT_OK
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         for h in handlers:
             h.removeFilter(tag)
+
+
+async def reload_on_signal(engine: Engine) -> None:
+    """SIGHUP: this instance reads its configuration file again (the engine logs the result
+    in one line, and every problem of a bad file on its own line)."""
+    try:
+        await engine.reload(via="signal")
+    except ControlError as exc:
+        log.warning("reload refused: %s", exc, extra={"event": "reload"})
+    except Exception as exc:
+        log.error("reload failed: %s: %s", type(exc).__name__, exc, extra={"event": "reload"})
 
 
 async def _close_all(closers: list[Callable[[], Awaitable[None]]]) -> None:

@@ -433,12 +433,14 @@ async def test_openapi_lists_every_route(env: Env) -> None:
         for r in env.api.app.router.routes()
         if r.resource is not None and r.method != "HEAD"
     ]
-    assert len(routes) == 13
+    assert len(routes) == 14
     for method, path in routes:
         assert method in doc["paths"][path], (method, path)
     for method in ("pause", "resume", "reset", "trigger"):
         op = doc["paths"][f"/consumer/{{consumer_id}}/{method}"]["post"]
         assert op["security"] == [{"bearerAuth": []}] and "401" in op["responses"]
+    op = doc["paths"]["/reload"]["post"]
+    assert op["security"] == [{"bearerAuth": []}] and "422" in op["responses"]
 
 
 @pytest.mark.parametrize("path", ["/health", "/metrics", "/openapi.json"])

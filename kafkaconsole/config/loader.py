@@ -260,7 +260,9 @@ def load_config(
     file_path = resolve_config_path(path, env=environ)
     file = str(file_path)
     raw = read_toml(file_path, file)
-    return _Loader(file, environ).load(raw)
+    config = _Loader(file, environ).load(raw)
+    config._source_file = str(file_path.absolute())
+    return config
 
 
 class _Loader:

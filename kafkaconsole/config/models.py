@@ -622,6 +622,13 @@ class AppConfig(Section):
     # came from ${VAR}, and the values substituted, so that secrets.py can mask them.
     _secret_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
     _resolved_secrets: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    # The file it was loaded from (absolute), which a reload reads again; None when built in code.
+    _source_file: str | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> str | None:
+        """The file this configuration was loaded from (absolute path), if any."""
+        return self._source_file
 
     def with_read_only(self) -> AppConfig:
         """This configuration with ``[ui] read_only = true`` (for ``--read-only``); secrets

@@ -1,6 +1,6 @@
 """Exact, atomic window counting in Redis: one Lua call per polled batch.
 
-The :class:`WindowCounter` owns the three scripts that change a consumer's counting state:
+The :class:`WindowCounter` owns the four scripts that change a consumer's counting state:
 
 - ``apply``: skips offsets already counted (per partition, the stored *next offset to count*),
   adds the new events to the open window, closes windows at exactly ``max_event`` (carrying the
@@ -9,7 +9,8 @@ The :class:`WindowCounter` owns the three scripts that change a consumer's count
 - ``close``: closes the open window for a reason (``time`` only once the deadline has passed on
   Redis's clock and only for the expected window id, so several instances' timers close it once;
   ``manual`` also when empty);
-- ``reset``: empties the open window without triggering.
+- ``reset``: empties the open window without triggering;
+- ``shrink``: applies a lowered ``max_event`` to the open window (a live reload).
 
 A batch arrives as compact per-partition *ranges* of consecutive counted offsets, so a
 contiguous batch costs a handful of arguments whatever its size, and gaps (compacted or
@@ -64,15 +65,17 @@ local function load_ranges()
   end
 end
 
+local function range_less(a, b)
+  local ta, pa = string.match(a, '^(.*)|(%d+)$')
+  local tb, pb = string.match(b, '^(.*)|(%d+)$')
+  if ta ~= tb then return ta < tb end
+  return tonumber(pa) < tonumber(pb)
+end
+
 local function offsets_json()
   load_ranges()
   if #range_order == 0 then return '[]' end
-  table.sort(range_order, function(a, b)
-    local ta, pa = string.match(a, '^(.*)|(%d+)$')
-    local tb, pb = string.match(b, '^(.*)|(%d+)$')
-    if ta ~= tb then return ta < tb end
-    return tonumber(pa) < tonumber(pb)
-  end)
+  table.sort(range_order, range_less)
   local out = {}
   for _, key in ipairs(range_order) do
     local tp, p = string.match(key, '^(.*)|(%d+)$')
@@ -100,6 +103,44 @@ local function close_window(reason, history_limit)
   range_order = {}
   window_dirty = true
   return closed_id
+end
+
+-- A lowered max_event (a reload) can leave the open window holding max_event or more: close
+-- windows of exactly max_event while it does, carrying the rest over as the count rule does.
+-- The offset ranges are split by position, in partition order: the closed window takes the
+-- first max_event offsets of the ranges, the carry-over the rest (with gaps, such as filtered
+-- events, inside a range the split is by offset position).
+local function close_excess(max_event, history_limit, closed)
+  while count > 0 and count >= max_event do
+    load_ranges()
+    table.sort(range_order, range_less)
+    local need = max_event
+    local take, take_order, keep, keep_order = {}, {}, {}, {}
+    for _, key in ipairs(range_order) do
+      local r = ranges[key]
+      local span = r[2] - r[1] + 1
+      if need >= span then
+        take[key] = r
+        table.insert(take_order, key)
+        need = need - span
+      elseif need > 0 then
+        take[key] = {r[1], r[1] + need - 1}
+        table.insert(take_order, key)
+        keep[key] = {r[1] + need, r[2]}
+        table.insert(keep_order, key)
+        need = 0
+      else
+        keep[key] = r
+        table.insert(keep_order, key)
+      end
+    end
+    local rest = count - max_event
+    ranges, range_order, count = take, take_order, max_event
+    table.insert(closed, close_window('count', history_limit))
+    if rest > 0 then
+      ranges, range_order, count, opened = keep, keep_order, rest, now
+    end
+  end
 end
 
 local function save_window()
@@ -187,6 +228,7 @@ end
 local n_parts = tonumber(A[i])
 i = i + 1
 local closed = {}
+close_excess(max_event, history_limit, closed)
 local added, errors, filtered, skipped, passed = 0, 0, 0, 0, 0
 
 for _ = 1, n_parts do
@@ -280,6 +322,17 @@ return {'closed', closed_id, n, now}
 """
 )
 
+_SHRINK = (
+    _PRELUDE
+    + r"""
+-- ARGV: max_event, history_limit
+local closed = {}
+close_excess(tonumber(ARGV[1]), tonumber(ARGV[2]), closed)
+if #closed > 0 then save_window() end
+return {count, wid, opened or -1, now, closed}
+"""
+)
+
 _RESET = (
     _PRELUDE
     + r"""
@@ -356,6 +409,17 @@ class CloseResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ThresholdResult:
+    """The open window after a new ``max_event`` was applied to it."""
+
+    count: int
+    window_id: int
+    opened_at_ms: int | None
+    redis_now_ms: int
+    closed_window_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ResetResult:
     window_id: int
     discarded: int
@@ -413,6 +477,7 @@ class WindowCounter:
         self._apply = redis.register_script(_APPLY)
         self._close = redis.register_script(_CLOSE)
         self._reset = redis.register_script(_RESET)
+        self._shrink = redis.register_script(_SHRINK)
 
     async def apply(
         self,
@@ -478,6 +543,22 @@ class WindowCounter:
         )
         status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         return CloseResult(status, _int(res[1]), _int(res[2]), _int(res[3]))
+
+    async def set_max_event(self, max_event: int) -> ThresholdResult:
+        """Apply a new count threshold to the open window: when it already holds
+        ``max_event`` events or more, windows of exactly ``max_event`` close at once (the
+        excess carried over, as a batch that overshoots). Later batches count to the new
+        threshold (and so does an apply that runs with it first: it closes the excess too)."""
+        self.max_event = max_event
+        res = await self._shrink(keys=self._keys, args=[max_event, self.history_limit])
+        opened = _int(res[2])
+        return ThresholdResult(
+            count=_int(res[0]),
+            window_id=_int(res[1]),
+            opened_at_ms=None if opened < 0 else opened,
+            redis_now_ms=_int(res[3]),
+            closed_window_ids=tuple(_int(x) for x in res[4]),
+        )
 
     async def reset(self) -> ResetResult:
         res = await self._reset(keys=self._keys, args=[])

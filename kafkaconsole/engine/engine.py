@@ -2,8 +2,9 @@
 
 One :class:`Engine` runs in one asyncio loop: ``asyncio.run`` in headless mode, a Textual
 worker in the TUI. It exposes the seam every face uses: ``start``/``stop``, ``pause``/
-``resume``, ``reset``, ``force_trigger`` and status snapshots (published to listeners and, as
-a heartbeat with a TTL, to Redis for the CLI and the rest of the fleet).
+``resume``, ``reset``, ``force_trigger``, ``reload`` (a changed config file, applied live)
+and status snapshots (published to listeners and, as a heartbeat with a TTL, to Redis for the
+CLI and the rest of the fleet).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -27,6 +29,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
+from kafkaconsole.config.errors import ConfigError
+from kafkaconsole.config.loader import load_config
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
 from kafkaconsole.config.secrets import mask_text, masker
 from kafkaconsole.engine.audit import AuditLog
@@ -54,7 +58,7 @@ from kafkaconsole.engine.counting import (
 )
 from kafkaconsole.engine.dispatch import DispatchWaker, TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
-from kafkaconsole.engine.errors import UnknownConsumerError
+from kafkaconsole.engine.errors import ControlError, ReadOnlyError, UnknownConsumerError
 from kafkaconsole.engine.faults import fault_hook_from_env
 from kafkaconsole.engine.fleet import Fleet, publish_heartbeat, withdraw_heartbeat
 from kafkaconsole.engine.health import consumer_time_lag
@@ -69,6 +73,14 @@ from kafkaconsole.engine.records import (
     RunStatus,
     TriggerRecord,
     stored_run,
+)
+from kafkaconsole.engine.reload import (
+    RESTART_SECTIONS,
+    ConsumerChange,
+    ReloadResult,
+    ReloadStatus,
+    plan_reload,
+    store_result,
 )
 from kafkaconsole.engine.retry import backoff_delay, retry_call
 from kafkaconsole.engine.status import (
@@ -168,6 +180,9 @@ class _Consumer:
     dispatcher: TriggerDispatcher
     shared: _SharedState = field(default_factory=_SharedState)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    #: set to stop this consumer alone (a reload removing or restarting it); the engine's stop
+    #: sets it too
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Engine:
@@ -205,6 +220,11 @@ class Engine:
         self._stop = asyncio.Event()
         self._consumers: dict[str, _Consumer] = {}
         self._pipelines: dict[str, Pipeline] = {}
+        # pipelines a reload replaced: a run may still hold one; closed when the engine stops
+        self._retired_pipelines: list[Pipeline] = []
+        self._dlq: DeadLetterSink | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[Any]] = set()
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._listeners: list[Callable[[InstanceSnapshot], None]] = []
@@ -246,26 +266,12 @@ class Engine:
                 pipeline = build_pipeline(name, pcfg, kafka=self.config.kafka)
                 await pipeline.start()
                 self._pipelines[name] = pipeline
-        dlq = DeadLetterSink(self._producer, task_id=self.instance_id)
+        self._dlq = DeadLetterSink(self._producer, task_id=self.instance_id)
         for cfg in self.config.consumers:
-            self._consumers[cfg.consumer_id] = self._build_consumer(cfg, dlq)
+            self._consumers[cfg.consumer_id] = self._build_consumer(cfg, self._dlq)
         await self._load_pause_flags()
         for c in self._consumers.values():
-            cid = c.cfg.consumer_id
-            c.tasks = [
-                asyncio.create_task(
-                    self._guard(partial(c.runner.run, self._stop), f"consumer {cid}", c.runner),
-                    name=f"consume:{cid}",
-                ),
-                asyncio.create_task(
-                    self._guard(partial(c.timer.run, self._stop), f"timer {cid}", c.runner),
-                    name=f"timer:{cid}",
-                ),
-                asyncio.create_task(
-                    self._guard(partial(c.dispatcher.run, self._stop), f"dispatch {cid}", c.runner),
-                    name=f"dispatch:{cid}",
-                ),
-            ]
+            self._start_consumer(c)
         self._tasks.append(
             asyncio.create_task(self._guard(self._status_loop, "status loop"), name="status")
         )
@@ -290,6 +296,41 @@ class Engine:
             )
         self.started = True
         log.info("engine %s started with %d consumer(s)", self.instance_id, len(self._consumers))
+
+    def _start_consumer(self, c: _Consumer) -> None:
+        """Start a built consumer's tasks: its runner, timer and dispatcher."""
+        cid = c.cfg.consumer_id
+        c.tasks = [
+            asyncio.create_task(
+                self._guard(partial(c.runner.run, c.stop), f"consumer {cid}", c.runner, c.stop),
+                name=f"consume:{cid}",
+            ),
+            asyncio.create_task(
+                self._guard(partial(c.timer.run, c.stop), f"timer {cid}", c.runner, c.stop),
+                name=f"timer:{cid}",
+            ),
+            asyncio.create_task(
+                self._guard(partial(c.dispatcher.run, c.stop), f"dispatch {cid}", c.runner, c.stop),
+                name=f"dispatch:{cid}",
+            ),
+        ]
+
+    async def _stop_consumer(self, consumer_id: str, timeout: float = 10.0) -> None:
+        """Stop one consumer as the engine's stop does: the batch in hand finished, counts and
+        offsets recorded, offsets committed; its open window stays in Redis."""
+        c = self._consumers[consumer_id]
+        c.stop.set()
+        c.timer.wake()
+        c.dispatcher.wake()
+        if c.tasks:
+            _done, pending = await asyncio.wait(c.tasks, timeout=timeout)
+            for t in pending:
+                log.warning("task %s did not stop within %.0fs; cancelling", t.get_name(), timeout)
+                t.cancel()
+            for t in pending:
+                with contextlib.suppress(BaseException):
+                    await t
+        del self._consumers[consumer_id]
 
     async def _connect(self, wait_timeout: float | None) -> None:
         """Reach Redis and the brokers, waiting for them under :data:`CONNECT_POLICY`."""
@@ -526,11 +567,13 @@ class Engine:
         start: Callable[[], Awaitable[None]],
         what: str,
         runner: ConsumerRunner | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
-        """Run a background task until the engine stops; if it fails, log the failure (with
-        its traceback, once per distinct error), surface it (:attr:`task_failures`, in the
-        snapshot and on ``/ready``; the consumer's ``last_error``) and start it again after
-        a backoff (:data:`RESTART_POLICY`). No task of the engine dies silently."""
+        """Run a background task until the engine stops (or ``stop``, a consumer's own); if it
+        fails, log the failure (with its traceback, once per distinct error), surface it
+        (:attr:`task_failures`, in the snapshot and on ``/ready``; the consumer's
+        ``last_error``) and start it again after a backoff (:data:`RESTART_POLICY`). No task
+        of the engine dies silently."""
         failures = 0
         last = ""
         while True:
@@ -548,13 +591,14 @@ class Engine:
                 self.task_failures[what] = (self._mask(text), time.time())
                 if runner is not None:
                     runner.last_error = text
-            if self._stop.is_set():
+            halt = stop or self._stop
+            if halt.is_set():
                 return
             failures = 1 if time.monotonic() - began > 60 else failures + 1
             delay = backoff_delay(failures, RESTART_POLICY)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            if self._stop.is_set():
+                await asyncio.wait_for(halt.wait(), delay)
+            if halt.is_set():
                 return
 
     def recent_task_failures(self, within_s: float = 60.0) -> tuple[str, ...]:
@@ -564,6 +608,8 @@ class Engine:
 
     def request_stop(self) -> None:
         self._stop.set()
+        for c in self._consumers.values():
+            c.stop.set()
 
     @property
     def stopping(self) -> bool:
@@ -576,9 +622,11 @@ class Engine:
         """Finish the batch in hand, record counts and offsets, commit, close everything."""
         self._stop.set()
         for c in self._consumers.values():
+            c.stop.set()
             c.timer.wake()
             c.dispatcher.wake()
         tasks = [t for c in self._consumers.values() for t in c.tasks] + self._tasks
+        tasks += list(self._reload_tasks)
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for t in pending:
@@ -595,7 +643,7 @@ class Engine:
         if self._monitor_redis is not None:
             with contextlib.suppress(Exception):
                 await self._monitor_redis.aclose()
-        for pipeline in self._pipelines.values():
+        for pipeline in [*self._pipelines.values(), *self._retired_pipelines]:
             with contextlib.suppress(Exception):
                 await pipeline.close()
         if self._producer is not None:
@@ -696,10 +744,258 @@ class Engine:
         c.dispatcher.wake()
         return res
 
+    # ---- live reload ---------------------------------------------------------------------------
+    async def reload(
+        self,
+        source: str | os.PathLike[str] | AppConfig | None = None,
+        *,
+        via: str = "engine",
+        user: str | None = None,
+    ) -> ReloadResult:
+        """Apply a changed configuration to this running instance; returns what it did.
+
+        ``source`` is a configuration file (default: the file this instance was started
+        with, :attr:`AppConfig.source_file`) or an already loaded :class:`AppConfig`. The file
+        is validated first with the loader's own checks and messages: an invalid file changes
+        nothing and returns ``status == "invalid"`` with every problem in ``problems``
+        (``FILE: dotted.key: message``). A valid one is applied at once:
+
+        - consumers added start; consumers removed stop gracefully (batch finished, offsets
+          committed, open window kept in Redis);
+        - a changed ``max_event``/``max_time`` applies to the open window (a lowered
+          ``max_event`` it already reaches closes it at once, the excess carried over);
+        - a changed pipeline (``pipeline_name``, the ``[pipelines.NAME]`` table, the retry
+          policy) applies from the next dispatch;
+        - any other change to a consumer restarts it gracefully;
+        - changed ``[kafka]``, ``[redis]``, ``[api]``, ``[ui]``, ``[monitoring]`` keys are
+          listed in ``needs_restart`` and not applied.
+
+        ``via`` names the face (``tui``, ``api``, ``signal``, ``cli``), ``user`` who acted
+        (default: this process's user@host); the reload is recorded in the audit trail and
+        logged. Raises :class:`ReadOnlyError` in read-only mode, :class:`ControlError` when no
+        file is given and the configuration was not loaded from one. Never raises for a bad
+        file or a failure to apply (``status == "failed"``, ``error``).
+        """
+        if self.config.ui.read_only:
+            raise ReadOnlyError("reload")
+        if not self.started or self._stop.is_set():
+            raise ControlError("cannot reload: the engine is not running (starting or stopping)")
+        async with self._reload_lock:
+            result = await self._reload(source)
+        level = logging.INFO if result.ok else logging.WARNING
+        log.log(level, "%s", self._mask(result.summary()), extra={"event": "reload"})
+        for problem in result.problems:
+            log.warning("%s", problem, extra={"event": "reload"})
+        await self.audit.record(
+            "reload",
+            "*",
+            via=via,
+            user=user or actor(),
+            instance=self.instance_id,
+            result="ok" if result.ok else "error",
+            detail=result.summary(),
+        )
+        return result
+
+    async def _reload(self, source: str | os.PathLike[str] | AppConfig | None) -> ReloadResult:
+        rid = self.instance_id
+        if isinstance(source, AppConfig):
+            new, file = source, source.source_file or "(configuration)"
+        else:
+            path = source if source is not None else self.config.source_file
+            if path is None:
+                raise ControlError(
+                    "cannot reload: this instance's configuration was not loaded from a file"
+                )
+            file = os.fspath(path)
+            try:
+                new = load_config(file)
+            except ConfigError as exc:
+                problems = tuple(str(p) for p in exc.problems)
+                return ReloadResult(ReloadStatus.INVALID, file, rid, problems=problems)
+            except Exception as exc:  # the loader's own bug: one line, no traceback
+                problem = f"{file}: (internal): unexpected {type(exc).__name__} while loading"
+                return ReloadResult(ReloadStatus.INVALID, file, rid, problems=(problem,))
+        old = self.config
+        plan = plan_reload(old, new)
+        # the sections only a restart applies keep their running values
+        effective = new.model_copy(update={name: getattr(old, name) for name in RESTART_SECTIONS})
+        effective._secret_keys = old._secret_keys | new._secret_keys
+        effective._resolved_secrets = old._resolved_secrets | new._resolved_secrets
+        effective._source_file = new.source_file or old.source_file
+        restart = plan.needs_restart
+        if plan.empty:
+            self._adopt(effective)
+            status = ReloadStatus.UNCHANGED
+            return ReloadResult(status, file, rid, needs_restart=restart)
+        # pipelines first: one that cannot be built fails the reload before anything changes
+        wanted = {c.pipeline_name for c in (*plan.added, *plan.restarted)}
+        wanted |= {ch.new.pipeline_name for ch in plan.changed if ch.pipeline}
+        built: dict[str, Pipeline] = {}
+        try:
+            for name in sorted(wanted):
+                if name in self._pipelines and name not in plan.pipelines:
+                    continue
+                pipeline = build_pipeline(name, effective.pipelines[name], kafka=effective.kafka)
+                await pipeline.start()
+                built[name] = pipeline
+        except Exception as exc:
+            for pipeline in built.values():
+                with contextlib.suppress(Exception):
+                    await pipeline.close()
+            error = self._mask(f"pipeline {name!r}: {type(exc).__name__}: {exc}")
+            return ReloadResult(ReloadStatus.FAILED, file, rid, needs_restart=restart, error=error)
+        self._adopt(effective)
+        for name, pipeline in built.items():
+            if name in self._pipelines:
+                self._retired_pipelines.append(self._pipelines[name])
+            self._pipelines[name] = pipeline
+        added: list[str] = []
+        removed: list[str] = []
+        changed: list[str] = []
+        restarted: list[str] = []
+        details: list[str] = []
+        try:
+            if plan.added or plan.restarted:
+                await self._ensure_dlq_topics()
+            for cid in plan.removed:
+                await self._stop_consumer(cid)
+                removed.append(cid)
+            for cfg in plan.restarted:
+                await self._stop_consumer(cfg.consumer_id)
+                await self._add_consumer(cfg)
+                restarted.append(cfg.consumer_id)
+            for change in plan.changed:
+                details += await self._apply_change(change)
+                changed.append(change.new.consumer_id)
+            for cfg in plan.added:
+                await self._add_consumer(cfg)
+                added.append(cfg.consumer_id)
+        except Exception as exc:
+            log.exception("reload failed while applying")
+            return ReloadResult(
+                ReloadStatus.FAILED,
+                file,
+                rid,
+                tuple(added),
+                tuple(removed),
+                tuple(changed),
+                tuple(restarted),
+                restart,
+                tuple(details),
+                error=self._mask(f"{type(exc).__name__}: {exc}"),
+            )
+        return ReloadResult(
+            ReloadStatus.APPLIED,
+            file,
+            rid,
+            tuple(added),
+            tuple(removed),
+            tuple(changed),
+            tuple(restarted),
+            restart,
+            tuple(details),
+        )
+
+    def _adopt(self, config: AppConfig) -> None:
+        self.config = config
+        self._mask = masker(config)
+        self.audit.mask = self._mask
+        self.shared_read_s = max(self.snapshot_interval, len(config.consumers) / SHARED_READS_PER_S)
+
+    async def _add_consumer(self, cfg: ConsumerConfig) -> None:
+        assert self._dlq is not None
+        c = self._build_consumer(cfg, self._dlq)
+        paused = (await self.control.pause_states([cfg.consumer_id]))[cfg.consumer_id].paused
+        c.runner.set_paused(paused)
+        c.shared.paused = paused
+        self._consumers[cfg.consumer_id] = c
+        self._start_consumer(c)
+
+    async def _apply_change(self, change: ConsumerChange) -> list[str]:
+        """A running consumer's new thresholds and pipeline, applied live."""
+        cid, old, new = change.new.consumer_id, change.old, change.new
+        c = self._consumers[cid]
+        c.cfg = new
+        c.runner.cfg = new
+        details = []
+        if change.pipeline:
+            c.dispatcher.cfg = new
+            c.dispatcher.pipeline = self._pipelines[new.pipeline_name]
+            c.dispatcher.policy = self.config.retry_policy_for(new)
+            details.append(
+                f"{cid}: pipeline {new.pipeline_name}"
+                + (f" (was {old.pipeline_name})" if old.pipeline_name != new.pipeline_name else "")
+                + " from the next dispatch"
+            )
+        if not change.thresholds:
+            return details
+        c.timer.set_max_time(new.max_time)
+        res = await c.counter.set_max_event(new.max_event)
+        c.timer.observe(res.window_id, res.count, res.opened_at_ms, res.redis_now_ms)
+        c.shared.count, c.shared.window_id = res.count, res.window_id
+        c.shared.opened_at_ms = res.opened_at_ms
+        line = f"{cid}: max_event {old.max_event} -> {new.max_event}, max_time {old.max_time:g} -> "
+        line += f"{new.max_time:g}"
+        if res.closed_window_ids:
+            for wid in res.closed_window_ids:
+                trigger_log.info(
+                    "%s: window %d closed (count, %d events; lowered max_event)",
+                    cid,
+                    wid,
+                    new.max_event,
+                    extra=log_fields("trigger", cid, wid, new.pipeline_name),
+                )
+            closed = ", ".join(str(w) for w in res.closed_window_ids)
+            line += f"; window(s) {closed} closed at once, {res.count} event(s) carried over"
+            c.dispatcher.wake()
+        details.append(line)
+        return details
+
+    def _on_control_message(self, data: Any) -> None:
+        """A control announcement: a fleet-wide reload request starts this instance's reload
+        (pause flags are re-read by the listener after every message)."""
+        try:
+            message = orjson.loads(data) if isinstance(data, bytes | str) else None
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(message, dict) or message.get("action") != "reload":
+            return
+        request_id = str(message.get("request_id") or "")
+        if not request_id:
+            return
+        task = asyncio.create_task(
+            self._answer_reload(
+                request_id, str(message.get("via") or "cli"), str(message.get("user") or "")
+            ),
+            name=f"reload:{request_id}",
+        )
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    async def _answer_reload(self, request_id: str, via: str, user: str) -> None:
+        """Reload this instance's own file for a fleet-wide request and store the result."""
+        file = self.config.source_file or "(configuration)"
+        try:
+            result = await self.reload(via=via, user=user or None)
+        except ControlError as exc:
+            result = ReloadResult(ReloadStatus.FAILED, file, self.instance_id, error=str(exc))
+            log.warning("reload refused: %s", exc, extra={"event": "reload"})
+        except Exception as exc:
+            log.exception("reload failed")
+            error = self._mask(f"{type(exc).__name__}: {exc}")
+            result = ReloadResult(ReloadStatus.FAILED, file, self.instance_id, error=error)
+        try:
+            await store_result(self.redis, self.prefix, request_id, result)
+        except (RedisError, OSError) as exc:
+            log.warning("reload result not stored in Redis: %s", exc)
+
     async def _load_pause_flags(self) -> None:
         states = await self.control.pause_states(list(self._consumers))
         for cid, st in states.items():
-            c = self._consumers[cid]
+            c = self._consumers.get(cid)
+            if c is None:  # removed by a reload meanwhile
+                continue
             c.runner.set_paused(st.paused)
             c.shared.paused = st.paused
 
@@ -716,7 +1012,11 @@ class Engine:
                     if listening is None:  # (re)subscribe once Redis answers again
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
-                    await listening.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await listening.get_message(
+                        ignore_subscribe_messages=True, timeout=1.0
+                    )
+                    if message is not None:
+                        self._on_control_message(message.get("data"))
                     if failures:
                         log.info("control listener: Redis answers again")
                     failures = 0

@@ -303,6 +303,32 @@ class ControlResult(_Status):
     count: int | None = None
 
 
+class ReloadBody(_Status):
+    """What a live reload of one instance did (``POST /reload``; ``reload --json``)."""
+
+    status: str
+    """applied | unchanged | invalid | failed."""
+    file: str
+    """The configuration file read again."""
+    instance_id: str
+    added: list[str]
+    """Consumers started."""
+    removed: list[str]
+    """Consumers stopped gracefully (offsets committed, open window kept in Redis)."""
+    changed: list[str]
+    """Consumers whose thresholds or pipeline changed live."""
+    restarted: list[str]
+    """Consumers restarted gracefully for another change."""
+    needs_restart: list[str]
+    """Dotted keys that changed but apply only at the next restart (not applied)."""
+    details: list[str]
+    """One line per live change."""
+    problems: list[str]
+    """Every problem of an invalid file (FILE: dotted.key: message); nothing changed."""
+    error: str | None = None
+    """Why applying failed."""
+
+
 class ErrorBody(_Status):
     error: str
 
@@ -317,6 +343,7 @@ API_MODELS: tuple[type[BaseModel], ...] = (
     ErrorBody,
     FleetStatus,
     PeekBody,
+    ReloadBody,
 )
 
 

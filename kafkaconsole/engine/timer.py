@@ -51,6 +51,7 @@ class WindowTimer:
         self.skew_ms = 0.0  # redis_now - local_now
         self._window_id: int | None = None
         self._deadline: int | None = None  # Redis clock
+        self._opened_at: int | None = None  # of the open window, while it holds events
         self._version = -1  # redis_now_ms of the newest observation applied
         self._changed = asyncio.Event()
         self._failures = 0  # consecutive failed closes (Redis unreachable)
@@ -63,13 +64,18 @@ class WindowTimer:
             return
         self._version = redis_now_ms
         self.skew_ms = redis_now_ms - self.clock_ms()
-        if count > 0 and opened_at_ms is not None:
-            target = deadline_ms(opened_at_ms, self.max_time_s)
-        else:
-            target = None
+        self._opened_at = opened_at_ms if count > 0 else None
+        target = deadline_ms(self._opened_at, self.max_time_s)
         if (window_id, target) != (self._window_id, self._deadline):
             self._window_id, self._deadline = window_id, target
             self._changed.set()
+
+    def set_max_time(self, max_time_s: float) -> None:
+        """A new time threshold (a reload): it applies to the open window at once (a deadline
+        already past closes it now, the close script re-checking it on Redis's clock)."""
+        self.max_time_s = max_time_s
+        self._deadline = deadline_ms(self._opened_at, max_time_s)
+        self._changed.set()
 
     def wake(self) -> None:
         """Re-examine the deadline now (also used to let ``run`` see a stop request)."""
@@ -117,3 +123,4 @@ class WindowTimer:
             self.on_closed(res)
         if self._window_id == wid:
             self._window_id, self._deadline = wid + 1 if res.closed else wid, None
+            self._opened_at = None
