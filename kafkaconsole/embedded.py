@@ -360,17 +360,30 @@ def apache_properties(
     log_dir: Path,
     replicas: int,
     overrides: Mapping[str, str] | None = None,
+    extra_listeners: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """``server.properties`` of one KRaft node (broker and controller in one process)."""
+    """``server.properties`` of one KRaft node (broker and controller in one process).
+
+    ``extra_listeners`` (security protocol -> port: ``SASL_PLAINTEXT``, ``SSL``,
+    ``SASL_SSL``) adds client listeners of those protocols, named after them, beside the
+    PLAINTEXT one the brokers and the readiness check use; their settings (SASL mechanisms,
+    key stores, the authorizer) come in ``overrides``."""
     min_isr = "2" if replicas >= 3 else "1"
+    extra = dict(extra_listeners or {})
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+    listeners += [f"{name}://127.0.0.1:{p}" for name, p in extra.items()]
+    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
+    advertised += [f"{name}://127.0.0.1:{p}" for name, p in extra.items()]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    protocols += [f"{name}:{name}" for name in extra]
     props = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "controller.quorum.voters": voters,
         "log.dirs": str(log_dir),
         "num.partitions": "1",
@@ -422,12 +435,17 @@ def start_apache_kafka(
     properties: Mapping[str, str] | None = None,
     heap: str = "512m",
     port: int | None = None,
+    extra_listeners: Mapping[str, int] | None = None,
 ) -> list[ManagedProcess]:
     """Start an Apache Kafka cluster of ``nodes`` KRaft nodes on loopback, each broker and
     controller; wait until every node serves requests. One node: replication factor 1; three:
     replication factor 3 and min ISR 2. ``properties`` override the broker config; ``port``
-    is the first node's client port (default: a free one)."""
+    is the first node's client port (default: a free one); ``extra_listeners`` adds client
+    listeners of other security protocols (one node only: see :func:`apache_properties`)."""
     from kafkaconsole import kafka_jars
+
+    if extra_listeners and nodes != 1:
+        raise EmbeddedError("extra listeners are supported on a single node")
 
     try:
         libs = kafka_jars.ensure_jars()
@@ -449,7 +467,9 @@ def start_apache_kafka(
         data = home / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = home / "server.properties"
-        props = apache_properties(node, port, cport, voters, data, nodes, properties)
+        props = apache_properties(
+            node, port, cport, voters, data, nodes, properties, extra_listeners
+        )
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         configs.append((node, port, home, config))
     # format every node's storage at once (a JVM start each)

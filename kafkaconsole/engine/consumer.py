@@ -27,6 +27,7 @@ from kafkaconsole.engine.counting import ApplyResult, PartitionDelta, RedisBehin
 from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink, Refused
 from kafkaconsole.engine.events import EventClassifier, build_batch
 from kafkaconsole.engine.health import time_lag_seconds
+from kafkaconsole.engine.kafka_acl import ACL_RETRY_S, AUTHORIZATION_ERRORS, authorization_message
 from kafkaconsole.engine.partitions import PartitionState
 from kafkaconsole.engine.processing import ProcessorRunner, ProcessorStall
 from kafkaconsole.engine.retry import backoff_delay, retry_call
@@ -180,6 +181,7 @@ class ConsumerRunner:
             app.retry_policy_for(cfg) if cfg.pipeline_name in app.pipelines else RetryPolicy()
         )
         self.last_error: str | None = None
+        self._acl_refused = False  # the brokers refused this consumer an ACL permission
         # what this consumer knows of each topic-partition it owns (or owned: the last commit
         # of a revoked partition is kept, the rest is reset)
         self.parts: dict[TopicPartition, PartitionState] = {}
@@ -269,6 +271,10 @@ class ConsumerRunner:
                     batch = poll.result()
                     self._kafka_failed = False
                     poll_failures = 0
+                    if self._acl_refused:  # an ACL was granted: on with the group
+                        self._acl_refused = False
+                        self.state, self.last_error = ConsumerState.STARTING, None
+                        log.info("%s: Kafka authorizes this consumer again", self.cfg.consumer_id)
                     if batch:
                         self._kafka_answered()
                 except InvalidSessionTimeoutError as exc:
@@ -278,6 +284,23 @@ class ConsumerRunner:
                     self.last_error = session_timeout_message(self.app.kafka.session_timeout_ms)
                     log.error("%s: %s", self.cfg.consumer_id, self.last_error)
                     raise ConsumerStopped(self.last_error) from exc
+                except AUTHORIZATION_ERRORS as exc:
+                    # a missing ACL is no outage: say which permission, show the error state,
+                    # and try again now and then (granting it is enough, no restart)
+                    self._kafka_failed = self._acl_refused = True
+                    self.state = ConsumerState.ERROR
+                    self._note_error(
+                        authorization_message(
+                            exc,
+                            self.cfg.effective_group_id,
+                            self.cfg.topic_label,
+                            self.app.kafka,
+                        )
+                        or f"Kafka refused: {exc}"
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), ACL_RETRY_S)
+                    continue
                 except KafkaError as exc:
                     self._kafka_failed = True
                     poll_failures += 1
