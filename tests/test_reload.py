@@ -403,11 +403,11 @@ async def test_lowered_threshold_splits_ranges_over_partitions(
     threshold first (another instance reloaded) closes the excess the same way."""
     for first_close in ("set_max_event", "apply"):
         keys = ConsumerKeys(f"{unique}{first_close}", "c")
-        counter = WindowCounter(redis_client, keys, topic="t", max_event=100)
+        counter = WindowCounter(redis_client, keys, max_event=100)
         await counter.apply(
             [
-                PartitionDelta(0, 4, 0, 4, [(0, 3)]),
-                PartitionDelta(1, 3, 0, 3, [(0, 2)]),
+                PartitionDelta("t", 0, 4, 0, 4, [(0, 3)]),
+                PartitionDelta("t", 1, 3, 0, 3, [(0, 2)]),
             ]
         )
         if first_close == "set_max_event":
@@ -415,7 +415,7 @@ async def test_lowered_threshold_splits_ranges_over_partitions(
             assert res.closed_window_ids == (1, 2) and res.count == 1
         else:
             counter.max_event = 3
-            applied = await counter.apply([PartitionDelta(1, 4, 3, 1, [(3, 3)])])
+            applied = await counter.apply([PartitionDelta("t", 1, 4, 3, 1, [(3, 3)])])
             # 7 open + 1 new: windows of 3 and 3 close first, then the new event joins the
             # carried-over one
             assert applied.closed_window_ids == (1, 2) and applied.count == 2
