@@ -11,6 +11,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -738,3 +739,56 @@ async def test_detail_view_of_a_consumer_of_two_topics_lists_each_topic_partitio
         await wait_for(both_rows, 15, what="a row per topic-partition")
         await pilot.press("escape")
         await _quit(pilot, app, engine)
+
+
+async def test_shift_r_reloads_the_config_and_the_table_follows(
+    tmp_path: Path, services: EmbeddedServices, kafka: KafkaHelper, unique: str
+) -> None:
+    """`R` (and `:reload`) re-read the config file: an added consumer appears in the table and
+    counts; a broken file changes nothing and says why in a toast."""
+    from kafkaconsole.config.loader import load_config
+    from tests.test_reload import write_config
+
+    first, added = f"{unique}-a", f"{unique}-b"
+    for topic in (first, added):
+        await kafka.create_topic(topic, 1)
+    path = tmp_path / "kafkaconsole.toml"
+    write_config(path, services, unique, [{"consumer_id": first, "kafka_topic": first}])
+    cfg = load_config(path)
+    app, engine = _app(cfg)
+    async with running(app) as pilot:
+        await _running(app, engine, first)
+        table = app.main_screen.query_one(ConsumerTable)
+        assert table._row_ids == [first]
+        write_config(
+            path,
+            services,
+            unique,
+            [
+                {"consumer_id": first, "kafka_topic": first},
+                {"consumer_id": added, "kafka_topic": added},
+            ],
+        )
+        await pilot.press("R")
+        await wait_for(lambda: _async(any("added" in m for m in _messages(app))), 20, what="toast")
+        assert any(m.startswith(f"reloaded {path}: added {added}") for m in _messages(app))
+        await _running(app, engine, added)
+        await app.refresh_now()
+        assert table._row_ids == [first, added]
+        path.write_text(path.read_text() + "\n[[consumers]]\nconsumer_id = 1\n")
+        await pilot.press("colon", *"reload", "enter")
+        await wait_for(
+            lambda: _async(any("is invalid" in m for m in _messages(app))), 20, what="refusal"
+        )
+        assert table._row_ids == [first, added]
+        await _quit(pilot, app, engine)
+
+
+async def test_reload_in_a_read_only_console_is_refused() -> None:
+    app, source = _static_app(read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.press("R")
+        await pilot.pause()
+        assert any(m.startswith("Reload refused") for m in _messages(app))
+    assert source.actions == []

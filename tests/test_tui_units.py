@@ -569,6 +569,7 @@ def test_every_binding_has_a_unique_id_and_the_brief_keys() -> None:
         "back": "escape",
         "filter": "slash",
         "log": "l",
+        "reload": "R",
         "command": "colon",
         "theme": "T",
         "help": "question_mark",

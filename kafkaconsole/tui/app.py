@@ -565,6 +565,8 @@ class KafkaConsoleApp(App[int]):
         except NoMatches:
             return
         now = self.clock()
+        if self.engine is not None and self.engine.config is not self.config:
+            self.adopt_config(self.engine.config)
         snap = self._instance
         rows = build_rows(self.config, snap, self._fleet, self._series_of, now, self.mask)
         self._rows = rows
@@ -1097,12 +1099,45 @@ class KafkaConsoleApp(App[int]):
                 return
             self.theme = str(cmd.target)
             self.notify(f"Theme: {cmd.target}", title="Theme")
+        elif cmd.name == "reload":
+            self.action_reload()
         elif cmd.name == "log":
             self.action_toggle_log()
         elif cmd.name == "help":
             self.action_help()
         elif cmd.name == "quit":
             self.call_later(self.action_quit)
+
+    def action_reload(self) -> None:
+        """``R``: re-read this instance's config file and apply it live."""
+        if self._refused("Reload"):
+            return
+        self._reload()
+
+    @work(group="commands", exit_on_error=False)
+    async def _reload(self) -> None:
+        try:
+            result = await self.source.reload()
+        except Exception as exc:
+            self._command_failed(exc, "Reload")
+            return
+        if result.ok:
+            self.notify(result.summary(), title="Reloaded")
+        else:
+            problems = "; ".join(result.problems[:3])
+            more = f" (+{len(result.problems) - 3} more)" if len(result.problems) > 3 else ""
+            text = result.summary() + (f": {problems}{more}" if problems else "")
+            self.notify(text, title="Reload refused", severity="error", timeout=20)
+        await self.refresh_now()
+
+    def adopt_config(self, config: AppConfig) -> None:
+        """The engine runs another configuration (a reload, here or fleet-wide): the table,
+        the masks and the command line's suggestions follow it."""
+        self.config = config
+        self.mask = masker(config)
+        self.masked_config = mask_config(config)
+        field = self.main_screen.query_one("#command", Input)
+        field.suggester = command_suggester([c.consumer_id for c in config.consumers])
 
     @work(group="commands", exit_on_error=False)
     async def _set_paused(self, cid: str, pause: bool) -> None:

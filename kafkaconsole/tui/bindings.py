@@ -92,6 +92,15 @@ APP_COMMANDS: tuple[Command, ...] = (
         "log", "l", "toggle_log", "Log", "Toggle log panel", "Show or hide the engine's log lines"
     ),
     Command(
+        "reload",
+        "R",
+        "reload",
+        "Reload",
+        "Reload the config",
+        "Re-read this instance's config file and apply it live (kafkaconsole reload: fleet-wide)",
+        show=False,
+    ),
+    Command(
         "command",
         "colon",
         "command_line",

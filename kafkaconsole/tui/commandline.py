@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("[TEXT]", "show consumers whose id or topic contains TEXT (none: all)"),
     "sort": ("[COLUMN [asc|desc]]", "sort the table (none: the config's order)"),
     "theme": ("NAME", "switch to a theme"),
+    "reload": ("", "re-read this instance's config file and apply it live"),
     "log": ("", "show or hide the log panel"),
     "help": ("", "list every key binding"),
     "quit": ("", "stop the engine gracefully, then exit"),

@@ -23,8 +23,10 @@ from typing import Any
 from kafkaconsole.engine.alerts import AlertEvent
 from kafkaconsole.engine.counting import CloseResult, ResetResult, WindowState
 from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.errors import ControlError
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
+from kafkaconsole.engine.reload import ReloadResult
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 from kafkaconsole.tui.viewmodel import FleetView, Series, SeriesRecorder
 
@@ -72,6 +74,12 @@ class ConsoleSource(abc.ABC):
     @abc.abstractmethod
     async def trigger(self, consumer_id: str) -> CloseResult:
         """Close the open window now and dispatch its pipeline."""
+
+    @abc.abstractmethod
+    async def reload(self) -> ReloadResult:
+        """Re-read this instance's config file and apply it (added consumers start, removed
+        ones stop gracefully, thresholds and pipelines change live; a bad file changes
+        nothing)."""
 
     @abc.abstractmethod
     async def peek(
@@ -144,6 +152,9 @@ class EngineSource(ConsoleSource):
     async def trigger(self, consumer_id: str) -> CloseResult:
         return await self.engine.force_trigger(consumer_id, via=VIA)
 
+    async def reload(self) -> ReloadResult:
+        return await self.engine.reload(via=VIA)
+
     async def peek(
         self, consumer_id: str, what: str, window_id: int | None = None, limit: int = 50
     ) -> PeekBody:
@@ -168,6 +179,8 @@ class StaticSource(ConsoleSource):
     actions: list[tuple[str, str | None]] = field(default_factory=list)
     peeks: Mapping[tuple[str, str, int | None], PeekBody] = field(default_factory=dict)
     """``(consumer, "window" | "tail" | "dlq", window id or None)`` -> what a peek shows."""
+    reload_result: ReloadResult | None = None
+    """What a reload answers (None: it is refused)."""
     alert_listeners: list[AlertListener] = field(default_factory=list)
 
     def latest(self) -> InstanceSnapshot | None:
@@ -201,6 +214,12 @@ class StaticSource(ConsoleSource):
         if c is None:
             return WindowState(1, 0, None, ())
         return WindowState(c.window_id, c.count, c.window_opened_at_ms, ())
+
+    async def reload(self) -> ReloadResult:
+        self.actions.append(("reload", None))
+        if self.reload_result is None:
+            raise ControlError("no configuration file to reload")
+        return self.reload_result
 
     async def peek(
         self, consumer_id: str, what: str, window_id: int | None = None, limit: int = 50
