@@ -10,6 +10,11 @@ of one core, RSS, the Redis connections the process holds when idle and the most
 it started (``INFO clients`` of a Redis server nothing else uses, sampled every 0.2 s), and
 the "Too many connections" / pool lines in its log.
 
+Then the time trigger with every window open at once: one more event per consumer opens its
+second window, which closes by ``max_time`` (``--max-time``, 20 s) while all N are open; the
+lateness of each close is the history's ``closed_at`` - (``opened_at`` + ``max_time``), both on
+Redis's clock. Reported: its p50, p99 and max over the N windows.
+
     python -m benchmarks.fleet_idle --sizes 50,500,1000 [--broker apache|tansu] [--json F]
 """
 
@@ -36,10 +41,13 @@ from kafkaconsole.embedded import EmbeddedServices, free_port, pick_broker
 ROOT = Path(__file__).resolve().parents[1]
 PER_TOPIC = 10
 EVENTS = 2  # per topic, and each consumer's max_event: one count trigger per consumer
+MAX_TIME = 20  # seconds: the second windows close by time, all open together
 POOL_ERRORS = ("Too many connections", "No connection available", "pool exhausted")
 
 
-def write_config(path: Path, bootstrap: str, redis_url: str, prefix: str, n: int) -> None:
+def write_config(
+    path: Path, bootstrap: str, redis_url: str, prefix: str, n: int, max_time: int = MAX_TIME
+) -> None:
     lines = [
         "[kafka]",
         f'bootstrap_servers = "{bootstrap}"',
@@ -60,7 +68,7 @@ def write_config(path: Path, bootstrap: str, redis_url: str, prefix: str, n: int
             'pipeline_name = "noop"',
             'connection_id = "bench"',
             f"max_event = {EVENTS}",
-            "max_time = 3600",
+            f"max_time = {max_time}",
         ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -78,14 +86,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def produce(bootstrap: str, topics: list[str]) -> None:
+async def produce(bootstrap: str, topics: list[str], events: int = EVENTS) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
         futures = [
             await producer.send(topic, b'{"type": "order"}')
             for topic in topics
-            for _ in range(EVENTS)
+            for _ in range(events)
         ]
         await asyncio.gather(*futures)
     finally:
@@ -106,6 +114,26 @@ async def all_triggered(redis: Redis, prefix: str, n: int) -> int:
         if raw and json.loads(raw).get("status") == "succeeded":
             done += 1
     return done
+
+
+async def time_closes(redis: Redis, prefix: str, n: int, max_time: int) -> list[int]:
+    """Lateness (ms) of every consumer's second window, closed by time; [] until all are."""
+    pipe = redis.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xrange(f"{prefix}:c{i:04d}:history")
+    late = []
+    for entries in await pipe.execute():
+        second = [f for _, f in entries if f.get(b"window_id") == b"2"]
+        if not second or second[0].get(b"reason") != b"time":
+            return []
+        f = second[0]
+        late.append(int(f[b"closed_at"]) - int(f[b"opened_at"]) - max_time * 1000)
+    return late
+
+
+def pct(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def spawn(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -155,6 +183,15 @@ async def measure(
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         idle_conns = await clients(redis) - baseline
         rss = rss_mb(proc.pid)
+        # every consumer's second window opens now and closes by time, all N open at once
+        await produce(services.bootstrap_servers, topics, events=1)
+        late: list[int] = []
+        deadline = time.monotonic() + MAX_TIME + 120
+        while not late:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the time-closed windows did not all close; see {log_path}")
+            await asyncio.sleep(1.0)
+            late = await time_closes(redis, prefix, n, MAX_TIME)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -173,6 +210,7 @@ async def measure(
         "redis_connections_idle": idle_conns,
         "redis_connections_peak": max(peak, idle_conns),
         "pool_error_lines": pool_lines,
+        "time_lateness_ms": {"p50": pct(late, 0.5), "p99": pct(late, 0.99), "max": max(late)},
     }
 
 
@@ -196,14 +234,16 @@ def table(results: list[dict[str, Any]]) -> str:
     """The results as the Markdown table of BENCHMARKS.md."""
     rows = [
         "| consumers | start-up s | idle CPU % of a core | RSS MB | Redis connections idle "
-        "| peak | pool error lines |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| peak | pool error lines | time-trigger lateness p50 / p99 / max ms, all open |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
+        late = r.get("time_lateness_ms")
+        lateness = f"{late['p50']} / {late['p99']} / {late['max']}" if late else "n/a"
         rows.append(
             f"| {r['consumers']:,} | {r['startup_s']:g} | {r['idle_cpu_pct']:g} | {r['rss_mb']} "
             f"| {r['redis_connections_idle']} | {r['redis_connections_peak']} "
-            f"| {r['pool_error_lines']:,} |"
+            f"| {r['pool_error_lines']:,} | {lateness} |"
         )
     return "\n".join(rows)
 
