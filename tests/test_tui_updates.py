@@ -273,3 +273,58 @@ async def test_a_refresh_is_not_lost_to_a_poll_built_while_its_fleet_read_ran() 
         await refresh
         await pilot.pause()
         assert app.drawn is not None and app.drawn.fleet is new_view
+
+
+def _fleet_app(n: int) -> KafkaConsoleApp:
+    """The sample console with ``n`` consumers (copies of the sample's first one)."""
+    from kafkaconsole.tui.sample import SAMPLE_NOW_MS, sample_config, sample_source
+
+    base = sample_config(refresh_hz=0.05)
+    proto = base.consumers[0]
+    consumers = [
+        proto.model_copy(update={"consumer_id": f"c{i:03d}", "kafka_topic": f"t{i % 50:02d}"})
+        for i in range(n)
+    ]
+    cfg = base.model_copy(update={"consumers": consumers})
+    source = sample_source()
+    snap = source.snapshot
+    assert snap is not None
+    first = snap.consumers[0]
+    source.snapshot = replace(
+        snap,
+        consumers=tuple(
+            replace(first, consumer_id=c.consumer_id, kafka_topic=c.kafka_topic, count=i % 500)
+            for i, c in enumerate(consumers)
+        ),
+    )
+    source.fleet_view = None
+    return KafkaConsoleApp(cfg, data_source=source, clock=lambda: SAMPLE_NOW_MS)
+
+
+async def test_a_fleet_of_500_consumers_stays_usable() -> None:
+    """500 rows: the filter, the sort keys and scrolling work, and a refresh in which one
+    consumer changed redraws that row only."""
+    app = _fleet_app(500)
+    source = app.source
+    assert isinstance(source, StaticSource)
+    async with app.run_test(size=SIZE) as pilot:
+        await _settled(app, pilot)
+        table = app.query_one(ConsumerTable)
+        assert table.row_count == 500
+        await pilot.press("end")  # scrolling: the last row, and the table followed it
+        assert table.selected_id == "c499" and table.scroll_offset.y > 0
+        await pilot.press("home")
+        assert table.selected_id == "c000" and table.scroll_offset.y == 0
+        await pilot.press("C")  # fullest window first: counts run 0..499
+        assert table._row_ids[0] == "c499" and table._row_ids[-1] == "c000"
+        await pilot.press("O")
+        app.deliver(await app.read_snapshot())
+        await pilot.pause()
+        _with_count(source, "c250", 3)
+        app.deliver(await app.read_snapshot())
+        await pilot.pause()
+        assert table.redrawn == ("c250",)
+        await pilot.press("slash", "c", "2", "5")  # c250..c259
+        assert table.row_count == 10
+        await pilot.press("escape")
+        assert table.row_count == 500

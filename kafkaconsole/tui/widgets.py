@@ -450,7 +450,14 @@ class ConsumerTable(DataTable[Text], inherit_bindings=False):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        b for b in DataTable.BINDINGS if isinstance(b, Binding) and b.key != "enter"
+        *(
+            b
+            for b in DataTable.BINDINGS
+            if isinstance(b, Binding) and b.key not in ("enter", "home", "end")
+        ),
+        # the table always fits the width: home and end go to the first and the last row
+        Binding("home", "scroll_top", "First row", show=False),
+        Binding("end", "scroll_bottom", "Last row", show=False),
     ]
 
     DEFAULT_CSS = """
