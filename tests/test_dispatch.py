@@ -497,3 +497,20 @@ async def test_each_with_max_backlog_reached_coalesces_the_waiting_windows(make:
     assert h.pipeline.keys == [f"{cid}:1", f"{cid}:2", f"{cid}:3-6"]
     runs = await h2.runs()
     assert [runs[w]["status"] for w in range(3, 7)] == ["coalesced"] * 4
+
+
+async def test_a_window_whose_own_run_started_is_never_coalesced(make: Any) -> None:
+    """A crash mid-call leaves window 1 "running" under its own key (it may have reached the
+    far side): under coalesce it is called again alone with that key, and only the windows
+    never started are coalesced, so no window runs under two keys."""
+    h: Harness = make("sync", consumer_cfg={"backlog_policy": "coalesce"})
+    h.pipeline.auto_finish = RunStatus.SUCCEEDED
+    cid = h.keys.consumer_id
+    await add_windows(h.redis, h.keys, range(1, 4))
+    crashed = {"status": "running", "run_id": None, "attempts": 1, "instance": "gone"}
+    await h.redis.hset(h.keys.runs, "1", orjson.dumps(crashed))
+    h.start()
+    await h.wait_status(3, "coalesced")
+    assert h.pipeline.keys == [f"{cid}:1", f"{cid}:2-3"]
+    runs = await h.runs()
+    assert [runs[w]["status"] for w in (1, 2, 3)] == ["succeeded", "coalesced", "coalesced"]

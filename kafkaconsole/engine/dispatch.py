@@ -370,7 +370,7 @@ class TriggerDispatcher:
         """The windows of one coalesced run, starting at ``rest[0]`` (``first``): those of the
         recorded ``plan`` (a coalesced run started before, retried with the same windows so
         the same idempotency key), else every waiting window of ``rest`` in order up to the
-        first that is being run alone (a followed remote run). None: fewer than two windows,
+        first whose own run was already started. None: fewer than two windows,
         run ``first`` alone. The entries taken, and any found already recorded, go in
         ``done``."""
         if plan is None and self._in_progress_alone(first_prior):
@@ -406,13 +406,12 @@ class TriggerDispatcher:
         return group
 
     def _in_progress_alone(self, prior: RunResult | None) -> bool:
-        """A remote run of one window was started and is being followed (resumed alone)."""
-        return (
-            prior is not None
-            and self.pipeline.remote_runs
-            and prior.run_id is not None
-            and prior.status in (RunStatus.RUNNING, RunStatus.QUEUED)
-            and _plan_of(prior) is None
+        """A run of this window alone was started (maybe delivered under its own key before
+        a crash): it is run, or followed, alone again, never coalesced."""
+        if prior is None or _plan_of(prior) is not None:
+            return False
+        return prior.status == RunStatus.RUNNING or (
+            prior.status == RunStatus.QUEUED and prior.run_id is not None
         )
 
     async def _dispatch_group(
@@ -434,7 +433,8 @@ class TriggerDispatcher:
             else None
         )
         if resume is None and not self._breaker.allow():
-            await self._hold(group[0][1])
+            # a run planned before keeps its windows (and so its key) while held back
+            await self._hold(record if plan is not None else group[0][1])
             return max(min(self._breaker.seconds_until_allowed(), 1.0), 0.05)
         for _, member in group:
             self._held.discard(member.window_id)
