@@ -169,6 +169,10 @@ async def test_backlog_shows_everywhere_and_each_runs_them_one_by_one_in_order(
 url = "{services.redis_url}"
 key_prefix = "{unique}"
 
+[monitoring]
+backlog_windows = 3
+backlog_age = 3600
+
 [pipelines.gated]
 kind = "kafka"
 topic = "windows"

@@ -30,6 +30,14 @@ the Redis hash ``<prefix>:<consumer_id>:breaker`` (:func:`read_breaker`).
 
 :func:`redispatch` puts a past window back on the dispatch stream (same window id, same
 idempotency key).
+
+Backlog: with ``backlog_policy = "coalesce"``, or once ``max_backlog`` windows wait (the
+stream's XLEN, read before each read of it), the windows read together run as one coalesced
+run (:meth:`TriggerRecord.coalesced`) whose key is ``<consumer_id>:<first>-<last>``. Every
+window of it is recorded running with ``detail.coalesced_into`` and ``detail.windows`` before
+the call, so a new lease holder runs (or follows) exactly those windows again under the same
+key; a window whose own run was started is never coalesced. Their final statuses are written
+at once (``coalesced`` or ``failed``) and their entries acknowledged together.
 """
 
 from __future__ import annotations
@@ -438,7 +446,8 @@ class TriggerDispatcher:
             return max(min(self._breaker.seconds_until_allowed(), 1.0), 0.05)
         for _, member in group:
             self._held.discard(member.window_id)
-        log.warning(
+        log.log(
+            logging.WARNING if self._capped else logging.INFO,
             "%s: running %d waiting windows (%d to %d) as one coalesced run of pipeline %s "
             "(idempotency key %s)%s",
             record.consumer_id,
