@@ -384,17 +384,29 @@ class ApiMetrics:
             "Alert rules firing, fleet-wide (value 1).",
             labels=["consumer_id", "alert"],
         )
+        backlog = GaugeMetricFamily(
+            "kafkaconsole_pipeline_backlog_windows",
+            "Closed windows waiting for their pipeline run, fleet-wide.",
+            labels=["consumer_id"],
+        )
+        backlog_age = GaugeMetricFamily(
+            "kafkaconsole_pipeline_backlog_oldest_age_seconds",
+            "Seconds the oldest window waiting for its pipeline run has waited (0: none waits).",
+            labels=["consumer_id"],
+        )
         for fc in consumers:
             cid = fc.consumer_id
             for v in VerdictName:
                 verdict.add_metric([cid, str(v)], 1 if fc.verdict == v else 0)
+            backlog.add_metric([cid], fc.backlog)
+            backlog_age.add_metric([cid], fc.backlog_age_seconds or 0.0)
             if fc.time_lag_seconds is not None:
                 time_lag.add_metric([cid], fc.time_lag_seconds)
             if fc.time_to_trigger_seconds is not None:
                 to_trigger.add_metric([cid], fc.time_to_trigger_seconds)
             for alert in fc.alerts:
                 alerts.add_metric([cid, alert.alert], 1)
-        return [verdict, time_lag, to_trigger, alerts]
+        return [verdict, time_lag, to_trigger, alerts, backlog, backlog_age]
 
 
 # ---- the server -------------------------------------------------------------------------------

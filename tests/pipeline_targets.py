@@ -27,3 +27,16 @@ def only_orders(event: Any) -> Any:
     if event.get("type") != "order":
         return None
     return event
+
+
+GATES: dict[str, Any] = {}
+"""consumer_id -> an asyncio.Event that :func:`gated` waits for before recording a call."""
+
+
+async def gated(payload: dict[str, Any]) -> dict[str, Any]:
+    """Like :func:`record`, but waits while the consumer's gate in :data:`GATES` is closed
+    (a pipeline that is down and comes back)."""
+    gate = GATES.get(payload["consumer_id"])
+    if gate is not None:
+        await gate.wait()
+    return record(payload)

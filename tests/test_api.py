@@ -45,6 +45,8 @@ INFO_KEYS = {
     "lag",
     "time_lag_seconds",
     "time_to_trigger_seconds",
+    "backlog",
+    "backlog_age_seconds",
     "verdict",
     "verdict_reason",
     "verdict_since",

@@ -137,7 +137,7 @@ async def add_windows(redis: aredis.Redis, keys: ConsumerKeys, ids: range) -> No
         await redis.xadd(keys.dispatch, fields)
 
 
-def consumer(cid: str, job_type: str = "sync") -> ConsumerConfig:
+def consumer(cid: str, job_type: str = "sync", **extra: Any) -> ConsumerConfig:
     return ConsumerConfig.model_validate(
         {
             "consumer_id": cid,
@@ -147,6 +147,7 @@ def consumer(cid: str, job_type: str = "sync") -> ConsumerConfig:
             "max_event": 10,
             "max_time": 60,
             "job_type": job_type,
+            **extra,
         }
     )
 
@@ -160,6 +161,7 @@ async def make(redis_client: aredis.Redis, unique: str) -> AsyncIterator[Any]:
         instance: str = "inst-1",
         pipeline: ScriptedRemote | None = None,
         lease_ms: int = 600,
+        consumer_cfg: dict[str, Any] | None = None,
         **pipeline_cfg: Any,
     ) -> Harness:
         keys = ConsumerKeys(unique, f"{unique}-c")
@@ -167,7 +169,7 @@ async def make(redis_client: aredis.Redis, unique: str) -> AsyncIterator[Any]:
         dispatcher = TriggerDispatcher(
             redis_client,
             keys,
-            consumer(keys.consumer_id, job_type),
+            consumer(keys.consumer_id, job_type, **(consumer_cfg or {})),
             pipeline,
             FAST,
             instance,
@@ -432,3 +434,83 @@ async def test_redispatch_marks_the_window_queued_and_refuses_a_queued_one(
     assert entries[1][1] == history_fields
     with pytest.raises(RedispatchError, match="already waiting"):
         await redispatch(redis_client, config, "c1", 1)
+
+
+async def test_a_coalesced_run_taken_over_is_followed_not_started_again(make: Any) -> None:
+    """backlog_policy = "coalesce": the waiting windows run as one run with the key
+    <consumer_id>:<first>-<last>, every window marked running and pointing at it; a new
+    dispatcher after a crash follows that same run for the same windows (no second call), and
+    a window that closed meanwhile runs after it, on its own."""
+    coalesce = {"backlog_policy": "coalesce"}
+    h: Harness = make("sync", consumer_cfg=coalesce)
+    cid = h.keys.consumer_id
+    await add_windows(h.redis, h.keys, range(1, 4))
+    h.start()
+    await h.wait_status(3, "running")
+
+    async def followed() -> bool:
+        return h.pipeline.waits == ["run-3"]
+
+    await wait_for(followed, 5, what="the coalesced run followed")
+    runs = await h.runs()
+    for w in (1, 2, 3):
+        assert runs[w]["status"] == "running" and runs[w]["run_id"] == "run-3"
+        assert runs[w]["detail"] == {"coalesced_into": f"{cid}:1-3", "windows": [1, 2, 3]}
+    assert h.pipeline.calls == [3] and h.pipeline.keys == [f"{cid}:1-3"]
+    await h.shutdown()  # the instance goes away while the run goes on
+
+    h2: Harness = make("sync", instance="inst-2", pipeline=h.pipeline, consumer_cfg=coalesce)
+    h2.start()
+
+    async def taken_over() -> bool:
+        return h.pipeline.waits == ["run-3", "run-3"]
+
+    await wait_for(taken_over, 10, what="the new dispatcher following run-3")
+    await add_windows(h.redis, h.keys, range(4, 5))  # closes while the run goes on
+    h.pipeline.finish(3)
+    await h2.wait_status(4, "running")
+    h.pipeline.finish(4)
+    await h2.wait_status(4, "succeeded")
+    runs = await h2.runs()
+    assert [runs[w]["status"] for w in (1, 2, 3)] == ["coalesced"] * 3
+    assert {runs[w]["detail"]["coalesced_into"] for w in (1, 2, 3)} == {f"{cid}:1-3"}
+    assert h.pipeline.calls == [3, 4]  # the coalesced run was started once
+    assert h.pipeline.keys == [f"{cid}:1-3", f"{cid}:4"]
+    assert await h.redis.xlen(h.keys.dispatch) == 0
+
+
+async def test_each_with_max_backlog_reached_coalesces_the_waiting_windows(make: Any) -> None:
+    """backlog_policy = "each": under max_backlog one run per window; at max_backlog the
+    waiting windows run as one (nothing dropped)."""
+    h: Harness = make("sync", consumer_cfg={"max_backlog": 3})
+    h.pipeline.auto_finish = RunStatus.SUCCEEDED
+    cid = h.keys.consumer_id
+    await add_windows(h.redis, h.keys, range(1, 3))  # 2 waiting: below the cap
+    h.start()
+    await h.wait_status(2, "succeeded")
+    assert h.pipeline.keys == [f"{cid}:1", f"{cid}:2"]
+    await h.shutdown()
+    await add_windows(h.redis, h.keys, range(3, 7))  # 4 waiting: the cap is reached
+    h2: Harness = make("sync", pipeline=h.pipeline, consumer_cfg={"max_backlog": 3})
+    h2.start()
+    await h2.wait_status(6, "coalesced")
+    assert h.pipeline.keys == [f"{cid}:1", f"{cid}:2", f"{cid}:3-6"]
+    runs = await h2.runs()
+    assert [runs[w]["status"] for w in range(3, 7)] == ["coalesced"] * 4
+
+
+async def test_a_window_whose_own_run_started_is_never_coalesced(make: Any) -> None:
+    """A crash mid-call leaves window 1 "running" under its own key (it may have reached the
+    far side): under coalesce it is called again alone with that key, and only the windows
+    never started are coalesced, so no window runs under two keys."""
+    h: Harness = make("sync", consumer_cfg={"backlog_policy": "coalesce"})
+    h.pipeline.auto_finish = RunStatus.SUCCEEDED
+    cid = h.keys.consumer_id
+    await add_windows(h.redis, h.keys, range(1, 4))
+    crashed = {"status": "running", "run_id": None, "attempts": 1, "instance": "gone"}
+    await h.redis.hset(h.keys.runs, "1", orjson.dumps(crashed))
+    h.start()
+    await h.wait_status(3, "coalesced")
+    assert h.pipeline.keys == [f"{cid}:1", f"{cid}:2-3"]
+    runs = await h.runs()
+    assert [runs[w]["status"] for w in (1, 2, 3)] == ["succeeded", "coalesced", "coalesced"]

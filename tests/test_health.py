@@ -302,6 +302,36 @@ def test_more_triggers_per_minute_than_the_limit_is_a_storm() -> None:
     assert verdict(storm, relaxed, 10.0).name == VerdictName.OK
 
 
+def test_pipeline_backlog_by_depth_age_and_cap() -> None:
+    cfg = CFG.model_copy(update={"backlog_windows": 3, "backlog_age": 60.0})
+
+    def backlog(depth: int, age: float | None, cap: int | None = 100) -> tuple[str, str]:
+        s = sample(10.0, backlog=depth, backlog_age_seconds=age, max_backlog=cap)
+        v = verdict([s], cfg, 10.0)
+        return str(v.name), v.reason
+
+    assert backlog(3, 50.0)[0] == "ok"  # at the thresholds, not over them
+    assert backlog(3, 60.0)[0] == "ok"
+    assert backlog(4, 5.0) == (
+        "pipeline-backlog",
+        "4 window(s) wait for their pipeline run, the oldest waiting 5.0s "
+        "(more than backlog_windows = 3)",
+    )
+    assert backlog(1, 90.0) == (
+        "pipeline-backlog",
+        "the oldest of 1 window(s) waiting for its pipeline run closed 90s ago "
+        "(more than backlog_age = 60s)",
+    )
+    assert backlog(5, 2.0, cap=5)[1] == (
+        "5 window(s) wait for their pipeline run, the oldest waiting 2.0s: max_backlog (5) "
+        "reached, they run as one coalesced run"
+    )
+    failing = sample(10.0, backlog=9, backlog_age_seconds=1.0, breaker_state="open")
+    assert verdict([failing], cfg, 10.0).name == VerdictName.PIPELINE_FAILING  # more severe
+    m = metrics([sample(1.0, backlog=4, backlog_age_seconds=7.5)], cfg, 1.0)
+    assert (m["backlog"], m["backlog_age_seconds"]) == (4.0, 7.5)
+
+
 # ---- metrics, window sizes, sampling -----------------------------------------------------------
 
 
@@ -317,6 +347,8 @@ def test_metrics_for_alert_rules() -> None:
         "rate": 4.0,
         "triggers_per_minute": 60.0,
         "failed_runs": 1.0,
+        "backlog": 0.0,
+        "backlog_age_seconds": 0.0,
     }
     assert metrics(samples[:3], CFG, 2.0)["triggers_per_minute"] is None
     assert metrics([], CFG, 0.0) == {}

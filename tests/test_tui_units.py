@@ -294,6 +294,7 @@ def _palette() -> Palette:
         ("stopped", "error"),
         ("window-stuck", "error"),
         ("pipeline-failing", "error"),
+        ("pipeline-backlog", "lag-warn"),
     ],
 )
 def test_verdict_colours(verdict: str, variable: str) -> None:
@@ -301,6 +302,26 @@ def test_verdict_colours(verdict: str, variable: str) -> None:
     text = verdict_text(verdict, 0, pal)
     assert text.plain == verdict
     assert text.style == pal[variable]
+
+
+def test_pipeline_backlog_shows_in_the_row_and_the_detail_health_line() -> None:
+    from kafkaconsole.tui.screens import health_line
+
+    fleet = sample_fleet()
+    orders = replace(fleet.consumers["orders"], backlog=4, backlog_age_seconds=95.0)
+    fleet = replace(fleet, consumers={**fleet.consumers, "orders": orders})
+    rows = build_rows(sample_config(), sample_snapshot(), fleet, sample_series(), SAMPLE_NOW_MS)
+    row = next(r for r in rows if r.consumer_id == "orders")
+    assert (row.backlog, row.backlog_age_seconds) == (4, 95.0)
+    line = health_line(row, _palette(), SAMPLE_NOW_MS).plain
+    assert "4 window(s) waiting for the pipeline, oldest 95s" in line
+    calm = next(r for r in rows if r.consumer_id == "clicks")
+    assert calm.backlog == 0
+    assert "waiting for the pipeline" not in health_line(calm, _palette(), SAMPLE_NOW_MS).plain
+    status = {"consumers": [{"consumer_id": "orders", "backlog": 3, "backlog_age_seconds": 1.5}]}
+    parsed = FleetView.from_status(status).consumers["orders"]
+    assert (parsed.backlog, parsed.backlog_age_seconds) == (3, 1.5)
+    assert verdict_text("pipeline-backlog", 0, _palette(), 10).plain == "backlog"
 
 
 def test_verdict_badge_and_shortening() -> None:

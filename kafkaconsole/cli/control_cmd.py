@@ -211,11 +211,25 @@ def _verdict(c: dict[str, Any]) -> str:
     return f"{v} !{len(c['alerts'])}" if c.get("alerts") else v
 
 
+def _backlog(c: dict[str, Any]) -> str:
+    """``3 window(s) waiting for the pipeline, the oldest for 2m`` (``none waiting``)."""
+    n = c.get("backlog") or 0
+    if not n:
+        return "no window waiting for the pipeline"
+    return (
+        f"{n} window(s) waiting for the pipeline, the oldest for "
+        f"{duration(c.get('backlog_age_seconds'))}"
+    )
+
+
 def _health_note(c: dict[str, Any]) -> str:
-    """The reason of a verdict other than ok, and the alerts firing (one line each)."""
+    """The reason of a verdict other than ok, the pipeline backlog and the alerts firing (one
+    line each)."""
     lines = []
     if c.get("verdict") not in (None, "ok"):
         lines.append(f"{c['consumer_id']}: {c['verdict']}: {c.get('verdict_reason') or '-'}")
+    if c.get("backlog") and c.get("verdict") != "pipeline-backlog":
+        lines.append(f"{c['consumer_id']}: {_backlog(c)}")
     for a in c.get("alerts", []):
         lines.append(
             f"{c['consumer_id']}: alert {a['alert']} firing since {since(a.get('since'))}: "
@@ -371,6 +385,7 @@ def _info_text(d: dict[str, Any]) -> str:
         f"lag          {'-' if d['lag'] is None else d['lag']} "
         f"(time lag {duration(d.get('time_lag_seconds'))})",
         f"next trigger in {duration(d.get('time_to_trigger_seconds'))}",
+        f"backlog      {_backlog(d)}",
         f"rate         {d['rate']:g} events/s",
         f"totals       {t['events']} counted, {t['filtered']} filtered, "
         f"{t['skipped']} skipped, {t['discarded']} discarded, {t['windows']} windows",

@@ -25,7 +25,13 @@ from kafkaconsole.cli.output import json_safe
 #: Fields of a consumer's status that move with the clock alone (a countdown, an age): a
 #: change in them is not a change of the consumer, so ``status --watch`` ignores them.
 CLOCK_FIELDS = frozenset(
-    {"time_left", "time_to_trigger_seconds", "time_lag_seconds", "reported_at_ms"}
+    {
+        "time_left",
+        "time_to_trigger_seconds",
+        "time_lag_seconds",
+        "reported_at_ms",
+        "backlog_age_seconds",
+    }
 )
 
 

@@ -373,6 +373,10 @@ class ConsumerConfig(Section):
     """Overrides the pipeline's retry policy for this consumer."""
     error_handling: ErrorHandling = Field(default_factory=ErrorHandling)
     """What to do with events that fail to decode, validate or process."""
+    backlog_policy: Literal["each", "coalesce"] = "each"
+    """Windows waiting for the pipeline: each runs them one by one; coalesce runs them as one."""
+    max_backlog: int = Field(100, ge=2, le=100_000)
+    """Windows waiting beyond this many are run as one coalesced run, whatever backlog_policy."""
 
     @property
     def effective_group_id(self) -> str:
@@ -480,13 +484,29 @@ VERDICTS: tuple[str, ...] = (
     "stopped",
     "window-stuck",
     "pipeline-failing",
+    "pipeline-backlog",
     "trigger-storm",
 )
 """Every health verdict, from :mod:`kafkaconsole.engine.health`."""
 AlertVerdict = Literal[
-    "paused", "lagging", "stalled", "stopped", "window-stuck", "pipeline-failing", "trigger-storm"
+    "paused",
+    "lagging",
+    "stalled",
+    "stopped",
+    "window-stuck",
+    "pipeline-failing",
+    "pipeline-backlog",
+    "trigger-storm",
 ]
-AlertMetric = Literal["lag", "time_lag_seconds", "rate", "triggers_per_minute", "failed_runs"]
+AlertMetric = Literal[
+    "lag",
+    "time_lag_seconds",
+    "rate",
+    "triggers_per_minute",
+    "failed_runs",
+    "backlog",
+    "backlog_age_seconds",
+]
 
 
 def _short_number(value: float) -> str:
@@ -583,6 +603,10 @@ class MonitoringConfig(Section):
     """trigger-storm: more triggers per minute than this, counted over storm_period."""
     storm_period: float = Field(60.0, gt=0, le=86_400)
     """Seconds over which triggers are counted for trigger-storm."""
+    backlog_windows: int = Field(10, ge=1, le=100_000)
+    """pipeline-backlog: more closed windows than this wait for their pipeline run."""
+    backlog_age: float = Field(300.0, gt=0, le=604_800)
+    """pipeline-backlog: the oldest waiting window closed more than this many seconds ago."""
     webhook_timeout: float = Field(5.0, gt=0, le=300)
     """Seconds one webhook POST may take."""
     webhook_attempts: int = Field(3, ge=1, le=20)

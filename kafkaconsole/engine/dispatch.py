@@ -30,6 +30,14 @@ the Redis hash ``<prefix>:<consumer_id>:breaker`` (:func:`read_breaker`).
 
 :func:`redispatch` puts a past window back on the dispatch stream (same window id, same
 idempotency key).
+
+Backlog: with ``backlog_policy = "coalesce"``, or once ``max_backlog`` windows wait (the
+stream's XLEN, read before each read of it), the windows read together run as one coalesced
+run (:meth:`TriggerRecord.coalesced`) whose key is ``<consumer_id>:<first>-<last>``. Every
+window of it is recorded running with ``detail.coalesced_into`` and ``detail.windows`` before
+the call, so a new lease holder runs (or follows) exactly those windows again under the same
+key; a window whose own run was started is never coalesced. Their final statuses are written
+at once (``coalesced`` or ``failed``) and their entries acknowledged together.
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ return 0
 GROUP_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
 READ_COUNT = 50
 """Stream entries read per XREADGROUP / XAUTOCLAIM."""
+COALESCE_MAX = 10_000
+"""Windows one coalesced run holds at most (stream entries read per read while coalescing)."""
 
 EventsLoader = Callable[[TriggerRecord], Awaitable[list[Any]]]
 
@@ -151,6 +161,19 @@ def _result_from_json(raw: bytes | str | None) -> RunResult | None:
     )
 
 
+def _plan_of(prior: RunResult | None) -> list[int] | None:
+    """The window ids of the coalesced run a window's unfinished status says it is in."""
+    if prior is None or prior.status.final:
+        return None
+    windows = prior.detail.get("windows")
+    if not prior.detail.get("coalesced_into") or not isinstance(windows, list):
+        return None
+    try:
+        return [int(w) for w in windows]
+    except (TypeError, ValueError):
+        return None
+
+
 def _status_json(result: RunResult, instance_id: str) -> bytes:
     body = {**result.to_json_dict(), "instance": instance_id}
     if result.started_at_ms is not None:
@@ -212,6 +235,7 @@ class TriggerDispatcher:
         self._breaker = CircuitBreaker(pcfg.breaker_threshold, pcfg.breaker_cooldown, clock)
         self._breaker_written: BreakerSnapshot | None = None
         self._breaker_restore = True
+        self._capped = False  # the backlog reached max_backlog: coalescing whatever the policy
 
     # -- public -------------------------------------------------------------------------------
 
@@ -290,7 +314,11 @@ class TriggerDispatcher:
     ) -> float | None:
         """Dispatch ``entries`` in order. None when all went; else the seconds to wait before
         reading the rest again (breaker open, slot wait interrupted, a failed recording)."""
-        for entry_id, fields in entries:
+        coalescing = self.cfg.backlog_policy == "coalesce" or self._capped
+        done: set[bytes] = set()  # entries a coalesced run took (or acknowledged)
+        for idx, (entry_id, fields) in enumerate(entries):
+            if entry_id in done:
+                continue
             if stop.is_set() or not self.leader:
                 return 0.0
             try:
@@ -312,6 +340,14 @@ class TriggerDispatcher:
                     # recorded, then the instance died before XACK: nothing left to do
                     await self._ack(entry_id)
                     continue
+                plan = _plan_of(prior)
+                if plan is not None or (coalescing and idx + 1 < len(entries)):
+                    group = await self._group(entries[idx:], record, prior, plan, done)
+                    if group is not None:
+                        pause = await self._dispatch_group(group, prior, plan)
+                        if pause is not None:
+                            return pause
+                        continue
                 resume = (
                     prior is not None
                     and self.pipeline.remote_runs
@@ -326,24 +362,121 @@ class TriggerDispatcher:
                     log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
                 return 0.5
             self._held.discard(record.window_id)
-            if not await self._dispatch(entry_id, record, prior if resume else None):
+            if not await self._dispatch([entry_id], record, prior if resume else None):
                 self._breaker.record_neutral()  # a probe that never ran may go again
                 return 0.5
         return None
 
+    async def _group(
+        self,
+        rest: list[tuple[bytes, dict[Any, Any]]],
+        first: TriggerRecord,
+        first_prior: RunResult | None,
+        plan: list[int] | None,
+        done: set[bytes],
+    ) -> list[tuple[bytes, TriggerRecord]] | None:
+        """The windows of one coalesced run, starting at ``rest[0]`` (``first``): those of the
+        recorded ``plan`` (a coalesced run started before, retried with the same windows so
+        the same idempotency key), else every waiting window of ``rest`` in order up to the
+        first whose own run was already started. None: fewer than two windows,
+        run ``first`` alone. The entries taken, and any found already recorded, go in
+        ``done``."""
+        if plan is None and self._in_progress_alone(first_prior):
+            return None
+        group = [(rest[0][0], first)]
+        tail = []
+        for entry_id, fields in rest[1:]:
+            try:
+                tail.append((entry_id, record_from_fields(fields, self.cfg)))
+            except (KeyError, ValueError, TypeError):
+                break  # the single path drops it, in its turn
+        raws = (
+            await self.redis.hmget(self.keys.runs, [str(r.window_id) for _, r in tail])
+            if tail
+            else []
+        )
+        for (entry_id, record), raw in zip(tail, raws, strict=True):
+            prior = _result_from_json(raw)
+            if prior is not None and prior.status.final:
+                await self._ack(entry_id)
+                done.add(entry_id)
+                continue
+            if plan is not None:
+                if record.window_id in plan:
+                    group.append((entry_id, record))
+                continue
+            if _plan_of(prior) is not None or self._in_progress_alone(prior):
+                break
+            group.append((entry_id, record))
+        if plan is None and len(group) < 2:
+            return None
+        done.update(entry_id for entry_id, _ in group)
+        return group
+
+    def _in_progress_alone(self, prior: RunResult | None) -> bool:
+        """A run of this window alone was started (maybe delivered under its own key before
+        a crash): it is run, or followed, alone again, never coalesced."""
+        if prior is None or _plan_of(prior) is not None:
+            return False
+        return prior.status == RunStatus.RUNNING or (
+            prior.status == RunStatus.QUEUED and prior.run_id is not None
+        )
+
+    async def _dispatch_group(
+        self,
+        group: list[tuple[bytes, TriggerRecord]],
+        first_prior: RunResult | None,
+        plan: list[int] | None,
+    ) -> float | None:
+        """Run the windows of ``group`` as one coalesced run (or resume following it). None
+        when it went; else seconds to wait before reading the entries again."""
+        record = TriggerRecord.coalesced([r for _, r in group])
+        resume = (
+            first_prior
+            if plan is not None
+            and first_prior is not None
+            and self.pipeline.remote_runs
+            and first_prior.run_id is not None
+            and first_prior.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+            else None
+        )
+        if resume is None and not self._breaker.allow():
+            # a run planned before keeps its windows (and so its key) while held back
+            await self._hold(record if plan is not None else group[0][1])
+            return max(min(self._breaker.seconds_until_allowed(), 1.0), 0.05)
+        for _, member in group:
+            self._held.discard(member.window_id)
+        log.log(
+            logging.WARNING if self._capped else logging.INFO,
+            "%s: running %d waiting windows (%d to %d) as one coalesced run of pipeline %s "
+            "(idempotency key %s)%s",
+            record.consumer_id,
+            len(group),
+            group[0][1].window_id,
+            group[-1][1].window_id,
+            record.pipeline_name,
+            record.idempotency_key,
+            f": max_backlog ({self.cfg.max_backlog}) reached" if self._capped else "",
+        )
+        if not await self._dispatch([e for e, _ in group], record, resume):
+            self._breaker.record_neutral()
+            return 0.5
+        return None
+
     async def _dispatch(
-        self, entry_id: bytes, record: TriggerRecord, resume: RunResult | None
+        self, entry_ids: list[bytes], record: TriggerRecord, resume: RunResult | None
     ) -> bool:
-        """Run (or resume) one entry. False if it is still pending and should be read again."""
+        """Run (or resume) one entry, or the entries of one coalesced run. False if they are
+        still pending and should be read again."""
         if self.cfg.job_type != "async":
-            return await self._run_one(entry_id, record, resume)
+            return await self._run_one(entry_ids, record, resume)
         if not await self._until_stopped(self._slots.acquire(), release_slot=True):
             return False
-        self._inflight.add(entry_id)
+        self._inflight.update(entry_ids)
 
         async def run_and_release() -> bool:
             try:
-                done = await self._run_one(entry_id, record, resume)
+                done = await self._run_one(entry_ids, record, resume)
                 if not done:
                     self._breaker.record_neutral()
                 return done
@@ -356,11 +489,11 @@ class TriggerDispatcher:
         return True
 
     async def _run_one(
-        self, entry_id: bytes, record: TriggerRecord, resume: RunResult | None
+        self, entry_ids: list[bytes], record: TriggerRecord, resume: RunResult | None
     ) -> bool:
         """Start (or resume following) one run and record its final status. Returns False if
-        the entry stays pending (stopped while waiting, Redis failed while recording)."""
-        self._inflight.add(entry_id)
+        the entries stay pending (stopped while waiting, Redis failed while recording)."""
+        self._inflight.update(entry_ids)
         try:
             if resume is not None:
                 log.info(
@@ -376,7 +509,7 @@ class TriggerDispatcher:
                     events = await self.events_loader(record)
                 payload = record.to_json_dict(events)
                 await self._write_status(
-                    record.window_id, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
+                    record, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
                 )
 
                 def on_attempt(attempt: int, error: str | None) -> None:
@@ -406,10 +539,10 @@ class TriggerDispatcher:
                     )
                 else:
                     if started.run_id is not None:
-                        await self._write_status(record.window_id, started)
+                        await self._write_status(record, started)
 
                     async def on_progress(progress: RunResult) -> None:
-                        await self._write_status(record.window_id, progress)
+                        await self._write_status(record, progress)
 
                     followed = await self._until_stopped(
                         follow_run(
@@ -425,8 +558,8 @@ class TriggerDispatcher:
                         )
                         return False
                     result = followed
-            await self._write_status(record.window_id, result)
-            await self._ack(entry_id)
+            await self._write_status(record, result)
+            await self._ack(*entry_ids)
             self._record_outcome(result)
             with contextlib.suppress(RedisError, OSError):
                 await self._persist_breaker()
@@ -447,7 +580,7 @@ class TriggerDispatcher:
             )
             return False
         finally:
-            self._inflight.discard(entry_id)
+            self._inflight.difference_update(entry_ids)
 
     async def _until_stopped(
         self, aw: Coroutine[Any, Any, T], *, release_slot: bool = False
@@ -513,7 +646,7 @@ class TriggerDispatcher:
             "%s: window %d held back: circuit %s", record.consumer_id, record.window_id, snap.state
         )
         await self._write_status(
-            record.window_id,
+            record,
             RunResult(
                 RunStatus.QUEUED,
                 attempts=0,
@@ -595,11 +728,35 @@ class TriggerDispatcher:
                     )
             await asyncio.sleep(self.lease_ms / 3000)
 
+    async def _read_count(self) -> int:
+        """Entries to read at once: :data:`COALESCE_MAX` while coalescing (``backlog_policy =
+        "coalesce"``, or the backlog reached ``max_backlog``), else :data:`READ_COUNT`."""
+        if self.cfg.backlog_policy == "coalesce":
+            return COALESCE_MAX
+        depth = int(await self.redis.xlen(self.keys.dispatch))
+        capped = depth >= self.cfg.max_backlog
+        if capped and not self._capped:
+            log.warning(
+                "%s: %d windows wait for pipeline %s: max_backlog (%d) reached; the waiting "
+                "windows run as one coalesced run until the backlog is below it again",
+                self.cfg.consumer_id,
+                depth,
+                self.pipeline.name,
+                self.cfg.max_backlog,
+            )
+        elif self._capped and not capped:
+            log.warning(
+                "%s: backlog below max_backlog again (%d windows wait)", self.cfg.consumer_id, depth
+            )
+        self._capped = capped
+        return COALESCE_MAX if capped else READ_COUNT
+
     async def _next_entries(self) -> list[tuple[bytes, dict[Any, Any]]]:
         stream = self.keys.dispatch
+        count = await self._read_count()
         if not self._own_pending_checked:
             # entries this instance id read before and never acknowledged, oldest first
-            entries = await self._own_pending()
+            entries = await self._own_pending(count)
             if entries:
                 return entries
             self._own_pending_checked = True
@@ -610,7 +767,7 @@ class TriggerDispatcher:
             self.instance_id,
             min_idle_time=self.lease_ms,
             start_id="0-0",
-            count=READ_COUNT,
+            count=count,
         )
         entries = [(i, f) for i, f in claimed[1] if f and i not in self._inflight]
         for deleted in claimed[2] if len(claimed) > 2 else []:
@@ -618,16 +775,16 @@ class TriggerDispatcher:
         if entries:
             return entries
         res: Any = await self.redis.xreadgroup(
-            DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=READ_COUNT
+            DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=count
         )
         return [(i, f) for i, f in (res[0][1] if res else []) if f]
 
-    async def _own_pending(self) -> list[tuple[bytes, dict[Any, Any]]]:
+    async def _own_pending(self, count: int = READ_COUNT) -> list[tuple[bytes, dict[Any, Any]]]:
         stream = self.keys.dispatch
         start: bytes | str = "0"
         while True:
             res: Any = await self.redis.xreadgroup(
-                DISPATCH_GROUP, self.instance_id, {stream: start}, count=READ_COUNT
+                DISPATCH_GROUP, self.instance_id, {stream: start}, count=count
             )
             batch: list[Any] = res[0][1] if res else []
             if not batch:
@@ -638,27 +795,41 @@ class TriggerDispatcher:
                     await self.redis.xack(stream, DISPATCH_GROUP, entry_id)
                 elif entry_id not in self._inflight:
                     entries.append((entry_id, fields))
-            if entries or len(batch) < READ_COUNT:
+            if entries or len(batch) < count:
                 return entries
             start = batch[-1][0]
 
-    async def _ack(self, entry_id: bytes) -> None:
+    async def _ack(self, *entry_ids: bytes) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.keys.dispatch, DISPATCH_GROUP, entry_id)
-        pipe.xdel(self.keys.dispatch, entry_id)
+        pipe.xack(self.keys.dispatch, DISPATCH_GROUP, *entry_ids)
+        pipe.xdel(self.keys.dispatch, *entry_ids)
         await pipe.execute()
 
-    async def _write_status(self, window_id: int, result: RunResult) -> None:
+    async def _write_status(self, record: TriggerRecord, result: RunResult) -> None:
+        """The run status of ``record``'s window; of a coalesced run, of every window in it
+        at once (MULTI), each pointing at the run (``detail.coalesced_into``: its idempotency
+        key, ``detail.windows``: its window ids), a success recorded as ``coalesced``."""
         if self._mask is not None:  # an error may quote a secret (a 401 body echoing a token)
             result = replace(
                 result,
                 error=self._mask(result.error) if result.error else result.error,
                 detail=mask_strings(result.detail, self._mask) if result.detail else result.detail,
             )
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.runs, str(window_id), _status_json(result, self.instance_id))
-        if window_id > self.history_limit:
-            pipe.hdel(self.keys.runs, str(window_id - self.history_limit))
+        windows = [w.window_id for w in record.windows] or [record.window_id]
+        if record.windows:
+            status = RunStatus.COALESCED if result.status == RunStatus.SUCCEEDED else result.status
+            detail = {
+                **result.detail,
+                "coalesced_into": record.idempotency_key,
+                "windows": windows,
+            }
+            result = replace(result, status=status, detail=detail)
+        body = _status_json(result, self.instance_id)
+        pipe = self.redis.pipeline(transaction=len(windows) > 1)
+        for window_id in windows:
+            pipe.hset(self.keys.runs, str(window_id), body)
+            if window_id > self.history_limit:
+                pipe.hdel(self.keys.runs, str(window_id - self.history_limit))
         await pipe.execute()
 
     async def _drain(self, grace: float = 5.0) -> None:

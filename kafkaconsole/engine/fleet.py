@@ -74,6 +74,17 @@ def window_time_left(opened_ms: int | None, max_time: float, now_ms: int) -> flo
     return round(max(0, closes_ms - now_ms) / 1000, 3)
 
 
+def backlog_of(length: Any, oldest: Any, now_ms: int) -> tuple[int, float | None]:
+    """Windows waiting in a dispatch stream (its XLEN: entries are deleted once their run's
+    final status is recorded) and the age in seconds of the oldest (from its entry id, the
+    Redis time it was queued; a re-dispatched window waits from its re-dispatch)."""
+    depth = int(length or 0)
+    if not depth or not oldest:
+        return depth, None
+    queued_ms = int(_s(oldest[0][0]).split("-", 1)[0])
+    return depth, round(max(now_ms - queued_ms, 0) / 1000, 3)
+
+
 def instance_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
     """An instance's heartbeat without the per-consumer detail (consumers as ids)."""
     return {k: v for k, v in snapshot.items() if k != "consumers"} | {
@@ -132,6 +143,8 @@ class _Shared:
     processor_stall: str | None = None
     reported_ms: int = 0
     reported: dict[str, Any] | None = None  # the newest heartbeat's view of this consumer
+    backlog: int = 0  # windows waiting in the dispatch stream
+    backlog_age: float | None = None  # seconds the oldest of them has waited
 
     @classmethod
     def of(cls, cfg: ConsumerConfig, instances: list[dict[str, Any]], raw: list[Any]) -> _Shared:
@@ -309,12 +322,16 @@ class Fleet:
             pipe.hmget(k.window, ["id", "opened_at"])
             pipe.hgetall(k.stats)
             pipe.xrevrange(k.history, count=1)
+            pipe.xlen(k.dispatch)
+            pipe.xrange(k.dispatch, count=1)
         res = await pipe.execute()
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
         shared = [
-            _Shared.of(cfg, instances, res[1 + 5 * n : 6 + 5 * n]) for n, cfg in enumerate(cfgs)
+            _Shared.of(cfg, instances, res[1 + 7 * n : 6 + 7 * n]) for n, cfg in enumerate(cfgs)
         ]
+        for n, sh in enumerate(shared):
+            sh.backlog, sh.backlog_age = backlog_of(res[6 + 7 * n], res[7 + 7 * n], now_ms)
         for sh in shared:
             sh.rules = rules_for(self.config.monitoring.alerts, sh.cfg.consumer_id)
 
@@ -431,6 +448,10 @@ class Fleet:
             "time_lag_seconds": time_lag,
             "time_to_trigger_seconds": round(eta, 3) if eta is not None else None,
             "reported_at_ms": s.reported_ms or None,
+            "backlog": s.backlog,
+            "backlog_age_seconds": s.backlog_age,
+            "max_backlog": cfg.max_backlog,
+            "backlog_policy": cfg.backlog_policy,
             # judged below, from the status itself
             "verdict": str(VerdictName.OK),
             "verdict_reason": None,
@@ -504,6 +525,8 @@ class Fleet:
             "lag": c.lag,
             "time_lag_seconds": c.time_lag_seconds,
             "time_to_trigger_seconds": c.time_to_trigger_seconds,
+            "backlog": c.backlog,
+            "backlog_age_seconds": c.backlog_age_seconds,
             "verdict": c.verdict,
             "verdict_reason": c.verdict_reason,
             "verdict_since_ms": c.verdict_since_ms,

@@ -150,6 +150,14 @@ class ConsumerStatus(_ConsumerIdentity):
     verdict_reason: str | None
     verdict_since_ms: EpochMs = _moment("verdict_since")
     alerts: tuple[AlertStatus, ...]
+    backlog: int = 0
+    """Closed windows waiting for their pipeline run (the one being run included)."""
+    backlog_age_seconds: float | None = None
+    """How long the oldest of them has waited (None: none waits)."""
+    max_backlog: int | None = None
+    """From this many waiting windows on, they run as one coalesced run (the consumer's cap)."""
+    backlog_policy: str = "each"
+    """each (one run per window) or coalesce (the waiting windows as one run)."""
 
     def to_json(self) -> dict[str, Any]:
         d = self.model_dump()
@@ -250,6 +258,10 @@ class ConsumerInfo(_ConsumerIdentity):
     lag: int | None
     time_lag_seconds: float | None
     time_to_trigger_seconds: float | None
+    backlog: int = 0
+    """Closed windows waiting for their pipeline run (the one being run included)."""
+    backlog_age_seconds: float | None = None
+    """How long the oldest of them has waited (None: none waits)."""
     verdict: str
     verdict_reason: str | None
     verdict_since_ms: EpochMs = _moment("verdict_since")

@@ -16,6 +16,9 @@ The checks, most severe first (the first that holds wins):
   ``processor_timeout`` (or every hung-call slot is taken), or events waiting (lag > 0) and a
   partition's position unchanged for ``stall_after`` seconds;
 - ``pipeline-failing``: the last ``failing_runs`` runs failed, or the circuit breaker is open;
+- ``pipeline-backlog``: more than ``backlog_windows`` closed windows wait for their pipeline
+  run, or the oldest of them closed more than ``backlog_age`` seconds ago (or the backlog
+  reached the consumer's ``max_backlog``, so the waiting windows run coalesced);
 - ``window-stuck``: events read for ``stuck_after`` seconds and none counted (all filtered or
   bad);
 - ``lagging``: over a window of ``lagging_intervals`` reports the lag never reached 0 and
@@ -49,6 +52,7 @@ class VerdictName(StrEnum):
     STOPPED = "stopped"
     WINDOW_STUCK = "window-stuck"
     PIPELINE_FAILING = "pipeline-failing"
+    PIPELINE_BACKLOG = "pipeline-backlog"
     TRIGGER_STORM = "trigger-storm"
 
 
@@ -112,6 +116,11 @@ class HealthSample:
     """The error of the newest failed run."""
     breaker_state: str | None = None
     breaker_failures: int = 0
+    backlog: int = 0
+    """Closed windows waiting for their pipeline run."""
+    backlog_age_seconds: float | None = None
+    """How long the oldest of them has waited."""
+    max_backlog: int | None = None
 
 
 def sample_from_status(
@@ -149,6 +158,9 @@ def sample_from_status(
         run_error=run_error,
         breaker_state=breaker_state,
         breaker_failures=breaker_failures,
+        backlog=c.backlog,
+        backlog_age_seconds=c.backlog_age_seconds,
+        max_backlog=c.max_backlog,
     )
 
 
@@ -315,6 +327,27 @@ def _failing(last: HealthSample, cfg: MonitoringConfig) -> str | None:
     return None
 
 
+def _backlog(last: HealthSample, cfg: MonitoringConfig) -> str | None:
+    age = last.backlog_age_seconds
+    oldest = f", the oldest waiting {_span(age)}" if age is not None else ""
+    if last.max_backlog is not None and last.backlog >= last.max_backlog:
+        return (
+            f"{last.backlog} window(s) wait for their pipeline run{oldest}: max_backlog "
+            f"({last.max_backlog}) reached, they run as one coalesced run"
+        )
+    if last.backlog > cfg.backlog_windows:
+        return (
+            f"{last.backlog} window(s) wait for their pipeline run{oldest} "
+            f"(more than backlog_windows = {cfg.backlog_windows})"
+        )
+    if age is not None and age > cfg.backlog_age:
+        return (
+            f"the oldest of {last.backlog} window(s) waiting for its pipeline run closed "
+            f"{_span(age)} ago (more than backlog_age = {_span(cfg.backlog_age)})"
+        )
+    return None
+
+
 def _read(first: HealthSample, last: HealthSample) -> int:
     """Events read between two samples (position moves of the partitions both know)."""
     before = {p.key: p.position for p in first.partitions if p.position is not None}
@@ -438,6 +471,9 @@ def verdict(
     reason = _failing(last, cfg)
     if reason:
         return Verdict(VerdictName.PIPELINE_FAILING, reason)
+    reason = _backlog(last, cfg)
+    if reason:
+        return Verdict(VerdictName.PIPELINE_BACKLOG, reason)
     reason = _window_stuck(samples, cfg, now)
     if reason:
         return Verdict(VerdictName.WINDOW_STUCK, reason)
@@ -491,6 +527,8 @@ def metrics(
         "rate": last.rate if last.live else 0.0,
         "triggers_per_minute": triggers_per_minute(samples, cfg, now),
         "failed_runs": float(failed_runs(last)),
+        "backlog": float(last.backlog),
+        "backlog_age_seconds": last.backlog_age_seconds or 0.0,
     }
 
 

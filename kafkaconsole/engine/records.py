@@ -7,8 +7,8 @@ A :class:`RunResult` is what a pipeline reports back and what history shows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -80,10 +80,35 @@ class TriggerRecord:
     opened_at_ms: int | None
     closed_at_ms: int
     offsets: tuple[OffsetRange, ...] = ()
+    windows: tuple[TriggerRecord, ...] = ()
+    """A coalesced run's windows, oldest first (empty: a run of this one window)."""
 
     @property
     def idempotency_key(self) -> str:
+        """``<consumer_id>:<window_id>``; a coalesced run's is
+        ``<consumer_id>:<first window id>-<last window id>``."""
+        if self.windows:
+            return f"{self.consumer_id}:{self.windows[0].window_id}-{self.windows[-1].window_id}"
         return f"{self.consumer_id}:{self.window_id}"
+
+    @classmethod
+    def coalesced(cls, windows: Sequence[TriggerRecord]) -> TriggerRecord:
+        """One run of several closed windows (oldest first): window id, reason and closing
+        time of the last, opening time of the first, the counts summed, per partition the
+        offset range from the first offset to the last, and every window listed."""
+        first, last = windows[0], windows[-1]
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for w in windows:
+            for r in w.offsets:
+                lo, hi = spans.get((r.topic, r.partition), (r.first, r.last))
+                spans[(r.topic, r.partition)] = (min(lo, r.first), max(hi, r.last))
+        return replace(
+            last,
+            count=sum(w.count for w in windows),
+            opened_at_ms=first.opened_at_ms,
+            offsets=tuple(OffsetRange(t, p, lo, hi) for (t, p), (lo, hi) in sorted(spans.items())),
+            windows=tuple(windows),
+        )
 
     def to_json_dict(self, events: list[Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -99,6 +124,19 @@ class TriggerRecord:
             "closed_at": iso_ms(self.closed_at_ms),
             "offsets": [r.to_json_dict() for r in self.offsets],
         }
+        if self.windows:
+            body["coalesced"] = True
+            body["windows"] = [
+                {
+                    "window_id": w.window_id,
+                    "reason": str(w.reason),
+                    "count": w.count,
+                    "opened_at": iso_ms(w.opened_at_ms),
+                    "closed_at": iso_ms(w.closed_at_ms),
+                    "offsets": [r.to_json_dict() for r in w.offsets],
+                }
+                for w in self.windows
+            ]
         if events is not None:
             body["events"] = events
         return body

@@ -681,6 +681,11 @@ class KafkaConsoleApp(App[int]):
             bits.append(f"[${colour}]{escape(row.verdict or '')}{badge}{reason}[/]")
         elif row.alerts:
             bits.append(f"[$warning]{alert_badge(len(row.alerts))} alert(s) firing[/]")
+        if row.backlog:
+            bits.append(
+                f"[$lag-warn]{row.backlog} window(s) waiting for the pipeline, oldest "
+                f"{fmt_span(row.backlog_age_seconds)}[/]"
+            )
         bits += [
             f"topic {escape(row.topic)}",
             f"window #{row.window_id}",

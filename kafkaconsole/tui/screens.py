@@ -105,6 +105,12 @@ def health_line(row: ConsumerRow, palette: Palette, now_ms: int) -> Text:
     if since:
         text.append(f" {since}")
     text.append(f" · time lag {fmt_span(row.time_lag_seconds)}")
+    if row.backlog:
+        text.append(
+            f" · {row.backlog} window(s) waiting for the pipeline, oldest "
+            f"{fmt_span(row.backlog_age_seconds)}",
+            style=palette["lag-warn"],
+        )
     if row.verdict_reason:
         text.append(" · ")
         bad = row.verdict not in (None, "ok")

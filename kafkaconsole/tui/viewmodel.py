@@ -78,6 +78,9 @@ class FleetConsumer:
     alerts: tuple[AlertView, ...] = ()
     time_lag_seconds: float | None = None
     time_to_trigger_seconds: float | None = None
+    backlog: int = 0
+    """Closed windows waiting for their pipeline run."""
+    backlog_age_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,8 @@ class FleetView:
                 alerts=alerts,
                 time_lag_seconds=_float(c.get("time_lag_seconds")),
                 time_to_trigger_seconds=_float(c.get("time_to_trigger_seconds")),
+                backlog=int(c.get("backlog") or 0),
+                backlog_age_seconds=_float(c.get("backlog_age_seconds")),
             )
         instances = tuple(str(i["instance_id"]) for i in status.get("instances", []))
         return cls(instances, consumers)
@@ -169,6 +174,8 @@ def _fleet_consumer(c: ConsumerStatus) -> FleetConsumer:
         ),
         time_lag_seconds=c.time_lag_seconds,
         time_to_trigger_seconds=c.time_to_trigger_seconds,
+        backlog=c.backlog,
+        backlog_age_seconds=c.backlog_age_seconds,
     )
 
 
@@ -391,6 +398,10 @@ class ConsumerRow:
     alerts: tuple[AlertView, ...] = ()
     time_lag_seconds: float | None = None
     """Age of the oldest unconsumed event over the consumer's partitions."""
+    backlog: int = 0
+    """Closed windows waiting for their pipeline run (fleet-wide)."""
+    backlog_age_seconds: float | None = None
+    """How long the oldest of them has waited."""
 
     @property
     def paused(self) -> bool:
@@ -504,6 +515,8 @@ def build_row(
             AlertView(a.alert, a.channel, mask(a.message), a.since_ms, a.value) for a in alerts
         ),
         time_lag_seconds=time_lag,
+        backlog=fleet.backlog if fleet is not None else 0,
+        backlog_age_seconds=fleet.backlog_age_seconds if fleet is not None else None,
     )
 
 
@@ -750,6 +763,7 @@ VERDICT_SEVERITY = {
     "window-stuck": 3,
     "pipeline-failing": 3,
     "lagging": 2,
+    "pipeline-backlog": 2,
     "trigger-storm": 2,
     "paused": 1,
     "ok": 0,

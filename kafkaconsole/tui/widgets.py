@@ -118,9 +118,15 @@ VERDICT_VARIABLE = {
     "stopped": "error",
     "window-stuck": "error",
     "pipeline-failing": "error",
+    "pipeline-backlog": "lag-warn",
 }
 #: Shorter words for the table when the full verdict does not fit.
-VERDICT_SHORT = {"window-stuck": "stuck", "pipeline-failing": "failing", "trigger-storm": "storm"}
+VERDICT_SHORT = {
+    "window-stuck": "stuck",
+    "pipeline-failing": "failing",
+    "pipeline-backlog": "backlog",
+    "trigger-storm": "storm",
+}
 ALERT_VARIABLE = "warning"
 
 
