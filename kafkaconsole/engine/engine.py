@@ -83,6 +83,7 @@ from kafkaconsole.engine.reload import (
     store_result,
 )
 from kafkaconsole.engine.retry import backoff_delay, retry_call
+from kafkaconsole.engine.state_format import ensure_state_format
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
     InstanceSnapshot,
@@ -375,6 +376,9 @@ class Engine:
         # an ACL user lacking a command the engine needs fails here, with one clear message
         await check_redis_access(self.redis, self.prefix)
         await check_redis_capacity(self.redis, self.redis_connections_needed())
+        checked = await ensure_state_format(self.redis, self.prefix)
+        for summary in checked.migrated:
+            log.info("migrated the state in Redis: %s", summary)
         self._redis_ok = True
         producer = AIOKafkaProducer(
             acks="all",

@@ -23,6 +23,8 @@ names hold no ``|`` (Kafka allows letters, digits, ``.``, ``_`` and ``-``).
 
 Fleet-wide (``<prefix>:_fleet:...``; consumer ids cannot start with ``_``):
 
+- ``format``   string  the version of this layout (:mod:`kafkaconsole.engine.state_format`):
+                       a change of the layout raises it, with a migration from the last one
 - ``instance:<instance_id>`` string JSON status snapshot with a TTL (heartbeat)
 - ``control``  pub/sub channel announcing control changes
 """
@@ -114,6 +116,11 @@ class FleetKeys:
         """Sorted set of the instance ids that wrote a heartbeat (score: when, epoch ms): the
         fleet finds the heartbeats without scanning the keyspace."""
         return f"{self.prefix}:_fleet:instances"
+
+    @property
+    def format(self) -> str:
+        """The version of the key layout the state is in (:mod:`.state_format`)."""
+        return f"{self.prefix}:_fleet:format"
 
     @property
     def control_channel(self) -> str:
