@@ -423,3 +423,17 @@ class ConnectWorker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def main() -> int:
+    """``python -m tests.cdc.stack``: where PostgreSQL's binaries are, or why there are none."""
+    try:
+        print(f"PostgreSQL: {postgres_bin_dir()}")
+    except StackUnavailable as exc:
+        print(f"PostgreSQL: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
