@@ -60,17 +60,30 @@ def database(postgres: Postgres, unique: str) -> str:
     return unique
 
 
-def wait_streaming(postgres: Postgres, slot: str, timeout: float = CONNECT_READY_TIMEOUT) -> None:
-    """Until Debezium streams the slot (its snapshot is finished: it starts replication only
-    after the snapshot), as PostgreSQL's own view of its WAL senders shows it."""
-    query = (
-        "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s "
+def streaming_pid(postgres: Postgres, slot: str) -> int | None:
+    """The WAL sender streaming ``slot`` to Debezium (PostgreSQL's own view), if any."""
+    found = postgres.sql(
+        "SELECT r.pid FROM pg_stat_replication r JOIN pg_replication_slots s "
         f"ON s.active_pid = r.pid WHERE s.slot_name = '{slot}' AND r.state = 'streaming'"
     )
+    return int(found) if found else None
+
+
+def wait_streaming(
+    postgres: Postgres,
+    slot: str,
+    *,
+    replacing: int | None = None,
+    timeout: float = CONNECT_READY_TIMEOUT,
+) -> int:
+    """Until Debezium streams the slot, which it starts once its snapshot is done (through a
+    new connection when ``replacing``, the pid of the one before a restart, is given); the WAL
+    sender's pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if postgres.sql(query) == "1":
-            return
+        pid = streaming_pid(postgres, slot)
+        if pid is not None and pid != replacing:
+            return pid
         time.sleep(0.2)
     raise AssertionError(f"Debezium did not start streaming slot {slot} within {timeout:.0f}s")
 
@@ -90,7 +103,10 @@ def connect(
     and it streams. Every worker started is stopped afterwards."""
     started: list[ConnectWorker] = []
 
-    def start(*, schemas: bool, tables: tuple[str, ...] = ("public.orders",)) -> ConnectWorker:
+    def start(
+        *, schemas: bool, tables: tuple[str, ...] = ("public.orders",), **extra: str
+    ) -> ConnectWorker:
+        """``extra``: more connector settings."""
         settings = debezium_connector(
             database,
             postgres,
@@ -98,6 +114,7 @@ def connect(
             topic_prefix=database,
             tables=list(tables),
             schemas=schemas,
+            **extra,
         )
         home = Path(tmp_path_factory.mktemp("connect"))
         worker = ConnectWorker(services.bootstrap_servers, {database: settings}, home)
