@@ -120,9 +120,14 @@ class Postgres:
         )
         if initdb.returncode != 0:
             tail = initdb.stdout.decode(errors="replace").strip().splitlines()[-3:]
+            shutil.rmtree(home, ignore_errors=True)
             raise StackUnavailable("initdb failed: " + " | ".join(tail))
-        server.proc = server._spawn()
-        server.wait_ready()
+        try:
+            server.proc = server._spawn()
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
         return server
 
     def _run_as_server(self, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -170,7 +175,11 @@ class Postgres:
 
     @property
     def log_path(self) -> Path:
-        return Path(tempfile.gettempdir()) / f"{self.home.name}.log"
+        return self.home / "postgres.log"
+
+    def log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(lines[-3:])
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + POSTGRES_READY_TIMEOUT
@@ -178,7 +187,7 @@ class Postgres:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise StackUnavailable(
-                    f"postgres exited with code {self.proc.returncode} (log: {self.log_path})"
+                    f"postgres exited with code {self.proc.returncode}: {self.log_tail()}"
                 )
             with contextlib.suppress(subprocess.CalledProcessError):
                 self.sql("SELECT 1")

@@ -111,9 +111,13 @@ async def topic_size(services: EmbeddedServices, topic: str) -> int:
 # ---- what kafkaconsole counted -------------------------------------------------------------
 
 
+async def int_hash(redis_client: aredis.Redis, key: str) -> dict[str, int]:
+    raw = await redis_client.hgetall(key)
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
 async def stats(redis_client: aredis.Redis, prefix: str, consumer_id: str) -> dict[str, int]:
-    raw = await redis_client.hgetall(f"{prefix}:{consumer_id}:stats")
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return await int_hash(redis_client, f"{prefix}:{consumer_id}:stats")
 
 
 async def open_count(redis_client: aredis.Redis, prefix: str, consumer_id: str) -> int:
@@ -127,8 +131,7 @@ async def wait_consumed(
     its one partition): its stored next offset to count has reached each end."""
 
     async def done() -> bool:
-        stored = await redis_client.hgetall(f"{prefix}:{consumer_id}:offsets")
-        offsets = {k.decode(): int(v) for k, v in stored.items()}
+        offsets = await int_hash(redis_client, f"{prefix}:{consumer_id}:offsets")
         return all(offsets.get(f"{topic}|0", 0) >= end for topic, end in ends.items())
 
     await wait_for(done, CHANGE_TIMEOUT, 0.1, what=f"{consumer_id} to consume {ends}")
