@@ -347,7 +347,9 @@ class ConnectWorker:
         files = []
         for name, settings in self.connectors.items():
             path = self.home / f"{name}.properties"
-            path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+            # a backslash is an escape in a .properties file (regexes have them)
+            text = "".join(f"{k}={v}\n".replace("\\", "\\\\") for k, v in settings.items())
+            path.write_text(text)
             files.append(str(path))
         self.argv = [
             java,

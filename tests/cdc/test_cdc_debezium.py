@@ -250,11 +250,12 @@ async def test_one_consumer_reads_every_table_topic_of_plain_json(
     redis_client: aredis.Redis,
     unique: str,
 ) -> None:
-    # plain JSON, and a heartbeat every 200 ms to __debezium-heartbeat.<prefix>
+    # plain JSON; every table of the schema, those created later too; a heartbeat every
+    # 200 ms to __debezium-heartbeat.<prefix>
     connect(
         schemas=False,
-        tables=("public.orders", "public.customers"),
-        **{"heartbeat.interval.ms": "200"},
+        tables=(r"public\..*",),
+        **{"publication.autocreate.mode": "all_tables", "heartbeat.interval.ms": "200"},
     )
     postgres.sql(
         "INSERT INTO customers (name) VALUES ('grace'), ('linus');"
@@ -262,6 +263,7 @@ async def test_one_consumer_reads_every_table_topic_of_plain_json(
         database,
     )
     orders, customers = f"{database}.public.orders", f"{database}.public.customers"
+    invoices = f"{database}.public.invoices"
     assert [op_of(r) for r in await read_topic(services, orders, 4)] == ["r"] * 3 + ["u"]
     assert [op_of(r) for r in await read_topic(services, customers, 3)] == ["r", "c", "c"]
     heartbeats = f"__debezium-heartbeat.{database}"
@@ -281,6 +283,7 @@ async def test_one_consumer_reads_every_table_topic_of_plain_json(
                 ),
             ],
             pipelines=webhook(receiver),
+            kafka={"metadata_max_age_ms": 1000},  # a new topic is seen within a second
         )
         async with running_engine(cfg):
             for cid in ("tables", "listed", "orders-only"):
@@ -292,19 +295,37 @@ async def test_one_consumer_reads_every_table_topic_of_plain_json(
             await wait_for(triggered, 30, what="the tables window's webhook")
             listed = await open_count(redis_client, unique, "listed")
             orders_only = await open_count(redis_client, unique, "orders-only")
+            # a table created now: Debezium writes a new topic, which the pattern reads
+            postgres.sql(
+                "CREATE TABLE invoices (id serial PRIMARY KEY, total int NOT NULL);"
+                "INSERT INTO invoices (total) VALUES (10), (20);",
+                database,
+            )
+            assert [op_of(r) for r in await read_topic(services, invoices, 2)] == ["c", "c"]
+            for cid in ("tables", "orders-only"):
+                ends = {orders: 4, customers: 3, invoices: 2}
+                await wait_consumed(redis_client, unique, cid, ends)
+            later = {
+                cid: await open_count(redis_client, unique, cid)
+                for cid in ("tables", "listed", "orders-only")
+            }
             errors = [
                 (await stats(redis_client, unique, cid)).get("errors", 0)
                 for cid in ("tables", "listed", "orders-only")
             ]
             read = await int_hash(redis_client, f"{unique}:tables:offsets")
-    assert (listed, orders_only, errors) == (7, 4, [0, 0, 0])
-    assert set(read) == {f"{orders}|0", f"{customers}|0"}  # no heartbeat was read
+    assert (listed, orders_only) == (7, 4)
     [body] = receiver.bodies
     assert body["consumer_id"] == "tables" and body["count"] == 7
     assert sorted(body["offsets"], key=lambda r: r["topic"]) == [
         {"topic": customers, "partition": 0, "first": 0, "last": 2},
         {"topic": orders, "partition": 0, "first": 0, "last": 3},
     ]
+    # the new table's 2 rows open the pattern's next window; the list and the filter on
+    # source.table leave them out
+    assert later == {"tables": 2, "listed": 7, "orders-only": 4}
+    assert errors == [0, 0, 0]
+    assert set(read) == {f"{orders}|0", f"{customers}|0", f"{invoices}|0"}  # no heartbeat
     assert await topic_size(services, dlq) == 0
 
 
