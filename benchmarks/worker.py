@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks import noop
 from benchmarks.common import FILTER, app_config, create_topics, event
@@ -61,7 +61,8 @@ def _caught_up(next_offsets: dict[int, int], ends: Ends) -> bool:
 
 
 def _counted_through(runner: ConsumerRunner, ends: Ends) -> bool:
-    return all((runner.next_offset(p) or 0) >= e for p, e in ends.items())
+    (topic,) = runner.topics
+    return all((runner.next_offset(TopicPartition(topic, p)) or 0) >= e for p, e in ends.items())
 
 
 def expected_counted(ends: Ends, fmt: str) -> int:

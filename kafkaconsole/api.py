@@ -233,7 +233,8 @@ class ApiMetrics:
                 state.add_metric([c.consumer_id, str(s)], 1 if c.state == s else 0)
             for p in c.partitions:
                 if p.lag is not None:
-                    lag.add_metric([c.consumer_id, c.kafka_topic, str(p.partition)], p.lag)
+                    labels = [c.consumer_id, p.topic or c.kafka_topic, str(p.partition)]
+                    lag.add_metric(labels, p.lag)
             rate.add_metric([c.consumer_id], c.rate)
             dlq.add_metric([c.consumer_id], c.dlq)
             refused.add_metric([c.consumer_id], c.dlq_refused)
@@ -278,6 +279,11 @@ class ApiMetrics:
             "Events dropped by the filter or the processor, fleet-wide.",
             labels=["consumer_id"],
         )
+        skipped = CounterMetricFamily(
+            "kafkaconsole_events_skipped",
+            "Records skipped on purpose (tombstones, Debezium heartbeats), fleet-wide.",
+            labels=["consumer_id"],
+        )
         discarded = CounterMetricFamily(
             "kafkaconsole_events_discarded",
             "Events discarded by window resets, fleet-wide.",
@@ -319,6 +325,7 @@ class ApiMetrics:
             counted.add_metric([cid, fc.kafka_topic], fc.total)
             errors.add_metric([cid], fc.errors)
             filtered.add_metric([cid], fc.filtered)
+            skipped.add_metric([cid], fc.skipped)
             discarded.add_metric([cid], fc.discarded)
             for reason, n in fc.windows_by_reason.items():
                 triggers.add_metric([cid, reason], n)
@@ -329,7 +336,7 @@ class ApiMetrics:
                 w_left.add_metric([cid], fc.time_left)
             paused.add_metric([cid], 1 if fc.state == "paused" else 0)
             live.add_metric([cid], len(fc.instances))
-        out += [fleet_instances, counted, errors, filtered, discarded, triggers]
+        out += [fleet_instances, counted, errors, filtered, skipped, discarded, triggers]
         out += [w_events, w_max, w_fill, w_left, paused, live, *self._health(consumers)]
         return out
 
@@ -343,7 +350,7 @@ class ApiMetrics:
         for c in snap.consumers:
             for p in c.partitions:
                 if p.time_lag_seconds is not None:
-                    labels = [c.consumer_id, c.kafka_topic, str(p.partition)]
+                    labels = [c.consumer_id, p.topic or c.kafka_topic, str(p.partition)]
                     family.add_metric(labels, p.time_lag_seconds)
         return family
 

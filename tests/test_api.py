@@ -31,6 +31,8 @@ SECRET = "pipeline-secret-value"
 INFO_KEYS = {
     "consumer_id",
     "kafka_topic",
+    "topics",
+    "topic_pattern",
     "pipeline_name",
     "job_type",
     "state",
@@ -64,9 +66,10 @@ WINDOW_KEYS = {
     "time_left",
     "closes_at",
 }
-TOTALS_KEYS = {"events", "filtered", "discarded", "windows", "windows_by_reason"}
+TOTALS_KEYS = {"events", "filtered", "skipped", "discarded", "windows", "windows_by_reason"}
 ERRORS_KEYS = {"count", "dlq", "last_error"}
 PARTITION_KEYS = {
+    "topic",
     "partition",
     "position",
     "highwater",

@@ -40,7 +40,7 @@ async def test_redispatch_requeues_a_past_window(
 ) -> None:
     cfg = str(write(tmp_path / "kc.toml", services, unique))
     keys = ConsumerKeys(unique, "c1")
-    counter = WindowCounter(redis_client, keys, topic="in", max_event=10)
+    counter = WindowCounter(redis_client, keys, max_event=10)
     closed = await counter.close(TriggerReason.MANUAL)
     assert closed.window_id == 1
     # as if dispatched and failed: the dispatch queue is empty, the run failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 import redis.asyncio as aredis
+from aiokafka import TopicPartition
 
 from kafkaconsole.engine.counting import PartitionDelta, RedisBehind, WindowCounter, ranges_of
 from kafkaconsole.engine.keys import ConsumerKeys
@@ -12,15 +13,23 @@ from kafkaconsole.engine.records import TriggerReason
 
 
 def counter(r: aredis.Redis, unique: str, max_event: int = 1000) -> WindowCounter:
-    return WindowCounter(r, ConsumerKeys(unique, "c1"), topic="orders", max_event=max_event)
+    return WindowCounter(r, ConsumerKeys(unique, "c1"), max_event=max_event)
+
+
+def tp(p: int, topic: str = "orders") -> TopicPartition:
+    return TopicPartition(topic, p)
 
 
 def delta(
-    p: int, offsets: list[int], errors: list[int] | None = None, n_records: int | None = None
+    p: int,
+    offsets: list[int],
+    errors: list[int] | None = None,
+    n_records: int | None = None,
+    topic: str = "orders",
 ) -> PartitionDelta:
     allo = sorted(offsets + (errors or []))
     return PartitionDelta(
-        p, allo[-1] + 1, allo[0], n_records or len(allo), ranges_of(offsets), errors or []
+        topic, p, allo[-1] + 1, allo[0], n_records or len(allo), ranges_of(offsets), errors or []
     )
 
 
@@ -77,7 +86,7 @@ async def test_replayed_batch_changes_nothing(redis_client: aredis.Redis, unique
     # partial overlap with a gap (compacted topic): only the new offsets count
     third = await c.apply([delta(0, [2, 3, 7, 9])])
     assert third.added == 2 and third.count == 8
-    assert await c.stored_offsets([0, 1, 2]) == {0: 10, 1: 2}
+    assert await c.stored_offsets([tp(0), tp(1), tp(2)]) == {tp(0): 10, tp(1): 2}
 
 
 async def test_errors_and_filtered_advance_offsets(redis_client: aredis.Redis, unique: str) -> None:
@@ -134,13 +143,13 @@ async def test_stored_offset_behind_expectation_applies_nothing(
     # Redis comes back from a crash without the last second: partition 0 stored at 5, not 8
     await redis_client.hset(f"{unique}:c1:offsets", "orders|0", 5)
     with pytest.raises(RedisBehind) as info:
-        await c.apply([delta(0, [8, 9]), delta(1, [2])], expected={0: 8, 1: 2})
-    assert info.value.stored == {0: 5}
-    assert "partition 0 at 5" in str(info.value)
+        await c.apply([delta(0, [8, 9]), delta(1, [2])], expected={tp(0): 8, tp(1): 2})
+    assert info.value.stored == {tp(0): 5}
+    assert "orders partition 0 at 5" in str(info.value)
     assert int(await redis_client.hget(f"{unique}:c1:stats", "total")) == 10  # nothing applied
-    assert await c.stored_offsets([0, 1]) == {0: 5, 1: 2}
+    assert await c.stored_offsets([tp(0), tp(1)]) == {tp(0): 5, tp(1): 2}
     # the client reads partition 0 again from 5: events 5..7 are skipped only if counted
-    res = await c.apply([delta(0, [5, 6, 7, 8, 9]), delta(1, [2])], expected={0: 5, 1: 2})
+    res = await c.apply([delta(0, [5, 6, 7, 8, 9]), delta(1, [2])], expected={tp(0): 5, tp(1): 2})
     assert res.added == 6 and res.skipped == 0 and res.lost == {}
 
 
@@ -150,7 +159,7 @@ async def test_expectation_met_or_exceeded_is_normal(
     c = counter(redis_client, unique, max_event=10)
     await c.apply([delta(0, [0, 1, 2, 3])])
     # another instance counted further (a zombie's view): stored above expectation, dedupe
-    res = await c.apply([delta(0, [2, 3, 4])], expected={0: 2})
+    res = await c.apply([delta(0, [2, 3, 4])], expected={tp(0): 2})
     assert (res.added, res.skipped, res.lost) == (1, 2, {})
 
 
@@ -163,14 +172,14 @@ async def test_missing_state_is_reported_and_window_ids_never_go_back(
     # Redis restarted with no persistence: every key of the consumer is gone
     for key in await redis_client.keys(f"{unique}:c1:*"):
         await redis_client.delete(key)
-    res = await c.apply([delta(0, [7, 8])], expected={0: 7}, window_floor=3)
-    assert res.lost == {0: 7}
+    res = await c.apply([delta(0, [7, 8])], expected={tp(0): 7}, window_floor=3)
+    assert res.lost == {tp(0): 7}
     assert res.window_id == 3 and res.count == 2  # id 3 again, never 1: keys are not reused
-    assert await c.stored_offsets([0]) == {0: 9}
-    res = await c.apply([delta(0, [9])], expected={0: 9}, window_floor=3)
+    assert await c.stored_offsets([tp(0)]) == {tp(0): 9}
+    res = await c.apply([delta(0, [9])], expected={tp(0): 9}, window_floor=3)
     assert res.closed_window_ids == (3,) and res.lost == {}
     # the floor only applies when the window state itself is gone
-    res = await c.apply([delta(0, [10])], expected={0: 10}, window_floor=1)
+    res = await c.apply([delta(0, [10])], expected={tp(0): 10}, window_floor=1)
     assert res.window_id == 4
 
 
@@ -181,12 +190,53 @@ async def test_first_window_after_a_loss_takes_the_highest_id_any_client_saw(
     heard that the other closed window 5): the open window takes the higher id as long as it
     has not closed, so no idempotency key is used twice."""
     c = counter(redis_client, unique, max_event=10)
-    res = await c.apply([delta(0, [0, 1])], expected={0: 0}, window_floor=5)  # stale view
-    assert res.lost == {0: 0} and res.window_id == 5
-    res = await c.apply([delta(1, [0, 1, 2])], expected={1: 0}, window_floor=6)
-    assert res.lost == {1: 0} and res.window_id == 6 and res.count == 5
-    res = await c.apply([delta(0, list(range(2, 7)))], expected={0: 2}, window_floor=5)
+    res = await c.apply([delta(0, [0, 1])], expected={tp(0): 0}, window_floor=5)  # stale view
+    assert res.lost == {tp(0): 0} and res.window_id == 5
+    res = await c.apply([delta(1, [0, 1, 2])], expected={tp(1): 0}, window_floor=6)
+    assert res.lost == {tp(1): 0} and res.window_id == 6 and res.count == 5
+    res = await c.apply([delta(0, list(range(2, 7)))], expected={tp(0): 2}, window_floor=5)
     assert res.closed_window_ids == (6,)
     # past the first window after the loss, ids only ever come from Redis
-    res = await c.apply([delta(0, [7])], expected={0: 7}, window_floor=9)
+    res = await c.apply([delta(0, [7])], expected={tp(0): 7}, window_floor=9)
     assert res.window_id == 7
+
+
+async def test_one_window_over_several_topics(redis_client: aredis.Redis, unique: str) -> None:
+    """Partition 0 of two topics is two different partitions: each has its own stored offset
+    and its own range in the window, and both count into the same window."""
+    c = counter(redis_client, unique, max_event=5)
+    res = await c.apply([delta(0, [0, 1, 2], topic="a"), delta(0, [0, 1, 2], topic="b")])
+    assert res.closed_window_ids == (1,) and res.count == 1
+    recs = await history(redis_client, unique)
+    assert orjson.loads(recs[0]["offsets"]) == [
+        {"topic": "a", "partition": 0, "first": 0, "last": 2},
+        {"topic": "b", "partition": 0, "first": 0, "last": 1},
+    ]
+    state = await c.window()
+    assert [(r.topic, r.partition, r.first, r.last) for r in state.ranges] == [("b", 0, 2, 2)]
+    assert await c.stored_offsets([tp(0, "a"), tp(0, "b"), tp(0, "c")]) == {
+        tp(0, "a"): 3,
+        tp(0, "b"): 3,
+    }
+    # a replay of topic a changes nothing; topic b goes on from its own offset
+    res = await c.apply([delta(0, [0, 1, 2], topic="a"), delta(0, [2, 3], topic="b")])
+    assert (res.added, res.skipped, res.count) == (1, 4, 2)
+    with pytest.raises(RedisBehind) as info:
+        await c.apply([delta(0, [3], topic="a")], expected={tp(0, "a"): 9})
+    assert info.value.stored == {tp(0, "a"): 3}
+
+
+async def test_skipped_records_advance_offsets_and_count_as_skipped(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    c = counter(redis_client, unique, max_event=10)
+    only_skipped = PartitionDelta("orders", 0, 4, 0, 4, [], [], 4)  # four tombstones
+    mixed = PartitionDelta("orders", 1, 5, 0, 5, [(0, 1)], [2], 1)  # 2 counted, 1 bad, 1 filtered
+    res = await c.apply([only_skipped, mixed])
+    assert res.added == 2 and res.errors == 1
+    assert await c.stored_offsets([tp(0), tp(1)]) == {tp(0): 4, tp(1): 5}
+    stats = await redis_client.hgetall(f"{unique}:c1:stats")
+    assert (stats[b"skipped"], stats[b"filtered"], stats[b"errors"]) == (b"5", b"1", b"1")
+    # read again (a replay): nothing is recorded twice
+    await c.apply([only_skipped, mixed])
+    assert (await redis_client.hget(f"{unique}:c1:stats", "skipped")) == b"5"

@@ -47,7 +47,7 @@ async def test_unavailable_dlq_holds_the_partition_at_the_bad_event(
     )
     await producer.start()
     dlq_broker.signal(signal.SIGSTOP)
-    counter = WindowCounter(redis_client, ConsumerKeys(unique, "c"), topic=unique, max_event=100)
+    counter = WindowCounter(redis_client, ConsumerKeys(unique, "c"), max_event=100)
     runner = ConsumerRunner(
         cfg.consumers[0], cfg, counter, DeadLetterSink(producer), on_applied=lambda res: None
     )

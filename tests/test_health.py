@@ -182,6 +182,22 @@ def test_events_read_but_none_counted_is_window_stuck() -> None:
     assert judge(idle)[0] == "ok"
 
 
+def test_records_skipped_on_purpose_are_not_a_stuck_window() -> None:
+    # a stream of tombstones after deletes: read, skipped, nothing counted, nothing wrong
+    tombstones = [
+        sample(float(t), position=100 + 20 * t, total=500, skipped=20 * t) for t in range(7)
+    ]
+    assert judge(tombstones)[0] == "ok"
+    # skipped records beside filtered ones: the filtered ones still make the window stuck
+    mixed = [
+        sample(float(t), position=100 + 20 * t, total=500, skipped=10 * t, filtered=10 * t)
+        for t in range(7)
+    ]
+    name, reason = judge(mixed)
+    assert name == "window-stuck"
+    assert reason.startswith("50 event(s) read in the last 5.0s, none counted (50 filtered")
+
+
 # ---- lagging -----------------------------------------------------------------------------------
 
 
@@ -326,6 +342,7 @@ def test_sample_from_the_fleet_model() -> None:
         "partitions": [{"partition": 1, "position": 40, "lag": 12, "owner": "a"}],
         "total": 90,
         "filtered": 4,
+        "skipped": 6,
         "errors": 2,
         "windows": 9,
         "reported_at_ms": 123,
@@ -334,7 +351,7 @@ def test_sample_from_the_fleet_model() -> None:
     s = sample_from_status(c, 5.0, runs=("failed",), breaker_state="open", breaker_failures=3)
     assert s.paused and s.paused_by == "ana" and s.paused_at_ms == 1_700_000_000_000
     assert s.live and s.observed_ms == 123 and s.partitions == (PartitionPoint(1, 40, 12),)
-    assert (s.total, s.filtered, s.errors, s.windows) == (90, 4, 2, 9)
+    assert (s.total, s.filtered, s.skipped, s.errors, s.windows) == (90, 4, 6, 2, 9)
     assert (s.lag, s.time_lag_seconds, s.rate) == (12, 3.5, 7.5)
     assert s.runs == ("failed",) and s.breaker_state == "open" and s.breaker_failures == 3
     stopped = sample_from_status({"instances": [], "state": "stopped"}, 0.0)

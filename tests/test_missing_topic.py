@@ -79,3 +79,51 @@ async def test_a_missing_topic_is_reported_and_joined_once_created(
     finally:
         await engine.stop()
         await kafka.stop()
+
+
+async def test_a_missing_topic_of_a_list_is_reported_while_the_others_count(
+    services: EmbeddedServices,
+    redis_client: aredis.Redis,
+    unique: str,
+    broker_kind: BrokerKind,
+    own_broker: Callable[..., ManagedProcess],
+) -> None:
+    broker = own_broker(**{"auto.create.topics.enable": "false"})
+    bootstrap = f"127.0.0.1:{broker.port}"
+    cid = f"{unique}-c"
+    here, later = f"{unique}.here", f"{unique}.later"
+    cfg = make_config(
+        services,
+        unique,
+        [{"consumer_id": cid, "kafka_topics": [here, later], "max_event": 1000}],
+        kafka={"bootstrap_servers": bootstrap},
+    )
+    kafka = KafkaHelper(bootstrap)
+    await kafka.start()
+    await kafka.create_topic(here, 1)
+    await kafka.produce(here, ({"i": i} for i in range(5)), partitions=1)
+    engine = await start_engine(cfg)
+    runner = engine._consumers[cid].runner
+    try:
+
+        async def here_counted() -> bool:
+            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 5
+
+        await wait_for(here_counted, 30, what="the existing topic counted")
+        if broker_kind == "apache":
+
+            async def reported() -> bool:
+                return runner.last_error == missing_topic_message(later)
+
+            await wait_for(reported, 20, what="the missing topic reported")
+        await kafka.create_topic(later, 1)
+        await kafka.produce(later, ({"i": i} for i in range(3)), partitions=1)
+
+        async def all_counted() -> bool:
+            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 8
+
+        await wait_for(all_counted, 30, what="the topic created later counted")
+        assert runner.last_error is None and not runner.topic_missing
+    finally:
+        await engine.stop()
+        await kafka.stop()

@@ -17,6 +17,7 @@ import aiohttp
 import redis.asyncio as aredis
 from rich.console import Console
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
@@ -502,3 +503,38 @@ async def test_alert_events_of_channel_tui_become_toasts() -> None:
         source.emit_alert(replace(event, status=AlertStatus.RESOLVED, message="ok: caught up"))
         await pilot.pause()
         assert _notes(app)[-1] == ("Alert stalled resolved", "orders: ok: caught up", "information")
+
+
+async def test_detail_view_of_a_consumer_of_two_topics_lists_each_topic_partition(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    """Partition 0 of two topics: two rows, each naming its topic (one key per row)."""
+    a, b = f"{unique}.a", f"{unique}.b"
+    await kafka.create_topic(a, 1)
+    await kafka.create_topic(b, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services, unique, [{"consumer_id": cid, "kafka_topics": [a, b], "max_event": 1000}]
+    )
+    await kafka.produce(a, ({"i": i} for i in range(2)), partitions=1)
+    await kafka.produce(b, ({"i": i} for i in range(3)), partitions=1)
+    app, engine = _app(cfg)
+    async with running(app) as pilot:
+
+        async def counted() -> bool:
+            return int(await redis_client.get(f"{unique}:{cid}:events") or 0) == 5
+
+        await wait_for(counted, 20, what="5 counted")
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        screen = app.screen
+
+        async def both_rows() -> bool:
+            await pilot.pause()
+            table = screen.query_one("#partitions", DataTable)
+            rows = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+            return sorted(rows) == [f"{a} 0", f"{b} 0"]
+
+        await wait_for(both_rows, 15, what="a row per topic-partition")
+        await pilot.press("escape")
+        await _quit(pilot, app, engine)

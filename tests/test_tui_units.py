@@ -47,6 +47,7 @@ from kafkaconsole.tui.viewmodel import (
     config_lines,
     fmt_clock,
     fmt_count,
+    fmt_offsets,
     fmt_rate,
     fmt_span,
     lag_trend,
@@ -208,6 +209,30 @@ def test_history_rows_and_partitions() -> None:
     assert [p.owner for p in parts] == ["ops-1-4242", "ops-1-4242", "ops-2-5151"]
     local = partitions_of("orders", sample_snapshot(), None)
     assert [p.partition for p in local] == [0, 1] and local[0].owner == "ops-1-4242"
+
+
+def test_many_topics_name_their_topic_in_offsets_and_partitions() -> None:
+    one = [{"topic": "orders", "partition": 0, "first": 0, "last": 9}]
+    assert fmt_offsets(one) == "p0 0-9"  # one topic: as it always was
+    two = [*one, {"topic": "lines", "partition": 0, "first": 5, "last": 7}]
+    assert fmt_offsets(two) == "orders p0 0-9, lines p0 5-7"
+    status = {
+        "consumers": [
+            {
+                "consumer_id": "shop",
+                "state": "running",
+                "partitions": [
+                    {"topic": "orders", "partition": 0, "position": 3, "owner": "a"},
+                    {"topic": "lines", "partition": 0, "position": 4, "owner": "a"},
+                ],
+            }
+        ]
+    }
+    parts = FleetView.from_status(status).consumers["shop"].partitions
+    assert [(p.topic, p.partition, p.position) for p in parts] == [
+        ("orders", 0, 3),
+        ("lines", 0, 4),
+    ]
 
 
 def test_config_lines_mask_secrets() -> None:

@@ -188,6 +188,9 @@ def _instances_running(instances: list[dict[str, Any]], consumer_id: str) -> lis
 # ---- status / info / lag / history ------------------------------------------------------------
 
 
+PARTITION_COLUMNS = ("PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG", "TIME LAG")
+
+
 def _verdict(c: dict[str, Any]) -> str:
     """``stalled``, with ``!N`` when N alerts fire."""
     v = c.get("verdict") or "-"
@@ -293,17 +296,20 @@ def _info_text(d: dict[str, Any]) -> str:
         f"next trigger in {duration(d.get('time_to_trigger_seconds'))}",
         f"rate         {d['rate']:g} events/s",
         f"totals       {t['events']} counted, {t['filtered']} filtered, "
-        f"{t['discarded']} discarded, {t['windows']} windows",
+        f"{t['skipped']} skipped, {t['discarded']} discarded, {t['windows']} windows",
         f"errors       {e['count']} (dlq {e['dlq']}), last: {e['last_error'] or '-'}",
         f"last trigger {_last_trigger(d['last_trigger'])}",
     ]
     if d["partitions"]:
+        # one topic: the partition number says it all; several: each row names its topic
+        many = len(d.get("topics") or ()) != 1
         lines += [
             "",
             table(
-                ["PARTITION", "OWNER", "POSITION", "HIGHWATER", "LAG", "TIME LAG"],
+                [*(["TOPIC"] if many else []), *PARTITION_COLUMNS],
                 [
                     [
+                        *([p.get("topic")] if many else []),
                         p["partition"],
                         p.get("owner"),
                         p["position"],
@@ -362,7 +368,7 @@ def _lag_text(data: dict[str, Any]) -> str:
         for p in c["partitions"]:
             row = [
                 c["consumer_id"],
-                c["kafka_topic"],
+                p.get("topic") or c["kafka_topic"],
                 p["partition"],
                 p.get("owner"),
                 p["position"],
@@ -417,8 +423,8 @@ def lag(
 async def _add_committed(cfg: AppConfig, data: dict[str, Any]) -> None:
     """Put each group's committed offset beside every partition (``committed``; None when
     the group committed nothing there), or the reason it is unknown (``committed_error``)."""
-    groups = {
-        c.effective_group_id: c.kafka_topic
+    groups: dict[str, Callable[[str], bool]] = {
+        c.effective_group_id: c.reads_topic
         for c in cfg.consumers
         if any(d["consumer_id"] == c.consumer_id for d in data["consumers"])
     }
@@ -428,7 +434,8 @@ async def _add_committed(cfg: AppConfig, data: dict[str, Any]) -> None:
         group = found[cfg.consumer(entry["consumer_id"]).effective_group_id]
         entry["committed_error"] = group.error
         for p in entry["partitions"]:
-            p["committed"] = None if group.error else group.offsets.get(p["partition"])
+            key = (p.get("topic") or entry["kafka_topic"], p["partition"])
+            p["committed"] = None if group.error else group.offsets.get(key)
 
 
 def _history_text(records: list[dict[str, Any]]) -> str:

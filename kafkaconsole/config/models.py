@@ -22,6 +22,12 @@ from pydantic import (
 MAX_COUNT = 2**53 - 1
 """Counts, offsets and max_event stay below 2**53: Redis Lua numbers are doubles."""
 CONSUMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]+$"
+TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=TOPIC_PATTERN)]
+#: Topics a topic_pattern never subscribes to beside the consumer's own DLQ: internal ones
+#: (``__consumer_offsets``, Debezium's ``__debezium-heartbeat.*``, Kafka Connect's
+#: ``__connect.*`` and the like)
+INTERNAL_TOPIC_PREFIX = "__"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
@@ -64,6 +70,8 @@ class KafkaConfig(Section):
     """Seconds between Kafka commits (Redis holds the truth; commits keep lag tools right)."""
     request_timeout_ms: int = Field(40_000, ge=1_000, le=600_000)
     """How long a consumer waits for a broker's answer (a hung leader holds its partitions)."""
+    metadata_max_age_ms: int = Field(300_000, ge=1_000, le=86_400_000)
+    """Milliseconds between two metadata refreshes: a topic_pattern sees new topics within it."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaConfig:
@@ -166,7 +174,7 @@ class ErrorHandling(Section):
     on_error: Literal["dlq", "skip", "stop"] = "dlq"
     """Bad events: send to the DLQ topic, skip them (counted as errors), or stop the consumer."""
     dlq_topic: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
-    """Dead-letter topic (default: <kafka_topic>.dlq)."""
+    """Dead-letter topic (default: <kafka_topic>.dlq, or <consumer_id>.dlq with many topics)."""
 
 
 class PipelineBase(Section):
@@ -323,8 +331,12 @@ PipelineConfig = Annotated[
 class ConsumerConfig(Section):
     consumer_id: str = Field(pattern=CONSUMER_ID_PATTERN)
     """Unique id; names the Redis keys (<key_prefix>:<consumer_id>:events)."""
-    kafka_topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
-    """Topic to consume."""
+    kafka_topic: str | None = Field(None, min_length=1, max_length=249, pattern=TOPIC_PATTERN)
+    """Topic to consume (or kafka_topics, or topic_pattern: exactly one of the three)."""
+    kafka_topics: list[TopicName] | None = Field(None, min_length=1, max_length=1000)
+    """Topics to consume into one window (instead of kafka_topic)."""
+    topic_pattern: str | None = Field(None, min_length=1, max_length=1000)
+    """Regex a topic's whole name must match, topics created later included (see README)."""
     pipeline_name: str
     """Names a [pipelines.NAME] table."""
     connection_id: str
@@ -343,8 +355,12 @@ class ConsumerConfig(Section):
     """Seconds a poll waits for records."""
     group_id: str | None = None
     """Kafka consumer group (default kafkaconsole-<consumer_id>)."""
-    format: Literal["json", "text", "raw"] = "json"
-    """json and text validate each event; raw counts bytes as they are."""
+    format: Literal["json", "text", "raw", "debezium"] = "json"
+    """json and text validate each event; raw counts bytes; debezium reads change events."""
+    tombstones: Literal["skip", "count"] = "skip"
+    """Records with a null value: skip (recorded as skipped, never an error) or count them."""
+    snapshot_reads: Literal["count", "skip"] = "count"
+    """format = "debezium": count snapshot reads (op = r) or skip them (recorded as skipped)."""
     filter: dict[str, Any] | None = None
     """Count only JSON events whose fields equal these values (dotted paths allowed)."""
     processor: str | None = Field(None, pattern=TARGET_PATTERN)
@@ -364,7 +380,84 @@ class ConsumerConfig(Section):
 
     @property
     def dlq_topic(self) -> str:
-        return self.error_handling.dlq_topic or f"{self.kafka_topic}.dlq"
+        """The DLQ: ``<kafka_topic>.dlq`` by default, ``<consumer_id>.dlq`` with many topics."""
+        if self.error_handling.dlq_topic:
+            return self.error_handling.dlq_topic
+        if self.kafka_topic is not None:
+            return f"{self.kafka_topic}.dlq"
+        return f"{self.consumer_id}.dlq"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topics named (kafka_topic or kafka_topics); empty with topic_pattern."""
+        if self.kafka_topic is not None:
+            return (self.kafka_topic,)
+        return tuple(self.kafka_topics or ())
+
+    @property
+    def topic_label(self) -> str:
+        """What status and the console show as the consumer's topic: the topic, the topics
+        joined with commas, or the pattern as ``/regex/``."""
+        if self.topic_pattern is not None:
+            return f"/{self.topic_pattern}/"
+        return ",".join(self.topics)
+
+    @property
+    def subscription_regex(self) -> str | None:
+        """The regex the consumer subscribes with (topic_pattern only): the whole name must
+        match, and internal topics (``__`` prefix) and the consumer's DLQ never do."""
+        if self.topic_pattern is None:
+            return None
+        return (
+            f"(?!{INTERNAL_TOPIC_PREFIX})(?!{re.escape(self.dlq_topic)}\\Z)"
+            f"(?:{self.topic_pattern})\\Z"
+        )
+
+    def reads_topic(self, topic: str) -> bool:
+        """Whether ``topic`` is one this consumer reads (named, or matched by its pattern)."""
+        regex = self.subscription_regex
+        if regex is None:
+            return topic in self.topics
+        return re.match(regex, topic) is not None
+
+    @model_validator(mode="after")
+    def _one_topic_source(self) -> ConsumerConfig:
+        given = [
+            name
+            for name, value in (
+                ("kafka_topic", self.kafka_topic),
+                ("kafka_topics", self.kafka_topics),
+                ("topic_pattern", self.topic_pattern),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            which = "none" if not given else " and ".join(given)
+            raise ValueError(
+                f"consumer {self.consumer_id!r} needs exactly one of kafka_topic, kafka_topics "
+                f"or topic_pattern ({which} given)"
+            )
+        if self.kafka_topics is not None and len(set(self.kafka_topics)) != len(self.kafka_topics):
+            raise ValueError(f"consumer {self.consumer_id!r}: kafka_topics names a topic twice")
+        if self.topic_pattern is not None:
+            try:
+                re.compile(self.topic_pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"consumer {self.consumer_id!r}: topic_pattern is not a valid regex: {exc}"
+                ) from None
+        if self.dlq_topic in self.topics:
+            raise ValueError(
+                f"consumer {self.consumer_id!r}: its DLQ topic {self.dlq_topic!r} is also a "
+                "topic it reads"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _snapshot_reads_need_debezium(self) -> ConsumerConfig:
+        if self.snapshot_reads == "skip" and self.format != "debezium":
+            raise ValueError('snapshot_reads = "skip" needs format = "debezium"')
+        return self
 
     @field_validator("filter")
     @classmethod

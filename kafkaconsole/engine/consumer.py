@@ -94,11 +94,29 @@ def missing_topic_message(topic: str) -> str:
     return f"topic {topic!r} does not exist on the brokers; waiting for it to be created"
 
 
+def missing_topics_message(topics: list[str]) -> str:
+    """The message for the named topics that do not exist (one: as for a single topic)."""
+    if len(topics) == 1:
+        return missing_topic_message(topics[0])
+    names = ", ".join(repr(t) for t in topics)
+    return f"topics {names} do not exist on the brokers; waiting for them to be created"
+
+
 def session_timeout_message(session_timeout_ms: int) -> str:
     return (
         f"the brokers refused [kafka] session_timeout_ms = {session_timeout_ms}: it must lie "
         "within their group.min.session.timeout.ms and group.max.session.timeout.ms (6000 and "
         "1800000 by default)"
+    )
+
+
+def describe_partitions(partitions: Any) -> str:
+    """``orders partition(s) 0, 1; payments partition(s) 2`` for log lines and errors."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(partitions):
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return "; ".join(
+        f"{topic} partition(s) {', '.join(map(str, parts))}" for topic, parts in by_topic.items()
     )
 
 
@@ -142,7 +160,10 @@ class ConsumerRunner:
             self.processors = ProcessorRunner(
                 self.classifier, cfg.processor, cfg.processor_timeout, cfg.consumer_id
             )
-        self.topic = cfg.kafka_topic
+        #: the topics named (kafka_topic, kafka_topics); empty with topic_pattern
+        self.topics = cfg.topics
+        #: what messages call the consumer's topics (the topic, "a,b", or "/pattern/")
+        self.topic = cfg.topic_label
         self.state = ConsumerState.STARTING
         self.paused = False
         self._pause_applied = False
@@ -154,10 +175,10 @@ class ConsumerRunner:
             app.retry_policy_for(cfg) if cfg.pipeline_name in app.pipelines else RetryPolicy()
         )
         self.last_error: str | None = None
-        # what this consumer knows of each partition it owns (or owned: the last commit of
-        # a revoked partition is kept, the rest is reset)
-        self.parts: dict[int, PartitionState] = {}
-        self.assigned: set[int] = set()
+        # what this consumer knows of each topic-partition it owns (or owned: the last commit
+        # of a revoked partition is kept, the rest is reset)
+        self.parts: dict[TopicPartition, PartitionState] = {}
+        self.assigned: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._queued: list[list[PartitionDelta]] = []  # polls classified, not yet counted
         self._counting: asyncio.Task[None] | None = None  # counts the queued polls
@@ -169,11 +190,13 @@ class ConsumerRunner:
         self._kafka_failed = False  # the last poll raised
         # Redis lost counting state (see WindowCounter.apply): where each partition must be
         # read again from, applied by the poll loop; polls fetched meanwhile are dropped
-        self._resync: dict[int, int] | None = None
+        self._resync: dict[TopicPartition, int] | None = None
         self.window_floor = 0  # the highest open window id seen: ids never go back below it
         self.state_losses = 0  # times Redis was found to have lost counting state
-        self.topic_missing = False  # the brokers do not know the topic (waiting for it)
-        self.topic_ends: dict[int, int] = {}  # end offset of every partition of the topic
+        self.topic_missing = False  # the brokers do not know a named topic (waiting for it)
+        self._missing: list[str] = []  # the named topics the brokers do not know
+        # end offset of every partition of the topics read, owned here or not
+        self.topic_ends: dict[TopicPartition, int] = {}
         self._topic_misses = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -193,6 +216,7 @@ class ConsumerRunner:
             isolation_level="read_committed",
             fetch_max_bytes=fetch_max,
             max_partition_fetch_bytes=partition_max,
+            metadata_max_age_ms=k.metadata_max_age_ms,
             **kafka_kwargs(k),
         )
 
@@ -208,7 +232,12 @@ class ConsumerRunner:
             # subscribed after start: subscribed before, a start waits for the topic's
             # metadata and fails when the topic does not exist (auto-creation off); this way
             # the consumer waits for it, says so, and joins once it is created
-            consumer.subscribe([self.topic], listener=_Listener(self))
+            pattern = self.cfg.subscription_regex
+            if pattern is not None:
+                # topics created later join at the next metadata refresh (metadata_max_age_ms)
+                consumer.subscribe(pattern=pattern, listener=_Listener(self))
+            else:
+                consumer.subscribe(list(self.topics), listener=_Listener(self))
             tune_gc()
             self._kafka_answered()
             probe = asyncio.create_task(
@@ -257,9 +286,9 @@ class ConsumerRunner:
                 for tp in consumer.assignment():
                     hw = consumer.highwater(tp)
                     if hw is not None:
-                        st = parts.get(tp.partition)
+                        st = parts.get(tp)
                         if st is None:
-                            st = parts[tp.partition] = PartitionState()
+                            st = parts[tp] = PartitionState()
                         # never below what refresh_positions learnt from the brokers
                         if st.highwater is not None and st.highwater > hw:
                             hw = st.highwater
@@ -330,21 +359,21 @@ class ConsumerRunner:
         return self.processors.stall() if self.processors is not None else None
 
     # ---- time lag (per poll and partition, never per record) -------------------------------
-    def _state(self, p: int) -> PartitionState:
-        st = self.parts.get(p)
+    def _state(self, tp: TopicPartition) -> PartitionState:
+        st = self.parts.get(tp)
         if st is None:
-            st = self.parts[p] = PartitionState()
+            st = self.parts[tp] = PartitionState()
         return st
 
-    def next_offset(self, p: int) -> int | None:
-        """The next offset of partition ``p`` this instance counts (None: not known yet)."""
-        st = self.parts.get(p)
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """The next offset of ``tp`` this instance counts (None: not known yet)."""
+        st = self.parts.get(tp)
         return st.next if st is not None else None
 
     def _note_times(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
             if records:
-                st = self._state(tp.partition)
+                st = self._state(tp)
                 self._drop_counted(st)
                 first, last = records[0], records[-1]
                 if first.timestamp is not None and first.timestamp >= 0:
@@ -360,11 +389,11 @@ class ConsumerRunner:
             if st.last_ts is None or last_ts > st.last_ts:
                 st.last_ts = last_ts
 
-    def oldest_unconsumed_ts(self, p: int) -> int | None:
-        """Timestamp of partition ``p``'s oldest unconsumed event: exact while a polled batch
-        waits to be counted (its first record), else a lower bound (the newest event counted,
-        or when the partition was last caught up). None when neither is known."""
-        st = self.parts.get(p)
+    def oldest_unconsumed_ts(self, tp: TopicPartition) -> int | None:
+        """Timestamp of ``tp``'s oldest unconsumed event: exact while a polled batch waits to
+        be counted (its first record), else a lower bound (the newest event counted, or when
+        the partition was last caught up). None when neither is known."""
+        st = self.parts.get(tp)
         if st is None:
             return None
         self._drop_counted(st)
@@ -373,9 +402,9 @@ class ConsumerRunner:
         bounds = [t for t in (st.last_ts, st.caught_up_ms) if t is not None]
         return max(bounds) if bounds else None
 
-    def _forget_times(self, partitions: set[int]) -> None:
-        for p in partitions:
-            st = self.parts.get(p)
+    def _forget_times(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            st = self.parts.get(tp)
             if st is not None:
                 st.forget_times()
 
@@ -399,13 +428,18 @@ class ConsumerRunner:
         if self.processors is not None:
             # user code runs off the loop (kafkaconsole.engine.processing), in order
             batch = self._above_floor(batch)
-            items = [(tp.partition, r.offset, r.value) for tp, recs in batch.items() for r in recs]
+            # one topic: records named by partition number (as messages say); many: by topic too
+            many = len(self.topics) != 1
+            items = [
+                (tp if many else tp.partition, r.offset, r.value)
+                for tp, recs in batch.items()
+                for r in recs
+            ]
             outcomes = await self.processors.classify(items, stop, stop_at_bad=on_error == "stop")
             if outcomes is None or self._drop_if_resyncing(batch):
                 return  # stopping (or Redis lost state meanwhile): the records are read again
         deltas, bad, _ = build_batch(
             self.classifier,
-            self.topic,
             batch,
             self.parts,
             stop_at_bad=on_error == "stop",
@@ -456,7 +490,7 @@ class ConsumerRunner:
         """The records of ``batch`` not yet counted by this instance (as build_batch keeps)."""
         out = {}
         for tp, records in batch.items():
-            st = self.parts.get(tp.partition)
+            st = self.parts.get(tp)
             floor = st.next if st is not None and st.next is not None else -1
             if records and records[0].offset < floor:
                 records = [r for r in records if r.offset >= floor]
@@ -499,7 +533,7 @@ class ConsumerRunner:
         if consumer is None:
             return False
         for d in deltas:
-            hw = consumer.highwater(TopicPartition(self.topic, d.partition))
+            hw = consumer.highwater(TopicPartition(d.topic, d.partition))
             if hw is not None and d.next_offset < hw:
                 return True
         return False
@@ -525,9 +559,10 @@ class ConsumerRunner:
                 parts = self.parts
                 expected = {}
                 for d in deltas:
-                    st = parts.get(d.partition)
+                    tp = TopicPartition(d.topic, d.partition)
+                    st = parts.get(tp)
                     if st is not None and st.next is not None:
-                        expected[d.partition] = st.next
+                        expected[tp] = st.next
                 try:
                     result = await self._apply(deltas, stop, expected)
                 except RedisBehind as exc:
@@ -539,9 +574,10 @@ class ConsumerRunner:
                     self._queued.clear()
                     return
                 for d in deltas:
-                    st = parts.get(d.partition)
+                    tp = TopicPartition(d.topic, d.partition)
+                    st = parts.get(tp)
                     if st is None:
-                        st = parts[d.partition] = PartitionState()
+                        st = parts[tp] = PartitionState()
                     if st.next is None or d.next_offset > st.next:
                         st.next = d.next_offset
                 self.fault_hook("after_apply")
@@ -565,7 +601,7 @@ class ConsumerRunner:
             await task
 
     async def _apply(
-        self, deltas: list[Any], stop: asyncio.Event, expected: dict[int, int]
+        self, deltas: list[Any], stop: asyncio.Event, expected: dict[TopicPartition, int]
     ) -> ApplyResult | None:
         """Count ``deltas``, waiting for Redis as long as it takes (None: stopping first)."""
 
@@ -604,23 +640,26 @@ class ConsumerRunner:
     # Redis says counting stopped: the same events close the same windows (same ids, so a
     # pipeline already run for one sees its idempotency key again). Every poll fetched after
     # the refused one is dropped and its partition read again from what Redis holds.
-    def _start_resync(self, stored: dict[int, int], deltas: list[PartitionDelta]) -> None:
-        targets: dict[int, int] = {}
+    def _start_resync(
+        self, stored: dict[TopicPartition, int], deltas: list[PartitionDelta]
+    ) -> None:
+        targets: dict[TopicPartition, int] = {}
         for d in deltas + [d for poll in self._queued for d in poll]:
-            if d.partition not in targets:
-                counted = self.next_offset(d.partition)
-                targets[d.partition] = counted if counted is not None else d.first_offset
+            tp = TopicPartition(d.topic, d.partition)
+            if tp not in targets:
+                counted = self.next_offset(tp)
+                targets[tp] = counted if counted is not None else d.first_offset
         self._queued.clear()
         targets.update(stored)
-        for p, o in stored.items():  # what a commit on the way out may say from now on
-            st = self.parts.get(p)
+        for tp, o in stored.items():  # what a commit on the way out may say from now on
+            st = self.parts.get(tp)
             if st is not None and st.next is not None:
                 st.next = min(st.next, o)
         self.state_losses += 1
-        for p, o in sorted(stored.items()):
+        for tp, o in sorted(stored.items()):
             self._note_error(
-                f"Redis lost counting state: partition {p} of {self.topic} is stored at "
-                f"{o}, below what was counted; reading again from {o}"
+                f"Redis lost counting state: partition {tp.partition} of {tp.topic} is stored "
+                f"at {o}, below what was counted; reading again from {o}"
             )
         self._resync = targets
 
@@ -630,9 +669,8 @@ class ConsumerRunner:
             return False
         for tp, records in batch.items():
             if records:
-                p = tp.partition
-                counted = self.next_offset(p)
-                self._resync.setdefault(p, counted if counted is not None else records[0].offset)
+                counted = self.next_offset(tp)
+                self._resync.setdefault(tp, counted if counted is not None else records[0].offset)
         return True
 
     def _do_resync(self) -> None:
@@ -640,29 +678,28 @@ class ConsumerRunner:
         consumer = self._consumer
         if consumer is None:
             return
-        owned = {tp.partition for tp in consumer.assignment()}
-        for p, offset in sorted(targets.items()):
-            if p not in owned:
+        owned = set(consumer.assignment())
+        for tp, offset in sorted(targets.items()):
+            if tp not in owned:
                 continue
-            consumer.seek(TopicPartition(self.topic, p), offset)
-            st = self.parts.get(p)
+            consumer.seek(tp, offset)
+            st = self.parts.get(tp)
             if st is not None:
                 st.unapplied.clear()
                 st.committed = None
         log.warning(
-            "%s: reading partitions %s of %s again after Redis lost state",
+            "%s: reading %s again after Redis lost state",
             self.cfg.consumer_id,
-            sorted(p for p in targets if p in owned),
-            self.topic,
+            describe_partitions(tp for tp in targets if tp in owned),
         )
 
-    def _note_lost(self, lost: dict[int, int]) -> None:
+    def _note_lost(self, lost: dict[TopicPartition, int]) -> None:
         self.state_losses += 1
-        parts = ", ".join(str(p) for p in sorted(lost))
+        parts = describe_partitions(lost)
         self._note_error(
-            f"Redis lost counting state of {self.topic} partition(s) {parts}: the events "
+            f"Redis lost counting state of {parts}: the events "
             f"counted before (and the open window) are gone from Redis; counting goes on from "
-            f"offset(s) {', '.join(str(lost[p]) for p in sorted(lost))} with window ids from "
+            f"offset(s) {', '.join(str(lost[tp]) for tp in sorted(lost))} with window ids from "
             f"{self.window_floor}"
         )
 
@@ -695,22 +732,22 @@ class ConsumerRunner:
         self.state = ConsumerState.REBALANCING if self.state != ConsumerState.ERROR else self.state
         with contextlib.suppress(Exception):  # the loop sees the same error when it settles
             await self._settle()
-        await self._commit(only={tp.partition for tp in revoked})
-        self._forget_times({tp.partition for tp in revoked})
+        await self._commit(only=set(revoked))
+        self._forget_times(set(revoked))
         for tp in revoked:
             if self._resync is not None:
-                self._resync.pop(tp.partition, None)
-            st = self.parts.get(tp.partition)
+                self._resync.pop(tp, None)
+            st = self.parts.get(tp)
             if st is not None:  # the last commit is kept: it is what Kafka holds
                 st.next = st.highwater = st.position = None
-            self.assigned.discard(tp.partition)
+            self.assigned.discard(tp)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
         assert consumer is not None
         self._kafka_answered()  # the group coordinator just answered
-        parts = sorted(tp.partition for tp in assigned)
-        stored: dict[int, int] = {}
+        parts = sorted(assigned)
+        stored: dict[TopicPartition, int] = {}
         try:
             stored = await retry_call(
                 lambda: self.counter.stored_offsets(parts),
@@ -725,27 +762,25 @@ class ConsumerRunner:
             # reading from Kafka's committed offsets instead: they never run ahead of what
             # Redis counted, and the counting script skips whatever it counted already
             log.warning(
-                "%s: partitions %s of %s start from Kafka's committed offsets (Redis did not "
+                "%s: %s start from Kafka's committed offsets (Redis did not "
                 "answer); nothing is counted twice",
                 self.cfg.consumer_id,
-                parts,
-                self.topic,
+                describe_partitions(parts),
             )
         self._forget_times(set(parts))
         for tp in assigned:
-            if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
-                self._state(tp.partition).next = stored[tp.partition]
-        self.assigned = {tp.partition for tp in consumer.assignment()}
+            if tp in stored:
+                consumer.seek(tp, stored[tp])
+                self._state(tp).next = stored[tp]
+        self.assigned = set(consumer.assignment())
         if self.paused and assigned:
             consumer.pause(*assigned)
         if self.state != ConsumerState.ERROR:
             self.state = ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING
         log.info(
-            "%s: assigned partitions %s of %s",
+            "%s: assigned partitions %s",
             self.cfg.consumer_id,
-            parts,
-            self.topic,
+            describe_partitions(parts) or "(none)",
             extra={"event": "rebalance", "consumer_id": self.cfg.consumer_id},
         )
 
@@ -754,18 +789,18 @@ class ConsumerRunner:
         if time.monotonic() - self._last_commit >= self.app.kafka.commit_interval:
             await self._commit()
 
-    async def _commit(self, only: set[int] | None = None) -> None:
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         consumer = self._consumer
         if consumer is None:
             return
         self._last_commit = time.monotonic()
-        owned = {tp.partition for tp in consumer.assignment()}
+        owned = consumer.assignment()
         offsets = {
-            TopicPartition(self.topic, p): st.next
-            for p, st in self.parts.items()
+            tp: st.next
+            for tp, st in self.parts.items()
             if st.next is not None
-            and p in owned
-            and (only is None or p in only)
+            and tp in owned
+            and (only is None or tp in only)
             and st.committed != st.next
         }
         if not offsets:
@@ -773,7 +808,7 @@ class ConsumerRunner:
         try:
             await consumer.commit(offsets)
             for tp, o in offsets.items():
-                self.parts[tp.partition].committed = o
+                self.parts[tp].committed = o
         except Exception as exc:  # commits are advisory: Redis holds the truth
             log.debug("%s: commit skipped: %s", self.cfg.consumer_id, exc)
 
@@ -797,61 +832,77 @@ class ConsumerRunner:
         if consumer is None:
             return
         assigned = list(consumer.assignment())
-        if not assigned:
-            with contextlib.suppress(Exception):  # no partition to ask about: ask for metadata
+        # a named topic unknown to the metadata (a list of topics may have some assigned and
+        # some not created yet): ask for the metadata, as with nothing assigned at all
+        unknown = [t for t in self.topics if consumer.partitions_for_topic(t) is None]
+        if not assigned or unknown:
+            with contextlib.suppress(Exception):  # ask the brokers which topics exist
                 topics = await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_S)
                 self._kafka_answered()
                 await self._check_topic_exists(consumer, topics)
-            return
-        # every partition of the topic, owned or not: the fleet's lag covers partitions no
-        # instance owns right now (their lag is measured from what Redis says was counted)
-        every = {tp.partition for tp in assigned} | (
-            consumer.partitions_for_topic(self.topic) or set()
-        )
+            if not assigned:
+                return
+        # every partition of the topics read, owned or not: the fleet's lag covers partitions
+        # no instance owns right now (their lag is measured from what Redis says was counted)
+        every = set(assigned)
+        for topic in consumer.subscription():
+            for p in consumer.partitions_for_topic(topic) or ():
+                every.add(TopicPartition(topic, p))
         with contextlib.suppress(Exception):
-            ends = await asyncio.wait_for(
-                consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(every)]),
-                PROBE_TIMEOUT_S,
-            )
+            ends = await asyncio.wait_for(consumer.end_offsets(sorted(every)), PROBE_TIMEOUT_S)
             self._kafka_answered()
-            self.topic_ends = {tp.partition: end for tp, end in ends.items() if end is not None}
+            self.topic_ends = {tp: end for tp, end in ends.items() if end is not None}
             for tp, end in ends.items():
-                if tp.partition in self.assigned and end is not None:
-                    st = self._state(tp.partition)
+                if tp in self.assigned and end is not None:
+                    st = self._state(tp)
                     if st.highwater is None or end > st.highwater:
                         st.highwater = end
         for tp in assigned:
-            if self.next_offset(tp.partition) is not None:
+            if self.next_offset(tp) is not None:
                 continue
             with contextlib.suppress(Exception):
                 position = await asyncio.wait_for(consumer.position(tp), PROBE_TIMEOUT_S)
-                self._state(tp.partition).position = position
+                self._state(tp).position = position
 
     async def _check_topic_exists(self, consumer: AIOKafkaConsumer, topics: set[str]) -> None:
-        """With no partition assigned: say so once if the topic does not exist (the consumer
+        """With a named topic not assigned: say so once if it does not exist (the consumer
         waits for it); once it exists, refresh the metadata at once so the group assigns its
-        partitions now rather than at the next periodic refresh (minutes away)."""
-        if self.topic not in topics:
+        partitions now rather than at the next periodic refresh (minutes away). A pattern
+        names no topic: it waits for a match quietly (the metadata refresh brings it)."""
+        missing = [t for t in self.topics if t not in topics]
+        if missing:
             # a broker that creates topics on first use does so on the group's first metadata
             # request: only a second probe that misses it means the topic does not exist
             self._topic_misses += 1
             if self._topic_misses >= 2:
-                self._note_error(missing_topic_message(self.topic))
+                if (
+                    self.topic_missing
+                    and missing != self._missing
+                    and self.last_error == missing_topics_message(self._missing)
+                ):
+                    self.last_error = None  # another set of topics is missing now
+                self._note_error(missing_topics_message(missing))
                 self.topic_missing = True
+                self._missing = missing
             return
         self._topic_misses = 0
         if self.topic_missing:
             self.topic_missing = False
-            if self.last_error == missing_topic_message(self.topic):
+            if self.last_error == missing_topics_message(self._missing):
                 self.last_error = None
-            log.info("%s: topic %s exists now; joining", self.cfg.consumer_id, self.topic)
+            log.info(
+                "%s: topic(s) %s exist now; joining",
+                self.cfg.consumer_id,
+                ", ".join(self._missing),
+            )
+            self._missing = []
             await consumer._client.force_metadata_update()
 
     def partitions(self) -> tuple[PartitionSnapshot, ...]:
         out = []
         now_ms = time.time_ns() // 1_000_000
-        for p in sorted(self.assigned):
-            st = self._state(p)
+        for tp in sorted(self.assigned):
+            st = self._state(tp)
             pos = st.next if st.next is not None else st.position
             self._drop_counted(st)
             pending = st.unapplied
@@ -861,7 +912,7 @@ class ConsumerRunner:
                 pos = min(pos, pending[0][0])
             hw = st.highwater
             lag = max(hw - pos, 0) if hw is not None and pos is not None else None
-            oldest = self.oldest_unconsumed_ts(p) if lag else None
+            oldest = self.oldest_unconsumed_ts(tp) if lag else None
             tl = time_lag_seconds(lag, oldest, now_ms)
-            out.append(PartitionSnapshot(p, pos, hw, lag, tl, oldest))
+            out.append(PartitionSnapshot(tp.partition, pos, hw, lag, tl, oldest, tp.topic))
         return tuple(out)

@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.keys import ConsumerKeys, offset_field
 from kafkaconsole.engine.records import OffsetRange, TriggerReason
 
 _PRELUDE = r"""
@@ -122,18 +123,20 @@ end
 _APPLY = (
     _PRELUDE
     + r"""
--- ARGV: max_event, history_limit, topic, then ONE space-separated string of integers:
---   window_floor, n_expect, (partition, expected)*, n_parts, then per partition:
---   partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err, err_offset*
+-- ARGV: max_event, history_limit, then ONE space-separated string of tokens (topic names
+-- hold no spaces, every other token is an integer):
+--   window_floor, n_expect, (topic, partition, expected)*, n_parts, then per partition:
+--   topic, partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err,
+--   err_offset*, n_skipped (records skipped on purpose: tombstones, heartbeats; stats
+--   field "skipped")
 -- (one argument instead of dozens: the client packs a poll's deltas with a single join)
-local A = {ARGV[1], ARGV[2], ARGV[3]}
-for tok in string.gmatch(ARGV[4], '%S+') do A[#A + 1] = tok end
+local A = {ARGV[1], ARGV[2]}
+for tok in string.gmatch(ARGV[3], '%S+') do A[#A + 1] = tok end
 local max_event = tonumber(A[1])
 local history_limit = tonumber(A[2])
-local topic = A[3]
-local window_floor = tonumber(A[4])
-local n_expect = tonumber(A[5])
-local i = 6
+local window_floor = tonumber(A[3])
+local n_expect = tonumber(A[4])
+local i = 5
 
 -- What the client believes Redis holds: per partition, the next offset it last saw stored.
 -- Stored offsets only grow, so a stored offset below that means Redis lost writes (a crash
@@ -151,24 +154,26 @@ local function stored_offset(key)
   return s
 end
 
-local behind, lost = {}, {}
+local behind, lost = {}, {}  -- flat (topic, partition, offset)*
 for _ = 1, n_expect do
-  local p, expected = A[i], tonumber(A[i + 1])
-  i = i + 2
-  local stored = stored_offset(topic .. '|' .. p)
+  local tp, p, expected = A[i], A[i + 1], tonumber(A[i + 2])
+  i = i + 3
+  local stored = stored_offset(tp .. '|' .. p)
   if stored < 0 then
+    table.insert(lost, tp)
     table.insert(lost, tonumber(p))
     table.insert(lost, expected)
   elseif stored < expected then
+    table.insert(behind, tp)
     table.insert(behind, tonumber(p))
     table.insert(behind, stored)
   end
 end
 if #behind > 0 then return {'rewind', behind} end
-for j = 1, #lost, 2 do
-  local key = topic .. '|' .. lost[j]
-  redis.call('HSET', K_OFFSETS, key, lost[j + 1])
-  stored_of[key] = lost[j + 1]
+for j = 1, #lost, 3 do
+  local key = lost[j] .. '|' .. lost[j + 1]
+  redis.call('HSET', K_OFFSETS, key, lost[j + 2])
+  stored_of[key] = lost[j + 2]
 end
 if #lost > 0 and not has_id then
   after_loss = true
@@ -182,16 +187,15 @@ end
 local n_parts = tonumber(A[i])
 i = i + 1
 local closed = {}
-local added, errors, filtered, skipped = 0, 0, 0, 0
+local added, errors, filtered, skipped, passed = 0, 0, 0, 0, 0
 
 for _ = 1, n_parts do
-  local p = A[i]
-  local next_after = tonumber(A[i + 1])
-  local first_offset = tonumber(A[i + 2])
-  local n_records = tonumber(A[i + 3])
-  local n_ranges = tonumber(A[i + 4])
-  i = i + 5
-  local key = topic .. '|' .. p
+  local key = A[i] .. '|' .. A[i + 1]
+  local next_after = tonumber(A[i + 2])
+  local first_offset = tonumber(A[i + 3])
+  local n_records = tonumber(A[i + 4])
+  local n_ranges = tonumber(A[i + 5])
+  i = i + 6
   local stored = stored_offset(key)
   local counted_here = 0
   for _ = 1, n_ranges do
@@ -232,8 +236,11 @@ for _ = 1, n_parts do
     i = i + 1
   end
   errors = errors + errors_here
+  local passed_here = tonumber(A[i])
+  i = i + 1
   if first_offset >= stored then
-    filtered = filtered + n_records - counted_here - errors_here
+    passed = passed + passed_here
+    filtered = filtered + n_records - counted_here - errors_here - passed_here
   end
   if next_after > stored then
     redis.call('HSET', K_OFFSETS, key, next_after)
@@ -244,6 +251,7 @@ end
 if added > 0 then redis.call('HINCRBY', K_STATS, 'total', added) end
 if errors > 0 then redis.call('HINCRBY', K_STATS, 'errors', errors) end
 if filtered > 0 then redis.call('HINCRBY', K_STATS, 'filtered', filtered) end
+if passed > 0 then redis.call('HINCRBY', K_STATS, 'skipped', passed) end
 save_window()
 return {count, wid, opened or -1, now, added, skipped, errors, closed, lost}
 """
@@ -287,14 +295,17 @@ return {wid, n, now}
 
 @dataclass(slots=True)
 class PartitionDelta:
-    """What one polled batch holds for one partition, in the script's terms."""
+    """What one polled batch holds for one topic-partition, in the script's terms."""
 
+    topic: str
     partition: int
     next_offset: int  # last offset in the batch + 1
     first_offset: int
     n_records: int
     ranges: list[tuple[int, int]] = field(default_factory=list)  # consecutive counted offsets
     errors: list[int] = field(default_factory=list)
+    #: records skipped (tombstones, Debezium heartbeats...): neither counted nor filtered
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,18 +318,29 @@ class ApplyResult:
     skipped: int
     errors: int
     closed_window_ids: tuple[int, ...]
-    #: partitions whose stored offset Redis had lost, re-seeded from the client's expectation
-    lost: dict[int, int] = field(default_factory=dict)
+    #: topic-partitions whose stored offset Redis had lost, re-seeded from the client's
+    #: expectation
+    lost: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class RedisBehind(Exception):
     """Redis holds stored offsets below what this client saw stored: it lost writes. Nothing
-    was applied; ``stored`` gives, per partition, where counting must resume."""
+    was applied; ``stored`` gives, per topic-partition, where counting must resume."""
 
-    def __init__(self, stored: dict[int, int]) -> None:
+    def __init__(self, stored: dict[TopicPartition, int]) -> None:
         self.stored = stored
-        parts = ", ".join(f"partition {p} at {o}" for p, o in sorted(stored.items()))
+        parts = ", ".join(
+            f"{tp.topic} partition {tp.partition} at {o}" for tp, o in sorted(stored.items())
+        )
         super().__init__(f"Redis lost counted offsets ({parts})")
+
+
+def _triples(flat: list[Any]) -> dict[TopicPartition, int]:
+    """``[topic, partition, offset, ...]`` from the script -> {TopicPartition: offset}."""
+    return {
+        TopicPartition(_str(flat[j]), _int(flat[j + 1])): _int(flat[j + 2])
+        for j in range(0, len(flat), 3)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,21 +389,24 @@ def _int(value: Any) -> int:
     return int(value.decode() if isinstance(value, bytes) else value)
 
 
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class WindowCounter:
-    """The counting state of one consumer in Redis."""
+    """The counting state of one consumer in Redis (of every topic it reads: offsets and the
+    open window's ranges are keyed by topic-partition)."""
 
     def __init__(
         self,
         redis: Redis,
         keys: ConsumerKeys,
         *,
-        topic: str,
         max_event: int,
         history_limit: int = 1000,
     ) -> None:
         self.redis = redis
         self.keys = keys
-        self.topic = topic
         self.max_event = max_event
         self.history_limit = history_limit
         self._keys = keys.counting_keys()
@@ -392,33 +417,39 @@ class WindowCounter:
     async def apply(
         self,
         deltas: list[PartitionDelta],
-        expected: dict[int, int] | None = None,
+        expected: dict[TopicPartition, int] | None = None,
         window_floor: int = 0,
     ) -> ApplyResult:
-        """Count ``deltas`` in one atomic step. ``expected`` holds, per partition, the next
-        offset the caller last saw stored: Redis holding less raises :class:`RedisBehind`
-        (nothing applied); Redis holding none re-seeds it and reports it in ``lost``, and the
-        window id then starts at ``window_floor`` at least."""
+        """Count ``deltas`` in one atomic step. ``expected`` holds, per topic-partition, the
+        next offset the caller last saw stored: Redis holding less raises
+        :class:`RedisBehind` (nothing applied); Redis holding none re-seeds it and reports it
+        in ``lost``, and the window id then starts at ``window_floor`` at least."""
         exp = expected or {}
-        nums: list[int] = [window_floor, len(exp)]
-        for p, o in exp.items():
-            nums += (p, o)
+        nums: list[int | str] = [window_floor, len(exp)]
+        for tp, o in exp.items():
+            nums += (tp.topic, tp.partition, o)
         nums.append(len(deltas))
         for d in deltas:
-            nums += (d.partition, d.next_offset, d.first_offset, d.n_records, len(d.ranges))
+            nums += (
+                d.topic,
+                d.partition,
+                d.next_offset,
+                d.first_offset,
+                d.n_records,
+                len(d.ranges),
+            )
             for a, b in d.ranges:
                 nums += (a, b)
             nums.append(len(d.errors))
             nums += d.errors
+            nums.append(d.skipped)
         # the deltas travel as one string: packing each integer as its own argument costs
         # more client time than the whole script takes to run on the server
-        args: list[Any] = [self.max_event, self.history_limit, self.topic, " ".join(map(str, nums))]
+        args: list[Any] = [self.max_event, self.history_limit, " ".join(map(str, nums))]
         res = await self._apply(keys=self._keys, args=args)
         if isinstance(res[0], bytes | str):  # "rewind"
-            flat = [_int(x) for x in res[1]]
-            raise RedisBehind(dict(zip(flat[::2], flat[1::2], strict=True)))
+            raise RedisBehind(_triples(res[1]))
         opened = _int(res[2])
-        lost = [_int(x) for x in res[8]]
         return ApplyResult(
             count=_int(res[0]),
             window_id=_int(res[1]),
@@ -428,7 +459,7 @@ class WindowCounter:
             skipped=_int(res[5]),
             errors=_int(res[6]),
             closed_window_ids=tuple(_int(x) for x in res[7]),
-            lost=dict(zip(lost[::2], lost[1::2], strict=True)),
+            lost=_triples(res[8]),
         )
 
     async def close(
@@ -486,10 +517,10 @@ class WindowCounter:
         pipe.hincrby(self.keys.stats, "dlq_refused", len(entries))
         await pipe.execute()
 
-    async def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
-        """Next offset to count per partition, for those Redis knows."""
+    async def stored_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Next offset to count per topic-partition, for those Redis knows."""
         if not partitions:
             return {}
-        fields = [f"{self.topic}|{p}" for p in partitions]
+        fields = [offset_field(tp.topic, tp.partition) for tp in partitions]
         values = await self.redis.hmget(self.keys.offsets, fields)
-        return {p: _int(v) for p, v in zip(partitions, values, strict=True) if v is not None}
+        return {tp: _int(v) for tp, v in zip(partitions, values, strict=True) if v is not None}

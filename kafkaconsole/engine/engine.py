@@ -371,7 +371,6 @@ class Engine:
         counter = WindowCounter(
             self.redis,
             keys,
-            topic=cfg.kafka_topic,
             max_event=cfg.max_event,
             history_limit=self.config.redis.history_limit,
         )
@@ -864,7 +863,7 @@ class Engine:
             consumers.append(
                 ConsumerSnapshot(
                     consumer_id=c.cfg.consumer_id,
-                    kafka_topic=c.cfg.kafka_topic,
+                    kafka_topic=c.cfg.topic_label,
                     pipeline_name=c.cfg.pipeline_name,
                     state=state,
                     count=c.shared.count,
@@ -882,7 +881,9 @@ class Engine:
                     dlq=r.dlq_count,
                     dlq_refused=r.dlq_refused,
                     redis_state_losses=r.state_losses,
-                    topic_end_offsets=tuple(sorted(r.topic_ends.items())),
+                    topic_end_offsets=tuple(
+                        (tp.topic, tp.partition, end) for tp, end in sorted(r.topic_ends.items())
+                    ),
                     processor_stall=stall.describe() if (stall := r.processor_stall()) else None,
                     breaker=c.dispatcher.breaker.to_json_dict(),
                     time_lag_seconds=consumer_time_lag([p.time_lag_seconds for p in parts]),

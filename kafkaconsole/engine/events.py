@@ -22,7 +22,16 @@ from kafkaconsole.config.models import ConsumerConfig
 from kafkaconsole.engine.counting import PartitionDelta, ranges_of
 from kafkaconsole.engine.partitions import PartitionState
 
-COUNT, FILTERED, BAD = 0, 1, 2
+COUNT, FILTERED, BAD, SKIPPED = 0, 1, 2, 3
+#: What ``classify`` says of a record it skips (a tombstone, a Debezium heartbeat...): never an
+#: error, never counted, recorded in the consumer's stats as ``skipped``
+_SKIP = (SKIPPED, None, "", "", "")
+
+#: Debezium writes its heartbeats to topics named ``__debezium-heartbeat.<prefix>``
+DEBEZIUM_HEARTBEAT_PREFIX = "__debezium-heartbeat"
+#: Fields that mark a Debezium value as a schema change (``ddl``, ``databaseName``,
+#: ``tableChanges``) rather than a change event: skipped, not bad
+_SCHEMA_CHANGE_FIELDS = ("ddl", "databaseName", "tableChanges")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,37 @@ def _lookup(obj: Any, path: str) -> Any:
 _MISSING = object()
 
 
+def debezium_envelope(doc: Any) -> dict[str, Any] | None:
+    """The change event of a decoded Debezium value: the bare envelope ``{before, after, source,
+    op, ts_ms}`` or the ``payload`` of the JsonConverter's ``{"schema", "payload"}`` wrapper.
+
+    None for what Debezium writes beside change events and a consumer ignores: heartbeats
+    (``{"ts_ms"}``), schema changes (``ddl``, ``databaseName``, ``tableChanges``), transaction
+    boundaries (``status`` BEGIN | END with an ``id``) and a wrapped null payload. Raises
+    ValueError for anything else (the event is bad).
+    """
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        doc = doc["payload"]
+        if doc is None:
+            return None
+    if not isinstance(doc, dict):
+        kind = "null" if doc is None else type(doc).__name__
+        raise ValueError(f"not a Debezium change event: the value is a JSON {kind}, not an object")
+    op = doc.get("op")
+    if isinstance(op, str) and op:
+        return doc
+    if op is None:
+        if not doc.keys() - {"ts_ms"}:
+            return None  # a heartbeat
+        if any(f in doc for f in _SCHEMA_CHANGE_FIELDS):
+            return None
+        if doc.get("status") in ("BEGIN", "END") and "id" in doc:
+            return None  # a transaction boundary
+        fields = ", ".join(sorted(doc)[:8])
+        raise ValueError(f'not a Debezium change event: no "op" field (fields: {fields})')
+    raise ValueError(f'not a Debezium change event: "op" is {op!r}, not a string')
+
+
 def make_filter(spec: Mapping[str, Any] | None) -> Callable[[Any], bool] | None:
     """A predicate for ``filter = { field = value, ... }``; a list value means any of."""
     if not spec:
@@ -113,6 +153,13 @@ class EventClassifier:
 
     def __init__(self, cfg: ConsumerConfig) -> None:
         self.format = cfg.format
+        self.debezium = cfg.format == "debezium"
+        self.skip_snapshot_reads = self.debezium and cfg.snapshot_reads == "skip"
+        #: what a record with a null value (a tombstone) is: skipped or counted as it is
+        self.tombstone: tuple[int, Any, str, str, str] = (
+            _SKIP if cfg.tombstones == "skip" else (COUNT, None, "", "", "")
+        )
+        self.count_tombstones = cfg.tombstones == "count"
         self.max_bytes = cfg.max_event_bytes
         self.filter = make_filter(cfg.filter)
         self.processor = load_target(cfg.processor) if cfg.processor else None
@@ -138,6 +185,8 @@ class EventClassifier:
             raise ValueError("empty value")
         if self.format == "json":
             return orjson.loads(value)
+        if self.debezium:
+            return debezium_envelope(orjson.loads(value))
         return value.decode("utf-8")
 
     def component(self, stage: str) -> str:
@@ -147,8 +196,12 @@ class EventClassifier:
         return f"kafkaconsole.format.{self.format}"
 
     def classify(self, value: bytes | None) -> tuple[int, Any, str, str, str]:
-        """(COUNT|FILTERED|BAD, decoded event, stage, error, stack trace) for one value."""
-        if value is not None and len(value) > self.max_bytes:
+        """(COUNT|FILTERED|BAD|SKIPPED, decoded event, stage, error, stack trace) for one
+        value. A tombstone (null value) is skipped or counted as it is (``tombstones``), never
+        decoded, filtered or processed."""
+        if value is None:
+            return self.tombstone
+        if len(value) > self.max_bytes:
             return (
                 BAD,
                 None,
@@ -161,6 +214,11 @@ class EventClassifier:
             event = self.decode(value)
         except (ValueError, TypeError) as exc:
             return BAD, None, "decode", f"{type(exc).__name__}: {exc}", _trace(exc)
+        if self.debezium:
+            if event is None:
+                return _SKIP  # a heartbeat, schema change or transaction boundary
+            if self.skip_snapshot_reads and event.get("op") == "r":
+                return _SKIP
         if self.filter is not None and not self.filter(event):
             return FILTERED, None, "", "", ""
         if self.processor is not None:
@@ -222,15 +280,14 @@ def _split_error(error: str) -> tuple[str, str]:
 
 def build_batch(
     classifier: EventClassifier,
-    topic: str,
     batch: Mapping[Any, list[Any]],
-    parts: Mapping[int, PartitionState],
+    parts: Mapping[Any, PartitionState],
     stop_at_bad: bool = False,
     outcomes: Sequence[tuple[int, Any, str, str, str] | None] | None = None,
 ) -> tuple[list[PartitionDelta], list[BadEvent], int]:
     """Deltas for the counter, bad events for the DLQ, and the number of records seen.
 
-    ``parts`` holds this instance's state per partition, its next offset (what it already
+    ``parts`` holds this instance's state per topic-partition, its next offset (what it already
     applied) among it; records below that are dropped here so a re-delivered record is not
     re-sent to the DLQ.
     With ``stop_at_bad`` a partition's records stop before its first bad event.
@@ -246,7 +303,8 @@ def build_batch(
         if not records:
             continue
         p = tp.partition
-        st = parts.get(p)
+        topic = tp.topic
+        st = parts.get(tp)
         floor = st.next if st is not None and st.next is not None else -1
         if records[0].offset < floor:
             records = [r for r in records if r.offset >= floor]
@@ -255,25 +313,33 @@ def build_batch(
         seen += len(records)
         first = records[0].offset
         last = records[-1].offset
-        if (
-            classifier.fast_raw
-            and not stop_at_bad
-            and outcomes is None
-            and max(map(_value_size, records)) <= classifier.max_bytes
-        ):
-            if last - first + 1 == len(records):
-                ranges = [(first, last)]
-            else:
-                ranges = ranges_of([r.offset for r in records])
-            deltas.append(PartitionDelta(p, last + 1, first, len(records), ranges, []))
+        if classifier.debezium and topic.startswith(DEBEZIUM_HEARTBEAT_PREFIX):
+            if outcomes is not None:
+                taken += len(records)
+            # a heartbeat topic's records are skipped, never decoded (offsets still advance)
+            n = len(records)
+            deltas.append(PartitionDelta(topic, p, last + 1, first, n, [], [], n))
             continue
+        if classifier.fast_raw and not stop_at_bad and outcomes is None:
+            sizes = list(map(_value_size, records))  # -1 for a tombstone
+            if max(sizes) <= classifier.max_bytes and (
+                classifier.count_tombstones or min(sizes) >= 0
+            ):
+                if last - first + 1 == len(records):
+                    ranges = [(first, last)]
+                else:
+                    ranges = ranges_of([r.offset for r in records])
+                deltas.append(PartitionDelta(topic, p, last + 1, first, len(records), ranges, []))
+                continue
         if classifier.bulk_json and outcomes is None:
             bulk = _bulk_json(classifier, records)
             if bulk is not None:
-                deltas.append(PartitionDelta(p, last + 1, first, len(records), ranges_of(bulk), []))
+                ranges = ranges_of(bulk)
+                deltas.append(PartitionDelta(topic, p, last + 1, first, len(records), ranges, []))
                 continue
         counted: list[int] = []
         errors: list[int] = []
+        skipped = 0
         n = 0
         decided: Sequence[tuple[int, Any, str, str, str] | None] = ()
         if outcomes is not None:
@@ -339,9 +405,12 @@ def build_batch(
                 errors.append(rec.offset)
             elif kind == COUNT:
                 counted.append(rec.offset)
+            elif kind == SKIPPED:
+                skipped += 1
             n += 1
             last = rec.offset
         if n == 0:
             continue
-        deltas.append(PartitionDelta(p, last + 1, first, n, ranges_of(counted), errors))
+        ranges = ranges_of(counted)
+        deltas.append(PartitionDelta(topic, p, last + 1, first, n, ranges, errors, skipped))
     return deltas, bad, seen

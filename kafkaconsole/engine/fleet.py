@@ -41,7 +41,7 @@ from kafkaconsole.engine.health import (
     time_lag_seconds,
     verdict,
 )
-from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, offset_field
 from kafkaconsole.engine.records import TriggerReason, iso_ms
 from kafkaconsole.engine.thresholds import window_progress
 
@@ -114,9 +114,10 @@ class _Shared:
     last: dict[str, str] | None  # the newest trigger record's fields
     rules: list[AlertRule]
     mine: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    owners: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    ends: dict[int, int] = field(default_factory=dict)
-    unowned: list[int] = field(default_factory=list)
+    # per (topic, partition)
+    owners: dict[tuple[str, int], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    unowned: list[tuple[str, int]] = field(default_factory=list)
     rate: float = 0.0
     dlq: int = 0
     errors_text: str | None = None
@@ -143,6 +144,8 @@ class _Shared:
 
     def _merge(self, instances: list[dict[str, Any]]) -> None:
         cid = self.cfg.consumer_id
+        # an instance of an earlier version names no topic: it read the one kafka_topic
+        default_topic = self.cfg.topics[0] if len(self.cfg.topics) == 1 else ""
         for inst in instances:
             for c in inst.get("consumers", []):
                 if c["consumer_id"] != cid:
@@ -156,9 +159,12 @@ class _Shared:
                 for p in c.get("partitions", []):
                     # during a rebalance (or until a dead instance's heartbeat expires) two
                     # snapshots may claim a partition: the newest snapshot wins
-                    seen = self.owners.get(p["partition"])
+                    topic = p.get("topic") or default_topic
+                    key = (topic, int(p["partition"]))
+                    seen = self.owners.get(key)
                     if seen is None or taken > seen[0]:
-                        self.owners[p["partition"]] = (taken, {**p, "owner": inst["instance_id"]})
+                        entry = {**p, "topic": topic, "owner": inst["instance_id"]}
+                        self.owners[key] = (taken, entry)
                 self.processor_stall = self.processor_stall or c.get("processor_stall")
                 if c.get("state") == "error":
                     self.errors_text = c.get("last_error")
@@ -168,8 +174,11 @@ class _Shared:
         # broker's end offset minus the next offset Redis holds as counted (unknown when
         # nothing was counted there yet).
         for _, snapshot in self.mine:
-            for partition, end in snapshot.get("topic_end_offsets") or ():
-                self.ends[int(partition)] = max(int(end), self.ends.get(int(partition), 0))
+            for item in snapshot.get("topic_end_offsets") or ():
+                # (topic, partition, end); an earlier version's (partition, end)
+                topic, partition, end = item if len(item) == 3 else (default_topic, *item)
+                key = (str(topic), int(partition))
+                self.ends[key] = max(int(end), self.ends.get(key, 0))
         self.unowned = sorted(set(self.ends) - set(self.owners))
 
 
@@ -205,7 +214,6 @@ class Fleet:
         return WindowCounter(
             self.redis,
             self.keys(consumer_id),
-            topic=cfg.kafka_topic,
             max_event=cfg.max_event,
             history_limit=self.config.redis.history_limit,
         )
@@ -307,7 +315,7 @@ class Fleet:
                 follow.hget(k.runs, s.last["window_id"])
                 runs = 1
             if s.unowned:
-                follow.hmget(k.offsets, [f"{s.cfg.kafka_topic}|{p}" for p in s.unowned])
+                follow.hmget(k.offsets, [offset_field(t, p) for t, p in s.unowned])
                 offsets = 1
             if s.rules:
                 follow.mget([alert_key(self.prefix, s.cfg.consumer_id, r.rule_id) for r in s.rules])
@@ -343,14 +351,15 @@ class Fleet:
         cfg, cid, pause = s.cfg, s.cfg.consumer_id, s.pause
         owners = dict(s.owners)
         stored = {p: int(v) for p, v in zip(s.unowned, stored_raw, strict=False) if v is not None}
-        for partition in s.unowned:
-            position = stored.get(partition)
-            end = s.ends[partition]
+        for key in s.unowned:
+            position = stored.get(key)
+            end = s.ends[key]
             lag = max(end - position, 0) if position is not None else None
-            owners[partition] = (
+            owners[key] = (
                 0,
                 {
-                    "partition": partition,
+                    "topic": key[0],
+                    "partition": key[1],
                     "position": position,
                     "highwater": end,
                     "lag": lag,
@@ -384,7 +393,9 @@ class Fleet:
         stats, opened, count = s.stats, s.opened, s.count
         status = {
             "consumer_id": cid,
-            "kafka_topic": cfg.kafka_topic,
+            "kafka_topic": cfg.topic_label,
+            "topics": list(cfg.topics),
+            "topic_pattern": cfg.topic_pattern,
             "pipeline_name": cfg.pipeline_name,
             "job_type": cfg.job_type,
             "state": state,
@@ -401,6 +412,7 @@ class Fleet:
             "total": stats.get("total", 0),
             "errors": stats.get("errors", 0),
             "filtered": stats.get("filtered", 0),
+            "skipped": stats.get("skipped", 0),
             "windows": stats.get("windows", 0),
             "windows_by_reason": {r: stats.get(f"windows_{r}", 0) for r in TRIGGER_REASONS},
             "discarded": stats.get("discarded", 0),
@@ -497,7 +509,9 @@ class Fleet:
         index = [x.consumer_id for x in self.config.consumers].index(consumer_id)
         info = {
             "consumer_id": consumer_id,
-            "kafka_topic": cfg.kafka_topic,
+            "kafka_topic": cfg.topic_label,
+            "topics": list(cfg.topics),
+            "topic_pattern": cfg.topic_pattern,
             "pipeline_name": cfg.pipeline_name,
             "job_type": cfg.job_type,
             "state": c["state"],
@@ -528,6 +542,7 @@ class Fleet:
             "totals": {
                 "events": c["total"],
                 "filtered": c["filtered"],
+                "skipped": c["skipped"],
                 "discarded": c["discarded"],
                 "windows": c["windows"],
                 "windows_by_reason": c["windows_by_reason"],

@@ -24,6 +24,8 @@ class _Status(BaseModel):
 
 
 class PartitionStatus(_Status):
+    topic: str = ""
+    """The partition's topic (a consumer may read several: kafka_topics, topic_pattern)."""
     partition: int
     position: int | None
     """Next offset to consume (None: nothing counted there yet)."""
@@ -60,6 +62,11 @@ class _ConsumerIdentity(_Status):
 
     consumer_id: str
     kafka_topic: str
+    """The topic; with many: the topics joined with commas, or the pattern as /regex/."""
+    topics: list[str] = []
+    """The topics named by kafka_topic or kafka_topics (empty with topic_pattern)."""
+    topic_pattern: str | None = None
+    """The consumer's topic_pattern (its topics are those of its partitions)."""
     pipeline_name: str
     job_type: str
     state: str
@@ -82,6 +89,8 @@ class ConsumerStatus(_ConsumerIdentity):
     total: int
     errors: int
     filtered: int
+    skipped: int = 0
+    """Records skipped on purpose (tombstones, Debezium heartbeats, skipped snapshot reads)."""
     windows: int
     windows_by_reason: dict[str, int]
     discarded: int
@@ -160,6 +169,7 @@ class WindowInfo(_Status):
 class Totals(_Status):
     events: int
     filtered: int
+    skipped: int = 0
     discarded: int
     windows: int
     windows_by_reason: dict[str, int]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,19 +21,20 @@ from kafkaconsole.engine.clients import kafka_kwargs
 
 @dataclass(frozen=True, slots=True)
 class GroupOffsets:
-    """One group's committed offsets on one topic, or why they could not be read."""
+    """One group's committed offsets per (topic, partition), or why they could not be read."""
 
     group_id: str
-    offsets: dict[int, int]
+    offsets: dict[tuple[str, int], int]
     error: str | None = None
 
 
 async def committed_offsets(
-    kafka: KafkaConfig, groups: dict[str, str], timeout: float = 5.0
+    kafka: KafkaConfig, groups: dict[str, Callable[[str], bool]], timeout: float = 5.0
 ) -> dict[str, GroupOffsets]:
-    """Committed offsets of each group (``{group_id: topic}``), per partition of its topic.
-    A broker that cannot answer (down, no permission, or Tansu, whose OffsetFetch the admin
-    client cannot decode) gives an ``error`` instead, never an exception."""
+    """Committed offsets of each group (``{group_id: whether a topic is the consumer's}``),
+    per topic-partition of the topics it reads. A broker that cannot answer (down, no
+    permission, or Tansu, whose OffsetFetch the admin client cannot decode) gives an
+    ``error`` instead, never an exception."""
     if not groups:
         return {}
     admin = AIOKafkaAdminClient(**kafka_kwargs(kafka), request_timeout_ms=int(timeout * 1000))
@@ -46,7 +48,7 @@ async def committed_offsets(
         return {g: GroupOffsets(g, {}, reason) for g in groups}
     out: dict[str, GroupOffsets] = {}
     try:
-        for group_id, topic in groups.items():
+        for group_id, reads in groups.items():
             try:
                 async with asyncio.timeout(timeout):
                     found = await admin.list_consumer_group_offsets(group_id)
@@ -57,9 +59,9 @@ async def committed_offsets(
             out[group_id] = GroupOffsets(
                 group_id,
                 {
-                    tp.partition: meta.offset
+                    (tp.topic, tp.partition): meta.offset
                     for tp, meta in found.items()
-                    if tp.topic == topic and meta.offset >= 0
+                    if reads(tp.topic) and meta.offset >= 0
                 },
             )
     finally:

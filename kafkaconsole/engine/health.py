@@ -66,6 +66,12 @@ class PartitionPoint:
     partition: int
     position: int | None
     lag: int | None
+    topic: str = ""
+    """The partition's topic (a consumer may read several)."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.topic, self.partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,8 @@ class HealthSample:
     total: int = 0
     """Events counted since the beginning (fleet-wide)."""
     filtered: int = 0
+    skipped: int = 0
+    """Records skipped on purpose (tombstones...): read, never counted, yet no sign of a fault."""
     errors: int = 0
     windows: int = 0
     """Windows closed since the beginning (fleet-wide)."""
@@ -136,11 +144,14 @@ def sample_from_status(
         time_lag_seconds=c.get("time_lag_seconds"),
         rate=float(c.get("rate") or 0.0),
         partitions=tuple(
-            PartitionPoint(int(p["partition"]), p.get("position"), p.get("lag"))
+            PartitionPoint(
+                int(p["partition"]), p.get("position"), p.get("lag"), str(p.get("topic") or "")
+            )
             for p in c.get("partitions", [])
         ),
         total=int(c.get("total") or 0),
         filtered=int(c.get("filtered") or 0),
+        skipped=int(c.get("skipped") or 0),
         errors=int(c.get("errors") or 0),
         windows=int(c.get("windows") or 0),
         runs=runs,
@@ -258,7 +269,7 @@ def _stalled(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float)
             continue
         held = True
         for s in window:
-            q = next((x for x in s.partitions if x.partition == p.partition), None)
+            q = next((x for x in s.partitions if x.key == p.key), None)
             if q is None or not q.lag or q.position != p.position:
                 held = False
                 break
@@ -269,13 +280,15 @@ def _stalled(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float)
     first = stuck[0]
     since = window[0].t
     for s in reversed(samples):  # how long it has held: at least stall_after, maybe more
-        q = next((x for x in s.partitions if x.partition == first.partition), None)
+        q = next((x for x in s.partitions if x.key == first.key), None)
         if s.paused or q is None or not q.lag or q.position != first.position:
             break
         since = s.t
     more = f" (and {len(stuck) - 1} more partition(s))" if len(stuck) > 1 else ""
+    many_topics = len({p.topic for p in last.partitions}) > 1
+    where = f"{first.topic} " if many_topics else ""
     return (
-        f"partition {first.partition} has not moved from offset {first.position} for "
+        f"{where}partition {first.partition} has not moved from offset {first.position} for "
         f"{_span(now - since)} with {first.lag} event(s) waiting{more}"
     )
 
@@ -295,10 +308,10 @@ def _failing(last: HealthSample, cfg: MonitoringConfig) -> str | None:
 
 def _read(first: HealthSample, last: HealthSample) -> int:
     """Events read between two samples (position moves of the partitions both know)."""
-    before = {p.partition: p.position for p in first.partitions if p.position is not None}
+    before = {p.key: p.position for p in first.partitions if p.position is not None}
     moved = 0
     for p in last.partitions:
-        start = before.get(p.partition)
+        start = before.get(p.key)
         if start is not None and p.position is not None and p.position > start:
             moved += p.position - start
     return moved
@@ -309,7 +322,8 @@ def _window_stuck(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: f
     if not window or any(s.paused for s in window):
         return None
     first, last = window[0], window[-1]
-    read = _read(first, last)
+    # records skipped on purpose (a stream of tombstones after deletes) are not a stuck window
+    read = _read(first, last) - (last.skipped - first.skipped)
     if read <= 0 or last.total > first.total:
         return None
     return (

@@ -5,7 +5,8 @@ Per consumer (``<prefix>:<consumer_id>:...``):
 - ``events``   string  count in the open window (the seed's ``redis-cli get`` reads it)
 - ``window``   hash    ``id`` (open window id), ``opened_at`` (ms, Redis TIME), and
                        ``r|<topic>|<partition>`` = ``"<first> <last>"`` for the open window
-- ``stats``    hash    ``total``, ``errors``, ``filtered``, ``windows``, ``discarded``
+- ``stats``    hash    ``total``, ``errors``, ``filtered``, ``skipped`` (tombstones, Debezium
+                       heartbeats...), ``windows``, ``discarded``
 - ``offsets``  hash    ``<topic>|<partition>`` -> next offset to count (the truth)
 - ``history``  stream  trigger records, capped at ``history_limit``
 - ``dispatch`` stream  triggers waiting for their pipeline (consumer group ``dispatchers``)
@@ -13,6 +14,12 @@ Per consumer (``<prefix>:<consumer_id>:...``):
 - ``control``  hash    ``paused`` (0/1), ``paused_by``, ``paused_at``
 - ``dispatch_lease``   string  the instance allowed to dispatch this consumer's triggers
 - ``breaker``  hash    the pipeline circuit breaker as the dispatching instance sees it
+
+Every per-partition field names its topic (``<topic>|<partition>``, see :func:`offset_field`),
+so one consumer's state covers every topic it reads (``kafka_topics``, ``topic_pattern``) in
+the same keys, and a consumer that goes from ``kafka_topic = "a"`` to ``kafka_topics = ["a",
+"b"]`` keeps what it counted of ``a``: the layout did not change, nothing is migrated. Topic
+names hold no ``|`` (Kafka allows letters, digits, ``.``, ``_`` and ``-``).
 
 Fleet-wide (``<prefix>:_fleet:...``; consumer ids cannot start with ``_``):
 
@@ -25,6 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DISPATCH_GROUP = "dispatchers"
+
+
+def offset_field(topic: str, partition: int) -> str:
+    """The field of a topic-partition in the ``offsets`` hash (and, after ``r|``, in the
+    ``window`` hash): ``<topic>|<partition>``."""
+    return f"{topic}|{partition}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,12 +39,20 @@ Outcome = tuple[int, Any, str, str, str]
 error, stack trace)."""
 
 
+def describe_partition(key: Any) -> str:
+    """``partition 3``, or ``orders partition 3`` for a TopicPartition."""
+    topic = getattr(key, "topic", None)
+    number = getattr(key, "partition", key)
+    return f"{topic} partition {number}" if topic else f"partition {number}"
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessorStall:
     """What holds a consumer's processor up (for status, health and the console)."""
 
     processor: str
-    partition: int | None
+    partition: Any
+    """The partition (its number, or a TopicPartition when the consumer reads many topics)."""
     offset: int | None
     seconds: float
     timeout: float
@@ -58,8 +66,9 @@ class ProcessorStall:
                 "to return"
             )
         return (
-            f"processor {self.processor} has run for {self.seconds:.1f}s on partition "
-            f"{self.partition} offset {self.offset} (processor_timeout {self.timeout:g}s)"
+            f"processor {self.processor} has run for {self.seconds:.1f}s on "
+            f"{describe_partition(self.partition)} offset {self.offset} (processor_timeout "
+            f"{self.timeout:g}s)"
         )
 
 
@@ -75,7 +84,7 @@ class _Job:
     """
 
     classifier: EventClassifier
-    items: Sequence[tuple[int, int, bytes | None]]
+    items: Sequence[tuple[Any, int, bytes | None]]
     start: int
     stop_at_bad: bool
     done: asyncio.Future[None]
@@ -86,7 +95,7 @@ class _Job:
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
         self.thread_id = threading.get_ident()
-        bad_partitions: set[int] = set()
+        bad_partitions: set[Any] = set()
         classify = self.classifier.classify
         append = self.outcomes.append
         stop_at_bad = self.stop_at_bad
@@ -176,12 +185,13 @@ class ProcessorRunner:
 
     async def classify(
         self,
-        items: Sequence[tuple[int, int, bytes | None]],
+        items: Sequence[tuple[Any, int, bytes | None]],
         stop: asyncio.Event,
         *,
         stop_at_bad: bool = False,
     ) -> list[Outcome | None] | None:
-        """One outcome per ``(partition, offset, value)``, in order (None: not looked at, after
+        """One outcome per ``(partition, offset, value)`` (the partition: its number, or a
+        TopicPartition when the consumer reads many topics), in order (None: not looked at, after
         a bad event with ``stop_at_bad``); None when ``stop`` was set first (nothing decided:
         the records will be read again)."""
         loop = asyncio.get_running_loop()
@@ -226,13 +236,13 @@ class ProcessorRunner:
             self.timeouts += 1
             self._hung.append(job)
             log.error(
-                "%s: processor %s ran %.1fs on partition %d offset %d (processor_timeout "
+                "%s: processor %s ran %.1fs on %s offset %d (processor_timeout "
                 "%gs): the event is handled as bad; the call is left to finish in its thread "
                 "(%d hung now, at most %d)",
                 self.name,
                 self.target,
                 held,
-                partition,
+                describe_partition(partition),
                 offset,
                 self.timeout,
                 self.hung_calls,

@@ -33,6 +33,8 @@ class PartitionSnapshot:
     """Age of the oldest unconsumed event (0 when caught up, None when unknown)."""
     oldest_ts_ms: int | None = None
     """Timestamp (ms) of the oldest unconsumed event, or a lower bound (None: caught up)."""
+    topic: str = ""
+    """The partition's topic (a consumer may read several)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +86,10 @@ class ConsumerSnapshot:
     breaker: dict[str, Any] | None = None  # the pipeline's circuit breaker, as dispatching sees it
     time_lag_seconds: float | None = None  # oldest unconsumed event of this instance's partitions
     redis_state_losses: int = 0  # times this instance found Redis had lost counting state
-    # end offset of every partition of the topic, owned here or not, as (partition, offset):
-    # the fleet measures the lag of partitions no instance owns against Redis's stored offsets
-    topic_end_offsets: tuple[tuple[int, int], ...] = ()
+    # end offset of every partition of the topics read, owned here or not, as (topic,
+    # partition, offset): the fleet measures the lag of partitions no instance owns against
+    # Redis's stored offsets
+    topic_end_offsets: tuple[tuple[str, int, int], ...] = ()
     processor_stall: str | None = None  # what holds the processor hook up (engine.processing)
     # health, fleet-wide (kafkaconsole.engine.health): the same on every instance
     verdict: str | None = None

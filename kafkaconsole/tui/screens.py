@@ -257,15 +257,17 @@ class DetailScreen(Screen[None]):
             self._parts_sig = parts
             table = self.query_one("#partitions", DataTable)
             table.clear()
+            many = len({part.topic for part in parts}) > 1  # then each row names its topic
             for part in parts:
+                name = f"{part.topic} {part.partition}" if many else str(part.partition)
                 table.add_row(
-                    Text(str(part.partition), justify="right"),
+                    Text(name, justify="right"),
                     Text(_num(part.position), justify="right"),
                     Text(_num(part.highwater), justify="right"),
                     Text(_num(part.lag), justify="right"),
                     Text(fmt_span(part.time_lag_seconds), justify="right"),
                     part.owner,
-                    key=str(part.partition),
+                    key=f"{part.topic}|{part.partition}",
                 )
             table.styles.height = max(len(parts), 1) + 1
 

@@ -45,6 +45,8 @@ class FleetPartition:
     owner: str
     time_lag_seconds: float | None = None
     """Age of the partition's oldest unconsumed event (0: caught up, None: unknown)."""
+    topic: str = ""
+    """The partition's topic (a consumer may read several)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class FleetView:
                     p.get("lag"),
                     str(p.get("owner") or ""),
                     _float(p.get("time_lag_seconds")),
+                    str(p.get("topic") or ""),
                 )
                 for p in c.get("partitions", [])
             )
@@ -145,7 +148,13 @@ def _fleet_consumer(c: ConsumerStatus) -> FleetConsumer:
         lag=c.lag,
         partitions=tuple(
             FleetPartition(
-                p.partition, p.position, p.highwater, p.lag, p.owner or "", p.time_lag_seconds
+                p.partition,
+                p.position,
+                p.highwater,
+                p.lag,
+                p.owner or "",
+                p.time_lag_seconds,
+                p.topic,
             )
             for p in c.partitions
         ),
@@ -325,8 +334,14 @@ def fmt_ms(ms: int | float | None) -> str:
 
 
 def fmt_offsets(offsets: Iterable[Mapping[str, Any]], limit: int = 3) -> str:
-    """Offset ranges of a trigger record: "p0 0-499, p1 0-480 (+2)"."""
-    items = [f"p{o['partition']} {o['first']}-{o['last']}" for o in offsets]
+    """Offset ranges of a trigger record: "p0 0-499, p1 0-480 (+2)"; with several topics
+    each names its topic: "orders p0 0-499, lines p0 0-80"."""
+    offsets = list(offsets)
+    many = len({o.get("topic") for o in offsets}) > 1
+    items = [
+        f"{o['topic'] + ' ' if many else ''}p{o['partition']} {o['first']}-{o['last']}"
+        for o in offsets
+    ]
     if not items:
         return NONE_TEXT
     shown = ", ".join(items[:limit])
@@ -470,7 +485,7 @@ def build_row(
         )
     return ConsumerRow(
         consumer_id=cfg.consumer_id,
-        topic=cfg.kafka_topic,
+        topic=cfg.topic_label,
         pipeline=cfg.pipeline_name,
         job_type=cfg.job_type,
         state=state,
@@ -634,7 +649,13 @@ def partitions_of(
         return []
     return [
         FleetPartition(
-            p.partition, p.position, p.highwater, p.lag, snap.instance_id, p.time_lag_seconds
+            p.partition,
+            p.position,
+            p.highwater,
+            p.lag,
+            snap.instance_id,
+            p.time_lag_seconds,
+            p.topic,
         )
         for p in local.partitions
     ]
