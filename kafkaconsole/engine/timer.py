@@ -1,7 +1,8 @@
 """The time trigger: a timer per open window, fired even while the topic is idle.
 
 The deadline is ``opened_at + max_time`` on Redis's clock (``TIME``), so every instance agrees;
-each instance keeps an estimate of the offset between Redis's clock and its own. When the timer
+each instance keeps an estimate of the offset between Redis's clock and its own
+(:class:`ClockSkew`). When the timer
 fires, the close script re-checks the deadline and the window id on Redis, so timers of several
 instances close a window once, and a window that was closed by count meanwhile is left alone.
 """
@@ -25,6 +26,31 @@ log = logging.getLogger("kafkaconsole.timer")
 
 #: A time trigger Redis did not take: tried again 0.2 s later, doubling to 2 s.
 FIRE_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.2, max_backoff=2.0, jitter=False)
+#: How long the best estimate of Redis's clock offset is kept before a newer one replaces it.
+SKEW_KEEP_MS = 30_000
+
+
+class ClockSkew:
+    """The offset of Redis's clock from this host's, from the ``redis_now`` of answers.
+
+    An answer is read some time after Redis took its ``TIME``: the busier the event loop, the
+    later. Each sample ``redis_now - local_now`` is therefore at most the true offset, short by
+    that delay, so the largest recent sample is the best estimate (taking the newest instead
+    would make every timer fire late by the loop's delay when the answer was read: seconds
+    with hundreds of consumers at once). A sample older than :data:`SKEW_KEEP_MS` gives way to
+    the newest, so the estimate follows a clock that is set or drifts.
+    """
+
+    def __init__(self, clock_ms: Callable[[], float]) -> None:
+        self.clock_ms = clock_ms
+        self.ms = 0.0
+        self._at: float | None = None  # local time of the sample kept
+
+    def note(self, redis_now_ms: float) -> None:
+        now = self.clock_ms()
+        sample = redis_now_ms - now
+        if self._at is None or sample >= self.ms or now - self._at > SKEW_KEEP_MS:
+            self.ms, self._at = sample, now
 
 
 def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
@@ -48,7 +74,7 @@ class WindowTimer:
         self.max_time_s = max_time_s
         self.on_closed = on_closed
         self.clock_ms = clock_ms
-        self.skew_ms = 0.0  # redis_now - local_now
+        self.skew = ClockSkew(clock_ms)  # redis_now - local_now
         self._window_id: int | None = None
         self._deadline: int | None = None  # Redis clock
         self._opened_at: int | None = None  # of the open window, while it holds events
@@ -63,7 +89,7 @@ class WindowTimer:
         if redis_now_ms < self._version:
             return
         self._version = redis_now_ms
-        self.skew_ms = redis_now_ms - self.clock_ms()
+        self.skew.note(redis_now_ms)
         self._opened_at = opened_at_ms if count > 0 else None
         target = deadline_ms(self._opened_at, self.max_time_s)
         if (window_id, target) != (self._window_id, self._deadline):
@@ -87,7 +113,7 @@ class WindowTimer:
             if self._deadline is None:
                 await self._wait_change(None)  # observe() and wake() set the event
                 continue
-            delay = (self._deadline - self.skew_ms - self.clock_ms()) / 1000
+            delay = (self._deadline - self.skew.ms - self.clock_ms()) / 1000
             if delay > 0:
                 await self._wait_change(delay)
                 continue
@@ -115,7 +141,7 @@ class WindowTimer:
         if self._failures:
             log.info("time trigger of window %s: Redis answers again", wid)
         self._failures = 0
-        self.skew_ms = res.redis_now_ms - self.clock_ms()
+        self.skew.note(res.redis_now_ms)
         if res.status == "early":
             self._deadline = res.redis_now_ms + res.count
             return
