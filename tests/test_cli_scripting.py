@@ -209,7 +209,7 @@ async def test_history_csv_is_rfc4180_with_a_stable_header(
 ) -> None:
     config = write_config(tmp_path / "kc.toml", services, unique, "orders")
     keys = ConsumerKeys(unique, "good")
-    counter = WindowCounter(redis_client, keys, topic="orders", max_event=1000)
+    counter = WindowCounter(redis_client, keys, max_event=1000)
     await counter.close(TriggerReason.MANUAL)
     await counter.close(TriggerReason.MANUAL)
     error = 'bad gateway, "upstream"\nsecond line'

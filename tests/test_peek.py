@@ -163,7 +163,7 @@ async def test_tail_and_dlq_without_disturbing_the_group(
         cfg,
         topic,
     ):
-        group = {cfg.consumers[0].effective_group_id: topic}
+        group = {cfg.consumers[0].effective_group_id: cfg.consumers[0].reads_topic}
 
         async def committed() -> dict[int, int]:
             found = (await committed_offsets(cfg.kafka, group))[next(iter(group))]
@@ -215,7 +215,7 @@ async def test_window_expired_from_history_and_refusals(
         history_limit=10,
     )
     keys = ConsumerKeys(unique, "orders")
-    counter = WindowCounter(redis_client, keys, topic=f"{unique}-t", max_event=5)
+    counter = WindowCounter(redis_client, keys, max_event=5)
     for _ in range(12):
         await counter.close(TriggerReason.MANUAL)
     await redis_client.xtrim(keys.history, maxlen=10, approximate=False)  # as MAXLEN ~ does
