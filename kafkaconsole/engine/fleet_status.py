@@ -333,6 +333,27 @@ class ErrorBody(_Status):
     error: str
 
 
+class ConsumerDefinitionBody(_Status):
+    """A consumer defined or removed at runtime (``POST /consumers``,
+    ``DELETE /consumers/{consumer_id}``)."""
+
+    consumer_id: str
+    status: str
+    """created | replaced | removed."""
+    request_id: str
+    """Every live instance stores what it applied under this id (as a fleet-wide reload)."""
+    definition: dict[str, Any] | None = None
+    """The consumer table as stored (None when removed)."""
+
+
+class ProblemsBody(_Status):
+    """An invalid consumer definition: nothing stored."""
+
+    error: str
+    problems: list[str]
+    """Every problem, ``request: key: message``."""
+
+
 API_MODELS: tuple[type[BaseModel], ...] = (
     ConsumersBody,
     ConsumerInfo,
@@ -344,6 +365,8 @@ API_MODELS: tuple[type[BaseModel], ...] = (
     FleetStatus,
     PeekBody,
     ReloadBody,
+    ConsumerDefinitionBody,
+    ProblemsBody,
 )
 
 
