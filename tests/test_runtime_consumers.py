@@ -361,3 +361,12 @@ async def test_api_refuses_definitions_in_read_only_mode(
     finally:
         await server()
         await engine.stop()
+
+
+def test_every_consumer_command_help_has_an_example() -> None:
+    from tests.helpers import invoke_cli
+
+    for command in ("add", "remove", "list"):
+        result = invoke_cli("consumer", command, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.stdout and f"kafkaconsole consumer {command}" in result.stdout
