@@ -198,6 +198,15 @@ async def test_file_consumer_wins_and_the_clash_is_reported(
         assert engine.config.consumer(base).kafka_topic == base  # the file's
         assert engine.config.consumer(rt).max_event == 7
         assert engine.runtime_clashes == (base,) and engine.runtime_consumer_ids == {rt}
+        # status shows it per instance
+        await wait_live(redis_client, unique, engine)
+        status = await cli("status", "--config", str(path), "--json")
+        assert status.exit_code == 0, status.stderr
+        [instance] = json.loads(status.stdout)["instances"]
+        assert instance["runtime_consumers"] == [rt] and instance["runtime_clashes"] == [base]
+        status = await cli("status", "--config", str(path))
+        assert f"{engine.instance_id}: defined at runtime: {rt}" in status.stdout
+        assert f"{engine.instance_id}: {clash_note(base)}" in status.stdout
         # a reload reports the clash in its answer too
         result = await engine.reload(via="test")
         assert result.ok and clash_note(base) in result.details, result

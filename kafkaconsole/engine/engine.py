@@ -1272,6 +1272,8 @@ class Engine:
             task_failures=self.recent_task_failures(),
             kafka_missing=self._kafka_missing,
             redis_pool=self.redis_pool_exhausted(),
+            runtime_consumers=tuple(sorted(self.runtime_consumer_ids)),
+            runtime_clashes=self.runtime_clashes,
         )
 
     def _metadata_watcher(self) -> ConsumerRunner | None:

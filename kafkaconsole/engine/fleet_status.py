@@ -175,6 +175,10 @@ class InstanceSummary(BaseModel):
     task_failures: list[str] = []
     kafka_missing: list[str] = []
     consumers: list[str]
+    runtime_consumers: list[str] = []
+    """Consumers it runs that were defined at runtime (``kafkaconsole consumer add``)."""
+    runtime_clashes: list[str] = []
+    """Runtime definitions it ignores: its configuration file defines a consumer of that id."""
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump()
