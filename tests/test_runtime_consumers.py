@@ -379,3 +379,33 @@ def test_every_consumer_command_help_has_an_example() -> None:
         result = invoke_cli("consumer", command, "--help")
         assert result.exit_code == 0
         assert "Example" in result.stdout and f"kafkaconsole consumer {command}" in result.stdout
+
+
+async def test_a_definition_announced_to_no_one_is_applied_once_subscribed(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+) -> None:
+    """A definition stored while an instance was not subscribed (starting, or Redis away) is
+    applied when its control listener subscribes again: it compares what Redis holds."""
+    rt = f"{unique}-rt"
+    await kafka.create_topic(rt, 1)
+    path = write_config(tmp_path / "kafkaconsole.toml", services, unique, [])
+    engine = await start_from(path)
+    try:
+        await wait_live(redis_client, unique, engine)
+        # stored without the announcement (as if published before the subscription)
+        await redis_client.hset(f"{unique}:_fleet:consumers", rt, orjson.dumps(definition(rt, rt)))
+        assert engine.consumer_ids() == []
+        # the subscription drops (Redis restarted, a network cut): the listener subscribes again
+        await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        async def applied() -> bool:
+            return engine.consumer_ids() == [rt]
+
+        await wait_for(applied, what="the definition applied after the resubscription")
+        assert engine.runtime_consumer_ids == {rt}
+    finally:
+        await engine.stop()

@@ -1063,6 +1063,24 @@ class Engine:
         except (RedisError, OSError) as exc:
             log.warning("reload result not stored in Redis: %s", exc)
 
+    async def _resync_runtime_consumers(self) -> None:
+        """Apply the runtime definitions if Redis holds others than this instance last read."""
+        known = dict(self._runtime_defs)
+        current = await RuntimeConsumers(self.redis, self.prefix).definitions()
+        if current == known:
+            return
+        task = asyncio.create_task(self._answer_runtime_change(), name="consumers:resync")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    async def _answer_runtime_change(self) -> None:
+        try:
+            await self.apply_runtime_consumers(via="resync", user=self.instance_id)
+        except ControlError as exc:
+            log.warning("runtime consumers not applied: %s", exc)
+        except Exception:
+            log.exception("applying the runtime consumers failed")
+
     async def _load_pause_flags(self) -> None:
         states = await self.control.pause_states(list(self._consumers))
         for cid, st in states.items():
@@ -1078,6 +1096,7 @@ class Engine:
         subscriber = dedicated_redis_client(self.config.redis)
         pubsub = subscriber.pubsub()
         listening: PubSub | None = None
+        resync_runtime = False
         failures = 0
         try:
             while not self._stop.is_set():
@@ -1085,6 +1104,12 @@ class Engine:
                     if listening is None:  # (re)subscribe once Redis answers again
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
+                        # a definition changed before the subscription (or while Redis was
+                        # away) was announced to no one here: compare once subscribed
+                        resync_runtime = True
+                    if resync_runtime and self.started:
+                        resync_runtime = False
+                        await self._resync_runtime_consumers()
                     message = await listening.get_message(
                         ignore_subscribe_messages=True, timeout=1.0
                     )
