@@ -5,8 +5,9 @@ closer, so it plugs into :func:`kafkaconsole.headless.serve`'s ``extras``). Read
 same fleet model as ``kafkaconsole status --json`` (read from Redis by
 :class:`~kafkaconsole.engine.fleet.Fleet`); liveness, readiness, lag and pipeline-run metrics
 describe this instance. Mutating endpoints need ``Authorization: Bearer <api.token>`` and are
-disabled (403) when no token is configured. No endpoint accepts connection settings, code or
-filter expressions, and request bodies are capped at a few hundred bytes (none is needed).
+disabled (403) when no token is configured. No endpoint accepts connection settings or code;
+``POST /consumers`` takes one consumer table (validated as the file's, ``processor`` refused,
+at most 16 KiB); every other endpoint ignores its body, capped at 1 KiB.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import (
@@ -41,6 +43,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from kafkaconsole.config.errors import ConfigError
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.clients import pool_exhausted, reader_redis_client
@@ -49,12 +52,14 @@ from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.errors import ControlError, ReadOnlyError
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.fleet_status import (
+    ConsumerDefinitionBody,
     ConsumerInfo,
     ConsumersBody,
     ConsumerStatus,
     ControlResult,
     HealthBody,
     InstancesBody,
+    ProblemsBody,
     ReadyBody,
     ReloadBody,
     json_schemas,
@@ -65,11 +70,15 @@ from kafkaconsole.engine.peek import MAX_LIMIT as PEEK_MAX_LIMIT
 from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
 from kafkaconsole.engine.records import RunResult, TriggerRecord
 from kafkaconsole.engine.reload import ReloadStatus
+from kafkaconsole.engine.runtime_consumers import define_consumer, undefine_consumer
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.api")
 
-CLIENT_MAX_SIZE = 1024
+CLIENT_MAX_SIZE = 16_384
+"""Largest request body accepted (bytes): a consumer definition (``POST /consumers``)."""
+IGNORED_BODY_MAX = 1024
+"""Largest body of the other control endpoints (they need none; the body is ignored)."""
 #: Requests served at once; more are answered 503 with Retry-After (never queued).
 MAX_CONCURRENT_REQUESTS = 32
 #: A /metrics exposition is reused for this long (Prometheus scrapes every 15 s or so).
@@ -78,7 +87,6 @@ METRICS_MAX_AGE_S = 1.0
 MAX_CONCURRENT_PEEKS = 2
 #: No valid consumer id is longer (config.models.CONSUMER_ID_PATTERN).
 MAX_CONSUMER_ID_LENGTH = 128
-"""Largest request body accepted (bytes); no endpoint needs a body at all."""
 
 API_VERSION = "1"
 
@@ -94,6 +102,14 @@ class ApiBindError(OSError):
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _ignored_body(request: web.Request) -> web.Response | None:
+    """Read (and ignore) the body of an endpoint that needs none: 413 above
+    :data:`IGNORED_BODY_MAX` bytes."""
+    if len(await request.read()) > IGNORED_BODY_MAX:
+        return _error(413, "request body too large")
+    return None
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -427,6 +443,10 @@ class Route:
     """OpenAPI parameter objects of the query string."""
     notes: tuple[tuple[int, str], ...] = ()
     """Descriptions of this route's statuses where they differ from the common ones."""
+    bodies: tuple[tuple[int, type[BaseModel]], ...] = ()
+    """Models of this route's non-200 bodies that are not the common error body."""
+    request_body: str | None = None
+    """Description of the JSON request body the route takes (None: it takes none)."""
 
 
 ROUTES: tuple[Route, ...] = (
@@ -531,6 +551,40 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route(
+        "POST",
+        "/consumers",
+        "define_consumer",
+        "Define a consumer fleet-wide at runtime (or replace one defined so): the body is one "
+        "consumer table as JSON, validated as a [[consumers]] table of the configuration file; "
+        "it is stored in Redis and every instance runs it. A consumer of the configuration "
+        "file with that id wins (409).",
+        auth=True,
+        responses=(200, 201, 401, 403, 409, 413, 422, 503),
+        body=ConsumerDefinitionBody,
+        bodies=((201, ConsumerDefinitionBody), (422, ProblemsBody)),
+        notes=(
+            (200, "Replaced the consumer defined at runtime with that id"),
+            (201, "Defined: every live instance starts it"),
+            (409, "The configuration file defines a consumer of that id (the file's wins)"),
+            (422, "Invalid definition: `problems` lists each; nothing stored"),
+        ),
+        request_body="One consumer table: the keys of a [[consumers]] table (no processor).",
+    ),
+    Route(
+        "DELETE",
+        "/consumers/{consumer_id}",
+        "remove_consumer",
+        "Remove a consumer defined at runtime: every instance stops it gracefully (batch "
+        "finished, offsets committed, open window kept in Redis).",
+        auth=True,
+        responses=(200, 401, 403, 404, 409, 503),
+        body=ConsumerDefinitionBody,
+        notes=(
+            (404, "No consumer of that id is defined at runtime"),
+            (409, "A consumer of the configuration file: remove it from the file and reload"),
+        ),
+    ),
+    Route(
         "GET",
         "/consumers/{consumer_id}/events",
         "peek_events",
@@ -606,6 +660,8 @@ _STATUS_TEXT = {
     401: "Missing or wrong bearer token",
     403: "Control endpoints disabled (no [api] token configured, or read-only mode)",
     404: "Unknown consumer",
+    201: "Created",
+    409: "Conflict",
     410: "Gone",
     413: "Request body too large",
     422: "Invalid configuration",
@@ -649,8 +705,17 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
                 content = {"application/json": {"schema": body or {"type": "object"}}}
             else:
                 content = {"application/json": {"schema": error}}
+            if code in dict(r.bodies):
+                ref = {"$ref": f"#/components/schemas/{dict(r.bodies)[code].__name__}"}
+                content = {"application/json": {"schema": ref}}
             description = dict(r.notes).get(code, _STATUS_TEXT[code])
             op["responses"][str(code)] = {"description": description, "content": content}
+        if r.request_body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "description": r.request_body,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -723,6 +788,8 @@ class ApiServer:
             "reset": self._control(self._reset),
             "trigger": self._control(self._trigger),
             "reload": self.reload,
+            "define_consumer": self.define_consumer,
+            "remove_consumer": self.remove_consumer,
             "peek_events": self._peek(self._peek_events),
             "peek_dlq": self._peek(self._peek_dlq),
         }
@@ -842,7 +909,9 @@ class ApiServer:
                 return denied
             if self.config.ui.read_only:  # before the id is looked up: 403 for any id
                 raise ReadOnlyError(request.path.rsplit("/", 1)[-1])
-            await request.read()  # enforces CLIENT_MAX_SIZE; the body itself is ignored
+            too_large = await _ignored_body(request)
+            if too_large is not None:
+                return too_large
             cid = request.match_info["consumer_id"]
             self.fleet.consumer_cfg(cid)  # 404 for an unknown id
             if not self.engine.started or self.engine.stopping:
@@ -889,13 +958,83 @@ class ApiServer:
             return _error(
                 403, "read-only mode ([ui] read_only = true or --read-only): reload is refused"
             )
-        await request.read()  # enforces CLIENT_MAX_SIZE; the body itself is ignored
+        too_large = await _ignored_body(request)
+        if too_large is not None:
+            return too_large
         if not self.engine.started or self.engine.stopping:
             return _error(503, "the engine is not running (starting or stopping)")
         result = await self.engine.reload(via="api", user=_api_user(request))
         log.info("API reload from %s: %s", request.remote, result.status)
         status = 200 if result.ok else 422 if result.status == ReloadStatus.INVALID else 500
         return web.json_response(ReloadBody(**result.to_json_dict()).model_dump(), status=status)
+
+    # ---- consumers defined at runtime ---------------------------------------------------------
+    def _may_define(self, request: web.Request, what: str) -> web.Response | None:
+        denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        if self.config.ui.read_only:
+            raise ReadOnlyError(what)
+        if not self.engine.started or self.engine.stopping:
+            return _error(503, "the engine is not running (starting or stopping)")
+        return None
+
+    async def define_consumer(self, request: web.Request) -> web.StreamResponse:
+        """``POST /consumers``: store a consumer definition; every instance runs it."""
+        denied = self._may_define(request, "define a consumer")
+        if denied is not None:
+            return denied
+        try:
+            raw = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            problem = f"request: (json): {exc}"
+            return _error(422, "invalid consumer definition", problems=[problem])
+        try:
+            defined = await define_consumer(
+                self.redis,
+                self.engine.file_config,
+                raw,
+                source="request",
+                via="api",
+                user=_api_user(request),
+                instance=self.engine.instance_id,
+                audit=self.engine.audit,
+            )
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+            return _error(422, "invalid consumer definition", problems=problems)
+        cid = defined.consumer.consumer_id
+        status = "created" if defined.created else "replaced"
+        log.info("API consumer %s %s from %s", cid, status, request.remote)
+        body = ConsumerDefinitionBody(
+            consumer_id=cid,
+            status=status,
+            request_id=defined.request_id,
+            definition=defined.consumer.model_dump(mode="json", exclude_unset=True),
+        )
+        return web.json_response(body.model_dump(), status=201 if defined.created else 200)
+
+    async def remove_consumer(self, request: web.Request) -> web.StreamResponse:
+        """``DELETE /consumers/{consumer_id}``: every instance stops it gracefully."""
+        denied = self._may_define(request, "remove a consumer")
+        if denied is not None:
+            return denied
+        too_large = await _ignored_body(request)
+        if too_large is not None:
+            return too_large
+        cid = request.match_info["consumer_id"]
+        request_id = await undefine_consumer(
+            self.redis,
+            self.engine.file_config,
+            cid,
+            via="api",
+            user=_api_user(request),
+            instance=self.engine.instance_id,
+            audit=self.engine.audit,
+        )
+        log.info("API consumer %s removed from %s", cid, request.remote)
+        body = ConsumerDefinitionBody(consumer_id=cid, status="removed", request_id=request_id)
+        return web.json_response(body.model_dump())
 
     # ---- peek: events behind a window, the topic's newest, the DLQ ------------------------------
     # Payloads may hold personal data: the bearer token guards them as it guards control.

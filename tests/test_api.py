@@ -435,7 +435,7 @@ async def test_openapi_lists_every_route(env: Env) -> None:
         for r in env.api.app.router.routes()
         if r.resource is not None and r.method != "HEAD"
     ]
-    assert len(routes) == 14
+    assert len(routes) == 16
     for method, path in routes:
         assert method in doc["paths"][path], (method, path)
     for method in ("pause", "resume", "reset", "trigger"):
@@ -443,6 +443,12 @@ async def test_openapi_lists_every_route(env: Env) -> None:
         assert op["security"] == [{"bearerAuth": []}] and "401" in op["responses"]
     op = doc["paths"]["/reload"]["post"]
     assert op["security"] == [{"bearerAuth": []}] and "422" in op["responses"]
+    op = doc["paths"]["/consumers"]["post"]
+    assert op["security"] == [{"bearerAuth": []}]
+    assert {"201", "401", "403", "409", "422"} <= set(op["responses"])
+    assert op["requestBody"]["content"]["application/json"]["schema"] == {"type": "object"}
+    op = doc["paths"]["/consumers/{consumer_id}"]["delete"]
+    assert op["security"] == [{"bearerAuth": []}] and {"404", "409"} <= set(op["responses"])
 
 
 @pytest.mark.parametrize("path", ["/health", "/metrics", "/openapi.json"])

@@ -395,9 +395,16 @@ async def test_post_bodies_are_ignored_and_capped(env: Env) -> None:
 
     status, body, _ = await env.post(f"/consumer/{env.cid}/reset", data=b"{" + b" " * 2000 + b"}")
     assert status == 413 and "error" in body
-    # the documented surface takes no request body at all, and no route writes settings
+    # the documented surface takes no request body but a consumer definition (validated as
+    # the file's, processor refused), and no route writes connection settings
     doc = openapi_document()
-    assert all("requestBody" not in op for ops in doc["paths"].values() for op in ops.values())
+    bodies = [
+        (path, method)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    ]
+    assert bodies == [("/consumers", "post")]
     # reads are open but the peeks (they return event payloads); every write needs the token
     peeks = {r.name for r in ROUTES if r.path.startswith("/consumers/{consumer_id}/")}
     assert peeks == {"peek_events", "peek_dlq"}
@@ -405,6 +412,7 @@ async def test_post_bodies_are_ignored_and_capped(env: Env) -> None:
     assert {(r.method, r.auth) for r in ROUTES if r.name not in peeks} == {
         ("GET", False),
         ("POST", True),
+        ("DELETE", True),
     }
     for method in ("PUT", "PATCH", "DELETE"):
         async with env.session.request(method, f"{env.api.url}/consumer/{env.cid}/pause") as r:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from kafkaconsole.cli import audit_cmd, control_cmd, peek_cmd, reload_cmd, run_cmd
+from kafkaconsole.cli import audit_cmd, consumer_cmd, control_cmd, peek_cmd, reload_cmd, run_cmd
 from kafkaconsole.cli.config_cmd import config_app
 
 
@@ -64,6 +64,7 @@ app.command("demo")(run_cmd.demo)
 control_cmd.register(app)
 peek_cmd.register(app)
 reload_cmd.register(app)
+consumer_cmd.register(app)
 app.command("audit")(audit_cmd.audit)
 app.add_typer(config_app, name="config")
 

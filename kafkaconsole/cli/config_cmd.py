@@ -27,6 +27,7 @@ from kafkaconsole.config import (
     mask_config,
     resolve_config_path,
 )
+from kafkaconsole.engine.runtime_consumers import RUNTIME_MARK
 
 DEBUG_ENV = "KAFKACONSOLE_DEBUG"
 """Set to 1 to let unexpected errors raise with a traceback."""
@@ -112,10 +113,21 @@ def show(
     file: FileArgument = None,
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
+    runtime: Annotated[
+        bool,
+        typer.Option(
+            "--runtime",
+            help="Add the consumers defined at runtime (read from Redis), each marked.",
+        ),
+    ] = False,
 ) -> None:
     """Print the effective configuration (file + env overrides), secrets masked.
 
     Every key is shown with its value, defaults included; every secret is printed as ******.
+    With --runtime, the consumers defined at runtime (kafkaconsole consumer add) follow the
+    file's, each under a "# defined at runtime" comment; a definition that clashes with a
+    file consumer (the file's wins) is reported as a comment (JSON: runtime_consumers,
+    runtime_notes).
 
     Example:
 
@@ -124,13 +136,25 @@ def show(
         kafkaconsole config show --config prod.toml --json | jq .consumers
     """
     cfg = _load(file, config)
+    runtime_ids: frozenset[str] = frozenset()
+    notes: list[str] = []
+    if runtime:
+        from kafkaconsole.cli.consumer_cmd import runtime_definitions
+        from kafkaconsole.engine.runtime_consumers import merge_runtime
+
+        merge = merge_runtime(cfg, runtime_definitions(cfg))
+        cfg, runtime_ids, notes = merge.config, frozenset(merge.runtime_ids), merge.notes()
     masked = mask_config(cfg)
     if as_json:
+        if runtime:
+            masked = {**masked, "runtime_consumers": sorted(runtime_ids), "runtime_notes": notes}
         typer.echo(json.dumps(_json_safe(masked), indent=2, ensure_ascii=False))
     else:
         chosen = resolve_config_path(_chosen_file(file, config))
         typer.echo(f"# effective configuration of {chosen} (secrets masked)\n")
-        typer.echo(to_toml(masked), nl=False)
+        typer.echo(to_toml(masked, runtime_ids), nl=False)
+        for note in notes:
+            typer.echo(f"# {note}")
 
 
 def sample_config_text() -> str:
@@ -234,14 +258,16 @@ def _table_body(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def to_toml(data: dict[str, Any]) -> str:
+def to_toml(data: dict[str, Any], runtime_ids: frozenset[str] = frozenset()) -> str:
     """Render a configuration dict as TOML: one table per section, pipeline and consumer;
-    tables nested deeper are inline; unset keys are comments."""
+    tables nested deeper are inline; unset keys are comments; the consumers of
+    ``runtime_ids`` are marked as defined at runtime."""
     lines: list[str] = []
     for section, value in data.items():
         if section == "consumers" and isinstance(value, list):
             for consumer in value:
-                lines += ["", "[[consumers]]", *_table_body(consumer)]
+                mark = [RUNTIME_MARK] if consumer.get("consumer_id") in runtime_ids else []
+                lines += ["", *mark, "[[consumers]]", *_table_body(consumer)]
         elif section == "pipelines" and isinstance(value, dict):
             if not value:
                 lines += ["", "[pipelines]"]

@@ -238,6 +238,22 @@ def _health_note(c: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _runtime_notes(instances: list[dict[str, Any]]) -> list[str]:
+    """Per instance: the consumers it runs that were defined at runtime, and the runtime
+    definitions its file overrides (the file's consumer wins)."""
+    notes = []
+    for i in instances:
+        if i.get("runtime_consumers"):
+            ids = ", ".join(i["runtime_consumers"])
+            notes.append(f"{i['instance_id']}: defined at runtime: {ids}")
+        for cid in i.get("runtime_clashes") or ():
+            notes.append(
+                f"{i['instance_id']}: {cid}: runtime definition ignored: the configuration "
+                "file defines a consumer of that id (the file's consumer wins)"
+            )
+    return notes
+
+
 def _status_text(data: dict[str, Any]) -> str:
     rows = [
         [
@@ -276,6 +292,7 @@ def _status_text(data: dict[str, Any]) -> str:
     out.append("")
     if irows:
         out.append(table(["INSTANCE", "HOST", "PID", "UP", "KAFKA", "REDIS", "CONSUMERS"], irows))
+        out += _runtime_notes(data["instances"])
     else:
         out.append("no live instance (start one with: kafkaconsole run --no-ui)")
     return "\n".join(out)

@@ -37,6 +37,14 @@ async def _reload_fleet(fleet: Fleet, timeout: float) -> dict[str, Any]:
     if not expected:
         return {"request_id": None, "instances": []}
     request_id = await request_reload(fleet.redis, fleet.prefix, via="cli", user=actor())
+    return await wait_answers(fleet, request_id, expected, timeout)
+
+
+async def wait_answers(
+    fleet: Fleet, request_id: str, expected: list[str], timeout: float
+) -> dict[str, Any]:
+    """Wait (at most ``timeout``) for every expected instance's answer to a fleet-wide request
+    (a reload, or applying the consumers defined at runtime); one row per instance."""
     deadline = time.monotonic() + timeout
     while True:
         results = await reload_results(fleet.redis, fleet.prefix, request_id)
@@ -129,4 +137,4 @@ def register(app: typer.Typer) -> None:
     app.command("reload")(reload)
 
 
-__all__ = ["exit_code", "register", "reload"]
+__all__ = ["exit_code", "register", "reload", "wait_answers"]

@@ -14,6 +14,7 @@ from kafkaconsole.config.loader import (
     load_config,
     read_toml,
     resolve_config_path,
+    validate_consumer,
 )
 from kafkaconsole.config.models import (
     AirbytePipeline,
@@ -75,4 +76,5 @@ __all__ = [
     "redact",
     "resolve_config_path",
     "secret_values",
+    "validate_consumer",
 ]

@@ -32,6 +32,7 @@ from kafkaconsole.config.models import (
     CONSUMER_ID_PATTERN,
     TARGET_PATTERN,
     AppConfig,
+    ConsumerConfig,
     PipelineConfig,
 )
 from kafkaconsole.config.secrets import mask_data, redact
@@ -655,3 +656,40 @@ class _Loader:
                     f"consumers[{index}].pipeline_name",
                     f"no pipeline named '{pipeline_name}'{hint}",
                 )
+
+
+def validate_consumer(raw: Any, config: AppConfig, *, source: str) -> ConsumerConfig:
+    """Validate one consumer table defined outside the file (``kafkaconsole consumer add``,
+    ``POST /consumers``) with the model and messages of a ``[[consumers]]`` table; its
+    ``pipeline_name`` must name a pipeline of ``config``. ``${VAR}`` is not substituted (the
+    definition is stored as given) and ``processor`` is refused (no code from outside the
+    file). Raises :class:`ConfigError` listing every problem as
+    ``SOURCE: key: message``."""
+    if not isinstance(raw, dict):
+        problem = ConfigProblem(source, "(consumer)", "must be a table of consumer keys")
+        raise ConfigError([problem])
+    loader = _Loader(source, {})
+    if raw.get("processor") is not None:
+        loader.problem(
+            "consumers[0].processor",
+            "not allowed in a consumer defined at runtime (code runs only from the "
+            "configuration file)",
+        )
+    data: dict[str, Any] = {"consumers": [raw]}
+    loader.reject_booleans_as_numbers(data)
+    validated: AppConfig | None = None
+    try:
+        validated = AppConfig.model_validate(data)
+    except ValidationError as exc:
+        loader.convert(exc, data)
+    pipelines: dict[str, Any] = {name: {} for name in config.pipelines}
+    loader.cross_check({"pipelines": pipelines, "consumers": [raw]})
+    if loader.problems or validated is None:
+        problems: list[ConfigProblem] = []
+        for key, message in loader.problems:
+            short = key.removeprefix("consumers[0]").removeprefix(".") or "(consumer)"
+            problem = ConfigProblem(source, short, message)
+            if problem not in problems:
+                problems.append(problem)
+        raise ConfigError(problems)
+    return validated.consumers[0]

@@ -1,7 +1,8 @@
 """The audit trail: every control action, from every face, appended to one capped Redis stream.
 
-``<key_prefix>:_fleet:audit`` holds one entry per pause, resume, reset, trigger and reload (one
-per instance that reloaded, consumer ``*``), whoever
+``<key_prefix>:_fleet:audit`` holds one entry per pause, resume, reset, trigger, reload (one
+per instance that reloaded, consumer ``*``) and runtime definition (``consumer-add``,
+``consumer-remove``), whoever
 sent it: the CLI (through :class:`~kafkaconsole.engine.fleet.Fleet`), the HTTP API and the TUI
 (both through :class:`~kafkaconsole.engine.engine.Engine`). An entry says who (``user``, and
 ``instance``: the engine instance that acted, or the CLI process), through which face (``via``),
@@ -35,7 +36,7 @@ log = logging.getLogger("kafkaconsole.audit")
 AUDIT_MAXLEN = 10_000
 """Entries kept (approximately: the stream is trimmed with ``MAXLEN ~``)."""
 
-ACTIONS = ("pause", "resume", "reset", "trigger", "reload")
+ACTIONS = ("pause", "resume", "reset", "trigger", "reload", "consumer-add", "consumer-remove")
 
 FIELDS = ("via", "user", "instance", "action", "consumer_id", "result", "detail")
 """Fields of an entry, besides ``id`` and ``at`` (both from the stream id)."""

@@ -83,6 +83,12 @@ from kafkaconsole.engine.reload import (
     store_result,
 )
 from kafkaconsole.engine.retry import backoff_delay, retry_call
+from kafkaconsole.engine.runtime_consumers import (
+    APPLY_ACTION,
+    RuntimeConsumers,
+    RuntimeMerge,
+    merge_runtime,
+)
 from kafkaconsole.engine.state_format import ensure_state_format
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
@@ -199,6 +205,13 @@ class Engine:
         redis: Redis | None = None,
     ) -> None:
         self.config = config
+        # the configuration as given (its file's consumers); self.config adds the consumers
+        # defined at runtime (kafkaconsole.engine.runtime_consumers)
+        self._file_config = config
+        #: consumers of self.config defined at runtime, and runtime definitions the file overrides
+        self.runtime_consumer_ids: frozenset[str] = frozenset()
+        self.runtime_clashes: tuple[str, ...] = ()
+        self._runtime_defs: dict[str, Any] = {}
         self.instance_id = instance_id or default_instance_id()
         self.lease_ms = lease_ms or config.redis.dispatch_lease_ms
         self.snapshot_interval = snapshot_interval
@@ -261,6 +274,9 @@ class Engine:
         for warning in security_warnings(self.config):
             log.warning("insecure setting: %s", warning)
         await self._connect(wait_timeout)
+        merge = merge_runtime(self._file_config, await self._runtime_definitions())
+        self._adopt(merge.config)
+        self._adopt_runtime(merge)
         await self._ensure_dlq_topics()
         for name, pcfg in self.config.pipelines.items():
             if any(c.pipeline_name == name for c in self.config.consumers):
@@ -674,6 +690,12 @@ class Engine:
             raise UnknownConsumerError(consumer_id, self.consumer_ids()) from None
 
     @property
+    def file_config(self) -> AppConfig:
+        """The configuration as given or last reloaded from its file, without the consumers
+        defined at runtime (:attr:`config` has them)."""
+        return self._file_config
+
+    @property
     def fleet(self) -> Fleet:
         """Control actions go through the fleet's (the same checks and audit as the CLI's),
         with this engine's current config (read-only mode can be switched on)."""
@@ -801,10 +823,48 @@ class Engine:
         )
         return result
 
-    async def _reload(self, source: str | os.PathLike[str] | AppConfig | None) -> ReloadResult:
+    async def _runtime_definitions(self) -> dict[str, Any]:
+        """The consumers defined at runtime as stored in Redis (the last ones read when Redis
+        does not answer: logged)."""
+        try:
+            self._runtime_defs = await RuntimeConsumers(self.redis, self.prefix).definitions()
+        except (RedisError, OSError) as exc:
+            log.warning("runtime-defined consumers not read from Redis (kept as known): %s", exc)
+        return self._runtime_defs
+
+    def _adopt_runtime(self, merge: RuntimeMerge) -> None:
+        self.runtime_consumer_ids = frozenset(merge.runtime_ids)
+        self.runtime_clashes = merge.clashes
+        for note in merge.notes():
+            log.warning("%s", note, extra={"event": "runtime-consumers"})
+
+    async def apply_runtime_consumers(self, *, via: str = "engine", user: str = "") -> ReloadResult:
+        """Apply the consumers defined at runtime as Redis now stores them, beside this
+        instance's file consumers (the reload machinery: added ones start, removed ones stop
+        gracefully, replaced ones change or restart). Runs in read-only mode too: the fleet's
+        definition changed, not this instance's. Raises :class:`ControlError` when the engine
+        is not running."""
+        if not self.started or self._stop.is_set():
+            raise ControlError("cannot apply runtime consumers: the engine is not running")
+        async with self._reload_lock:
+            result = await self._reload(self._file_config, label="runtime-defined consumers")
+        level = logging.INFO if result.ok else logging.WARNING
+        log.log(
+            level,
+            "%s (asked via %s by %s)",
+            self._mask(result.summary()),
+            via,
+            user or "?",
+            extra={"event": "runtime-consumers"},
+        )
+        return result
+
+    async def _reload(
+        self, source: str | os.PathLike[str] | AppConfig | None, label: str | None = None
+    ) -> ReloadResult:
         rid = self.instance_id
         if isinstance(source, AppConfig):
-            new, file = source, source.source_file or "(configuration)"
+            new, file = source, label or source.source_file or "(configuration)"
         else:
             path = source if source is not None else self.config.source_file
             if path is None:
@@ -820,6 +880,10 @@ class Engine:
             except Exception as exc:  # the loader's own bug: one line, no traceback
                 problem = f"{file}: (internal): unexpected {type(exc).__name__} while loading"
                 return ReloadResult(ReloadStatus.INVALID, file, rid, problems=(problem,))
+        file_new = new
+        merge = merge_runtime(new, await self._runtime_definitions())
+        new = merge.config
+        notes = tuple(merge.notes())
         old = self.config
         plan = plan_reload(old, new)
         # the sections only a restart applies keep their running values
@@ -830,8 +894,10 @@ class Engine:
         restart = plan.needs_restart
         if plan.empty:
             self._adopt(effective)
+            self._file_config = file_new
+            self._adopt_runtime(merge)
             status = ReloadStatus.UNCHANGED
-            return ReloadResult(status, file, rid, needs_restart=restart)
+            return ReloadResult(status, file, rid, needs_restart=restart, details=notes)
         # pipelines first: one that cannot be built fails the reload before anything changes
         wanted = {c.pipeline_name for c in (*plan.added, *plan.restarted)}
         wanted |= {ch.new.pipeline_name for ch in plan.changed if ch.pipeline}
@@ -850,6 +916,8 @@ class Engine:
             error = self._mask(f"pipeline {name!r}: {type(exc).__name__}: {exc}")
             return ReloadResult(ReloadStatus.FAILED, file, rid, needs_restart=restart, error=error)
         self._adopt(effective)
+        self._file_config = file_new
+        self._adopt_runtime(merge)
         for name, pipeline in built.items():
             if name in self._pipelines:
                 self._retired_pipelines.append(self._pipelines[name])
@@ -858,7 +926,7 @@ class Engine:
         removed: list[str] = []
         changed: list[str] = []
         restarted: list[str] = []
-        details: list[str] = []
+        details: list[str] = list(notes)
         try:
             if plan.added or plan.restarted:
                 await self._ensure_dlq_topics()
@@ -963,25 +1031,30 @@ class Engine:
             message = orjson.loads(data) if isinstance(data, bytes | str) else None
         except orjson.JSONDecodeError:
             return
-        if not isinstance(message, dict) or message.get("action") != "reload":
+        if not isinstance(message, dict) or message.get("action") not in ("reload", APPLY_ACTION):
             return
         request_id = str(message.get("request_id") or "")
         if not request_id:
             return
+        via, user = str(message.get("via") or "cli"), str(message.get("user") or "")
         task = asyncio.create_task(
-            self._answer_reload(
-                request_id, str(message.get("via") or "cli"), str(message.get("user") or "")
-            ),
-            name=f"reload:{request_id}",
+            self._answer_reload(request_id, via, user, runtime=message["action"] == APPLY_ACTION),
+            name=f"{message['action']}:{request_id}",
         )
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
 
-    async def _answer_reload(self, request_id: str, via: str, user: str) -> None:
-        """Reload this instance's own file for a fleet-wide request and store the result."""
+    async def _answer_reload(
+        self, request_id: str, via: str, user: str, *, runtime: bool = False
+    ) -> None:
+        """Reload this instance's own file (``runtime``: apply the consumers defined at
+        runtime) for a fleet-wide request and store the result."""
         file = self.config.source_file or "(configuration)"
         try:
-            result = await self.reload(via=via, user=user or None)
+            if runtime:
+                result = await self.apply_runtime_consumers(via=via, user=user)
+            else:
+                result = await self.reload(via=via, user=user or None)
         except ControlError as exc:
             result = ReloadResult(ReloadStatus.FAILED, file, self.instance_id, error=str(exc))
             log.warning("reload refused: %s", exc, extra={"event": "reload"})
@@ -993,6 +1066,24 @@ class Engine:
             await store_result(self.redis, self.prefix, request_id, result)
         except (RedisError, OSError) as exc:
             log.warning("reload result not stored in Redis: %s", exc)
+
+    async def _resync_runtime_consumers(self) -> None:
+        """Apply the runtime definitions if Redis holds others than this instance last read."""
+        known = dict(self._runtime_defs)
+        current = await RuntimeConsumers(self.redis, self.prefix).definitions()
+        if current == known:
+            return
+        task = asyncio.create_task(self._answer_runtime_change(), name="consumers:resync")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    async def _answer_runtime_change(self) -> None:
+        try:
+            await self.apply_runtime_consumers(via="resync", user=self.instance_id)
+        except ControlError as exc:
+            log.warning("runtime consumers not applied: %s", exc)
+        except Exception:
+            log.exception("applying the runtime consumers failed")
 
     async def _load_pause_flags(self) -> None:
         states = await self.control.pause_states(list(self._consumers))
@@ -1009,6 +1100,7 @@ class Engine:
         subscriber = dedicated_redis_client(self.config.redis)
         pubsub = subscriber.pubsub()
         listening: PubSub | None = None
+        resync_runtime = False
         failures = 0
         try:
             while not self._stop.is_set():
@@ -1016,6 +1108,12 @@ class Engine:
                     if listening is None:  # (re)subscribe once Redis answers again
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
+                        # a definition changed before the subscription (or while Redis was
+                        # away) was announced to no one here: compare once subscribed
+                        resync_runtime = True
+                    if resync_runtime and self.started:
+                        resync_runtime = False
+                        await self._resync_runtime_consumers()
                     message = await listening.get_message(
                         ignore_subscribe_messages=True, timeout=1.0
                     )
@@ -1203,6 +1301,8 @@ class Engine:
             task_failures=self.recent_task_failures(),
             kafka_missing=self._kafka_missing,
             redis_pool=self.redis_pool_exhausted(),
+            runtime_consumers=tuple(sorted(self.runtime_consumer_ids)),
+            runtime_clashes=self.runtime_clashes,
         )
 
     def _metadata_watcher(self) -> ConsumerRunner | None:

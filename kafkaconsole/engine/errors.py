@@ -72,6 +72,20 @@ class UnknownConsumerError(ControlError, LookupError):
 
     http_status = 404
 
-    def __init__(self, consumer_id: str, known: list[str]) -> None:
-        super().__init__(f"unknown consumer {consumer_id!r} (known: {', '.join(known) or 'none'})")
+    def __init__(self, consumer_id: str, known: list[str], what: str = "consumer") -> None:
+        super().__init__(f"unknown {what} {consumer_id!r} (known: {', '.join(known) or 'none'})")
+        self.consumer_id = consumer_id
+
+
+class ConsumerClashError(ControlError):
+    """A runtime definition refused: the configuration file defines a consumer of that id
+    (the file's consumer wins)."""
+
+    http_status = 409
+
+    def __init__(self, consumer_id: str, action: str = "define") -> None:
+        super().__init__(
+            f"cannot {action} consumer {consumer_id!r} at runtime: the configuration file "
+            "defines a consumer of that id (the file's consumer wins)"
+        )
         self.consumer_id = consumer_id

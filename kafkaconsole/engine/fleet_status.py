@@ -183,6 +183,10 @@ class InstanceSummary(BaseModel):
     task_failures: list[str] = []
     kafka_missing: list[str] = []
     consumers: list[str]
+    runtime_consumers: list[str] = []
+    """Consumers it runs that were defined at runtime (``kafkaconsole consumer add``)."""
+    runtime_clashes: list[str] = []
+    """Runtime definitions it ignores: its configuration file defines a consumer of that id."""
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump()
@@ -345,6 +349,27 @@ class ErrorBody(_Status):
     error: str
 
 
+class ConsumerDefinitionBody(_Status):
+    """A consumer defined or removed at runtime (``POST /consumers``,
+    ``DELETE /consumers/{consumer_id}``)."""
+
+    consumer_id: str
+    status: str
+    """created | replaced | removed."""
+    request_id: str
+    """Every live instance stores what it applied under this id (as a fleet-wide reload)."""
+    definition: dict[str, Any] | None = None
+    """The consumer table as stored (None when removed)."""
+
+
+class ProblemsBody(_Status):
+    """An invalid consumer definition: nothing stored."""
+
+    error: str
+    problems: list[str]
+    """Every problem, ``request: key: message``."""
+
+
 API_MODELS: tuple[type[BaseModel], ...] = (
     ConsumersBody,
     ConsumerInfo,
@@ -356,6 +381,8 @@ API_MODELS: tuple[type[BaseModel], ...] = (
     FleetStatus,
     PeekBody,
     ReloadBody,
+    ConsumerDefinitionBody,
+    ProblemsBody,
 )
 
 

@@ -27,6 +27,8 @@ Fleet-wide (``<prefix>:_fleet:...``; consumer ids cannot start with ``_``):
                        a change of the layout raises it, with a migration from the last one
 - ``instance:<instance_id>`` string JSON status snapshot with a TTL (heartbeat)
 - ``control``  pub/sub channel announcing control changes
+- ``consumers`` hash   consumers defined at runtime: consumer id -> JSON of its table
+                       (``kafkaconsole consumer add``, ``POST /consumers``)
 """
 
 from __future__ import annotations
@@ -125,3 +127,8 @@ class FleetKeys:
     @property
     def control_channel(self) -> str:
         return f"{self.prefix}:_fleet:control"
+
+    @property
+    def runtime_consumers(self) -> str:
+        """Hash of the consumers defined at runtime: consumer id -> JSON of its table."""
+        return f"{self.prefix}:_fleet:consumers"

@@ -139,6 +139,9 @@ class InstanceSnapshot:
     kafka_missing: tuple[str, ...] = ()
     # Redis connection pools whose commands waited out for a free connection lately (why)
     redis_pool: tuple[str, ...] = ()
+    # consumers it runs that were defined at runtime, and runtime definitions its file overrides
+    runtime_consumers: tuple[str, ...] = ()
+    runtime_clashes: tuple[str, ...] = ()
 
     def consumer(self, consumer_id: str) -> ConsumerSnapshot | None:
         for c in self.consumers:

@@ -723,7 +723,12 @@ class KafkaConsoleApp(App[int]):
                 mask=self.mask,
             ),
             errors=self.logbook.errors_for(row.consumer_id),
-            config=config_lines(self.masked_config, row.consumer_id),
+            config=config_lines(
+                self.masked_config,
+                row.consumer_id,
+                runtime=self.engine is not None
+                and row.consumer_id in self.engine.runtime_consumer_ids,
+            ),
             series=self._series_of.get(row.consumer_id, Series()),
             dlq_topic=cfg.dlq_topic if cfg.error_handling.on_error == "dlq" else None,
             now_ms=now,

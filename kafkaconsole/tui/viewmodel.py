@@ -21,6 +21,7 @@ from typing import Any
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
 from kafkaconsole.engine.fleet_status import ConsumerStatus, FleetStatus, moment_ms
+from kafkaconsole.engine.runtime_consumers import RUNTIME_MARK
 from kafkaconsole.engine.status import ConsumerSnapshot, InstanceSnapshot, shown_state
 from kafkaconsole.engine.thresholds import Progress, window_progress
 
@@ -679,14 +680,18 @@ def _toml_key(key: str) -> str:
     return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
 
 
-def config_lines(masked: Mapping[str, Any], consumer_id: str) -> list[str]:
-    """A consumer's config and its pipeline's, as TOML, from :func:`mask_config` output."""
+def config_lines(
+    masked: Mapping[str, Any], consumer_id: str, *, runtime: bool = False
+) -> list[str]:
+    """A consumer's config and its pipeline's, as TOML, from :func:`mask_config` output;
+    ``runtime`` marks a consumer defined at runtime."""
     consumer = next(
         (c for c in masked.get("consumers", []) if c["consumer_id"] == consumer_id), None
     )
     if consumer is None:
         return []
-    lines = ["[[consumers]]"]
+    lines = [RUNTIME_MARK] if runtime else []
+    lines.append("[[consumers]]")
     lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in consumer.items() if v is not None]
     name = consumer.get("pipeline_name")
     pipeline = masked.get("pipelines", {}).get(name)
