@@ -39,7 +39,7 @@ REDIS_COMMANDS: tuple[str, ...] = (
     "hget", "hset", "hdel", "hgetall", "hmget", "hincrby",
     # streams: history, dispatch (consumer group), audit
     "xadd", "xrange", "xrevrange", "xreadgroup", "xack", "xdel", "xautoclaim", "xclaim",
-    "xread",
+    "xread", "xlen",
     "xgroup|create",
     # sorted set: the registry of instances' heartbeats
     "zadd", "zrange", "zrem", "zremrangebyscore",
@@ -356,6 +356,7 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
         ("xdel", ("XDEL", k_stream, "0-1")),
         ("xrange", ("XRANGE", k_stream, "-", "+", "COUNT", 1)),
         ("xrevrange", ("XREVRANGE", k_stream, "+", "-", "COUNT", 1)),
+        ("xlen", ("XLEN", k_stream)),
         ("zadd", ("ZADD", k_zset, 1, "m")),
         ("zrange", ("ZRANGE", k_zset, 0, -1)),
         ("zremrangebyscore", ("ZREMRANGEBYSCORE", k_zset, "-inf", 0)),

@@ -231,7 +231,7 @@ async def store_result(redis: Redis, prefix: str, request_id: str, result: Reloa
     key = results_key(prefix, request_id)
     pipe = redis.pipeline(transaction=True)
     pipe.hset(key, result.instance_id, orjson.dumps(result.to_json_dict()))
-    pipe.expire(key, RESULT_TTL_S)
+    pipe.pexpire(key, RESULT_TTL_S * 1000)  # PEXPIRE: in the documented ACL
     await pipe.execute()
 
 

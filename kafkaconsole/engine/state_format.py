@@ -86,7 +86,8 @@ async def ensure_state_format(
     :class:`StateFormatError` for a newer format or a missing migration."""
     steps = MIGRATIONS if migrations is None else migrations
     key = FleetKeys(prefix).format
-    raw: Any = await redis.eval(_CHECK, 1, key, str(current))
+    # scripts go by EVALSHA (loaded on first use): the documented Redis ACL has no EVAL
+    raw: Any = await redis.register_script(_CHECK)(keys=[key], args=[str(current)])
     created, found = int(raw[0]) == 0, int(raw[1])
     if created:
         return FormatCheck(None, current)
@@ -108,7 +109,9 @@ async def ensure_state_format(
             )
         # the step runs only if the format is still `version` (another instance may have
         # migrated it a moment ago); either way the format read next is what holds
-        applied: Any = await redis.eval(_STEP + step.lua, 1, key, prefix, str(version))
+        applied: Any = await redis.register_script(_STEP + step.lua)(
+            keys=[key], args=[prefix, str(version)]
+        )
         if int(applied or 0):
             migrated.append(step.summary)
         version = int(await redis.get(key) or version)
