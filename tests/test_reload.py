@@ -561,8 +561,13 @@ poll_timeout = 0.2
 
         await wait_for(refused, what="the bad file's log line")
         assert f"{config}: consumers[0].max_event: " in log.read_text()
+
+        async def both_audited() -> bool:  # the audit entry is written after the log line
+            entries = await AuditLog(redis_client, unique).entries(5)
+            return [e["via"] for e in entries if e["action"] == "reload"] == ["signal", "signal"]
+
+        await wait_for(both_audited, what="both reloads in the audit trail")
         entries = await AuditLog(redis_client, unique).entries(5)
-        assert [e["via"] for e in entries if e["action"] == "reload"] == ["signal", "signal"]
         assert entries[0]["result"] == "error"
         assert proc.poll() is None  # still running after the bad file
     finally:
