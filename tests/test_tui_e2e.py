@@ -50,11 +50,14 @@ async def test_counters_move_on_screen(
     producer = asyncio.create_task(_produce(kafka, unique, stop))
     row = re.compile(
         rf"{re.escape(cid)}\s+{re.escape(unique)}\s+● running\s+(?P<verdict>\S+)(?: !\d+)?\s+"
-        r"(?P<rate>\S+)\s+\S+\s+(?P<count>[\d.]+k?)/100k"
-    )
+        r"(?P<rate>\S+)\s+\S+\s+(?:\S+\s+)?(?P<count>[\d.]+k?)/100k"
+    )  # ev/s, lag, the Behind column where there is room, the count bar
     seen: list[int] = []
     try:
-        async with app.run_test(size=(120, 30)) as pilot:
+        # wide enough for the full layout whatever the length of the test's unique names
+        # (they grow with the session's test count; at 120 columns a long one turns the
+        # table compact, which merges the State and Health columns this row pattern reads)
+        async with app.run_test(size=(160, 30)) as pilot:
 
             async def counted(minimum: int) -> bool:
                 m = row.search(screen_text(app))
