@@ -71,6 +71,10 @@ from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
 from kafkaconsole.engine.records import RunResult, TriggerRecord
 from kafkaconsole.engine.reload import ReloadStatus
 from kafkaconsole.engine.runtime_consumers import define_consumer, undefine_consumer
+from kafkaconsole.engine.seek import TARGET_HELP as SEEK_TARGET_HELP
+from kafkaconsole.engine.seek import SeekResult, plan_seek
+from kafkaconsole.engine.seek import parse_target as parse_seek_target
+from kafkaconsole.engine.seek import parse_window as parse_seek_window
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 
 log = logging.getLogger("kafkaconsole.api")
@@ -585,6 +589,27 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route(
+        "POST",
+        "/consumers/{consumer_id}/seek",
+        "seek",
+        "Move the consumer's position on every partition (or `partitions`), fleet-wide: "
+        "`to` is earliest, latest, an offset, an ISO 8601 time or a time ago (-2h). Events "
+        "read again are counted again into new windows recorded as replays; events skipped "
+        "are never counted; the open window is closed (`window`: close, its pipeline runs) "
+        "or discarded. With `dry_run` the plan only (nothing changes; allowed read-only).",
+        auth=True,
+        responses=(200, 401, 403, 404, 413, 422, 503),
+        body=SeekResult,
+        notes=(
+            (200, "Applied (`applied`: true), or the plan of a dry run"),
+            (404, "Unknown consumer, or its topic does not exist"),
+            (422, "A bad body: `to`, `window`, `partitions` or `dry_run`"),
+            (503, "Kafka or Redis unreachable, the engine not running, or too many at once"),
+        ),
+        request_body='{"to": "earliest" | "latest" | OFFSET | TIME, "window": "close" | '
+        '"discard" (default close), "partitions": [N, ...] (default all), "dry_run": false}',
+    ),
+    Route(
         "GET",
         "/consumers/{consumer_id}/events",
         "peek_events",
@@ -790,6 +815,7 @@ class ApiServer:
             "reload": self.reload,
             "define_consumer": self.define_consumer,
             "remove_consumer": self.remove_consumer,
+            "seek": self.seek,
             "peek_events": self._peek(self._peek_events),
             "peek_dlq": self._peek(self._peek_dlq),
         }
@@ -967,6 +993,66 @@ class ApiServer:
         log.info("API reload from %s: %s", request.remote, result.status)
         status = 200 if result.ok else 422 if result.status == ReloadStatus.INVALID else 500
         return web.json_response(ReloadBody(**result.to_json_dict()).model_dump(), status=status)
+
+    async def seek(self, request: web.Request) -> web.StreamResponse:
+        """``POST /consumers/{id}/seek``: move the consumer's position (or plan it)."""
+        denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        cid = request.match_info["consumer_id"]
+        try:
+            raw = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return _error(422, f"request body: not JSON: {exc}")
+        if not isinstance(raw, dict):
+            return _error(422, "request body: a JSON object is expected")
+        unknown = sorted(set(raw) - {"to", "window", "partitions", "dry_run"})
+        if unknown:
+            return _error(422, f"request body: unknown key(s) {', '.join(unknown)}")
+        to, window = raw.get("to"), raw.get("window", "close")
+        partitions, dry_run = raw.get("partitions"), raw.get("dry_run", False)
+        if not isinstance(to, str | int) or isinstance(to, bool):
+            return _error(422, f"to: expected {SEEK_TARGET_HELP}")
+        if not isinstance(dry_run, bool):
+            return _error(422, "dry_run: expected true or false")
+        if partitions is not None and not (
+            isinstance(partitions, list)
+            and partitions
+            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in partitions)
+        ):
+            return _error(422, "partitions: expected a list of partition numbers")
+        if not isinstance(window, str):
+            return _error(422, "window: expected close or discard")
+        self.fleet.consumer_cfg(cid)  # 404 for an unknown id
+        target, how = parse_seek_target(str(to)), parse_seek_window(window)
+        if not dry_run and self.config.ui.read_only:
+            raise ReadOnlyError("seek")
+        if not self.engine.started or self.engine.stopping:
+            return _error(503, "the engine is not running (starting or stopping)")
+        if self._peeks_in_flight >= MAX_CONCURRENT_PEEKS:  # both read Kafka with a reader
+            resp = _error(503, f"busy: {MAX_CONCURRENT_PEEKS} Kafka reads in flight, retry shortly")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        self._peeks_in_flight += 1
+        try:
+            if dry_run:
+                plan = await plan_seek(
+                    self.engine.config, self.redis, cid, target, window=how, partitions=partitions
+                )
+                result = SeekResult.dry_run(plan)
+            else:
+                result = await self.engine.seek(
+                    cid,
+                    str(to),
+                    window=how,
+                    partitions=partitions,
+                    via="api",
+                    user=_api_user(request),
+                )
+                log.info("API seek %s from %s: %s", cid, request.remote, result.detail())
+        finally:
+            self._peeks_in_flight -= 1
+        return web.json_response(result.to_json())
 
     # ---- consumers defined at runtime ---------------------------------------------------------
     def _may_define(self, request: web.Request, what: str) -> web.Response | None:

@@ -435,7 +435,7 @@ async def test_openapi_lists_every_route(env: Env) -> None:
         for r in env.api.app.router.routes()
         if r.resource is not None and r.method != "HEAD"
     ]
-    assert len(routes) == 16
+    assert len(routes) == 17
     for method, path in routes:
         assert method in doc["paths"][path], (method, path)
     for method in ("pause", "resume", "reset", "trigger"):
@@ -593,3 +593,59 @@ async def test_peek_endpoints_need_the_token_and_match_the_document(env: Env) ->
     (dead,) = [e for e in body["events"] if e["value"] == "{peek-bad"]
     assert body["source"] == "dlq" and dead["topic"] == f"{env.topic}.dlq"
     assert dead["error"]["stage"] == "decode" and dead["error"]["topic"] == env.topic
+
+
+async def test_seek_endpoint(env: Env) -> None:
+    """POST /consumers/{id}/seek: guarded by the token, bad bodies refused in one line (422),
+    a dry run changes nothing, a seek back replays exactly what it says, bodies as the
+    document describes."""
+    _, doc = await env.get("/openapi.json")
+    path, url = "/consumers/{consumer_id}/seek", f"/consumers/{env.cid}/seek"
+
+    def valid(code: int, body: Any) -> None:
+        assert str(code) in doc["paths"][path]["post"]["responses"], code
+        _response_validator(doc, path, "post", code).validate(body)
+
+    code, body = await env.post(url, token=None, json={"to": "latest"})
+    assert code == 401
+    valid(code, body)
+    for bad, says in (
+        ({}, "to: expected earliest, latest"),
+        ({"to": "soon"}, "seek target 'soon' is not one of"),
+        ({"to": "latest", "window": "keep"}, "window must be close or discard"),
+        ({"to": "latest", "x": 1}, "unknown key(s) x"),
+        ({"to": "latest", "partitions": [-1]}, "partitions: expected a list"),
+        ({"to": "latest", "dry_run": "yes"}, "dry_run: expected true or false"),
+    ):
+        code, body = await env.post(url, json=bad)
+        assert code == 422 and says in body["error"], (bad, body)
+        valid(code, body)
+    code, body = await env.post("/consumers/nope/seek", json={"to": "latest"})
+    assert code == 404
+    valid(code, body)
+
+    # a clean start: past everything, the open window discarded
+    code, body = await env.post(url, json={"to": "latest", "window": "discard"})
+    assert code == 200 and body["applied"] and body["reread"] == 0, body
+    valid(code, body)
+    ends = {m["partition"]: m["target"] for m in body["plan"]["partitions"]}
+    await env.kafka.produce(env.topic, ({"seek": i} for i in range(4)), partitions=2)
+    await wait_for(lambda: _count_is(env, 4), 20, what="4 events counted")
+
+    code, body = await env.post(
+        url, json={"to": ends[0], "partitions": [0], "window": "discard", "dry_run": True}
+    )
+    assert code == 200 and not body["applied"] and body["epoch"] is None, body
+    assert (body["reread"], body["plan"]["window_count"]) == (2, 4)
+    valid(code, body)
+    assert await env.count() == 4  # the dry run changed nothing
+
+    code, body = await env.post(url, json={"to": ends[0], "partitions": [0], "window": "discard"})
+    assert code == 200 and body["applied"] and (body["reread"], body["discarded"]) == (2, 4)
+    valid(code, body)
+    # partition 0's two events are read and counted again; partition 1's are not
+    await wait_for(lambda: _count_is(env, 2), 20, what="partition 0's 2 events replayed")
+
+
+async def _count_is(env: Env, n: int) -> bool:
+    return await env.count() == n

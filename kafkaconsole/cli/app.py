@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from kafkaconsole.cli import audit_cmd, consumer_cmd, control_cmd, peek_cmd, reload_cmd, run_cmd
+from kafkaconsole.cli import (
+    audit_cmd,
+    consumer_cmd,
+    control_cmd,
+    peek_cmd,
+    reload_cmd,
+    run_cmd,
+    seek_cmd,
+)
 from kafkaconsole.cli.config_cmd import config_app
 
 
@@ -63,6 +71,7 @@ app.command("run")(run_cmd.run)
 app.command("demo")(run_cmd.demo)
 control_cmd.register(app)
 peek_cmd.register(app)
+seek_cmd.register(app)
 reload_cmd.register(app)
 consumer_cmd.register(app)
 app.command("audit")(audit_cmd.audit)

@@ -23,7 +23,13 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
 from kafkaconsole.engine.clients import kafka_kwargs
-from kafkaconsole.engine.counting import ApplyResult, PartitionDelta, RedisBehind, WindowCounter
+from kafkaconsole.engine.counting import (
+    ApplyResult,
+    PartitionDelta,
+    RedisBehind,
+    SeekMoved,
+    WindowCounter,
+)
 from kafkaconsole.engine.dlq import DeadLetterError, DeadLetterSink, Refused
 from kafkaconsole.engine.events import EventClassifier, build_batch
 from kafkaconsole.engine.health import time_lag_seconds
@@ -198,6 +204,12 @@ class ConsumerRunner:
         # Redis lost counting state (see WindowCounter.apply): where each partition must be
         # read again from, applied by the poll loop; polls fetched meanwhile are dropped
         self._resync: dict[TopicPartition, int] | None = None
+        #: the seek epoch the positions were read with (a seek raises it in Redis: the
+        #: counter refuses polls of an older epoch), and the epoch to follow, once the poll
+        #: loop re-reads every position (None: none pending)
+        self.seek_epoch = 0
+        self._follow_seek: int | None = None
+        self.seeks_followed = 0
         self.window_floor = 0  # the highest open window id seen: ids never go back below it
         self.state_losses = 0  # times Redis was found to have lost counting state
         self.topic_missing = False  # the brokers do not know a named topic (waiting for it)
@@ -257,6 +269,8 @@ class ConsumerRunner:
                 self._apply_pause()
                 if self._resync is not None and self._counting is None:
                     self._do_resync()
+                if self._follow_seek is not None and self._counting is None:
+                    await self._do_follow_seek()
                 try:
                     # a poll can block for a whole rebalance: a stop request must not wait
                     poll = asyncio.ensure_future(
@@ -596,6 +610,9 @@ class ConsumerRunner:
                 except RedisBehind as exc:
                     self._start_resync(exc.stored, deltas)
                     return
+                except SeekMoved as exc:
+                    self.follow_seek(exc.epoch)
+                    return
                 if result is None:
                     # stopping with Redis unreachable: nothing of these polls was counted, and
                     # no later poll may be (it would advance the offsets past them)
@@ -639,7 +656,7 @@ class ConsumerRunner:
 
         try:
             result = await retry_call(
-                lambda: self.counter.apply(deltas, expected, self.window_floor),
+                lambda: self.counter.apply(deltas, expected, self.window_floor, self.seek_epoch),
                 WAIT_POLICY,
                 retry_on=(RedisError, OSError),
                 what=f"{self.cfg.consumer_id}: counting a poll",
@@ -692,7 +709,10 @@ class ConsumerRunner:
         self._resync = targets
 
     def _drop_if_resyncing(self, batch: dict[TopicPartition, list[Any]]) -> bool:
-        """While a resync is pending, a polled batch is dropped and read again."""
+        """While a resync is pending, a polled batch is dropped and read again (while a seek
+        is to be followed, it is dropped: the positions it was read from are moved)."""
+        if self._follow_seek is not None:
+            return True
         if self._resync is None:
             return False
         for tp, records in batch.items():
@@ -719,6 +739,59 @@ class ConsumerRunner:
             "%s: reading %s again after Redis lost state",
             self.cfg.consumer_id,
             describe_partitions(tp for tp in targets if tp in owned),
+        )
+
+    # ---- seek ------------------------------------------------------------------------------
+    # An operator's seek (kafkaconsole seek, engine/seek.py) rewrites the stored offsets and
+    # raises the consumer's seek epoch in Redis in one step. This instance learns it from the
+    # control listener (within a second) or from the counter, which refuses a poll of an older
+    # epoch. Either way the poll loop then drops what is queued or in flight, re-reads every
+    # owned partition's stored offset with the new epoch, and seeks there.
+    def follow_seek(self, epoch: int) -> None:
+        """Re-read every position before counting again (a seek raised the epoch to
+        ``epoch``)."""
+        if epoch > self.seek_epoch and (self._follow_seek is None or epoch > self._follow_seek):
+            self._follow_seek = epoch
+            self._queued.clear()
+
+    async def _do_follow_seek(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        self._queued.clear()
+        owned = sorted(consumer.assignment())
+        try:
+            stored, epoch = await retry_call(
+                lambda: self.counter.positions(owned),
+                ASSIGN_POLICY,
+                retry_on=(RedisError, OSError),
+                what=f"{self.cfg.consumer_id}: reading the positions a seek set",
+                stop=self._stop_event,
+                on_error=lambda _, exc: self._note_error(f"Redis unreachable after a seek: {exc}"),
+                logger=log,
+            )
+        except (RedisError, OSError):
+            return  # still pending: the next loop tries again
+        self._follow_seek = None
+        self._queued.clear()
+        for tp in owned:
+            st = self._state(tp)
+            st.unapplied.clear()
+            st.committed = None
+            if tp in stored:
+                consumer.seek(tp, stored[tp])
+                st.next = stored[tp]
+        self.seek_epoch = epoch
+        self.seeks_followed += 1
+        log.info(
+            "%s: following a seek (epoch %d): %s",
+            self.cfg.consumer_id,
+            epoch,
+            ", ".join(
+                f"{tp.topic}[{tp.partition}] from {stored[tp]}" for tp in owned if tp in stored
+            )
+            or "no partition owned here",
+            extra={"event": "seek", "consumer_id": self.cfg.consumer_id},
         )
 
     def _note_lost(self, lost: dict[TopicPartition, int]) -> None:
@@ -777,8 +850,8 @@ class ConsumerRunner:
         parts = sorted(assigned)
         stored: dict[TopicPartition, int] = {}
         try:
-            stored = await retry_call(
-                lambda: self.counter.stored_offsets(parts),
+            stored, epoch = await retry_call(
+                lambda: self.counter.positions(parts),
                 ASSIGN_POLICY,
                 retry_on=(RedisError, OSError),
                 what=f"{self.cfg.consumer_id}: reading stored offsets on assignment",
@@ -795,6 +868,14 @@ class ConsumerRunner:
                 self.cfg.consumer_id,
                 describe_partitions(parts),
             )
+        else:
+            if epoch > self.seek_epoch:
+                # a seek before this assignment: the positions just read are its; the other
+                # partitions owned here re-read theirs before counting again
+                if self.assigned - set(parts):
+                    self.follow_seek(epoch)
+                else:
+                    self.seek_epoch = epoch
         self._forget_times(set(parts))
         for tp in assigned:
             if tp in stored:

@@ -36,6 +36,8 @@ class PauseState:
     paused: bool
     by: str | None = None
     since_ms: int | None = None
+    #: raised by every seek: an instance behind it re-reads its positions
+    seek_epoch: int = 0
 
     @classmethod
     def parse(cls, raw: dict[Any, Any]) -> PauseState:
@@ -45,6 +47,7 @@ class PauseState:
             paused=f.get("paused") == "1",
             by=f.get("paused_by"),
             since_ms=int(f["paused_at"]) if f.get("paused_at") else None,
+            seek_epoch=int(f.get("seek_epoch") or 0),
         )
 
 

@@ -10,7 +10,9 @@ The :class:`WindowCounter` owns the four scripts that change a consumer's counti
   Redis's clock and only for the expected window id, so several instances' timers close it once;
   ``manual`` also when empty);
 - ``reset``: empties the open window without triggering;
-- ``shrink``: applies a lowered ``max_event`` to the open window (a live reload).
+- ``shrink``: applies a lowered ``max_event`` to the open window (a live reload);
+- ``seek``: moves the stored offsets (an operator's seek or replay), closing or discarding the
+  open window and raising the consumer's seek epoch in the same step.
 
 A batch arrives as compact per-partition *ranges* of consecutive counted offsets, so a
 contiguous batch costs a handful of arguments whatever its size, and gaps (compacted or
@@ -29,14 +31,14 @@ from kafkaconsole.engine.keys import ConsumerKeys, offset_field
 from kafkaconsole.engine.records import OffsetRange, TriggerReason
 
 _PRELUDE = r"""
-local K_EVENTS, K_WINDOW, K_STATS, K_OFFSETS, K_HISTORY, K_DISPATCH =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_EVENTS, K_WINDOW, K_STATS, K_OFFSETS, K_HISTORY, K_DISPATCH, K_CONTROL =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local count = tonumber(redis.call('GET', K_EVENTS) or '0')
-local w = redis.call('HMGET', K_WINDOW, 'id', 'opened_at', 'after_loss')
+local w = redis.call('HMGET', K_WINDOW, 'id', 'opened_at', 'after_loss', 'replay')
 local has_id = w[1] ~= false
 local wid = tonumber(w[1] or '1')
 local opened = w[2]
@@ -44,6 +46,8 @@ if opened then opened = tonumber(opened) end
 -- the first window after Redis lost this consumer's state: any client that saw a higher
 -- window id before the loss renumbers it (it never closed, so its id was never used)
 local after_loss = w[3] ~= false
+-- the open window holds events read again after a seek back (recorded as a replay)
+local replay = w[4] ~= false
 local ranges = nil      -- "topic|partition" -> {first, last} of the open window (lazy)
 local range_order = nil
 local window_dirty = false
@@ -90,6 +94,10 @@ local function close_window(reason, history_limit)
   local offs = offsets_json()
   local fields = {'window_id', wid, 'reason', reason, 'count', count,
                   'opened_at', opened or '', 'closed_at', now, 'offsets', offs}
+  if replay then
+    table.insert(fields, 'replay')
+    table.insert(fields, 1)
+  end
   redis.call('XADD', K_HISTORY, 'MAXLEN', '~', history_limit, '*', unpack(fields))
   redis.call('XADD', K_DISPATCH, '*', unpack(fields))
   redis.call('HINCRBY', K_STATS, 'windows', 1)
@@ -99,6 +107,7 @@ local function close_window(reason, history_limit)
   count = 0
   opened = nil
   after_loss = false
+  replay = false
   ranges = {}
   range_order = {}
   window_dirty = true
@@ -135,10 +144,11 @@ local function close_excess(max_event, history_limit, closed)
       end
     end
     local rest = count - max_event
+    local was_replay = replay
     ranges, range_order, count = take, take_order, max_event
     table.insert(closed, close_window('count', history_limit))
     if rest > 0 then
-      ranges, range_order, count, opened = keep, keep_order, rest, now
+      ranges, range_order, count, opened, replay = keep, keep_order, rest, now, was_replay
     end
   end
 end
@@ -150,6 +160,7 @@ local function save_window()
   local f = {'id', wid}
   if opened then table.insert(f, 'opened_at'); table.insert(f, opened) end
   if after_loss then table.insert(f, 'after_loss'); table.insert(f, 1) end
+  if replay then table.insert(f, 'replay'); table.insert(f, 1) end
   if ranges ~= nil then
     for _, key in ipairs(range_order) do
       local r = ranges[key]
@@ -164,7 +175,8 @@ end
 _APPLY = (
     _PRELUDE
     + r"""
--- ARGV: max_event, history_limit, then ONE space-separated string of tokens (topic names
+-- ARGV: max_event, history_limit, the client's seek epoch, then ONE space-separated string
+-- of tokens (topic names
 -- hold no spaces, every other token is an integer):
 --   window_floor, n_expect, (topic, partition, expected)*, n_parts, then per partition:
 --   topic, partition, next_after, first_offset, n_records, n_ranges, (a, b)*, n_err,
@@ -172,7 +184,19 @@ _APPLY = (
 --   field "skipped")
 -- (one argument instead of dozens: the client packs a poll's deltas with a single join)
 local A = {ARGV[1], ARGV[2]}
-for tok in string.gmatch(ARGV[3], '%S+') do A[#A + 1] = tok end
+for tok in string.gmatch(ARGV[4], '%S+') do A[#A + 1] = tok end
+
+-- A seek (the seek script) moved this consumer's stored offsets on purpose and raised the
+-- epoch: a client that has not followed it yet counts nothing and is told to re-read its
+-- positions, so a seek back is never taken for lost writes (below) nor a poll read before
+-- it counted after it. An epoch below the client's means Redis lost the seek itself: it is
+-- restored, and the offset checks below judge the offsets.
+local client_epoch = tonumber(ARGV[3])
+local sk = redis.call('HMGET', K_CONTROL, 'seek_epoch', 'replaying')
+local epoch = tonumber(sk[1] or '0')
+if client_epoch < epoch then return {'seeked', epoch} end
+if client_epoch > epoch then redis.call('HSET', K_CONTROL, 'seek_epoch', client_epoch) end
+local replaying = tonumber(sk[2] or '0') > 0
 local max_event = tonumber(A[1])
 local history_limit = tonumber(A[2])
 local window_floor = tonumber(A[3])
@@ -240,6 +264,11 @@ for _ = 1, n_parts do
   i = i + 6
   local stored = stored_offset(key)
   local counted_here = 0
+  -- below this offset the partition is being read again after a seek back
+  local mark = nil
+  if replaying then
+    mark = tonumber(redis.call('HGET', K_CONTROL, 'replay|' .. key) or '-1')
+  end
   for _ = 1, n_ranges do
     local a = tonumber(A[i])
     local b = tonumber(A[i + 1])
@@ -261,6 +290,7 @@ for _ = 1, n_parts do
         r[2] = e
       end
       window_dirty = true
+      if mark ~= nil and a < mark then replay = true end
       count = count + take
       added = added + take
       counted_here = counted_here + take
@@ -287,6 +317,10 @@ for _ = 1, n_parts do
   if next_after > stored then
     redis.call('HSET', K_OFFSETS, key, next_after)
     stored_of[key] = next_after
+  end
+  if mark ~= nil and mark >= 0 and stored_of[key] >= mark then  -- the replay is over here
+    redis.call('HDEL', K_CONTROL, 'replay|' .. key)
+    redis.call('HINCRBY', K_CONTROL, 'replaying', -1)
   end
 end
 
@@ -330,6 +364,64 @@ local closed = {}
 close_excess(tonumber(ARGV[1]), tonumber(ARGV[2]), closed)
 if #closed > 0 then save_window() end
 return {count, wid, opened or -1, now, closed}
+"""
+)
+
+_SEEK = (
+    _PRELUDE
+    + r"""
+-- ARGV: window action (close | discard), history_limit, then ONE space-separated string:
+--   n, (topic, partition, target)*  (target: the next offset to count from now on)
+-- In one step: the open window is closed (reason seek, its pipeline runs) or discarded, the
+-- stored offsets are rewritten, the epoch is raised (every instance re-reads its positions
+-- before it counts again), and each partition moved back is marked as replaying up to where
+-- it had been counted (the windows holding those events are recorded as replays).
+local action = ARGV[1]
+local history_limit = tonumber(ARGV[2])
+local A = {}
+for tok in string.gmatch(ARGV[3], '%S+') do A[#A + 1] = tok end
+local epoch = redis.call('HINCRBY', K_CONTROL, 'seek_epoch', 1)
+local closed_id, n = -1, count
+if count > 0 then
+  if action == 'close' then
+    closed_id = close_window('seek', history_limit)
+  else
+    redis.call('HINCRBY', K_STATS, 'discarded', count)
+    count, opened, replay, window_dirty = 0, nil, false, true
+    ranges, range_order = {}, {}
+  end
+end
+local before = {}
+local reread, skipped = 0, 0
+local i = 2
+for _ = 1, tonumber(A[1]) do
+  local key = A[i] .. '|' .. A[i + 1]
+  local target = tonumber(A[i + 2])
+  i = i + 3
+  local old = tonumber(redis.call('HGET', K_OFFSETS, key) or '-1')
+  table.insert(before, old)
+  redis.call('HSET', K_OFFSETS, key, target)
+  local mkey = 'replay|' .. key
+  local mark = tonumber(redis.call('HGET', K_CONTROL, mkey) or '-1')
+  local counted_to = math.max(old, mark)  -- past a replay's start: counted once already
+  if counted_to > target then
+    redis.call('HSET', K_CONTROL, mkey, counted_to)
+  elseif mark >= 0 then
+    redis.call('HDEL', K_CONTROL, mkey)
+  end
+  if old >= 0 and target < old then reread = reread + old - target end
+  if counted_to >= 0 and target > counted_to then skipped = skipped + target - counted_to end
+end
+local marks = 0
+for _, f in ipairs(redis.call('HKEYS', K_CONTROL)) do
+  if string.sub(f, 1, 7) == 'replay|' then marks = marks + 1 end
+end
+redis.call('HSET', K_CONTROL, 'replaying', marks)
+redis.call('HINCRBY', K_STATS, 'seeks', 1)
+if reread > 0 then redis.call('HINCRBY', K_STATS, 'seek_reread', reread) end
+if skipped > 0 then redis.call('HINCRBY', K_STATS, 'seek_skipped', skipped) end
+save_window()
+return {epoch, closed_id, n, now, before, reread, skipped}
 """
 )
 
@@ -388,6 +480,15 @@ class RedisBehind(Exception):
         super().__init__(f"Redis lost counted offsets ({parts})")
 
 
+class SeekMoved(Exception):
+    """A seek moved the consumer's stored offsets since this client last read them (its seek
+    epoch is behind ``epoch``): nothing was applied; the client re-reads its positions."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        super().__init__(f"a seek moved the stored offsets (epoch {epoch})")
+
+
 def _triples(flat: list[Any]) -> dict[TopicPartition, int]:
     """``[topic, partition, offset, ...]`` from the script -> {TopicPartition: offset}."""
     return {
@@ -417,6 +518,21 @@ class ThresholdResult:
     opened_at_ms: int | None
     redis_now_ms: int
     closed_window_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SeekApplied:
+    """What the seek script did: the new epoch, the open window closed (``closed_window_id``,
+    -1 when it was empty or discarded) holding ``window_count`` events, the stored offsets
+    before the seek (-1: none), and the offsets to be read again and skipped."""
+
+    epoch: int
+    closed_window_id: int
+    window_count: int
+    redis_now_ms: int
+    before: dict[TopicPartition, int]
+    reread: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,17 +594,21 @@ class WindowCounter:
         self._close = redis.register_script(_CLOSE)
         self._reset = redis.register_script(_RESET)
         self._shrink = redis.register_script(_SHRINK)
+        self._seek = redis.register_script(_SEEK)
 
     async def apply(
         self,
         deltas: list[PartitionDelta],
         expected: dict[TopicPartition, int] | None = None,
         window_floor: int = 0,
+        epoch: int = 0,
     ) -> ApplyResult:
         """Count ``deltas`` in one atomic step. ``expected`` holds, per topic-partition, the
         next offset the caller last saw stored: Redis holding less raises
         :class:`RedisBehind` (nothing applied); Redis holding none re-seeds it and reports it
-        in ``lost``, and the window id then starts at ``window_floor`` at least."""
+        in ``lost``, and the window id then starts at ``window_floor`` at least. ``epoch`` is
+        the seek epoch the caller last read with its positions: a later seek raises
+        :class:`SeekMoved` (nothing applied)."""
         exp = expected or {}
         nums: list[int | str] = [window_floor, len(exp)]
         for tp, o in exp.items():
@@ -510,9 +630,11 @@ class WindowCounter:
             nums.append(d.skipped)
         # the deltas travel as one string: packing each integer as its own argument costs
         # more client time than the whole script takes to run on the server
-        args: list[Any] = [self.max_event, self.history_limit, " ".join(map(str, nums))]
+        args: list[Any] = [self.max_event, self.history_limit, epoch, " ".join(map(str, nums))]
         res = await self._apply(keys=self._keys, args=args)
-        if isinstance(res[0], bytes | str):  # "rewind"
+        if isinstance(res[0], bytes | str):
+            if _str(res[0]) == "seeked":
+                raise SeekMoved(_int(res[1]))
             raise RedisBehind(_triples(res[1]))
         opened = _int(res[2])
         return ApplyResult(
@@ -558,6 +680,54 @@ class WindowCounter:
             opened_at_ms=None if opened < 0 else opened,
             redis_now_ms=_int(res[3]),
             closed_window_ids=tuple(_int(x) for x in res[4]),
+        )
+
+    async def seek(
+        self, targets: dict[TopicPartition, int], *, discard_window: bool = False
+    ) -> SeekApplied:
+        """Move the stored next-offset-to-count of each topic-partition in ``targets``, in one
+        atomic step with closing (reason ``seek``) or discarding the open window."""
+        order = sorted(targets)
+        nums: list[int | str] = [len(order)]
+        for tp in order:
+            nums += (tp.topic, tp.partition, targets[tp])
+        res = await self._seek(
+            keys=self._keys,
+            args=[
+                "discard" if discard_window else "close",
+                self.history_limit,
+                " ".join(map(str, nums)),
+            ],
+        )
+        return SeekApplied(
+            epoch=_int(res[0]),
+            closed_window_id=_int(res[1]),
+            window_count=_int(res[2]),
+            redis_now_ms=_int(res[3]),
+            before={tp: _int(v) for tp, v in zip(order, res[4], strict=True)},
+            reread=_int(res[5]),
+            skipped=_int(res[6]),
+        )
+
+    async def positions(
+        self, partitions: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], int]:
+        """The stored next offset to count of each topic-partition Redis knows, and the seek
+        epoch they belong to, read together."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(self.keys.control, "seek_epoch")
+        if partitions:
+            pipe.hmget(
+                self.keys.offsets, [offset_field(tp.topic, tp.partition) for tp in partitions]
+            )
+        res = await pipe.execute()
+        epoch = _int(res[0] or 0)
+        if not partitions:
+            return {}, epoch
+        values = res[1]
+        return (
+            {tp: _int(v) for tp, v in zip(partitions, values, strict=True) if v is not None},
+            epoch,
         )
 
     async def reset(self) -> ResetResult:

@@ -138,6 +138,7 @@ def record_from_fields(fields: dict[Any, Any], cfg: ConsumerConfig) -> TriggerRe
             OffsetRange(o["topic"], int(o["partition"]), int(o["first"]), int(o["last"]))
             for o in entry.offsets
         ),
+        replay=entry.replay,
     )
 
 

@@ -89,6 +89,7 @@ from kafkaconsole.engine.runtime_consumers import (
     RuntimeMerge,
     merge_runtime,
 )
+from kafkaconsole.engine.seek import SeekResult
 from kafkaconsole.engine.state_format import ensure_state_format
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
@@ -770,6 +771,44 @@ class Engine:
         c.dispatcher.wake()
         return res
 
+    async def seek(
+        self,
+        consumer_id: str,
+        to: str,
+        *,
+        window: str = "close",
+        partitions: list[int] | None = None,
+        via: str = "engine",
+        user: str | None = None,
+    ) -> SeekResult:
+        """Move the consumer's position fleet-wide (:meth:`Fleet.seek`); this instance follows
+        at once, the others within a second."""
+        c = self._get(consumer_id)
+        res = await self.fleet.seek(
+            consumer_id,
+            to,
+            user,
+            window=window,
+            partitions=partitions,
+            via=via,
+            instance=self.instance_id,
+        )
+        c.runner.follow_seek(res.epoch)
+        log.info(
+            "%s: seek %s",
+            consumer_id,
+            res.detail(),
+            extra={"event": "seek", "consumer_id": consumer_id},
+        )
+        if res.closed_window_id is not None or res.discarded:
+            next_id = (
+                res.closed_window_id + 1 if res.closed_window_id is not None else c.shared.window_id
+            )
+            c.timer.observe(next_id, 0, None, res.redis_now_ms)
+            c.shared.count, c.shared.window_id, c.shared.opened_at_ms = 0, next_id, None
+            c.dispatcher.wake()
+        return res
+
     # ---- live reload ---------------------------------------------------------------------------
     async def reload(
         self,
@@ -1093,6 +1132,8 @@ class Engine:
                 continue
             c.runner.set_paused(st.paused)
             c.shared.paused = st.paused
+            if st.seek_epoch > c.runner.seek_epoch:
+                c.runner.follow_seek(st.seek_epoch)  # a seek from any face, any process
 
     async def _control_listener(self) -> None:
         """Apply pause flags set by other processes: at once via pub/sub, and by polling."""

@@ -44,6 +44,7 @@ from kafkaconsole.engine.health import (
 )
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, offset_field
 from kafkaconsole.engine.records import HistoryEntry, TriggerReason, iso_ms, stored_run
+from kafkaconsole.engine.seek import SeekResult, parse_target, parse_window, plan_seek
 from kafkaconsole.engine.status import (
     TriggerSummary,
     consumer_lag,
@@ -287,6 +288,7 @@ class Fleet:
                     "opened_at": iso_ms(entry.opened_at_ms),
                     "closed_at": iso_ms(entry.closed_at_ms),
                     "offsets": entry.offsets,
+                    **({"replay": True} if entry.replay else {}),
                     "status": run.get("status", "pending"),
                     "run": run,
                 }
@@ -604,6 +606,33 @@ class Fleet:
             await self.control.announce(consumer_id, "reset")
             outcome.detail = reset_detail(res)
         return res
+
+    async def seek(
+        self,
+        consumer_id: str,
+        to: str,
+        user: str | None = None,
+        *,
+        window: str = "close",
+        partitions: list[int] | None = None,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> SeekResult:
+        """Move the consumer's position on every partition (or ``partitions``) to ``to``
+        (:mod:`~kafkaconsole.engine.seek`), closing or discarding the open window, fleet-wide.
+        The target is resolved again now: the plan a person confirmed may be seconds old."""
+        target, how = parse_target(to), parse_window(window)
+        async with self._audited("seek", consumer_id, user, via, instance) as outcome:
+            plan = await plan_seek(
+                self.config, self.redis, consumer_id, target, window=how, partitions=partitions
+            )
+            applied = await self.counter(consumer_id).seek(
+                plan.targets(), discard_window=how == "discard"
+            )
+            await self.control.announce(consumer_id, "seek")
+            result = SeekResult.of(plan, applied)
+            outcome.detail = result.detail()
+        return result
 
     async def trigger(
         self,

@@ -27,6 +27,7 @@ from pydantic.json_schema import models_json_schema
 
 from kafkaconsole.engine.peek import PeekBody
 from kafkaconsole.engine.records import iso_ms
+from kafkaconsole.engine.seek import SeekResult
 
 
 def moment_ms(value: Any) -> Any:
@@ -383,6 +384,7 @@ API_MODELS: tuple[type[BaseModel], ...] = (
     ReloadBody,
     ConsumerDefinitionBody,
     ProblemsBody,
+    SeekResult,
 )
 
 

@@ -3,15 +3,20 @@
 Per consumer (``<prefix>:<consumer_id>:...``):
 
 - ``events``   string  count in the open window (the seed's ``redis-cli get`` reads it)
-- ``window``   hash    ``id`` (open window id), ``opened_at`` (ms, Redis TIME), and
-                       ``r|<topic>|<partition>`` = ``"<first> <last>"`` for the open window
+- ``window``   hash    ``id`` (open window id), ``opened_at`` (ms, Redis TIME),
+                       ``r|<topic>|<partition>`` = ``"<first> <last>"`` for the open window,
+                       ``replay`` (1: it holds events read again after a seek back)
 - ``stats``    hash    ``total``, ``errors``, ``filtered``, ``skipped`` (tombstones, Debezium
-                       heartbeats...), ``windows``, ``discarded``
+                       heartbeats...), ``windows``, ``discarded``, ``seeks``, ``seek_reread``
+                       and ``seek_skipped`` (offsets a seek sent back over or past)
 - ``offsets``  hash    ``<topic>|<partition>`` -> next offset to count (the truth)
 - ``history``  stream  trigger records, capped at ``history_limit``
 - ``dispatch`` stream  triggers waiting for their pipeline (consumer group ``dispatchers``)
 - ``runs``     hash    window id -> JSON pipeline run status
-- ``control``  hash    ``paused`` (0/1), ``paused_by``, ``paused_at``
+- ``control``  hash    ``paused`` (0/1), ``paused_by``, ``paused_at``; ``seek_epoch`` (raised
+                       by every seek: an instance re-reads its positions before counting
+                       again), ``replay|<topic>|<partition>`` (read again after a seek back
+                       up to this offset) and ``replaying`` (how many such marks)
 - ``dispatch_lease``   string  the instance allowed to dispatch this consumer's triggers
 - ``breaker``  hash    the pipeline circuit breaker as the dispatching instance sees it
 
@@ -99,7 +104,15 @@ class ConsumerKeys:
 
     def counting_keys(self) -> list[str]:
         """KEYS of the counting scripts, in the order the Lua code expects."""
-        return [self.events, self.window, self.stats, self.offsets, self.history, self.dispatch]
+        return [
+            self.events,
+            self.window,
+            self.stats,
+            self.offsets,
+            self.history,
+            self.dispatch,
+            self.control,
+        ]
 
 
 @dataclass(frozen=True, slots=True)

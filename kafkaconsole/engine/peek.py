@@ -280,7 +280,7 @@ class EventPeek:
             ]
             return records, truncated, warnings
 
-        records, truncated, warnings = await self._with_consumer(read)
+        records, truncated, warnings = await self.with_reader(read)
         events = [peek_event(r, cfg.format, self.mask, dlq=False) for r in records]
         return self._body(
             cfg, "window", cfg.kafka_topic, limit, events, truncated, warnings, window_id, count
@@ -370,11 +370,11 @@ class EventPeek:
             records, truncated, _ = await _read_spans(consumer, spans, limit, newest=True)
             return records, truncated
 
-        records, truncated = await self._with_consumer(read)
+        records, truncated = await self.with_reader(read)
         events = [peek_event(r, cfg.format, self.mask, dlq=source == "dlq") for r in records]
         return self._body(cfg, source, topic, limit, events, truncated, [])
 
-    async def _with_consumer(self, read: Callable[[AIOKafkaConsumer], Any]) -> Any:
+    async def with_reader(self, read: Callable[[AIOKafkaConsumer], Any]) -> Any:
         """Run ``read`` with a throwaway consumer: no group, no commits, within the timeout."""
         bootstrap = self.config.kafka.bootstrap_servers
         consumer = AIOKafkaConsumer(

@@ -31,6 +31,7 @@ class TriggerReason(StrEnum):
     COUNT = "count"
     TIME = "time"
     MANUAL = "manual"
+    SEEK = "seek"  # closed by an operator's seek (kafkaconsole seek --window close)
 
 
 class RunStatus(StrEnum):
@@ -82,6 +83,8 @@ class TriggerRecord:
     offsets: tuple[OffsetRange, ...] = ()
     windows: tuple[TriggerRecord, ...] = ()
     """A coalesced run's windows, oldest first (empty: a run of this one window)."""
+    replay: bool = False
+    """The window holds events read again after a seek back (``"replay": true`` in JSON)."""
 
     @property
     def idempotency_key(self) -> str:
@@ -108,6 +111,7 @@ class TriggerRecord:
             opened_at_ms=first.opened_at_ms,
             offsets=tuple(OffsetRange(t, p, lo, hi) for (t, p), (lo, hi) in sorted(spans.items())),
             windows=tuple(windows),
+            replay=any(w.replay for w in windows),
         )
 
     def to_json_dict(self, events: list[Any] | None = None) -> dict[str, Any]:
@@ -124,6 +128,8 @@ class TriggerRecord:
             "closed_at": iso_ms(self.closed_at_ms),
             "offsets": [r.to_json_dict() for r in self.offsets],
         }
+        if self.replay:
+            body["replay"] = True
         if self.windows:
             body["coalesced"] = True
             body["windows"] = [
@@ -154,6 +160,8 @@ class HistoryEntry:
     closed_at_ms: int
     offsets: list[dict[str, Any]]
     """``[{topic, partition, first, last}]`` as stored."""
+    replay: bool = False
+    """It holds events read again after a seek back."""
 
     @classmethod
     def parse(cls, fields: Mapping[Any, Any]) -> HistoryEntry:
@@ -166,6 +174,7 @@ class HistoryEntry:
             opened_at_ms=int(opened) if opened else None,
             closed_at_ms=int(f["closed_at"]),
             offsets=orjson.loads(f.get("offsets") or "[]"),
+            replay=f.get("replay") == "1",
         )
 
 
