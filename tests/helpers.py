@@ -93,9 +93,7 @@ async def wait_for(
 _cli_lock = threading.Lock()
 
 
-def invoke_cli(
-    *args: str, env: dict[str, str] | None = None, input: str | None = None
-) -> Result:
+def invoke_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
     """Run the CLI in a worker thread (its commands call asyncio.run), one invocation at a
     time (CliRunner swaps sys.stdout)."""
 
@@ -111,9 +109,7 @@ def invoke_cli(
         return pool.submit(run).result()
 
 
-async def cli(
-    *args: str, env: dict[str, str] | None = None, input: str | None = None
-) -> Result:
+async def cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
     """:func:`invoke_cli` from a test's event loop, without blocking it (``input``: what
     the command reads on stdin, e.g. a confirmation)."""
     return await asyncio.to_thread(invoke_cli, *args, env=env, input=input)

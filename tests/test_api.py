@@ -19,7 +19,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from kafkaconsole.api import ApiServer, openapi_document, start_api
-from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.embedded import BrokerKind, EmbeddedServices
 from kafkaconsole.engine.clients import PoolExhausted, WatchedConnectionPool
 from kafkaconsole.engine.engine import Engine
 from tests.engine_support import make_config, start_engine
@@ -595,10 +595,12 @@ async def test_peek_endpoints_need_the_token_and_match_the_document(env: Env) ->
     assert dead["error"]["stage"] == "decode" and dead["error"]["topic"] == env.topic
 
 
-async def test_seek_endpoint(env: Env) -> None:
+async def test_seek_endpoint(env: Env, broker_kind: BrokerKind) -> None:
     """POST /consumers/{id}/seek: guarded by the token, bad bodies refused in one line (422),
     a dry run changes nothing, a seek back replays exactly what it says, bodies as the
     document describes."""
+    if broker_kind == "tansu":
+        pytest.skip("Tansu answers ListOffsets latest wrongly (a seek to latest resolves from it)")
     _, doc = await env.get("/openapi.json")
     path, url = "/consumers/{consumer_id}/seek", f"/consumers/{env.cid}/seek"
 

@@ -553,7 +553,7 @@ def _history_text(records: list[dict[str, Any]]) -> str:
     rows = [
         [
             r["window_id"],
-            r["reason"],
+            f"{r['reason']} (replay)" if r.get("replay") else r["reason"],
             r["count"],
             r["opened_at"],
             r["closed_at"],

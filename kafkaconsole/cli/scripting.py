@@ -102,6 +102,7 @@ HISTORY_CSV_COLUMNS = (
     "duration_ms",
     "error",
     "offsets",
+    "replay",
 )
 
 
@@ -136,6 +137,7 @@ def history_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
                 text(run.get("duration_ms")),
                 text(run.get("error")),
                 _offsets_cell(record.get("offsets") or ()),
+                "true" if record.get("replay") else "",
             ]
         )
     return rows

@@ -44,7 +44,14 @@ from kafkaconsole.engine.health import (
 )
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, offset_field
 from kafkaconsole.engine.records import HistoryEntry, TriggerReason, iso_ms, stored_run
-from kafkaconsole.engine.seek import SeekResult, parse_target, parse_window, plan_seek
+from kafkaconsole.engine.seek import (
+    SeekRefusedError,
+    SeekResult,
+    older_instances,
+    parse_target,
+    parse_window,
+    plan_seek,
+)
 from kafkaconsole.engine.status import (
     TriggerSummary,
     consumer_lag,
@@ -623,6 +630,12 @@ class Fleet:
         The target is resolved again now: the plan a person confirmed may be seconds old."""
         target, how = parse_target(to), parse_window(window)
         async with self._audited("seek", consumer_id, user, via, instance) as outcome:
+            older = older_instances(await self.instances(), consumer_id)
+            if older:
+                raise SeekRefusedError(
+                    f"refusing to seek {consumer_id}: instance(s) {', '.join(older)} run a "
+                    "release that does not follow seeks (upgrade them first)"
+                )
             plan = await plan_seek(
                 self.config, self.redis, consumer_id, target, window=how, partitions=partitions
             )

@@ -188,6 +188,8 @@ class InstanceSummary(BaseModel):
     """Consumers it runs that were defined at runtime (``kafkaconsole consumer add``)."""
     runtime_clashes: list[str] = []
     """Runtime definitions it ignores: its configuration file defines a consumer of that id."""
+    features: list[str] = []
+    """What its release does that an older one may not (``seek``: it follows seeks)."""
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump()

@@ -62,6 +62,24 @@ class SeekError(ControlError):
     exit_code = 2
 
 
+class SeekRefusedError(ControlError):
+    """A seek the fleet cannot follow now (an instance of an older release runs the
+    consumer)."""
+
+    http_status = 409
+
+
+def older_instances(instances: list[dict[str, Any]], consumer_id: str) -> list[str]:
+    """Live instances (heartbeats) running ``consumer_id`` that do not follow seeks."""
+    return [
+        str(i.get("instance_id"))
+        for i in instances
+        if consumer_id
+        in (c if isinstance(c, str) else c.get("consumer_id") for c in i.get("consumers", []))
+        and "seek" not in (i.get("features") or [])
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class SeekTarget:
     """Where to move: ``earliest``, ``latest``, an ``offset`` (every partition, clamped to

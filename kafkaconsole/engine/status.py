@@ -142,6 +142,9 @@ class InstanceSnapshot:
     # consumers it runs that were defined at runtime, and runtime definitions its file overrides
     runtime_consumers: tuple[str, ...] = ()
     runtime_clashes: tuple[str, ...] = ()
+    # what this release does that an older one in the same fleet may not (a seek is refused
+    # while an instance running the consumer does not follow seeks)
+    features: tuple[str, ...] = ("seek",)
 
     def consumer(self, consumer_id: str) -> ConsumerSnapshot | None:
         for c in self.consumers:
