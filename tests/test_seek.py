@@ -32,7 +32,7 @@ from tests.helpers import KafkaHelper, cli, wait_for
 from tests.test_peek import history, write_config
 
 TANSU_END_OFFSETS = (
-    "Tansu answers ListOffsets latest wrongly (the last batch's base offset + 1): a seek to "
+    "Tansu answers ListOffsets latest wrongly (README: What differs on Tansu): a seek to "
     "latest, and an offset clamped to a partition's end, resolve from it"
 )
 
