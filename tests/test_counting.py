@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 import redis.asyncio as aredis
 from aiokafka import TopicPartition
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from kafkaconsole.embedded import free_port
 from kafkaconsole.engine.counting import PartitionDelta, RedisBehind, WindowCounter, ranges_of
 from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.records import TriggerReason
+from kafkaconsole.engine.timer import TimeCloser
 
 
 def counter(r: aredis.Redis, unique: str, max_event: int = 1000) -> WindowCounter:
@@ -240,3 +245,49 @@ async def test_skipped_records_advance_offsets_and_count_as_skipped(
     # read again (a replay): nothing is recorded twice
     await c.apply([only_skipped, mixed])
     assert (await redis_client.hget(f"{unique}:c1:stats", "skipped")) == b"5"
+
+
+async def test_time_triggers_due_together_close_in_one_round_trip(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    """Windows of many consumers falling due in one turn of the event loop are closed by one
+    pipeline (the close script re-checks each deadline and window id on Redis): due ones
+    close, one not due yet answers early, a stale window id is left alone."""
+    counters = [
+        WindowCounter(redis_client, ConsumerKeys(unique, f"c{i}"), max_event=1000)
+        for i in range(60)
+    ]
+    for c in counters:
+        await c.apply([delta(0, [0, 1, 2])])
+    await asyncio.sleep(0.01)
+    closer = TimeCloser(redis_client)
+    results = await asyncio.gather(
+        *(closer.close(c, 1, 5) for c in counters[:58]),
+        closer.close(counters[58], 1, 3_600_000),  # not due for an hour
+        closer.close(counters[59], 7, 5),  # a window id that is not the open one
+    )
+    assert (closer.batches, closer.largest) == (1, 60)
+    assert all(r.closed and (r.window_id, r.count) == (1, 3) for r in results[:58])
+    assert results[58].status == "early" and results[58].count > 3_500_000 - 100_000
+    assert results[59].status == "stale"
+    for c in counters[:58]:
+        (record,) = await c.redis.xrange(c.keys.history)
+        assert record[1][b"reason"] == b"time" and record[1][b"count"] == b"3"
+    assert await redis_client.xlen(counters[58].keys.history) == 0
+
+
+async def test_time_closer_reports_redis_unreachable_to_every_waiter(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    gone = aredis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    try:
+        closer = TimeCloser(gone)
+        counters = [
+            WindowCounter(gone, ConsumerKeys(unique, f"c{i}"), max_event=10) for i in range(3)
+        ]
+        results = await asyncio.gather(
+            *(closer.close(c, 1, 5) for c in counters), return_exceptions=True
+        )
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+    finally:
+        await gone.aclose()

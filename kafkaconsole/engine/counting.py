@@ -652,19 +652,40 @@ class WindowCounter:
     async def close(
         self, reason: TriggerReason, *, expected_window_id: int | None = None, max_time_ms: int = 0
     ) -> CloseResult:
-        allow_empty = reason == TriggerReason.MANUAL
         res = await self._close(
-            keys=self._keys,
-            args=[
-                str(reason),
-                -1 if expected_window_id is None else expected_window_id,
-                max_time_ms,
-                "1" if allow_empty else "0",
-                self.history_limit,
-            ],
+            keys=self._keys, args=self._close_args(reason, expected_window_id, max_time_ms)
         )
-        status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-        return CloseResult(status, _int(res[1]), _int(res[2]), _int(res[3]))
+        return self.close_result(res)
+
+    def _close_args(
+        self, reason: TriggerReason, expected_window_id: int | None, max_time_ms: int
+    ) -> list[Any]:
+        return [
+            str(reason),
+            -1 if expected_window_id is None else expected_window_id,
+            max_time_ms,
+            "1" if reason == TriggerReason.MANUAL else "0",
+            self.history_limit,
+        ]
+
+    async def queue_close(
+        self,
+        pipe: Any,
+        reason: TriggerReason,
+        *,
+        expected_window_id: int | None = None,
+        max_time_ms: int = 0,
+    ) -> None:
+        """Add :meth:`close` to a pipeline (its answer: :meth:`close_result`)."""
+        await self._close(
+            keys=self._keys,
+            args=self._close_args(reason, expected_window_id, max_time_ms),
+            client=pipe,
+        )
+
+    @staticmethod
+    def close_result(res: Any) -> CloseResult:
+        return CloseResult(_str(res[0]), _int(res[1]), _int(res[2]), _int(res[3]))
 
     async def set_max_event(self, max_event: int) -> ThresholdResult:
         """Apply a new count threshold to the open window: when it already holds

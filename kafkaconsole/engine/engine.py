@@ -98,7 +98,7 @@ from kafkaconsole.engine.status import (
     consumer_lag,
     instance_state,
 )
-from kafkaconsole.engine.timer import WindowTimer
+from kafkaconsole.engine.timer import TimeCloser, WindowTimer
 
 log = logging.getLogger("kafkaconsole.engine")
 trigger_log = logging.getLogger("kafkaconsole.trigger")
@@ -225,6 +225,8 @@ class Engine:
         # one bounded pool for counting, timers and dispatch; dedicated connections beside it
         # (control subscription, dispatch wake-up, health monitor): README "Redis connections"
         self.redis: Redis = redis or engine_redis_client(config.redis)
+        # the time triggers due together are closed together (one pipeline per loop turn)
+        self.time_closer = TimeCloser(self.redis)
         self.control = FleetControl(self.redis, self.prefix)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
         self._fleet: Fleet | None = None
@@ -452,7 +454,9 @@ class Engine:
             on_applied=partial(self._on_applied, cid),
             fault_hook=self._fault,
         )
-        timer = WindowTimer(counter, cfg.max_time, partial(self._on_timer_closed, cid))
+        timer = WindowTimer(
+            counter, cfg.max_time, partial(self._on_timer_closed, cid), closer=self.time_closer
+        )
         loader = None
         if cfg.job_type == "batch":
             loader = WindowEventReader(
