@@ -125,7 +125,7 @@ class RedisConfig(Section):
     dispatch_lease_ms: int = Field(10_000, ge=500, le=3_600_000)
     """How long a dead instance keeps the right to dispatch a consumer's triggers."""
     max_connections: int = Field(32, ge=4, le=10_000)
-    """Pooled Redis connections of the counting, timer and dispatch paths (8 more: see README)."""
+    """Pooled Redis connections of the counting and dispatch paths (9 more: see README)."""
 
     @model_validator(mode="after")
     def _ca_needs_tls(self) -> RedisConfig:

@@ -107,8 +107,9 @@ API_REDIS_CONNECTIONS = 4
 #: The health monitor's own pool (its fleet reads never wait behind the counting path).
 MONITOR_REDIS_CONNECTIONS = 2
 #: Connections an engine holds beside its pool: the control listener's subscription (1), the
-#: dispatch wake-up's blocking read (1), the health monitor (2) and the HTTP API (4).
-DEDICATED_REDIS_CONNECTIONS = 2 + MONITOR_REDIS_CONNECTIONS + API_REDIS_CONNECTIONS
+#: dispatch wake-up's blocking read (1), the time triggers' closes (1), the health monitor (2)
+#: and the HTTP API (4).
+DEDICATED_REDIS_CONNECTIONS = 3 + MONITOR_REDIS_CONNECTIONS + API_REDIS_CONNECTIONS
 #: How long a command waits for a free pooled connection before the pool counts as exhausted.
 POOL_WAIT_S = 20.0
 #: How long an exhaustion keeps the instance degraded after the last command that waited out.

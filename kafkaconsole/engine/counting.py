@@ -668,7 +668,7 @@ class WindowCounter:
             self.history_limit,
         ]
 
-    async def queue_close(
+    def queue_close(
         self,
         pipe: Any,
         reason: TriggerReason,
@@ -676,12 +676,14 @@ class WindowCounter:
         expected_window_id: int | None = None,
         max_time_ms: int = 0,
     ) -> None:
-        """Add :meth:`close` to a pipeline (its answer: :meth:`close_result`)."""
-        await self._close(
-            keys=self._keys,
-            args=self._close_args(reason, expected_window_id, max_time_ms),
-            client=pipe,
-        )
+        """Add :meth:`close` to a pipeline as an EVALSHA (its answer: :meth:`close_result`;
+        a ``NoScriptError`` answer: load :attr:`close_script` and send it again)."""
+        args = self._close_args(reason, expected_window_id, max_time_ms)
+        pipe.evalsha(self._close.sha, len(self._keys), *self._keys, *args)
+
+    @property
+    def close_script(self) -> str:
+        return _CLOSE
 
     @staticmethod
     def close_result(res: Any) -> CloseResult:

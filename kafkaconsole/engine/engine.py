@@ -225,8 +225,9 @@ class Engine:
         # one bounded pool for counting, timers and dispatch; dedicated connections beside it
         # (control subscription, dispatch wake-up, health monitor): README "Redis connections"
         self.redis: Redis = redis or engine_redis_client(config.redis)
-        # the time triggers due together are closed together (one pipeline per loop turn)
-        self.time_closer = TimeCloser(self.redis)
+        # the time triggers due together are closed together (one pipeline per loop turn), on
+        # a connection of their own: never queued behind dispatch work in the pool
+        self.time_closer = TimeCloser(dedicated_redis_client(config.redis))
         self.control = FleetControl(self.redis, self.prefix)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
         self._fleet: Fleet | None = None
@@ -674,6 +675,8 @@ class Engine:
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
+        with contextlib.suppress(Exception):
+            await self.time_closer.redis.aclose()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
         self.started = False

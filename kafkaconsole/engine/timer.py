@@ -14,9 +14,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from kafkaconsole.config.models import RetryPolicy
 from kafkaconsole.engine.counting import CloseResult, WindowCounter
@@ -101,12 +102,11 @@ class TimeCloser:
         self.batches += 1
         self.largest = max(self.largest, len(batch))
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for counter, wid, max_time_ms, _ in batch:
-                await counter.queue_close(
-                    pipe, TriggerReason.TIME, expected_window_id=wid, max_time_ms=max_time_ms
-                )
-            answers = await pipe.execute(raise_on_error=False)
+            answers = await self._pipeline(batch)
+            if any(isinstance(a, NoScriptError) for a in answers):
+                # a Redis that restarted (or another server): load the script, send again
+                await self.redis.script_load(batch[0][0].close_script)
+                answers = await self._pipeline(batch)
         except BaseException as exc:  # every waiter learns it (Redis unreachable: they retry)
             for *_, fut in batch:
                 if not fut.done():
@@ -121,6 +121,16 @@ class TimeCloser:
                 fut.set_exception(answer)
             else:
                 fut.set_result(WindowCounter.close_result(answer))
+
+    async def _pipeline(
+        self, batch: list[tuple[WindowCounter, int, int, asyncio.Future[CloseResult]]]
+    ) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for counter, wid, max_time_ms, _ in batch:
+            counter.queue_close(
+                pipe, TriggerReason.TIME, expected_window_id=wid, max_time_ms=max_time_ms
+            )
+        return list(await pipe.execute(raise_on_error=False))
 
 
 class WindowTimer:
