@@ -160,7 +160,7 @@ def add(
             "instances": rows,
         }
 
-    data = _with_fleet(cfg, action)
+    data = _with_fleet(cfg, action, runtime=False)
     head = f"{data['consumer_id']}: {data['status']} (stored in Redis)"
     _finish(data, as_json, head, timeout)
 
@@ -199,7 +199,7 @@ def remove(
         rows = await _apply_rows(fleet, request_id, expected, timeout)
         return {"consumer_id": consumer_id, "status": "removed", "instances": rows}
 
-    data = _with_fleet(cfg, action)
+    data = _with_fleet(cfg, action, runtime=False)
     _finish(data, as_json, f"{consumer_id}: removed", timeout)
 
 
@@ -224,7 +224,11 @@ def _list_text(data: dict[str, Any]) -> str:
 
 def runtime_definitions(cfg: AppConfig) -> dict[str, Any]:
     """The stored definitions (read from the fleet's Redis; failures exit 1)."""
-    return _with_fleet(cfg, lambda fleet: RuntimeConsumers(fleet.redis, fleet.prefix).definitions())
+    return _with_fleet(
+        cfg,
+        lambda fleet: RuntimeConsumers(fleet.redis, fleet.prefix).definitions(),
+        runtime=False,
+    )
 
 
 @consumer_app.command("list")
