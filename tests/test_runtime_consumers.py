@@ -18,6 +18,7 @@ from redis import asyncio as aredis
 from kafkaconsole.api import start_api
 from kafkaconsole.config import load_config
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.alerts import RETIRED
 from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.runtime_consumers import RUNTIME_MARK, RuntimeConsumers, clash_note
@@ -640,3 +641,122 @@ async def test_api_reads_and_peeks_a_runtime_consumer(
         await session.close()
         await server()
         await engine.stop()
+
+
+# ---- alert rules naming a runtime consumer ----------------------------------------------------
+
+
+def alert_rules(url: str, base: str, rt: str, later: str) -> str:
+    return f"""
+[monitoring]
+sample_interval = 0.2
+lagging_intervals = 3
+stall_after = 2.0
+stuck_after = 2.0
+storm_period = 3.0
+
+[[monitoring.alerts]]
+name = "rt-paused"
+verdict = "paused"
+for = 0.3
+channel = "webhook"
+url = "{url}"
+runtime_consumers = ["{rt}", "{later}"]
+
+[[monitoring.alerts]]
+name = "base-paused"
+verdict = "paused"
+for = 0.3
+channel = "webhook"
+url = "{url}"
+consumers = ["{base}"]
+"""
+
+
+async def test_an_alert_rule_naming_a_runtime_consumer_fires_for_it_once_it_runs(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+) -> None:
+    from tests.helpers import Receiver
+
+    base, rt, later = f"{unique}-base", f"{unique}-rt", f"{unique}-later"
+    await kafka.create_topic(base, 1)
+    await kafka.create_topic(rt, 1)
+    async with Receiver().serving("/alerts") as receiver:
+        path = write_config(
+            tmp_path / "kafkaconsole.toml",
+            services,
+            unique,
+            [{"consumer_id": base, "kafka_topic": base}],
+            extra=alert_rules(receiver.url, base, rt, later),
+        )
+        c = ("--config", str(path))
+        # the rule is in the file before the consumer exists anywhere
+        engine = await start_from(path)
+        try:
+            await wait_live(redis_client, unique, engine)
+            spec = write_toml(tmp_path / "rt.toml", definition(rt, rt))
+            added = await cli("consumer", "add", "--file", str(spec), *c)
+            assert added.exit_code == 0, (added.stdout, added.stderr)
+            listed = await cli_json("consumer", "list", *c)
+            assert [(x["consumer_id"], x["alerts"]) for x in listed["consumers"]] == [
+                (rt, ["rt-paused"])
+            ]
+            assert listed["alert_notes"] == [
+                f"alert 'rt-paused' watches runtime consumer '{later}', which is not defined "
+                "(it applies once kafkaconsole consumer add defines it)"
+            ]
+
+            paused = await cli("pause", rt, *c)
+            assert paused.exit_code == 0, paused.stderr
+            body = await receiver.wait("firing", "rt-paused")
+            assert body["consumer_id"] == rt and body["verdict"] == "paused"
+
+            async def shown() -> bool:
+                local = engine.snapshot().consumer(rt)
+                info = await cli_json("info", rt, *c)
+                return (
+                    local is not None
+                    and [a.alert for a in local.alerts] == ["rt-paused"]
+                    and [a["alert"] for a in info["alerts"]] == ["rt-paused"]
+                )
+
+            await wait_for(shown, what="the alert in the engine's snapshot and in info")
+            human = await cli("status", *c)
+            assert f"{rt}: alert rt-paused firing since" in human.stdout
+
+            resumed = await cli("resume", rt, *c)
+            assert resumed.exit_code == 0, resumed.stderr
+            await receiver.wait("resolved", "rt-paused")
+
+            # the rule watches the consumers it names only: pausing the file's consumer fires
+            # the file's rule for it, never rt-paused
+            assert (await cli("pause", base, *c)).exit_code == 0
+            body = await receiver.wait("firing", "base-paused")
+            assert body["consumer_id"] == base
+            assert await redis_client.exists(f"{unique}:{base}:alert:base-paused") == 1
+            assert await redis_client.exists(f"{unique}:{base}:alert:rt-paused") == 0
+            assert {b["consumer_id"] for b in receiver.got("firing", "rt-paused")} == {rt}
+
+            # removed while its alert fires: the alert resolves (once), its key goes
+            assert (await cli("pause", rt, *c)).exit_code == 0
+
+            async def fired_again() -> bool:
+                return len(receiver.got("firing", "rt-paused")) == 2
+
+            await wait_for(fired_again, what="rt-paused firing again")
+            removed = await cli("consumer", "remove", rt, *c)
+            assert removed.exit_code == 0, (removed.stdout, removed.stderr)
+
+            async def resolved_again() -> bool:
+                return len(receiver.got("resolved", "rt-paused")) == 2
+
+            await wait_for(resolved_again, what="rt-paused resolved by the removal")
+            last = receiver.got("resolved", "rt-paused")[-1]
+            assert last["consumer_id"] == rt and last["message"] == RETIRED
+            assert await redis_client.exists(f"{unique}:{rt}:alert:rt-paused") == 0
+        finally:
+            await engine.stop()
