@@ -776,7 +776,8 @@ class ApiServer:
         self.port = config.api.port
         self._runner: web.AppRunner | None = None
         self._token = (config.api.token or "").encode()
-        self.peeks = EventPeek(config, self.redis)
+        self._peeks = EventPeek(config, self.redis)
+        self._peeks_of = engine.config
         self._peeks_in_flight = 0
         self.app = self._build_app()
 
@@ -788,6 +789,15 @@ class ApiServer:
             self._fleet_of = self.engine.config
             self._fleet = Fleet(self.redis, self.engine.config)
         return self._fleet
+
+    @property
+    def peeks(self) -> EventPeek:
+        """Peeks at the consumers the engine runs now (a reload, the consumers defined at
+        runtime), as :attr:`fleet` follows them."""
+        if self.engine.config is not self._peeks_of:
+            self._peeks_of = self.engine.config
+            self._peeks = EventPeek(self.engine.config, self.redis)
+        return self._peeks
 
     @property
     def url(self) -> str:

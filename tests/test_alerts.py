@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aredis
 
+from kafkaconsole.config import ConfigError, load_config
 from kafkaconsole.config.models import AlertRule, MonitoringConfig
 from kafkaconsole.engine.alerts import (
+    RETIRED,
     AlertEvaluator,
     AlertLedger,
     AlertNotifier,
@@ -22,6 +25,7 @@ from kafkaconsole.engine.alerts import (
     active_alerts,
     alert_key,
     condition,
+    rules_for,
     step,
 )
 from kafkaconsole.engine.health import Verdict, VerdictName
@@ -33,6 +37,57 @@ STALLED = Verdict(VerdictName.STALLED, "partition 0 has not moved from offset 5 
 
 def rule(**kw: Any) -> AlertRule:
     return AlertRule.model_validate(kw)
+
+
+# ---- which consumers a rule watches ------------------------------------------------------------
+
+
+def test_a_rule_watches_the_consumers_it_names_runtime_ones_included() -> None:
+    everyone = rule(verdict="stalled")
+    named = rule(verdict="stalled", consumers=["orders"])
+    runtime = rule(verdict="stalled", runtime_consumers=["orders-eu"])
+    both = rule(verdict="stalled", consumers=["orders"], runtime_consumers=["orders-eu"])
+    assert everyone.watches("anything")
+    assert named.watches("orders") and not named.watches("orders-eu")
+    assert runtime.watches("orders-eu") and not runtime.watches("orders")
+    assert both.watches("orders") and both.watches("orders-eu") and not both.watches("x")
+    rules = [everyone, named, runtime]
+    assert rules_for(rules, "orders-eu") == [everyone, runtime]
+    with pytest.raises(ValueError, match="runtime_consumers"):
+        rule(verdict="stalled", runtime_consumers=["not an id"])
+
+
+def test_config_names_a_runtime_consumer_in_runtime_consumers_only(tmp_path: Path) -> None:
+    """``consumers`` stays strict (a typo is an error, not a rule that never fires) and says
+    where a consumer defined at runtime goes; ``runtime_consumers`` takes ids the file lacks."""
+    head = """
+[pipelines.p]
+kind = "command"
+command = ["true"]
+
+[[consumers]]
+consumer_id = "orders"
+kafka_topic = "orders"
+pipeline_name = "p"
+connection_id = "c"
+max_event = 10
+max_time = 10
+
+[[monitoring.alerts]]
+verdict = "stalled"
+"""
+    typo = tmp_path / "typo.toml"
+    typo.write_text(head + 'consumers = ["ordres"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(typo)
+    assert [str(p) for p in err.value.problems] == [
+        f"{typo}: monitoring: monitoring alert 'stalled' names unknown consumer(s) 'ordres' "
+        "(a consumer defined at runtime goes in runtime_consumers)"
+    ]
+    good = tmp_path / "good.toml"
+    good.write_text(head + 'consumers = ["orders"]\nruntime_consumers = ["orders-eu"]\n')
+    [loaded] = load_config(good).monitoring.alerts
+    assert loaded.watches("orders") and loaded.watches("orders-eu")
 
 
 # ---- conditions --------------------------------------------------------------------------------
@@ -188,6 +243,29 @@ async def test_two_instances_announce_each_change_once(
     assert announced == [("a", "firing"), ("a", "resolved")]
     assert await redis_client.get(alert_key(unique, "c1", "stalled")) is None
     assert await active_alerts(redis_client, unique, rules, "c1") == []
+
+
+async def test_a_retired_consumers_alert_resolves_once(
+    redis_client: aredis.Redis, unique: str
+) -> None:
+    """A consumer no longer run (removed by a reload or from the runtime definitions): its
+    firing alert resolves, with the reason, and nothing more is announced."""
+    rules = [rule(verdict="stalled"), rule(verdict="paused", consumers=["other"])]
+    evaluator = AlertEvaluator(rules)
+    ledger = AlertLedger(redis_client, unique, "a")
+    evaluator.evaluate("c1", STALLED, {}, 0.0)
+    [fired] = await ledger.reconcile(evaluator, ["c1"], 0.0)
+    assert fired.status == AlertStatus.FIRING
+    evaluator.retire("c1")
+    [resolved] = await ledger.reconcile(evaluator, ["c1"], 5.0)
+    assert (resolved.status, resolved.rule, resolved.message) == (
+        AlertStatus.RESOLVED,
+        "stalled",
+        RETIRED,
+    )
+    assert resolved.since_ms == 0 and resolved.at_ms == 5000
+    assert await redis_client.get(alert_key(unique, "c1", "stalled")) is None
+    assert await ledger.reconcile(evaluator, ["c1"], 6.0) == []
 
 
 async def test_a_later_instance_resolves_what_another_fired(

@@ -394,6 +394,43 @@ def test_redis_unreachable_exits_1(tmp_path: Path, services: EmbeddedServices) -
     assert time.monotonic() - t0 < 20
 
 
+async def test_redis_unreachable_file_consumers_work_and_an_unknown_id_says_why(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    unique: str,
+    broker_kind: BrokerKind,
+) -> None:
+    """The consumers defined at runtime cannot be read: a command on a consumer of the file
+    works as before (peek --tail reads Kafka only), an unknown id's error says why it may
+    exist all the same."""
+    await kafka.create_topic(unique, 1)
+    await kafka.produce(unique, [{"i": i} for i in range(2)], partitions=1)
+    config = write_config(
+        tmp_path / "down.toml",
+        bootstrap=services.bootstrap_servers,
+        redis_url=f"redis://:hunter2secret@127.0.0.1:{free_port()}/0",
+        prefix=unique,
+        topic=unique,
+        cid="orders",
+        out_file=tmp_path / "runs.jsonl",
+    )
+    tail = await cli("peek", "orders", "--tail", "--json", "--config", str(config))
+    assert tail.exit_code == 0, tail.stderr
+    values = [json.loads(line)["value"] for line in tail.stdout.splitlines()]
+    if broker_kind == "tansu":  # Tansu answers ListOffsets latest wrongly (--tail uses it)
+        assert values and all(v in ({"i": 0}, {"i": 1}) for v in values)
+    else:
+        assert values == [{"i": 0}, {"i": 1}]
+    for args in (["info", "nope"], ["pause", "nope"], ["peek", "nope", "--tail"]):
+        result = await cli(*args, "--config", str(config))
+        assert result.exit_code == 1 and result.stdout == "", args
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: unknown consumer 'nope' (known: orders); ")
+        assert "the consumers defined at runtime could not be read: " in line
+        assert "hunter2secret" not in line
+
+
 def test_bad_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[redis]\nurll = 'redis://x'\n")

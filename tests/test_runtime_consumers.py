@@ -17,7 +17,8 @@ from redis import asyncio as aredis
 
 from kafkaconsole.api import start_api
 from kafkaconsole.config import load_config
-from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.embedded import BrokerKind, EmbeddedServices
+from kafkaconsole.engine.alerts import RETIRED
 from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.runtime_consumers import RUNTIME_MARK, RuntimeConsumers, clash_note
@@ -409,3 +410,360 @@ async def test_a_definition_announced_to_no_one_is_applied_once_subscribed(
         assert engine.runtime_consumer_ids == {rt}
     finally:
         await engine.stop()
+
+
+# ---- the CLI and the API see the fleet as it runs -------------------------------------------
+
+
+async def cli_json(*args: str) -> Any:
+    result = await cli(*args, "--json")
+    assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+async def test_every_cli_command_acts_on_a_runtime_consumer(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    broker_kind: BrokerKind,
+) -> None:
+    base, rt = f"{unique}-base", f"{unique}-rt"
+    await kafka.create_topic(base, 1)
+    await kafka.create_topic(rt, 2)
+    path = write_config(
+        tmp_path / "kafkaconsole.toml",
+        services,
+        unique,
+        [{"consumer_id": base, "kafka_topic": base}],
+    )
+    c = ("--config", str(path))
+    engine = await start_from(path)
+    try:
+        await wait_live(redis_client, unique, engine)
+        spec = write_toml(tmp_path / "rt.toml", definition(rt, rt))
+        added = await cli("consumer", "add", "--file", str(spec), *c)
+        assert added.exit_code == 0, (added.stdout, added.stderr)
+        await kafka.produce(rt, [{"n": i} for i in range(5)], partitions=2)
+
+        async def counted(n: int) -> bool:
+            return await count_of(redis_client, unique, rt) == n
+
+        await wait_for(lambda: counted(5), what="the runtime consumer counting")
+
+        # status lists it (and says it was defined at runtime), info shows it
+        async def listed_running() -> bool:
+            status = await cli_json("status", *c)
+            found = [x for x in status["consumers"] if x["consumer_id"] == rt]
+            return bool(found) and found[0]["state"] == "running" and found[0]["count"] == 5
+
+        await wait_for(listed_running, what="status listing the runtime consumer")
+        status = await cli_json("status", *c)
+        assert [x["consumer_id"] for x in status["consumers"]] == [base, rt]
+        human = await cli("status", *c)
+        assert f"defined at runtime (kafkaconsole consumer list): {rt}" in human.stdout
+        info = await cli_json("info", rt, *c)
+        assert info["consumer_id"] == rt and info["config"]["kafka_topic"] == rt
+        assert info["window"]["count"] == 5 and info["pipeline"]["kind"] == "python"
+        assert info["instances"] == [engine.instance_id]
+        human = await cli("info", rt, *c)
+        assert human.exit_code == 0 and f"consumer     {rt} (defined at runtime)" in human.stdout
+
+        # pause and resume, one and --all
+        paused = await cli("pause", rt, *c)
+        assert paused.exit_code == 0, paused.stderr
+        assert f"paused {rt}: applied by 1 of 1 live instance(s)" in paused.stdout
+        assert engine.snapshot().consumer(rt).state == "paused"
+        resumed = await cli_json("resume", rt, *c)
+        assert resumed == [
+            {"consumer_id": rt, "paused": False, "changed": True, "instances": 1, "applied": 1}
+        ]
+        every = await cli_json("pause", "--all", *c)
+        assert [r["consumer_id"] for r in every] == [base, rt]
+        assert all(r["applied"] == 1 for r in every)
+        every = await cli_json("resume", "--all", *c)
+        assert [(r["consumer_id"], r["paused"]) for r in every] == [(base, False), (rt, False)]
+
+        # reset empties its window; trigger --wait follows its pipeline run
+        reset = await cli("reset", rt, *c)
+        assert reset.exit_code == 0 and "5 event(s) discarded" in reset.stdout, reset.stdout
+        assert await count_of(redis_client, unique, rt) == 0
+        await kafka.produce(rt, [{"m": i} for i in range(4)], partitions=2)
+        await wait_for(lambda: counted(4), what="4 more counted")
+        trig = await cli_json("trigger", rt, "--wait", "--timeout", "60", *c)
+        assert trig["count"] == 4 and trig["run"]["status"] == "succeeded", trig
+        wid = trig["window_id"]
+
+        # history (json, csv), peek (window, tail), lag
+        [record] = await cli_json("history", rt, *c)
+        assert (record["window_id"], record["status"], record["count"]) == (wid, "succeeded", 4)
+        csv_out = await cli("history", rt, "--format", "csv", *c)
+        assert csv_out.exit_code == 0 and csv_out.stdout.count(f"{rt},{wid},manual,4,") == 1
+        window = await cli("peek", rt, "--window", str(wid), "--json", *c)
+        assert window.exit_code == 0, window.stderr
+        events = [json.loads(line) for line in window.stdout.splitlines()]
+        assert sorted(e["value"]["m"] for e in events) == [0, 1, 2, 3]
+        tail = await cli("peek", rt, "--tail", "--json", *c)
+        assert tail.exit_code == 0, tail.stderr
+        tailed = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert tailed and {e["topic"] for e in tailed} == {rt}
+        if broker_kind != "tansu":  # Tansu answers ListOffsets latest wrongly (--tail uses it)
+            assert len(tailed) == 9
+        lag = await cli_json("lag", *c)
+        [entry] = [x for x in lag["consumers"] if x["consumer_id"] == rt]
+        assert len(entry["partitions"]) == 2
+        committed = await cli("lag", "--committed", *c)
+        assert committed.exit_code == 0 and "COMMITTED" in committed.stdout, committed.stderr
+        again = await cli("history", rt, "--redispatch", str(wid), *c)
+        assert again.exit_code == 0, again.stderr
+        assert f"window {wid} of {rt} queued for its pipeline again" in again.stdout
+
+        # removed: unknown again
+        removed = await cli("consumer", "remove", rt, *c)
+        assert removed.exit_code == 0, removed.stderr
+        gone = await cli("info", rt, *c)
+        assert gone.exit_code == 1 and f"unknown consumer '{rt}' (known: {base})" in gone.stderr
+    finally:
+        await engine.stop()
+
+
+async def test_cli_shows_the_files_consumer_on_a_clash_and_says_why_an_id_is_unknown(
+    tmp_path: Path, services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+) -> None:
+    base, rt, unfit = f"{unique}-base", f"{unique}-rt", f"{unique}-unfit"
+    path = write_config(
+        tmp_path / "kafkaconsole.toml",
+        services,
+        unique,
+        [{"consumer_id": base, "kafka_topic": base}],
+    )
+    c = ("--config", str(path))
+    key = f"{unique}:_fleet:consumers"
+    await redis_client.hset(key, base, orjson.dumps(definition(base, rt, max_event=7)))
+    await redis_client.hset(key, rt, orjson.dumps(definition(rt, rt, max_event=9)))
+    await redis_client.hset(key, unfit, orjson.dumps(definition(unfit, rt, pipeline_name="gone")))
+
+    info = await cli_json("info", base, *c)
+    assert info["kafka_topic"] == base and info["window"]["max_event"] == 100  # the file's
+    info = await cli_json("info", rt, *c)
+    assert info["window"]["max_event"] == 9 and info["state"] == "stopped"
+    status = await cli_json("status", *c)
+    assert [x["consumer_id"] for x in status["consumers"]] == [base, rt]
+    assert status["consumers"][0]["kafka_topic"] == base
+    human = await cli("status", *c)
+    assert f"defined at runtime (kafkaconsole consumer list): {rt}\n" in human.stdout
+    history = await cli_json("history", base, *c)
+    assert history == []
+
+    unknown = await cli("info", unfit, *c)
+    assert unknown.exit_code == 1 and unknown.stdout == ""
+    [line] = unknown.stderr.splitlines()
+    assert line.startswith(f"error: unknown consumer '{unfit}' (known: {base}, {rt}); ")
+    assert "its runtime definition does not fit this configuration: " in line
+    assert f"runtime consumer '{unfit}': pipeline_name: no pipeline named 'gone'" in line
+    for args in (("pause", unfit), ("trigger", unfit), ("peek", unfit, "--tail")):
+        refused = await cli(*args, *c)
+        assert refused.exit_code == 1 and "does not fit this configuration" in refused.stderr
+
+
+async def test_status_watch_shows_a_consumer_defined_while_it_watches(
+    tmp_path: Path, services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+) -> None:
+    from tests.test_cli_scripting import read_line, watch
+
+    base, rt = f"{unique}-base", f"{unique}-rt"
+    path = write_config(
+        tmp_path / "kafkaconsole.toml",
+        services,
+        unique,
+        [{"consumer_id": base, "kafka_topic": base}],
+    )
+    proc = watch(path, "--interval", "0.2")
+    try:
+        assert (await read_line(proc))["consumer_id"] == base
+        await redis_client.hset(f"{unique}:_fleet:consumers", rt, orjson.dumps(definition(rt, rt)))
+        line = await read_line(proc)
+        assert (line["consumer_id"], line["kafka_topic"], line["state"]) == (rt, rt, "stopped")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_api_reads_and_peeks_a_runtime_consumer(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+) -> None:
+    """The API follows the engine's consumers, the runtime ones included, even when it was
+    started before the engine (as the headless process starts it)."""
+    base, rt = f"{unique}-base", f"{unique}-rt"
+    await kafka.create_topic(base, 1)
+    await kafka.create_topic(rt, 1)
+    await kafka.produce(rt, [{"n": i} for i in range(3)], partitions=1)
+    await redis_client.hset(f"{unique}:_fleet:consumers", rt, orjson.dumps(definition(rt, rt)))
+    api = {"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN}
+    path = write_config(
+        tmp_path / "kafkaconsole.toml",
+        services,
+        unique,
+        [{"consumer_id": base, "kafka_topic": base}],
+        api=api,
+    )
+    engine = Engine(load_config(path), lease_ms=1500, snapshot_interval=0.2)
+    server = await start_api(engine, engine.config)
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        await engine.start()
+        assert engine.runtime_consumer_ids == {rt}
+
+        async def counted() -> bool:
+            return await count_of(redis_client, unique, rt) == 3
+
+        await wait_for(counted, what="the runtime consumer counting")
+        async with session.get(server.url + "/openapi.json") as resp:
+            doc = await resp.json()
+        async with session.get(f"{server.url}/consumer/info/{rt}") as resp:
+            assert resp.status == 200, await resp.text()
+            info = await resp.json()
+        _response_validator(doc, "/consumer/info/{consumer_id}", "get", 200).validate(info)
+        assert info["consumer_id"] == rt and info["window"]["count"] == 3
+        assert info["config"]["kafka_topic"] == rt
+        async with session.get(server.url + "/consumers") as resp:
+            ids = [x["consumer_id"] for x in (await resp.json())["consumers"]]
+        assert ids == [base, rt]
+        async with session.post(f"{server.url}/consumer/{rt}/trigger") as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["window_id"] == 1
+        async with session.get(f"{server.url}/consumers/{rt}/events?window=1") as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+        assert sorted(e["value"]["n"] for e in body["events"]) == [0, 1, 2]
+        async with session.post(f"{server.url}/consumer/{rt}/pause") as resp:
+            assert resp.status == 200, await resp.text()
+        assert (await cli_json("info", rt, "--config", str(path)))["state"] == "paused"
+    finally:
+        await session.close()
+        await server()
+        await engine.stop()
+
+
+# ---- alert rules naming a runtime consumer ----------------------------------------------------
+
+
+def alert_rules(url: str, base: str, rt: str, later: str) -> str:
+    return f"""
+[monitoring]
+sample_interval = 0.2
+lagging_intervals = 3
+stall_after = 2.0
+stuck_after = 2.0
+storm_period = 3.0
+
+[[monitoring.alerts]]
+name = "rt-paused"
+verdict = "paused"
+for = 0.3
+channel = "webhook"
+url = "{url}"
+runtime_consumers = ["{rt}", "{later}"]
+
+[[monitoring.alerts]]
+name = "base-paused"
+verdict = "paused"
+for = 0.3
+channel = "webhook"
+url = "{url}"
+consumers = ["{base}"]
+"""
+
+
+async def test_an_alert_rule_naming_a_runtime_consumer_fires_for_it_once_it_runs(
+    tmp_path: Path,
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+) -> None:
+    from tests.helpers import Receiver
+
+    base, rt, later = f"{unique}-base", f"{unique}-rt", f"{unique}-later"
+    await kafka.create_topic(base, 1)
+    await kafka.create_topic(rt, 1)
+    async with Receiver().serving("/alerts") as receiver:
+        path = write_config(
+            tmp_path / "kafkaconsole.toml",
+            services,
+            unique,
+            [{"consumer_id": base, "kafka_topic": base}],
+            extra=alert_rules(receiver.url, base, rt, later),
+        )
+        c = ("--config", str(path))
+        # the rule is in the file before the consumer exists anywhere
+        engine = await start_from(path)
+        try:
+            await wait_live(redis_client, unique, engine)
+            spec = write_toml(tmp_path / "rt.toml", definition(rt, rt))
+            added = await cli("consumer", "add", "--file", str(spec), *c)
+            assert added.exit_code == 0, (added.stdout, added.stderr)
+            listed = await cli_json("consumer", "list", *c)
+            assert [(x["consumer_id"], x["alerts"]) for x in listed["consumers"]] == [
+                (rt, ["rt-paused"])
+            ]
+            assert listed["alert_notes"] == [
+                f"alert 'rt-paused' watches runtime consumer '{later}', which is not defined "
+                "(it applies once kafkaconsole consumer add defines it)"
+            ]
+
+            paused = await cli("pause", rt, *c)
+            assert paused.exit_code == 0, paused.stderr
+            body = await receiver.wait("firing", "rt-paused")
+            assert body["consumer_id"] == rt and body["verdict"] == "paused"
+
+            async def shown() -> bool:
+                local = engine.snapshot().consumer(rt)
+                info = await cli_json("info", rt, *c)
+                return (
+                    local is not None
+                    and [a.alert for a in local.alerts] == ["rt-paused"]
+                    and [a["alert"] for a in info["alerts"]] == ["rt-paused"]
+                )
+
+            await wait_for(shown, what="the alert in the engine's snapshot and in info")
+            human = await cli("status", *c)
+            assert f"{rt}: alert rt-paused firing since" in human.stdout
+
+            resumed = await cli("resume", rt, *c)
+            assert resumed.exit_code == 0, resumed.stderr
+            await receiver.wait("resolved", "rt-paused")
+
+            # the rule watches the consumers it names only: pausing the file's consumer fires
+            # the file's rule for it, never rt-paused
+            assert (await cli("pause", base, *c)).exit_code == 0
+            body = await receiver.wait("firing", "base-paused")
+            assert body["consumer_id"] == base
+            assert await redis_client.exists(f"{unique}:{base}:alert:base-paused") == 1
+            assert await redis_client.exists(f"{unique}:{base}:alert:rt-paused") == 0
+            assert {b["consumer_id"] for b in receiver.got("firing", "rt-paused")} == {rt}
+
+            # removed while its alert fires: the alert resolves (once), its key goes
+            assert (await cli("pause", rt, *c)).exit_code == 0
+
+            async def fired_again() -> bool:
+                return len(receiver.got("firing", "rt-paused")) == 2
+
+            await wait_for(fired_again, what="rt-paused firing again")
+            removed = await cli("consumer", "remove", rt, *c)
+            assert removed.exit_code == 0, (removed.stdout, removed.stderr)
+
+            async def resolved_again() -> bool:
+                return len(receiver.got("resolved", "rt-paused")) == 2
+
+            await wait_for(resolved_again, what="rt-paused resolved by the removal")
+            last = receiver.got("resolved", "rt-paused")[-1]
+            assert last["consumer_id"] == rt and last["message"] == RETIRED
+            assert await redis_client.exists(f"{unique}:{rt}:alert:rt-paused") == 0
+        finally:
+            await engine.stop()

@@ -60,7 +60,7 @@ def audit(limit: LimitOpt = 50, config: ConfigOpt = None, as_json: JsonOpt = Fal
     async def action(fleet: Fleet) -> list[dict[str, Any]]:
         return await fleet.audit.entries(limit)
 
-    Output(as_json).emit(_with_fleet(cfg, action), _audit_text)
+    Output(as_json).emit(_with_fleet(cfg, action, runtime=False), _audit_text)
 
 
 __all__ = ["audit"]

@@ -29,6 +29,7 @@ from kafkaconsole.cli.control_cmd import (
 from kafkaconsole.cli.output import ExitCode, Output, fail, table
 from kafkaconsole.cli.reload_cmd import exit_code, wait_answers
 from kafkaconsole.config import AppConfig, ConfigError, validate_consumer
+from kafkaconsole.engine.alerts import rules_for
 from kafkaconsole.engine.audit import AuditLog, cli_instance
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.errors import ConsumerClashError
@@ -160,7 +161,7 @@ def add(
             "instances": rows,
         }
 
-    data = _with_fleet(cfg, action)
+    data = _with_fleet(cfg, action, runtime=False)
     head = f"{data['consumer_id']}: {data['status']} (stored in Redis)"
     _finish(data, as_json, head, timeout)
 
@@ -199,13 +200,26 @@ def remove(
         rows = await _apply_rows(fleet, request_id, expected, timeout)
         return {"consumer_id": consumer_id, "status": "removed", "instances": rows}
 
-    data = _with_fleet(cfg, action)
+    data = _with_fleet(cfg, action, runtime=False)
     _finish(data, as_json, f"{consumer_id}: removed", timeout)
+
+
+def undefined_alert_names(cfg: AppConfig, definitions: dict[str, Any]) -> list[str]:
+    """One line per id an alert rule's runtime_consumers names that neither Redis nor the file
+    defines (not yet added, or a typo: the rule waits for it)."""
+    known = set(definitions) | {c.consumer_id for c in cfg.consumers}
+    return [
+        f"alert {rule.rule_id!r} watches runtime consumer {cid!r}, which is not defined "
+        "(it applies once kafkaconsole consumer add defines it)"
+        for rule in cfg.monitoring.alerts
+        for cid in rule.runtime_consumers
+        if cid not in known
+    ]
 
 
 def _list_text(data: dict[str, Any]) -> str:
     if not data["consumers"]:
-        return "no consumer defined at runtime"
+        return "\n".join(["no consumer defined at runtime", *data["alert_notes"]])
     rows = [
         [
             c["consumer_id"],
@@ -219,12 +233,16 @@ def _list_text(data: dict[str, Any]) -> str:
     ]
     lines = [table(["ID", "TOPIC", "PIPELINE", "MAX_EVENT", "MAX_TIME", "NOTE"], rows)]
     lines += [clash_note(c["consumer_id"]) for c in data["consumers"] if c["clash"]]
-    return "\n".join(lines)
+    return "\n".join([*lines, *data["alert_notes"]])
 
 
 def runtime_definitions(cfg: AppConfig) -> dict[str, Any]:
     """The stored definitions (read from the fleet's Redis; failures exit 1)."""
-    return _with_fleet(cfg, lambda fleet: RuntimeConsumers(fleet.redis, fleet.prefix).definitions())
+    return _with_fleet(
+        cfg,
+        lambda fleet: RuntimeConsumers(fleet.redis, fleet.prefix).definitions(),
+        runtime=False,
+    )
 
 
 @consumer_app.command("list")
@@ -232,7 +250,9 @@ def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the consumers defined at runtime (as stored in Redis).
 
     NOTE says when the configuration file defines a consumer of the same id (the file's
-    consumer wins; the definition is not run).
+    consumer wins; the definition is not run). --json gives each one's alert rules
+    ("alerts"); an id that a rule's runtime_consumers names but nothing defines is reported
+    ("alert_notes").
 
     Example:
 
@@ -246,10 +266,12 @@ def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             **(table_ if isinstance(table_, dict) else {"invalid": str(table_)}),
             "consumer_id": cid,
             "clash": cid in file_ids,
+            "alerts": [r.rule_id for r in rules_for(cfg.monitoring.alerts, cid)],
         }
         for cid, table_ in sorted(definitions.items())
     ]
-    Output(as_json).emit({"consumers": consumers}, _list_text)
+    data = {"consumers": consumers, "alert_notes": undefined_alert_names(cfg, definitions)}
+    Output(as_json).emit(data, _list_text)
 
 
 def register(app: typer.Typer) -> None:

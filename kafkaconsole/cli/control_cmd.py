@@ -2,7 +2,9 @@
 
 These commands never talk to an instance directly: they read the configuration to find Redis
 and act through :class:`~kafkaconsole.engine.fleet.Fleet`, so they steer every instance of the
-fleet wherever it runs (containers, other terminals, the TUI). stdout is data (an aligned table,
+fleet wherever it runs (containers, other terminals, the TUI). They see the fleet as it runs:
+the file's consumers and those defined at runtime (``kafkaconsole consumer add``), read from
+Redis once per command in :func:`_with_fleet`. stdout is data (an aligned table,
 or stable JSON with ``--json``); stderr is diagnostics. Exit codes: 0 ok, 1 failure (unknown
 consumer, Redis unreachable, refused), 2 usage or configuration error.
 """
@@ -48,7 +50,7 @@ from kafkaconsole.engine.audit import cli_instance
 from kafkaconsole.engine.clients import redis_client
 from kafkaconsole.engine.control import actor
 from kafkaconsole.engine.dispatch import RedispatchError, redispatch
-from kafkaconsole.engine.errors import ControlError, ReadOnlyError, UnknownConsumerError
+from kafkaconsole.engine.errors import ControlError, ReadOnlyError
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.group_offsets import committed_offsets
 from kafkaconsole.runtime import running_demo_config
@@ -70,12 +72,20 @@ ConfigOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
-IdArg = Annotated[str, typer.Argument(metavar="ID", help="The consumer_id of a [[consumers]].")]
+IdArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID", help="The consumer_id of a [[consumers]] or of a consumer defined at runtime."
+    ),
+]
 OptionalIdArg = Annotated[
     str | None,
     typer.Argument(metavar="ID", help="The consumer_id (or --all).", show_default=False),
 ]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every consumer of the configuration.")]
+AllOpt = Annotated[
+    bool,
+    typer.Option("--all", help="Every consumer: the file's and those defined at runtime."),
+]
 ReadOnlyOpt = Annotated[
     bool,
     typer.Option(
@@ -101,8 +111,20 @@ def fleet_config(config: str | None) -> AppConfig:
     return _load(None, config)
 
 
-def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
-    """Run ``action`` against the fleet's Redis; failures become one line and exit 1."""
+def _with_fleet(
+    cfg: AppConfig,
+    action: Callable[[Fleet], Awaitable[T]],
+    *,
+    consumer_id: str | None = None,
+    runtime: bool = True,
+) -> T:
+    """Run ``action`` against the fleet's Redis; failures become one line and exit 1.
+
+    The one place the CLI builds its :class:`Fleet`: with ``runtime``, the fleet as it runs
+    (the file's consumers and those defined at runtime, read once; the file's consumer wins
+    on a clash); when they cannot be read, the file's alone and an unknown id says why.
+    ``consumer_id``: refused (exit 1) unless that fleet has it, before ``action`` runs.
+    """
 
     async def main() -> T:
         redis = redis_client(
@@ -112,7 +134,12 @@ def _with_fleet(cfg: AppConfig, action: Callable[[Fleet], Awaitable[T]]) -> T:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
         )
         try:
-            return await action(Fleet(redis, cfg))
+            fleet = Fleet(redis, cfg)
+            if runtime:
+                fleet = await fleet.as_running()
+            if consumer_id is not None:
+                fleet.consumer_cfg(consumer_id)  # UnknownConsumerError: refused below
+            return await action(fleet)
         finally:
             with contextlib.suppress(Exception):
                 await redis.aclose()
@@ -153,13 +180,6 @@ def refuse(exc: ControlError) -> NoReturn:
     fail(str(exc), ExitCode(exc.exit_code))
 
 
-def _known(cfg: AppConfig, consumer_id: str) -> None:
-    """Refuse before touching Redis when the id is not in the configuration."""
-    ids = [c.consumer_id for c in cfg.consumers]
-    if consumer_id not in ids:
-        refuse(UnknownConsumerError(consumer_id, ids))
-
-
 def _writable(cfg: AppConfig, what: str, read_only: bool = False) -> None:
     """Refuse in read-only mode, before touching Redis."""
     if read_only:
@@ -176,10 +196,10 @@ def _check_target(consumer_id: str | None, all_: bool) -> None:
         raise typer.BadParameter("give a consumer ID or --all", param_hint="ID")
 
 
-def _targets(cfg: AppConfig, consumer_id: str | None, all_: bool) -> list[str]:
-    if all_ or consumer_id is None:
-        return [c.consumer_id for c in cfg.consumers]
-    _known(cfg, consumer_id)
+def _targets(fleet: Fleet, consumer_id: str | None) -> list[str]:
+    """The consumer named (checked by :func:`_with_fleet`), or every consumer (``--all``)."""
+    if consumer_id is None:
+        return [c.consumer_id for c in fleet.config.consumers]
     return [consumer_id]
 
 
@@ -254,7 +274,12 @@ def _runtime_notes(instances: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def _status_text(data: dict[str, Any]) -> str:
+def _runtime_ids(fleet: Fleet) -> list[str]:
+    """The fleet's consumers defined at runtime (the file's consumers win a clash)."""
+    return list(fleet.runtime.runtime_ids) if fleet.runtime is not None else []
+
+
+def _status_text(data: dict[str, Any], runtime_ids: list[str] | None = None) -> str:
     rows = [
         [
             c["consumer_id"],
@@ -273,6 +298,8 @@ def _status_text(data: dict[str, Any]) -> str:
     headers = ["CONSUMER", "TOPIC", "STATE", "VERDICT", "INSTANCES", "LAG", "TIME LAG", "WINDOW"]
     out = [table([*headers, "TIME LEFT", "LAST TRIGGER"], rows)]
     notes = [_health_note(c) for c in data["consumers"]]
+    if runtime_ids:
+        notes.append(f"defined at runtime (kafkaconsole consumer list): {', '.join(runtime_ids)}")
     if any(notes):
         out += ["", *[n for n in notes if n]]
     now_ms = time.time() * 1000
@@ -304,12 +331,14 @@ WATCH_INTERVAL_S = 1.0
 
 def _watch(cfg: AppConfig, interval: float) -> None:
     """Print one NDJSON line per consumer whose status changed, every ``interval`` seconds,
-    until Ctrl-C or until the reader of stdout goes away (both exit 0)."""
+    until Ctrl-C or until the reader of stdout goes away (both exit 0). The consumers defined
+    at runtime are read again at each interval: one added while it watches appears."""
 
     async def action(fleet: Fleet) -> None:
         seen: dict[str, bytes] = {}
         while True:
             consumers = await fleet.consumers()
+            fleet = await Fleet(fleet.redis, cfg).as_running()  # for the next interval
             observed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             try:
                 for consumer in consumers:
@@ -356,6 +385,9 @@ def status(
 ) -> None:
     """Show every consumer across the fleet: state, instances, lag, window, last trigger.
 
+    Lists the configuration file's consumers and those defined at runtime (kafkaconsole
+    consumer add; a consumer of the file wins a clash of ids).
+
     Reads Redis, so it shows every running instance wherever it runs. --json prints
     {"consumers": [...], "instances": [...]}. --watch prints one JSON object per line and per
     change: a consumer's object of --json with "observed_at" (ISO 8601 UTC) first; fields
@@ -374,17 +406,21 @@ def status(
     if watch:
         _watch(cfg, interval)
         return
-    data = _with_fleet(cfg, lambda fleet: fleet.status())
-    Output(as_json).emit(data, _status_text)
+
+    async def action(fleet: Fleet) -> tuple[dict[str, Any], list[str]]:
+        return await fleet.status(), _runtime_ids(fleet)
+
+    data, runtime_ids = _with_fleet(cfg, action)
+    Output(as_json).emit(data, lambda d: _status_text(d, runtime_ids))
 
 
-def _info_text(d: dict[str, Any]) -> str:
+def _info_text(d: dict[str, Any], runtime: bool = False) -> str:
     w = d["window"]
     e = d["errors"]
     t = d["totals"]
     pipeline = d.get("pipeline") or {}
     lines = [
-        f"consumer     {d['consumer_id']}",
+        f"consumer     {d['consumer_id']}" + (" (defined at runtime)" if runtime else ""),
         f"topic        {d['kafka_topic']}",
         f"pipeline     {d['pipeline_name']} ({pipeline.get('kind', '?')}, {d['job_type']})",
         f"state        {d['state']}"
@@ -447,9 +483,12 @@ def info(consumer_id: IdArg, config: ConfigOpt = None, as_json: JsonOpt = False)
         kafkaconsole info orders --json | jq .window
     """
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
-    data = _with_fleet(cfg, lambda fleet: fleet.info(consumer_id))
-    Output(as_json).emit(data, _info_text)
+
+    async def action(fleet: Fleet) -> tuple[dict[str, Any], bool]:
+        return await fleet.info(consumer_id), consumer_id in _runtime_ids(fleet)
+
+    data, runtime = _with_fleet(cfg, action, consumer_id=consumer_id)
+    Output(as_json).emit(data, lambda d: _info_text(d, runtime))
 
 
 def _lag_data(consumers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -523,7 +562,7 @@ def lag(
     async def action(fleet: Fleet) -> dict[str, Any]:
         data = _lag_data(await fleet.consumers())
         if committed:
-            await _add_committed(cfg, data)
+            await _add_committed(fleet.config, data)
         return data
 
     Output(as_json).emit(_with_fleet(cfg, action), _lag_text)
@@ -631,7 +670,6 @@ def history(
         raise typer.BadParameter("--format csv lists records; not with --redispatch")
     as_json = as_json or output_format is HistoryFormat.JSON
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
     if redispatch_window is not None:
         _writable(cfg, "re-dispatch", read_only)
         wid = redispatch_window
@@ -641,7 +679,7 @@ def history(
                 async with fleet.audit.action(
                     "redispatch", consumer_id, via="cli", user=actor(), instance=cli_instance()
                 ) as outcome:
-                    await redispatch(fleet.redis, cfg, consumer_id, wid)
+                    await redispatch(fleet.redis, fleet.config, consumer_id, wid)
                     outcome.detail = f"window {wid} queued for its pipeline again"
             except RedispatchError as exc:
                 fail(str(exc))
@@ -652,7 +690,7 @@ def history(
                 "idempotency_key": f"{consumer_id}:{wid}",
             }
 
-        result = _with_fleet(cfg, requeue)
+        result = _with_fleet(cfg, requeue, consumer_id=consumer_id)
         Output(as_json).emit(
             result,
             lambda r: (
@@ -661,7 +699,9 @@ def history(
             ),
         )
         return
-    data = _with_fleet(cfg, lambda fleet: fleet.history(consumer_id, limit=limit))
+    data = _with_fleet(
+        cfg, lambda fleet: fleet.history(consumer_id, limit=limit), consumer_id=consumer_id
+    )
     if output_format is HistoryFormat.CSV:
         typer.echo(history_csv(data), nl=False)
         return
@@ -692,8 +732,11 @@ async def _wait_applied(
         await asyncio.sleep(0.1)
 
 
-def _set_paused(cfg: AppConfig, ids: list[str], paused: bool) -> list[dict[str, Any]]:
+def _set_paused(cfg: AppConfig, consumer_id: str | None, paused: bool) -> list[dict[str, Any]]:
+    """Pause or resume ``consumer_id`` (None: every consumer of the fleet as it runs)."""
+
     async def action(fleet: Fleet) -> list[dict[str, Any]]:
+        ids = _targets(fleet, consumer_id)
         before = await fleet.control.pause_states(ids)
         for cid in ids:
             if paused:
@@ -712,7 +755,7 @@ def _set_paused(cfg: AppConfig, ids: list[str], paused: bool) -> list[dict[str, 
             for cid in ids
         ]
 
-    return _with_fleet(cfg, action)
+    return _with_fleet(cfg, action, consumer_id=consumer_id)
 
 
 def _pause_text(results: list[dict[str, Any]]) -> str:
@@ -752,9 +795,8 @@ def pause(
     """
     _check_target(consumer_id, all_)
     cfg = fleet_config(config)
-    ids = _targets(cfg, consumer_id, all_)
     _writable(cfg, "pause", read_only)
-    Output(as_json).emit(_set_paused(cfg, ids, True), _pause_text)
+    Output(as_json).emit(_set_paused(cfg, consumer_id, True), _pause_text)
 
 
 def resume(
@@ -774,9 +816,8 @@ def resume(
     """
     _check_target(consumer_id, all_)
     cfg = fleet_config(config)
-    ids = _targets(cfg, consumer_id, all_)
     _writable(cfg, "resume", read_only)
-    Output(as_json).emit(_set_paused(cfg, ids, False), _pause_text)
+    Output(as_json).emit(_set_paused(cfg, consumer_id, False), _pause_text)
 
 
 def reset(
@@ -794,7 +835,6 @@ def reset(
         kafkaconsole reset orders
     """
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
     _writable(cfg, "reset", read_only)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
@@ -807,7 +847,7 @@ def reset(
             f"{d['discarded']} event(s) discarded, no trigger"
         )
 
-    Output(as_json).emit(_with_fleet(cfg, action), text)
+    Output(as_json).emit(_with_fleet(cfg, action, consumer_id=consumer_id), text)
 
 
 WAIT_POLL_S = 0.25
@@ -874,7 +914,6 @@ def trigger(
         kafkaconsole trigger orders --wait --timeout 300 && echo synced
     """
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
     _writable(cfg, "trigger", read_only)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
@@ -897,7 +936,7 @@ def trigger(
         return data
 
     try:
-        data = _with_fleet(cfg, action)
+        data = _with_fleet(cfg, action, consumer_id=consumer_id)
     except KeyboardInterrupt:
         fail(
             "stopped waiting: the window's pipeline run goes on (see kafkaconsole history)",

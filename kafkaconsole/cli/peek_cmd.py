@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from kafkaconsole.cli.control_cmd import ConfigOpt, IdArg, _known, _with_fleet, fleet_config
+from kafkaconsole.cli.control_cmd import ConfigOpt, IdArg, _with_fleet, fleet_config
 from kafkaconsole.cli.output import json_safe, warn
 from kafkaconsole.cli.scripting import ReaderGone, write_line
 from kafkaconsole.engine.fleet import Fleet
@@ -124,17 +124,16 @@ def peek(
     if modes != 1:
         raise typer.BadParameter("give exactly one of --window N, --tail and --dlq")
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
 
     async def action(fleet: Fleet) -> PeekBody:
-        reader = EventPeek(cfg, fleet.redis)
+        reader = EventPeek(fleet.config, fleet.redis)
         if window is not None:
             return await reader.window(consumer_id, window, limit)
         if dlq:
             return await reader.dlq(consumer_id, limit)
         return await reader.tail(consumer_id, limit)
 
-    body = _with_fleet(cfg, action)
+    body = _with_fleet(cfg, action, consumer_id=consumer_id)
     for line in body.warnings:
         warn(line)
     if body.truncated:

@@ -123,7 +123,7 @@ def reload(
         )
         return
     _writable(cfg, "reload", read_only)
-    data = _with_fleet(cfg, lambda fleet: _reload_fleet(fleet, timeout))
+    data = _with_fleet(cfg, lambda fleet: _reload_fleet(fleet, timeout), runtime=False)
     Output(as_json).emit(data, lambda d: _text(d, timeout))
     for row in data["instances"]:
         for problem in row.get("problems") or ():

@@ -546,7 +546,11 @@ class AlertRule(RemoteEndpoint):
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra webhook headers (write tokens as ${ENV_VAR})."""
     consumers: list[str] = Field(default_factory=list)
-    """consumer_ids the rule watches (empty: every consumer)."""
+    """consumer_ids the rule watches (empty, with runtime_consumers empty: every consumer)."""
+    runtime_consumers: list[Annotated[str, Field(pattern=CONSUMER_ID_PATTERN)]] = Field(
+        default_factory=list
+    )
+    """Ids of consumers defined at runtime (kafkaconsole consumer add) the rule also watches."""
 
     @field_validator("for_", mode="before")
     @classmethod
@@ -583,7 +587,11 @@ class AlertRule(RemoteEndpoint):
         return f"{self.metric}_below_{_short_number(self.below or 0.0)}"
 
     def watches(self, consumer_id: str) -> bool:
-        return not self.consumers or consumer_id in self.consumers
+        """Whether the rule applies to ``consumer_id``: every consumer when it names none,
+        else those named in ``consumers`` or ``runtime_consumers``."""
+        if not self.consumers and not self.runtime_consumers:
+            return True
+        return consumer_id in self.consumers or consumer_id in self.runtime_consumers
 
 
 class MonitoringConfig(Section):
@@ -661,13 +669,16 @@ class AppConfig(Section):
 
     @model_validator(mode="after")
     def _alerts_name_known_consumers(self) -> AppConfig:
+        # strict, so that a typo never silences a rule; a consumer defined at runtime is not
+        # in the file: a rule names it in runtime_consumers
         ids = {c.consumer_id for c in self.consumers}
         for rule in self.monitoring.alerts:
             unknown = [cid for cid in rule.consumers if cid not in ids]
             if unknown:
                 raise ValueError(
                     f"monitoring alert {rule.rule_id!r} names unknown consumer(s) "
-                    f"{', '.join(repr(u) for u in unknown)}"
+                    f"{', '.join(repr(u) for u in unknown)} (a consumer defined at runtime "
+                    "goes in runtime_consumers)"
                 )
         return self
 

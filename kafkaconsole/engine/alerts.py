@@ -218,6 +218,10 @@ def event_of(
     )
 
 
+RETIRED = "the consumer is no longer run (removed from the configuration)"
+"""The message of an alert resolved because its consumer was removed."""
+
+
 class AlertEvaluator:
     """Keeps every (consumer, rule) state of this instance and returns its transitions."""
 
@@ -251,6 +255,12 @@ class AlertEvaluator:
 
     def track(self, consumer_id: str, rule_id: str) -> RuleTrack:
         return self._tracks.get((consumer_id, rule_id), RuleTrack())
+
+    def retire(self, consumer_id: str) -> None:
+        """``consumer_id`` is no longer run: every rule's condition is known clear for it
+        (the ledger resolves the alerts still firing), with that as the message."""
+        for rule in rules_for(self.rules, consumer_id):
+            self._tracks[(consumer_id, rule.rule_id)] = RuleTrack(message=RETIRED, clear=True)
 
     def firing(self, consumer_id: str) -> list[tuple[AlertRule, RuleTrack]]:
         """The rules firing for ``consumer_id`` on this instance, in rule order."""

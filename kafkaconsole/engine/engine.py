@@ -1019,6 +1019,8 @@ class Engine:
         self.config = config
         self._mask = masker(config)
         self.audit.mask = self._mask
+        if self.monitor is not None:
+            self.monitor.follow(config)
         self.shared_read_s = max(self.snapshot_interval, len(config.consumers) / SHARED_READS_PER_S)
 
     async def _add_consumer(self, cfg: ConsumerConfig) -> None:

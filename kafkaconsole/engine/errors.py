@@ -72,8 +72,12 @@ class UnknownConsumerError(ControlError, LookupError):
 
     http_status = 404
 
-    def __init__(self, consumer_id: str, known: list[str], what: str = "consumer") -> None:
-        super().__init__(f"unknown {what} {consumer_id!r} (known: {', '.join(known) or 'none'})")
+    def __init__(
+        self, consumer_id: str, known: list[str], what: str = "consumer", note: str | None = None
+    ) -> None:
+        """``note`` adds why the id may still exist (the runtime definitions were not read)."""
+        text = f"unknown {what} {consumer_id!r} (known: {', '.join(known) or 'none'})"
+        super().__init__(f"{text}; {note}" if note else text)
         self.consumer_id = consumer_id
 
 

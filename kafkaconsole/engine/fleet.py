@@ -3,7 +3,8 @@
 :class:`Fleet` needs only the config (to find Redis and the consumers) and works from any
 process, whether or not an instance runs there. Reads merge each consumer's shared counting
 state with the heartbeats (status snapshots with a TTL) of the live instances; steering acts
-through the same Redis scripts and flags the engine itself uses.
+through the same Redis scripts and flags the engine itself uses. A process that runs no engine
+(the CLI) sees the consumers defined at runtime through :meth:`Fleet.as_running`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AlertRule, AppConfig, ConsumerConfig
 from kafkaconsole.config.secrets import mask_config, mask_strings, masker
@@ -44,6 +46,7 @@ from kafkaconsole.engine.health import (
 )
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, offset_field
 from kafkaconsole.engine.records import HistoryEntry, TriggerReason, iso_ms, stored_run
+from kafkaconsole.engine.runtime_consumers import RuntimeConsumers, RuntimeMerge, merge_runtime
 from kafkaconsole.engine.seek import (
     SeekRefusedError,
     SeekResult,
@@ -224,6 +227,27 @@ class Fleet:
         self.mask = masker(config)
         self.via = via
         self.audit = AuditLog(redis, self.prefix, mask=self.mask)
+        #: set by :meth:`as_running`: how the runtime definitions merged into ``config``
+        self.runtime: RuntimeMerge | None = None
+        #: set by :meth:`as_running` when the runtime definitions could not be read: why
+        self.runtime_unread: str | None = None
+
+    async def as_running(self) -> Fleet:
+        """This fleet as it runs: the config's consumers and those defined at runtime that
+        are valid with it (a consumer of the config wins on a clash, as in every instance),
+        read from Redis once. When they cannot be read, the config's consumers alone, and the
+        reason kept for the error of an unknown id (every other read fails as before)."""
+        try:
+            definitions = await RuntimeConsumers(self.redis, self.prefix).definitions()
+        except (RedisError, OSError) as exc:
+            fleet = Fleet(self.redis, self.config, via=self.via)
+            reason = self.mask(str(exc) or type(exc).__name__)
+            fleet.runtime_unread = f"the consumers defined at runtime could not be read: {reason}"
+            return fleet
+        merge = merge_runtime(self.config, definitions)
+        fleet = Fleet(self.redis, merge.config, via=self.via)
+        fleet.runtime = merge
+        return fleet
 
     # ---- helpers ---------------------------------------------------------------------------
     def consumer_cfg(self, consumer_id: str) -> ConsumerConfig:
@@ -231,8 +255,19 @@ class Fleet:
             return self.config.consumer(consumer_id)
         except KeyError:
             raise UnknownConsumerError(
-                consumer_id, [c.consumer_id for c in self.config.consumers]
+                consumer_id,
+                [c.consumer_id for c in self.config.consumers],
+                note=self._unknown_note(consumer_id),
             ) from None
+
+    def _unknown_note(self, consumer_id: str) -> str | None:
+        """Why an id this fleet does not know may exist all the same."""
+        if self.runtime_unread is not None:
+            return self.runtime_unread
+        problems = self.runtime.problems_of(consumer_id) if self.runtime is not None else []
+        if problems:
+            return "its runtime definition does not fit this configuration: " + "; ".join(problems)
+        return None
 
     def keys(self, consumer_id: str) -> ConsumerKeys:
         return ConsumerKeys(self.prefix, consumer_id)

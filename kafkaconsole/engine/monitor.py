@@ -158,10 +158,20 @@ class HealthMonitor:
         self.ledger = AlertLedger(redis, config.redis.key_prefix, instance_id)
         self.notifier = notifier or AlertNotifier(self.cfg)
         self._samples: dict[str, deque[HealthSample]] = {}
+        self._sampled: set[str] = set()  # the consumers of the last sample reconciled
         self._health: dict[str, ConsumerHealth] = {}
         self._listeners: list[AlertListener] = []
         self._started_at: float | None = None
         self._failing = False
+
+    def follow(self, config: AppConfig) -> None:
+        """Sample the consumers of ``config`` from the next sample on: those a reload added
+        or removed, and those defined at runtime (an alert rule naming one applies once it
+        runs; the alerts of a consumer no longer run resolve). The [monitoring] settings stay
+        those it started with (they change at a restart)."""
+        self.fleet = Fleet(
+            self.redis, config.model_copy(update={"monitoring": self.config.monitoring})
+        )
 
     # ---- reading ---------------------------------------------------------------------------
     def health(self, consumer_id: str) -> ConsumerHealth | None:
@@ -231,7 +241,15 @@ class HealthMonitor:
             v = verdict(window, self.cfg, now, before.verdict if before is not None else None)
             local += self.evaluator.evaluate(cid, v, metrics(window, self.cfg, now), now, settled)
             self._judged(cid, v, now)
-        won = await self.ledger.reconcile(self.evaluator, ids, now)
+        # consumers sampled before and no longer run (a reload, a runtime definition removed):
+        # their alerts are known clear, so the ledger resolves those still firing
+        retired = sorted(self._sampled - set(ids))
+        for cid in retired:
+            self.evaluator.retire(cid)
+            self._samples.pop(cid, None)
+            self._health.pop(cid, None)
+        won = await self.ledger.reconcile(self.evaluator, [*ids, *retired], now)
+        self._sampled = set(ids)
         for event in won:
             self.notifier.deliver(event)
         self.notifier.refresh(self.ledger.active, now)

@@ -55,10 +55,18 @@ class RuntimeMerge:
     clashes: tuple[str, ...] = ()
     """Runtime definitions ignored: the file defines a consumer of that id."""
     problems: tuple[str, ...] = ()
-    """Stored definitions this instance cannot run (e.g. its file lacks the pipeline)."""
+    """Why stored definitions cannot run with this configuration (e.g. its file lacks the
+    pipeline), each ``runtime consumer 'ID': key: message``."""
 
     def notes(self) -> list[str]:
-        return [clash_note(cid) for cid in self.clashes] + list(self.problems)
+        """The clashes and problems as an instance reports them (log, reload answer)."""
+        problems = [f"{p} (not run by this instance)" for p in self.problems]
+        return [clash_note(cid) for cid in self.clashes] + problems
+
+    def problems_of(self, consumer_id: str) -> list[str]:
+        """Why the stored definition of ``consumer_id`` cannot run here (empty: it runs, or
+        none is stored)."""
+        return [p for p in self.problems if p.startswith(f"{source_of(consumer_id)}:")]
 
 
 def merge_runtime(file_config: AppConfig, definitions: dict[str, Any]) -> RuntimeMerge:
@@ -74,7 +82,7 @@ def merge_runtime(file_config: AppConfig, definitions: dict[str, Any]) -> Runtim
         try:
             cfg = validate_consumer(definitions[cid], file_config, source=source_of(cid))
         except ConfigError as exc:
-            problems += [f"{p} (not run by this instance)" for p in exc.problems]
+            problems += [str(p) for p in exc.problems]
             continue
         if cfg.consumer_id != cid:
             problems.append(f"{source_of(cid)}: consumer_id: stored under another id")
