@@ -835,7 +835,7 @@ async def test_seek_command_asks_with_the_plan_and_seeks_or_changes_nothing() ->
         assert _notes(app)[-1] == (
             "Seek",
             "orders: 16,689 event(s) to read again, 0 skipped; window #1842 closed (seek), "
-            "pipeline orders_sync dispatched.",
+            "pipeline orders_sync dispatched; every instance follows within a second.",
             "information",
         )
         orders = source.snapshot.consumer("orders") if source.snapshot else None
@@ -886,4 +886,28 @@ async def test_seek_in_a_read_only_console_is_refused() -> None:
             in _messages(app)
         )
         assert not isinstance(app.screen, ConfirmDialog)
+    assert source.actions == []
+
+
+async def test_seek_dialog_of_many_partitions_fits_80x24() -> None:
+    """Twelve partitions: seven listed, the rest summed up, and the whole dialog (its title
+    and buttons included) on an 80x24 screen."""
+    from kafkaconsole.tui.source import SeekPosition
+
+    app, source = _static_app()
+    source.seek_positions["orders"] = {
+        ("orders", p): SeekPosition(1_000 + p, 0, 5_000) for p in range(12)
+    }
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.refresh_now()
+        await pilot.press("colon", *"seek orders earliest", "enter")
+        dialog = await _dialog(pilot, app)
+        await pilot.pause()
+        assert "… and 5 more partition(s): 5,045 read again, 0 skipped" in dialog.body
+        box = dialog.query_one("#dialog").region
+        assert box.y >= 0 and box.bottom <= 24
+        for part in ("#dialog-title", "#confirm", "#cancel"):
+            region = dialog.query_one(part).region
+            assert box.y < region.y and region.bottom < box.bottom, part
+        await pilot.press("n")
     assert source.actions == []

@@ -743,13 +743,15 @@ def test_seek_dialog_lists_eight_partitions_then_sums_up_the_rest() -> None:
     lines = body.splitlines()
     assert lines[0] == "[b]orders[/b] goes on from [b]offset 1000[/b] on 12 partition(s):"
     listed = [line for line in lines if line.startswith("  orders")]
-    assert len(listed) == SEEK_DIALOG_PARTITIONS == 8
+    assert len(listed) == SEEK_DIALOG_PARTITIONS - 1 == 7  # the 8th line sums up the rest
     assert listed[0] == "  orders[0]  1,000 → 1,000  no change"
     assert listed[1] == "  orders[1]  1,001 → 2,000  [$warning]998 skipped[/]"
     assert listed[2] == "  orders[2]      - → 1,000  nothing counted yet"
     assert listed[4] == "  orders[4]  1,004 → 1,000  [$accent]4 read again[/]"
-    # partitions 8 to 11: 8 and 10 read again 8 + 10, 9 and 11 skip 990 + 988
-    assert "  … and 4 more partition(s): 18 read again, 1,978 skipped" in lines
+    # partitions 7 to 11: 8 and 10 read again 8 + 10; 7, 9 and 11 skip 992 + 990 + 988
+    assert lines[len(listed) + 2] == "  … and 5 more partition(s): 18 read again, 2,970 skipped"
+    eight = seek_dialog_body(_seek_plan(8), "orders_sync")
+    assert "more partition" not in eight and "  orders[7]  1,007 → 2,000" in eight
     assert "closes now with reason [b]seek[/b]; pipeline [b]orders_sync[/b] runs" in body
     discard = seek_dialog_body(_seek_plan(2, window="discard"), "p")
     assert "is [b]discarded[/b]: no pipeline runs." in discard and "more partition" not in discard
@@ -767,13 +769,13 @@ def test_seek_result_toast_says_what_became_of_the_window() -> None:
     closed = base.model_copy(update={"closed_window_id": 7})
     assert seek_result_text(closed, "sync") == (
         "orders: 0 event(s) to read again, 998 skipped; window #7 closed (seek), "
-        "pipeline sync dispatched."
+        "pipeline sync dispatched; every instance follows within a second."
     )
     gone = base.model_copy(update={"discarded": 340})
-    assert "340 event(s) of the open window discarded, no pipeline run." in seek_result_text(
+    assert "340 event(s) of the open window discarded, no pipeline run;" in seek_result_text(
         gone, "sync"
     )
-    assert seek_result_text(base, "sync").endswith("; the open window was empty.")
+    assert "; the open window was empty; every instance" in seek_result_text(base, "sync")
 
 
 def test_history_marks_replayed_windows_and_keeps_lines_aligned() -> None:

@@ -1315,7 +1315,8 @@ def _window_facts(w: WindowState, age: str) -> str:
     return facts
 
 
-#: Partitions listed in the seek dialog; the rest are summed up in one line.
+#: Lines of partitions in the seek dialog: more partitions than this show one line fewer and
+#: sum up the rest in the last line (the dialog fits an 80x24 terminal).
 SEEK_DIALOG_PARTITIONS = 8
 
 
@@ -1324,7 +1325,8 @@ def seek_dialog_body(plan: SeekPlan, pipeline: str) -> str:
     stands and where it goes on from (at most :data:`SEEK_DIALOG_PARTITIONS` lines), the
     totals and what happens to the open window."""
     moves = plan.partitions
-    shown = moves[:SEEK_DIALOG_PARTITIONS]
+    fit = len(moves) if len(moves) <= SEEK_DIALOG_PARTITIONS else SEEK_DIALOG_PARTITIONS - 1
+    shown = moves[:fit]
     names = [f"{m.topic}[{m.partition}]" for m in shown]
     nows = ["-" if m.current is None else f"{m.current:,}" for m in shown]
     tos = [f"{m.target:,}" for m in shown]
@@ -1344,7 +1346,7 @@ def seek_dialog_body(plan: SeekPlan, pipeline: str) -> str:
         else:
             what = "no change"
         lines.append(f"  {escape(f'{name:<{wn}}')}  {now:>{wc}} → {to:<{wt}}  {what}")
-    rest = moves[SEEK_DIALOG_PARTITIONS:]
+    rest = moves[fit:]
     if rest:
         reread, skipped = sum(m.reread for m in rest), sum(m.skipped for m in rest)
         lines.append(
@@ -1354,8 +1356,8 @@ def seek_dialog_body(plan: SeekPlan, pipeline: str) -> str:
     skipped = f"[b $warning]{plan.skipped:,}[/]" if plan.skipped else "0"
     lines += [
         "",
-        f"In all {reread} event(s) read again (counted again, into new windows recorded as "
-        f"replays) and {skipped} skipped (never counted).",
+        f"In all {reread} event(s) read again (counted again, in new windows marked "
+        f"replay) and {skipped} skipped (never counted).",
     ]
     lines += [escape(w) for w in plan.warnings[:2]]
     if not plan.window_count:
@@ -1370,7 +1372,6 @@ def seek_dialog_body(plan: SeekPlan, pipeline: str) -> str:
             f"The open window #{plan.window_id} ([b]{plan.window_count:,} event(s)[/b]) is "
             "[b]discarded[/b]: no pipeline runs."
         )
-    lines.append("Every instance follows within a second.")
     return "\n".join(lines)
 
 
@@ -1384,7 +1385,7 @@ def seek_result_text(res: SeekResult, pipeline: str) -> str:
         window = "the open window was empty"
     return (
         f"{res.consumer_id}: {res.reread:,} event(s) to read again, {res.skipped:,} "
-        f"skipped; {window}."
+        f"skipped; {window}; every instance follows within a second."
     )
 
 
