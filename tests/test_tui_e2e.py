@@ -10,10 +10,13 @@ import asyncio
 import contextlib
 import re
 
+import redis.asyncio as aredis
+
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.engine import Engine
+from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.tui.app import KafkaConsoleApp
-from kafkaconsole.tui.screens import DetailScreen
+from kafkaconsole.tui.screens import ConfirmDialog, DetailScreen
 from tests.engine_support import make_config
 from tests.helpers import KafkaHelper, wait_for
 from tests.test_tui_pilot import screen_text
@@ -117,3 +120,66 @@ async def test_counters_move_on_screen(
         await app.close_engine()
     assert app.return_code == 0 and not engine.started
     assert seen == sorted(seen)  # counters only move forwards
+
+
+async def test_seek_to_earliest_in_the_console_replays_the_events(
+    services: EmbeddedServices, kafka: KafkaHelper, redis_client: aredis.Redis, unique: str
+) -> None:
+    """`:seek ID earliest` confirmed in the console: the events counted are read and counted
+    again, into a new window recorded as a replay, shown as count·replay in the history."""
+    await kafka.create_topic(unique, 1)
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services, unique, [{"consumer_id": cid, "kafka_topic": unique, "max_event": 20}]
+    )
+    await kafka.produce(unique, ({"i": i} for i in range(20)), partitions=1)
+    engine = Engine(cfg, lease_ms=1500, snapshot_interval=0.2)
+    app = KafkaConsoleApp(cfg, engine=engine)
+    fleet = Fleet(redis_client, cfg)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+
+            async def closed() -> bool:
+                return len(await fleet.history(cid)) >= 1
+
+            await wait_for(closed, 40, interval=0.2, what="the first window of 20 closed")
+            first = (await fleet.history(cid))[0]
+            assert (first["window_id"], first["reason"], first["count"]) == (1, "count", 20)
+            assert "replay" not in first
+            await pilot.press("colon", *f"seek {cid} earliest", "enter")
+
+            async def dialog() -> bool:
+                return isinstance(app.screen, ConfirmDialog)
+
+            await wait_for(dialog, 15, what="the seek dialog")
+            assert isinstance(app.screen, ConfirmDialog)
+            body = app.screen.body
+            assert f"{unique}[0]  20 → 0  [$accent]20 read again[/]" in body
+            assert "The open window #2 is empty: nothing closes." in body
+            await pilot.press("y")
+
+            async def replayed() -> bool:
+                return any(h.get("replay") and h["count"] == 20 for h in await fleet.history(cid))
+
+            await wait_for(replayed, 30, interval=0.2, what="the 20 events counted again")
+            again = (await fleet.history(cid))[0]
+            assert (again["window_id"], again["reason"], again["replay"]) == (2, "count", True)
+            assert any(
+                "20 event(s) to read again, 0 skipped; the open window was empty" in n.message
+                for n in app._notifications
+            )
+            await pilot.press("escape", "enter")  # the detail view's history
+
+            async def shown() -> bool:
+                return "count·replay" in screen_text(app)
+
+            await wait_for(shown, 15, what="count·replay in the history")
+            await pilot.press("escape", "q")
+
+            async def exited() -> bool:
+                return app.return_code is not None
+
+            await wait_for(exited, 20, what="graceful quit")
+    finally:
+        await app.close_engine()
+    assert app.return_code == 0

@@ -792,3 +792,122 @@ async def test_reload_in_a_read_only_console_is_refused() -> None:
         await pilot.pause()
         assert any(m.startswith("Reload refused") for m in _messages(app))
     assert source.actions == []
+
+
+async def test_seek_command_asks_with_the_plan_and_seeks_or_changes_nothing() -> None:
+    """`:seek ID TARGET`: a bad line is one toast at once; the dialog shows the plan; `n`
+    changes nothing; `y` seeks (the time ago pinned to when the dialog opened) and says what
+    became of the window."""
+    app, source = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        for line, problem in [
+            ("seek orders yesterday", "seek target 'yesterday' is not one of: earliest, latest"),
+            ("seek nobody earliest", "seek: no consumer 'nobody' in this config"),
+            ("seek orders", "seek takes a consumer id and a target"),
+            ("seek orders latest keep", "seek: window must be close or discard (got 'keep')"),
+        ]:
+            await pilot.press("colon", *line, "enter")
+            await pilot.pause()
+            assert ("Command", problem) in [(t, m[: len(problem)]) for t, m, _ in _notes(app)]
+            assert not isinstance(app.screen, ConfirmDialog)
+
+        await pilot.press("colon", *"seek clicks earliest", "enter")
+        await wait_for(lambda: _has(app, "clicks: no partition to seek"), 5, what="refusal")
+        assert not isinstance(app.screen, ConfirmDialog)
+
+        await pilot.press("colon", *"seek orders earliest", "enter")
+        dialog = await _dialog(pilot, app)
+        assert dialog.title_text == "Seek orders?"
+        assert "goes on from [b]the earliest offset[/b] on 3 partition(s)" in dialog.body
+        assert "orders[1]  300,980 → 118,400  [$accent]182,580 read again[/]" in dialog.body
+        assert "The open window #1842 ([b]340 event(s)[/b]) closes now" in dialog.body
+        await pilot.press("n")
+        await wait_for(lambda: _has(app, "Seek of orders cancelled; nothing changed."), 5)
+        assert source.actions == []
+
+        await pilot.press("colon", *"seek orders -1h", "enter")
+        dialog = await _dialog(pilot, app)
+        assert "at or after 2025-12-31T23:00:00.000Z" in dialog.body
+        await pilot.press("y")
+        await wait_for(lambda: _has(app, "orders: 16,689 event(s) to read again"), 5)
+        assert source.actions == [("seek", "orders", "2025-12-31T23:00:00.000Z", "close")]
+        assert _notes(app)[-1] == (
+            "Seek",
+            "orders: 16,689 event(s) to read again, 0 skipped; window #1842 closed (seek), "
+            "pipeline orders_sync dispatched; every instance follows within a second.",
+            "information",
+        )
+        orders = source.snapshot.consumer("orders") if source.snapshot else None
+        assert orders is not None and (orders.window_id, orders.count) == (1843, 0)
+        assert app._watch_runs["orders"] == 1842  # its run's end is told as for a trigger
+
+        await pilot.press("colon", *"seek orders latest discard", "enter")
+        dialog = await _dialog(pilot, app)
+        assert "The open window #1843 is empty: nothing closes." in dialog.body
+        assert "orders[0]  295,670 → 301,262  [$warning]5,592 skipped[/]" in dialog.body
+        await pilot.press("y")
+        await wait_for(lambda: _has(app, "the open window was empty"), 5)
+        assert source.actions[-1] == ("seek", "orders", "latest", "discard")
+
+
+async def test_seek_dialog_figures_are_live() -> None:
+    """While the seek dialog is open, the plan is read again: events counted meanwhile are
+    more to read again, and the open window's count is the one it holds now."""
+    from kafkaconsole.engine.counting import WindowState
+
+    app, source = _static_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.press("colon", *"seek orders earliest", "enter")
+        dialog = await _dialog(pilot, app)
+        body = dialog.query_one("#dialog-body")
+        assert "181,220 read again" in str(body.render()) and "(340 event(s))" in str(body.render())
+        parts = source.seek_positions["orders"]
+        parts["orders", 0] = replace(parts["orders", 0], stored=301_250)
+        source.windows["orders"] = WindowState(1842, 370, SAMPLE_NOW_MS - 9000, ())
+        await wait_for(
+            lambda: _async("181,250 read again" in str(body.render())), 5, what="live figures"
+        )
+        shown = str(body.render())
+        assert "(370 event(s))" in shown and "In all 544,320 event(s)" in shown  # the new total
+        await pilot.press("n")
+    assert source.actions == []
+
+
+async def test_seek_in_a_read_only_console_is_refused() -> None:
+    app, source = _static_app(read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        await pilot.press("colon", *"seek orders earliest", "enter")
+        await pilot.pause()
+        assert (
+            "Seek refused: this console is read-only ([ui] read_only = true or --read-only)."
+            in _messages(app)
+        )
+        assert not isinstance(app.screen, ConfirmDialog)
+    assert source.actions == []
+
+
+async def test_seek_dialog_of_many_partitions_fits_80x24() -> None:
+    """Twelve partitions: seven listed, the rest summed up, and the whole dialog (its title
+    and buttons included) on an 80x24 screen."""
+    from kafkaconsole.tui.source import SeekPosition
+
+    app, source = _static_app()
+    source.seek_positions["orders"] = {
+        ("orders", p): SeekPosition(1_000 + p, 0, 5_000) for p in range(12)
+    }
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.refresh_now()
+        await pilot.press("colon", *"seek orders earliest", "enter")
+        dialog = await _dialog(pilot, app)
+        await pilot.pause()
+        assert "… and 5 more partition(s): 5,045 read again, 0 skipped" in dialog.body
+        box = dialog.query_one("#dialog").region
+        assert box.y >= 0 and box.bottom <= 24
+        for part in ("#dialog-title", "#confirm", "#cancel"):
+            region = dialog.query_one(part).region
+            assert box.y < region.y and region.bottom < box.bottom, part
+        await pilot.press("n")
+    assert source.actions == []

@@ -248,3 +248,30 @@ def test_dlq_records(snap_compare: SnapCompare) -> None:
     assert snap_compare(
         sample_app(), terminal_size=NARROW, run_before=_then("enter", "2", "d", "down")
     )
+
+
+def test_seek_confirm_dialog(snap_compare: SnapCompare) -> None:
+    """`:seek orders -1h`: the plan per partition (now -> to, read again), the totals and
+    what becomes of the open window, before anything changes."""
+    keys = ("colon", *"seek orders ", "minus", "1", "h", "enter")
+    assert snap_compare(sample_app(), terminal_size=WIDE, run_before=_then(*keys, dialog=True))
+
+
+def test_seek_discard_confirm_dialog_narrow(snap_compare: SnapCompare) -> None:
+    """`:seek orders latest discard` at 80x24: events skipped, the open window discarded."""
+    keys = ("colon", *"seek orders latest discard", "enter")
+    assert snap_compare(sample_app(), terminal_size=NARROW, run_before=_then(*keys, dialog=True))
+
+
+def test_detail_history_shows_replays(snap_compare: SnapCompare) -> None:
+    """A window closed by a seek (reason seek) and the windows of the events read again
+    (count·replay) in the detail view's trigger history."""
+    app = sample_app()
+    records = app.source.histories["orders"]
+    app.source.histories["orders"] = [
+        {**records[0], "window_id": 1844, "reason": "count", "replay": True},
+        {**records[1], "window_id": 1843, "reason": "count", "replay": True},
+        {**records[2], "window_id": 1842, "reason": "seek", "count": 340},
+        *records[3:],
+    ]
+    assert snap_compare(app, terminal_size=WIDE, run_before=_then("enter"))

@@ -12,6 +12,7 @@ import pytest
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_config, masker
+from kafkaconsole.engine.seek import PartitionMove, SeekPlan
 from kafkaconsole.engine.status import ConsumerState
 from kafkaconsole.engine.thresholds import Winner
 from kafkaconsole.tui.bindings import ALL_COMMANDS, APP_COMMANDS, unknown_keymap_ids
@@ -58,6 +59,7 @@ from kafkaconsole.tui.widgets import (
     alert_badge,
     count_labels,
     health_text,
+    history_line,
     table_columns,
     verdict_text,
 )
@@ -663,7 +665,7 @@ def test_command_line_parses_commands_and_names_what_is_wrong() -> None:
     assert parse("q", ids) == ConsoleCommand("quit")
     for line, problem in [
         ("", "type a command"),
-        ("seek orders", "unknown command 'seek'"),
+        ("frobnicate orders", "unknown command 'frobnicate'"),
         ("reset nobody", "no consumer 'nobody' in this config; known: orders, clicks"),
         ("reset all", "no consumer 'all'"),
         ("trigger", "trigger takes one consumer id"),
@@ -674,6 +676,127 @@ def test_command_line_parses_commands_and_names_what_is_wrong() -> None:
     ]:
         with pytest.raises(CommandLineError, match=re.escape(problem)):
             parse(line, ids)
+
+
+def test_command_line_seek_takes_an_id_a_target_and_what_becomes_of_the_window() -> None:
+    from kafkaconsole.tui.commandline import CommandLineError, ConsoleCommand, parse, suggester
+
+    ids = ["orders", "clicks"]
+    assert parse(":seek orders earliest", ids) == ConsoleCommand("seek", "orders", to="earliest")
+    assert parse("seek orders -2h discard", ids) == ConsoleCommand(
+        "seek", "orders", to="-2h", window="discard"
+    )
+    assert parse("seek clicks 1200 CLOSE", ids) == ConsoleCommand("seek", "clicks", to="1200")
+    assert parse("seek orders 2026-11-30T08:00:00Z", ids).to == "2026-11-30T08:00:00Z"
+    assert parse("seek orders '2026-11-30 08:00'", ids).to == "2026-11-30 08:00"
+    for line, problem in [
+        ("seek orders", "seek takes a consumer id and a target: seek ID TARGET [close|discard]"),
+        ("seek orders earliest close now", "seek takes a consumer id and a target"),
+        ("seek nobody earliest", "seek: no consumer 'nobody' in this config; known: orders"),
+        ("seek orders yesterday", "seek target 'yesterday' is not one of: earliest, latest"),
+        ("seek orders -2 hours", "seek target '-2' is not one of"),
+        ("seek orders -2h hours", "seek: window must be close or discard (got 'hours')"),
+        ("seek orders -2x", "seek target '-2x' is not one of"),
+        ("seek orders 99999999999999999", "offsets stay below 2^53"),
+        ("seek orders earliest keep", "seek: window must be close or discard (got 'keep')"),
+    ]:
+        with pytest.raises(CommandLineError, match=re.escape(problem)):
+            parse(line, ids)
+    suggest = suggester(ids)
+    assert "seek orders " in suggest._suggestions
+    assert "seek clicks latest discard" in suggest._suggestions
+
+
+def _seek_plan(moves: int, *, window: str = "close", count: int = 340) -> SeekPlan:
+
+    parts = [
+        PartitionMove(
+            topic="orders",
+            partition=p,
+            current=None if p == 2 else 1_000 + p,
+            target=1_000 if p % 2 == 0 else 2_000,
+            log_start=0,
+            log_end=3_000,
+            reread=p if p % 2 == 0 and p != 2 else 0,
+            skipped=0 if p % 2 == 0 else 999 - p,
+        )
+        for p in range(moves)
+    ]
+    return SeekPlan(
+        consumer_id="orders",
+        to="1000",
+        resolved="offset 1000",
+        window=window,  # type: ignore[arg-type]
+        window_id=7,
+        window_count=count,
+        reread=sum(m.reread for m in parts),
+        skipped=sum(m.skipped for m in parts),
+        partitions=parts,
+        warnings=[],
+    )
+
+
+def test_seek_dialog_lists_eight_partitions_then_sums_up_the_rest() -> None:
+    from kafkaconsole.tui.app import SEEK_DIALOG_PARTITIONS, seek_dialog_body
+
+    body = seek_dialog_body(_seek_plan(12), "orders_sync")
+    lines = body.splitlines()
+    assert lines[0] == "[b]orders[/b] goes on from [b]offset 1000[/b] on 12 partition(s):"
+    listed = [line for line in lines if line.startswith("  orders")]
+    assert len(listed) == SEEK_DIALOG_PARTITIONS - 1 == 7  # the 8th line sums up the rest
+    assert listed[0] == "  orders[0]  1,000 → 1,000  no change"
+    assert listed[1] == "  orders[1]  1,001 → 2,000  [$warning]998 skipped[/]"
+    assert listed[2] == "  orders[2]      - → 1,000  nothing counted yet"
+    assert listed[4] == "  orders[4]  1,004 → 1,000  [$accent]4 read again[/]"
+    # partitions 7 to 11: 8 and 10 read again 8 + 10; 7, 9 and 11 skip 992 + 990 + 988
+    assert lines[len(listed) + 2] == "  … and 5 more partition(s): 18 read again, 2,970 skipped"
+    eight = seek_dialog_body(_seek_plan(8), "orders_sync")
+    assert "more partition" not in eight and "  orders[7]  1,007 → 2,000" in eight
+    assert "closes now with reason [b]seek[/b]; pipeline [b]orders_sync[/b] runs" in body
+    discard = seek_dialog_body(_seek_plan(2, window="discard"), "p")
+    assert "is [b]discarded[/b]: no pipeline runs." in discard and "more partition" not in discard
+    empty = seek_dialog_body(_seek_plan(1, count=0), "p")
+    assert "The open window #7 is empty: nothing closes." in empty
+    assert "In all 0 event(s) read again" in empty and "and 0 skipped" in empty
+
+
+def test_seek_result_toast_says_what_became_of_the_window() -> None:
+    from kafkaconsole.engine.seek import SeekResult
+    from kafkaconsole.tui.app import seek_result_text
+
+    plan = _seek_plan(2)
+    base = SeekResult.dry_run(plan).model_copy(update={"applied": True, "epoch": 1})
+    closed = base.model_copy(update={"closed_window_id": 7})
+    assert seek_result_text(closed, "sync") == (
+        "orders: 0 event(s) to read again, 998 skipped; window #7 closed (seek), "
+        "pipeline sync dispatched; every instance follows within a second."
+    )
+    gone = base.model_copy(update={"discarded": 340})
+    assert "340 event(s) of the open window discarded, no pipeline run;" in seek_result_text(
+        gone, "sync"
+    )
+    assert "; the open window was empty; every instance" in seek_result_text(base, "sync")
+
+
+def test_history_marks_replayed_windows_and_keeps_lines_aligned() -> None:
+    from kafkaconsole.tui.viewmodel import reason_label
+
+    records = sample_history()["orders"][:3]
+    records = [
+        {**records[0], "replay": True},
+        {**records[1], "reason": "seek"},
+        records[2],
+    ]
+    hist = build_history(records, SAMPLE_NOW_MS)
+    assert [h.reason for h in hist] == ["count·replay", "seek", "count"]
+    assert reason_label("time", True) == "time·replay" and reason_label("time") == "time"
+    palette = _palette()
+    ends = {
+        line.index(f"{h.count:,}") + len(f"{h.count:,}")
+        for line, h in ((history_line(h, palette, 13).plain, h) for h in hist)
+    }
+    assert len(ends) == 1  # the counts line up under a replay's longer reason
+    assert history_line(hist[2], palette).plain.startswith(" #1839   count       500")
 
 
 def test_sort_rows_orders_by_column_and_keeps_ties_in_config_order() -> None:

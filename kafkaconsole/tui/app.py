@@ -51,6 +51,8 @@ from kafkaconsole.engine.alerts import AlertEvent, AlertStatus
 from kafkaconsole.engine.counting import WindowState
 from kafkaconsole.engine.engine import DependencyUnreachable, Engine
 from kafkaconsole.engine.errors import ControlError, ReadOnlyError, Toast
+from kafkaconsole.engine.records import iso_ms
+from kafkaconsole.engine.seek import SeekPlan, SeekResult, parse_target
 from kafkaconsole.engine.status import InstanceSnapshot
 from kafkaconsole.headless import default_extras, start_error_text
 from kafkaconsole.tui.bindings import (
@@ -971,6 +973,55 @@ class KafkaConsoleApp(App[int]):
             )
         await self.refresh_now()
 
+    async def _seek_body(self, cid: str, to: str, window: str) -> str:
+        """The seek dialog's text, from a plan read now (positions and the open window)."""
+        plan = await self.source.seek_plan(cid, to, window)
+        return seek_dialog_body(plan, self.config.consumer(cid).pipeline_name)
+
+    @work(group="commands", exit_on_error=False)
+    async def _confirm_seek(self, row: ConsumerRow, to: str, window: str) -> None:
+        """``:seek ID TARGET [close|discard]``: the plan in a live dialog, then the seek.
+
+        A time ago (``-2h``) is pinned to the moment the dialog opens, so what is applied is
+        the time the dialog shows, however long it stays open."""
+        cid = row.consumer_id
+        target = parse_target(to, now_ms=self.clock())
+        if target.kind == "time" and target.time_ms is not None and to.startswith("-"):
+            to = iso_ms(target.time_ms)
+        try:
+            body = await self._seek_body(cid, to, window)
+        except ControlError as exc:
+            self._command_failed(exc, "Seek", cid)
+            return
+        except Exception as exc:
+            self.notify(
+                f"{cid}: cannot read where it stands: {type(exc).__name__}: {exc}",
+                title="Seek failed",
+                severity="error",
+            )
+            return
+        ok = await self.push_screen_wait(
+            ConfirmDialog(
+                f"Seek {cid}?",
+                body,
+                "Seek",
+                variant="error" if window == "discard" else "warning",
+                live=partial(self._seek_body, cid, to, window),
+            )
+        )
+        if not ok:
+            self.notify(f"Seek of {cid} cancelled; nothing changed.", title="Seek")
+            return
+        try:
+            res = await self.source.seek(cid, to, window)
+        except Exception as exc:
+            self._command_failed(exc, "Seek", cid)
+            return
+        if res.closed_window_id is not None:
+            self._watch_runs[cid] = res.closed_window_id
+        self.notify(seek_result_text(res, self.config.consumer(cid).pipeline_name), title="Seek")
+        await self.refresh_now()
+
     def action_detail(self) -> None:
         if self._detail_screen() is not None:
             return
@@ -1075,7 +1126,7 @@ class KafkaConsoleApp(App[int]):
                 self._toggle_pause_all(cmd.name == "resume")
             else:
                 self._set_paused(str(cmd.target), cmd.name == "pause")
-        elif cmd.name in ("reset", "trigger", "detail"):
+        elif cmd.name in ("reset", "trigger", "detail", "seek"):
             if row is None:
                 self.notify(f"{cmd.target}: not in the table yet.", severity="warning")
                 return
@@ -1084,7 +1135,9 @@ class KafkaConsoleApp(App[int]):
                 self.call_after_refresh(self.poll, fleet=True)
                 self.call_after_refresh(self.refresh_view)
             elif not self._refused(cmd.name.capitalize()):
-                if cmd.name == "reset":
+                if cmd.name == "seek":
+                    self._confirm_seek(row, str(cmd.to), cmd.window)
+                elif cmd.name == "reset":
                     self._confirm_reset(row)
                 else:
                     self._confirm_trigger(row)
@@ -1262,6 +1315,80 @@ def _window_facts(w: WindowState, age: str) -> str:
     return facts
 
 
+#: Lines of partitions in the seek dialog: more partitions than this show one line fewer and
+#: sum up the rest in the last line (the dialog fits an 80x24 terminal).
+SEEK_DIALOG_PARTITIONS = 8
+
+
+def seek_dialog_body(plan: SeekPlan, pipeline: str) -> str:
+    """The seek dialog's text (markup): the target in words, per partition where counting
+    stands and where it goes on from (at most :data:`SEEK_DIALOG_PARTITIONS` lines), the
+    totals and what happens to the open window."""
+    moves = plan.partitions
+    fit = len(moves) if len(moves) <= SEEK_DIALOG_PARTITIONS else SEEK_DIALOG_PARTITIONS - 1
+    shown = moves[:fit]
+    names = [f"{m.topic}[{m.partition}]" for m in shown]
+    nows = ["-" if m.current is None else f"{m.current:,}" for m in shown]
+    tos = [f"{m.target:,}" for m in shown]
+    wn, wc, wt = (max(map(len, col), default=0) for col in (names, nows, tos))
+    lines = [
+        f"[b]{escape(plan.consumer_id)}[/b] goes on from [b]{escape(plan.resolved)}[/b] "
+        f"on {len(moves)} partition(s):",
+        "",
+    ]
+    for m, name, now, to in zip(shown, names, nows, tos, strict=True):
+        if m.reread:
+            what = f"[$accent]{m.reread:,} read again[/]"
+        elif m.skipped:
+            what = f"[$warning]{m.skipped:,} skipped[/]"
+        elif m.current is None:
+            what = "nothing counted yet"
+        else:
+            what = "no change"
+        lines.append(f"  {escape(f'{name:<{wn}}')}  {now:>{wc}} → {to:<{wt}}  {what}")
+    rest = moves[fit:]
+    if rest:
+        reread, skipped = sum(m.reread for m in rest), sum(m.skipped for m in rest)
+        lines.append(
+            f"  … and {len(rest)} more partition(s): {reread:,} read again, {skipped:,} skipped"
+        )
+    reread = f"[b $accent]{plan.reread:,}[/]" if plan.reread else "0"
+    skipped = f"[b $warning]{plan.skipped:,}[/]" if plan.skipped else "0"
+    lines += [
+        "",
+        f"In all {reread} event(s) read again (counted again, in new windows marked "
+        f"replay) and {skipped} skipped (never counted).",
+    ]
+    lines += [escape(w) for w in plan.warnings[:2]]
+    if not plan.window_count:
+        lines.append(f"The open window #{plan.window_id} is empty: nothing closes.")
+    elif plan.window == "close":
+        lines.append(
+            f"The open window #{plan.window_id} ([b]{plan.window_count:,} event(s)[/b]) closes "
+            f"now with reason [b]seek[/b]; pipeline [b]{escape(pipeline)}[/b] runs with it."
+        )
+    else:
+        lines.append(
+            f"The open window #{plan.window_id} ([b]{plan.window_count:,} event(s)[/b]) is "
+            "[b]discarded[/b]: no pipeline runs."
+        )
+    return "\n".join(lines)
+
+
+def seek_result_text(res: SeekResult, pipeline: str) -> str:
+    """The toast after a seek: what is read again or skipped, what became of the window."""
+    if res.closed_window_id is not None:
+        window = f"window #{res.closed_window_id} closed (seek), pipeline {pipeline} dispatched"
+    elif res.discarded:
+        window = f"{res.discarded:,} event(s) of the open window discarded, no pipeline run"
+    else:
+        window = "the open window was empty"
+    return (
+        f"{res.consumer_id}: {res.reread:,} event(s) to read again, {res.skipped:,} "
+        f"skipped; {window}; every instance follows within a second."
+    )
+
+
 def run_tui(
     config: AppConfig,
     *,
@@ -1276,4 +1403,4 @@ def run_tui(
     return int(app.return_code or 0)
 
 
-__all__ = ["KafkaConsoleApp", "run_tui"]
+__all__ = ["KafkaConsoleApp", "run_tui", "seek_dialog_body", "seek_result_text"]

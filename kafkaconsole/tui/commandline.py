@@ -1,4 +1,4 @@
-"""The console's ``:`` command line: ``:pause orders``, ``:sort lag desc``, ``:filter pay``.
+"""The console's ``:`` command line: ``:pause orders``, ``:sort lag desc``, ``:seek orders -1h``.
 
 :func:`parse` turns a line into a :class:`ConsoleCommand` (what to do and to which consumer)
 or raises :class:`CommandLineError` with one line saying what is wrong; the app runs it through
@@ -16,6 +16,8 @@ from textual.binding import Binding, BindingType
 from textual.suggester import SuggestFromList
 from textual.widgets import Input
 
+from kafkaconsole.engine.errors import ControlError
+from kafkaconsole.engine.seek import SEEK_WINDOWS, parse_target, parse_window
 from kafkaconsole.tui.viewmodel import SORT_COLUMNS
 
 #: Command -> (argument it takes, what it does); the help line and the suggestions come from it.
@@ -24,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("ID|all", "resume a consumer (or all) on every instance"),
     "reset": ("ID", "empty a consumer's open window (asks first)"),
     "trigger": ("ID", "close a consumer's open window now and run its pipeline (asks first)"),
+    "seek": (
+        "ID TARGET [close|discard]",
+        "move a consumer's position to TARGET (earliest, latest, an offset, an ISO time, -2h): "
+        "replay or skip events; the open window is closed (default) or discarded (asks first)",
+    ),
     "detail": ("ID", "open a consumer's detail view"),
     "filter": ("[TEXT]", "show consumers whose id or topic contains TEXT (none: all)"),
     "sort": ("[COLUMN [asc|desc]]", "sort the table (none: the config's order)"),
@@ -74,6 +81,10 @@ class ConsoleCommand:
     """A consumer id, ``all``, a filter text, a sort column key or a theme name."""
     descending: bool | None = None
     """For ``sort``: the direction asked for (None: the column's first direction)."""
+    to: str | None = None
+    """For ``seek``: the target as typed (already checked by ``parse_target``)."""
+    window: str = "close"
+    """For ``seek``: what happens to the open window, ``close`` or ``discard``."""
 
 
 def usage() -> str:
@@ -97,10 +108,9 @@ def parse(line: str, consumer_ids: Sequence[str]) -> ConsoleCommand:
         target = args[0]
         if target == "all" and name in ("pause", "resume"):
             return ConsoleCommand(name, "all")
-        if target not in consumer_ids:
-            known = ", ".join(consumer_ids) or "none"
-            raise CommandLineError(f"{name}: no consumer {target!r} in this config; known: {known}")
-        return ConsoleCommand(name, target)
+        return ConsoleCommand(name, _known(name, target, consumer_ids))
+    if name == "seek":
+        return _seek(args, consumer_ids)
     if name == "filter":
         return ConsoleCommand(name, " ".join(args))
     if name == "sort":
@@ -125,12 +135,39 @@ def parse(line: str, consumer_ids: Sequence[str]) -> ConsoleCommand:
     return ConsoleCommand(name)
 
 
+def _known(name: str, target: str, consumer_ids: Sequence[str]) -> str:
+    if target not in consumer_ids:
+        known = ", ".join(consumer_ids) or "none"
+        raise CommandLineError(f"{name}: no consumer {target!r} in this config; known: {known}")
+    return target
+
+
+def _seek(args: list[str], consumer_ids: Sequence[str]) -> ConsoleCommand:
+    """``seek ID TARGET [close|discard]``: the target is checked here, so a bad one is one
+    line at once (the plan is read from Kafka and Redis by the dialog)."""
+    if len(args) not in (2, 3):
+        raise CommandLineError(f"seek takes a consumer id and a target: seek {COMMANDS['seek'][0]}")
+    cid = _known("seek", args[0], consumer_ids)
+    try:
+        parse_target(args[1])
+    except ControlError as exc:
+        raise CommandLineError(str(exc)) from None  # "seek target 'x' is not one of: ..."
+    try:
+        window = parse_window(args[2].lower()) if len(args) == 3 else "close"
+    except ControlError as exc:
+        raise CommandLineError(f"seek: {exc}") from None
+    return ConsoleCommand("seek", cid, to=args[1], window=window)
+
+
 def suggester(consumer_ids: Sequence[str]) -> SuggestFromList:
     """Completions for the command line: every command, with each consumer id where one fits."""
     lines = [f"{name} " if arg else name for name, (arg, _) in COMMANDS.items()]
     for name in ("pause", "resume", "reset", "trigger", "detail"):
         lines += [f"{name} {cid}" for cid in consumer_ids]
     lines += ["pause all", "resume all"]
+    for cid in consumer_ids:
+        lines += [f"seek {cid} "] + [f"seek {cid} {to}" for to in ("earliest", "latest")]
+        lines += [f"seek {cid} {to} {w}" for to in ("earliest", "latest") for w in SEEK_WINDOWS]
     lines += [f"sort {c.key}" for c in SORT_COLUMNS]
     return SuggestFromList(lines, case_sensitive=False)
 

@@ -29,7 +29,7 @@ from kafkaconsole.engine.status import (
     PartitionSnapshot,
     TriggerSummary,
 )
-from kafkaconsole.tui.source import StaticSource
+from kafkaconsole.tui.source import SeekPosition, StaticSource
 
 if TYPE_CHECKING:
     from kafkaconsole.engine.peek import PeekBody
@@ -590,6 +590,31 @@ def sample_peeks() -> dict[tuple[str, str, int | None], PeekBody]:
     return {("orders", "window", 1841): window, ("orders", "dlq", None): dlq}
 
 
+def sample_seek_positions() -> dict[str, dict[tuple[str, int], SeekPosition]]:
+    """Where orders stands for a seek: the next offsets after its open window, the logs'
+    bounds, and an event timestamp every half hour or so for time targets."""
+    stored = {0: 301_220, 1: 300_980, 2: 301_540}
+    starts = {0: 120_000, 1: 118_400, 2: 121_050}
+    ends = {0: 301_262, 1: 301_013, 2: 301_571}
+    return {
+        "orders": {
+            ("orders", p): SeekPosition(
+                stored[p],
+                starts[p],
+                ends[p],
+                (
+                    (starts[p], _ago(30 * 86_400)),
+                    *(
+                        (stored[p] - 5_550 * k - 13 * p, _ago(1_790 * k + 40))
+                        for k in range(6, 0, -1)
+                    ),
+                ),
+            )
+            for p in range(3)
+        }
+    }
+
+
 def sample_source() -> StaticSource:
     return StaticSource(
         snapshot=sample_snapshot(),
@@ -599,6 +624,7 @@ def sample_source() -> StaticSource:
         series_of=sample_series(),
         now_ms=SAMPLE_NOW_MS,
         peeks=sample_peeks(),
+        seek_positions=sample_seek_positions(),
     )
 
 

@@ -26,7 +26,18 @@ from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.errors import ControlError
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.peek import EventPeek, PeekBody, PeekError
+from kafkaconsole.engine.records import iso_ms
 from kafkaconsole.engine.reload import ReloadResult
+from kafkaconsole.engine.seek import (
+    PartitionMove,
+    SeekError,
+    SeekPlan,
+    SeekResult,
+    SeekTarget,
+    parse_target,
+    parse_window,
+    plan_seek,
+)
 from kafkaconsole.engine.status import ConsumerState, InstanceSnapshot
 from kafkaconsole.tui.viewmodel import FleetView, Series, SeriesRecorder
 
@@ -88,6 +99,17 @@ class ConsoleSource(abc.ABC):
         """Events to look at: a closed window's (``what = "window"``), the topic's newest
         (``"tail"``) or the DLQ's (``"dlq"``); a refusal raises
         :class:`~kafkaconsole.engine.peek.PeekError` with one line."""
+
+    @abc.abstractmethod
+    async def seek_plan(self, consumer_id: str, to: str, window: str = "close") -> SeekPlan:
+        """What seeking ``consumer_id`` to ``to`` would do, read now (nothing changes): per
+        partition the stored offset, the target, the events read again or skipped, and the
+        open window; a refusal raises a :class:`~kafkaconsole.engine.errors.ControlError`."""
+
+    @abc.abstractmethod
+    async def seek(self, consumer_id: str, to: str, window: str = "close") -> SeekResult:
+        """Move the consumer's position fleet-wide; the open window is closed (reason
+        ``seek``, its pipeline runs) or discarded."""
 
     def subscribe_alerts(self, listener: AlertListener) -> None:  # noqa: B027 (optional hook)
         """Call ``listener`` with every alert firing or resolving (on the app's loop)."""
@@ -155,6 +177,15 @@ class EngineSource(ConsoleSource):
     async def reload(self) -> ReloadResult:
         return await self.engine.reload(via=VIA)
 
+    async def seek_plan(self, consumer_id: str, to: str, window: str = "close") -> SeekPlan:
+        engine = self.engine
+        return await plan_seek(
+            engine.config, engine.redis, consumer_id, parse_target(to), window=parse_window(window)
+        )
+
+    async def seek(self, consumer_id: str, to: str, window: str = "close") -> SeekResult:
+        return await self.engine.seek(consumer_id, to, window=window, via=VIA)
+
     async def peek(
         self, consumer_id: str, what: str, window_id: int | None = None, limit: int = 50
     ) -> PeekBody:
@@ -164,6 +195,29 @@ class EngineSource(ConsoleSource):
         if what == "dlq":
             return await reader.dlq(consumer_id, limit)
         return await reader.tail(consumer_id, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class SeekPosition:
+    """One partition as a :class:`StaticSource` seek sees it: the next offset Redis holds
+    (None: nothing counted yet), the log's first and end offsets, and ``(offset, timestamp
+    ms)`` samples in offset order for time targets (the first at or after the time wins;
+    none: the log's end)."""
+
+    stored: int | None
+    log_start: int
+    log_end: int
+    times: tuple[tuple[int, int], ...] = ()
+
+    def target(self, to: SeekTarget) -> int:
+        if to.kind == "earliest":
+            return self.log_start
+        if to.kind == "latest":
+            return self.log_end
+        if to.kind == "offset":
+            return min(max(to.offset or 0, self.log_start), self.log_end)
+        found = (o for o, ts in self.times if ts >= (to.time_ms or 0))
+        return next(found, self.log_end)
 
 
 @dataclass
@@ -176,12 +230,18 @@ class StaticSource(ConsoleSource):
     windows: dict[str, WindowState] = field(default_factory=dict)
     series_of: Mapping[str, Series] = field(default_factory=dict)
     now_ms: int = 0
-    actions: list[tuple[str, str | None]] = field(default_factory=list)
+    actions: list[tuple[str | None, ...]] = field(default_factory=list)
+    """Every command received: ``(name, consumer)``, ``("seek", consumer, to, window)``."""
     peeks: Mapping[tuple[str, str, int | None], PeekBody] = field(default_factory=dict)
     """``(consumer, "window" | "tail" | "dlq", window id or None)`` -> what a peek shows."""
     reload_result: ReloadResult | None = None
     """What a reload answers (None: it is refused)."""
     alert_listeners: list[AlertListener] = field(default_factory=list)
+    seek_positions: dict[str, dict[tuple[str, int], SeekPosition]] = field(default_factory=dict)
+    """Consumer -> ``(topic, partition)`` -> where it stands: what a seek plan is computed
+    from (a consumer not in it: the seek is refused)."""
+    seeks: int = 0
+    """Seeks applied (the seek epoch a result reports)."""
 
     def latest(self) -> InstanceSnapshot | None:
         return self.snapshot
@@ -228,6 +288,65 @@ class StaticSource(ConsoleSource):
         if body is None:
             raise PeekError(f"nothing to show for {consumer_id} ({what})")
         return body.model_copy(update={"events": body.events[:limit]})
+
+    async def seek_plan(self, consumer_id: str, to: str, window: str = "close") -> SeekPlan:
+        target = parse_target(to, now_ms=self.now_ms)
+        parts = self.seek_positions.get(consumer_id)
+        if not parts:
+            raise SeekError("no partition to seek")
+        moves = []
+        for (topic, partition), pos in sorted(parts.items()):
+            new = pos.target(target)
+            cur = pos.stored
+            moves.append(
+                PartitionMove(
+                    topic=topic,
+                    partition=partition,
+                    current=cur,
+                    target=new,
+                    log_start=pos.log_start,
+                    log_end=pos.log_end,
+                    reread=max(0, cur - new) if cur is not None else 0,
+                    skipped=max(0, new - cur) if cur is not None else 0,
+                )
+            )
+        w = await self.window(consumer_id)
+        return SeekPlan(
+            consumer_id=consumer_id,
+            to=target.text,
+            resolved=target.describe(),
+            window=parse_window(window),
+            window_id=w.window_id,
+            window_count=w.count,
+            reread=sum(m.reread for m in moves),
+            skipped=sum(m.skipped for m in moves),
+            partitions=moves,
+            warnings=[],
+        )
+
+    async def seek(self, consumer_id: str, to: str, window: str = "close") -> SeekResult:
+        plan = await self.seek_plan(consumer_id, to, window)
+        self.actions.append(("seek", consumer_id, to, window))
+        closed = plan.window_id if plan.window == "close" and plan.window_count else None
+        next_id = plan.window_id + 1 if closed is not None else plan.window_id
+        self._edit(consumer_id, count=0, window_opened_at_ms=None, window_id=next_id)
+        parts = self.seek_positions[consumer_id]
+        for m in plan.partitions:
+            key = (m.topic, m.partition)
+            parts[key] = replace(parts[key], stored=m.target)
+        self.seeks += 1
+        return SeekResult(
+            consumer_id=consumer_id,
+            applied=True,
+            plan=plan,
+            epoch=self.seeks,
+            closed_window_id=closed,
+            discarded=plan.window_count if closed is None else 0,
+            reread=plan.reread,
+            skipped=plan.skipped,
+            at=iso_ms(self.now_ms),
+            redis_now_ms=self.now_ms,
+        )
 
     def _ids(self, consumer_id: str | None) -> list[str]:
         if consumer_id is not None:

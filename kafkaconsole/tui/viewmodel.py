@@ -610,6 +610,15 @@ class HistoryRow:
     error: str | None = None
 
 
+REPLAY_MARK = "·replay"
+"""After a window's reason when it holds events read again after a seek back."""
+
+
+def reason_label(reason: str, replay: bool = False) -> str:
+    """A trigger's reason as the console shows it: ``count``, ``seek``, ``count·replay``."""
+    return reason + REPLAY_MARK if replay else reason
+
+
 def build_history(
     records: Sequence[Mapping[str, Any]],
     now_ms: int,
@@ -624,7 +633,7 @@ def build_history(
         out.append(
             HistoryRow(
                 window_id=int(r["window_id"]),
-                reason=str(r["reason"]),
+                reason=reason_label(str(r["reason"]), bool(r.get("replay"))),
                 count=int(r["count"]),
                 offsets=fmt_offsets(r.get("offsets") or [], offsets_limit),
                 status=str(r.get("status", "pending")),

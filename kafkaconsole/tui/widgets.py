@@ -582,8 +582,10 @@ def preview_rows(available: int, table_rows: int) -> int:
     return spare if spare >= PREVIEW_MIN_ROWS else 0
 
 
-def history_line(h: HistoryRow, palette: Palette) -> Text:
-    line = Text(f" #{h.window_id:<6} {h.reason:<7}{h.count:>8,}  ")
+def history_line(h: HistoryRow, palette: Palette, reason_width: int = 7) -> Text:
+    """One trigger on one line; ``reason_width`` keeps the lines of a list aligned (a replay's
+    ``count·replay`` is longer than ``count``)."""
+    line = Text(f" #{h.window_id:<6} {h.reason:<{reason_width}}{h.count:>8,}  ")
     line.append(
         f"{PIPELINE_GLYPH.get(h.status, '?')} {h.status:<10}",
         style=palette[pipeline_variable(h.status)],
@@ -651,7 +653,8 @@ class ConsumerPreview(Vertical):
         elif not shown:
             text = Text(" no trigger yet", style=palette["state-stopped"])
         else:
-            text = Text("\n").join(history_line(h, palette) for h in shown)
+            width = max(7, *(len(h.reason) + 1 for h in shown))
+            text = Text("\n").join(history_line(h, palette, width) for h in shown)
         self.query_one("#preview-history", Static).update(text)
 
 
