@@ -65,15 +65,16 @@ def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
 class TimeCloser:
     """Closes the due windows of many consumers together: the time triggers that fall due in
     one turn of the event loop go to Redis in one pipeline (a round trip for all of them, one
-    close script each) instead of a call each. Hundreds of windows opened together fall due
-    together: one call each queued them behind each other (and behind the dispatch of the
-    first ones closed), seconds late; a pipeline closes them all within one round trip."""
+    close script each) instead of a call each, on a connection of its own. Hundreds of
+    windows opened together fall due together: one call each queued them behind each other
+    (and behind the dispatch of the first ones closed), seconds late; a pipeline closes them
+    all within one round trip. One pipeline is in flight at a time: the closes falling due
+    meanwhile go in the next one, sent as soon as it returns."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._pending: list[tuple[WindowCounter, int, int, asyncio.Future[CloseResult]]] = []
-        self._flushing: set[asyncio.Task[None]] = set()
-        self._scheduled = False
+        self._sender: asyncio.Task[None] | None = None
         #: how many batches were sent, and the largest (benchmarks and tests read them)
         self.batches = 0
         self.largest = 0
@@ -83,18 +84,15 @@ class TimeCloser:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CloseResult] = loop.create_future()
         self._pending.append((counter, window_id, max_time_ms, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)  # after every timer due in this turn has queued
+        if self._sender is None or self._sender.done():
+            # it runs from the next turn: every timer due in this one has queued by then
+            self._sender = loop.create_task(self._drain(), name="time-closer")
         return await fut
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._send(batch)
 
     async def _send(
         self, batch: list[tuple[WindowCounter, int, int, asyncio.Future[CloseResult]]]
