@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PER_TOPIC = 10
 EVENTS = 2  # per topic, and each consumer's max_event: one count trigger per consumer
 MAX_TIME = 20  # seconds: the second windows close by time, all open together
+KEEP_LOGS: Path | None = None  # --keep-logs: where each process's log is copied
 POOL_ERRORS = ("Too many connections", "No connection available", "pool exhausted")
 
 
@@ -136,6 +137,11 @@ def pct(values: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+def keep(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def spawn(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """``kafkaconsole run --no-ui`` on ``cfg``, its output in ``log_path``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -201,6 +207,8 @@ async def measure(
             proc.wait()
         await redis.aclose()
     text = log_path.read_text(errors="replace")
+    if KEEP_LOGS is not None:
+        keep(text, KEEP_LOGS / log_path.name)
     pool_lines = sum(1 for line in text.splitlines() if any(p in line for p in POOL_ERRORS))
     return {
         "consumers": n,
@@ -255,11 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="idle CPU measured over")
     parser.add_argument("--settle", type=float, default=10.0, help="idle seconds before that")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--keep-logs", type=Path, help="copy each process's log to this folder")
     parser.add_argument("--render", type=Path, help="only print the table of a --json file")
     args = parser.parse_args(argv)
     if args.render:
         print(table(json.loads(args.render.read_text())))
         return 0
+    global KEEP_LOGS
+    KEEP_LOGS = args.keep_logs
     results = asyncio.run(main_async(args))
     print(table(results))
     if args.json:
