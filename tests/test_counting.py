@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 from aiokafka import TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from kafkaconsole.embedded import free_port
+from kafkaconsole.embedded import EmbeddedServices, free_port
 from kafkaconsole.engine.counting import PartitionDelta, RedisBehind, WindowCounter, ranges_of
 from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.records import TriggerReason
@@ -292,3 +292,27 @@ async def test_time_closer_reports_redis_unreachable_to_every_waiter(
         assert all(isinstance(r, RedisConnectionError) for r in results), results
     finally:
         await gone.aclose()
+
+
+async def test_time_closes_falling_due_while_a_pipeline_is_in_flight_go_in_the_next(
+    services: EmbeddedServices, unique: str
+) -> None:
+    """The closer's connection is its own (one): closes queued while a pipeline is in flight
+    wait for it and go together in the next, never on a second connection."""
+    one = aredis.Redis.from_url(services.redis_url, max_connections=1)
+    try:
+        counters = [
+            WindowCounter(one, ConsumerKeys(unique, f"c{i}"), max_event=1000) for i in range(20)
+        ]
+        for c in counters:
+            await c.apply([delta(0, [0])])
+        await asyncio.sleep(0.01)
+        closer = TimeCloser(one)
+        first = [asyncio.create_task(closer.close(c, 1, 5)) for c in counters[:10]]
+        await asyncio.sleep(0)  # the first pipeline is on its way
+        second = [asyncio.create_task(closer.close(c, 1, 5)) for c in counters[10:]]
+        results = await asyncio.gather(*first, *second)
+        assert all(r.closed for r in results)
+        assert (closer.batches, closer.largest) == (2, 10)
+    finally:
+        await one.aclose()
