@@ -142,6 +142,11 @@ def keep(text: str, path: Path) -> None:
     path.write_text(text)
 
 
+def keep_all(folder: Path, to: Path) -> None:
+    for log in folder.glob("*.log"):
+        keep(log.read_text(errors="replace"), to / log.name)
+
+
 def spawn(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """``kafkaconsole run --no-ui`` on ``cfg``, its output in ``log_path``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -232,7 +237,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         EmbeddedServices.start(broker=kind) as services,
     ):
         for n in [int(s) for s in args.sizes.split(",")]:
-            res = await measure(services, n, args.seconds, args.settle, Path(tmp))
+            try:
+                res = await measure(services, n, args.seconds, args.settle, Path(tmp))
+            except Exception:
+                if KEEP_LOGS is not None:  # the folder goes with the run
+                    keep_all(Path(tmp), KEEP_LOGS)
+                raise
             print(json.dumps(res), flush=True)
             results.append(res)
     return results

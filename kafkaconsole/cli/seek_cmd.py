@@ -17,7 +17,6 @@ from kafkaconsole.cli.control_cmd import (
     IdArg,
     JsonOpt,
     ReadOnlyOpt,
-    _known,
     _with_fleet,
     _writable,
     fleet_config,
@@ -142,7 +141,6 @@ def seek(
         kafkaconsole seek orders --to 2026-11-30T08:00:00Z --dry-run --json
     """
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
     try:
         target = parse_target(to)
         how = parse_window(window)
@@ -153,10 +151,10 @@ def seek(
 
     async def make_plan(fleet: Fleet) -> SeekPlan:
         return await plan_seek(
-            cfg, fleet.redis, consumer_id, target, window=how, partitions=partition or None
+            fleet.config, fleet.redis, consumer_id, target, window=how, partitions=partition or None
         )
 
-    plan = _with_fleet(cfg, make_plan)
+    plan = _with_fleet(cfg, make_plan, consumer_id=consumer_id)
     for line in plan.warnings:
         warn(line)
     out = Output(as_json)
@@ -173,7 +171,7 @@ def seek(
             consumer_id, to, window=how, partitions=partition or None, via="cli"
         )
 
-    res = _with_fleet(cfg, apply)
+    res = _with_fleet(cfg, apply, consumer_id=consumer_id)
     out.emit(res.to_json(), lambda _: result_text(res))
 
 

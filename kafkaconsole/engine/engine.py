@@ -535,6 +535,7 @@ class Engine:
             record.count,
             record.closed_at_ms,
             str(result.status),
+            record.replay,
         )
         fields = log_fields(
             "pipeline_run", record.consumer_id, record.window_id, record.pipeline_name

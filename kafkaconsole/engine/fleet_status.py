@@ -87,6 +87,8 @@ class LastTrigger(_Status):
     ] = _moment("closed_at")
     status: str
     """Run status of the window's pipeline (pending until dispatched)."""
+    replay: bool = False
+    """The window holds events read again after a seek back."""
 
 
 class AlertStatus(_Status):

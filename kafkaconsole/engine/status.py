@@ -52,6 +52,7 @@ class TriggerSummary:
     count: int
     closed_at_ms: int
     status: str  # run status (pending until dispatched)
+    replay: bool = False  # it holds events read again after a seek back
 
     @classmethod
     def of(cls, entry: HistoryEntry, run: dict[str, Any]) -> TriggerSummary:
@@ -62,6 +63,7 @@ class TriggerSummary:
             entry.count,
             entry.closed_at_ms,
             str(run.get("status", "pending")),
+            entry.replay,
         )
 
     def to_json_dict(self) -> dict[str, Any]:

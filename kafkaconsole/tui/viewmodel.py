@@ -486,7 +486,11 @@ def build_row(
     if local is not None and local.last_trigger is not None:
         t = local.last_trigger
         last = TriggerView(
-            t.window_id, t.reason, t.count, max(now_ms - t.closed_at_ms, 0) / 1000.0, t.status
+            t.window_id,
+            reason_label(t.reason, t.replay),
+            t.count,
+            max(now_ms - t.closed_at_ms, 0) / 1000.0,
+            t.status,
         )
     return ConsumerRow(
         consumer_id=cfg.consumer_id,
