@@ -25,6 +25,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from kafkaconsole.api import ApiMetrics, exposition
 from kafkaconsole.embedded import BrokerKind, EmbeddedServices
+from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.fleet import Fleet
 from kafkaconsole.engine.fleet_status import ConsumerStatus
 from tests.engine_support import make_config, running_engine
@@ -284,6 +285,13 @@ async def test_a_recreated_topic_waits_for_accept_reset_or_restarts(
             (topic_w, 0, 10, 0)
         ]
         assert answer["closed_window_id"] == 1
+        audit = (await AuditLog(redis_client, unique).entries(limit=1))[0]
+        assert (audit["action"], audit["consumer_id"], audit["result"]) == (
+            "accept-reset",
+            waits,
+            "ok",
+        )
+        assert audit["detail"] == f"accepted {topic_w}[0]@0"
 
         async def resumed() -> bool:
             return await _events(redis_client, unique, waits) == 3
