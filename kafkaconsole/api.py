@@ -347,8 +347,22 @@ class ApiMetrics:
             "Live instances running the consumer.",
             labels=["consumer_id"],
         )
+        retention_lost = CounterMetricFamily(
+            "kafkaconsole_retention_lost_events",
+            "Offsets retention deleted before they were counted, per partition, fleet-wide.",
+            labels=["consumer_id", "topic", "partition"],
+        )
+        resets = GaugeMetricFamily(
+            "kafkaconsole_topic_reset_waiting",
+            "1 per partition of a re-created topic counting nothing until accept-reset.",
+            labels=["consumer_id", "topic", "partition"],
+        )
         for fc in consumers:
             cid = fc.consumer_id
+            for loss in fc.retention_losses:
+                retention_lost.add_metric([cid, loss.topic, str(loss.partition)], loss.lost)
+            for reset in fc.topic_resets:
+                resets.add_metric([cid, reset.topic, str(reset.partition)], 1)
             counted.add_metric([cid, fc.kafka_topic], fc.total)
             errors.add_metric([cid], fc.errors)
             filtered.add_metric([cid], fc.filtered)
@@ -364,7 +378,8 @@ class ApiMetrics:
             paused.add_metric([cid], 1 if fc.state == "paused" else 0)
             live.add_metric([cid], len(fc.instances))
         out += [fleet_instances, counted, errors, filtered, skipped, discarded, triggers]
-        out += [w_events, w_max, w_fill, w_left, paused, live, *self._health(consumers)]
+        out += [w_events, w_max, w_fill, w_left, paused, live, retention_lost, resets]
+        out += self._health(consumers)
         return out
 
     @staticmethod

@@ -507,3 +507,19 @@ def test_sample_config_mirrors_the_monitoring_docstrings(model: type[BaseModel])
         if field.description and f"# {field.description}" not in text
     ]
     assert missing == []
+
+
+# ---- topic-recreated --------------------------------------------------------------------------
+
+
+def test_topic_recreated_names_the_partitions_and_yields_to_a_pause() -> None:
+    waiting = ("orders[0]", "orders[2]")
+    assert judge([sample(1.0, topic_resets=waiting)]) == (
+        "topic-recreated",
+        "orders[0], orders[2]: the topic ends below what was counted (deleted and created "
+        "again); counting nothing there until `kafkaconsole consumer accept-reset ID`",
+    )
+    # more severe than a stall, less than an operator's pause
+    stalled = series(8, lag=5, topic_resets=waiting)
+    assert judge(stalled)[0] == "topic-recreated"
+    assert judge([sample(1.0, topic_resets=waiting, paused=True)])[0] == "paused"

@@ -123,7 +123,7 @@ def _complete(words: str) -> list[str]:
 
 def test_shell_completion_completes_commands_and_choices() -> None:
     assert _complete("kafkaconsole con") == ["consumer", "config"]
-    assert _complete("kafkaconsole consumer ") == ["add", "remove", "list"]
+    assert _complete("kafkaconsole consumer ") == ["add", "remove", "list", "accept-reset"]
     assert _complete("kafkaconsole config ") == ["validate", "show", "init"]
     assert _complete("kafkaconsole run --log-format ") == ["text", "json"]
     show = runner.invoke(app, ["--help"]).output

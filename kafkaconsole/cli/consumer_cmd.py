@@ -1,4 +1,5 @@
-"""``kafkaconsole consumer add|remove|list``: consumers defined at runtime, fleet-wide.
+"""``kafkaconsole consumer add|remove|list``: consumers defined at runtime, fleet-wide; and
+``kafkaconsole consumer accept-reset``: the operator's go-ahead for a re-created topic.
 
 A definition is one consumer table (the keys of a ``[[consumers]]`` table) in a TOML or JSON
 file, validated with the model and messages of the configuration file, stored in Redis and run
@@ -19,8 +20,10 @@ import typer
 
 from kafkaconsole.cli.control_cmd import (
     ConfigOpt,
+    IdArg,
     JsonOpt,
     ReadOnlyOpt,
+    _known,
     _with_fleet,
     _writable,
     fleet_config,
@@ -45,7 +48,8 @@ from kafkaconsole.engine.runtime_consumers import (
 DEFAULT_TIMEOUT_S = 10.0
 
 consumer_app = typer.Typer(
-    help="Consumers defined at runtime (stored in Redis, run by every instance).",
+    help="Consumers defined at runtime (stored in Redis, run by every instance); accept-reset "
+    "of a re-created topic.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -274,8 +278,83 @@ def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     Output(as_json).emit(data, _list_text)
 
 
+def _accept_text(d: dict[str, Any]) -> str:
+    cid = d["consumer_id"]
+    if not d["accepted"] and not d["dropped"]:
+        return f"{cid}: no reset waiting (no partition's topic ends below what was counted)"
+    lines = [
+        f"{cid}: {r['topic']} partition {r['partition']}: counting again from offset "
+        f"{r['log_start']} (was at {r['stored']}, the re-created topic ended at {r['end']})"
+        for r in d["accepted"]
+    ]
+    lines += [
+        f"{cid}: {r['topic']} partition {r['partition']}: its stored offset moved since it was "
+        "flagged: left as it is"
+        for r in d["dropped"]
+    ]
+    if d["closed_window_id"] is not None:
+        lines.append(
+            f"{cid}: window {d['closed_window_id']} (events of the topic before) closed first, "
+            "reason manual"
+        )
+    return "\n".join(lines)
+
+
+@consumer_app.command("accept-reset")
+def accept_reset(
+    consumer_id: IdArg,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    read_only: ReadOnlyOpt = False,
+) -> None:
+    """Count a re-created topic from its start: the partitions flagged topic-recreated (the
+    topic ends below what was counted) count again from their log start offset.
+
+    One atomic Redis step per consumer: the stored offsets move to the log start and, when the
+    open window holds events of those partitions (from the topic before), it closes first
+    (reason manual). The instances resume those partitions within a second. Nothing waiting:
+    exit 0 and says so.
+
+    Example:
+
+        kafkaconsole consumer accept-reset orders
+    """
+    cfg = fleet_config(config)
+    _known(cfg, consumer_id)
+    _writable(cfg, "accept a topic reset", read_only)
+
+    async def action(fleet: Fleet) -> dict[str, Any]:
+        res = await fleet.accept_reset(consumer_id)
+        return {
+            "consumer_id": consumer_id,
+            "accepted": [_reset_json(r) for r in res.accepted],
+            "dropped": [_reset_json(r) for r in res.dropped],
+            "closed_window_id": res.closed_window_id,
+        }
+
+    Output(as_json).emit(_with_fleet(cfg, action), _accept_text)
+
+
+def _reset_json(reset: Any) -> dict[str, Any]:
+    return {
+        "topic": reset.topic,
+        "partition": reset.partition,
+        "stored": reset.stored,
+        "log_start": reset.log_start,
+        "end": reset.end,
+    }
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(consumer_app, name="consumer")
 
 
-__all__ = ["add", "list_", "read_definition", "register", "remove", "runtime_definitions"]
+__all__ = [
+    "accept_reset",
+    "add",
+    "list_",
+    "read_definition",
+    "register",
+    "remove",
+    "runtime_definitions",
+]

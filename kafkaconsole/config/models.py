@@ -349,6 +349,8 @@ class ConsumerConfig(Section):
     """sync: wait for the run before the next; async: fire and track; batch: sync + events."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where to start when nothing was ever counted or committed."""
+    on_topic_reset: Literal["wait", "restart"] = "wait"
+    """A topic that ends below what was counted (re-created): wait for accept-reset, or restart."""
     batch_size: int = Field(500, gt=0, le=100_000)
     """Maximum records per poll (one atomic Redis update per poll)."""
     poll_timeout: float = Field(1.0, gt=0, le=60)
@@ -486,6 +488,7 @@ VERDICTS: tuple[str, ...] = (
     "pipeline-failing",
     "pipeline-backlog",
     "trigger-storm",
+    "topic-recreated",
 )
 """Every health verdict, from :mod:`kafkaconsole.engine.health`."""
 AlertVerdict = Literal[
@@ -497,6 +500,7 @@ AlertVerdict = Literal[
     "pipeline-failing",
     "pipeline-backlog",
     "trigger-storm",
+    "topic-recreated",
 ]
 AlertMetric = Literal[
     "lag",

@@ -36,7 +36,16 @@ log = logging.getLogger("kafkaconsole.audit")
 AUDIT_MAXLEN = 10_000
 """Entries kept (approximately: the stream is trimmed with ``MAXLEN ~``)."""
 
-ACTIONS = ("pause", "resume", "reset", "trigger", "reload", "consumer-add", "consumer-remove")
+ACTIONS = (
+    "pause",
+    "resume",
+    "reset",
+    "trigger",
+    "reload",
+    "consumer-add",
+    "consumer-remove",
+    "accept-reset",
+)
 
 FIELDS = ("via", "user", "instance", "action", "consumer_id", "result", "detail")
 """Fields of an entry, besides ``id`` and ``at`` (both from the stream id)."""

@@ -18,7 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import InvalidSessionTimeoutError, KafkaError
+from aiokafka.errors import (
+    InvalidSessionTimeoutError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
@@ -42,6 +47,13 @@ from kafkaconsole.engine.status import (
     PartitionSnapshot,
     RateMeter,
     partition_lag,
+)
+from kafkaconsole.engine.topic_lifecycle import (
+    RECREATED,
+    RETENTION,
+    TopicLifecycle,
+    TopicReset,
+    classify,
 )
 
 log = logging.getLogger("kafkaconsole.consumer")
@@ -217,6 +229,10 @@ class ConsumerRunner:
         # end offset of every partition of the topics read, owned here or not
         self.topic_ends: dict[TopicPartition, int] = {}
         self._topic_misses = 0
+        # topic lifecycle (kafkaconsole.engine.topic_lifecycle): partitions held paused because
+        # their topic ends below what was counted, until an operator accepts the reset
+        self.lifecycle = TopicLifecycle(counter.redis, counter.keys, counter.history_limit)
+        self._awaiting: dict[TopicPartition, TopicReset] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -225,7 +241,10 @@ class ConsumerRunner:
         return AIOKafkaConsumer(
             group_id=self.cfg.effective_group_id,
             enable_auto_commit=False,
-            auto_offset_reset=self.cfg.auto_offset_reset,
+            # a fetch out of range raises instead of jumping silently (retention deleted what
+            # was to be counted, or the topic was re-created): see _on_out_of_range, which also
+            # applies the consumer's auto_offset_reset when nothing was counted or committed
+            auto_offset_reset="none",
             max_poll_records=self.cfg.batch_size,
             fetch_max_wait_ms=self.app.fetch_wait_ms(),
             session_timeout_ms=k.session_timeout_ms,
@@ -314,6 +333,10 @@ class ConsumerRunner:
                     )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), ACL_RETRY_S)
+                    continue
+                except (OffsetOutOfRangeError, NoOffsetForPartitionError) as exc:
+                    self._kafka_answered()
+                    await self._on_out_of_range(exc, stop)
                     continue
                 except KafkaError as exc:
                     self._kafka_failed = True
@@ -804,6 +827,154 @@ class ConsumerRunner:
             f"{self.window_floor}"
         )
 
+    # ---- topic lifecycle (kafkaconsole.engine.topic_lifecycle) -----------------------------
+    # The Kafka consumer runs with auto_offset_reset "none": a fetch out of range raises here
+    # with the offset it fetched. Below the log start: retention deleted events never counted
+    # (counted from the log start, the lost range recorded). Above the end: the topic was
+    # re-created (on_topic_reset: wait for accept-reset, or restart from the log start).
+    async def _on_out_of_range(self, exc: KafkaError, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        owned = consumer.assignment()
+        if isinstance(exc, NoOffsetForPartitionError):
+            # nothing counted in Redis nor committed to Kafka: where auto_offset_reset says
+            tps = [tp for tp in exc.args[:1] if isinstance(tp, TopicPartition) and tp in owned]
+            with contextlib.suppress(KafkaError):
+                if self.cfg.auto_offset_reset == "earliest":
+                    await consumer.seek_to_beginning(*tps)
+                else:
+                    await consumer.seek_to_end(*tps)
+            return
+        fetched = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        tps = sorted(tp for tp in fetched if tp in owned)
+        if not tps:
+            return
+        await self._settle()  # everything read before the gap is counted first
+        try:
+            starts = await asyncio.wait_for(consumer.beginning_offsets(tps), PROBE_TIMEOUT_S)
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), PROBE_TIMEOUT_S)
+            stored = await self.counter.stored_offsets(tps)
+            for tp in tps:
+                await self._out_of_range(tp, fetched[tp], starts[tp], ends[tp], stored.get(tp))
+        except (KafkaError, TimeoutError, RedisError, OSError) as error:
+            # the fetch raises again: tried again then
+            self._note_error(f"cannot tell why a fetch was out of range: {error!r}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _out_of_range(
+        self, tp: TopicPartition, fetched: int, start: int, end: int, stored: int | None
+    ) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        kind = classify(fetched, start, end)
+        if kind == RETENTION:
+            loss = await self.lifecycle.record_loss(tp.topic, tp.partition, fetched, start)
+            if loss is not None:
+                self._note_error(loss.describe())
+            self._restart_at(tp, max(start, stored or 0))
+        elif kind == RECREATED:
+            if stored is None or stored <= end:
+                # nothing counted here in Redis (a stale committed offset): from the log start
+                self._restart_at(tp, start)
+                return
+            reset = TopicReset(tp.topic, tp.partition, stored, start, end, time.time_ns() // 10**6)
+            await self.lifecycle.flag(reset)
+            if self.cfg.on_topic_reset == "restart":
+                done = await self.lifecycle.accept([(tp.topic, tp.partition)])
+                closed = (
+                    f" (window {done.closed_window_id} closed first)"
+                    if done.closed_window_id is not None
+                    else ""
+                )
+                log.warning(
+                    "%s: %s; on_topic_reset = restart: counting it again from offset %d%s",
+                    self.cfg.consumer_id,
+                    reset.describe(),
+                    start,
+                    closed,
+                )
+                self._restart_at(tp, start)
+            else:
+                consumer.pause(tp)
+                self._awaiting[tp] = reset
+                self._note_error(
+                    f"{reset.describe()}; counting nothing there until `kafkaconsole consumer "
+                    f"accept-reset {self.cfg.consumer_id}` (on_topic_reset = wait)"
+                )
+        # else: in range by now (a transient answer): the next fetch goes on
+
+    def _restart_at(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset``, which Redis now holds as the next offset to count."""
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.seek(tp, offset)
+        st = self._state(tp)
+        st.next = offset
+        st.committed = None
+        st.forget_times()
+
+    async def _check_ends(self) -> None:
+        """A partition whose end offset (its latest fetch's highwater and the end-offset
+        probe's, both) is below the next offset to count: its topic was re-created. Brokers
+        that answer a fetch beyond the end with no records, rather than out of range, are
+        caught here (once a second, from the probe loop)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        below = []
+        for tp in consumer.assignment():
+            st = self.parts.get(tp)
+            hw, probed = consumer.highwater(tp), self.topic_ends.get(tp)
+            if tp in self._awaiting or st is None or st.next is None or hw is None:
+                continue
+            if probed is not None and max(hw, probed) < st.next:
+                below.append((tp, st.next, max(hw, probed)))
+        if not below:
+            return
+        tps = [tp for tp, _, _ in below]
+        try:
+            starts = await asyncio.wait_for(consumer.beginning_offsets(tps), PROBE_TIMEOUT_S)
+            stored = await self.counter.stored_offsets(tps)
+            for tp, counted, end in below:
+                if tp in consumer.assignment() and self.next_offset(tp) == counted:
+                    await self._out_of_range(tp, counted, starts[tp], end, stored.get(tp))
+        except (KafkaError, TimeoutError, RedisError, OSError) as error:
+            log.debug("%s: end offsets not checked: %r", self.cfg.consumer_id, error)
+
+    async def _resume_accepted(self) -> None:
+        """Resume the partitions held for a re-created topic once accept-reset moved their
+        stored offset (once a second, from the probe loop)."""
+        consumer = self._consumer
+        if not self._awaiting or consumer is None:
+            return
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._awaiting if tp not in owned]:
+            del self._awaiting[tp]  # revoked: its next owner sees it again
+        tps = sorted(self._awaiting)
+        try:
+            waiting = await self.lifecycle.waiting([(tp.topic, tp.partition) for tp in tps])
+            stored = await self.counter.stored_offsets(tps)
+        except (RedisError, OSError):
+            return
+        for tp in tps:
+            if (tp.topic, tp.partition) in waiting:
+                continue
+            reset = self._awaiting.pop(tp)
+            offset = stored.get(tp, reset.log_start)
+            self._restart_at(tp, offset)
+            if not self.paused:
+                consumer.resume(tp)
+            if self.last_error is not None and self.last_error.startswith(reset.describe()):
+                self.last_error = None
+            log.warning(
+                "%s: reset of %s partition %d accepted: counting it again from offset %d",
+                self.cfg.consumer_id,
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+
     # ---- pause -----------------------------------------------------------------------------
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -930,6 +1101,8 @@ class ConsumerRunner:
         interval = self.app.probe_interval_s()
         while not stop.is_set():
             await self.refresh_positions()
+            await self._check_ends()
+            await self._resume_accepted()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

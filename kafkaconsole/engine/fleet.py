@@ -62,6 +62,7 @@ from kafkaconsole.engine.status import (
     partition_lag,
 )
 from kafkaconsole.engine.thresholds import window_progress
+from kafkaconsole.engine.topic_lifecycle import AcceptResult, Lifecycle, TopicLifecycle
 
 TRIGGER_REASONS = tuple(str(r) for r in TriggerReason)
 
@@ -156,6 +157,7 @@ class _Shared:
     reported: dict[str, Any] | None = None  # the newest heartbeat's view of this consumer
     backlog: int = 0  # windows waiting in the dispatch stream
     backlog_age: float | None = None  # seconds the oldest of them has waited
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)  # re-created topics, retention losses
 
     @classmethod
     def of(cls, cfg: ConsumerConfig, instances: list[dict[str, Any]], raw: list[Any]) -> _Shared:
@@ -368,14 +370,16 @@ class Fleet:
             pipe.xrevrange(k.history, count=1)
             pipe.xlen(k.dispatch)
             pipe.xrange(k.dispatch, count=1)
+            pipe.hgetall(k.lifecycle)
         res = await pipe.execute()
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
         shared = [
-            _Shared.of(cfg, instances, res[1 + 7 * n : 6 + 7 * n]) for n, cfg in enumerate(cfgs)
+            _Shared.of(cfg, instances, res[1 + 8 * n : 6 + 8 * n]) for n, cfg in enumerate(cfgs)
         ]
         for n, sh in enumerate(shared):
-            sh.backlog, sh.backlog_age = backlog_of(res[6 + 7 * n], res[7 + 7 * n], now_ms)
+            sh.backlog, sh.backlog_age = backlog_of(res[6 + 8 * n], res[7 + 8 * n], now_ms)
+            sh.lifecycle = Lifecycle.parse(res[8 + 8 * n])
         for sh in shared:
             sh.rules = rules_for(self.config.monitoring.alerts, sh.cfg.consumer_id)
 
@@ -496,6 +500,10 @@ class Fleet:
             "backlog_age_seconds": s.backlog_age,
             "max_backlog": cfg.max_backlog,
             "backlog_policy": cfg.backlog_policy,
+            "retention_lost": stats.get("retention_lost", 0),
+            "retention_losses": s.lifecycle.loss_rows(),
+            "topic_resets": s.lifecycle.reset_rows(),
+            "on_topic_reset": cfg.on_topic_reset,
             # judged below, from the status itself
             "verdict": str(VerdictName.OK),
             "verdict_reason": None,
@@ -681,6 +689,25 @@ class Fleet:
             result = SeekResult.of(plan, applied)
             outcome.detail = result.detail()
         return result
+
+    async def accept_reset(
+        self,
+        consumer_id: str,
+        user: str | None = None,
+        *,
+        via: str | None = None,
+        instance: str | None = None,
+    ) -> AcceptResult:
+        """Accept every reset of a re-created topic waiting for ``consumer_id``: each flagged
+        partition counts again from its log start (kafkaconsole.engine.topic_lifecycle)."""
+        async with self._audited("accept-reset", consumer_id, user, via, instance) as outcome:
+            lifecycle = TopicLifecycle(
+                self.redis, self.keys(consumer_id), self.config.redis.history_limit
+            )
+            res = await lifecycle.accept()
+            parts = ", ".join(f"{r.topic}[{r.partition}]@{r.log_start}" for r in res.accepted)
+            outcome.detail = f"accepted {parts or 'nothing (no reset waiting)'}"
+        return res
 
     async def trigger(
         self,

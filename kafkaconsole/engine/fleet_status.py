@@ -78,6 +78,35 @@ class PartitionStatus(_Status):
     """The instance that owns the partition (None: no live instance does)."""
 
 
+class RetentionLossStatus(_Status):
+    """Offsets of a partition that retention deleted before they were counted."""
+
+    topic: str
+    partition: int
+    lost: int
+    """Offsets lost in all."""
+    last_first: int | None = None
+    """The latest range lost: its first offset."""
+    last_last: int | None = None
+    """The latest range lost: its last offset."""
+    last_at_ms: EpochMs = _moment("last_at")
+
+
+class TopicResetStatus(_Status):
+    """A partition whose topic ends below what was counted (re-created), waiting for
+    ``kafkaconsole consumer accept-reset``."""
+
+    topic: str
+    partition: int
+    stored: int
+    """The next offset to count Redis holds (from the topic before)."""
+    log_start: int
+    """Where counting starts again once accepted."""
+    end: int
+    """The partition's end offset when seen."""
+    since_ms: EpochMs = _moment("since")
+
+
 class LastTrigger(_Status):
     window_id: int
     reason: str
@@ -161,12 +190,22 @@ class ConsumerStatus(_ConsumerIdentity):
     """From this many waiting windows on, they run as one coalesced run (the consumer's cap)."""
     backlog_policy: str = "each"
     """each (one run per window) or coalesce (the waiting windows as one run)."""
+    retention_lost: int = 0
+    """Offsets retention deleted before they were counted, fleet-wide."""
+    retention_losses: tuple[RetentionLossStatus, ...] = ()
+    """Per partition: offsets lost to retention and the latest range lost."""
+    topic_resets: tuple[TopicResetStatus, ...] = ()
+    """Partitions of a re-created topic counting nothing until accept-reset."""
+    on_topic_reset: str = "wait"
+    """wait (for accept-reset) or restart (from the log start at once)."""
 
     def to_json(self) -> dict[str, Any]:
         d = self.model_dump()
         d["partitions"] = list(d["partitions"])
         d["instances"] = list(d["instances"])
         d["alerts"] = list(d["alerts"])
+        d["retention_losses"] = list(d["retention_losses"])
+        d["topic_resets"] = list(d["topic_resets"])
         return d
 
 

@@ -12,6 +12,9 @@ The checks, most severe first (the first that holds wins):
 - ``stopped``: no live instance runs the consumer, it stopped on an error, or no partition has
   been owned for ``stall_after`` seconds;
 - ``paused``: paused by an operator (who and since when);
+- ``topic-recreated``: a partition's topic ends below what was counted (deleted and created
+  again) and, with ``on_topic_reset = "wait"``, counts nothing until ``kafkaconsole consumer
+  accept-reset ID``;
 - ``stalled``: not paused, and the processor hook has held one event for over half its
   ``processor_timeout`` (or every hung-call slot is taken), or events waiting (lag > 0) and a
   partition's position unchanged for ``stall_after`` seconds;
@@ -54,6 +57,7 @@ class VerdictName(StrEnum):
     PIPELINE_FAILING = "pipeline-failing"
     PIPELINE_BACKLOG = "pipeline-backlog"
     TRIGGER_STORM = "trigger-storm"
+    TOPIC_RECREATED = "topic-recreated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,8 @@ class HealthSample:
     backlog_age_seconds: float | None = None
     """How long the oldest of them has waited."""
     max_backlog: int | None = None
+    topic_resets: tuple[str, ...] = ()
+    """Partitions of a re-created topic waiting for accept-reset, as ``topic[partition]``."""
 
 
 def sample_from_status(
@@ -161,6 +167,7 @@ def sample_from_status(
         backlog=c.backlog,
         backlog_age_seconds=c.backlog_age_seconds,
         max_backlog=c.max_backlog,
+        topic_resets=tuple(f"{r.topic}[{r.partition}]" for r in c.topic_resets),
     )
 
 
@@ -311,6 +318,14 @@ def _stalled(samples: Sequence[HealthSample], cfg: MonitoringConfig, now: float)
     return (
         f"{where}partition {first.partition} has not moved from offset {first.position} for "
         f"{_span(now - since)} with {first.lag} event(s) waiting{more}"
+    )
+
+
+def _recreated(last: HealthSample) -> str:
+    parts = ", ".join(last.topic_resets)
+    return (
+        f"{parts}: the topic ends below what was counted (deleted and created again); "
+        "counting nothing there until `kafkaconsole consumer accept-reset ID`"
     )
 
 
@@ -465,6 +480,8 @@ def verdict(
     reason = _paused(last, now)
     if reason:
         return Verdict(VerdictName.PAUSED, reason)
+    if last.topic_resets:
+        return Verdict(VerdictName.TOPIC_RECREATED, _recreated(last))
     reason = _stalled(samples, cfg, now)
     if reason:
         return Verdict(VerdictName.STALLED, reason)

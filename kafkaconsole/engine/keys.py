@@ -8,7 +8,10 @@ Per consumer (``<prefix>:<consumer_id>:...``):
                        ``replay`` (1: it holds events read again after a seek back)
 - ``stats``    hash    ``total``, ``errors``, ``filtered``, ``skipped`` (tombstones, Debezium
                        heartbeats...), ``windows``, ``discarded``, ``seeks``, ``seek_reread``
-                       and ``seek_skipped`` (offsets a seek sent back over or past)
+                       and ``seek_skipped`` (offsets a seek sent back over or past),
+                       ``retention_lost`` (offsets deleted by retention before they were
+                       counted), ``topic_resets`` (partitions counted again from their log
+                       start after their topic was re-created)
 - ``offsets``  hash    ``<topic>|<partition>`` -> next offset to count (the truth)
 - ``history``  stream  trigger records, capped at ``history_limit``
 - ``dispatch`` stream  triggers waiting for their pipeline (consumer group ``dispatchers``)
@@ -19,6 +22,12 @@ Per consumer (``<prefix>:<consumer_id>:...``):
                        up to this offset) and ``replaying`` (how many such marks)
 - ``dispatch_lease``   string  the instance allowed to dispatch this consumer's triggers
 - ``breaker``  hash    the pipeline circuit breaker as the dispatching instance sees it
+- ``lifecycle`` hash   what happened to the topics read (:mod:`.topic_lifecycle`):
+                       ``reset|<topic>|<partition>`` -> JSON of a partition whose topic ends
+                       below what was counted (re-created), waiting for ``accept-reset``;
+                       ``lost|<topic>|<partition>`` -> offsets retention deleted uncounted;
+                       ``lost_last|<topic>|<partition>`` -> ``"<first> <last> <at_ms>"``, the
+                       latest such range
 
 Every per-partition field names its topic (``<topic>|<partition>``, see :func:`offset_field`),
 so one consumer's state covers every topic it reads (``kafka_topics``, ``topic_pattern``) in
@@ -96,6 +105,11 @@ class ConsumerKeys:
     @property
     def breaker(self) -> str:
         return self._k("breaker")
+
+    @property
+    def lifecycle(self) -> str:
+        """Hash of topic lifecycle events: re-created topics waiting, retention losses."""
+        return self._k("lifecycle")
 
     @property
     def dlq_refused(self) -> str:

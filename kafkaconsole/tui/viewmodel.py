@@ -780,6 +780,7 @@ VERDICT_SEVERITY = {
     "stopped": 3,
     "window-stuck": 3,
     "pipeline-failing": 3,
+    "topic-recreated": 3,
     "lagging": 2,
     "pipeline-backlog": 2,
     "trigger-storm": 2,

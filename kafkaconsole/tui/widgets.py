@@ -119,6 +119,7 @@ VERDICT_VARIABLE = {
     "window-stuck": "error",
     "pipeline-failing": "error",
     "pipeline-backlog": "lag-warn",
+    "topic-recreated": "error",
 }
 #: Shorter words for the table when the full verdict does not fit.
 VERDICT_SHORT = {
@@ -126,6 +127,7 @@ VERDICT_SHORT = {
     "pipeline-failing": "failing",
     "pipeline-backlog": "backlog",
     "trigger-storm": "storm",
+    "topic-recreated": "recreated",
 }
 ALERT_VARIABLE = "warning"
 
