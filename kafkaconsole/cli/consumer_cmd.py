@@ -23,7 +23,6 @@ from kafkaconsole.cli.control_cmd import (
     IdArg,
     JsonOpt,
     ReadOnlyOpt,
-    _known,
     _with_fleet,
     _writable,
     fleet_config,
@@ -320,7 +319,6 @@ def accept_reset(
         kafkaconsole consumer accept-reset orders
     """
     cfg = fleet_config(config)
-    _known(cfg, consumer_id)
     _writable(cfg, "accept a topic reset", read_only)
 
     async def action(fleet: Fleet) -> dict[str, Any]:
@@ -332,7 +330,7 @@ def accept_reset(
             "closed_window_id": res.closed_window_id,
         }
 
-    Output(as_json).emit(_with_fleet(cfg, action), _accept_text)
+    Output(as_json).emit(_with_fleet(cfg, action, consumer_id=consumer_id), _accept_text)
 
 
 def _reset_json(reset: Any) -> dict[str, Any]:
