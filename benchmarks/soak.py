@@ -109,6 +109,7 @@ class Instance:
         self.calls = workdir / f"{name}.calls"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at = 0.0
 
     def start(self) -> None:
         env = {**os.environ, CALLS_ENV: str(self.calls), "PYTHONPATH": str(ROOT)}
@@ -119,6 +120,7 @@ class Instance:
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
             )  # fmt: skip
         self.starts += 1
+        self.started_at = time.monotonic()
 
     def stop(self, how: str) -> None:
         proc = self.proc
@@ -182,12 +184,25 @@ async def sample(
     ]
     return {
         "minute": round((time.monotonic() - t0) / 60, 1),
-        "rss_mb": {i.name: rss_mb(i.pid) if i.pid else None for i in instances},
+        # an instance's RSS once it has run a minute since its last (re)start
+        "rss_mb": {
+            i.name: rss_mb(i.pid) if i.pid and time.monotonic() - i.started_at >= 60 else None
+            for i in instances
+        },
         "redis_used_mb": round(int(mem["used_memory"]) / 2**20, 1),
         "redis_keys": res[0],
         "produced": produced,
         "consumers": consumers,
     }
+
+
+def _calls(instances: list[Instance]) -> Counter[str]:
+    """Every idempotency key the pipeline was called with, and how often."""
+    calls: Counter[str] = Counter()
+    for inst in instances:
+        if inst.calls.exists():
+            calls.update(inst.calls.read_text().split())
+    return calls
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,22 +266,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if time.monotonic() > drained_by:
                     break
                 await asyncio.sleep(2)
-            await asyncio.sleep(2 * MAX_TIME + 5)  # the last windows close by time and run
+            await asyncio.sleep(2 * MAX_TIME + 1)  # the last windows close by time
+            windows: list[int] = []
+            ran_by = time.monotonic() + 300
+            while time.monotonic() < ran_by:  # ... and their pipelines run
+                windows = []
+                for i in range(args.consumers):
+                    raw = await redis.hgetall(f"{prefix}:c{i}:stats")
+                    windows.append(int(raw.get(b"windows", 0)))
+                keys = set(_calls(instances))
+                if all(
+                    all(f"c{i}:{w}" in keys for w in range(1, windows[i] + 1))
+                    for i in range(args.consumers)
+                ):
+                    break
+                await asyncio.sleep(2)
             final = await sample(redis, prefix, args.consumers, instances, total, t0)
-            windows = []
-            for i in range(args.consumers):
-                raw = await redis.hgetall(f"{prefix}:c{i}:stats")
-                windows.append(int(raw.get(b"windows", 0)))
         finally:
             for inst in instances:
                 inst.stop("term")
             await redis.aclose()
             if out:
                 out.close()
-        calls: Counter[str] = Counter()
-        for inst in instances:
-            if inst.calls.exists():
-                calls.update(inst.calls.read_text().split())
+        calls = _calls(instances)
     per_consumer = []
     for i, c in enumerate(final["consumers"]):
         keys = [k for k in calls if k.startswith(f"c{i}:")]
@@ -288,13 +310,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         values = [s[key] for s in warm]
         return {"after_warmup": first[key], "end": last[key], "max": max(values)}
 
-    rss = {
-        name: {
-            "after_warmup": first["rss_mb"].get(name),
-            "end_max_seen": max((s["rss_mb"].get(name) or 0) for s in warm),
+    rss = {}
+    for name in first["rss_mb"]:
+        seen = [s["rss_mb"][name] for s in warm if s["rss_mb"].get(name)]
+        rss[name] = {
+            "first_after_warmup": seen[0] if seen else None,
+            "last": seen[-1] if seen else None,
+            "max": max(seen, default=None),
         }
-        for name in first["rss_mb"]
-    }
     return {
         "minutes": args.minutes,
         "rate": args.rate,
