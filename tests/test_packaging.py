@@ -80,7 +80,7 @@ def test_every_help_shows_the_source_text(path: tuple[str, ...]) -> None:
 
 def test_square_brackets_survive_in_help() -> None:
     info = runner.invoke(app, ["info", "--help"], terminal_width=100).output
-    assert "The consumer_id of a [[consumers]]." in info
+    assert "The consumer_id of a [[consumers]] or of a consumer" in _squash_spaces(info)
     run = runner.invoke(app, ["run", "--help"], terminal_width=100).output
     assert "[ui] read_only = true" in _squash_spaces(run)
 

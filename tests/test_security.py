@@ -396,7 +396,8 @@ async def test_post_bodies_are_ignored_and_capped(env: Env) -> None:
     status, body, _ = await env.post(f"/consumer/{env.cid}/reset", data=b"{" + b" " * 2000 + b"}")
     assert status == 413 and "error" in body
     # the documented surface takes no request body but a consumer definition (validated as
-    # the file's, processor refused), and no route writes connection settings
+    # the file's, processor refused) and a seek (four known keys, no other), and no route
+    # writes connection settings
     doc = openapi_document()
     bodies = [
         (path, method)
@@ -404,9 +405,19 @@ async def test_post_bodies_are_ignored_and_capped(env: Env) -> None:
         for method, op in ops.items()
         if "requestBody" in op
     ]
-    assert bodies == [("/consumers", "post")]
+    assert bodies == [("/consumers", "post"), ("/consumers/{consumer_id}/seek", "post")]
+    seek = f"/consumers/{env.cid}/seek"
+    status, body, _ = await env.post(seek, json={**hostile, "to": "earliest", "dry_run": True})
+    assert status == 422 and body["error"].startswith("request body: unknown key(s) bootstrap")
+    status, body, _ = await env.post(seek, data=b'{"to": "' + b"1" * 20_000 + b'"}')
+    assert status == 413 and "error" in body
+    assert env.engine.config.model_dump(mode="json") == before
     # reads are open but the peeks (they return event payloads); every write needs the token
-    peeks = {r.name for r in ROUTES if r.path.startswith("/consumers/{consumer_id}/")}
+    peeks = {
+        r.name
+        for r in ROUTES
+        if r.path.startswith("/consumers/{consumer_id}/") and r.method == "GET"
+    }
     assert peeks == {"peek_events", "peek_dlq"}
     assert {(r.method, r.auth) for r in ROUTES if r.name in peeks} == {("GET", True)}
     assert {(r.method, r.auth) for r in ROUTES if r.name not in peeks} == {

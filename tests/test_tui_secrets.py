@@ -51,7 +51,7 @@ from tests.secrets_support import (
     sentinel_env,
 )
 
-WIDE = (160, 48)
+WIDE = (160, 56)  # tall enough for a webhook consumer's whole Config tab
 NARROW = (80, 24)
 
 
