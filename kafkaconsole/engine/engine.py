@@ -298,6 +298,12 @@ class Engine:
         )
         self._tasks.append(
             asyncio.create_task(
+                self._guard(partial(self.time_closer.run_clock, self._stop), "Redis clock"),
+                name="redis-clock",
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
                 self._guard(self._control_listener, "control listener"), name="control"
             )
         )

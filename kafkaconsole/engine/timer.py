@@ -55,6 +55,54 @@ class ClockSkew:
             self.ms, self._at = sample, now
 
 
+#: How long a round-trip sample of Redis's clock counts (the best of those this recent wins).
+RTT_KEEP_MS = 60_000
+#: How often :meth:`TimeCloser.run_clock` asks Redis for its TIME when nothing else did.
+CLOCK_PROBE_S = 5.0
+
+
+class RedisClock:
+    """This process's estimate of Redis's clock, for every timer of an engine: NTP's way.
+
+    A sample is one round trip: sent at ``t0``, Redis's ``TIME`` in the answer, read at
+    ``t1`` (local clock). Redis took its TIME within ``[t0, t1]``, so the offset is
+    ``redis_now - (t0 + t1) / 2`` give or take half the round trip; the sample of the
+    shortest round trip among the recent ones (:data:`RTT_KEEP_MS`) wins. An answer read late
+    by a busy event loop has a long round trip and loses to any prompt one, so timers never
+    fire late because the loop was busy when an answer came (:class:`ClockSkew`, the fallback,
+    can only bound that error). ``note`` (an answer without its round trip) is used only until
+    the first round trip is measured.
+    """
+
+    def __init__(self, clock_ms: Callable[[], float] = lambda: time.time() * 1000) -> None:
+        self.clock_ms = clock_ms
+        self.fallback = ClockSkew(clock_ms)
+        self._samples: list[tuple[float, float, float]] = []  # (rtt, offset, taken at)
+        self.rtt_ms: float | None = None  # of the sample in use
+
+    @property
+    def ms(self) -> float:
+        """Redis's clock minus this host's, in ms."""
+        best = self._best()
+        return best[1] if best is not None else self.fallback.ms
+
+    def note(self, redis_now_ms: float) -> None:
+        self.fallback.note(redis_now_ms)
+
+    def note_round_trip(self, sent_ms: float, redis_now_ms: float, received_ms: float) -> None:
+        rtt = max(received_ms - sent_ms, 0.0)
+        self._samples.append((rtt, redis_now_ms - (sent_ms + received_ms) / 2, received_ms))
+        best = self._best()
+        self.rtt_ms = best[0] if best is not None else None
+
+    def _best(self) -> tuple[float, float, float] | None:
+        now = self.clock_ms()
+        self._samples = [s for s in self._samples if now - s[2] <= RTT_KEEP_MS]
+        if len(self._samples) > 64:
+            self._samples = sorted(self._samples)[:32]
+        return min(self._samples, default=None)
+
+
 def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
     """Redis-clock time at which a window opened at ``opened_at_ms`` time-triggers."""
     if opened_at_ms is None:
@@ -71,10 +119,13 @@ class TimeCloser:
     all within one round trip. One pipeline is in flight at a time: the closes falling due
     meanwhile go in the next one, sent as soon as it returns."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, clock: RedisClock | None = None) -> None:
         self.redis = redis
+        #: measured by every close pipeline's round trip, and by a TIME now and then
+        self.clock = clock or RedisClock()
         self._pending: list[tuple[WindowCounter, int, int, asyncio.Future[CloseResult]]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # the connection is one: a pipeline or a probe at a time
         #: how many batches were sent, and the largest (benchmarks and tests read them)
         self.batches = 0
         self.largest = 0
@@ -92,7 +143,25 @@ class TimeCloser:
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            await self._send(batch)
+            async with self._lock:
+                await self._send(batch)
+
+    async def probe_clock(self) -> None:
+        """One round trip of ``TIME`` for :attr:`clock` (raises what Redis raises)."""
+        async with self._lock:
+            sent = self.clock.clock_ms()
+            sec, usec = await self.redis.time()
+            received = self.clock.clock_ms()
+        self.clock.note_round_trip(sent, int(sec) * 1000 + int(usec) / 1000, received)
+
+    async def run_clock(self, stop: asyncio.Event, every_s: float = CLOCK_PROBE_S) -> None:
+        """Keep :attr:`clock` measured: a ``TIME`` every ``every_s`` (Redis unreachable: the
+        estimate in use stays, and the timers' own closes tell when it is back)."""
+        while not stop.is_set():
+            with contextlib.suppress(RedisError, OSError):
+                await self.probe_clock()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
     async def _send(
         self, batch: list[tuple[WindowCounter, int, int, asyncio.Future[CloseResult]]]
@@ -100,7 +169,9 @@ class TimeCloser:
         self.batches += 1
         self.largest = max(self.largest, len(batch))
         try:
+            sent = self.clock.clock_ms()
             answers = await self._pipeline(batch)
+            received = self.clock.clock_ms()
             if any(isinstance(a, NoScriptError) for a in answers):
                 # a Redis that restarted (or another server): load the script, send again
                 await self.redis.script_load(batch[0][0].close_script)
@@ -112,6 +183,10 @@ class TimeCloser:
             if not isinstance(exc, Exception):
                 raise
             return
+        for answer in answers:  # each close answers Redis's TIME: one more round-trip sample
+            if not isinstance(answer, Exception):
+                self.clock.note_round_trip(sent, int(answer[3]), received)
+                break
         for (*_, fut), answer in zip(batch, answers, strict=True):
             if fut.done():  # the timer stopped meanwhile
                 continue
@@ -147,7 +222,10 @@ class WindowTimer:
         self.max_time_s = max_time_s
         self.on_closed = on_closed
         self.clock_ms = clock_ms
-        self.skew = ClockSkew(clock_ms)  # redis_now - local_now
+        # redis_now - local_now: the engine's round-trip clock when closes are batched
+        self.skew: ClockSkew | RedisClock = (
+            closer.clock if closer is not None else ClockSkew(clock_ms)
+        )
         self._window_id: int | None = None
         self._deadline: int | None = None  # Redis clock
         self._opened_at: int | None = None  # of the open window, while it holds events
