@@ -191,9 +191,11 @@ class WorkerSupervisor:
                 proc = await self._spawn(k)
             except OSError as exc:
                 how = f"could not start ({exc.strerror or type(exc).__name__})"
-                rc: int | None = None
             else:
                 self.procs[k] = proc
+                if self._stopping.is_set():  # the stop came while it was being started
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
                 forward = (
                     asyncio.create_task(self._forward(k, proc)) if proc.stderr is not None else None
                 )
@@ -226,22 +228,22 @@ class WorkerSupervisor:
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM every worker, wait for them (at most ``timeout`` s, then SIGKILL)."""
         self._stopping.set()
-        live = [p for p in self.procs.values() if p.returncode is None]
+        live = len(self.pids())
         if live:
-            log.info("stopping %d worker process(es)", len(live))
+            log.info("stopping %d worker process(es)", live)
         self.forward(signal.SIGTERM)
-        waits = [asyncio.create_task(p.wait()) for p in live]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=timeout)
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             if pending:
                 log.warning("%d worker(s) did not stop within %g s: killed", len(pending), timeout)
                 self.forward(signal.SIGKILL)
-                await asyncio.wait(waits, timeout=5)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                _, pending = await asyncio.wait(tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._tasks.clear()
 
 

@@ -31,7 +31,9 @@ def _gone(pid: int) -> bool:
 
 
 def _lines(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    """The log's complete lines (a process may be writing the last one)."""
+    text = log.read_text()
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
@@ -164,6 +166,14 @@ async def test_two_workers_share_the_work_restart_and_stop(
 
             await wait_for(counted_800, 30, what="800 events counted")
             assert (await fleet.consumer())["total"] == 800
+
+            proc.send_signal(signal.SIGHUP)  # reload: the command and its worker
+
+            async def both_reloaded() -> bool:
+                ids = {x.get("instance_id") for x in _lines(log) if x.get("event") == "reload"}
+                return ids == {"w", "w-w1"}
+
+            await wait_for(both_reloaded, 20, what="a reload logged by each instance")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 60) == 0
     finally:
@@ -218,3 +228,36 @@ async def test_workers_die_with_a_killed_command(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_console_header_names_restarted_workers() -> None:
+    from kafkaconsole.config.models import AppConfig
+    from kafkaconsole.engine.status import InstanceSnapshot
+    from kafkaconsole.tui.viewmodel import build_header
+
+    config = AppConfig.model_validate({"kafka": {"bootstrap_servers": "b:9092"}})
+    snap = InstanceSnapshot(
+        "h",
+        "host",
+        1,
+        0,
+        0,
+        True,
+        True,
+        task_failures=(
+            "worker 1 (h-w1) exited with code 1; restarting in 2 s (restart 2)",
+            "status loop failed: OSError: x",
+        ),
+    )
+    header = build_header(config, snap, None, [], 0, engine="running", read_only=False)
+    assert header.workers_restarted == 1
+    quiet = build_header(
+        config,
+        InstanceSnapshot("h", "host", 1, 0, 0, True, True),
+        None,
+        [],
+        0,
+        engine="running",
+        read_only=False,
+    )
+    assert quiet.workers_restarted == 0
