@@ -30,6 +30,16 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _children_running(instance_id: str) -> list[int]:
+    """This process's children whose command line names ``instance_id``."""
+    me = os.getpid()
+    return [
+        int(pid)
+        for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split()
+        if instance_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
+
+
 def _lines(log: Path) -> list[dict[str, Any]]:
     """The log's complete lines (a process may be writing the last one)."""
     text = log.read_text()
@@ -261,3 +271,48 @@ def test_console_header_names_restarted_workers() -> None:
         read_only=False,
     )
     assert quiet.workers_restarted == 0
+
+
+async def test_console_runs_the_workers_and_stops_them_on_quit(
+    tmp_path: Path, services: EmbeddedServices, kafka: KafkaHelper, unique: str
+) -> None:
+    from kafkaconsole.config import load_config
+    from kafkaconsole.supervisor import WorkerSpec
+    from kafkaconsole.tui.app import KafkaConsoleApp
+    from tests.test_tui_pilot import screen_text
+
+    await kafka.create_topic(unique, 2)
+    path = write_config(
+        tmp_path / "k.toml",
+        bootstrap=services.bootstrap_servers,
+        redis_url=services.redis_url,
+        prefix=unique,
+        topic=unique,
+        cid="c1",
+        out_file=tmp_path / "out.txt",
+    )
+    app = KafkaConsoleApp(load_config(path), instance_id="tui")
+    app.engine_workers = WorkerSpec(2, forward_logs=True)
+    try:
+        async with app.run_test(size=(160, 30)) as pilot:
+
+            async def two_instances() -> bool:
+                return "2 instances" in screen_text(app)
+
+            await wait_for(two_instances, 60, interval=0.2, what="2 instances in the header")
+            forwarded = [
+                x.message for x in app.logbook.lines() if x.message.startswith("worker 1:")
+            ]
+            assert any("instance tui-w1 running" in m for m in forwarded), forwarded
+            workers = await asyncio.to_thread(_children_running, "tui-w1")
+            assert len(workers) == 1
+            await pilot.press("q")
+
+            async def exited() -> bool:
+                return app.return_code is not None
+
+            await wait_for(exited, 60, what="graceful quit")
+    finally:
+        await app.close_engine()
+    assert app.return_code == 0
+    assert _gone(workers[0])

@@ -153,7 +153,7 @@ class KafkaConsoleApp(App[int]):
         self.notice = notice
         """A line shown at start, in a toast and the log (the demo says where its config is)."""
         self.wait_timeout: float | None = None  # for Redis and the brokers at start
-        self.workers = WorkerSpec(1, forward_logs=True)  # run --workers N: the engine processes
+        self.engine_workers = WorkerSpec(1, forward_logs=True)  # run --workers N
         self.clock = clock or wall_clock_ms
         if data_source is None:
             engine = engine or Engine(
@@ -385,7 +385,7 @@ class KafkaConsoleApp(App[int]):
 
         A failure (a port in use, say) is a warning here: the console still runs the engine.
         """
-        for extra in default_extras(self.config, self.workers):
+        for extra in default_extras(self.config, self.engine_workers):
             try:
                 self._closers.append(await extra(engine))
             except Exception as exc:
@@ -1405,7 +1405,7 @@ def run_tui(
     in the console's log)."""
     app = KafkaConsoleApp(config, instance_id=instance_id, theme=theme)
     app.wait_timeout = wait_timeout
-    app.workers = WorkerSpec(workers, forward_logs=True)
+    app.engine_workers = WorkerSpec(workers, forward_logs=True)
     app.run()
     return int(app.return_code or 0)
 
