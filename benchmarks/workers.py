@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -131,7 +131,9 @@ async def redis_cpu(r: Redis) -> float:
 
 async def counted(r: Redis, prefix: str, cid: str) -> tuple[int, list[int], list[int]]:
     """(closed-window total + open count, window ids in history order, closed counts)."""
-    entries = await r.xrange(f"{prefix}:{cid}:history")
+    entries = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], await r.xrange(f"{prefix}:{cid}:history")
+    )
     wids = [int(f[b"window_id"]) for _, f in entries]
     counts = [int(f[b"count"]) for _, f in entries]
     return sum(counts) + int(await r.get(f"{prefix}:{cid}:events") or 0), wids, counts
@@ -194,7 +196,7 @@ async def measure(
         idle1, all1 = machine_ticks()
         await asyncio.sleep(2.0)
         got, wids, counts = await counted(r, prefix, cid)
-        offsets = await r.hgetall(f"{prefix}:{cid}:offsets")
+        offsets = cast(dict[bytes, bytes], await r.hgetall(f"{prefix}:{cid}:offsets"))
         at_ends = {int(k.decode().rsplit("|", 1)[1]): int(v) for k, v in offsets.items()}
         exact = (
             got == expected
