@@ -316,3 +316,72 @@ async def test_console_runs_the_workers_and_stops_them_on_quit(
         await app.close_engine()
     assert app.return_code == 0
     assert _gone(workers[0])
+
+
+async def test_a_crash_looping_worker_backs_off_and_recovers(
+    tmp_path: Path, services: EmbeddedServices, kafka: KafkaHelper, unique: str
+) -> None:
+    """A worker that cannot start (its config file broken after the command read it) is
+    restarted after 1, 2, 4 s; /ready says so; once the file is mended it comes back."""
+    await kafka.create_topic(unique, 2)
+    config = write_config(
+        tmp_path / "k.toml",
+        bootstrap=services.bootstrap_servers,
+        redis_url=services.redis_url,
+        prefix=unique,
+        topic=unique,
+        cid="c1",
+        out_file=tmp_path / "out.txt",
+    )
+    port = free_port()
+    _with_api(config, port)
+    good = config.read_text()
+    log = tmp_path / "run.log"
+    proc = _start(config, log, "--workers", "2", "--instance-id", "cl", "--log-format", "json")
+
+    def exits() -> list[str]:  # the worker's own config error lines are plain text
+        text = log.read_text()
+        return [
+            json.loads(x)["message"]
+            for x in text[: text.rfind("\n") + 1].splitlines()
+            if x.startswith("{") and '"worker_exit"' in x
+        ]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            fleet = Fleet(session, f"http://127.0.0.1:{port}", "c1")
+
+            async def worker_up() -> bool:
+                try:
+                    return "cl-w1" in await fleet.pids()
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(worker_up, 40, what="worker 1 in the fleet")
+            first = (await fleet.pids())["cl-w1"]
+            config.write_text(good + "\nbogus = 1\n")
+            os.kill(first, signal.SIGKILL)
+
+            async def looped() -> bool:
+                return len(exits()) >= 3
+
+            await wait_for(looped, 30, what="three exits of worker 1")
+            status, body = await fleet.get("/ready")
+            assert status == 503 and any("worker 1 (cl-w1) exited" in r for r in body["reasons"])
+            config.write_text(good)
+
+            async def back() -> bool:
+                return (await fleet.pids()).get("cl-w1", first) != first
+
+            await wait_for(back, 30, what="worker 1 back once its config is mended")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert exits()[:3] == [
+        "worker 1 (cl-w1) exited with signal SIGKILL; restarting in 1 s (restart 1)",
+        "worker 1 (cl-w1) exited with code 2; restarting in 2 s (restart 2)",
+        "worker 1 (cl-w1) exited with code 2; restarting in 4 s (restart 3)",
+    ]
