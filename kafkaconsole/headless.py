@@ -4,7 +4,9 @@ No Textual or Rich is imported here (a subprocess test checks it). SIGTERM or SI
 engine to stop gracefully (finish the batch in hand, record counts and offsets, commit, close);
 a second SIGINT exits at once. SIGHUP reloads the configuration file (see
 :meth:`Engine.reload <kafkaconsole.engine.engine.Engine.reload>`) and logs the result. The
-HTTP API starts beside the engine when ``[api] enabled``.
+HTTP API starts beside the engine when ``[api] enabled``. ``--workers N`` runs N-1 more
+engine processes beside this one (:mod:`kafkaconsole.supervisor`): stopped first on SIGTERM,
+SIGHUP forwarded to them.
 Consumer state changes are logged (one line, or one JSON object with ``event``), as are
 triggers, errors and rebalances by the engine itself.
 
@@ -33,6 +35,7 @@ from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.engine import DependencyUnreachable, Engine
 from kafkaconsole.engine.errors import ControlError
 from kafkaconsole.engine.status import InstanceSnapshot
+from kafkaconsole.supervisor import WorkerSpec, WorkerSupervisor, workers_extra
 
 log = logging.getLogger("kafkaconsole.headless")
 
@@ -91,9 +94,17 @@ async def _api_extra(engine: Engine) -> Callable[[], Awaitable[None]]:
     return await start_api(engine, engine.config)
 
 
-def default_extras(config: AppConfig) -> list[ExtraService]:
-    """The services started beside the engine for this config (the API when enabled)."""
-    return [_api_extra] if config.api.enabled else []
+def default_extras(
+    config: AppConfig,
+    workers: WorkerSpec | None = None,
+    started: Callable[[WorkerSupervisor], None] | None = None,
+) -> list[ExtraService]:
+    """The services started beside the engine for this config (the API when enabled; the
+    worker processes of ``--workers`` when more than one)."""
+    extras: list[ExtraService] = [_api_extra] if config.api.enabled else []
+    if workers is not None and workers.count > 1:
+        extras.append(workers_extra(workers, started))
+    return extras
 
 
 async def serve(
@@ -103,12 +114,13 @@ async def serve(
     extras: list[ExtraService] | None = None,
     ready: Callable[[Engine], None] | None = None,
     wait_timeout: float | None = None,
+    workers: WorkerSpec | None = None,
 ) -> int:
     """Run the engine (and its extras) until a signal; returns the exit code.
 
-    ``extras=None`` starts :func:`default_extras`; pass ``[]`` for the engine alone.
-    Redis and the brokers are waited for at start (see :meth:`Engine.start`), at most
-    ``wait_timeout`` seconds when given.
+    ``extras=None`` starts :func:`default_extras` (with ``workers``); pass ``[]`` for the
+    engine alone. Redis and the brokers are waited for at start (see :meth:`Engine.start`),
+    at most ``wait_timeout`` seconds when given.
     """
     engine = Engine(config, instance_id=instance_id)
     loop = asyncio.get_running_loop()
@@ -127,8 +139,11 @@ async def serve(
         engine.request_stop()
 
     reloads: set[asyncio.Task[None]] = set()
+    supervisors: list[WorkerSupervisor] = []
 
     def on_hangup() -> None:
+        for supervisor in supervisors:
+            supervisor.forward(signal.SIGHUP)
         if not engine.started or engine.stopping:
             log.warning("received SIGHUP before the engine runs (or while it stops): ignored")
             return
@@ -149,7 +164,8 @@ async def serve(
         # Extras first: the API answers /health (and /ready 503) while the engine connects,
         # and a port already in use fails before the engine joins any consumer group.
         try:
-            for extra in default_extras(config) if extras is None else extras:
+            chosen = default_extras(config, workers, supervisors.append)
+            for extra in chosen if extras is None else extras:
                 closers.append(await extra(engine))
         except Exception as exc:
             log.error("cannot start: %s", exc if str(exc) else type(exc).__name__)
@@ -248,6 +264,7 @@ def run_headless(
     instance_id: str | None = None,
     extras: list[ExtraService] | None = None,
     wait_timeout: float | None = None,
+    workers: WorkerSpec | None = None,
 ) -> int:
     """``asyncio.run(serve(...))``; the exit code of ``kafkaconsole run --no-ui``.
 
@@ -256,7 +273,13 @@ def run_headless(
     """
     try:
         return asyncio.run(
-            serve(config, instance_id=instance_id, extras=extras, wait_timeout=wait_timeout)
+            serve(
+                config,
+                instance_id=instance_id,
+                extras=extras,
+                wait_timeout=wait_timeout,
+                workers=workers,
+            )
         )
     except KeyboardInterrupt:
         return EXIT_FAILURE

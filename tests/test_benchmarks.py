@@ -110,3 +110,26 @@ def test_peers_harness_runs_every_peer(tmp_path: Path) -> None:
     assert rows["peer-quix-alo"][9] != "", rows  # measured; at-least-once may count twice
     assert "quixstreams 3.28.1" in rows["peer-quix-eos"][1]
     assert "Peer versions (Python" in peers
+
+
+@pytest.mark.slow
+def test_workers_benchmark_runs_and_checks_exactness(
+    tmp_path: Path, broker_kind: BrokerKind
+) -> None:
+    """``benchmarks/workers.py --quick``: 1 and 2 workers, each run timed and checked exact."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.workers", "--quick", "--broker", broker_kind],
+        cwd=str(REPO),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
+    runs = {r[0].strip(): [c.strip() for c in r] for r in rows if r[0].strip().isdigit()}
+    assert set(runs) == {"1", "2"}, done.stdout
+    for row in runs.values():
+        assert row[2] == "20,000" and row[5] == "yes", row
+        assert int(row[4].replace(",", "")) > 0, row

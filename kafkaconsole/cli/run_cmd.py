@@ -24,6 +24,7 @@ from typing import Annotated, cast
 import typer
 
 from kafkaconsole.cli.config_cmd import ExitCode, _load
+from kafkaconsole.cli.output import fail
 from kafkaconsole.config import AppConfig, load_config, secret_values
 from kafkaconsole.logs import setup_logging
 
@@ -122,6 +123,18 @@ InstanceOpt = Annotated[
         show_default=False,
     ),
 ]
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        envvar=f"{ENV}WORKERS",
+        metavar="N|auto",
+        help="Engine processes to run on this host, each an instance of the fleet (auto: one "
+        "per core; default 1). One HTTP API and one console for all; a worker that dies is "
+        "restarted.",
+        show_default=False,
+    ),
+]
 
 
 def _level(value: LogLevel | str) -> int:
@@ -134,11 +147,14 @@ def run_headless_cli(
     instance_id: str | None,
     wait_timeout: float | None = None,
     log_level: LogLevel | str = LogLevel.info,
+    workers: int = 1,
 ) -> int:
     from kafkaconsole.headless import run_headless
+    from kafkaconsole.supervisor import WorkerSpec
 
     setup_logging(str(log_format), _level(log_level), secrets=secret_values(config))
-    return run_headless(config, instance_id=instance_id, wait_timeout=wait_timeout)
+    spec = WorkerSpec(workers, log_format=str(log_format), log_level=str(log_level))
+    return run_headless(config, instance_id=instance_id, wait_timeout=wait_timeout, workers=spec)
 
 
 def run(
@@ -150,6 +166,7 @@ def run(
     theme: ThemeOpt = None,
     read_only: ReadOnlyOpt = False,
     wait_timeout: WaitTimeoutOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Run every consumer of the config until interrupted.
 
@@ -161,16 +178,24 @@ def run(
 
     Example: kafkaconsole run --config kafkaconsole.toml --no-ui --log-format json
     """
+    from kafkaconsole.supervisor import parse_workers
+
+    try:
+        count = parse_workers(workers)
+    except ValueError as exc:
+        fail(f"--workers: {exc}", ExitCode.CONFIG_ERROR)
     cfg = _load(None, config)
     if read_only:
         cfg = cfg.with_read_only()
     if no_ui:
         raise typer.Exit(
-            run_headless_cli(cfg, str(log_format), instance_id, wait_timeout, log_level)
+            run_headless_cli(cfg, str(log_format), instance_id, wait_timeout, log_level, count)
         )
     from kafkaconsole.tui.app import run_tui
 
-    raise typer.Exit(run_tui(cfg, instance_id=instance_id, theme=theme, wait_timeout=wait_timeout))
+    raise typer.Exit(
+        run_tui(cfg, instance_id=instance_id, theme=theme, wait_timeout=wait_timeout, workers=count)
+    )
 
 
 def demo(

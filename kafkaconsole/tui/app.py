@@ -55,6 +55,7 @@ from kafkaconsole.engine.records import iso_ms
 from kafkaconsole.engine.seek import SeekPlan, SeekResult, parse_target
 from kafkaconsole.engine.status import InstanceSnapshot
 from kafkaconsole.headless import default_extras, start_error_text
+from kafkaconsole.supervisor import WorkerSpec
 from kafkaconsole.tui.bindings import (
     ALL_COMMANDS,
     APP_COMMANDS,
@@ -152,6 +153,7 @@ class KafkaConsoleApp(App[int]):
         self.notice = notice
         """A line shown at start, in a toast and the log (the demo says where its config is)."""
         self.wait_timeout: float | None = None  # for Redis and the brokers at start
+        self.engine_workers = WorkerSpec(1, forward_logs=True)  # run --workers N
         self.clock = clock or wall_clock_ms
         if data_source is None:
             engine = engine or Engine(
@@ -383,7 +385,7 @@ class KafkaConsoleApp(App[int]):
 
         A failure (a port in use, say) is a warning here: the console still runs the engine.
         """
-        for extra in default_extras(self.config):
+        for extra in default_extras(self.config, self.engine_workers):
             try:
                 self._closers.append(await extra(engine))
             except Exception as exc:
@@ -1395,10 +1397,15 @@ def run_tui(
     instance_id: str | None = None,
     theme: str | None = None,
     wait_timeout: float | None = None,
+    workers: int = 1,
 ) -> int:
-    """Run the console (with its engine) until the user quits; returns the exit code."""
+    """Run the console (with its engine) until the user quits; returns the exit code.
+
+    ``workers`` > 1 also runs that many minus one engine processes beside it (their log lines
+    in the console's log)."""
     app = KafkaConsoleApp(config, instance_id=instance_id, theme=theme)
     app.wait_timeout = wait_timeout
+    app.engine_workers = WorkerSpec(workers, forward_logs=True)
     app.run()
     return int(app.return_code or 0)
 

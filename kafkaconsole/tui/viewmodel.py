@@ -563,6 +563,7 @@ class HeaderModel:
     waiting_for: str | None = None  # the engine waits at start for Redis or the brokers
     kafka_missing: tuple[str, ...] = ()  # brokers gone from the cluster's metadata
     redis_pool: tuple[str, ...] = ()  # Redis connection pools exhausted lately (why)
+    workers_restarted: int = 0  # run --workers: worker processes that exited lately
 
 
 def build_header(
@@ -585,6 +586,9 @@ def build_header(
         kafka_ok=snap.kafka_ok if snap is not None else None,
         kafka_missing=snap.kafka_missing if snap is not None else (),
         redis_pool=snap.redis_pool if snap is not None else (),
+        workers_restarted=sum(1 for f in snap.task_failures if f.startswith("worker "))
+        if snap is not None
+        else 0,
         redis_ok=redis_ok if redis_ok is not None else (snap.redis_ok if snap else None),
         instances=len(fleet.instances) if fleet is not None else None,
         rate=sum(r.rate for r in rows),

@@ -265,6 +265,9 @@ class FleetHeader(Static):
         parts.append(
             f"{inst} inst" if compact else f"{inst} instance{'' if model.instances == 1 else 's'}"
         )
+        if model.workers_restarted:
+            n = model.workers_restarted
+            parts.append(f"[$warning]{n} worker{'' if n == 1 else 's'} restarted[/]")
         parts.append(f"{fmt_rate(model.rate)} ev/s")
         parts.append(f"up {fmt_clock(model.uptime_seconds)}")
         if model.waiting_for:
