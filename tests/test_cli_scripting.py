@@ -235,3 +235,24 @@ async def test_history_csv_is_rfc4180_with_a_stable_header(
     assert table.stdout.splitlines()[0].split()[:3] == ["WINDOW", "REASON", "COUNT"]
     clash = await cli("history", "good", "--json", "--format", "csv", "--config", str(config))
     assert clash.exit_code == 2
+
+
+async def test_watch_ends_on_ctrl_c_at_any_moment_of_its_loop(
+    services: EmbeddedServices, unique: str, tmp_path: Path
+) -> None:
+    """Ctrl-C while a read is in flight or while it waits: exit 0 every time. (A cancelled
+    Redis command can complete anyway, which once left the watch running: Ctrl-C now sets a
+    flag the loop ends on.)"""
+    config = write_config(tmp_path / "kc.toml", services, unique, f"{unique}-t")
+    for delay in (0.0, 0.03, 0.07, 0.11, 0.16, 0.23, 0.37):
+        proc = watch(config, "--interval", "0.2")
+        try:
+            await read_line(proc)
+            await asyncio.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            rc = await asyncio.to_thread(proc.wait, 15)
+            assert rc == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -335,6 +336,11 @@ def _watch(cfg: AppConfig, interval: float) -> None:
     at runtime are read again at each interval: one added while it watches appears."""
 
     async def action(fleet: Fleet) -> None:
+        stop = asyncio.Event()
+        with ctrl_c_sets(stop):
+            await watching(fleet, stop)
+
+    async def watching(fleet: Fleet, stop: asyncio.Event) -> None:
         seen: dict[str, bytes] = {}
         while True:
             consumers = await fleet.consumers()
@@ -351,7 +357,7 @@ def _watch(cfg: AppConfig, interval: float) -> None:
                 return
             if reader_gone():
                 return
-            await asyncio.sleep(interval)
+            await _pause(stop, interval)
 
     try:
         _with_fleet(cfg, action)
@@ -858,19 +864,47 @@ SUCCESSFUL_RUNS = ("succeeded", "coalesced")
 FINAL_RUNS = (*SUCCESSFUL_RUNS, "failed", "cancelled")
 
 
+@contextlib.contextmanager
+def ctrl_c_sets(stop: asyncio.Event) -> Iterator[None]:
+    """Ctrl-C sets ``stop`` for the polling loops of ``status --watch`` and ``trigger --wait``
+    (they end on it): cancelling their task alone is not enough, redis-py can complete a
+    command whose task was cancelled and the loop then went on. Outside the main thread (no
+    signal handling) Ctrl-C keeps its default."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``; Ctrl-C (``stop``) ends the command as KeyboardInterrupt does."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    if stop.is_set():
+        raise KeyboardInterrupt
+
+
 async def _wait_for_run(
     fleet: Fleet, consumer_id: str, window_id: int, timeout: float
 ) -> tuple[dict[str, Any], bool]:
     """The window's run once its status is final (``True``), or as it stands when
     ``timeout`` seconds have passed (``False``)."""
     deadline = time.monotonic() + timeout
-    while True:
-        run = await fleet.run_status(consumer_id, window_id)
-        if run.get("status") in FINAL_RUNS:
-            return run, True
-        if time.monotonic() >= deadline:
-            return run, False
-        await asyncio.sleep(min(WAIT_POLL_S, max(deadline - time.monotonic(), 0.0)))
+    stop = asyncio.Event()
+    with ctrl_c_sets(stop):
+        while True:
+            run = await fleet.run_status(consumer_id, window_id)
+            if run.get("status") in FINAL_RUNS:
+                return run, True
+            if time.monotonic() >= deadline:
+                return run, False
+            await _pause(stop, min(WAIT_POLL_S, max(deadline - time.monotonic(), 0.0)))
 
 
 def trigger(
