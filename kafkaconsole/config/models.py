@@ -11,6 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +19,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+HostPort = Annotated[str, Field(min_length=3, max_length=300), AfterValidator(_host_port)]
+"""A "host:port" address (IPv6 as "[::1]:6379")."""
 
 MAX_COUNT = 2**53 - 1
 """Counts, offsets and max_event stay below 2**53: Redis Lua numbers are doubles."""
@@ -126,6 +138,34 @@ class RedisConfig(Section):
     """How long a dead instance keeps the right to dispatch a consumer's triggers."""
     max_connections: int = Field(32, ge=4, le=10_000)
     """Pooled Redis connections of the counting and dispatch paths (9 more: see README)."""
+    mode: Literal["single", "cluster", "sentinel"] = "single"
+    """single: the server at url; cluster: Redis Cluster; sentinel: the primary Sentinel names."""
+    nodes: list[HostPort] = Field(default_factory=list, max_length=100)
+    """Cluster startup nodes as "host:port" (default: the url's host and port)."""
+    sentinels: list[HostPort] = Field(default_factory=list, max_length=100)
+    """Sentinels as "host:port" (mode = "sentinel")."""
+    service_name: str | None = Field(None, min_length=1, max_length=200)
+    """The Sentinel service (master) name of the primary (mode = "sentinel")."""
+    sentinel_password: str | None = None
+    """Password of the Sentinels themselves, if they require one (write it as ${ENV_VAR})."""
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> RedisConfig:
+        if self.mode == "sentinel":
+            if not self.sentinels:
+                raise ValueError('mode = "sentinel" needs sentinels = ["host:port", ...]')
+            if not self.service_name:
+                raise ValueError('mode = "sentinel" needs service_name (the monitored master)')
+        else:
+            if self.sentinels or self.service_name or self.sentinel_password:
+                raise ValueError(
+                    'sentinels, service_name and sentinel_password apply only to mode = "sentinel"'
+                )
+        if self.nodes and self.mode != "cluster":
+            raise ValueError('nodes applies only to mode = "cluster"')
+        if self.mode == "cluster" and self.url.startswith("unix://"):
+            raise ValueError('mode = "cluster" needs a redis:// or rediss:// url, not unix://')
+        return self
 
     @model_validator(mode="after")
     def _ca_needs_tls(self) -> RedisConfig:

@@ -20,7 +20,7 @@ from kafkaconsole.config.models import AppConfig
 MASK = "******"
 
 SECRET_FIELDS: frozenset[str] = frozenset(
-    {"password", "token", "secret", "client_secret", "sasl_password"}
+    {"password", "token", "secret", "client_secret", "sasl_password", "sentinel_password"}
 )
 """Field names whose value is always a secret, wherever they appear."""
 
