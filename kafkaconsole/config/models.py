@@ -755,6 +755,13 @@ class AppConfig(Section):
         second (2.5 s with 500 consumers)."""
         return max(1.0, len(self.consumers) / 200)
 
+    def idle_poll_s(self) -> float:
+        """How long a consumer with nothing to count or commit waits in one poll (records end
+        it at once): ``poll_timeout``, or so that the process's idle consumers wake at most
+        about 100 times a second (5 s with 500 consumers). A seek, a resync or a stop ends
+        the wait at once."""
+        return max(1.0, len(self.consumers) / 100)
+
     def monitor_interval_s(self, consumers: int) -> float:
         """How often the health monitor samples a fleet of ``consumers``: every
         ``[monitoring] sample_interval``, or so that it samples at most about 100 consumers a

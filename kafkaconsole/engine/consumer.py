@@ -216,6 +216,8 @@ class ConsumerRunner:
         # Redis lost counting state (see WindowCounter.apply): where each partition must be
         # read again from, applied by the poll loop; polls fetched meanwhile are dropped
         self._resync: dict[TopicPartition, int] | None = None
+        #: the poll the loop waits on (:meth:`_wake` ends it early)
+        self._poll: asyncio.Future[Any] | None = None
         #: the seek epoch the positions were read with (a seek raises it in Redis: the
         #: counter refuses polls of an older epoch), and the epoch to follow, once the poll
         #: loop re-reads every position (None: none pending)
@@ -281,7 +283,8 @@ class ConsumerRunner:
             probe = asyncio.create_task(
                 self._probe_loop(stop), name=f"probe:{self.cfg.consumer_id}"
             )
-            timeout_ms = int(self.cfg.poll_timeout * 1000)
+            busy_ms = int(self.cfg.poll_timeout * 1000)
+            idle_ms = int(max(self.cfg.poll_timeout, self.app.idle_poll_s()) * 1000)
             stopped = asyncio.ensure_future(stop.wait())
             poll_failures = 0
             while not stop.is_set():
@@ -292,15 +295,22 @@ class ConsumerRunner:
                     await self._do_follow_seek()
                 try:
                     # a poll can block for a whole rebalance: a stop request must not wait
+                    timeout_ms = busy_ms if self._pending() else idle_ms
                     poll = asyncio.ensure_future(
                         consumer.getmany(timeout_ms=timeout_ms, max_records=self.cfg.batch_size)
                     )
-                    await asyncio.wait((poll, stopped), return_when=asyncio.FIRST_COMPLETED)
+                    self._poll = poll
+                    try:
+                        await asyncio.wait((poll, stopped), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        self._poll = None
                     if not poll.done():
                         poll.cancel()
                         with contextlib.suppress(asyncio.CancelledError, KafkaError):
                             await poll
                         break
+                    if poll.cancelled():  # woken: a seek to follow, a resync, a flush
+                        continue
                     batch = poll.result()
                     self._kafka_failed = False
                     poll_failures = 0
@@ -346,21 +356,7 @@ class ConsumerRunner:
                         delay = backoff_delay(poll_failures, WAIT_POLICY)
                         await asyncio.wait_for(stop.wait(), max(delay, 0.5))
                     continue
-                now_ms = time.time_ns() // 1_000_000
-                parts = self.parts
-                for tp in consumer.assignment():
-                    hw = consumer.highwater(tp)
-                    if hw is not None:
-                        st = parts.get(tp)
-                        if st is None:
-                            st = parts[tp] = PartitionState()
-                        # never below what refresh_positions learnt from the brokers
-                        if st.highwater is not None and st.highwater > hw:
-                            hw = st.highwater
-                        st.highwater = hw
-                        pos = st.next if st.next is not None else st.position
-                        if pos is not None and pos >= hw:
-                            st.caught_up_ms = now_ms
+                self._note_highwaters(consumer)
                 if batch:
                     self._note_times(batch)
                     await self._process(batch, stop)
@@ -387,6 +383,43 @@ class ConsumerRunner:
             self._consumer = None
             if self.state != ConsumerState.ERROR:
                 self.state = ConsumerState.STOPPED
+
+    def _note_highwaters(self, consumer: AIOKafkaConsumer) -> None:
+        """Take each assigned partition's highwater from the last fetch, and note when it was
+        last caught up (the lower bound of its oldest unconsumed event's time)."""
+        now_ms = time.time_ns() // 1_000_000
+        parts = self.parts
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            st = parts.get(tp)
+            if hw is not None:
+                if st is None:
+                    st = parts[tp] = PartitionState()
+                # never below what refresh_positions learnt from the brokers
+                if st.highwater is not None and st.highwater > hw:
+                    hw = st.highwater
+                st.highwater = hw
+            if st is None or st.highwater is None:
+                continue
+            pos = st.next if st.next is not None else st.position
+            if pos is not None and pos >= st.highwater:
+                st.caught_up_ms = now_ms
+
+    def _pending(self) -> bool:
+        """Whether the poll loop has work due soon (polls to count, a count in flight, a
+        resync or a seek to follow, offsets to commit): it then polls with ``poll_timeout``;
+        else an idle poll may wait longer (:meth:`AppConfig.idle_poll_s`)."""
+        if self._queued or self._counting is not None:
+            return True
+        if self._resync is not None or self._follow_seek is not None:
+            return True
+        return any(st.next is not None and st.committed != st.next for st in self.parts.values())
+
+    def _wake(self) -> None:
+        """End a waiting poll now: the loop has something to do before the next one."""
+        poll = self._poll
+        if poll is not None and not poll.done():
+            poll.cancel()
 
     @property
     def kafka_ok(self) -> bool:
@@ -657,6 +690,8 @@ class ConsumerRunner:
                 self.on_applied(result)
         finally:
             self._counting = None
+            if self._resync is not None or self._follow_seek is not None:
+                self._wake()  # the loop does it now rather than after its poll
 
     async def _settle(self) -> None:
         """Count every queued poll now and wait until done (re-raising what counting raised)."""
@@ -730,6 +765,7 @@ class ConsumerRunner:
                 f"at {o}, below what was counted; reading again from {o}"
             )
         self._resync = targets
+        self._wake()
 
     def _drop_if_resyncing(self, batch: dict[TopicPartition, list[Any]]) -> bool:
         """While a resync is pending, a polled batch is dropped and read again (while a seek
@@ -776,6 +812,7 @@ class ConsumerRunner:
         if epoch > self.seek_epoch and (self._follow_seek is None or epoch > self._follow_seek):
             self._follow_seek = epoch
             self._queued.clear()
+            self._wake()
 
     async def _do_follow_seek(self) -> None:
         consumer = self._consumer
@@ -1139,6 +1176,8 @@ class ConsumerRunner:
                     st = self._state(tp)
                     if st.highwater is None or end > st.highwater:
                         st.highwater = end
+            # an idle poll may wait several seconds: the probe keeps "caught up" fresh
+            self._note_highwaters(consumer)
         for tp in assigned:
             if self.next_offset(tp) is not None:
                 continue

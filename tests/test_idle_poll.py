@@ -1,0 +1,108 @@
+"""An idle consumer's poll may wait long (hundreds of consumers in one process), and nothing
+waits for it: records end it, a count's Kafka commit is not held back, a seek is followed at
+once, and a stop is prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from kafkaconsole.config.models import AppConfig
+from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.keys import ConsumerKeys
+from tests.engine_support import make_config, start_engine
+from tests.helpers import KafkaHelper, wait_for
+
+IDLE_S = 60.0  # an idle poll this long: any wait on it would fail the deadlines below
+
+
+async def total(redis: aredis.Redis, prefix: str) -> int:
+    return int(await redis.hget(ConsumerKeys(prefix, "orders").stats, "total") or 0)
+
+
+def test_idle_poll_scales_with_the_fleet() -> None:
+    def fleet(n: int) -> AppConfig:
+        return AppConfig.model_validate(
+            {
+                "pipelines": {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}},
+                "consumers": [
+                    {
+                        "consumer_id": f"c{i}",
+                        "kafka_topic": "t",
+                        "pipeline_name": "p",
+                        "connection_id": "x",
+                        "max_event": 10,
+                        "max_time": 60,
+                    }
+                    for i in range(n)
+                ],
+            }
+        )
+
+    assert fleet(1).idle_poll_s() == 1.0
+    assert fleet(100).idle_poll_s() == 1.0
+    assert fleet(500).idle_poll_s() == 5.0
+    assert fleet(1000).idle_poll_s() == 10.0
+
+
+async def test_a_long_idle_poll_delays_nothing(
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(AppConfig, "idle_poll_s", lambda self: IDLE_S)
+    topic = f"{unique}-orders"
+    await kafka.create_topic(topic, partitions=1)
+    cfg = make_config(
+        services, unique, [{"consumer_id": "orders", "kafka_topic": topic, "max_event": 100}]
+    )
+    engine = await start_engine(cfg)
+    try:
+        run: Any = engine._consumers["orders"].runner
+
+        async def assigned() -> bool:
+            return bool(run.assigned)
+
+        await wait_for(assigned, 30, what="the partition assigned")
+
+        # records end an idle poll at once
+        await kafka.produce(topic, [{"n": i} for i in range(5)], partitions=1)
+
+        async def counted(n: int) -> bool:
+            return await total(redis_client, unique) == n
+
+        await wait_for(lambda: counted(5), 10, what="5 events counted")
+
+        # the count's Kafka commit follows within about a second, not after an idle poll
+        async def committed() -> bool:
+            return any(st.committed == 5 for st in run.parts.values())
+
+        await wait_for(committed, 10, interval=0.1, what="offset 5 committed to Kafka")
+
+        # idle now: the loop polls rarely (with poll_timeout = 0.2 s it would poll ~15 times)
+        polls = 0
+        getmany = run._consumer.getmany
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal polls
+            polls += 1
+            return await getmany(*args, **kwargs)
+
+        monkeypatch.setattr(run._consumer, "getmany", counting)
+        await asyncio.sleep(3)
+        assert polls <= 1
+
+        # a seek is followed at once: the idle poll is ended, the events counted again
+        res = await engine.seek("orders", "earliest", window="close", via="test")
+        assert res.reread == 5
+        await wait_for(lambda: counted(10), 10, what="the 5 events counted again")
+    finally:
+        began = time.monotonic()
+        await engine.stop()
+        assert time.monotonic() - began < 10, "a stop waited for an idle poll"
