@@ -1,6 +1,7 @@
-"""An idle consumer's poll may wait long (hundreds of consumers in one process), and nothing
-waits for it: records end it, a count's Kafka commit is not held back, a seek is followed at
-once, and a stop is prompt."""
+"""Hundreds of consumers in one process: an idle consumer's poll may wait long and the
+instance reads every consumer's pause flags seldom, and nothing waits for either: records end
+a poll, a count's Kafka commit is not held back, a seek is followed at once, a pause or resume
+announced by another process applies at once, and a stop is prompt."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import redis.asyncio as aredis
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.control import FleetControl
 from kafkaconsole.engine.keys import ConsumerKeys
 from tests.engine_support import make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
@@ -47,6 +49,8 @@ def test_idle_poll_scales_with_the_fleet() -> None:
     assert fleet(100).idle_poll_s() == 1.0
     assert fleet(500).idle_poll_s() == 5.0
     assert fleet(1000).idle_poll_s() == 10.0
+    assert fleet(100).control_poll_s() == 1.0
+    assert fleet(500).control_poll_s() == 2.5
 
 
 async def test_a_long_idle_poll_delays_nothing(
@@ -57,6 +61,7 @@ async def test_a_long_idle_poll_delays_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(AppConfig, "idle_poll_s", lambda self: IDLE_S)
+    monkeypatch.setattr(AppConfig, "control_poll_s", lambda self: IDLE_S)
     topic = f"{unique}-orders"
     await kafka.create_topic(topic, partitions=1)
     cfg = make_config(
@@ -102,6 +107,17 @@ async def test_a_long_idle_poll_delays_nothing(
         res = await engine.seek("orders", "earliest", window="close", via="test")
         assert res.reread == 5
         await wait_for(lambda: counted(10), 10, what="the 5 events counted again")
+
+        # a pause and a resume from another process apply at once (announced), not at the
+        # next read of every consumer's flags
+        control = FleetControl(redis_client, unique)
+        for paused in (True, False):
+            await control.set_paused("orders", paused, by="test")
+
+            async def applied(paused: bool = paused) -> bool:
+                return bool(run.paused == paused)
+
+            await wait_for(applied, 5, what=f"paused = {paused} applied")
     finally:
         began = time.monotonic()
         await engine.stop()

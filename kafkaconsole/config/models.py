@@ -755,6 +755,12 @@ class AppConfig(Section):
         second (2.5 s with 500 consumers)."""
         return max(1.0, len(self.consumers) / 200)
 
+    def control_poll_s(self) -> float:
+        """How often an instance reads every consumer's pause flag and seek epoch (a net for
+        a missed announcement; an announcement applies its consumer at once): every second,
+        or so that it reads at most about 200 consumers' flags a second (2.5 s with 500)."""
+        return max(1.0, len(self.consumers) / 200)
+
     def idle_poll_s(self) -> float:
         """How long a consumer with nothing to count or commit waits in one poll (records end
         it at once): ``poll_timeout``, or so that the process's idle consumers wake at most

@@ -1079,18 +1079,24 @@ class Engine:
         details.append(line)
         return details
 
-    def _on_control_message(self, data: Any) -> None:
-        """A control announcement: a fleet-wide reload request starts this instance's reload
-        (pause flags are re-read by the listener after every message)."""
+    def _on_control_message(self, data: Any) -> str | None:
+        """A control announcement: a fleet-wide reload request starts this instance's reload.
+        Returns the consumer a pause, resume, seek... names (the listener then reads that
+        consumer's flags at once), else None."""
         try:
             message = orjson.loads(data) if isinstance(data, bytes | str) else None
         except orjson.JSONDecodeError:
-            return
-        if not isinstance(message, dict) or message.get("action") not in ("reload", APPLY_ACTION):
-            return
+            return None
+        if not isinstance(message, dict):
+            return None
+        named = message.get("consumer_id")
+        if isinstance(named, str) and named:
+            return named
+        if message.get("action") not in ("reload", APPLY_ACTION):
+            return None
         request_id = str(message.get("request_id") or "")
         if not request_id:
-            return
+            return None
         via, user = str(message.get("via") or "cli"), str(message.get("user") or "")
         task = asyncio.create_task(
             self._answer_reload(request_id, via, user, runtime=message["action"] == APPLY_ACTION),
@@ -1098,6 +1104,7 @@ class Engine:
         )
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
+        return None
 
     async def _answer_reload(
         self, request_id: str, via: str, user: str, *, runtime: bool = False
@@ -1140,8 +1147,12 @@ class Engine:
         except Exception:
             log.exception("applying the runtime consumers failed")
 
-    async def _load_pause_flags(self) -> None:
-        states = await self.control.pause_states(list(self._consumers))
+    async def _load_pause_flags(self, only: str | None = None) -> None:
+        """Apply every consumer's pause flag and seek epoch as Redis has them (``only``: that
+        consumer's, when it runs here)."""
+        if only is not None and only not in self._consumers:
+            return
+        states = await self.control.pause_states([only] if only else list(self._consumers))
         for cid, st in states.items():
             c = self._consumers.get(cid)
             if c is None:  # removed by a reload meanwhile
@@ -1152,15 +1163,19 @@ class Engine:
                 c.runner.follow_seek(st.seek_epoch)  # a seek from any face, any process
 
     async def _control_listener(self) -> None:
-        """Apply pause flags set by other processes: at once via pub/sub, and by polling."""
+        """Apply pause flags (and seeks) set by other processes: at once via pub/sub (the
+        consumer an announcement names), and by polling every consumer's flags (in case an
+        announcement was missed) every :meth:`AppConfig.control_poll_s`."""
         # a connection of its own: the subscription never holds one of the pool's
         subscriber = dedicated_redis_client(self.config.redis)
         pubsub = subscriber.pubsub()
         listening: PubSub | None = None
         resync_runtime = False
         failures = 0
+        polled = -math.inf
         try:
             while not self._stop.is_set():
+                named: str | None = None
                 try:
                     if listening is None:  # (re)subscribe once Redis answers again
                         await pubsub.subscribe(self.fleet_keys.control_channel)
@@ -1175,7 +1190,7 @@ class Engine:
                         ignore_subscribe_messages=True, timeout=1.0
                     )
                     if message is not None:
-                        self._on_control_message(message.get("data"))
+                        named = self._on_control_message(message.get("data"))
                     if failures:
                         log.info("control listener: Redis answers again")
                     failures = 0
@@ -1189,7 +1204,11 @@ class Engine:
                         delay = max(backoff_delay(failures, CONTROL_POLICY), 0.5)
                         await asyncio.wait_for(self._stop.wait(), delay)
                 with contextlib.suppress(RedisError, OSError):
-                    await self._load_pause_flags()
+                    if time.monotonic() - polled >= self.config.control_poll_s():
+                        polled = time.monotonic()
+                        await self._load_pause_flags()
+                    elif named is not None:
+                        await self._load_pause_flags(only=named)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
