@@ -25,7 +25,8 @@ against the whole engine and the derived bounds: events/s per worker core (1e6 /
 event) and per Redis main thread (1e6 / Redis µs per event).
 
     python -m benchmarks.scaling [--events 1000000] [--partitions 3] [--batches 100,500,2000]
-                                 [--repeats 3] [--broker apache|tansu|auto] [--json F] [--quick]
+                                 [--repeats 3] [--max-event 10000] [--broker apache|tansu|auto]
+                                 [--json F] [--quick]
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Ctx:
     broker_pid: int | None
     broker_idle: float  # the broker's CPU seconds per second with nothing to serve
     group_settings: dict[str, int]
+    max_event: int = MAX_EVENT
 
     def spec(self, prefix: str) -> dict[str, Any]:
         """What benchmarks.worker's helpers take (one consumer, json + filter)."""
@@ -84,7 +86,7 @@ class Ctx:
             "prefix": prefix,
             "topic": self.topic,
             "format": "json",
-            "max_event": MAX_EVENT,
+            "max_event": self.max_event,
             "batch_size": POLL_RECORDS,
             "group_settings": self.group_settings,
         }
@@ -239,7 +241,7 @@ def cut(deltas: list[PartitionDelta], size: int) -> list[list[PartitionDelta]]:
 async def stage_lua(ctx: Ctx, deltas: list[PartitionDelta], size: int) -> dict[str, Any]:
     """``WindowCounter.apply`` on calls of ``size`` records, one in flight, fresh keys."""
     r = ctx.redis
-    counter = WindowCounter(r, ConsumerKeys(f"sc-{_tag()}", "bench"), max_event=MAX_EVENT)
+    counter = WindowCounter(r, ConsumerKeys(f"sc-{_tag()}", "bench"), max_event=ctx.max_event)
     calls = cut(deltas, size)
     await counter.apply([])  # loads the script: no NOSCRIPT round trip in the timed span
     expected: dict[TopicPartition, int] = {}
@@ -444,7 +446,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
         r = Redis.from_url(services.redis_url)
         group = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
-        ctx = Ctx(services, r, topic, ends, broker_pid(services), 0.0, group)
+        ctx = Ctx(services, r, topic, ends, broker_pid(services), 0.0, group, args.max_event)
         rounds = []
         try:
             for rep in range(args.repeats):
@@ -476,7 +478,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "events": sum(ends.values()),
             "partitions": args.partitions,
             "poll_records": POLL_RECORDS,
-            "max_event": MAX_EVENT,
+            "max_event": args.max_event,
             "batches": batches,
             "rounds": rounds,
             "costs_us_per_event": med,
@@ -593,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--batches", default="100,500,2000", help="records per Lua call")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-event", type=int, default=MAX_EVENT, help="window size")
     parser.add_argument("--broker", default="apache", help="apache | tansu | auto")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--render", type=Path, help="only print the report of a --json file")
