@@ -4,8 +4,9 @@ A broker and a Redis server are started here; one topic of ``--partitions`` part
 ``--events`` JSON events of 200 bytes (one in ten a refund, filtered out: the engine-json
 workload of ``benchmarks/run.py``). Each round then measures, one part at a time and never two
 at once, the CPU each part spends per event (process CPU, user + system, of every thread;
-Redis's main-thread CPU from ``INFO cpu``; the broker's from ``/proc/<pid>/stat``), so the
-figures hold on a shared machine where wall time does not:
+Redis's main-thread CPU from ``INFO cpu``; the broker's from ``/proc/<pid>/stat``): steadier
+than wall time on a shared machine, though not free of its contention (BENCHMARKS.md, "A
+scaling model"):
 
 - ``fetch``: a bare aiokafka ``getmany`` loop set up as the engine's consumer (it only counts
   records): client CPU per event, and the broker's CPU per event served (less its idle rate);
@@ -321,7 +322,7 @@ async def stage_engine(ctx: Ctx) -> dict[str, Any]:
         "evalsha_calls": evalsha,
         "evalsha_usec": usec,
         "commands_usec": every,
-        "exact": await worker._check_exact(spec, [cid], {p: e for p, e in ctx.ends.items()}),
+        "exact": await worker._check_exact(spec, [cid], ctx.ends),
     }
     return out
 
