@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -133,3 +134,40 @@ def test_workers_benchmark_runs_and_checks_exactness(
     for row in runs.values():
         assert row[2] == "20,000" and row[5] == "yes", row
         assert int(row[4].replace(",", "")) > 0, row
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_measures_every_part(tmp_path: Path, broker_kind: BrokerKind) -> None:
+    """``benchmarks/scaling.py --quick``: every part's CPU per event measured, the Lua calls'
+    and the whole engine's counts exact, the model derived and kept in the JSON file."""
+    out = tmp_path / "scaling.json"
+    args = ["--quick", "--broker", broker_kind, "--batches", "100,2000", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scaling", *args],
+        cwd=str(REPO),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["exact"] is True and res["events"] == 20_000, res["rounds"]
+    (rnd,) = res["rounds"]
+    assert [lua["batch"] for lua in rnd["lua"]] == [100, 2000]
+    # 20,000 records cut into calls of 100 and of 2,000, each one EVALSHA, all counted
+    assert [lua["calls"] for lua in rnd["lua"]] == [200, 10], rnd["lua"]
+    assert [lua["evalsha_calls"] for lua in rnd["lua"]] == [200, 10], rnd["lua"]
+    assert rnd["engine"]["counting_calls"] > 0 and rnd["engine"]["evalsha_calls"] > 0
+    costs = res["costs_us_per_event"]
+    for part in ("fetch_client", "decode", "lua100_client", "lua100_redis", "lua2000_redis"):
+        assert 0 < costs[part]["median"] < 1e6, (part, costs[part])
+    assert costs["engine_client"]["median"] > costs["decode"]["median"]
+    model = res["model"]
+    assert model["lua_batch_nearest_engine"] in (100, 2000)
+    assert [d["target_eps"] for d in model["deployments"]] == [10**6, 10**7, 10**8]
+    assert model["deployments"][2]["workers"] > model["deployments"][0]["workers"]
+    # the report on stdout, and again from the file
+    assert "| decode + filter (`build_batch`) |" in done.stdout
+    assert "Sum of the parts" in done.stdout
