@@ -60,7 +60,7 @@ from kafkaconsole.engine.dispatch import DispatchWaker, TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.errors import ControlError, ReadOnlyError, UnknownConsumerError
 from kafkaconsole.engine.faults import fault_hook_from_env
-from kafkaconsole.engine.fleet import Fleet, publish_heartbeat, withdraw_heartbeat
+from kafkaconsole.engine.fleet import YIELD_EVERY, Fleet, publish_heartbeat, withdraw_heartbeat
 from kafkaconsole.engine.health import consumer_time_lag
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
 from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
@@ -1308,7 +1308,9 @@ class Engine:
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
         i = 1
-        for c in consumers:
+        for n, c in enumerate(consumers):
+            if n and n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # hundreds of consumers must not hold up the loop
             count_raw, (wid, opened), (total, errors), last = res[i : i + 4]
             i += 4
             s = c.shared

@@ -9,6 +9,7 @@ through the same Redis scripts and flags the engine itself uses. A process that 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -215,6 +216,18 @@ class _Shared:
         self.unowned = sorted(set(self.ends) - set(self.owners))
 
 
+#: How many consumers a fleet read judges between two yields to the event loop: a read of
+#: hundreds of consumers is a few hundred ms of CPU, which must not hold up the time triggers
+#: and heartbeats that share the loop.
+YIELD_EVERY = 25
+
+
+async def _yield_every(n: int) -> None:
+    """Let the event loop run other tasks after every :data:`YIELD_EVERY` consumers."""
+    if n and n % YIELD_EVERY == 0:
+        await asyncio.sleep(0)
+
+
 class Fleet:
     """Read and steer every instance of a config's fleet through Redis."""
 
@@ -374,14 +387,14 @@ class Fleet:
         res = await pipe.execute()
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
-        shared = [
-            _Shared.of(cfg, instances, res[1 + 8 * n : 6 + 8 * n]) for n, cfg in enumerate(cfgs)
-        ]
-        for n, sh in enumerate(shared):
+        shared = []
+        for n, cfg in enumerate(cfgs):
+            await _yield_every(n)
+            sh = _Shared.of(cfg, instances, res[1 + 8 * n : 6 + 8 * n])
             sh.backlog, sh.backlog_age = backlog_of(res[6 + 8 * n], res[7 + 8 * n], now_ms)
             sh.lifecycle = Lifecycle.parse(res[8 + 8 * n])
-        for sh in shared:
             sh.rules = rules_for(self.config.monitoring.alerts, sh.cfg.consumer_id)
+            shared.append(sh)
 
         # what the first read points to, for every consumer in one more pipeline
         follow = self.redis.pipeline(transaction=False)
@@ -402,7 +415,8 @@ class Fleet:
         more = await follow.execute() if any(sum(x) for x in slots) else []
         consumers = []
         i = 0
-        for s, (runs, offsets, alerts) in zip(shared, slots, strict=True):
+        for n, (s, (runs, offsets, alerts)) in enumerate(zip(shared, slots, strict=True)):
+            await _yield_every(n)
             run_raw = more[i] if runs else None
             stored_raw = more[i + runs] if offsets else []
             alert_raw = more[i + runs + offsets] if alerts else []

@@ -34,7 +34,7 @@ from kafkaconsole.engine.alerts import (
     AlertNotifier,
 )
 from kafkaconsole.engine.breaker import BreakerSnapshot, BreakerState
-from kafkaconsole.engine.fleet import Fleet
+from kafkaconsole.engine.fleet import YIELD_EVERY, Fleet
 from kafkaconsole.engine.health import (
     HealthSample,
     Verdict,
@@ -223,7 +223,9 @@ class HealthMonitor:
             self._started_at = now
         settled = self.settled
         local: list[AlertEvent] = []
-        for c in consumers:
+        for n, c in enumerate(consumers):
+            if n and n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # hundreds of verdicts must not hold up the loop
             cid = c.consumer_id
             window = self._samples.setdefault(cid, deque(maxlen=samples_to_keep(self.cfg)))
             f = facts.get(cid, RunFacts())
