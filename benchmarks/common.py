@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +97,18 @@ async def produce_bulk(
         await _settle(pending, ends)
     finally:
         await producer.stop()
+    return ends
+
+
+async def make_backlog(bootstrap: str, topic: str, events: int, partitions: int) -> dict[int, int]:
+    """Create ``topic`` with ``partitions`` and fill it with ``events`` (:func:`produce_bulk`),
+    saying on stderr how long that took; returns each partition's end offset."""
+    await create_topics(bootstrap, {topic: partitions})
+    t = time.monotonic()
+    ends = await produce_bulk(bootstrap, topic, events, partitions)
+    print(
+        f"produced {sum(ends.values()):,} events in {time.monotonic() - t:.1f} s", file=sys.stderr
+    )
     return ends
 
 

@@ -50,7 +50,7 @@ from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
 from benchmarks import worker
-from benchmarks.common import create_topics, produce_bulk, summary
+from benchmarks.common import make_backlog, summary
 from benchmarks.workers import broker_pid, cpu_seconds, machine_ticks
 from kafkaconsole.embedded import EmbeddedServices, pick_broker
 from kafkaconsole.engine.consumer import ConsumerRunner, tune_gc
@@ -438,13 +438,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     tune_gc()  # the engine's collector settings, for every part alike
     with EmbeddedServices.start(broker=kind) as services:
         topic = f"scaling-{_tag()}"
-        await create_topics(services.bootstrap_servers, {topic: args.partitions})
-        t = time.monotonic()
-        ends = await produce_bulk(services.bootstrap_servers, topic, args.events, args.partitions)
-        print(
-            f"produced {sum(ends.values()):,} events in {time.monotonic() - t:.1f} s",
-            file=sys.stderr,
-        )
+        ends = await make_backlog(services.bootstrap_servers, topic, args.events, args.partitions)
         r = Redis.from_url(services.redis_url)
         group = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
         ctx = Ctx(services, r, topic, ends, broker_pid(services), 0.0, group, args.max_event)

@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from benchmarks.common import create_topics, produce_bulk
+from benchmarks.common import make_backlog
 from kafkaconsole.config import load_config
 from kafkaconsole.embedded import EmbeddedServices, pick_broker
 from kafkaconsole.engine.fleet import Fleet
@@ -247,13 +247,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         EmbeddedServices.start(broker=kind) as services,
     ):
         topic = f"backlog-{uuid.uuid4().hex[:6]}"
-        await create_topics(services.bootstrap_servers, {topic: args.partitions})
-        t = time.monotonic()
-        ends = await produce_bulk(services.bootstrap_servers, topic, args.events, args.partitions)
-        print(
-            f"produced {sum(ends.values()):,} events in {time.monotonic() - t:.1f} s",
-            file=sys.stderr,
-        )
+        ends = await make_backlog(services.bootstrap_servers, topic, args.events, args.partitions)
         r = Redis.from_url(services.redis_url)
         try:
             for rep in range(args.repeats):

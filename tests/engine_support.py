@@ -50,6 +50,29 @@ def make_config(
     return AppConfig.model_validate(base)
 
 
+def fleet_config(n: int) -> AppConfig:
+    """A config of ``n`` consumers of one topic (nothing started from it)."""
+    consumers = [
+        {
+            "consumer_id": f"c{i}",
+            "kafka_topic": "t",
+            "pipeline_name": "p",
+            "connection_id": "x",
+            "max_event": 10,
+            "max_time": 60,
+        }
+        for i in range(n)
+    ]
+    return AppConfig.model_validate(
+        {
+            "kafka": {},
+            "pipelines": {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}},
+            "consumers": consumers,
+            "monitoring": {"sample_interval": 0.3},
+        }
+    )
+
+
 async def start_engine(cfg: AppConfig, snapshot_interval: float = 0.2) -> Engine:
     """An engine of ``cfg``, started, with a short dispatch lease and frequent snapshots."""
     engine = Engine(cfg, lease_ms=1500, snapshot_interval=snapshot_interval)

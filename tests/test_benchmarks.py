@@ -113,13 +113,10 @@ def test_peers_harness_runs_every_peer(tmp_path: Path) -> None:
     assert "Peer versions (Python" in peers
 
 
-@pytest.mark.slow
-def test_workers_benchmark_runs_and_checks_exactness(
-    tmp_path: Path, broker_kind: BrokerKind
-) -> None:
-    """``benchmarks/workers.py --quick``: 1 and 2 workers, each run timed and checked exact."""
+def _run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.MODULE ARGS`` from the repository, its exit checked."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.workers", "--quick", "--broker", broker_kind],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=str(REPO),
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -128,6 +125,15 @@ def test_workers_benchmark_runs_and_checks_exactness(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.mark.slow
+def test_workers_benchmark_runs_and_checks_exactness(
+    tmp_path: Path, broker_kind: BrokerKind
+) -> None:
+    """``benchmarks/workers.py --quick``: 1 and 2 workers, each run timed and checked exact."""
+    done = _run_module("workers", "--quick", "--broker", broker_kind)
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
     runs = {r[0].strip(): [c.strip() for c in r] for r in rows if r[0].strip().isdigit()}
     assert set(runs) == {"1", "2"}, done.stdout
@@ -142,16 +148,7 @@ def test_scaling_benchmark_measures_every_part(tmp_path: Path, broker_kind: Brok
     and the whole engine's counts exact, the model derived and kept in the JSON file."""
     out = tmp_path / "scaling.json"
     args = ["--quick", "--broker", broker_kind, "--batches", "100,2000", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scaling", *args],
-        cwd=str(REPO),
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = _run_module("scaling", *args)
     res = json.loads(out.read_text())
     assert res["exact"] is True and res["events"] == 20_000, res["rounds"]
     (rnd,) = res["rounds"]

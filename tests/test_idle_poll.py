@@ -16,7 +16,7 @@ from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.control import FleetControl
 from kafkaconsole.engine.keys import ConsumerKeys
-from tests.engine_support import make_config, start_engine
+from tests.engine_support import fleet_config, make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
 
 IDLE_S = 60.0  # an idle poll this long: any wait on it would fail the deadlines below
@@ -26,31 +26,13 @@ async def total(redis: aredis.Redis, prefix: str) -> int:
     return int(await redis.hget(ConsumerKeys(prefix, "orders").stats, "total") or 0)
 
 
-def test_idle_poll_scales_with_the_fleet() -> None:
-    def fleet(n: int) -> AppConfig:
-        return AppConfig.model_validate(
-            {
-                "pipelines": {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}},
-                "consumers": [
-                    {
-                        "consumer_id": f"c{i}",
-                        "kafka_topic": "t",
-                        "pipeline_name": "p",
-                        "connection_id": "x",
-                        "max_event": 10,
-                        "max_time": 60,
-                    }
-                    for i in range(n)
-                ],
-            }
-        )
-
-    assert fleet(1).idle_poll_s() == 1.0
-    assert fleet(100).idle_poll_s() == 1.0
-    assert fleet(500).idle_poll_s() == 5.0
-    assert fleet(1000).idle_poll_s() == 10.0
-    assert fleet(100).control_poll_s() == 1.0
-    assert fleet(500).control_poll_s() == 2.5
+def test_idle_poll_scales_with_the_fleet_config() -> None:
+    assert fleet_config(1).idle_poll_s() == 1.0
+    assert fleet_config(100).idle_poll_s() == 1.0
+    assert fleet_config(500).idle_poll_s() == 5.0
+    assert fleet_config(1000).idle_poll_s() == 10.0
+    assert fleet_config(100).control_poll_s() == 1.0
+    assert fleet_config(500).control_poll_s() == 2.5
 
 
 async def test_a_long_idle_poll_delays_nothing(

@@ -25,6 +25,7 @@ from kafkaconsole.engine.clients import (
 from kafkaconsole.engine.dlq import DeadLetterSink
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.pipelines import build_pipeline
+from tests.engine_support import fleet_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ max_time = 60
     ) in line
 
 
-def test_the_connections_an_instance_needs_follow_the__fleet_config() -> None:
+def test_the_connections_an_instance_needs_follow_the_fleet_config() -> None:
     base = {"kafka": {}, "pipelines": {}, "consumers": []}
     with_api = AppConfig.model_validate({**base, "redis": {"max_connections": 10}})
     without_api = AppConfig.model_validate(
@@ -186,37 +187,14 @@ async def test_commands_get_a_connection_in_the_order_they_asked(
         await client.aclose()
 
 
-def _fleet_config(n: int) -> AppConfig:
-    """A config of ``n`` consumers (nothing started from it)."""
-    consumers = [
-        {
-            "consumer_id": f"c{i}",
-            "kafka_topic": "t",
-            "pipeline_name": "p",
-            "connection_id": "x",
-            "max_event": 10,
-            "max_time": 60,
-        }
-        for i in range(n)
-    ]
-    return AppConfig.model_validate(
-        {
-            "kafka": {},
-            "pipelines": {"p": {"kind": "python", "target": "tests.pipeline_targets:record"}},
-            "consumers": consumers,
-            "monitoring": {"sample_interval": 0.3},
-        }
-    )
-
-
 def test_takeover_polling_keeps_to_a_process_budget() -> None:
     """A dispatcher that just took its lease looks for what a stopped instance left every
     0.5 s; with hundreds of consumers taking their leases at once the process keeps to about
     200 such looks a second instead of thousands."""
-    assert _fleet_config(1).takeover_poll_s() == 0.5
-    assert _fleet_config(100).takeover_poll_s() == 0.5
-    assert _fleet_config(1000).takeover_poll_s() == 5.0
-    cfg = _fleet_config(1000)
+    assert fleet_config(1).takeover_poll_s() == 0.5
+    assert fleet_config(100).takeover_poll_s() == 0.5
+    assert fleet_config(1000).takeover_poll_s() == 5.0
+    cfg = fleet_config(1000)
     engine = Engine(cfg)
     engine._pipelines["p"] = build_pipeline("p", cfg.pipelines["p"], kafka=cfg.kafka)
     # the producer is not used to build a consumer
@@ -229,9 +207,9 @@ def test_status_reads_and_health_samples_keep_to_a_process_budget() -> None:
     """With a few consumers an instance reads their shared state every snapshot (a second)
     and the health monitor samples every ``sample_interval``; with hundreds both keep to a
     budget (about 250 and 50 consumers a second) instead of growing with the fleet."""
-    assert Engine(_fleet_config(10)).shared_read_s == 1.0
-    assert Engine(_fleet_config(10), snapshot_interval=0.2).shared_read_s == 0.2
-    assert Engine(_fleet_config(500)).shared_read_s == 2.0
-    assert Engine(_fleet_config(1000), snapshot_interval=0.2).shared_read_s == 4.0
-    assert _fleet_config(10).monitor_interval_s(10) == 0.3
-    assert _fleet_config(10).monitor_interval_s(500) == 10.0
+    assert Engine(fleet_config(10)).shared_read_s == 1.0
+    assert Engine(fleet_config(10), snapshot_interval=0.2).shared_read_s == 0.2
+    assert Engine(fleet_config(500)).shared_read_s == 2.0
+    assert Engine(fleet_config(1000), snapshot_interval=0.2).shared_read_s == 4.0
+    assert fleet_config(10).monitor_interval_s(10) == 0.3
+    assert fleet_config(10).monitor_interval_s(500) == 10.0
