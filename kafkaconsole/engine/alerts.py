@@ -41,7 +41,9 @@ from kafkaconsole.config.models import AlertRule, MonitoringConfig, RetryPolicy
 from kafkaconsole.engine.fleet_status import AlertStatus as FiringAlert
 from kafkaconsole.engine.health import Verdict
 from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
+from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.records import iso_ms
+from kafkaconsole.engine.redis_cluster import mget_any
 from kafkaconsole.engine.retry import retry_call
 
 log = logging.getLogger("kafkaconsole.alert")
@@ -64,9 +66,10 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"
 
 
-def alert_key(prefix: str, consumer_id: str, rule_id: str) -> str:
-    """``<prefix>:<consumer_id>:alert:<rule>``: present, with the alert as JSON, while it fires."""
-    return f"{prefix}:{consumer_id}:alert:{rule_id}"
+def alert_key(prefix: str, consumer_id: str, rule_id: str, tagged: bool = False) -> str:
+    """``<prefix>:<consumer_id>:alert:<rule>`` (:mod:`.keys`): present, with the alert as JSON,
+    while it fires."""
+    return ConsumerKeys(prefix, consumer_id, tagged).alert(rule_id)
 
 
 def rules_for(rules: Sequence[AlertRule], consumer_id: str) -> list[AlertRule]:
@@ -290,9 +293,10 @@ class WebhookFailed(Exception):
 class AlertLedger:
     """Fires and resolves each alert once across the fleet through Redis keys."""
 
-    def __init__(self, redis: Redis, prefix: str, instance_id: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, instance_id: str, tagged: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.tagged = tagged
         self.instance_id = instance_id
         self._take = redis.register_script(_TAKE)
         self.active: dict[tuple[str, str], dict[str, Any]] = {}
@@ -315,8 +319,8 @@ class AlertLedger:
         if not pairs:
             self.active = {}
             return []
-        keys = [alert_key(self.prefix, cid, rule.rule_id) for cid, rule in pairs]
-        present = await self.redis.mget(keys)
+        keys = [alert_key(self.prefix, cid, rule.rule_id, self.tagged) for cid, rule in pairs]
+        present = await mget_any(self.redis, keys)
         actions: list[tuple[str, str, AlertRule, RuleTrack]] = []
         active: dict[tuple[str, str], dict[str, Any]] = {}
         pipe = self.redis.pipeline(transaction=False)
@@ -390,12 +394,17 @@ def stored_alert_view(raw: Any, rule: AlertRule) -> dict[str, Any]:
 
 
 async def active_alerts(
-    redis: Redis, prefix: str, rules: Sequence[AlertRule], consumer_id: str
+    redis: Redis,
+    prefix: str,
+    rules: Sequence[AlertRule],
+    consumer_id: str,
+    tagged: bool = False,
 ) -> list[dict[str, Any]]:
     watching = rules_for(rules, consumer_id)
     if not watching:
         return []
-    values = await redis.mget([alert_key(prefix, consumer_id, r.rule_id) for r in watching])
+    keys = [alert_key(prefix, consumer_id, r.rule_id, tagged) for r in watching]
+    values = await mget_any(redis, keys)
     return [
         stored_alert_view(raw, rule)
         for rule, raw in zip(watching, values, strict=True)
