@@ -97,6 +97,36 @@ class LocalCluster:
             timeout,
         )
 
+    def replicas_in_sync(self) -> bool:
+        """Every replica's link to its primary is up (a failover can promote it)."""
+        links = []
+        for port in self.alive_ports():
+            client = redis.Redis(port=port, socket_timeout=2)
+            try:
+                info = client.info("replication")
+            except (redis.RedisError, OSError):
+                return False
+            finally:
+                client.close()
+            if info.get("role") == "slave":
+                links.append(info.get("master_link_status") == "up")
+        return bool(links) and all(links)
+
+    def wait_until_in_sync(self, timeout: float = 30.0) -> None:
+        wait_until("replicas in sync", self.replicas_in_sync, timeout)
+
+    def replicas_of(self, primary: int) -> list[int]:
+        out = []
+        for port in self.alive_ports():
+            client = redis.Redis(port=port, socket_timeout=2)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary:
+                out.append(port)
+        return out
+
     def primaries(self) -> list[int]:
         return [p for p in self.alive_ports() if _role(p) == "master"]
 
@@ -110,6 +140,20 @@ class LocalCluster:
         finally:
             client.close()
         raise LookupError(f"slot {slot} is not served")
+
+    def wait_failover(self, slot: int, dead: int, timeout: float = 30.0) -> int:
+        """Until a live node other than ``dead`` serves ``slot`` and every live node says the
+        cluster is ok; the port of the new primary."""
+
+        def moved() -> bool:
+            try:
+                return self.port_of_slot(slot) != dead
+            except (redis.RedisError, OSError, LookupError):
+                return False
+
+        wait_until(f"slot {slot} served by another primary", moved, timeout)
+        self.wait_ok(timeout)
+        return self.port_of_slot(slot)
 
     def stop(self) -> None:
         stop_all(list(self.nodes.values()))
@@ -132,6 +176,10 @@ def start_cluster(primaries: int = 3, replicas: int = 1) -> LocalCluster:
                     "yes",
                     "--cluster-config-file",
                     str(folder / "nodes.conf"),
+                    "--loglevel",
+                    "notice",
+                    "--logfile",
+                    str(folder / "valkey.log"),
                     "--cluster-node-timeout",
                     "1000",
                     # the bus port, else the port + 10000 (which may exceed 65535)
@@ -155,10 +203,7 @@ def start_cluster(primaries: int = 3, replicas: int = 1) -> LocalCluster:
         )
         cluster.wait_ok()
         # every replica attached and in sync before tests count on a failover
-        wait_until(
-            "replicas in sync",
-            lambda: len(cluster.primaries()) == primaries,
-        )
+        cluster.wait_until_in_sync(60)
     except BaseException:
         with contextlib.suppress(Exception):
             cluster.stop()

@@ -324,6 +324,7 @@ class AlertLedger:
         actions: list[tuple[str, str, AlertRule, RuleTrack]] = []
         active: dict[tuple[str, str], dict[str, Any]] = {}
         pipe = self.redis.pipeline(transaction=False)
+        resolves: list[str] = []
         for (cid, rule), key, stored in zip(pairs, keys, present, strict=True):
             track = evaluator.track(cid, rule.rule_id)
             if stored is not None:
@@ -340,12 +341,14 @@ class AlertLedger:
                 active[(cid, rule.rule_id)] = body
                 actions.append(("fire", cid, rule, track))
             elif track.clear and stored is not None:
-                await self._take(keys=[key], client=pipe)  # queued in the pipeline
-                actions.append(("resolve", cid, rule, track))
+                resolves.append(key)  # a script each, after the pipeline (a cluster
+                actions.append(("resolve", cid, rule, track))  # pipeline takes no script)
         self.active = active
         if not actions:
             return []
-        results = await pipe.execute()
+        fired = iter(await pipe.execute() if len(pipe) else [])
+        taken = iter([await self._take(keys=[key]) for key in resolves])
+        results = [next(taken if a[0] == "resolve" else fired) for a in actions]
         won = []
         for (action, cid, rule, track), result in zip(actions, results, strict=True):
             if action == "resolve":

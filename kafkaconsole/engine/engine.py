@@ -1166,6 +1166,10 @@ class Engine:
             while not self._stop.is_set():
                 try:
                     if listening is None:  # (re)subscribe once Redis answers again
+                        if failures:  # a new subscription (on a cluster: maybe another node)
+                            with contextlib.suppress(Exception):
+                                await pubsub.aclose()
+                            pubsub = subscriber.pubsub()
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
                         # a definition changed before the subscription (or while Redis was
@@ -1281,7 +1285,7 @@ class Engine:
         if not consumers:
             return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe.execute_command("TIME")  # a cluster pipeline refuses pipe.time()
         for c in consumers:
             pipe.get(c.keys.events)
             pipe.hmget(c.keys.window, ["id", "opened_at"])

@@ -362,7 +362,7 @@ class Fleet:
                 instances=tuple(InstanceSummary(**instance_summary(i)) for i in instances),
             )
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe.execute_command("TIME")  # a cluster pipeline refuses pipe.time()
         for cfg in cfgs:
             k = self.keys(cfg.consumer_id)
             pipe.hgetall(k.control)

@@ -37,7 +37,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
@@ -150,6 +150,16 @@ def _unavailable(exc: RedisClusterException) -> ClusterUnavailable | None:
     return ClusterUnavailable(f"Redis Cluster: {text.splitlines()[0] if text else exc!r}")
 
 
+def _torn(exc: AttributeError) -> Exception:
+    """redis-py closes every connection when it re-reads the slot map (after a node went
+    down), also one a command is using: that command then fails inside redis-py writing to
+    or reading from a closed socket (``'NoneType' object has no attribute ...``). It was not
+    answered: a connection error, retried like any other."""
+    if "'NoneType' object has no attribute" not in str(exc):
+        return exc
+    return ClusterUnavailable("Redis Cluster: the connection was closed while the slot map changed")
+
+
 class BoundedRedisCluster(RedisCluster):
     """A :class:`~redis.asyncio.cluster.RedisCluster` whose commands take turns through a
     :class:`CommandGate` (see the module docstring) and whose cluster-level failures are
@@ -177,6 +187,11 @@ class BoundedRedisCluster(RedisCluster):
                 return await super().execute_command(*args, **kwargs)
             except RedisClusterException as exc:
                 raise (_unavailable(exc) or exc) from exc
+            except AttributeError as exc:
+                raise _torn(exc) from exc
+
+    def pubsub(self, *args: Any, **kwargs: Any) -> ClusterPubSub:
+        return ControlPubSub(self, *args, **kwargs)
 
     def pipeline(
         self, transaction: Any | None = None, shard_hint: Any | None = None
@@ -186,6 +201,23 @@ class BoundedRedisCluster(RedisCluster):
         if shard_hint:
             raise RedisClusterException("shard_hint is deprecated in cluster mode")
         return BoundedClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class ControlPubSub(ClusterPubSub):
+    """A subscription that reads the slot map before it picks its node: a fresh client has
+    none yet, and after a failover the old one names a node that is gone. (PUBLISH reaches
+    every node of a cluster, so any node serves the control channel.)"""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self.connection is None and self.connection_pool is None:
+            try:
+                if self.cluster._initialize:
+                    await self.cluster.initialize()
+                else:
+                    await self.cluster.nodes_manager.initialize()
+            except RedisClusterException as exc:
+                raise (_unavailable(exc) or exc) from exc
+        return await super().execute_command(*args, **kwargs)
 
 
 class BoundedClusterPipeline(ClusterPipeline):
@@ -200,6 +232,8 @@ class BoundedClusterPipeline(ClusterPipeline):
                 return await super().execute(raise_on_error, allow_redirections)
             except RedisClusterException as exc:
                 raise (_unavailable(exc) or exc) from exc
+            except AttributeError as exc:
+                raise _torn(exc) from exc
 
 
 def cluster_client(cfg: RedisConfig, connections: int, label: str, **extra: Any) -> Redis:
