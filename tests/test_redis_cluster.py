@@ -274,6 +274,59 @@ async def test_unreachable_cluster_is_one_line(unique: str) -> None:
         await client.aclose()
 
 
+def test_tagged_names_keep_one_consumer_in_one_slot() -> None:
+    plain, tagged = ConsumerKeys("consumer", "orders"), ConsumerKeys("consumer", "orders", True)
+    assert plain.events == "consumer:orders:events"  # the seed's name, unchanged
+    assert tagged.events == "consumer:{orders}:events"
+    names = [*tagged.counting_keys(), tagged.runs, tagged.dispatch_lease, tagged.breaker]
+    names += [tagged.lifecycle, tagged.dlq_refused, tagged.alert("stalled")]
+    assert {slot_of(n) for n in names} == {slot_of("{orders}")}
+    fleet = FleetKeys("consumer", True)
+    names = [fleet.format, fleet.instances, fleet.instance("a"), fleet.control_channel]
+    names += [fleet.runtime_consumers, fleet.audit, fleet.reload("r"), fleet.probe("p")]
+    assert all(n.startswith("consumer:{_fleet}:") for n in names)
+    assert FleetKeys("consumer").format == "consumer:_fleet:format"
+
+
+async def test_start_up_checks_run_on_every_primary(cluster: LocalCluster, unique: str) -> None:
+    """ACLs and maxclients are per node: a node that refuses is named."""
+    import redis as sync_redis
+
+    from kafkaconsole.engine.clients import (
+        RedisAccessError,
+        RedisCapacityError,
+        check_redis_access,
+        check_redis_capacity,
+        redis_acl_line,
+    )
+
+    user, password = f"kc{unique}", "pw-" + unique
+    line = redis_acl_line(unique, user).replace(">PASSWORD", f">{password}").split()[1:]
+    primaries = cluster.primaries()
+    short = primaries[-1]  # this node's grant lacks XLEN
+    for port in cluster.alive_ports():
+        node = sync_redis.Redis(port=port)
+        try:
+            grant = [w for w in line if not (port == short and w == "+xlen")]
+            node.execute_command("ACL", *grant)
+        finally:
+            node.close()
+    client = redis_client(RedisConfig(**cluster_section(cluster), username=user, password=password))
+    try:
+        with pytest.raises(RedisAccessError, match=rf"user on 127\.0\.0\.1:{short} .*XLEN"):
+            await check_redis_access(client, unique)
+        with pytest.raises(RedisCapacityError, match=r"Redis Cluster node 127\.0\.0\.1:\d+"):
+            await check_redis_capacity(client, 1_000_000)
+    finally:
+        await client.aclose()
+        for port in cluster.alive_ports():
+            node = sync_redis.Redis(port=port)
+            try:
+                node.execute_command("ACL", "DELUSER", user)
+            finally:
+                node.close()
+
+
 async def test_primary_killed_while_counting_replica_takes_over_exactly(
     services: EmbeddedServices,
     kafka: KafkaHelper,

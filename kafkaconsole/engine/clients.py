@@ -30,8 +30,9 @@ REDIS_COMMANDS: tuple[str, ...] = (
     "ping", "hello", "auth", "client|setinfo", "select",
     # the start-up check that the server's maxclients fits this instance (INFO clients)
     "info",
-    # Redis Cluster (mode = "cluster"): the slot map, read at connect and after MOVED
-    "cluster|slots",
+    # Redis Cluster (mode = "cluster"): the slot map, read at connect and after MOVED, and the
+    # command table (COMMAND: where each command's keys are, to route it to their slot)
+    "cluster|slots", "command",
     # scripts: the counting and lease scripts (EVALSHA; SCRIPT LOAD/EXISTS when not cached)
     "evalsha", "script|load", "script|exists",
     # transactions
@@ -374,6 +375,7 @@ async def check_redis_access(
         ("time", ("TIME",)),
         ("info", ("INFO", "clients")),
         ("cluster|slots", ("CLUSTER", "SLOTS")),  # a single server answers an error: fine
+        ("command", ("COMMAND", "INFO", "get")),  # (parsed like COMMAND: same shape)
         ("set", ("SET", k_str, "1", "PX", 60_000)),
         ("get", ("GET", k_str)),
         ("mget", ("MGET", k_str)),
