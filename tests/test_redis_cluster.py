@@ -17,16 +17,24 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis as sync_redis
 from redis.asyncio import Redis
 
 from kafkaconsole.api import start_api
 from kafkaconsole.config.models import AppConfig, RedisConfig
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.audit import AuditLog
-from kafkaconsole.engine.clients import redis_client
+from kafkaconsole.engine.clients import (
+    RedisAccessError,
+    RedisCapacityError,
+    check_redis_access,
+    check_redis_capacity,
+    redis_acl_line,
+    redis_client,
+)
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
-from kafkaconsole.engine.redis_cluster import ClusterUnavailable, slot_of
+from kafkaconsole.engine.redis_cluster import ClusterAccessDenied, ClusterUnavailable, slot_of
 from kafkaconsole.engine.state_format import StateFormatError, ensure_state_format
 from kafkaconsole.engine.status import ConsumerState
 from tests import pipeline_targets
@@ -290,41 +298,38 @@ def test_tagged_names_keep_one_consumer_in_one_slot() -> None:
 
 async def test_start_up_checks_run_on_every_primary(cluster: LocalCluster, unique: str) -> None:
     """ACLs and maxclients are per node: a node that refuses is named."""
-    import redis as sync_redis
-
-    from kafkaconsole.engine.clients import (
-        RedisAccessError,
-        RedisCapacityError,
-        check_redis_access,
-        check_redis_capacity,
-        redis_acl_line,
-    )
-
     user, password = f"kc{unique}", "pw-" + unique
     line = redis_acl_line(unique, user).replace(">PASSWORD", f">{password}").split()[1:]
-    primaries = cluster.primaries()
-    short = primaries[-1]  # this node's grant lacks XLEN
-    for port in cluster.alive_ports():
-        node = sync_redis.Redis(port=port)
-        try:
-            grant = [w for w in line if not (port == short and w == "+xlen")]
-            node.execute_command("ACL", *grant)
-        finally:
-            node.close()
-    client = redis_client(RedisConfig(**cluster_section(cluster), username=user, password=password))
-    try:
-        with pytest.raises(RedisAccessError, match=rf"user on 127\.0\.0\.1:{short} .*XLEN"):
-            await check_redis_access(client, unique)
-        with pytest.raises(RedisCapacityError, match=r"Redis Cluster node 127\.0\.0\.1:\d+"):
-            await check_redis_capacity(client, 1_000_000)
-    finally:
-        await client.aclose()
+    short = cluster.primaries()[-1]  # this node's grant lacks XLEN
+    cfg = RedisConfig(**cluster_section(cluster), username=user, password=password)
+
+    def on_every_node(*args: str, skip: str = "") -> None:
         for port in cluster.alive_ports():
             node = sync_redis.Redis(port=port)
             try:
-                node.execute_command("ACL", "DELUSER", user)
+                node.execute_command(*(a for a in args if not (port == short and a == skip)))
             finally:
                 node.close()
+
+    on_every_node("ACL", *line, skip="+xlen")
+    try:
+        client = redis_client(cfg)
+        try:
+            with pytest.raises(RedisAccessError, match=rf"user on 127\.0\.0\.1:{short} .*XLEN"):
+                await check_redis_access(client, unique)
+            with pytest.raises(RedisCapacityError, match=r"Redis Cluster node 127\.0\.0\.1:\d+"):
+                await check_redis_capacity(client, 1_000_000)
+        finally:
+            await client.aclose()
+        on_every_node("ACL", "SETUSER", user, "-command")  # the client cannot route without
+        client = redis_client(cfg)
+        try:
+            with pytest.raises(ClusterAccessDenied, match="may not read the cluster's layout"):
+                await client.ping()
+        finally:
+            await client.aclose()
+    finally:
+        on_every_node("ACL", "DELUSER", user)
 
 
 async def test_primary_killed_while_counting_replica_takes_over_exactly(
@@ -431,7 +436,10 @@ async def test_a_lost_shard_degrades_ready_then_counting_resumes(
                     ready.update(await r.json(), code=r.status)
                 return ready["status"] == "degraded"
 
-            await wait_for(degraded, 30, interval=0.3, what="/ready degraded")
+            try:
+                await wait_for(degraded, 30, interval=0.3, what="/ready degraded")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {ready}") from None
             assert ready["code"] == 503 and not ready["redis"]
             assert any(r.startswith("Redis unreachable") for r in ready["reasons"]), ready
             for port in shard:  # back, empty, with the slots their nodes.conf names

@@ -250,6 +250,9 @@ class Engine:
         self._run_listeners: list[Callable[[TriggerRecord, RunResult], None]] = []
         self._snapshot: InstanceSnapshot | None = None
         self._redis_ok = False
+        #: why the status loop's last Redis read failed (None: it succeeded); read live by
+        #: ``/ready``: on a Redis Cluster one slot can be down while a PING is answered
+        self.redis_problem: str | None = None
         self._last_heartbeat = 0.0
         self._fault = fault_hook_from_env()
         self._mask = masker(config)  # what the engine writes to Redis never holds a secret
@@ -1269,6 +1272,7 @@ class Engine:
                 if self._redis_ok:
                     log.error("Redis unreachable: %s", exc)
                 self._redis_ok = False
+                self.redis_problem = self._mask(str(exc) or type(exc).__name__)
             except Exception as exc:  # a bug must not end the heartbeat: log, surface, go on
                 self._status_failed("publishing the heartbeat", exc)
             with contextlib.suppress(TimeoutError):
@@ -1293,6 +1297,7 @@ class Engine:
             pipe.xrevrange(c.keys.history, count=1)
         res = await pipe.execute()
         self._redis_ok = True
+        self.redis_problem = None
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
         i = 1

@@ -40,14 +40,16 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
+    AuthorizationError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
     MaxConnectionsError,
+    NoPermissionError,
     RedisClusterException,
     ResponseError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
 )
 
 from kafkaconsole.config.models import RedisConfig
@@ -66,6 +68,11 @@ log = logging.getLogger("kafkaconsole.redis")
 
 class ClusterUnavailable(RedisConnectionError):
     """The cluster cannot serve a command now: no node reachable, or a slot not served."""
+
+
+class ClusterAccessDenied(AuthorizationError):
+    """The Redis user may not run what the cluster client needs to connect (CLUSTER SLOTS,
+    COMMAND)."""
 
 
 def cluster_nodes(cfg: RedisConfig) -> list[tuple[str, int]]:
@@ -179,6 +186,11 @@ class BoundedRedisCluster(RedisCluster):
             await super().initialize(*args, **kwargs)
         except RedisClusterException as exc:
             raise (_unavailable(exc) or exc) from exc
+        except NoPermissionError as exc:  # a user error: the engine refuses to start at once
+            raise ClusterAccessDenied(
+                f"the Redis user may not read the cluster's layout ({exc}): grant the ACL "
+                "line of README Security on every node"
+            ) from exc
         return self
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
