@@ -155,6 +155,39 @@ class LocalCluster:
         self.wait_ok(timeout)
         return self.port_of_slot(slot)
 
+    def node_id(self, port: int) -> str:
+        client = redis.Redis(port=port, socket_timeout=2)
+        try:
+            return str(client.execute_command("CLUSTER", "MYID").decode())
+        finally:
+            client.close()
+
+    def migrate_slot(self, slot: int, to: int, batch: int = 10) -> int:
+        """Move ``slot`` and its keys to the primary on port ``to``, as ``valkey-cli --cluster
+        reshard`` does (IMPORTING/MIGRATING, MIGRATE of every key, SETSLOT NODE): while it
+        runs, clients meet ASK and TRYAGAIN, then MOVED. Returns how many keys moved."""
+        source = self.port_of_slot(slot)
+        src_id, dst_id = self.node_id(source), self.node_id(to)
+        src = redis.Redis(port=source, socket_timeout=5)
+        dst = redis.Redis(port=to, socket_timeout=5)
+        moved = 0
+        try:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+            for port in self.primaries():
+                node = redis.Redis(port=port, socket_timeout=5)
+                try:
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    node.close()
+        finally:
+            src.close()
+            dst.close()
+        return moved
+
     def stop(self) -> None:
         stop_all(list(self.nodes.values()))
 

@@ -3,7 +3,8 @@
 The oracle is the one of the single-server tests: every event produced is counted exactly
 once (closed windows plus the open count), window ids are contiguous, and every window's
 pipeline runs once. Here the keys are tagged (``<prefix>:{<consumer_id>}:...``), spread over
-several primaries, and a primary is killed (``kill -9``) while events flow.
+several primaries; while events flow a consumer's slot migrates and a primary is killed
+(``kill -9``); at the end a whole shard is lost and comes back empty.
 """
 
 from __future__ import annotations
@@ -330,6 +331,55 @@ async def test_start_up_checks_run_on_every_primary(cluster: LocalCluster, uniqu
             await client.aclose()
     finally:
         on_every_node("ACL", "DELUSER", user)
+
+
+async def test_slot_moved_while_counting_is_followed_exactly(
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    cluster: LocalCluster,
+    cr: Redis,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The consumer's slot migrates to another primary while events flow (ASK, TRYAGAIN, then
+    MOVED): redis-py follows, counting goes on, nothing lost or counted twice."""
+    cid, max_event = f"{unique}-m", 200
+    await kafka.create_topic(cid, 3)
+    cfg = config(
+        services,
+        cluster,
+        unique,
+        [{"consumer_id": cid, "kafka_topic": cid, "max_event": max_event, "batch_size": 50}],
+    )
+    slot = slot_of(ConsumerKeys(unique, cid, True).events)
+    source = cluster.port_of_slot(slot)
+    target = next(p for p in cluster.primaries() if p != source)
+    caplog.set_level(logging.WARNING)
+    async with running_engine(cfg) as engine:
+        produced = await kafka.produce(cid, ({"i": i} for i in range(600)))
+        await settle(cr, unique, cid, 300)
+        flowing = asyncio.create_task(kafka.produce(cid, ({"i": i} for i in range(600, 1400))))
+        moved = await asyncio.to_thread(cluster.migrate_slot, slot, target)
+        produced += await flowing
+        assert moved >= 5  # the consumer's keys went with their slot
+        assert cluster.port_of_slot(slot) == target
+        await settle(cr, unique, cid, produced)
+
+        async def all_run() -> bool:
+            return len(set(windows_called(cid))) >= produced // max_event
+
+        await wait_for(all_run, 30, what="every window's pipeline run")
+        await asyncio.sleep(0.5)
+        total, wids, counts = await counted(cr, unique, cid)
+        assert total == produced == 1400
+        assert wids == list(range(1, produced // max_event + 1))
+        assert counts == [max_event] * (produced // max_event)
+        assert sorted(windows_called(cid)) == wids  # each window's pipeline once
+        c = (await engine.refresh_snapshot()).consumer(cid)
+        assert c is not None and c.state == ConsumerState.RUNNING
+        assert c.redis_state_losses == 0  # a migration loses nothing
+        told = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not [line for line in told if "(restarting it)" in line], told
 
 
 async def test_primary_killed_while_counting_replica_takes_over_exactly(
