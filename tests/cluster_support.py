@@ -9,6 +9,7 @@ persistence; the cluster is formed with the ``valkey-cli``/``redis-cli`` beside 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -190,6 +191,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         stop_all(list(self.nodes.values()))
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_cluster(primaries: int = 3, replicas: int = 1) -> LocalCluster:
