@@ -1206,6 +1206,9 @@ class ApiServer:
         try:
             await asyncio.wait_for(self.redis.ping(), 1.0)
             redis_ok = snap.redis_ok
+            if (problem := self.engine.redis_problem) is not None:
+                redis_ok = False  # (newer than the snapshot)
+                reasons.append(f"Redis unreachable: {problem}")
         except (RedisError, OSError, TimeoutError) as exc:
             redis_ok = False
             reasons.append(f"Redis unreachable: {mask_text(str(exc) or 'timeout', self.config)}")

@@ -155,7 +155,7 @@ def add(
             via="cli",
             user=actor(),
             instance=cli_instance(),
-            audit=AuditLog(fleet.redis, fleet.prefix),
+            audit=AuditLog(fleet.redis, fleet.prefix, tagged=fleet.tagged),
         )
         rows = await _apply_rows(fleet, defined.request_id, expected, timeout)
         return {
@@ -198,7 +198,7 @@ def remove(
             via="cli",
             user=actor(),
             instance=cli_instance(),
-            audit=AuditLog(fleet.redis, fleet.prefix),
+            audit=AuditLog(fleet.redis, fleet.prefix, tagged=fleet.tagged),
         )
         rows = await _apply_rows(fleet, request_id, expected, timeout)
         return {"consumer_id": consumer_id, "status": "removed", "instances": rows}
@@ -243,7 +243,7 @@ def runtime_definitions(cfg: AppConfig) -> dict[str, Any]:
     """The stored definitions (read from the fleet's Redis; failures exit 1)."""
     return _with_fleet(
         cfg,
-        lambda fleet: RuntimeConsumers(fleet.redis, fleet.prefix).definitions(),
+        lambda fleet: RuntimeConsumers(fleet.redis, fleet.prefix, fleet.tagged).definitions(),
         runtime=False,
     )
 

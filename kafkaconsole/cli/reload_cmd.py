@@ -36,7 +36,9 @@ async def _reload_fleet(fleet: Fleet, timeout: float) -> dict[str, Any]:
     expected = sorted(i["instance_id"] for i in await fleet.instances())
     if not expected:
         return {"request_id": None, "instances": []}
-    request_id = await request_reload(fleet.redis, fleet.prefix, via="cli", user=actor())
+    request_id = await request_reload(
+        fleet.redis, fleet.prefix, via="cli", user=actor(), tagged=fleet.tagged
+    )
     return await wait_answers(fleet, request_id, expected, timeout)
 
 
@@ -47,7 +49,7 @@ async def wait_answers(
     (a reload, or applying the consumers defined at runtime); one row per instance."""
     deadline = time.monotonic() + timeout
     while True:
-        results = await reload_results(fleet.redis, fleet.prefix, request_id)
+        results = await reload_results(fleet.redis, fleet.prefix, request_id, fleet.tagged)
         if set(expected) <= set(results) or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.1)

@@ -41,7 +41,9 @@ from kafkaconsole.config.models import AlertRule, MonitoringConfig, RetryPolicy
 from kafkaconsole.engine.fleet_status import AlertStatus as FiringAlert
 from kafkaconsole.engine.health import Verdict
 from kafkaconsole.engine.http_client import HttpClient, RedirectRefused, TlsSetupError
+from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.records import iso_ms
+from kafkaconsole.engine.redis_cluster import mget_any
 from kafkaconsole.engine.retry import retry_call
 
 log = logging.getLogger("kafkaconsole.alert")
@@ -64,9 +66,10 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"
 
 
-def alert_key(prefix: str, consumer_id: str, rule_id: str) -> str:
-    """``<prefix>:<consumer_id>:alert:<rule>``: present, with the alert as JSON, while it fires."""
-    return f"{prefix}:{consumer_id}:alert:{rule_id}"
+def alert_key(prefix: str, consumer_id: str, rule_id: str, tagged: bool = False) -> str:
+    """``<prefix>:<consumer_id>:alert:<rule>`` (:mod:`.keys`): present, with the alert as JSON,
+    while it fires."""
+    return ConsumerKeys(prefix, consumer_id, tagged).alert(rule_id)
 
 
 def rules_for(rules: Sequence[AlertRule], consumer_id: str) -> list[AlertRule]:
@@ -290,9 +293,10 @@ class WebhookFailed(Exception):
 class AlertLedger:
     """Fires and resolves each alert once across the fleet through Redis keys."""
 
-    def __init__(self, redis: Redis, prefix: str, instance_id: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, instance_id: str, tagged: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.tagged = tagged
         self.instance_id = instance_id
         self._take = redis.register_script(_TAKE)
         self.active: dict[tuple[str, str], dict[str, Any]] = {}
@@ -315,11 +319,12 @@ class AlertLedger:
         if not pairs:
             self.active = {}
             return []
-        keys = [alert_key(self.prefix, cid, rule.rule_id) for cid, rule in pairs]
-        present = await self.redis.mget(keys)
+        keys = [alert_key(self.prefix, cid, rule.rule_id, self.tagged) for cid, rule in pairs]
+        present = await mget_any(self.redis, keys)
         actions: list[tuple[str, str, AlertRule, RuleTrack]] = []
         active: dict[tuple[str, str], dict[str, Any]] = {}
         pipe = self.redis.pipeline(transaction=False)
+        resolves: list[str] = []
         for (cid, rule), key, stored in zip(pairs, keys, present, strict=True):
             track = evaluator.track(cid, rule.rule_id)
             if stored is not None:
@@ -336,12 +341,14 @@ class AlertLedger:
                 active[(cid, rule.rule_id)] = body
                 actions.append(("fire", cid, rule, track))
             elif track.clear and stored is not None:
-                await self._take(keys=[key], client=pipe)  # queued in the pipeline
-                actions.append(("resolve", cid, rule, track))
+                resolves.append(key)  # a script each, after the pipeline (a cluster
+                actions.append(("resolve", cid, rule, track))  # pipeline takes no script)
         self.active = active
         if not actions:
             return []
-        results = await pipe.execute()
+        fired = iter(await pipe.execute() if len(pipe) else [])
+        taken = iter([await self._take(keys=[key]) for key in resolves])
+        results = [next(taken if a[0] == "resolve" else fired) for a in actions]
         won = []
         for (action, cid, rule, track), result in zip(actions, results, strict=True):
             if action == "resolve":
@@ -390,12 +397,17 @@ def stored_alert_view(raw: Any, rule: AlertRule) -> dict[str, Any]:
 
 
 async def active_alerts(
-    redis: Redis, prefix: str, rules: Sequence[AlertRule], consumer_id: str
+    redis: Redis,
+    prefix: str,
+    rules: Sequence[AlertRule],
+    consumer_id: str,
+    tagged: bool = False,
 ) -> list[dict[str, Any]]:
     watching = rules_for(rules, consumer_id)
     if not watching:
         return []
-    values = await redis.mget([alert_key(prefix, consumer_id, r.rule_id) for r in watching])
+    keys = [alert_key(prefix, consumer_id, r.rule_id, tagged) for r in watching]
+    values = await mget_any(redis, keys)
     return [
         stored_alert_view(raw, rule)
         for rule, raw in zip(watching, values, strict=True)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.engine.counting import CloseResult, ResetResult
 from kafkaconsole.engine.errors import ReadOnlyError as ReadOnlyError  # re-exported
+from kafkaconsole.engine.keys import FleetKeys
 from kafkaconsole.engine.records import iso_ms
 
 log = logging.getLogger("kafkaconsole.audit")
@@ -51,9 +52,9 @@ FIELDS = ("via", "user", "instance", "action", "consumer_id", "result", "detail"
 """Fields of an entry, besides ``id`` and ``at`` (both from the stream id)."""
 
 
-def audit_key(prefix: str) -> str:
-    """``<prefix>:_fleet:audit``: the stream of control actions."""
-    return f"{prefix}:_fleet:audit"
+def audit_key(prefix: str, tagged: bool = False) -> str:
+    """``<prefix>:_fleet:audit`` (:mod:`.keys`): the stream of control actions."""
+    return FleetKeys(prefix, tagged).audit
 
 
 def cli_instance() -> str:
@@ -95,9 +96,10 @@ class AuditLog:
         *,
         mask: Callable[[str], str] | None = None,
         maxlen: int = AUDIT_MAXLEN,
+        tagged: bool = False,
     ) -> None:
         self.redis = redis
-        self.key = audit_key(prefix)
+        self.key = audit_key(prefix, tagged)
         self.mask = mask or (lambda text: text)
         self.maxlen = maxlen
 

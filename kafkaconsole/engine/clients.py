@@ -23,12 +23,16 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from kafkaconsole.config.models import AppConfig, KafkaConfig, RedisConfig
 from kafkaconsole.engine.http_client import insecure_warning
+from kafkaconsole.engine.keys import FleetKeys
 
 REDIS_COMMANDS: tuple[str, ...] = (
     # connection (HELLO/AUTH at connect; CLIENT SETINFO is sent by redis-py, errors ignored)
     "ping", "hello", "auth", "client|setinfo", "select",
     # the start-up check that the server's maxclients fits this instance (INFO clients)
     "info",
+    # Redis Cluster (mode = "cluster"): the slot map, read at connect and after MOVED, and the
+    # command table (COMMAND: where each command's keys are, to route it to their slot)
+    "cluster|slots", "command",
     # scripts: the counting and lease scripts (EVALSHA; SCRIPT LOAD/EXISTS when not cached)
     "evalsha", "script|load", "script|exists",
     # transactions
@@ -98,6 +102,8 @@ def kafka_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
 
 def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """An asyncio Redis client for the configured server."""
+    if cfg.mode == "cluster":
+        return _cluster().cluster_client(cfg, cfg.max_connections, "client", **extra)
     url, kwargs = _redis_args(cfg, extra)
     return Redis.from_url(url, **kwargs)
 
@@ -114,6 +120,17 @@ DEDICATED_REDIS_CONNECTIONS = 3 + MONITOR_REDIS_CONNECTIONS + API_REDIS_CONNECTI
 POOL_WAIT_S = 20.0
 #: How long an exhaustion keeps the instance degraded after the last command that waited out.
 POOL_DEGRADED_S = 60.0
+
+
+def _pool_label(connections: int) -> str:
+    return f"pool of {connections} ([redis] max_connections)"
+
+
+def _cluster() -> Any:
+    """:mod:`.redis_cluster` (imported on use: it builds on this module)."""
+    from kafkaconsole.engine import redis_cluster
+
+    return redis_cluster
 
 
 class PoolExhausted(RedisConnectionError):
@@ -137,7 +154,7 @@ class WatchedConnectionPool(BlockingConnectionPool):
         # waited out the timeout while later ones were served)
         self._turns = asyncio.Semaphore(self.max_connections)
         self._holding: set[Any] = set()
-        self.label = f"pool of {self.max_connections} ([redis] max_connections)"
+        self.label = _pool_label(self.max_connections)
         self.exhaustions = 0
         self.degraded_s = POOL_DEGRADED_S
         self._exhausted_at: float | None = None
@@ -204,6 +221,8 @@ class WatchedConnectionPool(BlockingConnectionPool):
 def engine_redis_client(cfg: RedisConfig) -> Redis:
     """The engine's client: a :class:`WatchedConnectionPool` of ``[redis] max_connections``
     shared by the counting path, the timers and the dispatchers."""
+    if cfg.mode == "cluster":
+        return _cluster().cluster_client(cfg, cfg.max_connections, _pool_label(cfg.max_connections))
     url, kwargs = _redis_args(cfg, {})
     pool = WatchedConnectionPool.from_url(
         url, max_connections=cfg.max_connections, timeout=POOL_WAIT_S, **kwargs
@@ -213,22 +232,30 @@ def engine_redis_client(cfg: RedisConfig) -> Redis:
 
 def dedicated_redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """A client of one connection of its own (a subscription, a blocking read)."""
+    if cfg.mode == "cluster":  # one connection per node
+        return _cluster().cluster_client(cfg, 1, "dedicated connection", **extra)
     url, kwargs = _redis_args(cfg, extra)
     return Redis.from_url(url, max_connections=1, **kwargs)
 
 
 def pool_exhausted(redis: Redis) -> str | None:
-    """The reason ``redis``'s pool counts as exhausted, if it is a watched pool."""
-    pool = redis.connection_pool
-    return pool.exhausted if isinstance(pool, WatchedConnectionPool) else None
+    """The reason ``redis``'s pool counts as exhausted, if it is a watched pool (or a cluster
+    client, which watches its own turns: :mod:`.redis_cluster`)."""
+    pool = getattr(redis, "connection_pool", None)
+    if isinstance(pool, WatchedConnectionPool):
+        return pool.exhausted
+    exhausted = getattr(redis, "exhausted", None)
+    return exhausted if isinstance(exhausted, str) else None
 
 
 async def check_redis_capacity(redis: Redis, needed: int) -> None:
     """Refuse to start when the server's ``maxclients`` cannot fit ``needed`` more clients.
 
     Reads ``INFO clients`` (``maxclients`` since Redis 7 and Valkey); a server that does not
-    report it, or refuses INFO, is not checked.
+    report it, or refuses INFO, is not checked. On a cluster: every primary.
     """
+    if _cluster().is_cluster(redis):
+        return await _cluster().check_cluster_capacity(redis, needed)
     try:
         info: Any = await redis.info("clients")
     except ResponseError:
@@ -253,6 +280,9 @@ def reader_redis_client(
     """A client with a small pool of its own, for readers that must never take the counting
     path's connections (the HTTP API, the health monitor): at most ``connections`` at once; a
     request waits up to 5 s for one to be free (then fails, the pool reported exhausted)."""
+    if cfg.mode == "cluster":
+        label = f"{name} pool of {connections}"
+        return _cluster().cluster_client(cfg, connections, label, socket_timeout=5)
     url, kwargs = _redis_args(cfg, {"socket_timeout": 5})
     pool = WatchedConnectionPool.from_url(
         url, max_connections=connections, timeout=POOL_WAIT_S, **kwargs
@@ -324,20 +354,28 @@ def security_warnings(config: AppConfig) -> list[str]:
     return out
 
 
-async def check_redis_access(redis: Redis, prefix: str) -> None:
-    """Run each command of :data:`REDIS_COMMANDS` once on throw-away keys under ``prefix``.
+async def check_redis_access(
+    redis: Redis, prefix: str, *, base: str | None = None, where: str = ""
+) -> None:
+    """Run each command of :data:`REDIS_COMMANDS` once on throw-away keys under ``prefix``
+    (their names start with ``base``; on a cluster: on every primary, see
+    :func:`.redis_cluster.check_cluster_access`).
 
     Raises :class:`RedisAccessError` naming every command (or the key pattern) the Redis user
     may not use, so an ACL user missing a permission fails at start with one clear message
     instead of in a background task later. Other errors of the probe are ignored.
     """
-    base = f"{prefix}:_fleet:probe:{uuid.uuid4().hex}"
+    if _cluster().is_cluster(redis):
+        return await _cluster().check_cluster_access(redis, prefix)
+    base = base or FleetKeys(prefix).probe(uuid.uuid4().hex)
     k_str, k_hash, k_stream, k_zset = f"{base}:s", f"{base}:h", f"{base}:x", f"{base}:z"
     script = "return 1"
     sha = hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by their SHA-1
     probes: list[tuple[str, tuple[Any, ...]]] = [
         ("time", ("TIME",)),
         ("info", ("INFO", "clients")),
+        ("cluster|slots", ("CLUSTER", "SLOTS")),  # a single server answers an error: fine
+        ("command", ("COMMAND", "INFO", "get")),  # (parsed like COMMAND: same shape)
         ("set", ("SET", k_str, "1", "PX", 60_000)),
         ("get", ("GET", k_str)),
         ("mget", ("MGET", k_str)),
@@ -408,6 +446,6 @@ async def check_redis_access(redis: Redis, prefix: str) -> None:
         missing = [f"the command(s) {', '.join(n.upper() for n in dict.fromkeys(denied))}"]
         missing = (missing if denied else []) + sorted(scopes)
         raise RedisAccessError(
-            f"the Redis user may not use {' and '.join(missing)}, which kafkaconsole needs "
+            f"the Redis user{where} may not use {' and '.join(missing)}, which kafkaconsole needs "
             "(grant the ACL line of README Security)"
         )

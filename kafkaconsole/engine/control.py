@@ -58,13 +58,14 @@ def _s(v: Any) -> str:
 class FleetControl:
     """Reads and writes the control flags of a fleet's consumers."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, tagged: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.fleet = FleetKeys(prefix)
+        self.tagged = tagged
+        self.fleet = FleetKeys(prefix, tagged)
 
     def keys(self, consumer_id: str) -> ConsumerKeys:
-        return ConsumerKeys(self.prefix, consumer_id)
+        return ConsumerKeys(self.prefix, consumer_id, self.tagged)
 
     async def set_paused(self, consumer_id: str, paused: bool, by: str | None = None) -> None:
         key = self.keys(consumer_id).control
@@ -81,10 +82,11 @@ class FleetControl:
         else:
             pipe.hset(key, mapping={"paused": 0})
             pipe.hdel(key, "paused_by", "paused_at")
-        pipe.publish(
+        await pipe.execute()
+        # after the MULTI (not in it: on a cluster the channel is no key of the consumer's slot)
+        await self.redis.publish(
             self.fleet.control_channel, orjson.dumps({"consumer_id": consumer_id, "paused": paused})
         )
-        await pipe.execute()
 
     async def pause_states(self, consumer_ids: list[str]) -> dict[str, PauseState]:
         pipe = self.redis.pipeline(transaction=False)

@@ -679,7 +679,9 @@ class WindowCounter:
         """Add :meth:`close` to a pipeline as an EVALSHA (its answer: :meth:`close_result`;
         a ``NoScriptError`` answer: load :attr:`close_script` and send it again)."""
         args = self._close_args(reason, expected_window_id, max_time_ms)
-        pipe.evalsha(self._close.sha, len(self._keys), *self._keys, *args)
+        # by execute_command: a cluster pipeline sends it to the slot of the keys (its evalsha
+        # method refuses)
+        pipe.execute_command("EVALSHA", self._close.sha, len(self._keys), *self._keys, *args)
 
     @property
     def close_script(self) -> str:

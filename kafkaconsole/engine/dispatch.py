@@ -58,7 +58,7 @@ from kafkaconsole.config.models import AppConfig, ConsumerConfig, RedisConfig, R
 from kafkaconsole.config.secrets import mask_strings
 from kafkaconsole.engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from kafkaconsole.engine.clients import PoolExhausted, dedicated_redis_client
-from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys
+from kafkaconsole.engine.keys import DISPATCH_GROUP, ConsumerKeys, tagged_layout
 from kafkaconsole.engine.pipelines.base import Pipeline
 from kafkaconsole.engine.records import (
     HistoryEntry,
@@ -68,6 +68,7 @@ from kafkaconsole.engine.records import (
     TriggerReason,
     TriggerRecord,
 )
+from kafkaconsole.engine.redis_cluster import is_cluster, slot_of
 from kafkaconsole.engine.retry import backoff_delay, call_with_retry, follow_run, retry_call
 
 log = logging.getLogger("kafkaconsole.dispatch")
@@ -848,6 +849,9 @@ class TriggerDispatcher:
 
 #: The wake-up's blocking read: how long one XREAD waits (the set of streams is read again after).
 WAKE_BLOCK_MS = 1000
+#: On a Redis Cluster one XREAD cannot span slots (each consumer's stream has its own): the
+#: wake-up reads every slot without blocking, one pipeline per node, this often when idle.
+CLUSTER_WAKE_POLL_S = 0.2
 #: The wake-up while Redis does not answer: 0.5 s doubling to 5 s.
 WAKE_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
 
@@ -860,6 +864,10 @@ class DispatchWaker:
     its own with the consumer group). When a stream grows (a window closed on another
     instance, a re-dispatch), its dispatcher is woken. It uses one connection of its own, so
     the dispatchers of hundreds of consumers neither poll nor hold a pooled connection each.
+
+    On a Redis Cluster (``[redis] mode = "cluster"``) the streams are in as many slots as
+    consumers: it reads them all without blocking (one XREAD per slot, one pipeline and one
+    connection per node) every :data:`CLUSTER_WAKE_POLL_S` while nothing new came.
     """
 
     def __init__(
@@ -887,7 +895,11 @@ class DispatchWaker:
                     continue
                 streams: dict[Any, Any] = {key: seen.get(key, "0-0") for key in leading}
                 try:
-                    res: Any = await redis.xread(streams, count=READ_COUNT, block=self.block_ms)
+                    res: Any
+                    if is_cluster(redis):
+                        res = await self._read_slots(redis, streams, stop)
+                    else:
+                        res = await redis.xread(streams, count=READ_COUNT, block=self.block_ms)
                 except (RedisError, OSError) as exc:
                     failures += 1
                     if failures == 1:
@@ -913,6 +925,23 @@ class DispatchWaker:
         finally:
             with contextlib.suppress(Exception):
                 await redis.aclose()
+
+    async def _read_slots(
+        self, redis: Redis, streams: dict[Any, Any], stop: asyncio.Event
+    ) -> list[Any]:
+        """One non-blocking XREAD per slot (a cluster refuses one over several), pipelined;
+        when nothing new came, a pause of :data:`CLUSTER_WAKE_POLL_S` (or until ``stop``)."""
+        by_slot: dict[int, dict[Any, Any]] = {}
+        for key, last in streams.items():
+            by_slot.setdefault(slot_of(key), {})[key] = last
+        pipe = redis.pipeline(transaction=False)
+        for group in by_slot.values():
+            pipe.xread(group, count=READ_COUNT)
+        out = [entry for answer in await pipe.execute() for entry in answer or []]
+        if not any(entries for _, entries in out):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CLUSTER_WAKE_POLL_S)
+        return out
 
 
 # -- re-dispatch --------------------------------------------------------------------------------
@@ -968,7 +997,7 @@ async def redispatch(redis: Redis, config: AppConfig, consumer_id: str, window_i
         config.consumer(consumer_id)
     except KeyError:
         raise RedispatchError(f"no consumer {consumer_id!r} in the config") from None
-    keys = ConsumerKeys(config.redis.key_prefix, consumer_id)
+    keys = ConsumerKeys(config.redis.key_prefix, consumer_id, tagged_layout(config.redis))
     fields = await _find_window(redis, keys.history, window_id, newest_first=True)
     if fields is None:
         raise RedispatchError(f"window {window_id} of {consumer_id} is not in the trigger history")

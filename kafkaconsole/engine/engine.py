@@ -62,7 +62,7 @@ from kafkaconsole.engine.errors import ControlError, ReadOnlyError, UnknownConsu
 from kafkaconsole.engine.faults import fault_hook_from_env
 from kafkaconsole.engine.fleet import YIELD_EVERY, Fleet, publish_heartbeat, withdraw_heartbeat
 from kafkaconsole.engine.health import consumer_time_lag
-from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, tagged_layout
 from kafkaconsole.engine.monitor import AlertListener, HealthMonitor
 from kafkaconsole.engine.pipelines import build_pipeline
 from kafkaconsole.engine.pipelines.base import Pipeline
@@ -221,15 +221,16 @@ class Engine:
         #: most about SHARED_READS_PER_S consumers a second (2 s with 500 consumers)
         self.shared_read_s = max(snapshot_interval, len(config.consumers) / SHARED_READS_PER_S)
         self.prefix = config.redis.key_prefix
-        self.fleet_keys = FleetKeys(self.prefix)
+        self.tagged = tagged_layout(config.redis)
+        self.fleet_keys = FleetKeys(self.prefix, self.tagged)
         # one bounded pool for counting, timers and dispatch; dedicated connections beside it
         # (control subscription, dispatch wake-up, health monitor): README "Redis connections"
         self.redis: Redis = redis or engine_redis_client(config.redis)
         # the time triggers due together are closed together (one pipeline per loop turn), on
         # a connection of their own: never queued behind dispatch work in the pool
         self.time_closer = TimeCloser(dedicated_redis_client(config.redis))
-        self.control = FleetControl(self.redis, self.prefix)
-        self.audit = AuditLog(self.redis, self.prefix, mask=masker(config))
+        self.control = FleetControl(self.redis, self.prefix, self.tagged)
+        self.audit = AuditLog(self.redis, self.prefix, mask=masker(config), tagged=self.tagged)
         self._fleet: Fleet | None = None
         self.started_at_ms = int(time.time() * 1000)
         self._brokers_seen: dict[int, str] = {}  # every broker seen in the cluster metadata
@@ -249,6 +250,9 @@ class Engine:
         self._run_listeners: list[Callable[[TriggerRecord, RunResult], None]] = []
         self._snapshot: InstanceSnapshot | None = None
         self._redis_ok = False
+        #: why the status loop's last Redis read failed (None: it succeeded); read live by
+        #: ``/ready``: on a Redis Cluster one slot can be down while a PING is answered
+        self.redis_problem: str | None = None
         self._last_heartbeat = 0.0
         self._fault = fault_hook_from_env()
         self._mask = masker(config)  # what the engine writes to Redis never holds a secret
@@ -402,7 +406,7 @@ class Engine:
         # an ACL user lacking a command the engine needs fails here, with one clear message
         await check_redis_access(self.redis, self.prefix)
         await check_redis_capacity(self.redis, self.redis_connections_needed())
-        checked = await ensure_state_format(self.redis, self.prefix)
+        checked = await ensure_state_format(self.redis, self.prefix, tagged=self.tagged)
         for summary in checked.migrated:
             log.info("migrated the state in Redis: %s", summary)
         self._redis_ok = True
@@ -444,7 +448,7 @@ class Engine:
         return [c.dispatcher for c in self._consumers.values()]
 
     def _build_consumer(self, cfg: ConsumerConfig, dlq: DeadLetterSink) -> _Consumer:
-        keys = ConsumerKeys(self.prefix, cfg.consumer_id)
+        keys = ConsumerKeys(self.prefix, cfg.consumer_id, self.tagged)
         counter = WindowCounter(
             self.redis,
             keys,
@@ -880,7 +884,9 @@ class Engine:
         """The consumers defined at runtime as stored in Redis (the last ones read when Redis
         does not answer: logged)."""
         try:
-            self._runtime_defs = await RuntimeConsumers(self.redis, self.prefix).definitions()
+            self._runtime_defs = await RuntimeConsumers(
+                self.redis, self.prefix, self.tagged
+            ).definitions()
         except (RedisError, OSError) as exc:
             log.warning("runtime-defined consumers not read from Redis (kept as known): %s", exc)
         return self._runtime_defs
@@ -1125,14 +1131,14 @@ class Engine:
             error = self._mask(f"{type(exc).__name__}: {exc}")
             result = ReloadResult(ReloadStatus.FAILED, file, self.instance_id, error=error)
         try:
-            await store_result(self.redis, self.prefix, request_id, result)
+            await store_result(self.redis, self.prefix, request_id, result, self.tagged)
         except (RedisError, OSError) as exc:
             log.warning("reload result not stored in Redis: %s", exc)
 
     async def _resync_runtime_consumers(self) -> None:
         """Apply the runtime definitions if Redis holds others than this instance last read."""
         known = dict(self._runtime_defs)
-        current = await RuntimeConsumers(self.redis, self.prefix).definitions()
+        current = await RuntimeConsumers(self.redis, self.prefix, self.tagged).definitions()
         if current == known:
             return
         task = asyncio.create_task(self._answer_runtime_change(), name="consumers:resync")
@@ -1178,6 +1184,10 @@ class Engine:
                 named: str | None = None
                 try:
                     if listening is None:  # (re)subscribe once Redis answers again
+                        if failures:  # a new subscription (on a cluster: maybe another node)
+                            with contextlib.suppress(Exception):
+                                await pubsub.aclose()
+                            pubsub = subscriber.pubsub()
                         await pubsub.subscribe(self.fleet_keys.control_channel)
                         listening = pubsub
                         # a definition changed before the subscription (or while Redis was
@@ -1281,6 +1291,7 @@ class Engine:
                 if self._redis_ok:
                     log.error("Redis unreachable: %s", exc)
                 self._redis_ok = False
+                self.redis_problem = self._mask(str(exc) or type(exc).__name__)
             except Exception as exc:  # a bug must not end the heartbeat: log, surface, go on
                 self._status_failed("publishing the heartbeat", exc)
             with contextlib.suppress(TimeoutError):
@@ -1297,7 +1308,7 @@ class Engine:
         if not consumers:
             return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe.execute_command("TIME")  # a cluster pipeline refuses pipe.time()
         for c in consumers:
             pipe.get(c.keys.events)
             pipe.hmget(c.keys.window, ["id", "opened_at"])
@@ -1305,6 +1316,7 @@ class Engine:
             pipe.xrevrange(c.keys.history, count=1)
         res = await pipe.execute()
         self._redis_ok = True
+        self.redis_problem = None
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
         i = 1

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from kafkaconsole.config.models import AlertRule, AppConfig, ConsumerConfig
 from kafkaconsole.config.secrets import mask_config, mask_strings, masker
-from kafkaconsole.engine.alerts import alert_key, rules_for, stored_alert_fields
+from kafkaconsole.engine.alerts import rules_for, stored_alert_fields
 from kafkaconsole.engine.audit import (
     AuditLog,
     cli_instance,
@@ -45,8 +45,9 @@ from kafkaconsole.engine.health import (
     time_lag_seconds,
     verdict,
 )
-from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, offset_field
+from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys, offset_field, tagged_layout
 from kafkaconsole.engine.records import HistoryEntry, TriggerReason, iso_ms, stored_run
+from kafkaconsole.engine.redis_cluster import mget_any
 from kafkaconsole.engine.runtime_consumers import RuntimeConsumers, RuntimeMerge, merge_runtime
 from kafkaconsole.engine.seek import (
     SeekRefusedError,
@@ -235,13 +236,14 @@ class Fleet:
         self.redis = redis
         self.config = config
         self.prefix = config.redis.key_prefix
-        self.fleet_keys = FleetKeys(self.prefix)
-        self.control = FleetControl(redis, self.prefix)
+        self.tagged = tagged_layout(config.redis)
+        self.fleet_keys = FleetKeys(self.prefix, self.tagged)
+        self.control = FleetControl(redis, self.prefix, self.tagged)
         # every string read back (errors, run details) is masked: no secret leaves through
         # the CLI or the HTTP API; control actions are recorded in the audit stream
         self.mask = masker(config)
         self.via = via
-        self.audit = AuditLog(redis, self.prefix, mask=self.mask)
+        self.audit = AuditLog(redis, self.prefix, mask=self.mask, tagged=self.tagged)
         #: set by :meth:`as_running`: how the runtime definitions merged into ``config``
         self.runtime: RuntimeMerge | None = None
         #: set by :meth:`as_running` when the runtime definitions could not be read: why
@@ -253,7 +255,7 @@ class Fleet:
         read from Redis once. When they cannot be read, the config's consumers alone, and the
         reason kept for the error of an unknown id (every other read fails as before)."""
         try:
-            definitions = await RuntimeConsumers(self.redis, self.prefix).definitions()
+            definitions = await RuntimeConsumers(self.redis, self.prefix, self.tagged).definitions()
         except (RedisError, OSError) as exc:
             fleet = Fleet(self.redis, self.config, via=self.via)
             reason = self.mask(str(exc) or type(exc).__name__)
@@ -285,7 +287,7 @@ class Fleet:
         return None
 
     def keys(self, consumer_id: str) -> ConsumerKeys:
-        return ConsumerKeys(self.prefix, consumer_id)
+        return ConsumerKeys(self.prefix, consumer_id, self.tagged)
 
     def counter(self, consumer_id: str) -> WindowCounter:
         cfg = self.consumer_cfg(consumer_id)
@@ -313,7 +315,7 @@ class Fleet:
             ]
         if not keys:
             return []
-        values = await self.redis.mget(keys)
+        values = await mget_any(self.redis, keys)
         out = [orjson.loads(v) for v in values if v]
         out.sort(key=lambda i: i["instance_id"])
         return list(mask_strings(out, self.mask))
@@ -373,7 +375,7 @@ class Fleet:
                 instances=tuple(InstanceSummary(**instance_summary(i)) for i in instances),
             )
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        pipe.execute_command("TIME")  # a cluster pipeline refuses pipe.time()
         for cfg in cfgs:
             k = self.keys(cfg.consumer_id)
             pipe.hgetall(k.control)
@@ -409,7 +411,10 @@ class Fleet:
                 follow.hmget(k.offsets, [offset_field(t, p) for t, p in s.unowned])
                 offsets = 1
             if s.rules:
-                follow.mget([alert_key(self.prefix, s.cfg.consumer_id, r.rule_id) for r in s.rules])
+                # one consumer's alert keys share its slot; MGET by execute_command, which
+                # a cluster pipeline sends (its mget method refuses even one slot)
+                alert_keys = [k.alert(r.rule_id) for r in s.rules]
+                follow.execute_command("MGET", *alert_keys)
                 alerts = 1
             slots.append((runs, offsets, alerts))
         more = await follow.execute() if any(sum(x) for x in slots) else []

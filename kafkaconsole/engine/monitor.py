@@ -45,7 +45,7 @@ from kafkaconsole.engine.health import (
     samples_to_keep,
     verdict,
 )
-from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.keys import ConsumerKeys, tagged_layout
 from kafkaconsole.engine.records import HistoryEntry, stored_run
 from kafkaconsole.engine.status import ActiveAlert
 
@@ -78,13 +78,18 @@ def _s(v: Any) -> str:
 
 
 async def read_run_facts(
-    redis: Redis, prefix: str, consumer_ids: Sequence[str], runs: int, now: float
+    redis: Redis,
+    prefix: str,
+    consumer_ids: Sequence[str],
+    runs: int,
+    now: float,
+    tagged: bool = False,
 ) -> dict[str, RunFacts]:
     """Final statuses of each consumer's ``runs`` latest windows and its breaker state (an
     open breaker whose cooldown is over at ``now``, epoch seconds, reads as half-open)."""
     if not consumer_ids:
         return {}
-    keys = [ConsumerKeys(prefix, cid) for cid in consumer_ids]
+    keys = [ConsumerKeys(prefix, cid, tagged) for cid in consumer_ids]
     pipe = redis.pipeline(transaction=False)
     for k in keys:
         pipe.xrevrange(k.history, count=runs)
@@ -155,7 +160,9 @@ class HealthMonitor:
         self.clock = clock
         self.fleet = Fleet(redis, config)
         self.evaluator = AlertEvaluator(self.cfg.alerts)
-        self.ledger = AlertLedger(redis, config.redis.key_prefix, instance_id)
+        self.ledger = AlertLedger(
+            redis, config.redis.key_prefix, instance_id, tagged_layout(config.redis)
+        )
         self.notifier = notifier or AlertNotifier(self.cfg)
         self._samples: dict[str, deque[HealthSample]] = {}
         self._sampled: set[str] = set()  # the consumers of the last sample reconciled
@@ -218,7 +225,9 @@ class HealthMonitor:
         ids = [c.consumer_id for c in consumers]
         now = self.clock()
         prefix = self.config.redis.key_prefix
-        facts = await read_run_facts(self.redis, prefix, ids, self.cfg.failing_runs, now)
+        facts = await read_run_facts(
+            self.redis, prefix, ids, self.cfg.failing_runs, now, tagged_layout(self.config.redis)
+        )
         if self._started_at is None:
             self._started_at = now
         settled = self.settled

@@ -35,7 +35,7 @@ from kafkaconsole.engine.clients import kafka_kwargs
 from kafkaconsole.engine.dispatch import _find_window
 from kafkaconsole.engine.dlq import HEADER_PREFIX
 from kafkaconsole.engine.errors import ControlError, UnknownConsumerError
-from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.keys import ConsumerKeys, tagged_layout
 from kafkaconsole.engine.records import iso_ms
 
 #: Events shown when no limit is given, and the most one peek shows.
@@ -323,7 +323,9 @@ class EventPeek:
 
     async def _closed_window(self, consumer_id: str, window_id: int) -> dict[Any, Any]:
         """The trigger record (history stream entry) of a closed window."""
-        keys = ConsumerKeys(self.config.redis.key_prefix, consumer_id)
+        keys = ConsumerKeys(
+            self.config.redis.key_prefix, consumer_id, tagged_layout(self.config.redis)
+        )
         fields = await _find_window(self.redis, keys.history, window_id, newest_first=True)
         if fields is not None:
             return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in fields.items()}

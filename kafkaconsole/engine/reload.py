@@ -213,30 +213,37 @@ def plan_reload(old: AppConfig, new: AppConfig) -> ReloadPlan:
 # ---- the fleet-wide request ------------------------------------------------------------------
 
 
-def results_key(prefix: str, request_id: str) -> str:
-    """``<prefix>:_fleet:reload:<request id>``: a hash, instance id -> its result (JSON)."""
-    return f"{prefix}:_fleet:reload:{request_id}"
+def results_key(prefix: str, request_id: str, tagged: bool = False) -> str:
+    """``<prefix>:_fleet:reload:<request id>`` (:mod:`.keys`): a hash, instance id -> its
+    result (JSON)."""
+    return FleetKeys(prefix, tagged).reload(request_id)
 
 
-async def request_reload(redis: Redis, prefix: str, *, via: str, user: str) -> str:
+async def request_reload(
+    redis: Redis, prefix: str, *, via: str, user: str, tagged: bool = False
+) -> str:
     """Ask every live instance to reload its own configuration file; returns the request id
     under which they store their results (:func:`reload_results`)."""
     request_id = uuid.uuid4().hex
     message = {"action": "reload", "request_id": request_id, "via": via, "user": user}
-    await redis.publish(FleetKeys(prefix).control_channel, orjson.dumps(message))
+    await redis.publish(FleetKeys(prefix, tagged).control_channel, orjson.dumps(message))
     return request_id
 
 
-async def store_result(redis: Redis, prefix: str, request_id: str, result: ReloadResult) -> None:
-    key = results_key(prefix, request_id)
+async def store_result(
+    redis: Redis, prefix: str, request_id: str, result: ReloadResult, tagged: bool = False
+) -> None:
+    key = results_key(prefix, request_id, tagged)
     pipe = redis.pipeline(transaction=True)
     pipe.hset(key, result.instance_id, orjson.dumps(result.to_json_dict()))
     pipe.pexpire(key, RESULT_TTL_S * 1000)  # PEXPIRE: in the documented ACL
     await pipe.execute()
 
 
-async def reload_results(redis: Redis, prefix: str, request_id: str) -> dict[str, ReloadResult]:
-    raw: Any = await redis.hgetall(results_key(prefix, request_id))
+async def reload_results(
+    redis: Redis, prefix: str, request_id: str, tagged: bool = False
+) -> dict[str, ReloadResult]:
+    raw: Any = await redis.hgetall(results_key(prefix, request_id, tagged))
     out = {}
     for k, v in (raw or {}).items():
         instance = k.decode() if isinstance(k, bytes) else str(k)

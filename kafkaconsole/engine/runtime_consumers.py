@@ -24,7 +24,7 @@ from kafkaconsole.config.loader import validate_consumer
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
 from kafkaconsole.engine.audit import AuditLog
 from kafkaconsole.engine.errors import ConsumerClashError, UnknownConsumerError
-from kafkaconsole.engine.keys import FleetKeys
+from kafkaconsole.engine.keys import FleetKeys, tagged_layout
 
 #: The comment above a consumer defined at runtime (the console's config tab, ``config show``).
 RUNTIME_MARK = "# defined at runtime (stored in Redis; kafkaconsole consumer remove ID)"
@@ -98,10 +98,10 @@ def merge_runtime(file_config: AppConfig, definitions: dict[str, Any]) -> Runtim
 class RuntimeConsumers:
     """The stored definitions of one fleet (one key prefix)."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, tagged: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.fleet = FleetKeys(prefix)
+        self.fleet = FleetKeys(prefix, tagged)
         self.key = self.fleet.runtime_consumers
 
     async def definitions(self) -> dict[str, Any]:
@@ -159,7 +159,7 @@ async def define_consumer(
     cfg = validate_consumer(raw, file_config, source=source)
     if any(c.consumer_id == cfg.consumer_id for c in file_config.consumers):
         raise ConsumerClashError(cfg.consumer_id)
-    store = RuntimeConsumers(redis, file_config.redis.key_prefix)
+    store = RuntimeConsumers(redis, file_config.redis.key_prefix, tagged_layout(file_config.redis))
     created = await store.put(cfg)
     request_id = await store.announce(via=via, user=user)
     detail = f"{'defined' if created else 'replaced'}: topic {cfg.topic_label}, "
@@ -185,7 +185,7 @@ async def undefine_consumer(
     no definition of that id is stored."""
     if any(c.consumer_id == consumer_id for c in file_config.consumers):
         raise ConsumerClashError(consumer_id, "remove")
-    store = RuntimeConsumers(redis, file_config.redis.key_prefix)
+    store = RuntimeConsumers(redis, file_config.redis.key_prefix, tagged_layout(file_config.redis))
     if not await store.remove(consumer_id):
         known = sorted(await store.definitions())
         raise UnknownConsumerError(consumer_id, known, "runtime-defined consumer")

@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from kafkaconsole.config.models import AppConfig, ConsumerConfig
 from kafkaconsole.engine.counting import SeekApplied, WindowCounter
 from kafkaconsole.engine.errors import ControlError, UnknownConsumerError
-from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.keys import ConsumerKeys, tagged_layout
 from kafkaconsole.engine.peek import EventPeek, TopicNotFoundError
 from kafkaconsole.engine.records import iso_ms
 
@@ -335,7 +335,7 @@ async def plan_seek(
     tps, found = await EventPeek(config, redis).with_reader(resolve)
     counter = WindowCounter(
         redis,
-        ConsumerKeys(config.redis.key_prefix, consumer_id),
+        ConsumerKeys(config.redis.key_prefix, consumer_id, tagged_layout(config.redis)),
         max_event=cfg.max_event,
         history_limit=config.redis.history_limit,
     )

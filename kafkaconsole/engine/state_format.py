@@ -12,6 +12,11 @@ checks it when it connects, in one script (atomic, so instances starting togethe
 - a newer format (a newer release has migrated the state): the instance refuses to start, in
   one line naming both versions, and changes nothing.
 
+The format key also tells the layout (:mod:`.keys`): plain (``<prefix>:_fleet:format``,
+``[redis] mode = "single"`` or ``"sentinel"``) or tagged (``<prefix>:{_fleet}:format``,
+``mode = "cluster"``). An instance finding the format key of the other layout under its prefix
+refuses to start in one line: it would count in keys no instance of the other layout reads.
+
 A change of the key layout is made only this way: :data:`STATE_FORMAT` goes up by one and a
 migration from the previous format joins :data:`MIGRATIONS` (README, "Upgrades").
 """
@@ -24,7 +29,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from kafkaconsole.engine.keys import FleetKeys
+from kafkaconsole.engine.keys import FleetKeys, layout_name
+
+#: How each layout's [redis] mode is named in messages (tagged -> the modes).
+_MODES = {True: '"cluster"', False: '"single" or "sentinel"'}
 
 #: The version of the key layout this release reads and writes.
 STATE_FORMAT = 1
@@ -81,11 +89,22 @@ async def ensure_state_format(
     *,
     current: int = STATE_FORMAT,
     migrations: Mapping[int, Migration] | None = None,
+    tagged: bool = False,
 ) -> FormatCheck:
     """Check (and where needed stamp or migrate) the state's format; raises
-    :class:`StateFormatError` for a newer format or a missing migration."""
+    :class:`StateFormatError` for a newer format, a missing migration, or state of the other
+    key layout (``tagged``: the cluster layout is this instance's)."""
     steps = MIGRATIONS if migrations is None else migrations
-    key = FleetKeys(prefix).format
+    keys = FleetKeys(prefix, tagged)
+    key = keys.format
+    if await redis.get(keys.other_layout().format) is not None:
+        theirs, ours = layout_name(not tagged), layout_name(tagged)
+        raise StateFormatError(
+            f"the state in Redis (prefix {prefix!r}) is in the {theirs} key layout, and this "
+            f"instance uses the {ours} one ([redis] mode = {_MODES[tagged]}): run it with "
+            f"mode = {_MODES[not tagged]} or another key_prefix (README, Redis Cluster). "
+            "Nothing was changed"
+        )
     # scripts go by EVALSHA (loaded on first use): the documented Redis ACL has no EVAL
     raw: Any = await redis.register_script(_CHECK)(keys=[key], args=[str(current)])
     created, found = int(raw[0]) == 0, int(raw[1])
