@@ -98,6 +98,10 @@ def kafka_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
 
 def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """An asyncio Redis client for the configured server."""
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        return sentinel_client(cfg, *_redis_args(cfg, extra), connections=100)
     url, kwargs = _redis_args(cfg, extra)
     return Redis.from_url(url, **kwargs)
 
@@ -204,6 +208,10 @@ class WatchedConnectionPool(BlockingConnectionPool):
 def engine_redis_client(cfg: RedisConfig) -> Redis:
     """The engine's client: a :class:`WatchedConnectionPool` of ``[redis] max_connections``
     shared by the counting path, the timers and the dispatchers."""
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        return sentinel_client(cfg, *_redis_args(cfg, {}), connections=cfg.max_connections)
     url, kwargs = _redis_args(cfg, {})
     pool = WatchedConnectionPool.from_url(
         url, max_connections=cfg.max_connections, timeout=POOL_WAIT_S, **kwargs
@@ -213,6 +221,10 @@ def engine_redis_client(cfg: RedisConfig) -> Redis:
 
 def dedicated_redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """A client of one connection of its own (a subscription, a blocking read)."""
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        return sentinel_client(cfg, *_redis_args(cfg, extra), connections=1)
     url, kwargs = _redis_args(cfg, extra)
     return Redis.from_url(url, max_connections=1, **kwargs)
 
@@ -253,6 +265,12 @@ def reader_redis_client(
     """A client with a small pool of its own, for readers that must never take the counting
     path's connections (the HTTP API, the health monitor): at most ``connections`` at once; a
     request waits up to 5 s for one to be free (then fails, the pool reported exhausted)."""
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        args = _redis_args(cfg, {"socket_timeout": 5})
+        label = f"{name} pool of {connections}"
+        return sentinel_client(cfg, *args, connections=connections, label=label)
     url, kwargs = _redis_args(cfg, {"socket_timeout": 5})
     pool = WatchedConnectionPool.from_url(
         url, max_connections=connections, timeout=POOL_WAIT_S, **kwargs
