@@ -104,6 +104,12 @@ class SentinelSetup:
             state: dict[str, Any] = client.execute_command("SENTINEL MASTER", self.service)
             return state
 
+    def failover(self) -> None:
+        """A manual failover (``SENTINEL FAILOVER``): a replica is promoted and the primary,
+        alive, is made its replica."""
+        with _client(self.sentinels[0].port, self.sentinel_password) as client:
+            client.execute_command("SENTINEL FAILOVER", self.service)
+
     def agreed_primary(self, replicas: int = 0) -> int | None:
         """The primary's port if every sentinel sees it up there, with at least ``replicas``
         replicas and every other sentinel (None: not so)."""

@@ -117,9 +117,12 @@ async def test_counts_exactly_through_the_sentinels(
         await data.aclose()
 
 
+@pytest.mark.parametrize("fault", ["kill", "demote"])
 async def test_follows_the_primary_through_a_failover_under_load(
-    services: EmbeddedServices, kafka: KafkaHelper, setup: SentinelSetup, unique: str
+    services: EmbeddedServices, kafka: KafkaHelper, setup: SentinelSetup, unique: str, fault: str
 ) -> None:
+    """``kill``: the primary is killed (-9) and the replica promoted; ``demote``: a manual
+    failover (SENTINEL FAILOVER) turns the live primary into a replica of the promoted one."""
     cid = f"{unique}-c"
     await kafka.create_topic(unique, 3)
     cfg = _config(services, setup, unique, cid)
@@ -142,7 +145,10 @@ async def test_follows_the_primary_through_a_failover_under_load(
             try:
                 await _wait_counted(old, unique, cid, 600)
                 killed = time.monotonic()
-                setup.primary.kill()
+                if fault == "kill":
+                    setup.primary.kill()
+                else:
+                    await asyncio.to_thread(setup.failover)
                 await asyncio.to_thread(setup.wait_primary, new_port)
                 promoted = time.monotonic()
                 at_promotion = (await _counted(new, unique, cid))[0]
@@ -189,9 +195,9 @@ async def test_follows_the_primary_through_a_failover_under_load(
                 what="the time closer on the new primary",
             )
             print(
-                f"\nfailover: promoted {promoted - killed:.2f}s after the kill, counting on the "
-                f"new primary {recovered - killed:.2f}s after it; {produced} events, "
-                f"{windows} windows, losses detected: {losses}"
+                f"\nfailover ({fault}): promoted {promoted - killed:.2f}s after the fault, "
+                f"counting on the new primary {recovered - killed:.2f}s after it; "
+                f"{produced} events, {windows} windows, losses detected: {losses}"
             )
     finally:
         await old.aclose()

@@ -23,6 +23,7 @@ TLS when the data nodes are.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -52,8 +53,10 @@ NO_PRIMARY = "Redis Sentinel: no primary"
 """How every reason of a missing primary begins (the console header looks for it)."""
 #: How long one sentinel may take to answer (connect, then reply) before the next is asked.
 SENTINEL_TIMEOUT_S = 2.0
-#: While no primary is known, a pool asks the sentinels again at most this often when a
-#: command wants a connection (so the state clears without waiting for a new connection).
+#: How often the sentinels are asked again while commands run (by one pool of the process at
+#: a time, in the background): a primary that moved is followed even when no connection
+#: broke (a manual failover leaves the old primary writable until the sentinels demote it),
+#: and a missing primary is noticed back without waiting for a new connection.
 RECHECK_S = 1.0
 
 
@@ -74,6 +77,7 @@ class _ServiceState:
 
     primary: tuple[str, int] | None = None
     missing: str | None = None
+    checked_at: float = -RECHECK_S
 
 
 _STATES: dict[tuple[str, tuple[str, ...]], _ServiceState] = {}
@@ -103,7 +107,9 @@ class PrimaryFinder:
             for text in self.addresses
             for host, port in [sentinel_address(text)]
         ]
-        self._checked_at = -RECHECK_S
+        # one question at a time: connections opened together (after a failover, a whole
+        # pool) ask in turn, over one connection per sentinel
+        self._asking = asyncio.Lock()
 
     def describe(self) -> str:
         return f"service {self.service!r} (sentinels {', '.join(self.addresses)})"
@@ -111,7 +117,11 @@ class PrimaryFinder:
     async def primary(self) -> tuple[str, int]:
         """The primary's address as the first sentinel that knows it up says; raises
         :class:`NoPrimary` (logged once per outage) when none does."""
-        self._checked_at = time.monotonic()
+        async with self._asking:
+            return await self._ask_primary()
+
+    async def _ask_primary(self) -> tuple[str, int]:
+        self.state.checked_at = time.monotonic()
         problems: dict[str, list[str]] = {}
         for i, (text, sentinel) in enumerate(self._sentinels):
             try:
@@ -168,11 +178,10 @@ class PrimaryFinder:
         state.primary = address
         state.missing = None
 
-    async def recheck(self) -> None:
-        """While no primary is known, ask again (at most every :data:`RECHECK_S`)."""
-        if self.state.missing is not None and time.monotonic() - self._checked_at >= RECHECK_S:
-            with contextlib.suppress(NoPrimary):
-                await self.primary()
+    def due(self) -> bool:
+        """Whether the sentinels were last asked (by any pool of the process) over
+        :data:`RECHECK_S` ago."""
+        return time.monotonic() - self.state.checked_at >= RECHECK_S
 
     async def replicas(self) -> list[tuple[str, int]]:
         """The replicas the first answering sentinel sees up (none: an empty list)."""
@@ -211,15 +220,20 @@ class SentinelPool(WatchedConnectionPool):
         self.is_master = True
         self.check_connection = False
         self.master_address: tuple[str, int] | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     async def get_master_address(self) -> tuple[str, int]:
         address = await self.finder.primary()
+        await self._follow(address)
+        return address
+
+    async def _follow(self, address: tuple[str, int]) -> None:
         if self.master_address != address:
             moved = self.master_address is not None
             self.master_address = address
-            if moved:  # idle connections reconnect to the new primary when next used
+            if moved:  # idle connections reconnect to the new primary when next used; the
+                # ones in use are closed when handed back (release)
                 await self.disconnect(inuse_connections=False)
-        return address
 
     async def rotate_slaves(self) -> AsyncIterator[tuple[str, int]]:
         for replica in await self.finder.replicas():
@@ -229,8 +243,29 @@ class SentinelPool(WatchedConnectionPool):
         raise SlaveNotFoundError(f"no replica found for {self.finder.describe()}")
 
     async def get_connection(self, *args: Any, **options: Any) -> Any:
-        await self.finder.recheck()
+        self._watch()
         return await super().get_connection(*args, **options)
+
+    def _watch(self) -> None:
+        """Check in the background, at most every :data:`RECHECK_S`, that the primary has not
+        moved (one check at a time; nothing waits for it)."""
+        if self._watching is None or self._watching.done():
+            state = self.finder.state
+            moved = state.missing is None and state.primary not in (None, self.master_address)
+            if moved or self.finder.due():
+                self._watching = asyncio.get_running_loop().create_task(self._check())
+
+    async def _check(self) -> None:
+        state = self.finder.state
+        try:
+            if self.finder.due():
+                await self.get_master_address()
+            elif state.missing is None and state.primary is not None:
+                await self._follow(state.primary)  # another pool of the process asked
+        except MasterNotFoundError:
+            pass  # logged once (PrimaryFinder.primary); the pool names it (exhausted)
+        except Exception as exc:  # never an unretrieved task error: the next check retries
+            log.debug("Redis Sentinel: checking the primary failed: %s", exc)
 
     async def release(self, connection: Any) -> None:
         # a connection to where the primary was is not kept: the next use connects anew
@@ -244,7 +279,12 @@ class SentinelPool(WatchedConnectionPool):
         try:
             await super().disconnect(inuse_connections)
         finally:
-            if inuse_connections:  # closing the client: the sentinels' connections too
+            if inuse_connections:  # closing the client: the check and the sentinels too
+                if self._watching is not None:
+                    self._watching.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self._watching
+                    self._watching = None
                 await self.finder.aclose()
 
     @property
