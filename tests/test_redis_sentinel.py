@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import redis.asyncio as aredis
 
@@ -28,7 +29,7 @@ from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.redis_sentinel import NO_PRIMARY, SentinelPool
 from tests import pipeline_targets
 from tests.engine_support import make_config, running_engine
-from tests.helpers import KafkaHelper, wait_for
+from tests.helpers import KafkaHelper, cli, wait_for
 from tests.sentinel_support import SentinelSetup, start_sentinel_setup
 from tests.test_cli_control import write_config
 from tests.test_headless import _start
@@ -60,6 +61,29 @@ def _config(
     )
 
 
+def _cli_config(
+    tmp_path: Path, services: EmbeddedServices, setup: SentinelSetup, unique: str, cid: str
+) -> Path:
+    """A config file of the same consumer, for the CLI, in sentinel mode."""
+    path = write_config(
+        tmp_path / "cli.toml",
+        bootstrap=services.bootstrap_servers,
+        redis_url=setup.url,
+        prefix=unique,
+        topic=unique,
+        cid=cid,
+        out_file=tmp_path / "runs.jsonl",
+        max_event=100,
+    )
+    listed = ", ".join(f'"{address}"' for address in setup.sentinel_addresses)
+    lines = (
+        f'mode = "sentinel"\nservice_name = "{setup.service}"\nsentinels = [{listed}]\n'
+        f'sentinel_password = "{setup.sentinel_password}"\n'
+    )
+    path.write_text(path.read_text().replace("[redis]\n", f"[redis]\n{lines}"))
+    return path
+
+
 async def _counted(r: aredis.Redis, prefix: str, cid: str) -> tuple[int, list[int], list[int]]:
     """Sum of closed windows + open count, the closed windows' ids and counts."""
     entries = await r.xrange(f"{prefix}:{cid}:history")
@@ -87,7 +111,11 @@ async def _ready(api: ApiServer) -> tuple[int, dict[str, Any]]:
 
 
 async def test_counts_exactly_through_the_sentinels(
-    services: EmbeddedServices, kafka: KafkaHelper, setup: SentinelSetup, unique: str
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    setup: SentinelSetup,
+    unique: str,
+    tmp_path: Path,
 ) -> None:
     cid = f"{unique}-c"
     await kafka.create_topic(unique, 3)
@@ -107,6 +135,16 @@ async def test_counts_exactly_through_the_sentinels(
             assert _calls(cid) == list(range(1, 11))  # each window's pipeline ran once
             snap = await engine.refresh_snapshot()
             assert snap.redis_ok and snap.redis_pool == ()
+            # the CLI reaches the primary through the sentinels too
+            status = await cli(
+                "status",
+                "--json",
+                "--config",
+                str(_cli_config(tmp_path, services, setup, unique, cid)),
+            )
+            assert status.exit_code == 0, status.stderr
+            (shown,) = orjson.loads(status.stdout)["consumers"]
+            assert (shown["count"], shown["total"]) == (50, 1050)
         # the replica holds the primary's copy (replication)
         replica = aredis.Redis(port=setup.replicas[0].port, password=setup.password)
         try:
