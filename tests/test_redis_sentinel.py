@@ -281,8 +281,17 @@ async def _outage(
 ) -> None:
     await kafka.produce(unique, ({"i": i} for i in range(300)))
     await _wait_counted(data, unique, cid, 300)
-    status, body = await _ready(api)
-    assert status == 200, body
+    seen: list[dict[str, Any]] = []
+
+    async def ready_now() -> bool:
+        status, body = await _ready(api)
+        seen.append(body)
+        return status == 200
+
+    try:  # the first snapshot of a new instance may still be on its way
+        await wait_for(ready_now, 10, interval=0.2, what="/ready 200 before the fault")
+    except AssertionError:
+        raise AssertionError(f"/ready before the fault: {seen[-1]}") from None
     caplog.clear()
     caplog.set_level(logging.INFO, logger="kafkaconsole")
     setup.primary.kill()

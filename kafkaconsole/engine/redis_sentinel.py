@@ -77,7 +77,7 @@ class _ServiceState:
 
     primary: tuple[str, int] | None = None
     missing: str | None = None
-    checked_at: float = -RECHECK_S
+    checked_at: float = float("-inf")
 
 
 _STATES: dict[tuple[str, tuple[str, ...]], _ServiceState] = {}
