@@ -3,10 +3,13 @@
 Every connection asks the sentinels where the primary of ``service_name`` is when it connects,
 so after a failover (the primary dead, a replica promoted) each client of the engine reaches
 the new primary by itself the next time it connects: the pool, the control listener's
-subscription, the dispatch wake-up, the time closer, the health monitor and the HTTP API. A
-connection still open to an old primary that came back as a replica is left at its first
-``READONLY`` answer (redis-py's :class:`~redis.asyncio.sentinel.SentinelManagedConnection`),
-and one handed back to the pool after the primary moved is closed there.
+subscription, the dispatch wake-up, the time closer, the health monitor and the HTTP API.
+While commands run the process also asks again once a second, in the background
+(:data:`RECHECK_S`), so a primary that moved while the connections stayed up (a manual
+failover) is followed too: idle connections are closed then, and one in use when it is handed
+back. A connection still open to an old primary that came back as a replica is left at its
+first ``READONLY`` answer (redis-py's
+:class:`~redis.asyncio.sentinel.SentinelManagedConnection`).
 
 The pools are :class:`~kafkaconsole.engine.clients.WatchedConnectionPool` s (bounded, first
 come first served, exhaustion a degraded state) whose connections are sentinel-managed. When
