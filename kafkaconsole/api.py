@@ -1203,6 +1203,7 @@ class ApiServer:
             reasons.append("engine is not running")
         if not snap.kafka_ok:
             reasons.append(f"Kafka unreachable: no broker answered for {KAFKA_SILENCE_S:g} s")
+        failed = None
         try:
             await asyncio.wait_for(self.redis.ping(), 1.0)
             redis_ok = snap.redis_ok
@@ -1211,15 +1212,18 @@ class ApiServer:
                 reasons.append(f"Redis unreachable: {problem}")
         except (RedisError, OSError, TimeoutError) as exc:
             redis_ok = False
-            reasons.append(f"Redis unreachable: {mask_text(str(exc) or 'timeout', self.config)}")
-        if not redis_ok and not any(r.startswith("Redis") for r in reasons):
+            failed = str(exc) or "timeout"
+        # pool exhaustion: commands failed waiting for a connection (the engine's own pools,
+        # read now, and this API's); a reason several pools share (Redis Sentinel: no
+        # primary) is given once, and stands for the ping's failure when it is the same
+        exhausted = [*self.engine.redis_pool_exhausted(), pool_exhausted(self.redis)]
+        pools = [reason for reason in dict.fromkeys(exhausted) if reason]
+        if failed is not None and failed not in pools:
+            reasons.append(f"Redis unreachable: {mask_text(failed, self.config)}")
+        if not redis_ok and failed not in pools and not any(r.startswith("Redis") for r in reasons):
             reasons.append("Redis unreachable")
         reasons += [f"{failure} (restarted)" for failure in snap.task_failures]
-        # pool exhaustion: commands failed waiting for a connection (the engine's own pools,
-        # read now, and this API's)
-        reasons += list(self.engine.redis_pool_exhausted())
-        if (api_pool := pool_exhausted(self.redis)) is not None:
-            reasons.append(api_pool)
+        reasons += [mask_text(r, self.config) for r in pools]
         body = ReadyBody(
             ready=not reasons,
             # degraded: running, but a broker or Redis does not answer, or a Redis connection

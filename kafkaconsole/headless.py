@@ -34,6 +34,7 @@ from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_text
 from kafkaconsole.engine.engine import DependencyUnreachable, Engine
 from kafkaconsole.engine.errors import ControlError
+from kafkaconsole.engine.redis_sentinel import NoPrimary
 from kafkaconsole.engine.status import InstanceSnapshot
 from kafkaconsole.supervisor import WorkerSpec, WorkerSupervisor, workers_extra
 
@@ -180,7 +181,9 @@ async def serve(
             if stopped:
                 log.info("stopped while waiting for %s", exc)
                 return EXIT_OK
-            log.error("cannot start: %s does not answer", exc)
+            # no primary known to Redis Sentinel: the reason says it all
+            said = exc if isinstance(exc.__cause__, NoPrimary) else f"{exc} does not answer"
+            log.error("cannot start: %s", said)
             return EXIT_FAILURE
         except RedisError as exc:
             log.error(

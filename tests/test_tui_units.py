@@ -12,6 +12,7 @@ import pytest
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.config.secrets import mask_config, masker
+from kafkaconsole.engine.redis_sentinel import NO_PRIMARY
 from kafkaconsole.engine.seek import PartitionMove, SeekPlan
 from kafkaconsole.engine.status import ConsumerState
 from kafkaconsole.engine.thresholds import Winner
@@ -38,6 +39,7 @@ from kafkaconsole.tui.themes import (
 from kafkaconsole.tui.viewmodel import (
     AlertView,
     FleetView,
+    HeaderModel,
     LogBook,
     LogLine,
     Series,
@@ -55,6 +57,7 @@ from kafkaconsole.tui.viewmodel import (
     partitions_of,
 )
 from kafkaconsole.tui.widgets import (
+    FleetHeader,
     Palette,
     alert_badge,
     count_labels,
@@ -814,3 +817,31 @@ def test_sort_rows_orders_by_column_and_keeps_ties_in_config_order() -> None:
     assert [r.consumer_id for r in sort_rows(rows, "id", False)] == sorted(ids)
     worst = [r.consumer_id for r in sort_rows(rows, "health", False)]
     assert worst[0] == "logs" and worst[-1] in ("orders", "audit")
+
+
+def test_header_names_a_missing_sentinel_primary_or_an_exhausted_pool() -> None:
+    def shown(*reasons: str) -> str:
+        header = FleetHeader()
+        model = HeaderModel(
+            brokers="b:9092",
+            kafka_ok=True,
+            redis_ok=not reasons,
+            instances=1,
+            rate=0,
+            uptime_seconds=1,
+            instance_id="i",
+            engine="running",
+            read_only=False,
+            consumers=1,
+            shown=1,
+            redis_pool=reasons,
+        )
+        header.show(model, compact=False)
+        return str(header.content)
+
+    no_primary = (
+        f"{NO_PRIMARY} for service 'kc' (sentinels a:1): the sentinels see the primary down"
+    )
+    assert "no primary" in shown(no_primary) and "pool exhausted" not in shown(no_primary)
+    assert "pool exhausted" in shown("Redis connections exhausted: ...")
+    assert "no primary" not in shown() and "pool exhausted" not in shown()

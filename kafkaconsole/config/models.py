@@ -165,6 +165,8 @@ class RedisConfig(Section):
             raise ValueError('nodes applies only to mode = "cluster"')
         if self.mode == "cluster" and self.url.startswith("unix://"):
             raise ValueError('mode = "cluster" needs a redis:// or rediss:// url, not unix://')
+        if self.mode == "sentinel" and self.url.startswith("unix://"):
+            raise ValueError('mode = "sentinel" needs a redis:// or rediss:// url, not unix://')
         return self
 
     @model_validator(mode="after")

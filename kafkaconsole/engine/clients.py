@@ -104,6 +104,10 @@ def redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """An asyncio Redis client for the configured server."""
     if cfg.mode == "cluster":
         return _cluster().cluster_client(cfg, cfg.max_connections, "client", **extra)
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        return sentinel_client(cfg, *_redis_args(cfg, extra), connections=100)
     url, kwargs = _redis_args(cfg, extra)
     return Redis.from_url(url, **kwargs)
 
@@ -223,6 +227,10 @@ def engine_redis_client(cfg: RedisConfig) -> Redis:
     shared by the counting path, the timers and the dispatchers."""
     if cfg.mode == "cluster":
         return _cluster().cluster_client(cfg, cfg.max_connections, _pool_label(cfg.max_connections))
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        return sentinel_client(cfg, *_redis_args(cfg, {}), connections=cfg.max_connections)
     url, kwargs = _redis_args(cfg, {})
     pool = WatchedConnectionPool.from_url(
         url, max_connections=cfg.max_connections, timeout=POOL_WAIT_S, **kwargs
@@ -234,6 +242,10 @@ def dedicated_redis_client(cfg: RedisConfig, **extra: Any) -> Redis:
     """A client of one connection of its own (a subscription, a blocking read)."""
     if cfg.mode == "cluster":  # one connection per node
         return _cluster().cluster_client(cfg, 1, "dedicated connection", **extra)
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        return sentinel_client(cfg, *_redis_args(cfg, extra), connections=1)
     url, kwargs = _redis_args(cfg, extra)
     return Redis.from_url(url, max_connections=1, **kwargs)
 
@@ -283,6 +295,12 @@ def reader_redis_client(
     if cfg.mode == "cluster":
         label = f"{name} pool of {connections}"
         return _cluster().cluster_client(cfg, connections, label, socket_timeout=5)
+    if cfg.mode == "sentinel":
+        from kafkaconsole.engine.redis_sentinel import sentinel_client  # builds on this module
+
+        args = _redis_args(cfg, {"socket_timeout": 5})
+        label = f"{name} pool of {connections}"
+        return sentinel_client(cfg, *args, connections=connections, label=label)
     url, kwargs = _redis_args(cfg, {"socket_timeout": 5})
     pool = WatchedConnectionPool.from_url(
         url, max_connections=connections, timeout=POOL_WAIT_S, **kwargs

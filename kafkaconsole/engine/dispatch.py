@@ -95,6 +95,10 @@ return 0
 
 #: Creating the dispatch group while Redis does not answer: 0.5 s doubling to 5 s.
 GROUP_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
+#: Recording a finished run while Redis does not answer: 0.2 s doubling to 2 s, for at most
+#: RECORD_WAIT_S (then the entry stays pending and the run is made again, same key).
+RECORD_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.2, max_backoff=2.0, jitter=True)
+RECORD_WAIT_S = 30.0
 READ_COUNT = 50
 """Stream entries read per XREADGROUP / XAUTOCLAIM."""
 COALESCE_MAX = 10_000
@@ -560,8 +564,7 @@ class TriggerDispatcher:
                         )
                         return False
                     result = followed
-            await self._write_status(record, result)
-            await self._ack(*entry_ids)
+            await self._record_final(record, result, entry_ids)
             self._record_outcome(result)
             with contextlib.suppress(RedisError, OSError):
                 await self._persist_breaker()
@@ -583,6 +586,29 @@ class TriggerDispatcher:
             return False
         finally:
             self._inflight.difference_update(entry_ids)
+
+    async def _record_final(
+        self, record: TriggerRecord, result: RunResult, entry_ids: list[bytes]
+    ) -> None:
+        """Record a finished run's status and acknowledge its entries, waiting for Redis up to
+        :data:`RECORD_WAIT_S` (a failover, a restart): the run is not made again later from
+        its pending entry for want of a moment's wait."""
+
+        async def record_it() -> None:
+            await self._write_status(record, result)
+            await self._ack(*entry_ids)
+
+        await retry_call(
+            record_it,
+            RECORD_POLICY,
+            retry_on=(RedisError, OSError),
+            what=f"{record.consumer_id}: recording the run of window {record.window_id}",
+            attempts=0,
+            stop=self._stop,
+            give_up_after=RECORD_WAIT_S,
+            logger=log,
+            give_up_level=logging.DEBUG,  # the caller logs the interruption
+        )
 
     async def _until_stopped(
         self, aw: Coroutine[Any, Any, T], *, release_slot: bool = False

@@ -74,6 +74,7 @@ from kafkaconsole.engine.records import (
     TriggerRecord,
     stored_run,
 )
+from kafkaconsole.engine.redis_sentinel import NoPrimary
 from kafkaconsole.engine.reload import (
     RESTART_SECTIONS,
     ConsumerChange,
@@ -400,8 +401,10 @@ class Engine:
             raise
         except (RedisError, OSError, TimeoutError) as exc:
             where = mask_text(self.config.redis.url, self.config)
+            text = mask_text(str(exc) or type(exc).__name__, self.config)
+            # a missing primary names the service and its sentinels (the url's host is unused)
             raise DependencyUnreachable(
-                f"Redis at {where}: {mask_text(str(exc) or type(exc).__name__, self.config)}"
+                text if isinstance(exc, NoPrimary) else f"Redis at {where}: {text}"
             ) from exc
         # an ACL user lacking a command the engine needs fails here, with one clear message
         await check_redis_access(self.redis, self.prefix)
@@ -1281,21 +1284,27 @@ class Engine:
                         snap,
                         HEARTBEAT_TTL_S,
                     )
-                for listener in list(self._listeners):
-                    try:
-                        listener(snap)
-                    except Exception:
-                        log.exception("status listener failed")
+                self._tell_listeners(snap)
                 await self._refresh_cluster_view()
             except (RedisError, OSError) as exc:
                 if self._redis_ok:
                     log.error("Redis unreachable: %s", exc)
                 self._redis_ok = False
                 self.redis_problem = self._mask(str(exc) or type(exc).__name__)
+                # the snapshot says so without Redis (and why: a pool exhausted, no primary)
+                self._snapshot = self._build_snapshot()
+                self._tell_listeners(self._snapshot)
             except Exception as exc:  # a bug must not end the heartbeat: log, surface, go on
                 self._status_failed("publishing the heartbeat", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.snapshot_interval)
+
+    def _tell_listeners(self, snap: InstanceSnapshot) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(snap)
+            except Exception:
+                log.exception("status listener failed")
 
     def _status_failed(self, step: str, exc: Exception) -> None:
         text = self._mask(f"status loop failed {step}: {type(exc).__name__}: {exc}")

@@ -23,6 +23,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Label, Sparkline, Static
 
+from kafkaconsole.engine.redis_sentinel import NO_PRIMARY
 from kafkaconsole.tui.viewmodel import (
     NONE_TEXT,
     ConsumerRow,
@@ -260,6 +261,8 @@ class FleetHeader(Static):
             count = len(model.kafka_missing)
             missing = f" [$warning]{count} broker{'' if count == 1 else 's'} missing[/]"
         pool = " [$warning]pool exhausted[/]" if model.redis_pool else ""
+        if any(reason.startswith(NO_PRIMARY) for reason in model.redis_pool):
+            pool = " [$warning]no primary[/]"  # Redis Sentinel knows no primary
         parts.append(f"{kafka} {dot(model.kafka_ok)}{missing}  redis {dot(model.redis_ok)}{pool}")
         inst = "?" if model.instances is None else str(model.instances)
         parts.append(
