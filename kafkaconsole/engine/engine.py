@@ -99,7 +99,7 @@ from kafkaconsole.engine.status import (
     consumer_lag,
     instance_state,
 )
-from kafkaconsole.engine.timer import TimeCloser, WindowTimer
+from kafkaconsole.engine.timer import ClosingThread, WindowTimer
 
 log = logging.getLogger("kafkaconsole.engine")
 trigger_log = logging.getLogger("kafkaconsole.trigger")
@@ -229,7 +229,7 @@ class Engine:
         self.redis: Redis = redis or engine_redis_client(config.redis)
         # the time triggers due together are closed together (one pipeline per loop turn), on
         # a connection of their own: never queued behind dispatch work in the pool
-        self.time_closer = TimeCloser(dedicated_redis_client(config.redis))
+        self.time_closer = ClosingThread(partial(dedicated_redis_client, config.redis))
         self.control = FleetControl(self.redis, self.prefix, self.tagged)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config), tagged=self.tagged)
         self._fleet: Fleet | None = None
@@ -296,16 +296,11 @@ class Engine:
         for cfg in self.config.consumers:
             self._consumers[cfg.consumer_id] = self._build_consumer(cfg, self._dlq)
         await self._load_pause_flags()
+        self.time_closer.start()  # before any timer: they hand their closes to it
         for c in self._consumers.values():
             self._start_consumer(c)
         self._tasks.append(
             asyncio.create_task(self._guard(self._status_loop, "status loop"), name="status")
-        )
-        self._tasks.append(
-            asyncio.create_task(
-                self._guard(partial(self.time_closer.run_clock, self._stop), "Redis clock"),
-                name="redis-clock",
-            )
         )
         self._tasks.append(
             asyncio.create_task(
@@ -690,7 +685,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
         with contextlib.suppress(Exception):
-            await self.time_closer.redis.aclose()
+            await asyncio.to_thread(self.time_closer.stop)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
         self.started = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,7 @@ class RedisClock:
         self.fallback = ClockSkew(clock_ms)
         self._samples: list[tuple[float, float, float]] = []  # (rtt, offset, taken at)
         self.rtt_ms: float | None = None  # of the sample in use
+        self._lock = threading.Lock()  # the closing thread notes, the engine's timers read
 
     @property
     def ms(self) -> float:
@@ -91,16 +93,18 @@ class RedisClock:
 
     def note_round_trip(self, sent_ms: float, redis_now_ms: float, received_ms: float) -> None:
         rtt = max(received_ms - sent_ms, 0.0)
-        self._samples.append((rtt, redis_now_ms - (sent_ms + received_ms) / 2, received_ms))
+        with self._lock:
+            self._samples.append((rtt, redis_now_ms - (sent_ms + received_ms) / 2, received_ms))
         best = self._best()
         self.rtt_ms = best[0] if best is not None else None
 
     def _best(self) -> tuple[float, float, float] | None:
         now = self.clock_ms()
-        self._samples = [s for s in self._samples if now - s[2] <= RTT_KEEP_MS]
-        if len(self._samples) > 64:
-            self._samples = sorted(self._samples)[:32]
-        return min(self._samples, default=None)
+        with self._lock:
+            self._samples = [s for s in self._samples if now - s[2] <= RTT_KEEP_MS]
+            if len(self._samples) > 64:
+                self._samples = sorted(self._samples)[:32]
+            return min(self._samples, default=None)
 
 
 def deadline_ms(opened_at_ms: int | None, max_time_s: float) -> int | None:
@@ -206,6 +210,104 @@ class TimeCloser:
         return list(await pipe.execute(raise_on_error=False))
 
 
+#: How long an engine's stop waits for the closing thread to end.
+THREAD_JOIN_S = 5.0
+
+
+class ClosingThread:
+    """The time closes of an engine, on a thread of their own with an event loop of their own.
+
+    The engine's event loop also runs hundreds of consumers' fetches, heartbeats, dispatches
+    and status reads: a timer waiting on it fires when the loop gets to it, up to seconds late
+    when hundreds of windows close together and their dispatch follows. Here each timer hands
+    its close over as soon as its window's deadline is known (and withdraws it when the
+    window closes by count, empties or gets another deadline); this thread's loop waits for
+    the deadline and sends the closes due together in one pipeline (:class:`TimeCloser`, on its
+    own connection), while the engine's loop is busy: the interpreter hands the thread the GIL
+    within its switch interval (5 ms). The answer goes back to the timer on the engine's loop
+    (a window closed later than its deadline only by that, not by the loop's backlog). The
+    thread also measures Redis's clock (:meth:`TimeCloser.run_clock`): its round trips are not
+    stretched by a busy loop either."""
+
+    def __init__(self, make_redis: Callable[[], Redis], clock: RedisClock | None = None) -> None:
+        self.clock = clock or RedisClock()
+        self._make_redis = make_redis
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.closer: TimeCloser | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._main, name="time-closes", daemon=True)
+        self._thread.start()
+        self._ready.wait(THREAD_JOIN_S)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            self._stop = asyncio.Event()
+            self.closer = TimeCloser(self._make_redis(), self.clock)
+            self._loop = loop
+            self._ready.set()
+            loop.run_until_complete(self.closer.run_clock(self._stop))
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(self.closer.redis.aclose())
+            # closes still waiting (their timers stopped with the engine) end with it
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(asyncio.sleep(0))
+        except Exception:  # a bug here must not pass silently: the timers fall back
+            log.exception("the time-closing thread ended")
+        finally:
+            self._loop = None
+            self._ready.set()
+            loop.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._loop is not None and self._thread is not None and self._thread.is_alive()
+
+    async def close_at(
+        self, counter: WindowCounter, window_id: int, max_time_ms: int, deadline_ms: int
+    ) -> CloseResult:
+        """Close ``window_id`` by time once Redis's clock passes ``deadline_ms``, from the
+        thread (cancelling the awaiting call withdraws it if not yet sent)."""
+        loop = self._loop
+        if loop is None or self.closer is None:
+            raise RedisError("the time-closing thread is not running")
+        cf = asyncio.run_coroutine_threadsafe(
+            self._at(counter, window_id, max_time_ms, deadline_ms), loop
+        )
+        return await asyncio.wrap_future(cf)
+
+    async def _at(
+        self, counter: WindowCounter, window_id: int, max_time_ms: int, deadline_ms: int
+    ) -> CloseResult:
+        assert self.closer is not None
+        delay = (deadline_ms - self.clock.ms - self.clock.clock_ms()) / 1000
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while True:
+            res = await self.closer.close(counter, window_id, max_time_ms)
+            if res.status != "early":
+                return res
+            # the clock estimate was a little ahead of Redis's: the script says how much
+            # remains (never back to a busy engine loop for that)
+            await asyncio.sleep(max(res.count, 1) / 1000)
+
+    def stop(self) -> None:
+        loop, stop, thread = self._loop, self._stop, self._thread
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop ended already
+                loop.call_soon_threadsafe(stop.set)
+        if thread is not None:
+            thread.join(THREAD_JOIN_S)
+
+
 class WindowTimer:
     """Closes the open window of one consumer at its time deadline."""
 
@@ -215,7 +317,7 @@ class WindowTimer:
         max_time_s: float,
         on_closed: Callable[[CloseResult], None],
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
-        closer: TimeCloser | None = None,
+        closer: TimeCloser | ClosingThread | None = None,
     ) -> None:
         self.counter = counter
         self.closer = closer
@@ -264,6 +366,9 @@ class WindowTimer:
             if self._deadline is None:
                 await self._wait_change(None)  # observe() and wake() set the event
                 continue
+            if isinstance(self.closer, ClosingThread) and self.closer.alive:
+                await self._fire()  # the thread waits for the deadline
+                continue
             delay = (self._deadline - self.skew.ms - self.clock_ms()) / 1000
             if delay > 0:
                 await self._wait_change(delay)
@@ -279,7 +384,24 @@ class WindowTimer:
         assert wid is not None
         max_time_ms = round(self.max_time_s * 1000)
         try:
-            if self.closer is not None:
+            if isinstance(self.closer, ClosingThread) and self.closer.alive:
+                deadline = self._deadline
+                assert deadline is not None
+                handed = asyncio.ensure_future(
+                    self.closer.close_at(self.counter, wid, max_time_ms, deadline)
+                )
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait((handed, changed), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if not handed.done():  # a new deadline, a count close, a stop: withdrawn
+                    handed.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                        await handed
+                    return
+                res = handed.result()
+            elif isinstance(self.closer, TimeCloser):
                 res = await self.closer.close(self.counter, wid, max_time_ms)
             else:
                 res = await self.counter.close(

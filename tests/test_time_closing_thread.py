@@ -1,0 +1,118 @@
+"""Time closes on a thread of their own: a window closes on time while the engine's event loop
+is busy (hundreds of consumers' work), and a timer whose window changed withdraws its close."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+import redis.asyncio as aredis
+
+from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine.counting import CloseResult, WindowCounter
+from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.timer import ClosingThread, WindowTimer
+from tests.helpers import wait_for
+from tests.test_counting import delta
+
+MAX_TIME_S = 0.5
+BLOCK_S = 2.0  # the engine's loop does not run for this long, from before the deadline
+
+
+async def open_window(redis: aredis.Redis, prefix: str, cid: str) -> tuple[WindowCounter, int]:
+    counter = WindowCounter(redis, ConsumerKeys(prefix, cid), max_event=1000)
+    res = await counter.apply([delta(0, [0])])
+    return counter, res.opened_at_ms or 0
+
+
+async def redis_ms(redis: aredis.Redis) -> int:
+    sec, usec = await redis.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def history(redis: aredis.Redis, prefix: str, cid: str) -> list[dict[bytes, bytes]]:
+    return [f for _, f in await redis.xrange(ConsumerKeys(prefix, cid).history)]
+
+
+async def test_a_window_closes_on_time_while_the_event_loop_is_blocked(
+    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+) -> None:
+    thread = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
+    thread.start()
+    closed: list[CloseResult] = []
+    try:
+        counter, opened_at = await open_window(redis_client, unique, "c")
+        timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=thread)
+        now_ms = await redis_ms(redis_client)
+        timer.observe(1, 1, opened_at, now_ms)
+        stop = asyncio.Event()
+        task = asyncio.create_task(timer.run(stop))
+        await asyncio.sleep(0.05)  # the timer has handed its close to the thread
+        # the engine's loop is stuck (hundreds of consumers' work), past the deadline
+        time.sleep(BLOCK_S)  # noqa: ASYNC251 (the point: this loop does not run)
+
+        async def recorded() -> bool:
+            return bool(closed)
+
+        await wait_for(recorded, 10, what="the close reported to the timer")
+        (entry,) = await history(redis_client, unique, "c")
+        assert entry[b"reason"] == b"time"
+        late = int(entry[b"closed_at"]) - int(entry[b"opened_at"]) - int(MAX_TIME_S * 1000)
+        # closed by the thread while the loop was blocked: late by far less than the block
+        assert 0 <= late < 1000, late
+        stop.set()
+        timer.wake()
+        await asyncio.wait_for(task, 5)
+    finally:
+        await asyncio.to_thread(thread.stop)
+    assert not thread.alive
+
+
+async def test_a_timer_whose_window_changed_withdraws_its_close(
+    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+) -> None:
+    thread = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
+    thread.start()
+    closed: list[CloseResult] = []
+    try:
+        counter, opened_at = await open_window(redis_client, unique, "c")
+        timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=thread)
+        now_ms = await redis_ms(redis_client)
+        timer.observe(1, 1, opened_at, now_ms)
+        stop = asyncio.Event()
+        task = asyncio.create_task(timer.run(stop))
+        await asyncio.sleep(0.1)  # handed to the thread, due in about 0.4 s
+        timer.observe(1, 0, None, now_ms + 1)  # the window emptied (a reset): no deadline
+        await asyncio.sleep(MAX_TIME_S + 0.5)
+        assert closed == [] and await history(redis_client, unique, "c") == []
+        stop.set()
+        timer.wake()
+        await asyncio.wait_for(task, 5)
+    finally:
+        await asyncio.to_thread(thread.stop)
+
+
+async def test_a_stopped_thread_leaves_the_timers_closing_on_the_loop(
+    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+) -> None:
+    thread = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
+    thread.start()
+    await asyncio.to_thread(thread.stop)
+    assert not thread.alive
+    closed: list[CloseResult] = []
+    counter, opened_at = await open_window(redis_client, unique, "c")
+    timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=thread)
+    now_ms = await redis_ms(redis_client)
+    timer.observe(1, 1, opened_at, now_ms)
+    stop = asyncio.Event()
+    task = asyncio.create_task(timer.run(stop))
+
+    async def recorded() -> bool:
+        return bool(closed)
+
+    await wait_for(recorded, 10, what="the window closed on the loop")
+    assert closed[0].closed
+    stop.set()
+    timer.wake()
+    await asyncio.wait_for(task, 5)
