@@ -225,7 +225,8 @@ async def test_follows_the_primary_through_a_failover_under_load(
             assert isinstance(pool, SentinelPool)
             assert pool.master_address == ("127.0.0.1", new_port)
             # the time closer's own connection follows at its next clock probe (every 5 s)
-            closer = engine.time_closer.redis.connection_pool
+            assert engine.time_closer.closer is not None  # (on its thread, read from here)
+            closer = engine.time_closer.closer.redis.connection_pool
             assert isinstance(closer, SentinelPool)
             await wait_for(
                 lambda: _true(closer.master_address == ("127.0.0.1", new_port)),
