@@ -73,6 +73,26 @@ def config(
     return make_config(services, prefix, consumers, redis=cluster_section(cluster))
 
 
+async def busy_consumer(
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    cluster: LocalCluster,
+    prefix: str,
+    cid: str,
+    max_event: int,
+) -> tuple[AppConfig, int]:
+    """A config of one consumer of a new 3-partition topic ``cid`` reading small batches, and
+    the slot of its keys."""
+    await kafka.create_topic(cid, 3)
+    cfg = config(
+        services,
+        cluster,
+        prefix,
+        [{"consumer_id": cid, "kafka_topic": cid, "max_event": max_event, "batch_size": 50}],
+    )
+    return cfg, slot_of(ConsumerKeys(prefix, cid, True).events)
+
+
 async def counted(r: Redis, prefix: str, cid: str) -> tuple[int, list[int], list[int]]:
     """(closed-window total + open count, window ids in history order, closed counts)."""
     keys = ConsumerKeys(prefix, cid, tagged=True)
@@ -344,14 +364,7 @@ async def test_slot_moved_while_counting_is_followed_exactly(
     """The consumer's slot migrates to another primary while events flow (ASK, TRYAGAIN, then
     MOVED): redis-py follows, counting goes on, nothing lost or counted twice."""
     cid, max_event = f"{unique}-m", 200
-    await kafka.create_topic(cid, 3)
-    cfg = config(
-        services,
-        cluster,
-        unique,
-        [{"consumer_id": cid, "kafka_topic": cid, "max_event": max_event, "batch_size": 50}],
-    )
-    slot = slot_of(ConsumerKeys(unique, cid, True).events)
+    cfg, slot = await busy_consumer(services, kafka, cluster, unique, cid, max_event)
     source = cluster.port_of_slot(slot)
     target = next(p for p in cluster.primaries() if p != source)
     caplog.set_level(logging.WARNING)
@@ -391,14 +404,7 @@ async def test_primary_killed_while_counting_replica_takes_over_exactly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cid, max_event = f"{unique}-f", 200
-    await kafka.create_topic(cid, 3)
-    cfg = config(
-        services,
-        cluster,
-        unique,
-        [{"consumer_id": cid, "kafka_topic": cid, "max_event": max_event, "batch_size": 50}],
-    )
-    slot = slot_of(ConsumerKeys(unique, cid, True).events)
+    cfg, slot = await busy_consumer(services, kafka, cluster, unique, cid, max_event)
     victim = cluster.port_of_slot(slot)
     engine = await start_engine(cfg)
     redis_ok: list[bool] = []  # as each snapshot said (/ready reads it)

@@ -35,6 +35,25 @@ async def history(redis: aredis.Redis, prefix: str, cid: str) -> list[dict[bytes
     return [f for _, f in await redis.xrange(ConsumerKeys(prefix, cid).history)]
 
 
+async def run_timer(
+    redis: aredis.Redis, prefix: str, closer: ClosingThread, closed: list[CloseResult]
+) -> tuple[WindowTimer, asyncio.Task[None], asyncio.Event, int]:
+    """A window opened now, and its timer (``max_time`` :data:`MAX_TIME_S`) running; its
+    closes go to ``closed``. Returns the timer, its task, its stop event, Redis's time."""
+    counter, opened_at = await open_window(redis, prefix, "c")
+    timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=closer)
+    now_ms = await redis_ms(redis)
+    timer.observe(1, 1, opened_at, now_ms)
+    stop = asyncio.Event()
+    return timer, asyncio.create_task(timer.run(stop)), stop, now_ms
+
+
+async def end_timer(timer: WindowTimer, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    stop.set()
+    timer.wake()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_a_window_closes_on_time_while_the_event_loop_is_blocked(
     services: EmbeddedServices, redis_client: aredis.Redis, unique: str
 ) -> None:
@@ -42,12 +61,7 @@ async def test_a_window_closes_on_time_while_the_event_loop_is_blocked(
     thread.start()
     closed: list[CloseResult] = []
     try:
-        counter, opened_at = await open_window(redis_client, unique, "c")
-        timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=thread)
-        now_ms = await redis_ms(redis_client)
-        timer.observe(1, 1, opened_at, now_ms)
-        stop = asyncio.Event()
-        task = asyncio.create_task(timer.run(stop))
+        timer, task, stop, _ = await run_timer(redis_client, unique, thread, closed)
         await asyncio.sleep(0.05)  # the timer has handed its close to the thread
         # the engine's loop is stuck (hundreds of consumers' work), past the deadline
         time.sleep(BLOCK_S)  # noqa: ASYNC251 (the point: this loop does not run)
@@ -61,9 +75,7 @@ async def test_a_window_closes_on_time_while_the_event_loop_is_blocked(
         late = int(entry[b"closed_at"]) - int(entry[b"opened_at"]) - int(MAX_TIME_S * 1000)
         # closed by the thread while the loop was blocked: late by far less than the block
         assert 0 <= late < 1000, late
-        stop.set()
-        timer.wake()
-        await asyncio.wait_for(task, 5)
+        await end_timer(timer, task, stop)
     finally:
         await asyncio.to_thread(thread.stop)
     assert not thread.alive
@@ -76,19 +88,12 @@ async def test_a_timer_whose_window_changed_withdraws_its_close(
     thread.start()
     closed: list[CloseResult] = []
     try:
-        counter, opened_at = await open_window(redis_client, unique, "c")
-        timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=thread)
-        now_ms = await redis_ms(redis_client)
-        timer.observe(1, 1, opened_at, now_ms)
-        stop = asyncio.Event()
-        task = asyncio.create_task(timer.run(stop))
+        timer, task, stop, now_ms = await run_timer(redis_client, unique, thread, closed)
         await asyncio.sleep(0.1)  # handed to the thread, due in about 0.4 s
         timer.observe(1, 0, None, now_ms + 1)  # the window emptied (a reset): no deadline
         await asyncio.sleep(MAX_TIME_S + 0.5)
         assert closed == [] and await history(redis_client, unique, "c") == []
-        stop.set()
-        timer.wake()
-        await asyncio.wait_for(task, 5)
+        await end_timer(timer, task, stop)
     finally:
         await asyncio.to_thread(thread.stop)
 
@@ -101,18 +106,11 @@ async def test_a_stopped_thread_leaves_the_timers_closing_on_the_loop(
     await asyncio.to_thread(thread.stop)
     assert not thread.alive
     closed: list[CloseResult] = []
-    counter, opened_at = await open_window(redis_client, unique, "c")
-    timer = WindowTimer(counter, MAX_TIME_S, closed.append, closer=thread)
-    now_ms = await redis_ms(redis_client)
-    timer.observe(1, 1, opened_at, now_ms)
-    stop = asyncio.Event()
-    task = asyncio.create_task(timer.run(stop))
+    timer, task, stop, _ = await run_timer(redis_client, unique, thread, closed)
 
     async def recorded() -> bool:
         return bool(closed)
 
     await wait_for(recorded, 10, what="the window closed on the loop")
     assert closed[0].closed
-    stop.set()
-    timer.wake()
-    await asyncio.wait_for(task, 5)
+    await end_timer(timer, task, stop)

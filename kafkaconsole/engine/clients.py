@@ -141,7 +141,25 @@ class PoolExhausted(RedisConnectionError):
     """Every pooled connection stayed busy for :data:`POOL_WAIT_S`: the command was not sent."""
 
 
-class WatchedConnectionPool(BlockingConnectionPool):
+class RemembersExhaustion:
+    """What a bounded set of connections remembers of its last exhaustion: the reason, shown
+    for :attr:`degraded_s` after the last command that waited out (``/ready``, the console
+    header)."""
+
+    degraded_s: float = POOL_DEGRADED_S
+    _exhausted_at: float | None = None
+    _reason: str = ""
+
+    @property
+    def exhausted(self) -> str | None:
+        """Why it is degraded (None: no command waited out in the last minute)."""
+        at = self._exhausted_at
+        if at is None or time.monotonic() - at > self.degraded_s:
+            return None
+        return self._reason
+
+
+class WatchedConnectionPool(RemembersExhaustion, BlockingConnectionPool):
     """A bounded pool whose commands wait (up to :data:`POOL_WAIT_S`) for a free connection
     instead of failing at once, and which remembers when that wait ran out.
 
@@ -212,14 +230,6 @@ class WatchedConnectionPool(BlockingConnectionPool):
             f"Redis connections exhausted: every connection of the {self.label} stayed busy "
             f"for {self.timeout:g} s"
         )
-
-    @property
-    def exhausted(self) -> str | None:
-        """Why the pool is degraded (None: no command waited out in the last minute)."""
-        at = self._exhausted_at
-        if at is None or time.monotonic() - at > self.degraded_s:
-            return None
-        return self._reason
 
 
 def engine_redis_client(cfg: RedisConfig) -> Redis:

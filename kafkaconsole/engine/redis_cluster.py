@@ -58,6 +58,7 @@ from kafkaconsole.engine.clients import (
     POOL_WAIT_S,
     PoolExhausted,
     RedisCapacityError,
+    RemembersExhaustion,
     _redis_args,
     check_redis_access,
 )
@@ -87,7 +88,7 @@ def cluster_nodes(cfg: RedisConfig) -> list[tuple[str, int]]:
     return [(parts.hostname or "127.0.0.1", parts.port or 6379)]
 
 
-class CommandGate:
+class CommandGate(RemembersExhaustion):
     """At most ``size`` commands of one client at once, first come first served; a command
     that waits :attr:`timeout` for its turn fails with :class:`~.clients.PoolExhausted`, and
     the client counts as exhausted (:attr:`exhausted`) for :data:`~.clients.POOL_DEGRADED_S`."""
@@ -131,14 +132,6 @@ class CommandGate:
             self._episode = True
             log.warning("%s", reason)
         raise PoolExhausted(reason) from None
-
-    @property
-    def exhausted(self) -> str | None:
-        """Why the client is degraded (None: no command waited out in the last minute)."""
-        at = self._exhausted_at
-        if at is None or time.monotonic() - at > self.degraded_s:
-            return None
-        return self._reason
 
 
 def _unavailable(exc: RedisClusterException) -> ClusterUnavailable | None:
