@@ -4,6 +4,7 @@ the CLI in-process, serve local HTTP endpoints (webhook receivers)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -20,6 +21,14 @@ from click.testing import Result
 
 from kafkaconsole.embedded import BrokerKind
 from kafkaconsole.engine.fleet_status import ConsumerStatus
+
+#: The tests of Redis's topologies (Cluster, Sentinel) run in the session on Apache Kafka and
+#: not again in the one on Tansu chosen explicitly (``KAFKACONSOLE_TEST_BROKER=tansu``, the CI's
+#: second suite tier): what they test is the Redis side, which the broker does not change.
+REDIS_TOPOLOGY_ONCE = pytest.mark.skipif(
+    os.environ.get("KAFKACONSOLE_TEST_BROKER") == "tansu",
+    reason="Redis Cluster and Sentinel tests run in the Apache Kafka session only",
+)
 
 #: The session's broker and, when it fell back to Tansu, why (set by conftest.py).
 BROKER_KEY = pytest.StashKey[tuple[BrokerKind, str | None]]()

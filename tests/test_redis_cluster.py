@@ -41,7 +41,9 @@ from kafkaconsole.engine.status import ConsumerState
 from tests import pipeline_targets
 from tests.cluster_support import LocalCluster, start_cluster
 from tests.engine_support import make_config, running_engine, start_engine
-from tests.helpers import KafkaHelper, cli, wait_for
+from tests.helpers import REDIS_TOPOLOGY_ONCE, KafkaHelper, cli, wait_for
+
+pytestmark = REDIS_TOPOLOGY_ONCE
 
 
 @pytest.fixture(scope="session")

@@ -29,12 +29,12 @@ from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.redis_sentinel import NO_PRIMARY, SentinelPool
 from tests import pipeline_targets
 from tests.engine_support import make_config, running_engine
-from tests.helpers import KafkaHelper, cli, wait_for
+from tests.helpers import REDIS_TOPOLOGY_ONCE, KafkaHelper, cli, wait_for
 from tests.sentinel_support import SentinelSetup, start_sentinel_setup
 from tests.test_cli_control import write_config
 from tests.test_headless import _start
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, REDIS_TOPOLOGY_ONCE]
 
 
 @pytest.fixture
