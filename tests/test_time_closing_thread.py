@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 
+import pytest
 import redis.asyncio as aredis
 
 from kafkaconsole.embedded import EmbeddedServices
@@ -35,6 +37,17 @@ async def history(redis: aredis.Redis, prefix: str, cid: str) -> list[dict[bytes
     return [f for _, f in await redis.xrange(ConsumerKeys(prefix, cid).history)]
 
 
+@pytest.fixture
+async def thread(services: EmbeddedServices) -> AsyncIterator[ClosingThread]:
+    """A started closing thread of the session's Redis, stopped after the test."""
+    closing = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
+    closing.start()
+    try:
+        yield closing
+    finally:
+        await asyncio.to_thread(closing.stop)
+
+
 async def run_timer(
     redis: aredis.Redis, prefix: str, closer: ClosingThread, closed: list[CloseResult]
 ) -> tuple[WindowTimer, asyncio.Task[None], asyncio.Event, int]:
@@ -55,10 +68,8 @@ async def end_timer(timer: WindowTimer, task: asyncio.Task[None], stop: asyncio.
 
 
 async def test_a_window_closes_on_time_while_the_event_loop_is_blocked(
-    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
 ) -> None:
-    thread = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
-    thread.start()
     closed: list[CloseResult] = []
     try:
         timer, task, stop, _ = await run_timer(redis_client, unique, thread, closed)
@@ -82,10 +93,8 @@ async def test_a_window_closes_on_time_while_the_event_loop_is_blocked(
 
 
 async def test_a_timer_whose_window_changed_withdraws_its_close(
-    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
 ) -> None:
-    thread = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
-    thread.start()
     closed: list[CloseResult] = []
     try:
         timer, task, stop, now_ms = await run_timer(redis_client, unique, thread, closed)
@@ -99,10 +108,8 @@ async def test_a_timer_whose_window_changed_withdraws_its_close(
 
 
 async def test_a_stopped_thread_leaves_the_timers_closing_on_the_loop(
-    services: EmbeddedServices, redis_client: aredis.Redis, unique: str
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
 ) -> None:
-    thread = ClosingThread(partial(aredis.Redis.from_url, services.redis_url))
-    thread.start()
     await asyncio.to_thread(thread.stop)
     assert not thread.alive
     closed: list[CloseResult] = []
