@@ -32,7 +32,7 @@ def test_idle_poll_scales_with_the_fleet_config() -> None:
     assert fleet_config(500).idle_poll_s() == 5.0
     assert fleet_config(1000).idle_poll_s() == 10.0
     assert fleet_config(100).control_poll_s() == 1.0
-    assert fleet_config(500).control_poll_s() == 2.5
+    assert fleet_config(500).control_poll_s() == 5.0
 
 
 async def test_a_long_idle_poll_delays_nothing(

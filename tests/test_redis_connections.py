@@ -211,5 +211,5 @@ def test_status_reads_and_health_samples_keep_to_a_process_budget() -> None:
     assert Engine(fleet_config(10), snapshot_interval=0.2).shared_read_s == 0.2
     assert Engine(fleet_config(500)).shared_read_s == 2.0
     assert Engine(fleet_config(1000), snapshot_interval=0.2).shared_read_s == 4.0
-    assert fleet_config(10).monitor_interval_s(10) == 0.3
-    assert fleet_config(10).monitor_interval_s(500) == 10.0
+    assert fleet_config(10).monitor_interval_s(5) == 0.3
+    assert fleet_config(10).monitor_interval_s(500) == 20.0

@@ -71,7 +71,7 @@ class KafkaConfig(Section):
     allow_insecure: bool = False
     """Accept SASL_PLAINTEXT (credentials unencrypted); logs a warning. Not recommended."""
     fetch_max_wait_ms: int | None = Field(None, ge=0, le=10_000)
-    """How long the broker may hold a fetch waiting for data; unset: 5 ms per consumer, 50-5000."""
+    """How long the broker may hold a fetch waiting for data; unset: 10 ms per consumer, 50-5000."""
     session_timeout_ms: int = Field(10_000, ge=1_000, le=3_600_000)
     """Consumer group session timeout: how fast a dead instance's partitions move."""
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000)
@@ -739,29 +739,44 @@ class AppConfig(Section):
 
     def fetch_wait_ms(self) -> int:
         """The fetch wait of this process's consumers: ``[kafka] fetch_max_wait_ms``, or when
-        unset 5 ms per consumer between 50 and 5,000 ms (below half the request timeout).
+        unset 10 ms per consumer between 50 and 5,000 ms (below half the request timeout).
 
-        An idle consumer sends one fetch per wait, so the process sends at most about 200
+        An idle consumer sends one fetch per wait, so the process sends at most about 100
         fetches a second however many consumers it runs. A broker answers a fetch as soon as
         data arrives, so a longer wait costs no latency on Apache Kafka (Tansu holds every
         fetch for the whole wait)."""
         if self.kafka.fetch_max_wait_ms is not None:
             return self.kafka.fetch_max_wait_ms
-        wait = min(max(50, 5 * len(self.consumers)), 5_000)
+        wait = min(max(50, 10 * len(self.consumers)), 5_000)
         return min(wait, self.kafka.request_timeout_ms // 2)
+
+    def fetcher_wake_ms(self) -> int:
+        """The longest a consumer's background fetch routine (aiokafka's
+        ``consumer_timeout_ms``) sleeps with nothing to do: 200 ms, or so that the process's
+        idle routines wake at most about 250 times a second (2 s with 500 consumers, at most 5 s).
+
+        It is only a safety net: records, a seek, a reset, a resume, a new assignment and the
+        answer of a fetch in flight all wake the routine at once."""
+        return min(max(200, 4 * len(self.consumers)), 5_000)
 
     def probe_interval_s(self) -> float:
         """How often each consumer asks the brokers for its topic's end offsets and its
         positions (lag while idle or paused; a fetch's highwater keeps it live while events
-        flow): once a second, or so that the process sends at most about 200 such requests a
-        second (2.5 s with 500 consumers)."""
-        return max(1.0, len(self.consumers) / 200)
+        flow): once a second, or so that the process sends at most about 100 such requests a
+        second (5 s with 500 consumers)."""
+        return max(1.0, len(self.consumers) / 100)
+
+    def heartbeat_s(self) -> float:
+        """How often an instance publishes its status (its heartbeat, which lives 5 s) to
+        Redis: every second, or so that it serialises at most about 250 consumers a second
+        (2 s with 500, never longer)."""
+        return min(max(1.0, len(self.consumers) / 250), 2.0)
 
     def control_poll_s(self) -> float:
         """How often an instance reads every consumer's pause flag and seek epoch (a net for
         a missed announcement; an announcement applies its consumer at once): every second,
-        or so that it reads at most about 200 consumers' flags a second (2.5 s with 500)."""
-        return max(1.0, len(self.consumers) / 200)
+        or so that it reads at most about 100 consumers' flags a second (5 s with 500)."""
+        return max(1.0, len(self.consumers) / 100)
 
     def idle_poll_s(self) -> float:
         """How long a consumer with nothing to count or commit waits in one poll (records end
@@ -772,10 +787,10 @@ class AppConfig(Section):
 
     def monitor_interval_s(self, consumers: int) -> float:
         """How often the health monitor samples a fleet of ``consumers``: every
-        ``[monitoring] sample_interval``, or so that it samples at most about 50 consumers a
-        second (10 s with 500: verdicts and alerts come at most that much later; a sample of
+        ``[monitoring] sample_interval``, or so that it samples at most about 25 consumers a
+        second (20 s with 500: verdicts and alerts come at most that much later; a sample of
         500 consumers is about half a second of CPU)."""
-        return max(self.monitoring.sample_interval, consumers / 50)
+        return max(self.monitoring.sample_interval, consumers / 25)
 
     def takeover_poll_s(self) -> float:
         """How often a dispatcher that just took its lease looks for what a stopped instance

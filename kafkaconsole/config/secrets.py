@@ -169,8 +169,14 @@ def masker(cfg: AppConfig) -> Callable[[str], str]:
     parameter) in a text; the secret values are computed once."""
     values = frozenset(secret_values(cfg))
 
-    def mask(text: str) -> str:
+    # the same short strings (field names, states, topics) come by hundreds a second in fleet
+    # reads: their masked form is kept (a bounded cache; long texts are masked each time)
+    @functools.lru_cache(maxsize=4096)
+    def cached(text: str) -> str:
         return redact(text, values)
+
+    def mask(text: str) -> str:
+        return cached(text) if len(text) <= 256 else redact(text, values)
 
     return mask
 

@@ -257,6 +257,7 @@ class ConsumerRunner:
             fetch_max_bytes=fetch_max,
             max_partition_fetch_bytes=partition_max,
             metadata_max_age_ms=k.metadata_max_age_ms,
+            consumer_timeout_ms=self.app.fetcher_wake_ms(),
             **kafka_kwargs(k),
         )
 

@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RedisConfig, RetryPolicy
 from kafkaconsole.config.secrets import mask_strings
@@ -208,8 +208,12 @@ class TriggerDispatcher:
         mask: Callable[[str], str] | None = None,
         idle_poll_s: float = 0.5,
         takeover_poll_s: float = 0.5,
+        renewer: LeaseRenewer | None = None,
     ) -> None:
         self.redis = redis
+        # the instance's shared lease renewer (one pipeline for every dispatcher), or None:
+        # this dispatcher keeps its lease itself
+        self._renewer = renewer
         self.idle_poll_s = idle_poll_s
         self.takeover_poll_s = takeover_poll_s
         # monotonic: poll every takeover_poll_s until then (lease just taken)
@@ -264,7 +268,13 @@ class TriggerDispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        keeper = asyncio.create_task(self._keep_lease(stop), name=f"lease:{self.cfg.consumer_id}")
+        keeper: asyncio.Task[None] | None = None
+        if self._renewer is not None:
+            self._renewer.join(self)
+        else:
+            keeper = asyncio.create_task(
+                self._keep_lease(stop), name=f"lease:{self.cfg.consumer_id}"
+            )
         try:
             try:
                 await retry_call(
@@ -306,9 +316,13 @@ class TriggerDispatcher:
                         await self._sleep(pause)
         finally:
             await self._drain()
-            keeper.cancel()
-            with contextlib.suppress(BaseException):
-                await keeper
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(BaseException):
+                    await keeper
+            if self._renewer is not None:
+                # after any renewal in flight, so the release below is the last word
+                await self._renewer.leave(self)
             with contextlib.suppress(Exception):
                 await self._release(keys=[self.keys.dispatch_lease], args=[self.instance_id])
             self.leader = False
@@ -736,25 +750,30 @@ class TriggerDispatcher:
                 )
             except (RedisError, OSError):
                 held = False
-            if held and not self.leader:
-                log.debug("%s: this instance dispatches its triggers", self.cfg.consumer_id)
-                self._own_pending_checked = False
-                self._breaker_restore = True
-                self._fast_until = time.monotonic() + 2 * self.lease_ms / 1000
-                self._wake.set()
-            self.leader = held
-            if held and self._inflight:
-                # keep our running entries fresh so no other instance claims them as dead
-                with contextlib.suppress(RedisError, OSError):
-                    await self.redis.xclaim(
-                        self.keys.dispatch,
-                        DISPATCH_GROUP,
-                        self.instance_id,
-                        min_idle_time=0,
-                        message_ids=list(self._inflight),
-                        justid=True,
-                    )
+            await self.note_lease(held)
             await asyncio.sleep(self.lease_ms / 3000)
+
+    async def note_lease(self, held: bool) -> None:
+        """What a renewal of the lease answered: take over when it was just taken, and keep
+        the entries being run fresh while it is held."""
+        if held and not self.leader:
+            log.debug("%s: this instance dispatches its triggers", self.cfg.consumer_id)
+            self._own_pending_checked = False
+            self._breaker_restore = True
+            self._fast_until = time.monotonic() + 2 * self.lease_ms / 1000
+            self._wake.set()
+        self.leader = held
+        if held and self._inflight:
+            # keep our running entries fresh so no other instance claims them as dead
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.xclaim(
+                    self.keys.dispatch,
+                    DISPATCH_GROUP,
+                    self.instance_id,
+                    min_idle_time=0,
+                    message_ids=list(self._inflight),
+                    justid=True,
+                )
 
     async def _read_count(self) -> int:
         """Entries to read at once: :data:`COALESCE_MAX` while coalescing (``backlog_policy =
@@ -880,6 +899,73 @@ WAKE_BLOCK_MS = 1000
 CLUSTER_WAKE_POLL_S = 0.2
 #: The wake-up while Redis does not answer: 0.5 s doubling to 5 s.
 WAKE_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
+
+
+class LeaseRenewer:
+    """Renews the dispatch leases of every dispatcher of an instance together: one pipeline
+    of lease scripts every third of a lease period (and at once when a dispatcher joins),
+    instead of one round trip per consumer (with 500 consumers: one pipeline every 3.3 s
+    instead of 150 calls a second). Redis unreachable: every lease counts as not held."""
+
+    def __init__(self, redis: Redis, instance_id: str, lease_ms: int) -> None:
+        self.redis = redis
+        self.instance_id = instance_id
+        self.lease_ms = lease_ms
+        self.rounds = 0
+        self._sha = redis.register_script(_LEASE).sha
+        self._members: dict[int, TriggerDispatcher] = {}
+        self._kick = asyncio.Event()
+        self._in_flight: tuple[set[int], asyncio.Future[None]] | None = None
+
+    def join(self, dispatcher: TriggerDispatcher) -> None:
+        self._members[id(dispatcher)] = dispatcher
+        self._kick.set()  # a newcomer learns whether it leads at once
+
+    async def leave(self, dispatcher: TriggerDispatcher) -> None:
+        """Stop renewing ``dispatcher``'s lease; returns once no renewal of it is in flight."""
+        self._members.pop(id(dispatcher), None)
+        if self._in_flight is not None and id(dispatcher) in self._in_flight[0]:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._in_flight[1])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._kick.clear()
+            members = list(self._members.values())
+            if members:
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._in_flight = ({id(d) for d in members}, done)
+                try:
+                    answers = await self._renew(members)
+                    for dispatcher, held in zip(members, answers, strict=True):
+                        if id(dispatcher) in self._members:
+                            await dispatcher.note_lease(held)
+                finally:
+                    self._in_flight = None
+                    done.set_result(None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.lease_ms / 3000)
+
+    async def _renew(self, members: list[TriggerDispatcher]) -> list[bool]:
+        self.rounds += 1
+        try:
+            answers = await self._pipeline(members)
+            if any(isinstance(a, NoScriptError) for a in answers):
+                # a Redis that restarted (or another server): load the script, send again
+                await self.redis.script_load(_LEASE)
+                answers = await self._pipeline(members)
+        except (RedisError, OSError):
+            return [False] * len(members)
+        return [not isinstance(a, Exception) and bool(a) for a in answers]
+
+    async def _pipeline(self, members: list[TriggerDispatcher]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for d in members:
+            # by execute_command: a cluster pipeline sends it to the slot of the key
+            pipe.execute_command(
+                "EVALSHA", self._sha, 1, d.keys.dispatch_lease, self.instance_id, self.lease_ms
+            )
+        return list(await pipe.execute(raise_on_error=False))
 
 
 class DispatchWaker:

@@ -56,7 +56,7 @@ from kafkaconsole.engine.counting import (
     ResetResult,
     WindowCounter,
 )
-from kafkaconsole.engine.dispatch import DispatchWaker, TriggerDispatcher
+from kafkaconsole.engine.dispatch import DispatchWaker, LeaseRenewer, TriggerDispatcher
 from kafkaconsole.engine.dlq import DLQ_MAX_RECORD_BYTES, DeadLetterSink
 from kafkaconsole.engine.errors import ControlError, ReadOnlyError, UnknownConsumerError
 from kafkaconsole.engine.faults import fault_hook_from_env
@@ -123,6 +123,8 @@ def log_fields(
 HEARTBEAT_TTL_S = 5
 #: The status loop reads at most about this many consumers' shared state a second.
 SHARED_READS_PER_S = 250
+# a run in these states may still change: its summary is read again at every shared read
+UNFINISHED_RUN = frozenset({"pending", "queued", "running"})
 #: Seconds between the instance's own looks at the cluster's brokers (metadata)
 METADATA_REFRESH_S = 10.0
 
@@ -177,6 +179,9 @@ class _SharedState:
     errors: int = 0
     last_trigger: TriggerSummary | None = None
     paused: bool = False
+    # the window id when the history was last read (only a close adds to it, and a close
+    # moves the window id): the newest entry is read again only when that id moves
+    history_read_for: int | None = None
 
 
 @dataclass
@@ -232,6 +237,8 @@ class Engine:
         self.time_closer = ClosingThread(partial(dedicated_redis_client, config.redis))
         self.control = FleetControl(self.redis, self.prefix, self.tagged)
         self.audit = AuditLog(self.redis, self.prefix, mask=masker(config), tagged=self.tagged)
+        # every dispatcher's lease renewed in one pipeline (not a round trip per consumer)
+        self.lease_renewer = LeaseRenewer(self.redis, self.instance_id, self.lease_ms)
         self._fleet: Fleet | None = None
         self.started_at_ms = int(time.time() * 1000)
         self._brokers_seen: dict[int, str] = {}  # every broker seen in the cluster metadata
@@ -250,6 +257,7 @@ class Engine:
         self._listeners: list[Callable[[InstanceSnapshot], None]] = []
         self._run_listeners: list[Callable[[TriggerRecord, RunResult], None]] = []
         self._snapshot: InstanceSnapshot | None = None
+        self._snapshot_built = -math.inf  # monotonic
         self._redis_ok = False
         #: why the status loop's last Redis read failed (None: it succeeded); read live by
         #: ``/ready``: on a Redis Cluster one slot can be down while a PING is answered
@@ -305,6 +313,12 @@ class Engine:
         self._tasks.append(
             asyncio.create_task(
                 self._guard(self._control_listener, "control listener"), name="control"
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._guard(partial(self.lease_renewer.run, self._stop), "lease renewer"),
+                name="lease-renewer",
             )
         )
         self._tasks.append(
@@ -496,6 +510,7 @@ class Engine:
             # another instance left pending
             idle_poll_s=max(self.lease_ms / 1000, IDLE_DISPATCH_POLL_S),
             takeover_poll_s=self.config.takeover_poll_s(),
+            renewer=self.lease_renewer,
         )
         return _Consumer(cfg, keys, counter, runner, timer, dispatcher)
 
@@ -1239,47 +1254,59 @@ class Engine:
             self.monitor.subscribe(listener)
 
     def snapshot(self) -> InstanceSnapshot:
-        return self._snapshot or self._build_snapshot()
+        """The instance's status now: the status loop's newest, or built here when that is
+        older than the snapshot interval (with no listener, as headless, the loop builds one
+        only for each heartbeat)."""
+        snap = self._snapshot
+        if snap is None or time.monotonic() - self._snapshot_built >= self.snapshot_interval:
+            snap = self._new_snapshot()
+        return snap
+
+    def _new_snapshot(self) -> InstanceSnapshot:
+        snap = self._snapshot = self._build_snapshot()
+        self._snapshot_built = time.monotonic()
+        return snap
 
     async def refresh_snapshot(self) -> InstanceSnapshot:
         await self._read_shared()
-        snap = self._build_snapshot()
-        self._snapshot = snap
-        return snap
+        return self._new_snapshot()
 
     async def _status_loop(self) -> None:
         """Once per snapshot interval: read the shared state, build the snapshot, publish the
-        heartbeat (1/s) and tell the listeners. An unexpected error in one step is logged
-        (once per distinct error), surfaced (:attr:`task_failures`: the snapshot, ``/ready``)
-        and the loop goes on with what it has: the heartbeat never stops over one bad value."""
+        heartbeat (every :meth:`AppConfig.heartbeat_s`) and tell the listeners. With no
+        listener a snapshot is built only for a heartbeat (:meth:`snapshot` builds one when
+        asked). An unexpected error in one step is logged (once per distinct error), surfaced
+        (:attr:`task_failures`: the snapshot, ``/ready``) and the loop goes on with what it
+        has: the heartbeat never stops over one bad value."""
         shared_at = -math.inf
         while not self._stop.is_set():
             try:
+                beat = time.monotonic() - self._last_heartbeat >= self.config.heartbeat_s()
+                snap: InstanceSnapshot | None = None
                 try:
                     if time.monotonic() - shared_at >= self.shared_read_s:
                         shared_at = time.monotonic()
                         await self._read_shared()
-                    snap = self._build_snapshot()
-                    self._snapshot = snap
+                    if beat or self._listeners:
+                        snap = self._new_snapshot()
                 except (RedisError, OSError):
                     raise
                 except Exception as exc:
                     self._status_failed("reading the shared state", exc)
-                    snap = self._build_snapshot()
-                    self._snapshot = snap
-                now = time.monotonic()
-                if now - self._last_heartbeat >= 1.0:
-                    self._last_heartbeat = now
-                    await publish_heartbeat(
-                        self.redis,
-                        self.fleet_keys,
-                        self.instance_id,
-                        # orjson writes the frozen dataclasses as to_json_dict() does, at a
-                        # fraction of dataclasses.asdict's cost (hundreds of consumers a second)
-                        snap,
-                        HEARTBEAT_TTL_S,
-                    )
-                self._tell_listeners(snap)
+                    snap = self._new_snapshot()
+                if snap is not None:
+                    if beat:
+                        self._last_heartbeat = time.monotonic()
+                        await publish_heartbeat(
+                            self.redis,
+                            self.fleet_keys,
+                            self.instance_id,
+                            # orjson writes the frozen dataclasses as to_json_dict() does, at
+                            # a fraction of dataclasses.asdict's cost (hundreds of consumers)
+                            snap,
+                            HEARTBEAT_TTL_S,
+                        )
+                    self._tell_listeners(snap)
                 await self._refresh_cluster_view()
             except (RedisError, OSError) as exc:
                 if self._redis_ok:
@@ -1287,8 +1314,7 @@ class Engine:
                 self._redis_ok = False
                 self.redis_problem = self._mask(str(exc) or type(exc).__name__)
                 # the snapshot says so without Redis (and why: a pool exhausted, no primary)
-                self._snapshot = self._build_snapshot()
-                self._tell_listeners(self._snapshot)
+                self._tell_listeners(self._new_snapshot())
             except Exception as exc:  # a bug must not end the heartbeat: log, surface, go on
                 self._status_failed("publishing the heartbeat", exc)
             with contextlib.suppress(TimeoutError):
@@ -1308,6 +1334,9 @@ class Engine:
         self.task_failures["status loop"] = (text, time.time())
 
     async def _read_shared(self) -> None:
+        """Every consumer's count, window and totals in one pipeline; then, for the consumers
+        whose window id moved since (a close, a reset, a purge) or whose last run is not
+        finished, the newest history entry and its run in a second one."""
         consumers = list(self._consumers.values())
         if not consumers:
             return
@@ -1317,18 +1346,18 @@ class Engine:
             pipe.get(c.keys.events)
             pipe.hmget(c.keys.window, ["id", "opened_at"])
             pipe.hmget(c.keys.stats, ["total", "errors"])
-            pipe.xrevrange(c.keys.history, count=1)
         res = await pipe.execute()
         self._redis_ok = True
         self.redis_problem = None
         sec, usec = res[0]
         now_ms = int(sec) * 1000 + int(usec) // 1000
+        stale: list[_Consumer] = []
         i = 1
         for n, c in enumerate(consumers):
             if n and n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # hundreds of consumers must not hold up the loop
-            count_raw, (wid, opened), (total, errors), last = res[i : i + 4]
-            i += 4
+            count_raw, (wid, opened), (total, errors) = res[i : i + 3]
+            i += 3
             s = c.shared
             s.count = int(count_raw or 0)
             s.window_id = int(wid or 1)
@@ -1336,15 +1365,35 @@ class Engine:
             s.total = int(total or 0)
             s.errors = int(errors or 0)
             c.timer.observe(s.window_id, s.count, s.opened_at_ms, now_ms)
-            if last:
-                entry = HistoryEntry.parse(last[0][1])
-                if (
-                    s.last_trigger is None
-                    or s.last_trigger.window_id != entry.window_id
-                    or s.last_trigger.status in ("pending", "queued", "running")
-                ):
-                    run = await self.redis.hget(c.keys.runs, str(entry.window_id))
-                    s.last_trigger = TriggerSummary.of(entry, stored_run(run))
+            if s.history_read_for != s.window_id or (
+                s.last_trigger is not None and s.last_trigger.status in UNFINISHED_RUN
+            ):
+                stale.append(c)
+        if not stale:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for c in stale:
+            pipe.xrevrange(c.keys.history, count=1)
+        lasts = await pipe.execute()
+        changed: list[tuple[_Consumer, HistoryEntry]] = []
+        runs = self.redis.pipeline(transaction=False)
+        for c, last in zip(stale, lasts, strict=True):
+            s = c.shared
+            s.history_read_for = s.window_id
+            if not last:
+                s.last_trigger = None
+                continue
+            entry = HistoryEntry.parse(last[0][1])
+            if (
+                s.last_trigger is None
+                or s.last_trigger.window_id != entry.window_id
+                or s.last_trigger.status in UNFINISHED_RUN
+            ):
+                runs.hget(c.keys.runs, str(entry.window_id))
+                changed.append((c, entry))
+        if changed:
+            for (c, entry), run in zip(changed, await runs.execute(), strict=True):
+                c.shared.last_trigger = TriggerSummary.of(entry, stored_run(run))
 
     def _build_snapshot(self) -> InstanceSnapshot:
         consumers = []
