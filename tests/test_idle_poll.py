@@ -6,6 +6,7 @@ announced by another process applies at once, and a stop is prompt."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis.asyncio as aredis
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine import consumer as consumer_module
 from kafkaconsole.engine.control import FleetControl
 from kafkaconsole.engine.keys import ConsumerKeys
 from tests.engine_support import fleet_config, make_config, start_engine
@@ -33,6 +35,20 @@ def test_idle_poll_scales_with_the_fleet_config() -> None:
     assert fleet_config(1000).idle_poll_s() == 10.0
     assert fleet_config(100).control_poll_s() == 1.0
     assert fleet_config(500).control_poll_s() == 5.0
+
+
+def test_the_heap_left_by_start_up_is_frozen_once_after_the_collector_is_tuned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(consumer_module, "_heap_settled", False)
+    monkeypatch.setattr(consumer_module, "_gc_tuned", False)
+    assert not consumer_module.freeze_settled_heap()  # an untuned collector is left alone
+    monkeypatch.setattr(consumer_module, "_gc_tuned", True)
+    before = gc.get_freeze_count()
+    start_up = [[n] for n in range(1000)]
+    assert consumer_module.freeze_settled_heap()
+    assert gc.get_freeze_count() >= before + len(start_up)
+    assert not consumer_module.freeze_settled_heap()  # once per process
 
 
 async def test_a_long_idle_poll_delays_nothing(
@@ -57,6 +73,12 @@ async def test_a_long_idle_poll_delays_nothing(
             return bool(run.assigned)
 
         await wait_for(assigned, 30, what="the partition assigned")
+
+        async def settled() -> bool:
+            return engine._heap_settled
+
+        # every consumer started: what start-up allocated is out of the collector's sight
+        await wait_for(settled, 10, what="the heap settled after start-up")
 
         # records end an idle poll at once
         await kafka.produce(topic, [{"n": i} for i in range(5)], partitions=1)

@@ -23,6 +23,10 @@ engine: once per lease period, and every ``takeover_poll_s`` for two lease perio
 took the lease, to claim what a dead instance left pending: 0.5 s, longer with hundreds of
 consumers, see :meth:`~kafkaconsole.config.models.AppConfig.takeover_poll_s`).
 
+The engine's dispatchers do not renew their leases one by one: :class:`LeaseRenewer` renews
+them all in one pipeline every third of a lease period (a dispatcher made without one keeps
+its lease itself).
+
 A :class:`~kafkaconsole.engine.breaker.CircuitBreaker` per consumer holds triggers back (in the
 stream, marked QUEUED) after ``breaker_threshold`` consecutive failed runs, until a probe run
 succeeds after ``breaker_cooldown``. Its state is in :attr:`TriggerDispatcher.breaker` and in

@@ -48,7 +48,7 @@ from kafkaconsole.engine.clients import (
     reader_redis_client,
     security_warnings,
 )
-from kafkaconsole.engine.consumer import ConsumerRunner
+from kafkaconsole.engine.consumer import ConsumerRunner, freeze_settled_heap
 from kafkaconsole.engine.control import FleetControl, actor
 from kafkaconsole.engine.counting import (
     ApplyResult,
@@ -94,6 +94,7 @@ from kafkaconsole.engine.seek import SeekResult
 from kafkaconsole.engine.state_format import ensure_state_format
 from kafkaconsole.engine.status import (
     ConsumerSnapshot,
+    ConsumerState,
     InstanceSnapshot,
     TriggerSummary,
     consumer_lag,
@@ -125,6 +126,8 @@ HEARTBEAT_TTL_S = 5
 SHARED_READS_PER_S = 250
 # a run in these states may still change: its summary is read again at every shared read
 UNFINISHED_RUN = frozenset({"pending", "queued", "running"})
+# a consumer in these states has started: its client and connections are built
+SETTLED_STATES = frozenset({ConsumerState.RUNNING, ConsumerState.PAUSED})
 #: Seconds between the instance's own looks at the cluster's brokers (metadata)
 METADATA_REFRESH_S = 10.0
 
@@ -258,6 +261,7 @@ class Engine:
         self._run_listeners: list[Callable[[TriggerRecord, RunResult], None]] = []
         self._snapshot: InstanceSnapshot | None = None
         self._snapshot_built = -math.inf  # monotonic
+        self._heap_settled = False  # every consumer started once (consumer.freeze_settled_heap)
         self._redis_ok = False
         #: why the status loop's last Redis read failed (None: it succeeded); read live by
         #: ``/ready``: on a Redis Cluster one slot can be down while a PING is answered
@@ -1294,6 +1298,11 @@ class Engine:
                 except Exception as exc:
                     self._status_failed("reading the shared state", exc)
                     snap = self._new_snapshot()
+                if not self._heap_settled and all(
+                    c.runner.state in SETTLED_STATES for c in self._consumers.values()
+                ):
+                    self._heap_settled = True
+                    freeze_settled_heap()
                 if snap is not None:
                     if beat:
                         self._last_heartbeat = time.monotonic()
