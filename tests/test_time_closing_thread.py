@@ -121,3 +121,52 @@ async def test_a_stopped_thread_leaves_the_timers_closing_on_the_loop(
     await wait_for(recorded, 10, what="the window closed on the loop")
     assert closed[0].closed
     await end_timer(timer, task, stop)
+
+
+async def test_dispatch_waits_while_a_close_is_due_and_never_longer_than_the_cap(
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
+) -> None:
+    closed: list[CloseResult] = []
+    timer, task, stop, now_ms = await run_timer(redis_client, unique, thread, closed)
+    try:
+        await asyncio.sleep(0.05)  # handed over: due at the deadline, not yet
+        assert not thread.closes_due()
+        assert thread.closes_due(within_ms=MAX_TIME_S * 1000)
+        t0 = time.monotonic()
+        await thread.wait_quiet()  # nothing due within 20 ms: no wait
+        assert time.monotonic() - t0 < 0.05
+
+        async def due() -> bool:
+            return thread.closes_due()
+
+        await wait_for(due, 5, interval=0.002, what="the close due within 20 ms")
+        # every waiter shares one wait, which ends when the close is answered
+        t0 = time.monotonic()
+        await asyncio.gather(*(thread.wait_quiet(max_s=5.0) for _ in range(50)))
+        assert time.monotonic() - t0 < 1.0
+        assert not thread.closes_due()
+
+        async def answered() -> bool:
+            return len(closed) == 1
+
+        await wait_for(answered, 5, what="the window closed by time")
+    finally:
+        await end_timer(timer, task, stop)
+
+    # a close that stays due (its deadline passed and no answer yet) holds a wait only max_s
+    thread._due_heap.append((now_ms, -1))
+    thread._due[-1] = now_ms
+    try:
+        t0 = time.monotonic()
+        await thread.wait_quiet(max_s=0.2)
+        assert 0.15 <= time.monotonic() - t0 < 1.0
+    finally:
+        thread._forget(-1)
+    assert not thread.closes_due()
+    # answered closes do not pile up in the heap (a busy consumer hands over a close per window)
+    for token in range(1000, 1300):
+        thread._due_heap.append((now_ms + 3_600_000, token))
+        thread._due[token] = now_ms + 3_600_000
+    for token in range(1000, 1300):
+        thread._forget(token)
+    assert len(thread._due_heap) <= 64

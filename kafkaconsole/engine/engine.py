@@ -515,6 +515,7 @@ class Engine:
             idle_poll_s=max(self.lease_ms / 1000, IDLE_DISPATCH_POLL_S),
             takeover_poll_s=self.config.takeover_poll_s(),
             renewer=self.lease_renewer,
+            hold=self.time_closer.wait_quiet,
         )
         return _Consumer(cfg, keys, counter, runner, timer, dispatcher)
 

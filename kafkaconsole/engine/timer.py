@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import sys
 import threading
@@ -211,6 +213,10 @@ class TimeCloser:
         return list(await pipe.execute(raise_on_error=False))
 
 
+#: Dispatch holds back while a time close is due within this many ms (ClosingThread.closes_due).
+CLOSES_DUE_MS = 20.0
+#: ... for at most this long each time (a dispatch is never held back longer).
+HOLD_FOR_CLOSES_S = 0.25
 #: The interpreter's switch interval while a closing thread runs (see :meth:`ClosingThread.start`).
 SWITCH_INTERVAL_S = 0.001
 #: How long an engine's stop waits for the closing thread to end.
@@ -227,10 +233,11 @@ class ClosingThread:
     window closes by count, empties or gets another deadline); this thread's loop waits for
     the deadline and sends the closes due together in one pipeline (:class:`TimeCloser`, on its
     own connection), while the engine's loop is busy: the interpreter hands the thread the GIL
-    within its switch interval (5 ms). The answer goes back to the timer on the engine's loop
-    (a window closed later than its deadline only by that, not by the loop's backlog). The
-    thread also measures Redis's clock (:meth:`TimeCloser.run_clock`): its round trips are not
-    stretched by a busy loop either."""
+    within its switch interval (1 ms while the thread runs). The answer goes back to the timer
+    on the engine's loop (a window closed later than its deadline only by that, not by the
+    loop's backlog). The thread also measures Redis's clock (:meth:`TimeCloser.run_clock`):
+    its round trips are not stretched by a busy loop either. While a close is due, dispatch
+    waits (:meth:`wait_quiet`)."""
 
     def __init__(self, make_redis: Callable[[], Redis], clock: RedisClock | None = None) -> None:
         self.clock = clock or RedisClock()
@@ -240,6 +247,13 @@ class ClosingThread:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.closer: TimeCloser | None = None
+        # the deadlines of the closes handed over and not answered yet (Redis clock, ms),
+        # kept on the engine's loop: token -> deadline, and (deadline, token) in a heap whose
+        # entries of answered closes go when they reach its top or it holds twice too many
+        self._due_heap: list[tuple[int, int]] = []
+        self._due: dict[int, int] = {}
+        self._tokens = itertools.count()
+        self._quiet: asyncio.Future[None] | None = None  # the shared wait of wait_quiet
 
     def start(self) -> None:
         if self._thread is not None:
@@ -286,10 +300,51 @@ class ClosingThread:
         loop = self._loop
         if loop is None or self.closer is None:
             raise RedisError("the time-closing thread is not running")
-        cf = asyncio.run_coroutine_threadsafe(
-            self._at(counter, window_id, max_time_ms, deadline_ms), loop
-        )
-        return await asyncio.wrap_future(cf)
+        token = next(self._tokens)
+        heapq.heappush(self._due_heap, (deadline_ms, token))
+        self._due[token] = deadline_ms
+        try:
+            cf = asyncio.run_coroutine_threadsafe(
+                self._at(counter, window_id, max_time_ms, deadline_ms), loop
+            )
+            return await asyncio.wrap_future(cf)
+        finally:
+            self._forget(token)
+
+    def _forget(self, token: int) -> None:
+        self._due.pop(token, None)
+        if len(self._due_heap) > 2 * len(self._due) + 64:
+            self._due_heap = [(deadline, t) for t, deadline in self._due.items()]
+            heapq.heapify(self._due_heap)
+
+    def closes_due(self, within_ms: float = CLOSES_DUE_MS) -> bool:
+        """Whether a close handed over is due within ``within_ms`` (or due and not answered
+        yet). Called on the engine's loop: dispatch holds back while it is true, so the
+        dispatch of windows just closed does not keep the thread from the GIL while more
+        closes are due (:meth:`TriggerDispatcher.hold_for_closes`)."""
+        heap = self._due_heap
+        while heap and heap[0][1] not in self._due:
+            heapq.heappop(heap)
+        if not heap:
+            return False
+        return heap[0][0] <= self.clock.ms + self.clock.clock_ms() + within_ms
+
+    async def wait_quiet(self, max_s: float = HOLD_FOR_CLOSES_S) -> None:
+        """Return when no close is due (:meth:`closes_due`), after at most ``max_s``. Every
+        caller shares one wait (one check every 5 ms, however many dispatchers wait)."""
+        if not self.closes_due():
+            return
+        if self._quiet is None or self._quiet.done():
+            self._quiet = asyncio.ensure_future(self._until_quiet(max_s))
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._quiet)
+
+    async def _until_quiet(self, max_s: float) -> None:
+        until = time.monotonic() + max_s
+        while True:  # the condition moves with the clock: a short look every 5 ms
+            if not self.closes_due() or time.monotonic() >= until:
+                return
+            await asyncio.sleep(0.005)
 
     async def _at(
         self, counter: WindowCounter, window_id: int, max_time_ms: int, deadline_ms: int
