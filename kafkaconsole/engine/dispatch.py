@@ -218,7 +218,7 @@ class TriggerDispatcher:
         self.redis = redis
         # the engine's closing thread's wait_quiet: a dispatch waits (briefly) while time
         # closes are due, so it does not keep the thread from the GIL
-        self._hold = hold
+        self._wait_quiet = hold
         # the instance's shared lease renewer (one pipeline for every dispatcher), or None:
         # this dispatcher keeps its lease itself
         self._renewer = renewer
@@ -300,8 +300,8 @@ class TriggerDispatcher:
                 if not self.leader:
                     await self._sleep(max(self.idle_poll_s, 0.5))  # the lease keeper wakes it
                     continue
-                if self._hold is not None:
-                    await self._hold()
+                if self._wait_quiet is not None:
+                    await self._wait_quiet()
                 try:
                     if self._breaker_restore:
                         await self._restore_breaker()
