@@ -152,6 +152,10 @@ def consumer(cid: str, job_type: str = "sync", **extra: Any) -> ConsumerConfig:
     )
 
 
+async def no_close_due() -> None:
+    """The engine's ClosingThread.wait_quiet with no time close due: returns at once."""
+
+
 @pytest.fixture
 async def make(redis_client: aredis.Redis, unique: str) -> AsyncIterator[Any]:
     made: list[Harness] = []
@@ -174,6 +178,7 @@ async def make(redis_client: aredis.Redis, unique: str) -> AsyncIterator[Any]:
             FAST,
             instance,
             lease_ms=lease_ms,
+            hold=no_close_due,  # as the engine's dispatchers: they wait for closes due
         )
         harness = Harness(redis_client, keys, pipeline, dispatcher, asyncio.Event())
         made.append(harness)
