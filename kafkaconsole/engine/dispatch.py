@@ -24,8 +24,8 @@ took the lease, to claim what a dead instance left pending: 0.5 s, longer with h
 consumers, see :meth:`~kafkaconsole.config.models.AppConfig.takeover_poll_s`).
 
 The engine's dispatchers do not renew their leases one by one: :class:`LeaseRenewer` renews
-them all in one pipeline every third of a lease period (a dispatcher made without one keeps
-its lease itself).
+them all in one pipeline every third of a lease period (a dispatcher made without one runs a
+renewer of its own).
 
 A :class:`~kafkaconsole.engine.breaker.CircuitBreaker` per consumer holds triggers back (in the
 stream, marked QUEUED) after ``breaker_threshold`` consecutive failed runs, until a probe run
@@ -220,7 +220,7 @@ class TriggerDispatcher:
         # closes are due, so it does not keep the thread from the GIL
         self._wait_quiet = hold
         # the instance's shared lease renewer (one pipeline for every dispatcher), or None:
-        # this dispatcher keeps its lease itself
+        # this dispatcher runs one of its own
         self._renewer = renewer
         self.idle_poll_s = idle_poll_s
         self.takeover_poll_s = takeover_poll_s
@@ -239,7 +239,6 @@ class TriggerDispatcher:
         self.leader = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
         # async runs in flight: per pipeline (shared with other consumers) unless overridden
         self._slots = (
@@ -276,13 +275,12 @@ class TriggerDispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        renewer = self._renewer
         keeper: asyncio.Task[None] | None = None
-        if self._renewer is not None:
-            self._renewer.join(self)
-        else:
-            keeper = asyncio.create_task(
-                self._keep_lease(stop), name=f"lease:{self.cfg.consumer_id}"
-            )
+        if renewer is None:  # made without the engine's renewer: one of its own
+            renewer = LeaseRenewer(self.redis, self.instance_id, self.lease_ms)
+            keeper = asyncio.create_task(renewer.run(stop), name=f"lease:{self.cfg.consumer_id}")
+        renewer.join(self)
         try:
             try:
                 await retry_call(
@@ -326,13 +324,12 @@ class TriggerDispatcher:
                         await self._sleep(pause)
         finally:
             await self._drain()
+            # after any renewal in flight, so the release below is the last word
+            await renewer.leave(self)
             if keeper is not None:
                 keeper.cancel()
                 with contextlib.suppress(BaseException):
                     await keeper
-            if self._renewer is not None:
-                # after any renewal in flight, so the release below is the last word
-                await self._renewer.leave(self)
             with contextlib.suppress(Exception):
                 await self._release(keys=[self.keys.dispatch_lease], args=[self.instance_id])
             self.leader = False
@@ -749,19 +746,6 @@ class TriggerDispatcher:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-
-    async def _keep_lease(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                held = bool(
-                    await self._lease(
-                        keys=[self.keys.dispatch_lease], args=[self.instance_id, self.lease_ms]
-                    )
-                )
-            except (RedisError, OSError):
-                held = False
-            await self.note_lease(held)
-            await asyncio.sleep(self.lease_ms / 3000)
 
     async def note_lease(self, held: bool) -> None:
         """What a renewal of the lease answered: take over when it was just taken, and keep

@@ -321,7 +321,7 @@ class ClosingThread:
         """Whether a close handed over is due within ``within_ms`` (or due and not answered
         yet). Called on the engine's loop: dispatch holds back while it is true, so the
         dispatch of windows just closed does not keep the thread from the GIL while more
-        closes are due (:meth:`TriggerDispatcher.hold_for_closes`)."""
+        closes are due (:meth:`wait_quiet`, before each read of a dispatch stream)."""
         heap = self._due_heap
         while heap and heap[0][1] not in self._due:
             heapq.heappop(heap)
