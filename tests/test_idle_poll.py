@@ -35,6 +35,17 @@ def test_idle_poll_scales_with_the_fleet_config() -> None:
     assert fleet_config(1000).idle_poll_s() == 10.0
     assert fleet_config(100).control_poll_s() == 1.0
     assert fleet_config(500).control_poll_s() == 5.0
+    # the Kafka side: fetch waits, the fetch routine's idle wake-up and the end-offset probe
+    assert fleet_config(1).fetch_wait_ms() == 50
+    assert fleet_config(500).fetch_wait_ms() == 5_000
+    assert fleet_config(1).fetcher_wake_ms() == 200
+    assert fleet_config(500).fetcher_wake_ms() == 2_000
+    assert fleet_config(5_000).fetcher_wake_ms() == 5_000
+    assert fleet_config(500).probe_interval_s() == 5.0
+    # the heartbeat: every second, 2 s with 500, never longer (it lives 5 s)
+    assert fleet_config(100).heartbeat_s() == 1.0
+    assert fleet_config(500).heartbeat_s() == 2.0
+    assert fleet_config(5_000).heartbeat_s() == 2.0
 
 
 def test_the_heap_left_by_start_up_is_frozen_once_after_the_collector_is_tuned(
@@ -73,6 +84,8 @@ async def test_a_long_idle_poll_delays_nothing(
             return bool(run.assigned)
 
         await wait_for(assigned, 30, what="the partition assigned")
+        # the client's background fetch routine wakes on the fleet's budget
+        assert run._consumer._consumer_timeout == cfg.fetcher_wake_ms() / 1000
 
         async def settled() -> bool:
             return engine._heap_settled
