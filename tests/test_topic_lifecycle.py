@@ -192,6 +192,7 @@ async def test_a_recreated_topic_waits_for_accept_reset_or_restarts(
     unique: str,
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
+    broker_kind: BrokerKind,
 ) -> None:
     waits, restarts = f"{unique}-w", f"{unique}-r"
     topic_w, topic_r = f"{unique}-tw", f"{unique}-tr"
@@ -251,7 +252,8 @@ async def test_a_recreated_topic_waits_for_accept_reset_or_restarts(
         status = await _status(fleet, waits)
         reset = status.topic_resets[0]
         assert (reset.topic, reset.partition, reset.stored, reset.log_start) == (topic_w, 0, 10, 0)
-        assert reset.end in (0, 3)
+        # Tansu answers ListOffsets latest with 1 (README: What differs on Tansu)
+        assert reset.end in ((0, 1, 3) if broker_kind == "tansu" else (0, 3))
         assert status.verdict_reason is not None and f"{topic_w}[0]" in status.verdict_reason
         assert status.last_error is not None
         assert status.last_error.startswith(
@@ -345,6 +347,49 @@ on_topic_reset = "{c.on_topic_reset}"
     path = tmp_path / "c.toml"
     path.write_text(text)
     return path
+
+
+async def test_a_lagging_end_after_a_leader_change_is_not_a_recreated_topic(
+    services: EmbeddedServices,
+    redis_client: aredis.Redis,
+    kafka: KafkaHelper,
+    unique: str,
+    broker_kind: BrokerKind,
+) -> None:
+    """Just after a leader change the new leader's highwater lags the old one's, and the last
+    end-offset probe may be from before the change: both below what was counted. Only an end
+    offset asked for then decides (the partition's real end is above): no reset is flagged,
+    the partition is not paused, counting goes on."""
+    if broker_kind == "tansu":
+        pytest.skip("Tansu answers ListOffsets latest wrongly, and has no leader changes")
+    cid = f"{unique}-c"
+    cfg = make_config(
+        services, unique, [{"consumer_id": cid, "kafka_topic": unique, "max_event": 1000}]
+    )
+    await kafka.create_topic(unique, 1)
+    await kafka.produce(unique, ({"i": i} for i in range(10)), partitions=1)
+    tp = TopicPartition(unique, 0)
+    async with running_engine(cfg) as engine:
+
+        async def counted(n: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return await _events(redis_client, unique, cid) == n
+
+            return check
+
+        await wait_for(await counted(10), 30, what="the first 10 events counted")
+        runner: Any = engine._consumers[cid].runner
+        assert runner.next_offset(tp) == 10
+        # what a fetch from the new leader and a probe from before the change would say
+        runner.topic_ends[tp] = 4
+        runner._consumer._subscription.subscription.assignment.state_value(tp).highwater = 4
+        await runner._check_ends()
+        assert tp not in runner._awaiting
+        assert not await redis_client.hgetall(f"{unique}:{cid}:lifecycle")
+        assert tp not in runner._consumer.paused()
+        await kafka.produce(unique, ({"i": i} for i in range(5)), partitions=1)
+        await wait_for(await counted(15), 30, what="counting going on")
+        assert not await redis_client.hgetall(f"{unique}:{cid}:lifecycle")
 
 
 async def test_partitions_added_while_running_are_counted(

@@ -971,27 +971,46 @@ class ConsumerRunner:
         st.forget_times()
 
     async def _check_ends(self) -> None:
-        """A partition whose end offset (its latest fetch's highwater and the end-offset
-        probe's, both) is below the next offset to count: its topic was re-created. Brokers
-        that answer a fetch beyond the end with no records, rather than out of range, are
-        caught here (once a second, from the probe loop)."""
+        """A partition whose end offset is below the next offset to count: its topic was
+        re-created. Brokers that answer a fetch beyond the end with no records, rather than
+        out of range, are caught here (once a second, from the probe loop).
+
+        Suspected when the latest fetch's highwater and the last end-offset probe are both
+        below; decided only by an end offset asked for now. Neither suspect figure is proof:
+        just after a leader change the new leader's highwater lags the old one's (it learns
+        it from its followers' next fetch), and the last probe may be from before, taken
+        while the old leader was still catching its followers up. A ListOffsets answer is
+        safe: a new leader refuses it (OFFSET_NOT_AVAILABLE) until its highwater has reached
+        where its leadership began (Kafka's KIP-207), which is past everything read."""
         consumer = self._consumer
         if consumer is None:
             return
-        below = []
+        suspects = []
         for tp in consumer.assignment():
             st = self.parts.get(tp)
             hw, probed = consumer.highwater(tp), self.topic_ends.get(tp)
             if tp in self._awaiting or st is None or st.next is None or hw is None:
                 continue
             if probed is not None and max(hw, probed) < st.next:
-                below.append((tp, st.next, max(hw, probed)))
-        if not below:
+                suspects.append((tp, st.next))
+        if not suspects:
             return
-        tps = [tp for tp, _, _ in below]
+        tps = [tp for tp, _ in suspects]
         try:
-            starts = await asyncio.wait_for(consumer.beginning_offsets(tps), PROBE_TIMEOUT_S)
-            stored = await self.counter.stored_offsets(tps)
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), PROBE_TIMEOUT_S)
+            below = []
+            for tp, counted in suspects:
+                # the larger with the fetch's highwater, as lag takes it: a broker that
+                # answers ListOffsets wrongly (Tansu) has no leader changes either
+                end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)
+                if tp in ends and end < counted:
+                    below.append((tp, counted, end))
+            if not below:
+                return
+            starts = await asyncio.wait_for(
+                consumer.beginning_offsets([tp for tp, _, _ in below]), PROBE_TIMEOUT_S
+            )
+            stored = await self.counter.stored_offsets([tp for tp, _, _ in below])
             for tp, counted, end in below:
                 if tp in consumer.assignment() and self.next_offset(tp) == counted:
                     await self._out_of_range(tp, counted, starts[tp], end, stored.get(tp))
