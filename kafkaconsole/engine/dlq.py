@@ -13,12 +13,22 @@ record the brokers refuse for what it is (too large for the topic, invalid) is t
 smaller under the consumer's retry policy and, if still refused, returned as *refused* so the
 consumer records it as an error and goes on. A DLQ that is unreachable is different: nothing
 is wrong with the event, so the consumer waits for the DLQ (:class:`DeadLetterError`).
+
+A producer can also stop delivering for good: after a broker it wrote to died, aiokafka's
+producer may keep a batch for it that it never sends again, though the cluster moved on
+(aio-libs/aiokafka#642). So a publish that gets no answer within its timeout has the sink
+replace its producer (when given a way to make one: the engine's is): the next attempt goes
+through a new client, and the old one is stopped in the background (at most
+:data:`RETIRE_TIMEOUT_S`). What the old one still held may then reach the DLQ as well: a
+duplicate the headers let a reader drop, as after a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -46,6 +56,10 @@ DLQ_MAX_RECORD_BYTES = 1_048_576 - 16 * 1024
 ORIGINAL_SIZE_HEADER = "kafkaconsole.original.size"
 TRUNCATED_HEADER = "kafkaconsole.truncated"
 MAX_MESSAGE_CHARS = 1000
+#: A replaced DLQ producer gets this long to deliver what it holds and stop.
+RETIRE_TIMEOUT_S = 30.0
+#: Making and starting a new DLQ producer takes at most this long (else the old one stays).
+RENEW_TIMEOUT_S = 30.0
 MAX_STACKTRACE_CHARS = 8000
 
 #: Broker answers that say the record itself cannot be written (retrying it unchanged fails).
@@ -148,17 +162,74 @@ def dead_letter_record(
 
 
 class DeadLetterSink:
-    """Produces bad events to DLQ topics through one shared producer."""
+    """Produces bad events to DLQ topics through one shared producer.
+
+    ``renew``: makes and starts a new producer, used when the current one does not answer a
+    publish within its timeout (see the module doc); without it the sink keeps its producer.
+    """
 
     def __init__(
         self,
         producer: AIOKafkaProducer,
         task_id: str = "kafkaconsole",
         limit: int = DLQ_MAX_RECORD_BYTES,
+        renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         self.producer = producer
         self.task_id = task_id
         self.limit = limit
+        self.renewals = 0  # producers replaced so far
+        self._renew = renew
+        self._renewing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop the producer, and wait (bounded) for replaced ones still stopping."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.producer.stop(), RETIRE_TIMEOUT_S)
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=RETIRE_TIMEOUT_S)
+
+    async def _replace(self, stuck: AIOKafkaProducer, topic: str, timeout: float) -> None:
+        """Put a new producer in place of ``stuck`` (once, however many publishes found it
+        stuck at the same time); the old one is stopped in the background."""
+        if self._renew is None:
+            return
+        async with self._renewing:
+            if self.producer is not stuck:
+                return  # replaced meanwhile
+            try:
+                fresh = await asyncio.wait_for(self._renew(), RENEW_TIMEOUT_S)
+            except Exception as exc:
+                log.warning(
+                    "the DLQ producer is not answering and no new one could be started: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            self.producer = fresh
+            self.renewals += 1
+            log.warning(
+                "the DLQ producer delivered nothing to %r within %g s: replaced by a new one "
+                "(what the old one still holds may reach the DLQ twice)",
+                topic,
+                timeout,
+            )
+            task = asyncio.create_task(self._retire(stuck), name="DLQ producer retiring")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(old: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(old.stop(), RETIRE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning(
+                "a replaced DLQ producer did not stop within %g s (%s: %s): left behind",
+                RETIRE_TIMEOUT_S,
+                type(exc).__name__,
+                exc,
+            )
 
     async def publish(
         self,
@@ -177,14 +248,14 @@ class DeadLetterSink:
             return []
         policy = policy or RetryPolicy()
         refused: list[Refused] = []
+        producer = self.producer
         try:
             async with asyncio.timeout(timeout):
                 sent: list[tuple[BadEvent, asyncio.Future[object] | None, Exception | None]] = []
                 for bad in events:
                     try:  # a record over the producer's own limit is refused here
-                        sent.append(
-                            (bad, await self._send(topic, consumer_id, bad, self.limit), None)
-                        )
+                        fut = await self._send(producer, topic, consumer_id, bad, self.limit)
+                        sent.append((bad, fut, None))
                     except RECORD_REFUSED as exc:
                         sent.append((bad, None, exc))
                 for bad, fut, error in sent:
@@ -194,11 +265,17 @@ class DeadLetterSink:
                         except RECORD_REFUSED as exc:
                             error = exc
                     if error is not None:
-                        last = await self._smaller(topic, consumer_id, bad, error, policy)
+                        last = await self._smaller(producer, topic, consumer_id, bad, error, policy)
                         if last is not None:
                             refused.append(Refused(bad, last))
         except DeadLetterError:
             raise
+        except TimeoutError as exc:
+            await self._replace(producer, topic, timeout)
+            raise DeadLetterError(
+                f"DLQ topic {topic!r} did not accept {len(events)} bad event(s): no answer "
+                f"within {timeout:g} s"
+            ) from exc
         except Exception as exc:
             raise DeadLetterError(
                 f"DLQ topic {topic!r} did not accept {len(events)} bad event(s): "
@@ -207,10 +284,15 @@ class DeadLetterSink:
         return refused
 
     async def _send(
-        self, topic: str, consumer_id: str, bad: BadEvent, limit: int
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        consumer_id: str,
+        bad: BadEvent,
+        limit: int,
     ) -> asyncio.Future[object]:
         record = dead_letter_record(bad, consumer_id, self.task_id, limit)
-        fut: asyncio.Future[object] = await self.producer.send(
+        fut: asyncio.Future[object] = await producer.send(
             topic,
             record.value,
             key=record.key,
@@ -221,6 +303,7 @@ class DeadLetterSink:
 
     async def _smaller(
         self,
+        producer: AIOKafkaProducer,
         topic: str,
         consumer_id: str,
         bad: BadEvent,
@@ -233,7 +316,7 @@ class DeadLetterSink:
 
         async def attempt() -> None:
             limits.append(max(limits[-1] // 2, 1024))
-            fut = await self._send(topic, consumer_id, bad, limits[-1])
+            fut = await self._send(producer, topic, consumer_id, bad, limits[-1])
             await fut
 
         try:

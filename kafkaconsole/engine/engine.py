@@ -304,7 +304,9 @@ class Engine:
                 pipeline = build_pipeline(name, pcfg, kafka=self.config.kafka)
                 await pipeline.start()
                 self._pipelines[name] = pipeline
-        self._dlq = DeadLetterSink(self._producer, task_id=self.instance_id)
+        self._dlq = DeadLetterSink(
+            self._producer, task_id=self.instance_id, renew=self._start_producer
+        )
         for cfg in self.config.consumers:
             self._consumers[cfg.consumer_id] = self._build_consumer(cfg, self._dlq)
         await self._load_pause_flags()
@@ -426,6 +428,17 @@ class Engine:
         for summary in checked.migrated:
             log.info("migrated the state in Redis: %s", summary)
         self._redis_ok = True
+        try:
+            self._producer = await self._start_producer()
+        except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
+            brokers = mask_text(self.config.kafka.bootstrap_servers, self.config)
+            raise DependencyUnreachable(
+                f"Kafka at {brokers}: {type(exc).__name__}: {mask_text(str(exc), self.config)}"
+            ) from exc
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        """A started producer for the DLQ topics (at start, and to replace one that stopped
+        delivering: kafkaconsole.engine.dlq)."""
         producer = AIOKafkaProducer(
             acks="all",
             linger_ms=5,
@@ -436,18 +449,11 @@ class Engine:
             # each failed attempt is ours to report (once per reason), not one line per try
             with _quiet_bootstrap_errors():
                 await producer.start()
-        except (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            brokers = mask_text(self.config.kafka.bootstrap_servers, self.config)
-            raise DependencyUnreachable(
-                f"Kafka at {brokers}: {type(exc).__name__}: {mask_text(str(exc), self.config)}"
-            ) from exc
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.stop()
             raise
-        self._producer = producer
+        return producer
 
     def redis_pool_exhausted(self) -> tuple[str, ...]:
         """Why a Redis pool of this engine counts as exhausted (empty: none is)."""
@@ -701,7 +707,9 @@ class Engine:
         for pipeline in [*self._pipelines.values(), *self._retired_pipelines]:
             with contextlib.suppress(Exception):
                 await pipeline.close()
-        if self._producer is not None:
+        if self._dlq is not None:  # its producer: the one started, or the one replacing it
+            await self._dlq.close()
+        elif self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
         with contextlib.suppress(Exception):
