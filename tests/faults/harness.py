@@ -9,6 +9,7 @@ bad events it injects, so :meth:`Cluster.oracle` knows exactly what must have be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,8 +22,9 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as aredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError, NodeNotReadyError
 
 from kafkaconsole.embedded import (
     BrokerKind,
@@ -36,6 +38,8 @@ from kafkaconsole.embedded import (
 from tests.faults.target import PipelineTarget
 
 REPO = Path(__file__).resolve().parents[2]
+#: A producer that sends or delivers nothing for this long is replaced (see Cluster.produce).
+PRODUCER_STALL_S = 45.0
 CONSUMER = "c1"
 TOPIC = "events"
 PARTITIONS = 3
@@ -123,6 +127,8 @@ class Cluster:
         self.last_offsets: dict[int, int] = {}
         self.seq = 0
         self.producer: AIOKafkaProducer | None = None
+        self._bad_sent: set[bytes] = set()  # every bad value produced
+        self._read_back_needed = False  # a producer was replaced: the topic says what is there
         self.config_path = workdir / "kafkaconsole.toml"
         self.prefix = "faults"
 
@@ -168,14 +174,7 @@ class Cluster:
             )
         finally:
             await admin.close()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            linger_ms=5,
-            acks="all",
-            enable_idempotence=len(self.brokers) > 1,
-            max_request_size=4 * 1024 * 1024,
-        )
-        await self.producer.start()
+        await self._start_producer()
         self.write_config()
 
     async def restart_redis(self, down_for: float, *, kill: bool = False) -> None:
@@ -363,29 +362,76 @@ error_handling = {self.error_handling}
         bad_values: list[bytes] | None = None,
     ) -> None:
         """n valid events (+ one bad event after every ``bad_every`` valid ones, taken in
-        turn from ``bad_values``, default :data:`BAD_VALUES`)."""
-        assert self.producer is not None
-        futures: list[tuple[bool, Any]] = []
-        t0 = time.monotonic()
+        turn from ``bad_values``, default :data:`BAD_VALUES`).
+
+        A producer that makes no progress for :data:`PRODUCER_STALL_S` (aiokafka's producer
+        can keep a batch for a broker that died and never send it again, aio-libs/aiokafka#642)
+        is replaced, and what it did not acknowledge is sent again. Its requests may have
+        landed though: then what the topic holds is read back (:meth:`_read_back`) and is
+        what the oracle expects, so a duplicate is simply one more event to count."""
+        pool = bad_values or BAD_VALUES
+        self._bad_sent.update(pool)
+        planned: list[tuple[bool, bytes, int]] = []  # (bad?, value, partition)
         for i in range(n):
             value = orjson.dumps({"seq": self.seq, "pad": "x" * 150})
             self.seq += 1
-            futures.append(
-                (False, await self.producer.send(TOPIC, value, partition=self.seq % PARTITIONS))
-            )
+            planned.append((False, value, self.seq % PARTITIONS))
             if bad_every and (i + 1) % bad_every == 0:
-                pool = bad_values or BAD_VALUES
-                bad = pool[(i // bad_every) % len(pool)]
-                futures.append(
-                    (True, await self.producer.send(TOPIC, bad, partition=self.seq % PARTITIONS))
+                planned.append((True, pool[(i // bad_every) % len(pool)], self.seq % PARTITIONS))
+        acked: list[Any] = [None] * len(planned)  # RecordMetadata once acknowledged
+        futures: dict[int, Any] = {}
+        replaced = False
+        t0 = time.monotonic()
+        valid_sent = 0
+        while True:
+            try:
+                async with asyncio.timeout(PRODUCER_STALL_S) as watchdog:
+
+                    def progress() -> None:
+                        watchdog.reschedule(asyncio.get_running_loop().time() + PRODUCER_STALL_S)
+
+                    assert self.producer is not None
+                    for k, (is_bad, value, partition) in enumerate(planned):
+                        if acked[k] is not None or k in futures:
+                            continue
+                        futures[k] = await self.producer.send(TOPIC, value, partition=partition)
+                        progress()
+                        if is_bad:
+                            continue
+                        valid_sent += 1
+                        if rate and valid_sent % 50 == 0:
+                            ahead = valid_sent / rate - (time.monotonic() - t0)
+                            if ahead > 0:
+                                await asyncio.sleep(ahead)
+                                progress()
+                    await self.producer.flush()
+                    for k in sorted(futures):
+                        acked[k] = await futures[k]
+                        progress()
+                break
+            except (TimeoutError, KafkaTimeoutError, NodeNotReadyError):
+                futures = {
+                    k: f
+                    for k, f in futures.items()
+                    if f.done() and not f.cancelled() and f.exception() is None
+                }
+                for k, f in futures.items():
+                    acked[k] = f.result()
+                futures = {}
+                print(
+                    f"the producer made no progress for {PRODUCER_STALL_S} s: replaced, "
+                    f"{sum(a is None for a in acked)} event(s) sent again",
+                    file=sys.stderr,
+                    flush=True,
                 )
-            if rate and i % 50 == 0:
-                ahead = i / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        await self.producer.flush()
-        for is_bad, fut in futures:
-            md = await fut
+                await self._replace_producer()
+                replaced = True
+        if replaced or self._read_back_needed:
+            # the expected figures come from the topic itself (settle_expected), read once the
+            # scenario waits for the counting (a fault may still be under way now)
+            self._read_back_needed = True
+            return
+        for (is_bad, _, _), md in zip(planned, acked, strict=True):
             self.last_offsets[md.partition] = max(
                 self.last_offsets.get(md.partition, -1), md.offset
             )
@@ -394,6 +440,65 @@ error_handling = {self.error_handling}
             else:
                 self.valid += 1
                 self.valid_at.append((md.partition, md.offset))
+
+    async def _start_producer(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=5,
+            acks="all",
+            enable_idempotence=len(self.brokers) > 1,
+            max_request_size=4 * 1024 * 1024,
+        )
+        await self.producer.start()
+
+    async def _replace_producer(self) -> None:
+        """Stop the stuck producer's sending for good (nothing it holds is sent after this),
+        then start a new one."""
+        old = self.producer
+        if old is not None:
+            old._closed = True  # its stop() would wait for batches it never sends
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(60):
+                    await old._sender.close()  # ends its requests in flight
+                    await old.client.close()
+        await self._start_producer()
+
+    async def settle_expected(self) -> None:
+        """After a producer was replaced: what the topic holds is what must be counted."""
+        if self._read_back_needed:
+            async with asyncio.timeout(120):
+                await self._read_back()
+
+    async def _read_back(self) -> None:
+        """What the topic holds, read from its start: valid and bad events where they are
+        (the producer writes no transactions: a partition's offsets are its records)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            valid_at: list[tuple[int, int]] = []
+            bad: list[tuple[int, int]] = []
+            last = {tp.partition: ends[tp] - 1 for tp in tps if ends[tp] > 0}
+            seen = {tp: -1 for tp in tps}
+            while any(seen[tp] < ends[tp] - 1 for tp in tps):
+                batch = await consumer.getmany(timeout_ms=1000)
+                for tp, records in batch.items():
+                    for r in records:
+                        if r.offset < ends[tp]:
+                            where = (tp.partition, r.offset)
+                            (bad if r.value in self._bad_sent else valid_at).append(where)
+                        seen[tp] = max(seen[tp], r.offset)
+        finally:
+            await consumer.stop()
+        self.valid_at, self.bad, self.last_offsets = valid_at, bad, last
+        self.valid = len(valid_at)
 
     # ---- observation -----------------------------------------------------------------------
     async def redis_client(self) -> aredis.Redis:
@@ -412,6 +517,8 @@ error_handling = {self.error_handling}
 
     async def wait_counted(self, timeout: float = 120, want: int | None = None) -> float:
         """Wait until every valid event (or ``want``) is counted; returns the seconds taken."""
+        if want is None:
+            await self.settle_expected()
         want = self.valid if want is None else want
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
@@ -473,6 +580,7 @@ error_handling = {self.error_handling}
         """``expected``: valid events Redis must hold (default: all produced);
         ``first_window``: the first window id in history (None: any)."""
         v = Verdict()
+        await self.settle_expected()
         total, wids, counts = await self.counted()
         want = self.valid if expected is None else expected
         v.add("exact count", total == want, f"counted {total}, expected {want}")
