@@ -22,8 +22,9 @@ from kafkaconsole.embedded import BrokerKind, EmbeddedServices, free_port
 from kafkaconsole.engine.counting import WindowCounter
 from kafkaconsole.engine.group_offsets import committed_offsets
 from kafkaconsole.engine.keys import ConsumerKeys
+from kafkaconsole.engine.peek import EventPeek, TopicNotFoundError
 from kafkaconsole.engine.records import TriggerReason
-from tests.engine_support import running_engine
+from tests.engine_support import make_config, running_engine
 from tests.helpers import KafkaHelper, cli, wait_for
 
 SECRET = "s3cret-value-123"
@@ -197,6 +198,50 @@ async def test_tail_and_dlq_without_disturbing_the_group(
 
         # the peeks joined no group and committed nothing
         assert await committed() == before
+
+
+async def test_tail_of_a_consumer_of_several_topics_or_a_pattern(
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    broker_kind: BrokerKind,
+) -> None:
+    """A consumer of a list of topics or of a pattern (one per table, as with Debezium):
+    ``--tail`` shows the newest records of every topic it reads, merged oldest first; its
+    topic is shown as status shows it; no topic there is one line, not a traceback."""
+    if broker_kind == "tansu":
+        pytest.skip("Tansu answers ListOffsets latest wrongly (--tail starts from it)")
+    a, b, other = f"{unique}.db.a", f"{unique}.db.b", f"{unique}-other"
+    for topic in (a, b, other):
+        await kafka.create_topic(topic, partitions=2)
+    await kafka.produce(a, [{"t": "a", "n": i} for i in range(3)], partitions=2)
+    await kafka.produce(b, [{"t": "b", "n": i} for i in range(2)], partitions=2)
+    await kafka.produce(other, [{"t": "other"}], partitions=2)
+    cfg = make_config(
+        services,
+        unique,
+        [
+            {"consumer_id": "listed", "kafka_topics": [a, b], "max_event": 100},
+            {"consumer_id": "matched", "topic_pattern": rf"{unique}\.db\..*", "max_event": 100},
+            {"consumer_id": "none", "kafka_topics": [f"{unique}-x", f"{unique}-y"], "max_event": 1},
+            {"consumer_id": "nomatch", "topic_pattern": rf"{unique}\.zz.*", "max_event": 1},
+        ],
+    )
+    reader = EventPeek(cfg, redis_client)
+    for cid, label in (("listed", f"{a},{b}"), ("matched", rf"/{unique}\.db\..*/")):
+        body = await reader.tail(cid, limit=100)
+        assert body.topic == label
+        assert sorted((e.topic, e.value["n"]) for e in body.events) == sorted(
+            [(a, n) for n in range(3)] + [(b, n) for n in range(2)]
+        )
+        newest = await reader.tail(cid, limit=2)
+        assert [e.offset for e in newest.events] == [e.offset for e in body.events[-2:]]
+        assert newest.truncated
+    with pytest.raises(TopicNotFoundError, match=r"none of the topics .* does not exist"):
+        await reader.tail("none")
+    with pytest.raises(TopicNotFoundError, match="no topic matches the pattern"):
+        await reader.tail("nomatch")
 
 
 async def _sums_to(read: Any, total: int) -> bool:

@@ -238,7 +238,7 @@ class EventPeek:
         count = int(fields.get(b"count") or 0)
         if not ranges:
             return self._body(
-                cfg, "window", cfg.kafka_topic, limit, [], False, [], window_id, count
+                cfg, "window", cfg.topic_label, limit, [], False, [], window_id, count
             )
 
         async def read(consumer: AIOKafkaConsumer) -> tuple[list[Any], bool, list[str]]:
@@ -283,18 +283,19 @@ class EventPeek:
         records, truncated, warnings = await self.with_reader(read)
         events = [peek_event(r, cfg.format, self.mask, dlq=False) for r in records]
         return self._body(
-            cfg, "window", cfg.kafka_topic, limit, events, truncated, warnings, window_id, count
+            cfg, "window", cfg.topic_label, limit, events, truncated, warnings, window_id, count
         )
 
     async def tail(self, consumer_id: str, limit: int = DEFAULT_LIMIT) -> PeekBody:
-        """The newest ``limit`` records of the consumer's topic, oldest first."""
+        """The newest ``limit`` records of the topics the consumer reads (its topic, its
+        topics, or those its pattern matches on the brokers), oldest first."""
         cfg = self._consumer(consumer_id)
-        return await self._latest(cfg, "tail", cfg.kafka_topic, _bounded(limit))
+        return await self._latest(cfg, "tail", _bounded(limit))
 
     async def dlq(self, consumer_id: str, limit: int = DEFAULT_LIMIT) -> PeekBody:
         """The newest ``limit`` records of the consumer's DLQ topic, oldest first."""
         cfg = self._consumer(consumer_id)
-        return await self._latest(cfg, "dlq", cfg.dlq_topic, _bounded(limit))
+        return await self._latest(cfg, "dlq", _bounded(limit))
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _body(
@@ -343,12 +344,23 @@ class EventPeek:
             + (f"; the oldest kept is {kept})" if kept is not None else ")")
         )
 
-    async def _latest(
-        self, cfg: ConsumerConfig, source: Source, topic: str, limit: int
-    ) -> PeekBody:
+    async def _latest(self, cfg: ConsumerConfig, source: Source, limit: int) -> PeekBody:
+        label = cfg.dlq_topic if source == "dlq" else cfg.topic_label
+
         async def read(consumer: AIOKafkaConsumer) -> tuple[list[Any], bool]:
-            partitions = await _partitions(consumer, topic)
-            if partitions is None:
+            cluster = await consumer._client.fetch_all_metadata()
+            if source == "dlq":
+                topics = [cfg.dlq_topic]
+            elif cfg.topic_pattern is not None:
+                topics = sorted(t for t in cluster.topics() if cfg.reads_topic(t))
+            else:
+                topics = list(cfg.topics)
+            tps = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(cluster.partitions_for_topic(topic) or ())
+            ]
+            if not tps:
                 note = (
                     " (nothing was dead-lettered yet"
                     + (
@@ -360,8 +372,10 @@ class EventPeek:
                     if source == "dlq"
                     else ""
                 )
-                raise TopicNotFoundError(f"topic {topic} does not exist{note}")
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                if cfg.topic_pattern is not None and source != "dlq":
+                    raise TopicNotFoundError(f"no topic matches the pattern {label}")
+                what = "topic" if len(topics) == 1 else "none of the topics"
+                raise TopicNotFoundError(f"{what} {label} does not exist{note}")
             starts = await consumer.beginning_offsets(tps)
             ends = await consumer.end_offsets(tps)
             spans = [
@@ -374,7 +388,7 @@ class EventPeek:
 
         records, truncated = await self.with_reader(read)
         events = [peek_event(r, cfg.format, self.mask, dlq=source == "dlq") for r in records]
-        return self._body(cfg, source, topic, limit, events, truncated, [])
+        return self._body(cfg, source, label, limit, events, truncated, [])
 
     async def with_reader(self, read: Callable[[AIOKafkaConsumer], Any]) -> Any:
         """Run ``read`` with a throwaway consumer: no group, no commits, within the timeout."""
@@ -420,14 +434,6 @@ def _bounded(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
         raise PeekError(f"limit must be between 1 and {MAX_LIMIT} (got {limit})")
     return limit
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
-    """The topic's partitions, or None when it does not exist. (A consumer without a
-    subscription keeps no metadata of the topic: ask the cluster, as the engine's probe does.)"""
-    cluster = await consumer._client.fetch_all_metadata()
-    partitions = cluster.partitions_for_topic(topic)
-    return set(partitions) if partitions else None
 
 
 def _order(record: Any) -> tuple[int, int, int]:
