@@ -254,8 +254,8 @@ class DeadLetterSink:
                 sent: list[tuple[BadEvent, asyncio.Future[object] | None, Exception | None]] = []
                 for bad in events:
                     try:  # a record over the producer's own limit is refused here
-                        fut = await self._send(producer, topic, consumer_id, bad, self.limit)
-                        sent.append((bad, fut, None))
+                        future = await self._send(producer, topic, consumer_id, bad, self.limit)
+                        sent.append((bad, future, None))
                     except RECORD_REFUSED as exc:
                         sent.append((bad, None, exc))
                 for bad, fut, error in sent:

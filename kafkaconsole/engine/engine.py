@@ -837,7 +837,8 @@ class Engine:
             via=via,
             instance=self.instance_id,
         )
-        c.runner.follow_seek(res.epoch)
+        if res.epoch is not None:
+            c.runner.follow_seek(res.epoch)
         log.info(
             "%s: seek %s",
             consumer_id,

@@ -989,7 +989,7 @@ class KafkaConsoleApp(App[int]):
         cid = row.consumer_id
         target = parse_target(to, now_ms=self.clock())
         if target.kind == "time" and target.time_ms is not None and to.startswith("-"):
-            to = iso_ms(target.time_ms)
+            to = iso_ms(target.time_ms) or to
         try:
             body = await self._seek_body(cid, to, window)
         except ControlError as exc:
@@ -1354,12 +1354,12 @@ def seek_dialog_body(plan: SeekPlan, pipeline: str) -> str:
         lines.append(
             f"  … and {len(rest)} more partition(s): {reread:,} read again, {skipped:,} skipped"
         )
-    reread = f"[b $accent]{plan.reread:,}[/]" if plan.reread else "0"
-    skipped = f"[b $warning]{plan.skipped:,}[/]" if plan.skipped else "0"
+    reread_text = f"[b $accent]{plan.reread:,}[/]" if plan.reread else "0"
+    skipped_text = f"[b $warning]{plan.skipped:,}[/]" if plan.skipped else "0"
     lines += [
         "",
-        f"In all {reread} event(s) read again (counted again, in new windows marked "
-        f"replay) and {skipped} skipped (never counted).",
+        f"In all {reread_text} event(s) read again (counted again, in new windows marked "
+        f"replay) and {skipped_text} skipped (never counted).",
     ]
     lines += [escape(w) for w in plan.warnings[:2]]
     if not plan.window_count:
