@@ -4,11 +4,9 @@ is busy (hundreds of consumers' work), and a timer whose window changed withdraw
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
 
 import pytest
 import redis.asyncio as aredis
@@ -16,7 +14,7 @@ import redis.asyncio as aredis
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.counting import CloseResult, WindowCounter
 from kafkaconsole.engine.keys import ConsumerKeys
-from kafkaconsole.engine.timer import ClosingThread, GcHold, WindowTimer
+from kafkaconsole.engine.timer import ClosingThread, WindowTimer
 from tests.helpers import wait_for
 from tests.test_counting import delta
 
@@ -172,59 +170,3 @@ async def test_dispatch_waits_while_a_close_is_due_and_never_longer_than_the_cap
     for token in range(1000, 1300):
         thread._forget(token)
     assert len(thread._due_heap) <= 64
-
-
-async def test_no_automatic_collection_while_a_close_is_sent(
-    thread: ClosingThread, redis_client: aredis.Redis, unique: str
-) -> None:
-    """From just before the deadline until the close is answered, the garbage collector does
-    not run (one in the engine's loop would make the close late by its length); it is on
-    again after."""
-    assert thread.closer is not None
-    seen: list[bool] = []
-    close = thread.closer.close
-
-    async def spied(*args: Any) -> CloseResult:
-        seen.append(gc.isenabled())
-        return await close(*args)
-
-    thread.closer.close = spied  # type: ignore[method-assign]
-    closed: list[CloseResult] = []
-    timer, task, stop, _ = await run_timer(redis_client, unique, thread, closed)
-
-    async def recorded() -> bool:
-        return bool(closed)
-
-    await wait_for(recorded, 10, what="the close reported to the timer")
-    await end_timer(timer, task, stop)
-    assert seen and not any(seen)
-    assert thread.gc_hold.held >= 1 and not thread.gc_hold.active
-    assert gc.isenabled()
-
-
-async def test_the_collection_hold_is_capped_and_leaves_collection_on_half_the_time() -> None:
-    hold = GcHold(max_s=0.1)
-    assert gc.isenabled()
-    with hold.hold():
-        assert not gc.isenabled() and hold.active
-        with hold.hold():  # a second close due at once: one hold
-            assert hold.held == 1
-        assert not gc.isenabled()
-        await asyncio.sleep(0.15)  # past the cap: on again, though a close is still due
-        assert gc.isenabled() and not hold.active
-    assert gc.isenabled()
-    # a close due right after a hold of ~0.1 s: collection stays on for as long
-    with hold.hold():
-        assert gc.isenabled() and hold.held == 1
-    await asyncio.sleep(0.12)
-    with hold.hold():
-        assert not gc.isenabled() and hold.held == 2
-    assert gc.isenabled()
-    # collection turned off by someone else stays off
-    gc.disable()
-    try:
-        with hold.hold():
-            assert not hold.active
-        assert not gc.isenabled()
-    finally:
-        gc.enable()

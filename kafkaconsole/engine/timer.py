@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import heapq
 import itertools
 import logging
@@ -222,62 +221,6 @@ HOLD_FOR_CLOSES_S = 0.25
 SWITCH_INTERVAL_S = 0.001
 #: How long an engine's stop waits for the closing thread to end.
 THREAD_JOIN_S = 5.0
-#: The garbage collector waits from this long before a time close is due until it is answered
-#: (:class:`GcHold`) ...
-GC_HOLD_LEAD_S = 0.02
-#: ... for at most this long at a time.
-GC_HOLD_MAX_S = 0.25
-
-
-class GcHold:
-    """Keeps Python's automatic garbage collection from running while time closes are due.
-
-    A collection holds the GIL from start to end: one in the engine's loop (tens of ms with
-    hundreds of consumers' objects) while a close is due makes the close that late, whatever
-    thread sends it. So the closing thread turns automatic collection off from
-    :data:`GC_HOLD_LEAD_S` before a deadline until the close is answered, for at most
-    :data:`GC_HOLD_MAX_S` (then on again, whatever is still due); the collection it kept
-    back runs after. After a hold, collection stays on at least as long as the hold lasted,
-    so closes due one after another never keep it off more than half the time. Used from the
-    closing thread's loop only; it turns collection back on only if it turned it off (one
-    already off stays so)."""
-
-    def __init__(self, max_s: float = GC_HOLD_MAX_S) -> None:
-        self.max_s = max_s
-        self.holders = 0
-        self.held = 0  # times collection was turned off
-        self._off: asyncio.TimerHandle | None = None  # the cap of the current hold
-        self._since = 0.0  # when the current hold began (monotonic)
-        self._not_before = 0.0  # no new hold before this (monotonic)
-
-    @property
-    def active(self) -> bool:
-        """Whether this hold has collection off now."""
-        return self._off is not None
-
-    @contextlib.contextmanager
-    def hold(self) -> Any:
-        self.holders += 1
-        now = time.monotonic()
-        if self.holders == 1 and self._off is None and now >= self._not_before and gc.isenabled():
-            gc.disable()
-            self.held += 1
-            self._since = now
-            self._off = asyncio.get_running_loop().call_later(self.max_s, self._release)
-        try:
-            yield
-        finally:
-            self.holders -= 1
-            if self.holders == 0:
-                self._release()
-
-    def _release(self) -> None:
-        if self._off is not None:
-            self._off.cancel()
-            self._off = None
-            now = time.monotonic()
-            self._not_before = now + (now - self._since)
-            gc.enable()
 
 
 class ClosingThread:
@@ -311,7 +254,6 @@ class ClosingThread:
         self._due: dict[int, int] = {}
         self._tokens = itertools.count()
         self._quiet: asyncio.Future[None] | None = None  # the shared wait of wait_quiet
-        self.gc_hold = GcHold()  # used on the thread's loop only
 
     def start(self) -> None:
         if self._thread is not None:
@@ -408,22 +350,16 @@ class ClosingThread:
         self, counter: WindowCounter, window_id: int, max_time_ms: int, deadline_ms: int
     ) -> CloseResult:
         assert self.closer is not None
-
-        def remaining_s() -> float:
-            return (deadline_ms - self.clock.ms - self.clock.clock_ms()) / 1000
-
-        if remaining_s() > GC_HOLD_LEAD_S:
-            await asyncio.sleep(remaining_s() - GC_HOLD_LEAD_S)
-        with self.gc_hold.hold():  # no collection holds the GIL from here to the answer
-            if remaining_s() > 0:
-                await asyncio.sleep(remaining_s())
-            while True:
-                res = await self.closer.close(counter, window_id, max_time_ms)
-                if res.status != "early":
-                    return res
-                # the clock estimate was a little ahead of Redis's: the script says how much
-                # remains (never back to a busy engine loop for that)
-                await asyncio.sleep(max(res.count, 1) / 1000)
+        delay = (deadline_ms - self.clock.ms - self.clock.clock_ms()) / 1000
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while True:
+            res = await self.closer.close(counter, window_id, max_time_ms)
+            if res.status != "early":
+                return res
+            # the clock estimate was a little ahead of Redis's: the script says how much
+            # remains (never back to a busy engine loop for that)
+            await asyncio.sleep(max(res.count, 1) / 1000)
 
     def stop(self) -> None:
         loop, stop, thread = self._loop, self._stop, self._thread
