@@ -38,7 +38,7 @@ REDIS_COMMANDS: tuple[str, ...] = (
     # transactions
     "multi", "exec", "discard", "watch", "unwatch",
     # strings and keys
-    "get", "set", "mget", "del", "pexpire", "time", "scan",
+    "get", "set", "mget", "del", "pexpire", "pttl", "time", "scan",
     # hashes
     "hget", "hset", "hdel", "hgetall", "hmget", "hincrby",
     # streams: history, dispatch (consumer group), audit
@@ -408,6 +408,7 @@ async def check_redis_access(
         ("get", ("GET", k_str)),
         ("mget", ("MGET", k_str)),
         ("pexpire", ("PEXPIRE", k_str, 60_000)),
+        ("pttl", ("PTTL", k_str)),
         ("hset", ("HSET", k_hash, "f", "1")),
         ("hincrby", ("HINCRBY", k_hash, "n", 1)),
         ("hget", ("HGET", k_hash, "f")),

@@ -16,7 +16,8 @@ import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -140,6 +141,11 @@ class DependencyUnreachable(ConnectionError):
     """Redis or the brokers did not answer (at start: waited for, see Engine.start)."""
 
 
+class InstanceIdInUse(RuntimeError):
+    """Another running instance publishes its heartbeat under this instance's id: two of
+    them would hold each other's dispatch leases and both run the same windows' pipelines."""
+
+
 #: Restarting a background task that failed: 0.5 s doubling to 30 s between restarts.
 RESTART_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=30.0, jitter=True)
 #: The control listener while Redis does not answer: 0.5 s doubling to 2 s (pause flags are
@@ -167,8 +173,20 @@ def _quiet_bootstrap_errors() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+#: The engines of this process (an embedding program may run several): their default ids
+#: must differ, or two of them would hold each other's dispatch leases and both dispatch.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def default_instance_id(taken: Iterable[str] = ()) -> str:
+    """``hostname-pid``; ``hostname-pid-2`` (and on) when ``taken`` holds it already."""
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    used = set(taken)
+    candidate, n = base, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
 
 
 @dataclass
@@ -222,7 +240,8 @@ class Engine:
         self.runtime_consumer_ids: frozenset[str] = frozenset()
         self.runtime_clashes: tuple[str, ...] = ()
         self._runtime_defs: dict[str, Any] = {}
-        self.instance_id = instance_id or default_instance_id()
+        self.instance_id: str = instance_id or default_instance_id(e.instance_id for e in _ENGINES)
+        _ENGINES.add(self)
         self.lease_ms = lease_ms or config.redis.dispatch_lease_ms
         self.snapshot_interval = snapshot_interval
         #: the status loop reads the shared state (counts, windows, last trigger; this
@@ -295,6 +314,7 @@ class Engine:
         for warning in security_warnings(self.config):
             log.warning("insecure setting: %s", warning)
         await self._connect(wait_timeout)
+        await self._check_instance_id()
         merge = merge_runtime(self._file_config, await self._runtime_definitions())
         self._adopt(merge.config)
         self._adopt_runtime(merge)
@@ -378,6 +398,37 @@ class Engine:
                 with contextlib.suppress(BaseException):
                     await t
         del self._consumers[consumer_id]
+
+    async def _check_instance_id(self) -> None:
+        """Refuse to start under the id of a running instance (:class:`InstanceIdInUse`).
+
+        A heartbeat under this id may also be what a crashed instance of the same id left
+        (a stopped one withdraws its own): it is watched until it expires (at most
+        :data:`HEARTBEAT_TTL_S`); renewed meanwhile, a live instance writes it."""
+        key = self.fleet_keys.instance(self.instance_id)
+        last = int(await self.redis.pttl(key))
+        if last < 0:
+            return  # none (-2), or not ours to judge (-1: no expiry)
+        log.info(
+            "a heartbeat of instance id %s is in Redis: waiting (at most %d s) to see whether "
+            "it is a running instance's or one a crash left",
+            self.instance_id,
+            HEARTBEAT_TTL_S,
+        )
+        until = time.monotonic() + HEARTBEAT_TTL_S + 1
+        while time.monotonic() < until and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.25)
+            now = int(await self.redis.pttl(key))
+            if now < 0:
+                return
+            if now > last + 100:  # renewed
+                raise InstanceIdInUse(
+                    f"instance id {self.instance_id!r} is in use: another running instance "
+                    "publishes its heartbeat under it; give each instance its own id "
+                    "(--instance-id, KAFKACONSOLE_INSTANCE_ID)"
+                )
+            last = now
 
     async def _connect(self, wait_timeout: float | None) -> None:
         """Reach Redis and the brokers, waiting for them under :data:`CONNECT_POLICY`."""
