@@ -56,11 +56,11 @@ DLQ_MAX_RECORD_BYTES = 1_048_576 - 16 * 1024
 ORIGINAL_SIZE_HEADER = "kafkaconsole.original.size"
 TRUNCATED_HEADER = "kafkaconsole.truncated"
 MAX_MESSAGE_CHARS = 1000
+MAX_STACKTRACE_CHARS = 8000
 #: A replaced DLQ producer gets this long to deliver what it holds and stop.
 RETIRE_TIMEOUT_S = 30.0
 #: Making and starting a new DLQ producer takes at most this long (else the old one stays).
 RENEW_TIMEOUT_S = 30.0
-MAX_STACKTRACE_CHARS = 8000
 
 #: Broker answers that say the record itself cannot be written (retrying it unchanged fails).
 RECORD_REFUSED = (

@@ -410,13 +410,9 @@ error_handling = {self.error_handling}
                         progress()
                 break
             except (TimeoutError, KafkaTimeoutError, NodeNotReadyError):
-                futures = {
-                    k: f
-                    for k, f in futures.items()
-                    if f.done() and not f.cancelled() and f.exception() is None
-                }
                 for k, f in futures.items():
-                    acked[k] = f.result()
+                    if f.done() and not f.cancelled() and f.exception() is None:
+                        acked[k] = f.result()
                 futures = {}
                 print(
                     f"the producer made no progress for {PRODUCER_STALL_S} s: replaced, "
@@ -426,10 +422,10 @@ error_handling = {self.error_handling}
                 )
                 await self._replace_producer()
                 replaced = True
-        if replaced or self._read_back_needed:
+        self._read_back_needed |= replaced
+        if self._read_back_needed:
             # the expected figures come from the topic itself (settle_expected), read once the
             # scenario waits for the counting (a fault may still be under way now)
-            self._read_back_needed = True
             return
         for (is_bad, _, _), md in zip(planned, acked, strict=True):
             self.last_offsets[md.partition] = max(
