@@ -1,0 +1,220 @@
+"""A poll's records decided in bulk (build_batch's fast paths) get exactly what ``classify()``
+gives each record alone, whatever their neighbours: counted, filtered out or bad.
+
+The JSON bulk path decodes a whole partition's values with C loops and falls back to record by
+record when one of them is unusual; orjson, the record-by-record decoder, defines what a bad
+event is. These tests hold the two to the same answers on randomised batches mixing ordinary
+events with odd values (invalid UTF-8, numbers beyond a double, deep nesting, non-objects,
+duplicate keys, escapes, empty values, tombstones, oversized values), for every filter shape.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from kafkaconsole.config.models import ConsumerConfig
+from kafkaconsole.engine.counting import ranges_of
+from kafkaconsole.engine.events import BAD, COUNT, SKIPPED, EventClassifier, build_batch
+
+TOPIC = "t"
+
+
+def config(**extra: Any) -> ConsumerConfig:
+    return ConsumerConfig.model_validate(
+        {
+            "consumer_id": "c",
+            "kafka_topic": TOPIC,
+            "pipeline_name": "p",
+            "connection_id": "conn-1",
+            "max_event": 10,
+            "max_time": 60,
+            **extra,
+        }
+    )
+
+
+def record(offset: int, value: bytes | None, partition: int = 0) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        TOPIC,
+        partition,
+        offset,
+        1_700_000_000_000 + offset,
+        0,
+        None,
+        value,
+        None,
+        -1,
+        -1 if value is None else len(value),
+        [],
+    )
+
+
+def ordinary(rng: random.Random, i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "id": i,
+            "type": rng.choice(["order", "order", "order", "refund", "Order"]),
+            "region": rng.choice(["eu", "us"]),
+            "amount": round(rng.random() * 1000, 2),
+            "note": rng.choice(["", "café", "naïve ☃", "x" * 50]),
+            "tags": [rng.randrange(10) for _ in range(rng.randrange(4))],
+            "ts": 1_700_000_000_000 + i,
+        }
+    )
+
+
+#: values where a validating decoder that skips what it does not build may differ from one
+#: that builds everything, and the ordinary odd ones
+UNUSUAL: list[bytes | None] = [
+    b'{"type":"order","note":"\xff"}',  # invalid UTF-8 in a skipped string
+    b'{"type":"order","note":"\xed\xa0\x80"}',  # a UTF-8-encoded surrogate
+    b'{"type":"order","note":"\xc0\x80"}',  # an overlong encoding
+    b'{"type":"order","\xff":1}',  # invalid UTF-8 in a key
+    b'{"type":"order","amount":1e400}',  # beyond a double
+    b'{"type":"order","amount":-1e400}',
+    b'{"type":"order","amount":1E+309}',
+    b'{"type":"order","amount":1e-400}',  # below the smallest double: 0.0
+    b'{"type":"order","amount":' + b"9" * 400 + b".5}",
+    b'{"type":"order","amount":' + b"9" * 400 + b"}",  # a big integer
+    b'{"type":"order","amount":12e5}',  # an ordinary exponent
+    b'{"type":"order","n":"0e000 is only a string"}',
+    b'{"type":"order","deep":' + b"[" * 600 + b"]" * 600 + b"}",
+    b'{"type":"order","deep":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
+    b'{"type":"order","deep":' + b"[" * 2000 + b"]" * 2000 + b"}",
+    b'{"type":"refund","type":"order"}',  # duplicate keys: the last one holds
+    b'{"type":"order","type":"refund"}',
+    b'{"type":"\\u006frder"}',  # an escape in the filtered field
+    b'{"type":"order","note":"\\ud800"}',  # a lone surrogate escape
+    b'{"type":"order","note":"\\x"}',  # an invalid escape
+    b'{"type":"order","note":"\x01"}',  # a raw control character
+    b'{"type":"order",}',
+    b'{"type":"order"} trailing',
+    b'{"type":"order","a":NaN}',
+    b'\xef\xbb\xbf{"type":"order"}',  # a byte order mark
+    b' {"type":"order"} ',
+    b'{"type":["order"]}',
+    b'{"type":null}',
+    b'{"type":true}',
+    b'{"region":"eu"}',  # no type
+    b'{"TYPE":"order"}',
+    b"[]",
+    b'["order"]',
+    b'"order"',
+    b"42",
+    b"null",
+    b"true",
+    b"{",
+    b"not json",
+    b"",
+    None,  # a tombstone
+    b'{"type":"order","pad":"' + b"x" * 3000 + b'"}',  # over max_event_bytes below
+]
+
+FILTERS: list[dict[str, Any] | None] = [
+    None,
+    {"type": "order"},
+    {"type": "order", "region": "eu"},
+    {"type": ["order", "refund"]},  # not a bulk filter: record by record
+    {"amount": 1.5},
+]
+
+
+def expected(
+    classifier: EventClassifier, batch: dict[TopicPartition, list[Any]]
+) -> dict[int, tuple[list[tuple[int, int]], list[int], int, int]]:
+    """Per partition: (counted ranges, bad offsets, records, skipped), from classify() alone."""
+    out = {}
+    for tp, records in batch.items():
+        counted, bad, skipped = [], [], 0
+        for rec in records:
+            kind = classifier.classify(rec.value)[0]
+            if kind == COUNT:
+                counted.append(rec.offset)
+            elif kind == BAD:
+                bad.append(rec.offset)
+            elif kind == SKIPPED:
+                skipped += 1
+        out[tp.partition] = (ranges_of(counted), bad, len(records), skipped)
+    return out
+
+
+def got(
+    classifier: EventClassifier, batch: dict[TopicPartition, list[Any]]
+) -> dict[int, tuple[list[tuple[int, int]], list[int], int, int]]:
+    deltas, bad, seen = build_batch(classifier, batch, {})
+    assert seen == sum(len(r) for r in batch.values())
+    out = {}
+    for d in deltas:
+        assert d.topic == TOPIC
+        bad_here = sorted(b.offset for b in bad if b.partition == d.partition)
+        assert sorted(d.errors) == bad_here
+        out[d.partition] = (d.ranges, bad_here, d.n_records, d.skipped)
+    return out
+
+
+@pytest.mark.parametrize("tombstones", ["skip", "count"])
+@pytest.mark.parametrize("filter_", FILTERS, ids=lambda f: "none" if f is None else ",".join(f))
+def test_randomised_batches_decide_each_record_as_classify_does(
+    filter_: dict[str, Any] | None, tombstones: str
+) -> None:
+    extra: dict[str, Any] = {"format": "json", "max_event_bytes": 2048, "tombstones": tombstones}
+    if filter_ is not None:
+        extra["filter"] = filter_
+    classifier = EventClassifier(config(**extra))
+    rng = random.Random(f"{filter_}-{tombstones}")
+    for round_ in range(300):
+        batch: dict[TopicPartition, list[Any]] = {}
+        for p in range(3):
+            n = rng.choice([1, 2, 5, 40, 200])
+            offset = rng.randrange(1000)
+            records = []
+            for i in range(n):
+                # mostly ordinary batches (the bulk path), some with one odd value or more
+                odd = round_ % 3 == 0 and rng.random() < 0.05
+                value = rng.choice(UNUSUAL) if odd else ordinary(rng, i)
+                records.append(record(offset, value, p))
+                offset += 1 if rng.random() < 0.95 else rng.randrange(2, 5)  # gaps too
+            batch[TopicPartition(TOPIC, p)] = records
+        assert got(classifier, batch) == expected(classifier, batch)
+
+
+@pytest.mark.parametrize("value", UNUSUAL, ids=range(len(UNUSUAL)))
+def test_each_unusual_value_among_ordinary_ones_is_decided_as_alone(value: bytes | None) -> None:
+    classifier = EventClassifier(
+        config(format="json", filter={"type": "order"}, max_event_bytes=2048)
+    )
+    rng = random.Random(7)
+    records = [record(o, ordinary(rng, o)) for o in range(100)]
+    records[50] = record(50, value)
+    batch = {TopicPartition(TOPIC, 0): records}
+    assert got(classifier, batch) == expected(classifier, batch)
+
+
+def test_a_batch_of_ordinary_events_is_counted_in_ranges_around_the_filtered_ones() -> None:
+    classifier = EventClassifier(config(format="json", filter={"type": "order"}))
+    values = [orjson.dumps({"type": "refund" if o in (3, 4, 9) else "order"}) for o in range(12)]
+    batch = {TopicPartition(TOPIC, 0): [record(100 + o, v) for o, v in enumerate(values)]}
+    (delta,), bad, seen = build_batch(classifier, batch, {})
+    assert (bad, seen) == ([], 12)
+    assert delta.ranges == [(100, 102), (105, 108), (110, 111)]
+    assert (delta.first_offset, delta.next_offset, delta.n_records) == (100, 112, 12)
+
+
+def test_invalid_utf8_and_a_number_beyond_a_double_are_bad_events() -> None:
+    """What orjson refuses is bad, though the bulk decoder would have skipped past it."""
+    classifier = EventClassifier(config(format="json", filter={"type": "order"}))
+    values = [
+        b'{"type":"order"}',
+        b'{"type":"order","note":"\xff"}',
+        b'{"type":"order","amount":1e400}',
+        b'{"type":"order"}',
+    ]
+    batch = {TopicPartition(TOPIC, 0): [record(o, v) for o, v in enumerate(values)]}
+    (delta,), bad, _ = build_batch(classifier, batch, {})
+    assert [(b.offset, b.stage) for b in bad] == [(1, "decode"), (2, "decode")]
+    assert delta.ranges == [(0, 0), (3, 3)] and delta.errors == [1, 2]
