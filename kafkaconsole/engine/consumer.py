@@ -59,10 +59,22 @@ from kafkaconsole.engine.topic_lifecycle import (
 log = logging.getLogger("kafkaconsole.consumer")
 
 #: Polls that may wait for their Redis update while the loop goes on polling; then it waits.
-MAX_QUEUED_POLLS = 8
+MAX_QUEUED_POLLS = 64
 #: While a consumer is behind (its partitions hold more than it polled), polls are counted
-#: in groups of this many per Redis call; caught up, paused, stopping or rebalancing, at once.
-COALESCE_POLLS = 4
+#: in groups of this many per Redis call, or once the oldest has waited COALESCE_MAX_AGE_S;
+#: caught up, paused, stopping or rebalancing, at once. Fewer, larger calls leave more of
+#: the core to the records (BENCHMARKS.md: 4 per call ran ~10 % slower on Apache Kafka).
+COALESCE_POLLS = 32
+#: The longest a poll read while behind waits for the others of its Redis call (seconds).
+COALESCE_MAX_AGE_S = 0.1
+
+
+def coalesce_due(queued: int, oldest_s: float) -> bool:
+    """Whether the polls queued while behind go to Redis now: :data:`COALESCE_POLLS` of them,
+    or the oldest has waited :data:`COALESCE_MAX_AGE_S`."""
+    return queued >= COALESCE_POLLS or (queued > 0 and oldest_s >= COALESCE_MAX_AGE_S)
+
+
 #: Kafka counts as unreachable for a consumer when no broker answered it for this long: a
 #: broker that hangs (a frozen process, a network partition) raises nothing, polls just come
 #: back empty. Idle consumers learn it from the end-offset probe of the status loop (1/s).
@@ -226,6 +238,7 @@ class ConsumerRunner:
         self._queued: list[list[PartitionDelta]] = []  # polls classified, not yet counted
         self._counting: asyncio.Task[None] | None = None  # counts the queued polls
         self._flush = False  # count the queued polls now, however few
+        self._queued_at = 0.0  # when the first of the polls queued now was (monotonic)
         self._stop_event: asyncio.Event | None = None
         self._last_commit = 0.0
         self.redis_ok = True
@@ -589,6 +602,8 @@ class ConsumerRunner:
                 if refused:
                     await self._record_refused(refused)
         if deltas:
+            if not self._queued:
+                self._queued_at = time.monotonic()
             self._queued.append(deltas)
             self._kick(flush=self.paused or not self._behind(deltas))
             if len(self._queued) >= MAX_QUEUED_POLLS:
@@ -664,7 +679,7 @@ class ConsumerRunner:
             self._counting = asyncio.create_task(self._count_queued(self._stop_event))
 
     def _due(self) -> bool:
-        return self._flush or len(self._queued) >= COALESCE_POLLS
+        return self._flush or coalesce_due(len(self._queued), time.monotonic() - self._queued_at)
 
     async def _count_queued(self, stop: asyncio.Event) -> None:
         """Count the queued polls, in order, one Redis call for all that are queued."""
