@@ -244,8 +244,8 @@ class Probe:
         return self.t_done - self.t0
 
     def _already_counted(self) -> bool:
-        if self.t0 is not None or set(self.runners) < self.pending:
-            return False
+        if self.t0 is not None or not self.pending <= self.runners.keys():
+            return False  # counting has begun, or a consumer has not started yet
         return all(_counted_through(self.runners[cid], self.ends[cid]) for cid in self.pending)
 
 
