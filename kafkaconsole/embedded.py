@@ -489,8 +489,9 @@ def start_apache_kafka(
     for (node, *_), fmt in zip(configs, formats, strict=True):
         output, _ = fmt.communicate()
         if fmt.returncode != 0:
-            lines = output.decode(errors="replace").strip().splitlines() or ["no output"]
-            raise EmbeddedError(f"formatting Apache Kafka node {node} failed: {lines[-1]}")
+            raise EmbeddedError(
+                f"formatting Apache Kafka node {node} failed: {_java_failure(output)}"
+            )
     started: list[ManagedProcess] = []
     try:
         for node, port, home, config in configs:
@@ -538,6 +539,19 @@ def start_kafka(
 
 
 # ---- Redis -------------------------------------------------------------------------------
+
+
+def _java_failure(output: bytes) -> str:
+    """The line of a JVM tool's output that says why it failed: the deepest ``Caused by``,
+    else the first exception line, else the last line (never a stack frame)."""
+    lines = [ln.strip() for ln in output.decode(errors="replace").splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ln.startswith("Caused by:")]
+    if causes:
+        return causes[-1].removeprefix("Caused by:").strip()
+    for ln in lines:
+        if not ln.startswith(("at ", "...")) and ("Exception" in ln or "Error" in ln):
+            return ln
+    return lines[-1] if lines else "no output"
 
 
 def start_redis(

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from kafkaconsole import kafka_jars
 from kafkaconsole.cli.app import app
-from kafkaconsole.embedded import EmbeddedError, pick_broker
+from kafkaconsole.embedded import EmbeddedError, _java_failure, pick_broker
 
 # a PATH with the Python of this run but without java and mvn
 NO_JAVA_PATH = os.path.dirname(sys.executable)
@@ -98,3 +98,21 @@ def test_a_fetch_that_differs_from_the_record_is_refused(
     ):
         kafka_jars.ensure_jars()
     assert not kafka_jars.libs_dir().exists()  # nothing unverified is left in the cache
+
+
+def test_a_failed_java_tool_is_reported_by_its_cause_not_its_last_frame() -> None:
+    trace = (
+        b"[2026-11-30 18:51:02] INFO Formatting metadata directory /tmp/x\n"
+        b'Exception in thread "main" java.lang.RuntimeException: could not format\n'
+        b"\tat kafka.tools.StorageTool.main(StorageTool.scala:50)\n"
+        b"Caused by: java.nio.file.FileSystemException: /tmp/x/meta.properties: No space left\n"
+        b"\tat java.base/sun.nio.fs.UnixException.translateToIOException(UnixException.java:100)\n"
+        b"\t... 8 more\n"
+    )
+    assert (
+        _java_failure(trace)
+        == "java.nio.file.FileSystemException: /tmp/x/meta.properties: No space left"
+    )
+    assert _java_failure(b"Error: bad cluster id\n") == "Error: bad cluster id"
+    assert _java_failure(b"line one\nline two\n") == "line two"
+    assert _java_failure(b"") == "no output"

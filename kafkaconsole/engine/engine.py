@@ -291,7 +291,9 @@ class Engine:
         # health verdicts and alerts over the fleet view ([monitoring]; kafkaconsole.engine.health)
         self.monitor: HealthMonitor | None = None
         self._monitor_redis: Redis | None = None
-        self.dispatch_waker = DispatchWaker(config.redis, self._dispatchers)
+        self.dispatch_waker = DispatchWaker(
+            config.redis, self._dispatchers, hold=self.time_closer.wait_quiet
+        )
         if config.monitoring.enabled:
             self._monitor_redis = reader_redis_client(
                 config.redis, MONITOR_REDIS_CONNECTIONS, "health monitor's"
