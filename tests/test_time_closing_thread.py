@@ -4,12 +4,15 @@ is busy (hundreds of consumers' work), and a timer whose window changed withdraw
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import pytest
 import redis.asyncio as aredis
+from redis.exceptions import RedisError
 
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.counting import CloseResult, WindowCounter
@@ -170,3 +173,44 @@ async def test_dispatch_waits_while_a_close_is_due_and_never_longer_than_the_cap
     for token in range(1000, 1300):
         thread._forget(token)
     assert len(thread._due_heap) <= 64
+
+
+async def test_the_answers_of_closes_due_together_go_over_together(
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
+) -> None:
+    """One hand-over to the engine's loop per pipeline of closes, not one per close: each
+    made the thread give up the GIL for a write to the loop's wake-up socket, and wait to get
+    it back while the engine's loop was busy (a burst's later pipelines read tens of ms late)."""
+    n = 60
+    counters = [await open_window(redis_client, unique, f"c{i}") for i in range(n)]
+    loop = asyncio.get_running_loop()
+    handed: list[int] = []
+    threadsafe = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            handed.append(len(args[0]) if args else 0)
+        return threadsafe(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        deadline = max(opened for _, opened in counters) + 300
+        results = await asyncio.gather(*(thread.close_at(c, 1, 300, deadline) for c, _ in counters))
+    finally:
+        del loop.call_soon_threadsafe
+    assert all(r.closed for r in results)
+    assert thread.closer is not None
+    assert sum(handed) == n
+    assert len(handed) <= thread.closer.batches < n  # one hand-over per pipeline at most
+
+
+async def test_closes_waiting_when_the_thread_stops_answer_an_error(
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
+) -> None:
+    counter, opened = await open_window(redis_client, unique, "c")
+    waiting = asyncio.ensure_future(thread.close_at(counter, 1, 60_000, opened + 60_000))
+    await asyncio.sleep(0.1)
+    await asyncio.to_thread(thread.stop)
+    with pytest.raises(RedisError, match="thread stopped"):
+        await asyncio.wait_for(waiting, 5)
+    assert await history(redis_client, unique, "c") == []

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -223,6 +224,62 @@ SWITCH_INTERVAL_S = 0.001
 THREAD_JOIN_S = 5.0
 
 
+class _CloseJob:
+    """A close handed to the closing thread: what to close, and where its answer goes (a
+    future of the engine's loop)."""
+
+    __slots__ = (
+        "answer",
+        "counter",
+        "deadline_ms",
+        "max_time_ms",
+        "task",
+        "window_id",
+        "withdrawn",
+    )
+
+    def __init__(
+        self,
+        counter: WindowCounter,
+        window_id: int,
+        max_time_ms: int,
+        deadline_ms: int,
+        answer: asyncio.Future[CloseResult],
+    ) -> None:
+        self.counter = counter
+        self.window_id = window_id
+        self.max_time_ms = max_time_ms
+        self.deadline_ms = deadline_ms
+        self.answer = answer
+        self.task: asyncio.Future[CloseResult] | None = None  # on the thread's loop
+        self.withdrawn = False
+
+    def withdraw(self) -> None:
+        """On the thread: the caller stopped waiting; a close not yet sent is not sent."""
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _deliver(items: list[tuple[_CloseJob, asyncio.Future[CloseResult]]]) -> None:
+    """On the engine's loop: the answers of closes the thread made."""
+    for job, task in items:
+        if job.answer.done():  # withdrawn meanwhile
+            continue
+        if task.cancelled():  # the thread stopped before it answered
+            _fail(job)
+            continue
+        exc = task.exception()
+        if exc is not None:
+            job.answer.set_exception(exc)
+        else:
+            job.answer.set_result(task.result())
+
+
+def _fail(job: _CloseJob) -> None:
+    if not job.answer.done():
+        job.answer.set_exception(RedisError("the time-closing thread stopped"))
+
+
 class ClosingThread:
     """The time closes of an engine, on a thread of their own with an event loop of their own.
 
@@ -254,6 +311,9 @@ class ClosingThread:
         self._due: dict[int, int] = {}
         self._tokens = itertools.count()
         self._quiet: asyncio.Future[None] | None = None  # the shared wait of wait_quiet
+        # answers waiting for their hand-over to the engine's loop (the thread's side)
+        self._outbox: list[tuple[_CloseJob, asyncio.Future[CloseResult]]] = []
+        self._jobs: set[_CloseJob] = set()  # handed over, not answered (the engine's side)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -285,6 +345,12 @@ class ClosingThread:
             log.exception("the time-closing thread ended")
         finally:
             self._loop = None
+            # a close whose answer did not go over (the thread ended first) answers an error:
+            # its timer retries, and closes on the engine's loop once the thread is gone
+            self._outbox = []
+            for job in list(self._jobs):
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    job.answer.get_loop().call_soon_threadsafe(_fail, job)
             self._ready.set()
             loop.close()
 
@@ -303,13 +369,51 @@ class ClosingThread:
         token = next(self._tokens)
         heapq.heappush(self._due_heap, (deadline_ms, token))
         self._due[token] = deadline_ms
+        job = _CloseJob(
+            counter, window_id, max_time_ms, deadline_ms, asyncio.get_running_loop().create_future()
+        )
+        self._jobs.add(job)
         try:
-            cf = asyncio.run_coroutine_threadsafe(
-                self._at(counter, window_id, max_time_ms, deadline_ms), loop
-            )
-            return await asyncio.wrap_future(cf)
+            loop.call_soon_threadsafe(self._start_job, job)
+            return await job.answer
+        except asyncio.CancelledError:
+            job.withdrawn = True
+            with contextlib.suppress(RuntimeError):  # the thread's loop ended already
+                loop.call_soon_threadsafe(job.withdraw)
+            raise
         finally:
+            self._jobs.discard(job)
             self._forget(token)
+
+    def _start_job(self, job: _CloseJob) -> None:
+        """On the thread: wait for the job's deadline, close, answer (:meth:`_answer`)."""
+        if job.withdrawn:
+            return
+        job.task = asyncio.ensure_future(
+            self._at(job.counter, job.window_id, job.max_time_ms, job.deadline_ms)
+        )
+        job.task.add_done_callback(partial(self._answer, job))
+
+    def _answer(self, job: _CloseJob, task: asyncio.Future[CloseResult]) -> None:
+        """On the thread: queue the answer for the engine's loop. The answers of one turn of
+        the thread's loop (a pipeline's closes) go over in one hand-over: one per close made
+        the thread give the GIL up for a write to the engine loop's wake-up socket each time,
+        and wait up to a switch interval to get it back while the engine's loop was busy, so a
+        burst's later pipelines were read tens of ms late."""
+        if task.cancelled() and job.withdrawn:
+            return
+        self._outbox.append((job, task))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_CloseJob, Any]]] = {}
+        for job, task in outbox:
+            by_loop.setdefault(job.answer.get_loop(), []).append((job, task))
+        for target, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                target.call_soon_threadsafe(_deliver, items)
 
     def _forget(self, token: int) -> None:
         self._due.pop(token, None)
