@@ -396,10 +396,9 @@ class ClosingThread:
 
     def _answer(self, job: _CloseJob, task: asyncio.Future[CloseResult]) -> None:
         """On the thread: queue the answer for the engine's loop. The answers of one turn of
-        the thread's loop (a pipeline's closes) go over in one hand-over: one per close made
-        the thread give the GIL up for a write to the engine loop's wake-up socket each time,
-        and wait up to a switch interval to get it back while the engine's loop was busy, so a
-        burst's later pipelines were read tens of ms late."""
+        the thread's loop (a pipeline's closes) go over in one hand-over: each hand-over
+        writes to the engine loop's wake-up socket, and the thread gives the GIL up for the
+        write and may wait a switch interval to get it back while the engine's loop is busy."""
         if task.cancelled() and job.withdrawn:
             return
         self._outbox.append((job, task))
