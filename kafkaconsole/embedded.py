@@ -538,9 +538,6 @@ def start_kafka(
     raise EmbeddedError(f"unknown broker kind {kind!r} (choose from {', '.join(BROKER_KINDS)})")
 
 
-# ---- Redis -------------------------------------------------------------------------------
-
-
 def _java_failure(output: bytes) -> str:
     """The line of a JVM tool's output that says why it failed: the deepest ``Caused by``,
     else the first exception line, else the last line (never a stack frame)."""
@@ -552,6 +549,9 @@ def _java_failure(output: bytes) -> str:
         if not ln.startswith(("at ", "...")) and ("Exception" in ln or "Error" in ln):
             return ln
     return lines[-1] if lines else "no output"
+
+
+# ---- Redis -------------------------------------------------------------------------------
 
 
 def start_redis(

@@ -998,13 +998,13 @@ class DispatchWaker:
         failures = 0
         try:
             while not stop.is_set():
+                if self.hold is not None:
+                    await self.hold()
                 leading = {d.keys.dispatch: d for d in self.dispatchers() if d.leader}
                 if not leading:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.block_ms / 1000)
                     continue
-                if self.hold is not None:
-                    await self.hold()
                 streams: dict[Any, Any] = {key: seen.get(key, "0-0") for key in leading}
                 try:
                     res: Any
