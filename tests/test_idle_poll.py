@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -48,6 +49,43 @@ def test_idle_poll_scales_with_the_fleet_config() -> None:
     assert fleet_config(5_000).heartbeat_s() == 2.0
 
 
+def test_consumers_started_together_spread_their_requests_over_the_interval() -> None:
+    """500 consumers started at once: their probes fall at their own points of the 5 s
+    interval and their fetch waits differ, so fetches that all ended together (events on
+    every topic at once) do not keep reaching the broker in one burst."""
+    cfg = fleet_config(500)
+    phases = [consumer_module.consumer_phase(f"c{i:04d}") for i in range(500)]
+    assert all(0.0 <= p < 1.0 for p in phases)
+    slots = Counter(int(p * 100) for p in phases)  # 50 ms slots of the 5 s probe interval
+    assert len(slots) == 100 and max(slots.values()) <= 12
+    waits = [cfg.fetch_wait_ms(p) for p in phases]
+    assert min(waits) >= 4_000 and max(waits) <= 6_000 and len(set(waits)) > 400
+    # four waits after a common start (a window of 20 s opened then closes now): the
+    # fetches' ends cover the whole wait, a dozen at most in any 50 ms
+    ends = Counter(int(4 * w % 5_000 / 50) for w in waits)
+    assert len(ends) >= 90 and max(ends.values()) <= 15
+    wakes = [cfg.fetcher_wake_ms(p) for p in phases]
+    assert min(wakes) >= 1_600 and max(wakes) <= 2_400 and len(set(wakes)) > 300
+    # group heartbeats: at most as long as asked, spread down to 80 % of it
+    beats = [cfg.group_heartbeat_ms(p) for p in phases]
+    assert min(beats) >= 2_400 and max(beats) <= 3_000 and len(set(beats)) > 300
+    # a wait the user set is theirs, whatever the phase
+    fixed = fleet_config(500).model_copy(
+        update={"kafka": cfg.kafka.model_copy(update={"fetch_max_wait_ms": 300})}
+    )
+    assert {fixed.fetch_wait_ms(p) for p in (0.0, 0.5, 0.99)} == {300}
+
+
+def test_a_probe_waits_for_the_next_point_of_its_own_grid() -> None:
+    nxt = consumer_module.next_probe_in
+    assert nxt(100.0, 5.0, 0.3) == pytest.approx(1.5)  # the grid: 1.5, 6.5, ... 101.5
+    assert nxt(101.5, 5.0, 0.3) == pytest.approx(5.0)  # on a point: the next one
+    assert nxt(108.0, 5.0, 0.3) == pytest.approx(3.5)  # a probe that overran: no catch-up
+    assert nxt(0.2, 1.0, 0.0) == pytest.approx(0.8)
+    # the same phase, whenever the consumer started: the point is fixed by the id
+    assert {round((t + nxt(t, 5.0, 0.42)) % 5.0, 6) for t in (3.0, 77.7, 1234.5)} == {2.1}
+
+
 def test_the_heap_left_by_start_up_is_frozen_once_after_the_collector_is_tuned(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -84,8 +122,12 @@ async def test_a_long_idle_poll_delays_nothing(
             return bool(run.assigned)
 
         await wait_for(assigned, 30, what="the partition assigned")
-        # the client's background fetch routine wakes on the fleet's budget
-        assert run._consumer._consumer_timeout == cfg.fetcher_wake_ms() / 1000
+        # the client's background fetch routine wakes on the fleet's budget, at this
+        # consumer's own spread of it, and its fetches wait on the same terms
+        phase = consumer_module.consumer_phase("orders")
+        assert run._consumer._consumer_timeout == cfg.fetcher_wake_ms(phase) / 1000
+        assert run._consumer._fetcher._fetch_max_wait_ms == cfg.fetch_wait_ms(phase)
+        assert run._consumer._coordinator._heartbeat_interval_ms == cfg.group_heartbeat_ms(phase)
 
         async def settled() -> bool:
             return engine._heap_settled

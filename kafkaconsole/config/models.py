@@ -680,6 +680,13 @@ class MonitoringConfig(Section):
         return self
 
 
+def spread(value_ms: int, phase: float) -> int:
+    """``value_ms`` scaled by 0.8 to 1.2 along ``phase`` (0 to 1; 0.5 gives ``value_ms``):
+    per-consumer periods that differ a little, so consumers that once acted together drift
+    apart instead of acting together for good."""
+    return round(value_ms * (0.8 + 0.4 * min(max(phase, 0.0), 1.0)))
+
+
 class AppConfig(Section):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     """Kafka connection."""
@@ -737,27 +744,40 @@ class AppConfig(Section):
     def pipeline_for(self, consumer: ConsumerConfig) -> Any:
         return self.pipelines[consumer.pipeline_name]
 
-    def fetch_wait_ms(self) -> int:
-        """The fetch wait of this process's consumers: ``[kafka] fetch_max_wait_ms``, or when
-        unset 10 ms per consumer between 50 and 5,000 ms (below half the request timeout).
+    def fetch_wait_ms(self, phase: float = 0.5) -> int:
+        """The fetch wait of a consumer of this process: ``[kafka] fetch_max_wait_ms``, or
+        when unset 10 ms per consumer between 50 and 5,000 ms (below half the request
+        timeout), spread by the consumer's ``phase`` (0 to 1) over 80-120 % of that.
 
         An idle consumer sends one fetch per wait, so the process sends at most about 100
         fetches a second however many consumers it runs. A broker answers a fetch as soon as
         data arrives, so a longer wait costs no latency on Apache Kafka (Tansu holds every
-        fetch for the whole wait)."""
+        fetch for the whole wait). The spread: consumers whose fetches all ended together
+        (events on every topic at once) would otherwise keep fetching together, hundreds of
+        requests in one burst every wait, taking a small machine's cores from the engine at
+        the moments a window opened a multiple of the wait earlier is due to close."""
         if self.kafka.fetch_max_wait_ms is not None:
             return self.kafka.fetch_max_wait_ms
-        wait = min(max(50, 10 * len(self.consumers)), 5_000)
+        wait = spread(min(max(50, 10 * len(self.consumers)), 5_000), phase)
         return min(wait, self.kafka.request_timeout_ms // 2)
 
-    def fetcher_wake_ms(self) -> int:
+    def group_heartbeat_ms(self, phase: float = 1.0) -> int:
+        """The group heartbeat interval of a consumer of this process: ``[kafka]
+        heartbeat_interval_ms`` scaled by 0.8 to 1 along the consumer's ``phase`` (0 to 1),
+        never longer than asked. Consumers that joined together otherwise heartbeat together
+        for good: 500 heartbeats in one burst every 3 s."""
+        wanted = self.kafka.heartbeat_interval_ms
+        return max(100, round(wanted * (0.8 + 0.2 * min(max(phase, 0.0), 1.0))))
+
+    def fetcher_wake_ms(self, phase: float = 0.5) -> int:
         """The longest a consumer's background fetch routine (aiokafka's
         ``consumer_timeout_ms``) sleeps with nothing to do: 200 ms, or so that the process's
-        idle routines wake at most about 250 times a second (2 s with 500 consumers, at most 5 s).
+        idle routines wake at most about 250 times a second (2 s with 500 consumers, at most
+        5 s); spread by the consumer's ``phase`` as :meth:`fetch_wait_ms`.
 
         It is only a safety net: records, a seek, a reset, a resume, a new assignment and the
         answer of a fetch in flight all wake the routine at once."""
-        return min(max(200, 4 * len(self.consumers)), 5_000)
+        return spread(min(max(200, 4 * len(self.consumers)), 5_000), phase)
 
     def probe_interval_s(self) -> float:
         """How often each consumer asks the brokers for its topic's end offsets and its

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -174,6 +176,25 @@ def describe_partitions(partitions: Any) -> str:
     )
 
 
+def consumer_phase(consumer_id: str) -> float:
+    """Where in every probe interval this consumer probes, a fraction in [0, 1) fixed by its
+    id. Consumers started together each waiting a whole interval after their own probe stay
+    together: 500 of them sent 500 requests in one burst every 5 s, the broker then taking
+    both cores of a small machine for half a second (and a time close due in that half
+    second waiting for a core). Spread by id, the same process sends about a hundredth of
+    them in each 50 ms."""
+    return zlib.crc32(consumer_id.encode()) / 2**32
+
+
+def next_probe_in(now: float, interval: float, phase: float) -> float:
+    """Seconds from ``now`` (monotonic) to this consumer's next probe: the next point after
+    ``now`` of the grid of ``interval`` steps shifted by ``phase`` of an interval. A probe
+    that took longer than an interval skips the points it overran instead of catching up."""
+    offset = phase * interval
+    due = (math.floor((now - offset) / interval) + 1) * interval + offset
+    return due - now
+
+
 class ConsumerStopped(Exception):
     """The consumer stopped itself (``on_error = "stop"`` or a fatal error)."""
 
@@ -271,6 +292,8 @@ class ConsumerRunner:
     def _make_consumer(self) -> AIOKafkaConsumer:
         k = self.app.kafka
         fetch_max, partition_max = fetch_sizes(len(self.app.consumers))
+        # this consumer's own point in the process's periodic requests (see consumer_phase)
+        phase = consumer_phase(self.cfg.consumer_id)
         return AIOKafkaConsumer(
             group_id=self.cfg.effective_group_id,
             enable_auto_commit=False,
@@ -279,16 +302,16 @@ class ConsumerRunner:
             # applies the consumer's auto_offset_reset when nothing was counted or committed
             auto_offset_reset="none",
             max_poll_records=self.cfg.batch_size,
-            fetch_max_wait_ms=self.app.fetch_wait_ms(),
+            fetch_max_wait_ms=self.app.fetch_wait_ms(phase),
             session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            heartbeat_interval_ms=self.app.group_heartbeat_ms(phase),
             max_poll_interval_ms=k.max_poll_interval_ms,
             request_timeout_ms=k.request_timeout_ms,
             isolation_level="read_committed",
             fetch_max_bytes=fetch_max,
             max_partition_fetch_bytes=partition_max,
             metadata_max_age_ms=k.metadata_max_age_ms,
-            consumer_timeout_ms=self.app.fetcher_wake_ms(),
+            consumer_timeout_ms=self.app.fetcher_wake_ms(phase),
             **kafka_kwargs(k),
         )
 
@@ -1184,17 +1207,20 @@ class ConsumerRunner:
 
     # ---- status ----------------------------------------------------------------------------
     async def _probe_loop(self, stop: asyncio.Event) -> None:
-        """Once per :meth:`AppConfig.probe_interval_s` (a second, longer with hundreds of
-        consumers in the process), on this consumer's own schedule (so a process's consumers
-        do not probe in one burst, and a hanging broker delays nothing else):
-        refresh_positions."""
+        """At once, then once per :meth:`AppConfig.probe_interval_s` (a second, longer with
+        hundreds of consumers in the process) at this consumer's own point of the interval
+        (:func:`consumer_phase`: consumers started together do not probe together, and a
+        hanging broker delays nothing else): refresh_positions."""
         interval = self.app.probe_interval_s()
+        phase = consumer_phase(self.cfg.consumer_id)
         while not stop.is_set():
             await self.refresh_positions()
             await self._check_ends()
             await self._resume_accepted()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+                await asyncio.wait_for(
+                    stop.wait(), next_probe_in(time.monotonic(), interval, phase)
+                )
 
     async def refresh_positions(self) -> None:
         """Learn the fetch position of assigned partitions that have had no records yet, and
