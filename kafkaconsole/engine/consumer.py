@@ -177,12 +177,14 @@ def describe_partitions(partitions: Any) -> str:
 
 
 def consumer_phase(consumer_id: str) -> float:
-    """Where in every probe interval this consumer probes, a fraction in [0, 1) fixed by its
-    id. Consumers started together each waiting a whole interval after their own probe stay
-    together: 500 of them sent 500 requests in one burst every 5 s, the broker then taking
-    both cores of a small machine for half a second (and a time close due in that half
-    second waiting for a core). Spread by id, the same process sends about a hundredth of
-    them in each 50 ms."""
+    """This consumer's place in its process's periodic requests, a fraction in [0, 1) fixed
+    by its id: where in every interval it probes (:func:`next_probe_in`), and how its fetch
+    wait, fetch-routine wake-up and group heartbeat are spread
+    (:meth:`AppConfig.fetch_wait_ms` and the like). Consumers started together, each waiting
+    a whole period after its own request, stay together: 500 of them sent 500 requests in
+    one burst every few seconds, the broker then taking both cores of a small machine for
+    half a second (and a time close due in that half second waiting for a core). Spread by
+    id, the same process sends about a hundredth of its probes in each 50 ms."""
     return zlib.crc32(consumer_id.encode()) / 2**32
 
 
