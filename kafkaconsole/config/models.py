@@ -680,11 +680,11 @@ class MonitoringConfig(Section):
         return self
 
 
-def spread(value_ms: int, phase: float) -> int:
-    """``value_ms`` scaled by 0.8 to 1.2 along ``phase`` (0 to 1; 0.5 gives ``value_ms``):
-    per-consumer periods that differ a little, so consumers that once acted together drift
-    apart instead of acting together for good."""
-    return round(value_ms * (0.8 + 0.4 * min(max(phase, 0.0), 1.0)))
+def spread(value_ms: int, phase: float, low: float = 0.8, high: float = 1.2) -> int:
+    """``value_ms`` scaled by ``low`` to ``high`` along ``phase`` (0 to 1; by default 0.5
+    gives ``value_ms``): per-consumer periods that differ a little, so consumers that once
+    acted together drift apart instead of acting together for good."""
+    return round(value_ms * (low + (high - low) * min(max(phase, 0.0), 1.0)))
 
 
 class AppConfig(Section):
@@ -766,8 +766,7 @@ class AppConfig(Section):
         heartbeat_interval_ms`` scaled by 0.8 to 1 along the consumer's ``phase`` (0 to 1),
         never longer than asked. Consumers that joined together otherwise heartbeat together
         for good: 500 heartbeats in one burst every 3 s."""
-        wanted = self.kafka.heartbeat_interval_ms
-        return max(100, round(wanted * (0.8 + 0.2 * min(max(phase, 0.0), 1.0))))
+        return max(100, spread(self.kafka.heartbeat_interval_ms, phase, high=1.0))
 
     def fetcher_wake_ms(self, phase: float = 0.5) -> int:
         """The longest a consumer's background fetch routine (aiokafka's

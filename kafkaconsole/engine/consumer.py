@@ -264,6 +264,8 @@ class ConsumerRunner:
         self._queued_at = 0.0  # when the first of the polls queued now was (monotonic)
         self._stop_event: asyncio.Event | None = None
         self._last_commit = 0.0
+        # this consumer's own point in the process's periodic requests (see consumer_phase)
+        self._phase = consumer_phase(cfg.consumer_id)
         self.redis_ok = True
         self._kafka_contact: float | None = None  # monotonic time a broker last answered
         self._kafka_failed = False  # the last poll raised
@@ -294,8 +296,7 @@ class ConsumerRunner:
     def _make_consumer(self) -> AIOKafkaConsumer:
         k = self.app.kafka
         fetch_max, partition_max = fetch_sizes(len(self.app.consumers))
-        # this consumer's own point in the process's periodic requests (see consumer_phase)
-        phase = consumer_phase(self.cfg.consumer_id)
+        phase = self._phase
         return AIOKafkaConsumer(
             group_id=self.cfg.effective_group_id,
             enable_auto_commit=False,
@@ -1214,14 +1215,13 @@ class ConsumerRunner:
         (:func:`consumer_phase`: consumers started together do not probe together, and a
         hanging broker delays nothing else): refresh_positions."""
         interval = self.app.probe_interval_s()
-        phase = consumer_phase(self.cfg.consumer_id)
         while not stop.is_set():
             await self.refresh_positions()
             await self._check_ends()
             await self._resume_accepted()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    stop.wait(), next_probe_in(time.monotonic(), interval, phase)
+                    stop.wait(), next_probe_in(time.monotonic(), interval, self._phase)
                 )
 
     async def refresh_positions(self) -> None:
