@@ -18,6 +18,7 @@ from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine import consumer as consumer_module
 from kafkaconsole.engine.control import FleetControl
+from kafkaconsole.engine.counting import WindowCounter
 from kafkaconsole.engine.keys import ConsumerKeys
 from tests.engine_support import fleet_config, make_config, start_engine
 from tests.helpers import KafkaHelper, wait_for
@@ -84,6 +85,50 @@ def test_a_probe_waits_for_the_next_point_of_its_own_grid() -> None:
     assert nxt(0.2, 1.0, 0.0) == pytest.approx(0.8)
     # the same phase, whenever the consumer started: the point is fixed by the id
     assert {round((t + nxt(t, 5.0, 0.42)) % 5.0, 6) for t in (3.0, 77.7, 1234.5)} == {2.1}
+
+
+async def test_the_probe_loop_probes_at_once_then_on_its_own_grid() -> None:
+    """Started half-way between two points of its grid, a consumer probes at once, then at
+    the grid's points (a wait of a whole interval after each probe would land half an
+    interval off them)."""
+    cfg = fleet_config(1)
+    interval = cfg.probe_interval_s()
+    # nothing here talks to Redis or Kafka: the probes are the test's own
+    counter = WindowCounter(aredis.Redis(), ConsumerKeys("probe", "c0"), max_event=10)
+    no_dlq: Any = None
+    runner: Any = consumer_module.ConsumerRunner(
+        cfg.consumers[0], cfg, counter, no_dlq, on_applied=lambda res: None
+    )
+    phase = consumer_module.consumer_phase(cfg.consumers[0].consumer_id)
+    probes: list[float] = []
+    stop = asyncio.Event()
+
+    async def probed() -> None:
+        probes.append(time.monotonic())
+        if len(probes) == 3:
+            stop.set()
+
+    async def nothing() -> None:
+        return None
+
+    runner.refresh_positions, runner._check_ends, runner._resume_accepted = (
+        probed,
+        nothing,
+        nothing,
+    )
+    # half an interval away from this consumer's grid
+    await asyncio.sleep(consumer_module.next_probe_in(time.monotonic(), interval, phase))
+    await asyncio.sleep(interval / 2)
+    began = time.monotonic()
+    await asyncio.wait_for(runner._probe_loop(stop), 10)
+
+    def off_grid(t: float) -> float:
+        d = (t - phase * interval) % interval
+        return min(d, interval - d)
+
+    assert probes[0] - began < 0.1  # at once
+    assert off_grid(probes[1]) < 0.1 and off_grid(probes[2]) < 0.1
+    assert probes[2] - probes[1] == pytest.approx(interval, abs=0.1)
 
 
 def test_the_heap_left_by_start_up_is_frozen_once_after_the_collector_is_tuned(
