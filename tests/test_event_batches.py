@@ -18,6 +18,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from kafkaconsole.config.models import ConsumerConfig
+from kafkaconsole.engine import events
 from kafkaconsole.engine.counting import ranges_of
 from kafkaconsole.engine.events import BAD, COUNT, SKIPPED, EventClassifier, build_batch
 
@@ -89,6 +90,19 @@ UNUSUAL: list[bytes | None] = [
     b'{"type":"refund","type":"order"}',  # duplicate keys: the last one holds
     b'{"type":"order","type":"refund"}',
     b'{"type":"\\u006frder"}',  # an escape in the filtered field
+    b'{"t\\u0079pe":"order"}',  # an escape in the filtered key
+    b'{"type":"refund","t\\u0079pe":"order"}',  # a duplicate key, one written with an escape
+    b'{"t\\u0079pe":"refund","type":"order"}',
+    b'{"type":"refund","nested":{"type":"order"}}',  # the key again, deeper
+    b'{"type":"order","nested":{"type":"refund"}}',
+    b'{"type":"order","kind":"type"}',  # the key's bytes as a value
+    b'{"kind":"type"}',
+    b'{"type":"order","amount":18446744073709551616}',  # beyond 64 bits
+    b'{"type":"order","amount":-9223372036854775809}',
+    b'{"type":"order","deep":' + b'{"a":' * 1022 + b"1" + b"}" * 1022 + b"}",  # 1,023 deep
+    b'{"type":"order","deep":' + b'{"a":' * 1023 + b"1" + b"}" * 1023 + b"}",  # 1,024 deep
+    b'{"type":"order","deep":' + b"[" * 1022 + b"]" * 1022 + b"}",
+    b'{"type":"order","deep":' + b"[" * 1023 + b"]" * 1023 + b"}",
     b'{"type":"order","note":"\\ud800"}',  # a lone surrogate escape
     b'{"type":"order","note":"\\x"}',  # an invalid escape
     b'{"type":"order","note":"\x01"}',  # a raw control character
@@ -96,6 +110,7 @@ UNUSUAL: list[bytes | None] = [
     b'{"type":"order"} trailing',
     b'{"type":"order","a":NaN}',
     b'\xef\xbb\xbf{"type":"order"}',  # a byte order mark
+    b'{"type":"order","note":"\xef\xbb\xbf"}',  # one inside a string
     b' {"type":"order"} ',
     b'{"type":["order"]}',
     b'{"type":null}',
@@ -112,7 +127,7 @@ UNUSUAL: list[bytes | None] = [
     b"not json",
     b"",
     None,  # a tombstone
-    b'{"type":"order","pad":"' + b"x" * 3000 + b'"}',  # over max_event_bytes below
+    b'{"type":"order","pad":"' + b"x" * 20_000 + b'"}',  # over max_event_bytes below
 ]
 
 FILTERS: list[dict[str, Any] | None] = [
@@ -162,7 +177,7 @@ def got(
 def test_randomised_batches_decide_each_record_as_classify_does(
     filter_: dict[str, Any] | None, tombstones: str
 ) -> None:
-    extra: dict[str, Any] = {"format": "json", "max_event_bytes": 2048, "tombstones": tombstones}
+    extra: dict[str, Any] = {"format": "json", "max_event_bytes": 16_384, "tombstones": tombstones}
     if filter_ is not None:
         extra["filter"] = filter_
     classifier = EventClassifier(config(**extra))
@@ -186,7 +201,7 @@ def test_randomised_batches_decide_each_record_as_classify_does(
 @pytest.mark.parametrize("value", UNUSUAL, ids=range(len(UNUSUAL)))
 def test_each_unusual_value_among_ordinary_ones_is_decided_as_alone(value: bytes | None) -> None:
     classifier = EventClassifier(
-        config(format="json", filter={"type": "order"}, max_event_bytes=2048)
+        config(format="json", filter={"type": "order"}, max_event_bytes=16_384)
     )
     rng = random.Random(7)
     records = [record(o, ordinary(rng, o)) for o in range(100)]
@@ -218,3 +233,27 @@ def test_invalid_utf8_and_a_number_beyond_a_double_are_bad_events() -> None:
     (delta,), bad, _ = build_batch(classifier, batch, {})
     assert [(b.offset, b.stage) for b in bad] == [(1, "decode"), (2, "decode")]
     assert delta.ranges == [(0, 0), (3, 3)] and delta.errors == [1, 2]
+
+
+@pytest.mark.parametrize("filter_", [None, {"type": "order"}], ids=["none", "type"])
+def test_an_ordinary_batch_is_checked_by_simdjson_without_decoding_it(
+    filter_: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk path validates (and filters) with simdjson; orjson is left for the odd batch."""
+    extra: dict[str, Any] = {"format": "json"} | ({"filter": filter_} if filter_ else {})
+    classifier = EventClassifier(config(**extra))
+    rng = random.Random(3)
+    records = [record(o, ordinary(rng, o)) for o in range(200)]
+    batch = {TopicPartition(TOPIC, 0): records}
+    want = expected(classifier, batch)
+
+    def refuse(_: bytes) -> Any:
+        raise AssertionError("orjson.loads called for an ordinary batch")
+
+    monkeypatch.setattr(events.orjson, "loads", refuse)
+    assert got(classifier, batch) == want
+    # a value the guards send the orjson way does reach it
+    records[7] = record(7, b'{"type":"order","note":"\\n"}')
+    if filter_ is not None:
+        with pytest.raises(AssertionError, match=r"orjson\.loads called"):
+            build_batch(classifier, batch, {})
