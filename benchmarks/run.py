@@ -59,6 +59,7 @@ THROUGHPUT_CASES = [
     "seed-style",
     "engine-raw",
     "engine-json",
+    "engine-json-all",
     "engine-processor",
     "engine-tui",
 ]
@@ -241,6 +242,8 @@ class Runner:
             return self.spec("engine", format="raw")
         if case == "engine-json":
             return self.spec("engine", format="json")
+        if case == "engine-json-all":
+            return self.spec("engine", format="json", filter=False)
         if case == "engine-processor":
             return self.spec("engine", format="json", processor="benchmarks.common:keep")
         if case == "engine-tui":
@@ -551,6 +554,7 @@ def checks(res: Results, *, quick: bool) -> tuple[list[Check], dict[str, Summary
     ratios = {
         "engine-raw / raw": ratio_stats(tp.get("engine-raw", []), tp.get("raw", [])),
         "engine-json / raw": ratio_stats(tp.get("engine-json", []), tp.get("raw", [])),
+        "engine-json-all / raw": ratio_stats(tp.get("engine-json-all", []), tp.get("raw", [])),
         "engine-tui / engine-json": ratio_stats(
             tp.get("engine-tui", []), tp.get("engine-json", [])
         ),
@@ -575,6 +579,7 @@ def checks(res: Results, *, quick: bool) -> tuple[list[Check], dict[str, Summary
     out = [
         ratio_check("engine-raw vs raw", "engine-raw / raw", 0.85),
         ratio_check("engine-json vs raw", "engine-json / raw", 0.70),
+        ratio_check("engine-json-all vs raw", "engine-json-all / raw", 0.70),
         ratio_check("engine-tui vs engine-json", "engine-tui / engine-json", 0.90),
         ratio_check("engine-json vs seed-style", "engine-json / seed-style", 50, pct=False),
     ]
@@ -678,6 +683,7 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
         f"(first {plan.seed_events:,} events)",
         "engine-raw": 'Engine headless, `format = "raw"`',
         "engine-json": 'Engine headless, `format = "json"`, `filter = {type = "order"}`',
+        "engine-json-all": 'Engine headless, `format = "json"`, no filter (every valid event)',
         "engine-processor": "engine-json plus a `processor` that keeps every event (run off "
         "the event loop, in a worker thread)",
         "engine-tui": "engine-json inside the Textual app (headless driver), default refresh",
