@@ -172,10 +172,21 @@ def got(
     return out
 
 
+@pytest.fixture(params=["simdjson", "orjson"])
+def bulk_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The bulk path with simdjson checking the values first, and without it (orjson alone,
+    as on a platform simdjson ships no wheel for)."""
+    if request.param == "orjson":
+        monkeypatch.setattr(events, "_validators", None)
+    elif events._validators is None:
+        pytest.skip("cysimdjson is not installed on this platform")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("tombstones", ["skip", "count"])
 @pytest.mark.parametrize("filter_", FILTERS, ids=lambda f: "none" if f is None else ",".join(f))
 def test_randomised_batches_decide_each_record_as_classify_does(
-    filter_: dict[str, Any] | None, tombstones: str
+    filter_: dict[str, Any] | None, tombstones: str, bulk_decoder: str
 ) -> None:
     extra: dict[str, Any] = {"format": "json", "max_event_bytes": 16_384, "tombstones": tombstones}
     if filter_ is not None:
@@ -199,7 +210,9 @@ def test_randomised_batches_decide_each_record_as_classify_does(
 
 
 @pytest.mark.parametrize("value", UNUSUAL, ids=range(len(UNUSUAL)))
-def test_each_unusual_value_among_ordinary_ones_is_decided_as_alone(value: bytes | None) -> None:
+def test_each_unusual_value_among_ordinary_ones_is_decided_as_alone(
+    value: bytes | None, bulk_decoder: str
+) -> None:
     classifier = EventClassifier(
         config(format="json", filter={"type": "order"}, max_event_bytes=16_384)
     )
@@ -235,6 +248,7 @@ def test_invalid_utf8_and_a_number_beyond_a_double_are_bad_events() -> None:
     assert delta.ranges == [(0, 0), (3, 3)] and delta.errors == [1, 2]
 
 
+@pytest.mark.skipif(events._validators is None, reason="cysimdjson is not installed here")
 @pytest.mark.parametrize("filter_", [None, {"type": "order"}], ids=["none", "type"])
 def test_an_ordinary_batch_is_checked_by_simdjson_without_decoding_it(
     filter_: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch

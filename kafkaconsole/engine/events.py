@@ -19,7 +19,6 @@ from itertools import compress, repeat
 from operator import attrgetter, eq, itemgetter
 from typing import Any
 
-import cysimdjson
 import orjson
 
 from kafkaconsole.config.models import ConsumerConfig
@@ -253,15 +252,22 @@ _value_size = attrgetter("serialized_value_size")  # -1 for a null value
 _offset = attrgetter("offset")
 
 
+try:
+    from cysimdjson import JSONParser
+except ImportError:  # no wheel for this platform (installed on Linux x86-64): orjson alone
+    JSONParser = None
+
+
 class _Validators(threading.local):
     """simdjson parsers, one per thread (a parser reuses its buffers from one value to the
     next, so it is never shared)."""
 
     def __init__(self) -> None:
-        self.parser = cysimdjson.JSONParser()
+        self.parser = JSONParser()
 
 
-_validators = _Validators()
+#: None without simdjson: the bulk path decodes with orjson
+_validators: _Validators | None = _Validators() if JSONParser is not None else None
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -288,7 +294,8 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
         return None
     offsets = list(map(_offset, records))
     single = classifier.single_filter
-    if b"\xef" not in joined or _BOM not in joined:  # memchr first: a rare byte
+    # the byte order mark: its first byte alone first (memchr; rare in text)
+    if _validators is not None and (b"\xef" not in joined or _BOM not in joined):
         parse = _validators.parser.parse
         try:
             if single is None:
