@@ -616,8 +616,13 @@ class TriggerDispatcher:
         its pending entry for want of a moment's wait."""
 
         async def record_it() -> None:
-            await self._write_status(record, result)
-            await self._ack(*entry_ids)
+            # one step (MULTI; one cluster slot per consumer): the status and the entries'
+            # XACK + XDEL, so no crash leaves a final status with its entry still pending
+            pipe = self.redis.pipeline(transaction=True)
+            self._queue_status(pipe, record, result)
+            pipe.xack(self.keys.dispatch, DISPATCH_GROUP, *entry_ids)
+            pipe.xdel(self.keys.dispatch, *entry_ids)
+            await pipe.execute()
 
         await retry_call(
             record_it,
@@ -850,6 +855,13 @@ class TriggerDispatcher:
         """The run status of ``record``'s window; of a coalesced run, of every window in it
         at once (MULTI), each pointing at the run (``detail.coalesced_into``: its idempotency
         key, ``detail.windows``: its window ids), a success recorded as ``coalesced``."""
+        windows = [w.window_id for w in record.windows] or [record.window_id]
+        pipe = self.redis.pipeline(transaction=len(windows) > 1)
+        self._queue_status(pipe, record, result)
+        await pipe.execute()
+
+    def _queue_status(self, pipe: Any, record: TriggerRecord, result: RunResult) -> None:
+        """Queue :meth:`_write_status`'s commands on ``pipe``."""
         if self._mask is not None:  # an error may quote a secret (a 401 body echoing a token)
             result = replace(
                 result,
@@ -866,12 +878,10 @@ class TriggerDispatcher:
             }
             result = replace(result, status=status, detail=detail)
         body = _status_json(result, self.instance_id)
-        pipe = self.redis.pipeline(transaction=len(windows) > 1)
         for window_id in windows:
             pipe.hset(self.keys.runs, str(window_id), body)
             if window_id > self.history_limit:
                 pipe.hdel(self.keys.runs, str(window_id - self.history_limit))
-        await pipe.execute()
 
     async def _drain(self, grace: float = 5.0) -> None:
         if not self._running:
