@@ -312,8 +312,8 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
                     # every object holding the key has it once, no other value names it
                     if joined.count(quoted) == len(got) - got.count(_MISSING):
                         return list(compress(offsets, map(eq, got, repeat(want))))
-        except (ValueError, RuntimeError):
-            pass  # invalid for simdjson: orjson decides, value by value below
+        except (ValueError, RuntimeError, TypeError, MemoryError):
+            pass  # refused by simdjson (or too large for it): orjson decides, below
     try:
         events = list(map(orjson.loads, values))
     except (ValueError, TypeError):
