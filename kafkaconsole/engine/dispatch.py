@@ -855,8 +855,7 @@ class TriggerDispatcher:
         """The run status of ``record``'s window; of a coalesced run, of every window in it
         at once (MULTI), each pointing at the run (``detail.coalesced_into``: its idempotency
         key, ``detail.windows``: its window ids), a success recorded as ``coalesced``."""
-        windows = [w.window_id for w in record.windows] or [record.window_id]
-        pipe = self.redis.pipeline(transaction=len(windows) > 1)
+        pipe = self.redis.pipeline(transaction=len(record.windows) > 1)
         self._queue_status(pipe, record, result)
         await pipe.execute()
 
