@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from kafkaconsole.embedded import EmbeddedServices
+from kafkaconsole.engine import timer as timer_module
 from kafkaconsole.engine.counting import CloseResult, WindowCounter
 from kafkaconsole.engine.keys import ConsumerKeys
 from kafkaconsole.engine.timer import ClosingThread, WindowTimer
@@ -108,6 +109,70 @@ async def test_a_timer_whose_window_changed_withdraws_its_close(
         await end_timer(timer, task, stop)
     finally:
         await asyncio.to_thread(thread.stop)
+
+
+async def test_a_close_goes_to_the_thread_only_once_its_deadline_is_near(
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str, monkeypatch: Any
+) -> None:
+    """A window closing by count long before its deadline never crosses threads (a hand-over
+    and its withdrawal woke the thread twice per window); a nearing deadline is handed over,
+    and the window closes on time on the thread as before."""
+    monkeypatch.setattr(timer_module, "HAND_OVER_AHEAD_S", 0.3)
+    max_time = 0.8
+    closed: list[CloseResult] = []
+    counter, opened_at = await open_window(redis_client, unique, "c")
+    timer = WindowTimer(counter, max_time, closed.append, closer=thread)
+    timer.observe(1, 1, opened_at, await redis_ms(redis_client))
+    stop = asyncio.Event()
+    task = asyncio.create_task(timer.run(stop))
+    try:
+        await asyncio.sleep(0.2)  # the deadline 0.6 s away: the timer waits on this loop
+        assert not thread.closes_due(within_ms=60_000)
+
+        async def handed() -> bool:
+            return thread.closes_due(within_ms=60_000) or bool(closed)
+
+        await wait_for(handed, 5, what="the close handed over, 0.3 s before its deadline")
+        # the engine's loop is stuck past the deadline: the thread closes the window on time
+        time.sleep(max_time)  # noqa: ASYNC251 (the point: this loop does not run)
+
+        async def recorded() -> bool:
+            return bool(closed)
+
+        await wait_for(recorded, 10, what="the close reported to the timer")
+        (entry,) = await history(redis_client, unique, "c")
+        late = int(entry[b"closed_at"]) - int(entry[b"opened_at"]) - int(max_time * 1000)
+        assert entry[b"reason"] == b"time" and 0 <= late < 400, (entry, late)
+    finally:
+        await end_timer(timer, task, stop)
+
+
+async def test_a_window_closing_long_before_its_deadline_never_wakes_the_thread(
+    thread: ClosingThread, redis_client: aredis.Redis, unique: str
+) -> None:
+    counter, opened_at = await open_window(redis_client, unique, "c")
+    timer = WindowTimer(counter, 3600, lambda _: None, closer=thread)
+    loop = asyncio.get_running_loop()
+    assert thread._loop is not None
+    woken: list[Any] = []
+    threadsafe = thread._loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        woken.append(callback)
+        return threadsafe(callback, *args, **kwargs)
+
+    thread._loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = loop.create_task(timer.run(stop))
+    try:
+        now = await redis_ms(redis_client)
+        for wid in range(1, 51):  # windows opening and closing by count, one after another
+            timer.observe(wid, 1, opened_at + wid, now + wid)
+            await asyncio.sleep(0.002)
+        assert woken == [] and not thread.closes_due(within_ms=3_600_000)
+    finally:
+        del thread._loop.call_soon_threadsafe
+        await end_timer(timer, task, stop)
 
 
 async def test_a_stopped_thread_leaves_the_timers_closing_on_the_loop(

@@ -220,6 +220,13 @@ CLOSES_DUE_MS = 20.0
 HOLD_FOR_CLOSES_S = 0.25
 #: The interpreter's switch interval while a closing thread runs (see :meth:`ClosingThread.start`).
 SWITCH_INTERVAL_S = 0.001
+#: A window's close goes to the closing thread this long before its deadline (at once when
+#: the deadline is nearer): until then the timer waits on the engine's loop, which may be
+#: late by its backlog (seconds at worst, with hundreds of windows closing together), never
+#: by this much; a window closed by count before then never crosses threads (a hand-over and
+#: its withdrawal wake the thread twice; at a window every few milliseconds that was a
+#: measurable share of a consumer's core).
+HAND_OVER_AHEAD_S = 10.0
 #: How long an engine's stop waits for the closing thread to end.
 THREAD_JOIN_S = 5.0
 
@@ -531,10 +538,15 @@ class WindowTimer:
             if self._deadline is None:
                 await self._wait_change(None)  # observe() and wake() set the event
                 continue
-            if isinstance(self.closer, ClosingThread) and self.closer.alive:
-                await self._fire()  # the thread waits for the deadline
-                continue
             delay = (self._deadline - self.skew.ms - self.clock_ms()) / 1000
+            if isinstance(self.closer, ClosingThread) and self.closer.alive:
+                # the thread waits for the deadline; handed over only once it is near, so a
+                # window closing by count long before its deadline never crosses threads
+                if delay > HAND_OVER_AHEAD_S:
+                    await self._wait_change(delay - HAND_OVER_AHEAD_S)
+                    continue
+                await self._fire()
+                continue
             if delay > 0:
                 await self._wait_change(delay)
                 continue
