@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -219,6 +220,40 @@ async def test_sync_finishes_each_run_before_dispatching_the_next(make: Any) -> 
     assert all(runs[w]["duration_ms"] is not None for w in (1, 2, 3))
     assert h.pipeline.keys == [f"{h.keys.consumer_id}:{w}" for w in (1, 2, 3)]
     assert await h.redis.xlen(h.keys.dispatch) == 0
+
+
+async def test_a_busy_dispatcher_reads_each_window_once(make: Any) -> None:
+    """A window closing at a time (as under load: one every few ms): one read of the stream
+    per window, no read to find nothing after its run, and the look for entries a stopped
+    instance left (XAUTOCLAIM) once per takeover_poll_s, not at every read."""
+    h: Harness = make("sync")
+    h.pipeline.auto_finish = RunStatus.SUCCEEDED
+    commands: Counter[str] = Counter()
+    real = h.redis.execute_command
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        commands[str(args[0]).upper()] += 1
+        return await real(*args, **kwargs)
+
+    h.redis.execute_command = counting  # type: ignore[method-assign]
+    h.start()
+    started = time.monotonic()
+    windows = 20
+    try:
+        for wid in range(1, windows + 1):
+            await add_windows(h.redis, h.keys, range(wid, wid + 1))
+            h.dispatcher.wake()  # as the engine does when one of its windows closes
+            await h.wait_status(wid, "succeeded")
+    finally:
+        del h.redis.execute_command
+    elapsed = time.monotonic() - started
+    # the first read looks at this instance's own pending entries too ("0", then ">")
+    assert commands["XREADGROUP"] <= windows + 2, commands
+    assert commands["XAUTOCLAIM"] <= 2 + elapsed / h.dispatcher.takeover_poll_s, (
+        commands,
+        elapsed,
+    )
+    assert h.pipeline.calls == list(range(1, windows + 1))
 
 
 async def test_async_runs_at_most_max_concurrent_runs_at_once(make: Any) -> None:

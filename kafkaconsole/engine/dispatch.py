@@ -248,6 +248,9 @@ class TriggerDispatcher:
         self._inflight: set[bytes] = set()  # entry ids being run (never read them twice)
         self._held: set[int] = set()  # windows marked QUEUED while the circuit is open
         self._own_pending_checked = False
+        # monotonic: when to look again for entries a stopped instance left (XAUTOCLAIM)
+        self._claim_at = 0.0
+        self._read_all = False  # the last read took every entry that waited (_next_entries)
         pcfg = pipeline.cfg
         self._breaker = CircuitBreaker(pcfg.breaker_threshold, pcfg.breaker_cooldown, clock)
         self._breaker_written: BreakerSnapshot | None = None
@@ -300,6 +303,8 @@ class TriggerDispatcher:
                     continue
                 if self._wait_quiet is not None:
                     await self._wait_quiet()
+                # a wake from here on (a window closed meanwhile) means: read again
+                self._wake.clear()
                 try:
                     if self._breaker_restore:
                         await self._restore_breaker()
@@ -312,16 +317,22 @@ class TriggerDispatcher:
                             await self.ensure_group()
                     await self._sleep(0.5)
                     continue
-                if not entries:
-                    fast = time.monotonic() < self._fast_until
-                    await self._sleep(self.takeover_poll_s if fast else self.idle_poll_s)
-                    continue
-                pause = await self._dispatch_batch(entries, stop)
-                if pause is not None:
-                    # stopped part-way: the rest stay pending; read them again, in order
-                    self._own_pending_checked = False
-                    if pause > 0:
-                        await self._sleep(pause)
+                if entries:
+                    pause = await self._dispatch_batch(entries, stop)
+                    if pause is not None:
+                        # stopped part-way: the rest stay pending; read them again, in order
+                        self._own_pending_checked = False
+                        if pause > 0:
+                            await self._sleep(pause)
+                        continue
+                    if not self._read_all:
+                        continue  # there may be more to read now
+                # nothing more waits unless woken since the read (or another instance's
+                # stopped: its entries are claimed at the next look), so no read to find none
+                fast = time.monotonic() < self._fast_until
+                await self._sleep(
+                    self.takeover_poll_s if fast else self.idle_poll_s, keep_wake=True
+                )
         finally:
             await self._drain()
             # after any renewal in flight, so the release below is the last word
@@ -737,11 +748,13 @@ class TriggerDispatcher:
 
     # -- Redis --------------------------------------------------------------------------------
 
-    async def _sleep(self, timeout: float) -> None:
-        """Wait ``timeout`` seconds, or less if woken (a window closed) or told to stop."""
+    async def _sleep(self, timeout: float, *, keep_wake: bool = False) -> None:
+        """Wait ``timeout`` seconds, or less if woken (a window closed) or told to stop;
+        ``keep_wake``: a wake since the loop's read counts (it returns at once)."""
         if self._stop.is_set():
             return
-        self._wake.clear()
+        if not keep_wake:
+            self._wake.clear()
         waiters = {
             asyncio.ensure_future(self._wake.wait()),
             asyncio.ensure_future(self._stop.wait()),
@@ -758,6 +771,7 @@ class TriggerDispatcher:
         if held and not self.leader:
             log.debug("%s: this instance dispatches its triggers", self.cfg.consumer_id)
             self._own_pending_checked = False
+            self._claim_at = 0.0
             self._breaker_restore = True
             self._fast_until = time.monotonic() + 2 * self.lease_ms / 1000
             self._wake.set()
@@ -798,6 +812,9 @@ class TriggerDispatcher:
         return COALESCE_MAX if capped else READ_COUNT
 
     async def _next_entries(self) -> list[tuple[bytes, dict[Any, Any]]]:
+        """The entries to dispatch next; :attr:`_read_all` says whether they are all that
+        waited (new entries, fewer than asked for)."""
+        self._read_all = False
         stream = self.keys.dispatch
         count = await self._read_count()
         if not self._own_pending_checked:
@@ -806,24 +823,31 @@ class TriggerDispatcher:
             if entries:
                 return entries
             self._own_pending_checked = True
-        # entries left pending by an instance that stopped holding the lease
-        claimed: Any = await self.redis.xautoclaim(
-            stream,
-            DISPATCH_GROUP,
-            self.instance_id,
-            min_idle_time=self.lease_ms,
-            start_id="0-0",
-            count=count,
-        )
-        entries = [(i, f) for i, f in claimed[1] if f and i not in self._inflight]
-        for deleted in claimed[2] if len(claimed) > 2 else []:
-            await self.redis.xack(stream, DISPATCH_GROUP, deleted)
-        if entries:
-            return entries
+        # entries left pending by an instance that stopped holding the lease: they can be
+        # claimed only once idle for the lease, so a look every takeover_poll_s (not at every
+        # read: a busy dispatcher reads after each window) delays a takeover by that at most
+        now = time.monotonic()
+        if now >= self._claim_at:
+            claimed: Any = await self.redis.xautoclaim(
+                stream,
+                DISPATCH_GROUP,
+                self.instance_id,
+                min_idle_time=self.lease_ms,
+                start_id="0-0",
+                count=count,
+            )
+            entries = [(i, f) for i, f in claimed[1] if f and i not in self._inflight]
+            for deleted in claimed[2] if len(claimed) > 2 else []:
+                await self.redis.xack(stream, DISPATCH_GROUP, deleted)
+            if entries:
+                return entries  # and look again at the next read: there may be more
+            self._claim_at = now + self.takeover_poll_s
         res: Any = await self.redis.xreadgroup(
             DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=count
         )
-        return [(i, f) for i, f in (res[0][1] if res else []) if f]
+        read = res[0][1] if res else []
+        self._read_all = len(read) < count
+        return [(i, f) for i, f in read if f]
 
     async def _own_pending(self, count: int = READ_COUNT) -> list[tuple[bytes, dict[Any, Any]]]:
         stream = self.keys.dispatch
