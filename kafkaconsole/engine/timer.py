@@ -224,8 +224,7 @@ SWITCH_INTERVAL_S = 0.001
 #: the deadline is nearer): until then the timer waits on the engine's loop, which may be
 #: late by its backlog (seconds at worst, with hundreds of windows closing together), never
 #: by this much; a window closed by count before then never crosses threads (a hand-over and
-#: its withdrawal wake the thread twice; at a window every few milliseconds that was a
-#: measurable share of a consumer's core).
+#: its withdrawal woke the thread twice per window, taking the GIL from the loop each time).
 HAND_OVER_AHEAD_S = 10.0
 #: How long an engine's stop waits for the closing thread to end.
 THREAD_JOIN_S = 5.0
