@@ -250,7 +250,6 @@ class TriggerDispatcher:
         self._own_pending_checked = False
         # monotonic: when to look again for entries a stopped instance left (XAUTOCLAIM)
         self._claim_at = 0.0
-        self._read_all = False  # the last read took every entry that waited (_next_entries)
         pcfg = pipeline.cfg
         self._breaker = CircuitBreaker(pcfg.breaker_threshold, pcfg.breaker_cooldown, clock)
         self._breaker_written: BreakerSnapshot | None = None
@@ -308,7 +307,7 @@ class TriggerDispatcher:
                 try:
                     if self._breaker_restore:
                         await self._restore_breaker()
-                    entries = await self._next_entries()
+                    entries, read_all = await self._next_entries()
                 except (RedisError, OSError) as exc:
                     if not isinstance(exc, PoolExhausted):  # the pool says so, once
                         log.warning("%s: dispatch read failed: %s", self.cfg.consumer_id, exc)
@@ -325,7 +324,7 @@ class TriggerDispatcher:
                         if pause > 0:
                             await self._sleep(pause)
                         continue
-                    if not self._read_all:
+                    if not read_all:
                         continue  # there may be more to read now
                 # nothing more waits unless woken since the read (or another instance's
                 # stopped: its entries are claimed at the next look), so no read to find none
@@ -811,17 +810,16 @@ class TriggerDispatcher:
         self._capped = capped
         return COALESCE_MAX if capped else READ_COUNT
 
-    async def _next_entries(self) -> list[tuple[bytes, dict[Any, Any]]]:
-        """The entries to dispatch next; :attr:`_read_all` says whether they are all that
-        waited (new entries, fewer than asked for)."""
-        self._read_all = False
+    async def _next_entries(self) -> tuple[list[tuple[bytes, dict[Any, Any]]], bool]:
+        """The entries to dispatch next, and whether they are all that waited (new entries,
+        fewer than asked for)."""
         stream = self.keys.dispatch
         count = await self._read_count()
         if not self._own_pending_checked:
             # entries this instance id read before and never acknowledged, oldest first
             entries = await self._own_pending(count)
             if entries:
-                return entries
+                return entries, False
             self._own_pending_checked = True
         # entries left pending by an instance that stopped holding the lease: they can be
         # claimed only once idle for the lease, so a look every takeover_poll_s (not at every
@@ -840,14 +838,13 @@ class TriggerDispatcher:
             for deleted in claimed[2] if len(claimed) > 2 else []:
                 await self.redis.xack(stream, DISPATCH_GROUP, deleted)
             if entries:
-                return entries  # and look again at the next read: there may be more
+                return entries, False  # and look again at the next read: there may be more
             self._claim_at = now + self.takeover_poll_s
         res: Any = await self.redis.xreadgroup(
             DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=count
         )
         read = res[0][1] if res else []
-        self._read_all = len(read) < count
-        return [(i, f) for i, f in read if f]
+        return [(i, f) for i, f in read if f], len(read) < count
 
     async def _own_pending(self, count: int = READ_COUNT) -> list[tuple[bytes, dict[Any, Any]]]:
         stream = self.keys.dispatch
