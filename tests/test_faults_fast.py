@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.scenarios import FAST, FAST_CLUSTER, SCENARIOS
+from tests.faults.scenarios import CLUSTER_TEST_TIMEOUT_S, FAST, FAST_CLUSTER, SCENARIOS
 from tests.helpers import BROKER_KEY
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "name" in metafunc.fixturenames:
         kind, _ = metafunc.config.stash[BROKER_KEY]
-        metafunc.parametrize("name", FAST + (FAST_CLUSTER if kind == "apache" else []))
+        cluster = [
+            pytest.param(name, marks=pytest.mark.timeout(CLUSTER_TEST_TIMEOUT_S))
+            for name in FAST_CLUSTER
+        ]
+        metafunc.parametrize("name", FAST + (cluster if kind == "apache" else []))
 
 
 async def test_fast_fault_scenario(name: str, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import orjson
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaTimeoutError, NodeNotReadyError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, NodeNotReadyError
 
 from kafkaconsole.embedded import (
     BrokerKind,
@@ -246,6 +246,20 @@ error_handling = {self.error_handling}
         await self.target.stop()
         await asyncio.to_thread(stop_all, [*([self.redis] if self.redis else []), *self.brokers])
 
+    def log_tails(self, lines: int = 60) -> str:
+        """The last ``lines`` of every instance's and broker's log in the work directory: what a
+        failed run prints, so a failure in CI says what the processes were doing."""
+        out: list[str] = []
+        logs = sorted(self.workdir.glob("*.log")) + sorted(self.workdir.glob("kafka-*/**/*.log"))
+        for path in logs:
+            try:
+                tail = path.read_bytes().decode(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                tail = [f"(unreadable: {exc})"]
+            out.append(f"---- {path.relative_to(self.workdir)} (last {len(tail)} lines)")
+            out.extend(tail)
+        return "\n".join(out)
+
     # ---- instances -------------------------------------------------------------------------
     def start_instance(
         self, name: str, env: dict[str, str] | None = None, *, api: bool = False
@@ -438,14 +452,32 @@ error_handling = {self.error_handling}
                 self.valid_at.append((md.partition, md.offset))
 
     async def _start_producer(self) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            linger_ms=5,
-            acks="all",
-            enable_idempotence=len(self.brokers) > 1,
-            max_request_size=4 * 1024 * 1024,
-        )
-        await self.producer.start()
+        """Start a producer; a start that hangs (aiokafka's idempotent producer asks for its id
+        until a broker answers, without a bound) is given up after :data:`PRODUCER_STALL_S`
+        and tried again, so a hang here ends as the calling phase's timeout, naming it."""
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                linger_ms=5,
+                acks="all",
+                enable_idempotence=len(self.brokers) > 1,
+                max_request_size=4 * 1024 * 1024,
+            )
+            try:
+                async with asyncio.timeout(PRODUCER_STALL_S):
+                    await producer.start()
+            except (TimeoutError, KafkaError) as exc:
+                print(
+                    f"the producer did not start ({type(exc).__name__}): trying again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(10):
+                        await producer.stop()
+                continue
+            self.producer = producer
+            return
 
     async def _replace_producer(self) -> None:
         """Stop the stuck producer's sending for good (nothing it holds is sent after this),

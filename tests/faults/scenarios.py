@@ -54,10 +54,15 @@ async def _run(
     workdir: Path, body: Callable[[Cluster], Awaitable[Verdict]], **cluster_args: object
 ) -> Verdict:
     cluster = Cluster(workdir, **cluster_args)  # type: ignore[arg-type]
-    await cluster.start()
+    verdict: Verdict | None = None
     try:
-        return await body(cluster)
+        async with _phase("starting the brokers, Redis and the target", 120):
+            await cluster.start()
+        verdict = await body(cluster)
+        return verdict
     finally:
+        if verdict is None or not verdict.ok:
+            print(cluster.log_tails(), file=sys.stderr, flush=True)
         await cluster.stop()
 
 
@@ -545,6 +550,15 @@ async def _fully_replicated(cluster: Cluster, timeout: float = 60) -> bool:
     return False
 
 
+#: Seconds each phase of a three-broker scenario may take (``quick`` and full runs). The fault
+#: itself is the longest: a broker's death, its report, its restart and the replicas' return.
+PHASES_QUICK = {"the fault": 150, "production": 90, "counting and dispatch": 90, "the oracle": 45}
+PHASES_FULL = {"the fault": 300, "production": 120, "counting and dispatch": 200, "the oracle": 120}
+#: The fast tier's timeout for a three-broker scenario: its start, the wait for the instances
+#: to own the partitions, and the quick phases, with a margin.
+CLUSTER_TEST_TIMEOUT_S = 120 + 60 + sum(PHASES_QUICK.values()) + 30
+
+
 async def _cluster_fault(
     workdir: Path,
     quick: bool,
@@ -562,15 +576,18 @@ async def _cluster_fault(
         stalls.start()
         producing = asyncio.create_task(c.produce(n, bad_every=1000, rate=n / seconds))
         await asyncio.sleep(3)
-        async with _phase("the fault", 300):
+        # the phases' budgets add up to less than the fast tier's per-test timeout
+        # (CLUSTER_TEST_TIMEOUT_S, with the start's 120 s), so a hang fails naming its phase
+        budget = PHASES_QUICK if quick else PHASES_FULL
+        async with _phase("the fault", budget["the fault"]):
             notes = await fault(c)
-        async with _phase("production", 120):
+        async with _phase("production", budget["production"]):
             await producing
         worst = await stalls.stop()
-        async with _phase("counting and dispatch", 200):
+        async with _phase("counting and dispatch", budget["counting and dispatch"]):
             took = await c.wait_counted(120)
             await c.wait_dispatched()
-        async with _phase("the oracle", 120):
+        async with _phase("the oracle", budget["the oracle"]):
             v = await c.oracle(healthy=["a", "b"])
         v.add("every broker back", all(node.alive() for node in c.brokers))
         in_sync = notes.pop("in sync again", True)
