@@ -15,12 +15,14 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aredis
+from redis.asyncio.client import Pipeline as RedisPipeline
 
 from kafkaconsole.config.models import AppConfig, ConsumerConfig, RetryPolicy
 from kafkaconsole.config.models import PythonPipeline as AnyPipelineConfig
 from kafkaconsole.embedded import EmbeddedServices
 from kafkaconsole.engine.breaker import BreakerState
 from kafkaconsole.engine.dispatch import (
+    READ_COUNT,
     RedispatchError,
     TriggerDispatcher,
     breaker_key,
@@ -222,20 +224,37 @@ async def test_sync_finishes_each_run_before_dispatching_the_next(make: Any) -> 
     assert await h.redis.xlen(h.keys.dispatch) == 0
 
 
-async def test_a_busy_dispatcher_reads_each_window_once(make: Any) -> None:
+async def test_a_busy_dispatcher_reads_each_window_once(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A window closing at a time (as under load: one every few ms): one read of the stream
     per window, no read to find nothing after its run, and the look for entries a stopped
-    instance left (XAUTOCLAIM) once per takeover_poll_s, not at every read."""
+    instance left (XAUTOCLAIM) once per takeover_poll_s, not at every read. A window's
+    dispatch is three round trips to Redis (four when its run is followed: its run id): the
+    backlog's length with the read, the prior-run check with RUNNING, the final status with
+    the entry's XACK + XDEL."""
     h: Harness = make("sync")
     h.pipeline.auto_finish = RunStatus.SUCCEEDED
-    commands: Counter[str] = Counter()
+    commands: Counter[str] = Counter()  # every command, in a pipeline or not
+    trips: Counter[str] = Counter()  # round trips, by their first command
     real = h.redis.execute_command
+    real_execute = RedisPipeline.execute
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
-        commands[str(args[0]).upper()] += 1
+        name = str(args[0]).upper()
+        commands[name] += 1
+        trips[name] += 1
         return await real(*args, **kwargs)
 
+    async def counting_pipeline(self: RedisPipeline, raise_on_error: bool = True) -> Any:
+        names = [str(args[0]).upper() for args, _ in self.command_stack]
+        commands.update(names)
+        if set(names) != {"EVALSHA"}:  # not the lease renewer's pipeline of lease scripts
+            trips["+".join(names)] += 1
+        return await real_execute(self, raise_on_error)
+
     h.redis.execute_command = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(RedisPipeline, "execute", counting_pipeline)
     h.start()
     started = time.monotonic()
     windows = 20
@@ -249,11 +268,73 @@ async def test_a_busy_dispatcher_reads_each_window_once(make: Any) -> None:
     elapsed = time.monotonic() - started
     # the first read looks at this instance's own pending entries too ("0", then ">")
     assert commands["XREADGROUP"] <= windows + 2, commands
-    assert commands["XAUTOCLAIM"] <= 2 + elapsed / h.dispatcher.takeover_poll_s, (
-        commands,
-        elapsed,
-    )
+    looks = commands["XAUTOCLAIM"]
+    assert looks <= 2 + elapsed / h.dispatcher.takeover_poll_s, (commands, elapsed)
+    # per window: the read, RUNNING, the run id (this pipeline's runs are followed), the final
+    # status; beside them each look for a stopped instance's entries (XLEN + XAUTOCLAIM), the
+    # dispatch group's creation, the first read of this instance's own pending entries and
+    # the scripts' loading (the test's own commands: XADD, HGETALL)
+    dispatcher_trips = sum(trips.values()) - trips["XADD"] - trips["HGETALL"]
+    assert dispatcher_trips <= 4 * windows + 2 * looks + 6, (trips, looks)
+    assert "HGET" not in commands and "MULTI" not in commands, commands
     assert h.pipeline.calls == list(range(1, windows + 1))
+
+
+async def test_a_capped_backlog_runs_every_waiting_window_as_one_run(make: Any) -> None:
+    """Once ``max_backlog`` windows wait, the next read takes every one of them (more than a
+    read's usual count, READ_COUNT), so they run as one coalesced run, not in slices."""
+    h: Harness = make("sync", consumer_cfg={"max_backlog": 60})
+    # the reads below are the dispatcher's usual ones, not its look for a stopped
+    # instance's entries (which reads the backlog's length on its own)
+    h.dispatcher.takeover_poll_s = 60
+    waiting = READ_COUNT + 70
+    await add_windows(h.redis, h.keys, range(1, 2))
+    h.start()
+    await h.wait_status(1, "running")
+    await add_windows(h.redis, h.keys, range(2, 2 + waiting))
+    h.dispatcher.wake()  # as the engine's wake-up does when the stream grows
+    h.pipeline.finish(1)
+
+    async def coalesced_called() -> bool:
+        return len(h.pipeline.calls) == 2
+
+    await wait_for(coalesced_called, 10, what="the waiting windows' coalesced run started")
+    assert h.pipeline.keys[1] == f"{h.keys.consumer_id}:2-{1 + waiting}"
+    h.pipeline.finish(1 + waiting)  # a coalesced run's window id is its last window's
+    await h.wait_status(1 + waiting, "coalesced")
+    assert len(h.pipeline.calls) == 2
+    assert await h.redis.xlen(h.keys.dispatch) == 0
+
+
+async def test_a_coalesced_run_of_thousands_of_windows_is_recorded_in_one_step(
+    make: Any,
+) -> None:
+    """9,000 waiting windows coalesced into one run: one step records every window's status
+    and acknowledges every entry (in slices inside the script: Lua unpacks at most ~8,000
+    values at once); the runs hash keeps the last ``history_limit`` (1,000) windows."""
+    h: Harness = make("sync", consumer_cfg={"backlog_policy": "coalesce"})
+    h.pipeline.auto_finish = RunStatus.SUCCEEDED
+    waiting = 9_000
+    pipe = h.redis.pipeline(transaction=False)
+    for wid in range(1, waiting + 1):
+        fields: Any = {
+            "window_id": wid,
+            "reason": "count",
+            "count": 1,
+            "opened_at": 1_717_243_200_000 + wid,
+            "closed_at": 1_717_243_260_000 + wid,
+            "offsets": orjson.dumps([{"topic": "t", "partition": 0, "first": wid, "last": wid}]),
+        }
+        pipe.xadd(h.keys.dispatch, fields)
+    await pipe.execute()
+    h.start()
+    await h.wait_status(waiting, "coalesced", timeout=20)
+    assert h.pipeline.keys == [f"{h.keys.consumer_id}:1-{waiting}"]
+    runs = await h.runs()
+    assert sorted(runs) == list(range(waiting - 1000 + 1, waiting + 1))
+    assert {r["status"] for r in runs.values()} == {"coalesced"}
+    assert await h.redis.xlen(h.keys.dispatch) == 0
+    assert (await h.redis.xpending(h.keys.dispatch, DISPATCH_GROUP))["pending"] == 0
 
 
 async def test_async_runs_at_most_max_concurrent_runs_at_once(make: Any) -> None:

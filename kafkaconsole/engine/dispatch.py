@@ -97,6 +97,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# A window's run begins: its status becomes RUNNING unless one is recorded already (then that
+# status is returned, nothing written). KEYS[1] the runs hash; ARGV: window id, RUNNING status,
+# the window id the history limit forgets ('': none).
+_BEGIN = """
+local prior = redis.call('HGET', KEYS[1], ARGV[1])
+if prior then return prior end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
+return false
+"""
+
+# A run's status (of a coalesced run: of each of its windows), and once final its entries'
+# XACK + XDEL, in one atomic step. KEYS[1] the runs hash, KEYS[2] the dispatch stream; ARGV:
+# group, status, n, m, n window ids (set to the status), m window ids (forgotten: the history
+# limit), then the entry ids (none while the run is not over), acknowledged in slices (Lua's
+# unpack takes at most ~8,000 values).
+_RECORD = """
+local n, m = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, 4 + n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
+for i = 5 + n, 4 + n + m do redis.call('HDEL', KEYS[1], ARGV[i]) end
+local first = 5 + n + m
+while first <= #ARGV do
+  local last = math.min(first + 499, #ARGV)
+  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, first, last))
+  redis.call('XDEL', KEYS[2], unpack(ARGV, first, last))
+  first = last + 1
+end
+return 1
+"""
+
 #: Creating the dispatch group while Redis does not answer: 0.5 s doubling to 5 s.
 GROUP_POLICY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=5.0, jitter=True)
 #: Recording a finished run while Redis does not answer: 0.2 s doubling to 2 s, for at most
@@ -240,6 +270,8 @@ class TriggerDispatcher:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._release = redis.register_script(_RELEASE)
+        self._begin = redis.register_script(_BEGIN)
+        self._record_script = redis.register_script(_RECORD)
         # async runs in flight: per pipeline (shared with other consumers) unless overridden
         self._slots = (
             pipeline.run_slots if max_concurrent is None else asyncio.Semaphore(max_concurrent)
@@ -370,9 +402,22 @@ class TriggerDispatcher:
                 await self._ack(entry_id)
                 continue
             try:
-                prior = _result_from_json(
-                    await self.redis.hget(self.keys.runs, str(record.window_id))
-                )
+                if (
+                    self.cfg.job_type == "sync"
+                    and self._breaker.state == BreakerState.CLOSED
+                    and not (coalescing and idx + 1 < len(entries))
+                ):
+                    # the common case: no run recorded, so it starts (RUNNING) in one step
+                    raw: bytes | str | None = await self._begin_run(record)
+                    if raw is None:
+                        self._held.discard(record.window_id)
+                        if not await self._run_one([entry_id], record, None, begun=True):
+                            self._breaker.record_neutral()
+                            return 0.5
+                        continue
+                else:
+                    raw = await self.redis.hget(self.keys.runs, str(record.window_id))
+                prior = _result_from_json(raw)
                 if prior is not None and prior.status.final:
                     # recorded, then the instance died before XACK: nothing left to do
                     await self._ack(entry_id)
@@ -526,10 +571,16 @@ class TriggerDispatcher:
         return True
 
     async def _run_one(
-        self, entry_ids: list[bytes], record: TriggerRecord, resume: RunResult | None
+        self,
+        entry_ids: list[bytes],
+        record: TriggerRecord,
+        resume: RunResult | None,
+        *,
+        begun: bool = False,
     ) -> bool:
         """Start (or resume following) one run and record its final status. Returns False if
-        the entries stay pending (stopped while waiting, Redis failed while recording)."""
+        the entries stay pending (stopped while waiting, Redis failed while recording).
+        ``begun``: RUNNING is recorded already (:meth:`_begin_run`)."""
         self._inflight.update(entry_ids)
         try:
             if resume is not None:
@@ -545,9 +596,10 @@ class TriggerDispatcher:
                 if self.cfg.job_type == "batch" and self.events_loader is not None:
                     events = await self.events_loader(record)
                 payload = record.to_json_dict(events)
-                await self._write_status(
-                    record, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
-                )
+                if not begun:
+                    await self._write_status(
+                        record, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
+                    )
 
                 def on_attempt(attempt: int, error: str | None) -> None:
                     if error:
@@ -626,13 +678,9 @@ class TriggerDispatcher:
         its pending entry for want of a moment's wait."""
 
         async def record_it() -> None:
-            # one step (MULTI; one cluster slot per consumer): the status and the entries'
-            # XACK + XDEL, so no crash leaves a final status with its entry still pending
-            pipe = self.redis.pipeline(transaction=True)
-            self._queue_status(pipe, record, result)
-            pipe.xack(self.keys.dispatch, DISPATCH_GROUP, *entry_ids)
-            pipe.xdel(self.keys.dispatch, *entry_ids)
-            await pipe.execute()
+            # one atomic step (a script; one cluster slot per consumer): the status and the
+            # entries' XACK + XDEL, so no crash leaves a final status with its entry pending
+            await self._record(record, result, entry_ids)
 
         await retry_call(
             record_it,
@@ -792,7 +840,11 @@ class TriggerDispatcher:
         "coalesce"``, or the backlog reached ``max_backlog``), else :data:`READ_COUNT`."""
         if self.cfg.backlog_policy == "coalesce":
             return COALESCE_MAX
-        depth = int(await self.redis.xlen(self.keys.dispatch))
+        return self._note_depth(int(await self.redis.xlen(self.keys.dispatch)))
+
+    def _note_depth(self, depth: int) -> int:
+        """The stream's length (XLEN) before a read: whether the backlog reached
+        ``max_backlog`` (said once, as is its return below it); the entries to read."""
         capped = depth >= self.cfg.max_backlog
         if capped and not self._capped:
             log.warning(
@@ -814,6 +866,9 @@ class TriggerDispatcher:
         """The entries to dispatch next, and whether they are all that waited (new entries,
         fewer than asked for)."""
         stream = self.keys.dispatch
+        now = time.monotonic()
+        if self._own_pending_checked and now < self._claim_at:
+            return await self._read_new()
         count = await self._read_count()
         if not self._own_pending_checked:
             # entries this instance id read before and never acknowledged, oldest first
@@ -824,7 +879,6 @@ class TriggerDispatcher:
         # entries left pending by an instance that stopped holding the lease: they can be
         # claimed only once idle for the lease, so a look every takeover_poll_s (not at every
         # read: a busy dispatcher reads after each window) delays a takeover by that at most
-        now = time.monotonic()
         if now >= self._claim_at:
             claimed: Any = await self.redis.xautoclaim(
                 stream,
@@ -840,10 +894,35 @@ class TriggerDispatcher:
             if entries:
                 return entries, False  # and look again at the next read: there may be more
             self._claim_at = now + self.takeover_poll_s
-        res: Any = await self.redis.xreadgroup(
-            DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=count
-        )
-        read = res[0][1] if res else []
+        return await self._read_new(count)
+
+    async def _read_new(self, count: int | None = None) -> tuple[list[Any], bool]:
+        """New entries (XREADGROUP ``>``) and whether they are all that waited. Without
+        ``count`` (the backlog's depth not read yet) the stream's XLEN goes with the read in
+        one round trip, and if the backlog turns out capped a full read is followed by the
+        rest, up to :data:`COALESCE_MAX`, so the windows waiting run as one."""
+        stream = self.keys.dispatch
+        if count is None and self.cfg.backlog_policy == "coalesce":
+            count = COALESCE_MAX
+        if count is None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xlen(stream)
+            pipe.xreadgroup(DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=READ_COUNT)
+            depth, res = await pipe.execute()
+            read: list[Any] = res[0][1] if res else []
+            count = self._note_depth(int(depth))
+            if count > READ_COUNT and len(read) == READ_COUNT:
+                more: Any = await self.redis.xreadgroup(
+                    DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=count - READ_COUNT
+                )
+                read += more[0][1] if more else []
+            else:
+                count = READ_COUNT
+        else:
+            got: Any = await self.redis.xreadgroup(
+                DISPATCH_GROUP, self.instance_id, {stream: ">"}, count=count
+            )
+            read = got[0][1] if got else []
         return [(i, f) for i, f in read if f], len(read) < count
 
     async def _own_pending(self, count: int = READ_COUNT) -> list[tuple[bytes, dict[Any, Any]]]:
@@ -874,14 +953,37 @@ class TriggerDispatcher:
 
     async def _write_status(self, record: TriggerRecord, result: RunResult) -> None:
         """The run status of ``record``'s window; of a coalesced run, of every window in it
-        at once (MULTI), each pointing at the run (``detail.coalesced_into``: its idempotency
-        key, ``detail.windows``: its window ids), a success recorded as ``coalesced``."""
-        pipe = self.redis.pipeline(transaction=len(record.windows) > 1)
-        self._queue_status(pipe, record, result)
-        await pipe.execute()
+        at once, each pointing at the run (``detail.coalesced_into``: its idempotency key,
+        ``detail.windows``: its window ids), a success recorded as ``coalesced``."""
+        await self._record(record, result, [])
 
-    def _queue_status(self, pipe: Any, record: TriggerRecord, result: RunResult) -> None:
-        """Queue :meth:`_write_status`'s commands on ``pipe``."""
+    async def _record(
+        self, record: TriggerRecord, result: RunResult, entry_ids: list[bytes]
+    ) -> None:
+        """:meth:`_write_status` and the XACK + XDEL of ``entry_ids``, in one atomic step (a
+        script: the status is sent once, however many windows a coalesced run holds)."""
+        body, windows, forget = self._status_fields(record, result)
+        args: list[bytes | str | int] = [DISPATCH_GROUP, body, len(windows), len(forget)]
+        await self._record_script(
+            keys=[self.keys.runs, self.keys.dispatch], args=[*args, *windows, *forget, *entry_ids]
+        )
+
+    async def _begin_run(self, record: TriggerRecord) -> bytes | None:
+        """Record ``record``'s window (not a coalesced run) RUNNING unless a status is recorded
+        already: None when written, else the status found (nothing written), in one step."""
+        body, windows, forget = self._status_fields(
+            record, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
+        )
+        raw: bytes | None = await self._begin(
+            keys=[self.keys.runs], args=[windows[0], body, forget[0] if forget else ""]
+        )
+        return raw
+
+    def _status_fields(
+        self, record: TriggerRecord, result: RunResult
+    ) -> tuple[bytes, list[int], list[int]]:
+        """The status to record for ``record`` (masked; of a coalesced run, each window's),
+        the window ids to record it under, and those the history limit forgets now."""
         if self._mask is not None:  # an error may quote a secret (a 401 body echoing a token)
             result = replace(
                 result,
@@ -897,11 +999,8 @@ class TriggerDispatcher:
                 "windows": windows,
             }
             result = replace(result, status=status, detail=detail)
-        body = _status_json(result, self.instance_id)
-        for window_id in windows:
-            pipe.hset(self.keys.runs, str(window_id), body)
-            if window_id > self.history_limit:
-                pipe.hdel(self.keys.runs, str(window_id - self.history_limit))
+        forget = [w - self.history_limit for w in windows if w > self.history_limit]
+        return _status_json(result, self.instance_id), windows, forget
 
     async def _drain(self, grace: float = 5.0) -> None:
         if not self._running:
