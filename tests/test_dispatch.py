@@ -333,6 +333,8 @@ async def test_a_coalesced_run_of_thousands_of_windows_is_recorded_in_one_step(
     runs = await h.runs()
     assert sorted(runs) == list(range(waiting - 1000 + 1, waiting + 1))
     assert {r["status"] for r in runs.values()} == {"coalesced"}
+    # only the run's first window lists its windows (forgotten here: the history limit)
+    assert all(r["detail"] == {"coalesced_into": h.pipeline.keys[0]} for r in runs.values())
     assert await h.redis.xlen(h.keys.dispatch) == 0
     assert (await h.redis.xpending(h.keys.dispatch, DISPATCH_GROUP))["pending"] == 0
 
@@ -576,7 +578,9 @@ async def test_a_coalesced_run_taken_over_is_followed_not_started_again(make: An
     runs = await h.runs()
     for w in (1, 2, 3):
         assert runs[w]["status"] == "running" and runs[w]["run_id"] == "run-3"
-        assert runs[w]["detail"] == {"coalesced_into": f"{cid}:1-3", "windows": [1, 2, 3]}
+    # the first window lists the run's windows; the others point at the run
+    assert runs[1]["detail"] == {"coalesced_into": f"{cid}:1-3", "windows": [1, 2, 3]}
+    assert runs[2]["detail"] == runs[3]["detail"] == {"coalesced_into": f"{cid}:1-3"}
     assert h.pipeline.calls == [3] and h.pipeline.keys == [f"{cid}:1-3"]
     await h.shutdown()  # the instance goes away while the run goes on
 
@@ -597,6 +601,38 @@ async def test_a_coalesced_run_taken_over_is_followed_not_started_again(make: An
     assert {runs[w]["detail"]["coalesced_into"] for w in (1, 2, 3)} == {f"{cid}:1-3"}
     assert h.pipeline.calls == [3, 4]  # the coalesced run was started once
     assert h.pipeline.keys == [f"{cid}:1-3", f"{cid}:4"]
+    assert await h.redis.xlen(h.keys.dispatch) == 0
+
+
+async def test_a_coalesced_run_longer_than_the_history_is_taken_over_whole(make: Any) -> None:
+    """A coalesced run of more windows than ``history_limit``: while it is not over, its
+    windows' statuses are all kept (the limit would have dropped the first, whose status lists
+    the run's windows), so a new dispatcher after a crash follows the same run under the same
+    key; once it is over the limit applies again."""
+    coalesce = {"backlog_policy": "coalesce"}
+    h: Harness = make("sync", consumer_cfg=coalesce)
+    h.dispatcher.history_limit = 5
+    cid = h.keys.consumer_id
+    await add_windows(h.redis, h.keys, range(1, 13))
+    h.start()
+    await h.wait_status(12, "running")
+    runs = await h.runs()
+    assert sorted(runs) == list(range(1, 13))
+    assert runs[1]["detail"]["windows"] == list(range(1, 13))
+    await h.shutdown()  # the instance goes away while the run goes on
+
+    h2: Harness = make("sync", instance="inst-2", pipeline=h.pipeline, consumer_cfg=coalesce)
+    h2.dispatcher.history_limit = 5
+
+    async def taken_over() -> bool:
+        return h.pipeline.waits == ["run-12", "run-12"]
+
+    h2.start()
+    await wait_for(taken_over, 10, what="the new dispatcher following run-12")
+    h.pipeline.finish(12)
+    await h2.wait_status(12, "coalesced")
+    assert h.pipeline.keys == [f"{cid}:1-12"]  # started once, one key
+    assert sorted(await h2.runs()) == list(range(8, 13))
     assert await h.redis.xlen(h.keys.dispatch) == 0
 
 

@@ -38,9 +38,10 @@ idempotency key).
 Backlog: with ``backlog_policy = "coalesce"``, or once ``max_backlog`` windows wait (the
 stream's XLEN, read before each read of it), the windows read together run as one coalesced
 run (:meth:`TriggerRecord.coalesced`) whose key is ``<consumer_id>:<first>-<last>``. Every
-window of it is recorded running with ``detail.coalesced_into`` and ``detail.windows`` before
-the call, so a new lease holder runs (or follows) exactly those windows again under the same
-key; a window whose own run was started is never coalesced. Their final statuses are written
+window of it is recorded running with ``detail.coalesced_into`` before the call, the first
+also with ``detail.windows`` (the run's window ids), so a new lease holder runs (or follows)
+exactly those windows again under the same key; a window whose own run was started is never
+coalesced. Their final statuses are written
 at once (``coalesced`` or ``failed``) and their entries acknowledged together.
 """
 
@@ -110,14 +111,15 @@ return false
 
 # A run's status (of a coalesced run: of each of its windows), and once final its entries'
 # XACK + XDEL, in one atomic step. KEYS[1] the runs hash, KEYS[2] the dispatch stream; ARGV:
-# group, status, n, m, n window ids (set to the status), m window ids (forgotten: the history
-# limit), then the entry ids (none while the run is not over), acknowledged in slices (Lua's
-# unpack takes at most ~8,000 values).
+# group, the first window's status, the other windows' status, n, m, n window ids, m window
+# ids forgotten (the history limit), then the entry ids (none while the run is not over),
+# acknowledged in slices (Lua's unpack takes at most ~8,000 values).
 _RECORD = """
-local n, m = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 5, 4 + n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
-for i = 5 + n, 4 + n + m do redis.call('HDEL', KEYS[1], ARGV[i]) end
-local first = 5 + n + m
+local n, m = tonumber(ARGV[4]), tonumber(ARGV[5])
+if n > 0 then redis.call('HSET', KEYS[1], ARGV[6], ARGV[2]) end
+for i = 7, 5 + n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[3]) end
+for i = 6 + n, 5 + n + m do redis.call('HDEL', KEYS[1], ARGV[i]) end
+local first = 6 + n + m
 while first <= #ARGV do
   local last = math.min(first + 499, #ARGV)
   redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, first, last))
@@ -201,8 +203,15 @@ def _result_from_json(raw: bytes | str | None) -> RunResult | None:
     )
 
 
+def _in_coalesced_run(prior: RunResult | None) -> bool:
+    """A window's unfinished status says it is in a coalesced run (its first window's status
+    lists the run's windows: :func:`_plan_of`)."""
+    return prior is not None and not prior.status.final and bool(prior.detail.get("coalesced_into"))
+
+
 def _plan_of(prior: RunResult | None) -> list[int] | None:
-    """The window ids of the coalesced run a window's unfinished status says it is in."""
+    """The window ids of the coalesced run a window's unfinished status says it is the first
+    of (the run's other windows only point at it, ``detail.coalesced_into``)."""
     if prior is None or prior.status.final:
         return None
     windows = prior.detail.get("windows")
@@ -487,8 +496,8 @@ class TriggerDispatcher:
                 if record.window_id in plan:
                     group.append((entry_id, record))
                 continue
-            if _plan_of(prior) is not None or self._in_progress_alone(prior):
-                break
+            if _in_coalesced_run(prior) or self._in_progress_alone(prior):
+                break  # in a run of its own or of others: never regrouped
             group.append((entry_id, record))
         if plan is None and len(group) < 2:
             return None
@@ -498,7 +507,7 @@ class TriggerDispatcher:
     def _in_progress_alone(self, prior: RunResult | None) -> bool:
         """A run of this window alone was started (maybe delivered under its own key before
         a crash): it is run, or followed, alone again, never coalesced."""
-        if prior is None or _plan_of(prior) is not None:
+        if prior is None or _in_coalesced_run(prior):
             return False
         return prior.status == RunStatus.RUNNING or (
             prior.status == RunStatus.QUEUED and prior.run_id is not None
@@ -962,8 +971,8 @@ class TriggerDispatcher:
     ) -> None:
         """:meth:`_write_status` and the XACK + XDEL of ``entry_ids``, in one atomic step (a
         script: the status is sent once, however many windows a coalesced run holds)."""
-        body, windows, forget = self._status_fields(record, result)
-        args: list[bytes | str | int] = [DISPATCH_GROUP, body, len(windows), len(forget)]
+        first, rest, windows, forget = self._status_fields(record, result)
+        args: list[bytes | str | int] = [DISPATCH_GROUP, first, rest, len(windows), len(forget)]
         await self._record_script(
             keys=[self.keys.runs, self.keys.dispatch], args=[*args, *windows, *forget, *entry_ids]
         )
@@ -971,7 +980,7 @@ class TriggerDispatcher:
     async def _begin_run(self, record: TriggerRecord) -> bytes | None:
         """Record ``record``'s window (not a coalesced run) RUNNING unless a status is recorded
         already: None when written, else the status found (nothing written), in one step."""
-        body, windows, forget = self._status_fields(
+        body, _, windows, forget = self._status_fields(
             record, RunResult(RunStatus.RUNNING, started_at_ms=_now_ms())
         )
         raw: bytes | None = await self._begin(
@@ -981,26 +990,44 @@ class TriggerDispatcher:
 
     def _status_fields(
         self, record: TriggerRecord, result: RunResult
-    ) -> tuple[bytes, list[int], list[int]]:
-        """The status to record for ``record`` (masked; of a coalesced run, each window's),
-        the window ids to record it under, and those the history limit forgets now."""
+    ) -> tuple[bytes, bytes, list[int], list[int]]:
+        """The status to record for ``record`` (masked): that of its first window and that of
+        the others (a coalesced run's first window lists the run's windows, ``detail.windows``,
+        which a new dispatcher needs to run the same ones again; the others only point at the
+        run, so a run of thousands of windows does not write that list thousands of times),
+        the window ids, and those the history limit forgets now."""
         if self._mask is not None:  # an error may quote a secret (a 401 body echoing a token)
             result = replace(
                 result,
                 error=self._mask(result.error) if result.error else result.error,
                 detail=mask_strings(result.detail, self._mask) if result.detail else result.detail,
             )
-        windows = [w.window_id for w in record.windows] or [record.window_id]
-        if record.windows:
-            status = RunStatus.COALESCED if result.status == RunStatus.SUCCEEDED else result.status
-            detail = {
-                **result.detail,
-                "coalesced_into": record.idempotency_key,
-                "windows": windows,
-            }
-            result = replace(result, status=status, detail=detail)
-        forget = [w - self.history_limit for w in windows if w > self.history_limit]
-        return _status_json(result, self.instance_id), windows, forget
+        if not record.windows:
+            body = _status_json(result, self.instance_id)
+            wid = record.window_id
+            return body, body, [wid], [wid - self.history_limit] if wid > self.history_limit else []
+        windows = [w.window_id for w in record.windows]
+        status = RunStatus.COALESCED if result.status == RunStatus.SUCCEEDED else result.status
+        rest = replace(
+            result,
+            status=status,
+            detail={**result.detail, "coalesced_into": record.idempotency_key},
+        )
+        first = replace(rest, detail={**rest.detail, "windows": windows})
+        # a run not over yet keeps its own windows' statuses whatever the history limit (a new
+        # dispatcher reads them to run the same windows again); once over, the limit applies
+        keep = set() if result.status.final else set(windows)
+        forget = [
+            w - self.history_limit
+            for w in windows
+            if w > self.history_limit and w - self.history_limit not in keep
+        ]
+        return (
+            _status_json(first, self.instance_id),
+            _status_json(rest, self.instance_id),
+            windows,
+            forget,
+        )
 
     async def _drain(self, grace: float = 5.0) -> None:
         if not self._running:
