@@ -33,8 +33,10 @@ from kafkaconsole.engine.clients import (
     redis_acl_line,
     redis_client,
 )
+from kafkaconsole.engine.dispatch import TriggerDispatcher
 from kafkaconsole.engine.engine import Engine
 from kafkaconsole.engine.keys import ConsumerKeys, FleetKeys
+from kafkaconsole.engine.records import RunStatus
 from kafkaconsole.engine.redis_cluster import ClusterAccessDenied, ClusterUnavailable, slot_of
 from kafkaconsole.engine.state_format import StateFormatError, ensure_state_format
 from kafkaconsole.engine.status import ConsumerState
@@ -519,3 +521,38 @@ async def test_a_lost_shard_degrades_ready_then_counting_resumes(
             await wait_for(lambda: _at_least(cr.get(events), 5), 30, what="the new events counted")
         finally:
             await api()
+
+
+async def test_a_busy_dispatcher_reads_and_records_on_the_consumers_slot(
+    cr: Redis, unique: str
+) -> None:
+    """The dispatcher's pipelined read (the backlog's length with XREADGROUP) and its scripts
+    (the prior-run check with ``running``; the status with XACK + XDEL) go to the node of the
+    consumer's slot: windows closing one at a time, past the first look for a stopped
+    instance's entries, each run once and acknowledged, on a Redis Cluster."""
+    from tests.test_dispatch import FAST, ScriptedRemote, add_windows, consumer
+
+    keys = ConsumerKeys(unique, f"{unique}-c", tagged=True)
+    pipeline = ScriptedRemote()
+    pipeline.auto_finish = RunStatus.SUCCEEDED
+    dispatcher = TriggerDispatcher(
+        cr, keys, consumer(keys.consumer_id), pipeline, FAST, "inst-1", lease_ms=600
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        for wid in range(1, 6):
+            await add_windows(cr, keys, range(wid, wid + 1))
+            dispatcher.wake()
+
+            async def ran(wid: int = wid) -> bool:
+                raw = await cr.hget(keys.runs, str(wid))
+                return raw is not None and b'"succeeded"' in raw
+
+            await wait_for(ran, 10, what=f"window {wid} succeeded")
+        assert pipeline.calls == [1, 2, 3, 4, 5]
+        assert await cr.xlen(keys.dispatch) == 0
+    finally:
+        stop.set()
+        dispatcher.wake()
+        await task
