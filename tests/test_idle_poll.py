@@ -226,3 +226,48 @@ async def test_a_long_idle_poll_delays_nothing(
         began = time.monotonic()
         await engine.stop()
         assert time.monotonic() - began < 10, "a stop waited for an idle poll"
+
+
+async def test_a_stop_ends_a_long_idle_poll_at_once(
+    services: EmbeddedServices, kafka: KafkaHelper, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle consumer waits in one poll of IDLE_S (60 s); stopping the engine ends that poll
+    at once (not after the engine's 10 s grace, by cancelling the consumer)."""
+    monkeypatch.setattr(AppConfig, "idle_poll_s", lambda self: IDLE_S)
+    topic = f"{unique}-quiet"
+    await kafka.create_topic(topic, partitions=1)
+    cfg = make_config(
+        services, unique, [{"consumer_id": "quiet", "kafka_topic": topic, "max_event": 100}]
+    )
+    engine = await start_engine(cfg)
+    stopped = False
+    try:
+        run: Any = engine._consumers["quiet"].runner
+
+        async def made() -> bool:
+            return run._consumer is not None
+
+        await wait_for(made, 30, what="the consumer's Kafka client made")
+        polls: list[int] = []
+        getmany = run._consumer.getmany
+
+        async def recording(*args: Any, **kwargs: Any) -> Any:
+            polls.append(kwargs.get("timeout_ms", 0))
+            return await getmany(*args, **kwargs)
+
+        monkeypatch.setattr(run._consumer, "getmany", recording)
+
+        async def idle() -> bool:  # assigned, nothing to do: waiting in a long poll
+            return bool(run.assigned) and bool(polls) and polls[-1] >= IDLE_S * 1000
+
+        await wait_for(idle, 30, what="the consumer waiting in a long idle poll")
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        await engine.stop()
+        stopped = True
+        took = time.monotonic() - began
+        assert took < 5, f"the stop waited {took:.1f} s for the idle poll"
+        assert run.state.value == "stopped"
+    finally:
+        if not stopped:
+            await engine.stop()

@@ -344,6 +344,8 @@ class ConsumerRunner:
             busy_ms = int(self.cfg.poll_timeout * 1000)
             idle_ms = int(max(self.cfg.poll_timeout, self.app.idle_poll_s()) * 1000)
             stopped = asyncio.ensure_future(stop.wait())
+            # a stop ends a waiting poll (which can block for a whole rebalance) at once
+            stopped.add_done_callback(lambda _: self._wake())
             poll_failures = 0
             while not stop.is_set():
                 self._apply_pause()
@@ -359,17 +361,18 @@ class ConsumerRunner:
                     )
                     self._poll = poll
                     try:
-                        await asyncio.wait((poll, stopped), return_when=asyncio.FIRST_COMPLETED)
+                        # awaited alone (no asyncio.wait with the stop per poll: ~15 us less
+                        # per batch); a stop or a wake-up cancels it (_wake)
+                        batch = await poll
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if not poll.cancelled() or (task is not None and task.cancelling()):
+                            raise  # this runner is cancelled, not just its poll
+                        if stop.is_set():
+                            break
+                        continue  # woken: a seek to follow, a resync, a flush
                     finally:
                         self._poll = None
-                    if not poll.done():
-                        poll.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, KafkaError):
-                            await poll
-                        break
-                    if poll.cancelled():  # woken: a seek to follow, a resync, a flush
-                        continue
-                    batch = poll.result()
                     self._kafka_failed = False
                     poll_failures = 0
                     if self._acl_refused:  # an ACL was granted: on with the group
