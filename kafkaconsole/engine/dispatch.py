@@ -41,8 +41,8 @@ run (:meth:`TriggerRecord.coalesced`) whose key is ``<consumer_id>:<first>-<last
 window of it is recorded running with ``detail.coalesced_into`` before the call, the first
 also with ``detail.windows`` (the run's window ids), so a new lease holder runs (or follows)
 exactly those windows again under the same key; a window whose own run was started is never
-coalesced. Their final statuses are written
-at once (``coalesced`` or ``failed``) and their entries acknowledged together.
+coalesced. Their final statuses are written at once (``coalesced`` or ``failed``) and their
+entries acknowledged together.
 """
 
 from __future__ import annotations
@@ -962,8 +962,8 @@ class TriggerDispatcher:
 
     async def _write_status(self, record: TriggerRecord, result: RunResult) -> None:
         """The run status of ``record``'s window; of a coalesced run, of every window in it
-        at once, each pointing at the run (``detail.coalesced_into``: its idempotency key,
-        ``detail.windows``: its window ids), a success recorded as ``coalesced``."""
+        at once, each pointing at the run (``detail.coalesced_into``: its idempotency key; the
+        first also ``detail.windows``, its window ids), a success recorded as ``coalesced``."""
         await self._record(record, result, [])
 
     async def _record(
