@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
+from aiokafka import AIOKafkaConsumer
 
 from kafkaconsole.config.models import AppConfig
 from kafkaconsole.embedded import EmbeddedServices
@@ -234,6 +235,16 @@ async def test_a_stop_ends_a_long_idle_poll_at_once(
     """An idle consumer waits in one poll of IDLE_S (60 s); stopping the engine ends that poll
     at once (not after the engine's 10 s grace, by cancelling the consumer)."""
     monkeypatch.setattr(AppConfig, "idle_poll_s", lambda self: IDLE_S)
+    # every poll's timeout per client, from the first (recorded from before the consumer
+    # starts, so the poll it waits in now is the last one recorded for its client)
+    polls: dict[int, list[int]] = {}
+    getmany = AIOKafkaConsumer.getmany
+
+    async def recording(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        polls.setdefault(id(self), []).append(kwargs.get("timeout_ms", 0))
+        return await getmany(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", recording)
     topic = f"{unique}-quiet"
     await kafka.create_topic(topic, partitions=1)
     cfg = make_config(
@@ -244,21 +255,9 @@ async def test_a_stop_ends_a_long_idle_poll_at_once(
     try:
         run: Any = engine._consumers["quiet"].runner
 
-        async def made() -> bool:
-            return run._consumer is not None
-
-        await wait_for(made, 30, what="the consumer's Kafka client made")
-        polls: list[int] = []
-        getmany = run._consumer.getmany
-
-        async def recording(*args: Any, **kwargs: Any) -> Any:
-            polls.append(kwargs.get("timeout_ms", 0))
-            return await getmany(*args, **kwargs)
-
-        monkeypatch.setattr(run._consumer, "getmany", recording)
-
         async def idle() -> bool:  # assigned, nothing to do: waiting in a long poll
-            return bool(run.assigned) and bool(polls) and polls[-1] >= IDLE_S * 1000
+            mine = polls.get(id(run._consumer))
+            return bool(run.assigned) and bool(mine) and mine[-1] >= IDLE_S * 1000
 
         await wait_for(idle, 30, what="the consumer waiting in a long idle poll")
         await asyncio.sleep(0.5)
