@@ -149,6 +149,9 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
     # what the build stage installs: the wheel with the pinned runtime dependencies only
     build_runs = " ".join(r for i, r in stages[0] if i == "RUN")
     assert "-c constraints.txt ." in build_runs and "[demo]" not in build_runs
+    # a C compiler for the byte scan (setup.py's optional extension), in the build stage only
+    assert "gcc" in build_runs
+    assert not [r for i, r in final if i == "RUN" and "gcc" in r]
 
 
 def test_dockerfile_copies_only_what_exists() -> None:

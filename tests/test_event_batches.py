@@ -108,6 +108,17 @@ UNUSUAL: list[bytes | None] = [
     b'{"type":"order","note":"\x01"}',  # a raw control character
     b'{"type":"order",}',
     b'{"type":"order"} trailing',
+    b'{"type":"order"},{"type":"order"}',  # two objects: one value, not two
+    b'{"type":"order"} {"type":"order"}',
+    b'{"type":"order"}]',
+    b'[{"type":"order"}',
+    b'{"type":"order","note":"\\\\"}',  # an escaped backslash ends the string
+    b'{"type":"order","note":"\\\\\\""}',  # then an escaped quote, inside
+    b'{"type":"order","note":"a \\"b"}',
+    b'\t{"type":"order"}\r\n',
+    b" ",
+    b",",
+    b"]",
     b'{"type":"order","a":NaN}',
     b'\xef\xbb\xbf{"type":"order"}',  # a byte order mark
     b'{"type":"order","note":"\xef\xbb\xbf"}',  # one inside a string
@@ -172,14 +183,19 @@ def got(
     return out
 
 
-@pytest.fixture(params=["simdjson", "orjson"])
+@pytest.fixture(params=["scan", "simdjson", "orjson"])
 def bulk_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The bulk path with simdjson checking the values first, and without it (orjson alone,
-    as on a platform simdjson ships no wheel for)."""
+    """The bulk path as installed (the byte scan, then simdjson checking the poll as one
+    document), without the byte scan (simdjson value by value, as where it is not compiled),
+    and without simdjson (orjson alone, as on a platform simdjson ships no wheel for)."""
     if request.param == "orjson":
         monkeypatch.setattr(events, "_validators", None)
     elif events._validators is None:
         pytest.skip("cysimdjson is not installed on this platform")
+    if request.param == "simdjson":
+        monkeypatch.setattr(events, "_scan", None)
+    elif request.param == "scan" and events._scan is None:
+        pytest.skip("the byte scan is not compiled in this install")
     return str(request.param)
 
 
@@ -266,8 +282,113 @@ def test_an_ordinary_batch_is_checked_by_simdjson_without_decoding_it(
 
     monkeypatch.setattr(events.orjson, "loads", refuse)
     assert got(classifier, batch) == want
-    # a value the guards send the orjson way does reach it
+    # an escape in another field stays on the bulk path; one in the filtered field, whose
+    # bytes would not be what a decoder reads, goes the orjson way
     records[7] = record(7, b'{"type":"order","note":"\\n"}')
+    if events._scan is not None:
+        build_batch(classifier, batch, {})
+    records[7] = record(7, b'{"type":"\\u006frder"}')
     if filter_ is not None:
         with pytest.raises(AssertionError, match=r"orjson\.loads called"):
             build_batch(classifier, batch, {})
+
+
+#: consecutive values that are no JSON alone but join into a valid array of as many elements
+#: as there are values: the byte scan must refuse each, or the poll would pass as valid
+PIECES: list[list[bytes]] = [
+    [b'{"type":"order"},{"type":"order"}', b'{"x":[{}', b"{}]}"],
+    [b'{"type":"order","a":"x', b'y"}'],
+    [b'{"a":[1', b"2]}"],
+    [b'{"type":"order"}]', b'[{"type":"order"}'],
+    [b"1,2", b"[", b"]"],
+    [b'"order"', b'"a","b"', b"[", b"3]"],
+    [b'{"type":"order","note":"\\"}', b'{"type":"order","note":"\\\\"}'],
+]
+
+
+@pytest.mark.parametrize("pieces", PIECES, ids=range(len(PIECES)))
+@pytest.mark.parametrize("filter_", [None, {"type": "order"}], ids=["none", "type"])
+def test_values_that_join_into_a_valid_document_are_still_decided_one_by_one(
+    pieces: list[bytes], filter_: dict[str, Any] | None, bulk_decoder: str
+) -> None:
+    extra: dict[str, Any] = {"format": "json"} | ({"filter": filter_} if filter_ else {})
+    classifier = EventClassifier(config(**extra))
+    rng = random.Random(11)
+    values = [ordinary(rng, o) for o in range(20)]
+    values[5:5] = pieces
+    batch = {TopicPartition(TOPIC, 0): [record(o, v) for o, v in enumerate(values)]}
+    want = expected(classifier, batch)
+    assert want[0][1], "the pieces hold bad events"
+    assert got(classifier, batch) == want
+
+
+@pytest.mark.skipif(events._scan is None, reason="the byte scan is not compiled here")
+def test_the_byte_scan_joins_the_values_and_reads_the_last_of_a_top_level_field() -> None:
+    scan = events._scan
+    assert scan is not None
+    values = [
+        b'{"type":"order","n":1}',
+        b' {"type":"refund","x":{"type":"order"}} ',
+        b'{"type":"refund","type":"order"}',
+        b'{"type":"order","type":"refund"}',
+        b'{"kind":"type","type":["order"]}',
+        b'{"type" : "order" }',
+        b'["order"]',
+        b'{"type":"orders"}',
+        b"{}",
+    ]
+    doc, flags = scan(values, b"type", b"order", 1 << 20)
+    assert doc == b"[" + b",".join(values) + b"]"
+    assert orjson.loads(doc) == [orjson.loads(v) for v in values]
+    assert list(flags) == [1, 0, 1, 0, 0, 1, 0, 0, 0]
+    assert scan(values, None, None, 1 << 20) == (doc, None)
+    # what it cannot vouch for: the caller goes value by value
+    assert scan(values, b"type", b"order", len(doc) - 1) is None  # over the cap
+    assert scan([], None, None, 1 << 20) is None
+    for odd in (
+        b"",
+        b" ",
+        b"42",
+        b'"order"',
+        b"\xef\xbb\xbf{}",
+        b"{} x",
+        b'{"a":"b',
+        b"{",
+        b'{"t\\u0079pe":"order"}',
+        b'{"type":"\\u006frder"}',
+    ):
+        assert scan([values[0], odd], b"type", b"order", 1 << 20) is None, odd
+    assert scan([values[0], None], None, None, 1 << 20) is None  # a tombstone
+    assert scan([values[0], bytearray(b"{}")], None, None, 1 << 20) is None
+    # escapes elsewhere are read over; in a top-level key or the field only with a filter
+    esc = [b'{"type":"order","x":{"n\\"o":"a\\"b\\\\"},"y":"\\""}', b'{"t\\u0079pe":"order"}']
+    assert scan(esc, None, None, 1 << 20) is not None
+    assert scan(esc[:1], b"type", b"order", 1 << 20) == (b"[" + esc[0] + b"]", b"\x01")
+
+
+def test_an_ordinary_poll_is_checked_by_simdjson_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the byte scan compiled (as the install does here), an ordinary poll's values are
+    validated as one document: one simdjson call per partition, not one per value."""
+    assert events._scan is not None, "the byte scan (kafkaconsole/engine/_jsonscan.c) is not built"
+    assert events._validators is not None
+    calls: list[int] = []
+    parser = events._validators.parser
+
+    class Counting:
+        def parse(self, doc: bytes) -> Any:
+            calls.append(len(doc))
+            return parser.parse(doc)
+
+    monkeypatch.setattr(events._validators, "parser", Counting())
+    classifier = EventClassifier(config(format="json", filter={"type": "order"}))
+    rng = random.Random(5)
+    batch = {
+        TopicPartition(TOPIC, p): [record(o, ordinary(rng, o), p) for o in range(300)]
+        for p in range(3)
+    }
+    want = expected(classifier, batch)
+    calls.clear()
+    assert got(classifier, batch) == want
+    assert len(calls) == 3

@@ -242,6 +242,8 @@ def test_wheel_ships_the_sample_config_and_license(dists: tuple[Path, Path, str]
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         assert z.read("kafkaconsole/sample_config.toml") == SAMPLE.read_bytes()
+        # the bulk JSON path's byte scan, compiled (this machine has a C compiler)
+        assert [n for n in names if n.startswith("kafkaconsole/engine/_jsonscan.")], names
         (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
         assert z.read(license_file) == (REPO / "LICENSE").read_bytes()
         (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
@@ -264,7 +266,13 @@ def test_sdist_ships_the_sample_config_and_license(dists: tuple[Path, Path, str]
     sdist, _, _ = dists
     with tarfile.open(sdist) as tar:
         root = tar.getnames()[0].split("/")[0]
-        for name in ("sample_config.toml", "kafkaconsole/sample_config.toml", "LICENSE"):
+        for name in (
+            "sample_config.toml",
+            "kafkaconsole/sample_config.toml",
+            "LICENSE",
+            "setup.py",
+            "kafkaconsole/engine/_jsonscan.c",  # built where the sdist is installed
+        ):
             member = tar.getmember(f"{root}/{name}")
             assert member.isfile(), name  # a copy, not a link out of the archive
         data = tar.extractfile(f"{root}/kafkaconsole/sample_config.toml")

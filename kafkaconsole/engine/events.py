@@ -9,6 +9,7 @@ DLQ. The raw format without filter or processor takes a fast path with no per-re
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 import traceback
@@ -183,6 +184,15 @@ class EventClassifier:
                 #: the key as every value writes it when it has no escape (see _bulk_json)
                 self.single_filter_key = b'"' + key.encode() + b'"'
         self.bulk_json = self.fast_json and (self.filter is None or self.single_filter is not None)
+        #: the byte scan's (key, want) for the bulk path: (None, None) without a filter
+        self.scan_args: tuple[bytes, bytes] | tuple[None, None] | None = None
+        if self.bulk_json:
+            if self.single_filter is None:
+                self.scan_args = (None, None)
+            else:
+                k, w = self.single_filter
+                with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: value by value
+                    self.scan_args = (k.encode(), w.encode())
 
     def decode(self, value: bytes | None) -> Any:
         """The decoded value; raises ValueError/TypeError for a bad event."""
@@ -270,6 +280,15 @@ class _Validators(threading.local):
 _validators: _Validators | None = _Validators() if JSONParser is not None else None
 _BOM = b"\xef\xbb\xbf"
 
+try:
+    from kafkaconsole.engine._jsonscan import scan as _scan
+except ImportError:  # not compiled (no C compiler at install): simdjson value by value
+    _scan = None
+
+#: The largest poll (bytes) simdjson checks as one document; a larger one goes value by value,
+#: so the parser's buffers (kept per thread) stay this size
+SCAN_MAX_BYTES = 8 << 20
+
 
 def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | None:
     """Offsets of the counted records when every record decodes and fits; None otherwise.
@@ -294,6 +313,18 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
         return None
     offsets = list(map(_offset, records))
     single = classifier.single_filter
+    if _scan is not None and _validators is not None and classifier.scan_args is not None:
+        # the byte scan vouches for the values' boundaries and reads the filter's field;
+        # simdjson then checks all of them in one call (see _jsonscan.c)
+        scanned = _scan(values, *classifier.scan_args, SCAN_MAX_BYTES)
+        if scanned is not None:
+            doc, flags = scanned
+            try:
+                _validators.parser.parse(doc)
+            except (ValueError, RuntimeError, TypeError, MemoryError):
+                pass  # a value simdjson refuses: value by value, below, says which
+            else:
+                return offsets if flags is None else list(compress(offsets, flags))
     # the byte order mark: its first byte alone first (memchr; rare in text)
     if _validators is not None and (b"\xef" not in joined or _BOM not in joined):
         parse = _validators.parser.parse
