@@ -280,6 +280,7 @@ class _Validators(threading.local):
 _validators: _Validators | None = _Validators() if JSONParser is not None else None
 _BOM = b"\xef\xbb\xbf"
 
+_scan: Callable[[list[bytes], bytes | None, bytes | None, int], Any] | None
 try:
     from kafkaconsole.engine._jsonscan import scan as _scan
 except ImportError:  # not compiled (no C compiler at install): simdjson value by value
@@ -316,7 +317,7 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
     if _scan is not None and _validators is not None and classifier.scan_args is not None:
         # the byte scan vouches for the values' boundaries and reads the filter's field;
         # simdjson then checks all of them in one call (see _jsonscan.c)
-        scanned = _scan(values, *classifier.scan_args, SCAN_MAX_BYTES)
+        scanned = _scan(values, classifier.scan_args[0], classifier.scan_args[1], SCAN_MAX_BYTES)
         if scanned is not None:
             doc, flags = scanned
             try:
