@@ -392,3 +392,19 @@ def test_an_ordinary_poll_is_checked_by_simdjson_in_one_call(
     calls.clear()
     assert got(classifier, batch) == want
     assert len(calls) == 3
+
+
+@pytest.mark.skipif(events._runs is None, reason="the byte scan is not compiled here")
+def test_the_runs_of_a_filters_flags_are_the_counted_offsets_ranges() -> None:
+    runs = events._runs
+    assert runs is not None
+    assert runs(b"", 5) == []
+    assert runs(b"\x00\x00", 5) == []
+    assert runs(b"\x01\x01\x00\x01", 5) == [(5, 6), (8, 8)]
+    assert runs(b"\x01", 2**62) == [(2**62, 2**62)]
+    rng = random.Random(13)
+    for _ in range(500):
+        flags = bytes(rng.choice([0, 1, 1, 1]) for _ in range(rng.randrange(60)))
+        first = rng.randrange(10**12)
+        offsets = [first + i for i, f in enumerate(flags) if f]
+        assert runs(flags, first) == ranges_of(offsets)

@@ -251,7 +251,47 @@ not_scanned:
     Py_RETURN_NONE;
 }
 
+/* runs(flags, first) -> [(first + i, first + j), ...]: the runs of non-zero bytes in flags,
+ * as the inclusive offset ranges they stand for when flags[k] is the record at first + k. */
+static PyObject *
+runs(PyObject *self, PyObject *args)
+{
+    const char *flag;
+    Py_ssize_t n;
+    long long first;
+    if (!PyArg_ParseTuple(args, "y#L", &flag, &n, &first)) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!flag[i]) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i;
+        while (j + 1 < n && flag[j + 1]) {
+            j++;
+        }
+        PyObject *range = Py_BuildValue("(LL)", first + (long long)i, first + (long long)j);
+        if (range == NULL || PyList_Append(out, range) < 0) {
+            Py_XDECREF(range);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(range);
+        i = j + 1;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"runs", runs, METH_VARARGS,
+     "runs(flags, first) -> list of (first + i, first + j): the runs of non-zero bytes in "
+     "flags as inclusive offset ranges."},
     {"scan", scan, METH_VARARGS,
      "scan(values, key, want, max_total) -> (doc, flags) | None: the values as one JSON array "
      "and, per value, whether its top-level field key is the string want (see _jsonscan.c)."},

@@ -6,3 +6,6 @@ def scan(
     """``(b"[" + b",".join(values) + b"]", flags)``, flags one byte per value (1 when its
     top-level ``key`` field, the last one written, is the string ``want``; None without a key),
     or None when the scan cannot vouch for the values' boundaries or the field's bytes."""
+
+def runs(flags: bytes, first: int, /) -> list[tuple[int, int]]:
+    """The runs of non-zero bytes in ``flags`` as inclusive ranges of ``first + index``."""

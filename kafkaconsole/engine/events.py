@@ -281,39 +281,46 @@ _validators: _Validators | None = _Validators() if JSONParser is not None else N
 _BOM = b"\xef\xbb\xbf"
 
 _scan: Callable[[list[bytes], bytes | None, bytes | None, int], Any] | None
+_runs: Callable[[bytes, int], list[tuple[int, int]]] | None
 try:
+    from kafkaconsole.engine._jsonscan import runs as _runs
     from kafkaconsole.engine._jsonscan import scan as _scan
 except ImportError:  # not compiled (no C compiler at install): simdjson value by value
-    _scan = None
+    _scan = _runs = None
 
 #: The largest poll (bytes) simdjson checks as one document; a larger one goes value by value,
 #: so the parser's buffers (kept per thread) stay this size
 SCAN_MAX_BYTES = 8 << 20
 
 
-def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | None:
-    """Offsets of the counted records when every record decodes and fits; None otherwise.
+def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[tuple[int, int]] | None:
+    """The counted records' offset ranges when every record decodes and fits; None otherwise.
 
     The same decisions as classify() per record (see EventClassifier.bulk_json), made with C
-    loops (map, a comprehension) instead of a Python step per record.
+    loops (map, a comprehension, the byte scan) instead of a Python step per record.
 
-    simdjson checks the values first, without building a Python object per event (about a
-    third of ``orjson.loads``). It accepts everything orjson accepts except integers beyond
-    64 bits and objects nested 1,024 deep (those batches go the orjson way), and rejects
-    everything orjson rejects except a byte order mark; a filter's field is read from its
-    object unless a value could read differently in the two: a byte order mark, an escape
-    (simdjson and orjson read the same, but the guard below needs the plain bytes) or the
-    field's key written twice in an object (orjson keeps the last, simdjson finds the first).
+    simdjson checks the values, without building a Python object per event (about a third of
+    ``orjson.loads``). It accepts everything orjson accepts except integers beyond 64 bits and
+    objects nested 1,024 deep (those batches go the orjson way), and rejects everything orjson
+    rejects except a byte order mark.
+
+    Where the byte scan is compiled (_jsonscan.c), it vouches that each value is one object or
+    array (no byte order mark) and reads a one-field filter from the bytes, and simdjson checks
+    the poll as one document. Otherwise, or when the scan cannot vouch (an escape in a
+    top-level key or the field; a scalar value), simdjson checks value by value and a filter's
+    field is read from its object unless a value could read differently in the two: a byte
+    order mark, an escape (simdjson and orjson read the same, but the guard below needs the
+    plain bytes) or the field's key written twice in an object (orjson keeps the last, simdjson
+    finds the first).
     """
     values = list(map(_value, records))
     try:
         if max(map(len, values)) > classifier.max_bytes:
             return None
-        joined = b"".join(values)  # a tombstone raises: record by record
-    except TypeError:
+    except TypeError:  # a tombstone: record by record
         return None
-    offsets = list(map(_offset, records))
-    single = classifier.single_filter
+    first = records[0].offset
+    gapless = records[-1].offset - first + 1 == len(records)
     if _scan is not None and _validators is not None and classifier.scan_args is not None:
         # the byte scan vouches for the values' boundaries and reads the filter's field;
         # simdjson then checks all of them in one call (see _jsonscan.c)
@@ -325,7 +332,23 @@ def _bulk_json(classifier: EventClassifier, records: list[Any]) -> list[int] | N
             except (ValueError, RuntimeError, TypeError, MemoryError):
                 pass  # a value simdjson refuses: value by value, below, says which
             else:
-                return offsets if flags is None else list(compress(offsets, flags))
+                if flags is None:
+                    if gapless:
+                        return [(first, records[-1].offset)]
+                    return ranges_of(list(map(_offset, records)))
+                if gapless and _runs is not None:
+                    return _runs(flags, first)
+                return _ranges(list(compress(map(_offset, records), flags)))
+    counted = _counted_offsets(classifier, values, list(map(_offset, records)))
+    return None if counted is None else _ranges(counted)
+
+
+def _counted_offsets(
+    classifier: EventClassifier, values: list[bytes], offsets: list[int]
+) -> list[int] | None:
+    """_bulk_json's way without the byte scan: the counted offsets, or None."""
+    joined = b"".join(values)
+    single = classifier.single_filter
     # the byte order mark: its first byte alone first (memchr; rare in text)
     if _validators is not None and (b"\xef" not in joined or _BOM not in joined):
         parse = _validators.parser.parse
@@ -435,8 +458,7 @@ def build_batch(
         if classifier.bulk_json and outcomes is None:
             bulk = _bulk_json(classifier, records)
             if bulk is not None:
-                ranges = _ranges(bulk)
-                deltas.append(PartitionDelta(topic, p, last + 1, first, len(records), ranges, []))
+                deltas.append(PartitionDelta(topic, p, last + 1, first, len(records), bulk, []))
                 continue
         counted: list[int] = []
         errors: list[int] = []
