@@ -408,3 +408,28 @@ def test_the_runs_of_a_filters_flags_are_the_counted_offsets_ranges() -> None:
         first = rng.randrange(10**12)
         offsets = [first + i for i, f in enumerate(flags) if f]
         assert runs(flags, first) == ranges_of(offsets)
+
+
+def test_a_poll_over_the_scan_cap_is_checked_value_by_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SCAN_MAX_BYTES bounds the one document (simdjson keeps its buffers per thread)."""
+    if events._scan is None or events._validators is None:
+        pytest.skip("the byte scan is not compiled here")
+    sizes: list[int] = []
+    parser = events._validators.parser
+
+    class Counting:
+        def parse(self, doc: bytes) -> Any:
+            sizes.append(len(doc))
+            return parser.parse(doc)
+
+    monkeypatch.setattr(events._validators, "parser", Counting())
+    monkeypatch.setattr(events, "SCAN_MAX_BYTES", 4_000)
+    classifier = EventClassifier(config(format="json", filter={"type": "order"}))
+    rng = random.Random(9)
+    batch = {TopicPartition(TOPIC, 0): [record(o, ordinary(rng, o)) for o in range(100)]}
+    want = expected(classifier, batch)
+    sizes.clear()
+    assert got(classifier, batch) == want
+    assert len(sizes) == 100 and max(sizes) < 4_000
