@@ -433,3 +433,51 @@ def test_a_poll_over_the_scan_cap_is_checked_value_by_value(
     sizes.clear()
     assert got(classifier, batch) == want
     assert len(sizes) == 100 and max(sizes) < 4_000
+
+
+@pytest.mark.skipif(events._scan is None, reason="the byte scan is not compiled here")
+@pytest.mark.skipif(
+    events._validators is None, reason="cysimdjson is not installed on this platform"
+)
+def test_mutated_polls_the_scan_and_simdjson_pass_are_what_orjson_reads() -> None:
+    """Random byte edits of a few values: whenever the scan vouches for a poll and simdjson
+    accepts its document, orjson accepts every value and the filter's flags are its answers."""
+    scan = events._scan
+    assert scan is not None and events._validators is not None
+    parse = events._validators.parser.parse
+    rng = random.Random(21)
+    base = [
+        b'{"type":"order","a":[1,2,{"b":"c\\"d"}],"n":null}',
+        b'{"type":"refund","x":"\\\\"}',
+        b'[1,"type",{"type":"order"}]',
+        b'{"k":{"type":"order"},"type":"order"}',
+    ]
+    alphabet = b'{}[],:"\\ \t\nabtypeorder0123456789.-+eE\xef\xbb\xbf\xff'
+    passed = 0
+    for _ in range(30_000):
+        values = []
+        for _ in range(rng.randrange(1, 6)):
+            v = bytearray(rng.choice(base))
+            for _ in range(rng.randrange(4)):
+                i = rng.randrange(len(v))
+                op = rng.randrange(3)
+                if op == 0:
+                    del v[i]
+                elif op == 1:
+                    v[i:i] = bytes([rng.choice(alphabet)])
+                else:
+                    v[i] = rng.choice(alphabet)
+            values.append(bytes(v))
+        scanned = scan(values, b"type", b"order", 1 << 20)
+        if scanned is None:
+            continue
+        doc, flags = scanned
+        try:
+            parse(doc)
+        except (ValueError, RuntimeError):
+            continue
+        passed += 1
+        for v, flag in zip(values, flags, strict=True):
+            event = orjson.loads(v)
+            assert bool(flag) == (isinstance(event, dict) and event.get("type") == "order"), v
+    assert passed > 1_000  # the edits leave many polls valid: the check above did run
