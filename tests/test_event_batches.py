@@ -481,3 +481,56 @@ def test_mutated_polls_the_scan_and_simdjson_pass_are_what_orjson_reads() -> Non
             event = orjson.loads(v)
             assert bool(flag) == (isinstance(event, dict) and event.get("type") == "order"), v
     assert passed > 1_000  # the edits leave many polls valid: the check above did run
+
+
+@pytest.fixture(params=["compiled", "python"])
+def size_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The raw format's check of a poll's sizes as installed (one C loop) and in Python (where
+    the extension is not compiled)."""
+    if request.param == "python":
+        monkeypatch.setattr(events, "_size_bounds", events.size_bounds)
+    elif events._size_bounds is events.size_bounds:
+        pytest.skip("the byte scan is not compiled in this install")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("tombstones", ["skip", "count"])
+def test_randomised_raw_batches_decide_each_record_as_classify_does(
+    tombstones: str, size_check: str
+) -> None:
+    classifier = EventClassifier(config(format="raw", max_event_bytes=64, tombstones=tombstones))
+    rng = random.Random(f"raw-{tombstones}")
+    for round_ in range(400):
+        batch: dict[TopicPartition, list[Any]] = {}
+        for p in range(3):
+            offset = rng.randrange(1000)
+            records = []
+            for _ in range(rng.choice([1, 2, 5, 40, 200])):
+                # mostly sizes under the cap (the fast path); now and then a tombstone, an
+                # empty value, one at the cap or one over it
+                odd = round_ % 2 == 0 and rng.random() < 0.03
+                size = rng.choice([-1, 0, 64, 65, 10_000]) if odd else rng.randrange(1, 64)
+                records.append(record(offset, None if size < 0 else b"x" * size, p))
+                offset += 1 if rng.random() < 0.95 else rng.randrange(2, 5)  # gaps too
+            batch[TopicPartition(TOPIC, p)] = records
+        assert got(classifier, batch) == expected(classifier, batch)
+
+
+def test_the_compiled_size_bounds_answer_as_the_python_ones() -> None:
+    compiled = events._size_bounds
+    if compiled is events.size_bounds:
+        pytest.skip("the byte scan is not compiled in this install")
+    rng = random.Random(5)
+    for _ in range(300):
+        records = [
+            record(o, None if rng.random() < 0.05 else b"v" * rng.randrange(300))
+            for o in range(rng.randrange(1, 50))
+        ]
+        assert compiled(records) == events.size_bounds(records)
+    big = record(0, b"")
+    big.serialized_value_size = 2**40  # sizes are read as they are, not from the value
+    assert compiled([big, record(1, None)]) == events.size_bounds([big, record(1, None)])
+    assert compiled([big, record(1, None)]) == (2**40, -1)
+    for bad, error in (([], ValueError), ([object()], AttributeError), ((big,), TypeError)):
+        with pytest.raises(error):
+            compiled(bad)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <string.h>
 
 #if defined(__SSE2__)
@@ -288,10 +289,50 @@ runs(PyObject *self, PyObject *args)
     return out;
 }
 
+/* size_bounds(records) -> (largest, smallest) serialized_value_size of the records (aiokafka's
+ * ConsumerRecord: -1 for a null value), the raw format's check of a whole poll in one C loop
+ * (map(attrgetter) and max() and min() over the sizes cost ~110 ns a record, this ~20). */
+static PyObject *size_attr = NULL;
+
+static PyObject *
+size_bounds(PyObject *self, PyObject *records)
+{
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "size_bounds() takes a list of records");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "size_bounds() of no records");
+        return NULL;
+    }
+    long long hi = LLONG_MIN, lo = LLONG_MAX;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *size = PyObject_GetAttr(PyList_GET_ITEM(records, i), size_attr);
+        if (size == NULL) {
+            return NULL;
+        }
+        long long v = PyLong_AsLongLong(size);
+        Py_DECREF(size);
+        if (v == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (v > hi) {
+            hi = v;
+        }
+        if (v < lo) {
+            lo = v;
+        }
+    }
+    return Py_BuildValue("(LL)", hi, lo);
+}
+
 static PyMethodDef methods[] = {
     {"runs", runs, METH_VARARGS,
      "runs(flags, first) -> list of (first + i, first + j): the runs of non-zero bytes in "
      "flags as inclusive offset ranges."},
+    {"size_bounds", size_bounds, METH_O,
+     "size_bounds(records) -> (largest, smallest) serialized_value_size of the records."},
     {"scan", scan, METH_VARARGS,
      "scan(values, key, want, max_total) -> (doc, flags) | None: the values as one JSON array "
      "and, per value, whether its top-level field key is the string want (see _jsonscan.c)."},
@@ -307,5 +348,11 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__jsonscan(void)
 {
+    if (size_attr == NULL) {
+        size_attr = PyUnicode_InternFromString("serialized_value_size");
+        if (size_attr == NULL) {
+            return NULL;
+        }
+    }
     return PyModule_Create(&module);
 }
