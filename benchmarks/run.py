@@ -712,7 +712,10 @@ def render(res: Results, plan: Plan, argv: list[str], vers: dict[str, str]) -> s
 
     add("## Throughput (events/s, one consumer, one core)")
     add("")
-    add("On Tansu, the broker the demo starts (every other section below runs on it too).")
+    if res.first_broker.lower().startswith("tansu") or not res.first_broker:
+        add("On Tansu, the broker the demo starts (every other section below runs on it too).")
+    else:
+        add(f"On {res.first_broker} (every other section below runs on it too).")
     add("")
     throughput_table(res.throughput)
     for broker, results in res.by_broker.items():
