@@ -512,9 +512,9 @@ def versions(redis_url: str | None = None) -> dict[str, str]:
         done = subprocess.run(
             [broker_binary(), "--version"], capture_output=True, text=True, timeout=10, check=False
         )
-        out["broker"] = (done.stdout.strip() or done.stderr.strip()).splitlines()[0]
+        out["demo broker"] = (done.stdout.strip() or done.stderr.strip()).splitlines()[0]
     except Exception as exc:
-        out["broker"] = f"unknown ({exc})"
+        out["demo broker"] = f"unknown ({exc})"
     return out
 
 
