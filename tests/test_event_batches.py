@@ -534,3 +534,18 @@ def test_the_compiled_size_bounds_answer_as_the_python_ones() -> None:
     for bad, error in (([], ValueError), ([object()], AttributeError), ((big,), TypeError)):
         with pytest.raises(error):
             compiled(bad)  # type: ignore[arg-type]
+
+    class Shrinking:
+        """A record whose size attribute empties the list being read."""
+
+        def __init__(self, into: list[Any]) -> None:
+            self.into = into
+
+        @property
+        def serialized_value_size(self) -> int:
+            self.into.clear()
+            return 7
+
+    polled: list[Any] = []
+    polled.extend([Shrinking(polled), record(1, b"x"), record(2, b"yy")])
+    assert compiled(polled) == (7, 7)  # read up to where the list now ends, no stale item
