@@ -69,6 +69,12 @@ MAX_QUEUED_POLLS = 64
 COALESCE_POLLS = 32
 #: The longest a poll read while behind waits for the others of its Redis call (seconds).
 COALESCE_MAX_AGE_S = 0.1
+#: A poll of records already fetched returns without waiting, so while a consumer is behind its
+#: poll loop would keep the event loop until its fetched records run out. It hands the loop
+#: over this often (seconds), and right after it started a Redis call (so that the call is
+#: sent while it polls on). Handing it over after every poll cost ~5 % of the CPU per event
+#: (an iteration of the event loop per poll: BENCHMARKS.md).
+HAND_OVER_S = 0.002
 
 
 def coalesce_due(queued: int, oldest_s: float) -> bool:
@@ -272,8 +278,12 @@ class ConsumerRunner:
         # Redis lost counting state (see WindowCounter.apply): where each partition must be
         # read again from, applied by the poll loop; polls fetched meanwhile are dropped
         self._resync: dict[TopicPartition, int] | None = None
-        #: the poll the loop waits on (:meth:`_wake` ends it early)
-        self._poll: asyncio.Future[Any] | None = None
+        #: the task of the poll loop while it waits in a poll (:meth:`_wake` ends it early by
+        #: cancelling that wait), and whether a wake-up did (its cancel is taken back)
+        self._polling: asyncio.Task[Any] | None = None
+        self._woken = False
+        #: the poll loop hands the event loop over before its next poll (see HAND_OVER_S)
+        self._hand_over = False
         #: the seek epoch the positions were read with (a seek raises it in Redis: the
         #: counter refuses polls of an older epoch), and the epoch to follow, once the poll
         #: loop re-reads every position (None: none pending)
@@ -343,36 +353,56 @@ class ConsumerRunner:
             )
             busy_ms = int(self.cfg.poll_timeout * 1000)
             idle_ms = int(max(self.cfg.poll_timeout, self.app.idle_poll_s()) * 1000)
+            poller = asyncio.current_task()
+            assert poller is not None, "ConsumerRunner.run runs in a task"
             stopped = asyncio.ensure_future(stop.wait())
             # a stop ends a waiting poll (which can block for a whole rebalance) at once
             stopped.add_done_callback(lambda _: self._wake())
             poll_failures = 0
+            handed_over = time.monotonic()
             while not stop.is_set():
+                if self._hand_over or time.monotonic() - handed_over >= HAND_OVER_S:
+                    # the other tasks of the loop: a Redis call just started, heartbeats,
+                    # fetches, the dispatch, other consumers
+                    self._hand_over = False
+                    await asyncio.sleep(0)
+                    handed_over = time.monotonic()
+                    if stop.is_set():
+                        break
                 self._apply_pause()
                 if self._resync is not None and self._counting is None:
                     self._do_resync()
                 if self._follow_seek is not None and self._counting is None:
                     await self._do_follow_seek()
                 try:
-                    # a poll can block for a whole rebalance: a stop request must not wait
+                    # a poll can block for a whole rebalance: a stop request must not wait.
+                    # The poll is awaited in this task, not in one of its own (a task per
+                    # poll is an iteration of the event loop per poll, see HAND_OVER_S). A
+                    # stop or a wake-up cancels this task while it waits in the poll (_wake)
+                    # and the cancel is taken back here; aiokafka hands records out only
+                    # after its last wait, so a cancelled poll loses none.
                     timeout_ms = busy_ms if self._pending() else idle_ms
-                    poll = asyncio.ensure_future(
-                        consumer.getmany(timeout_ms=timeout_ms, max_records=self.cfg.batch_size)
-                    )
-                    self._poll = poll
+                    self._polling = poller
+                    cancelled = False
                     try:
-                        # awaited alone (no asyncio.wait with the stop per poll: ~15 us less
-                        # per batch); a stop or a wake-up cancels it (_wake)
-                        batch = await poll
+                        batch = await consumer.getmany(
+                            timeout_ms=timeout_ms, max_records=self.cfg.batch_size
+                        )
                     except asyncio.CancelledError:
-                        task = asyncio.current_task()
-                        if not poll.cancelled() or (task is not None and task.cancelling()):
-                            raise  # this runner is cancelled, not just its poll
+                        cancelled = True
+                        # this runner is cancelled (not just its poll): on with the cancel;
+                        # else a wake-up, or a wait of aiokafka's ended by a cancel of its own
+                        if (poller.uncancel() if self._woken else poller.cancelling()) > 0:
+                            raise
                         if stop.is_set():
                             break
                         continue  # woken: a seek to follow, a resync, a flush
                     finally:
-                        self._poll = None
+                        self._polling = None
+                        if self._woken:
+                            self._woken = False
+                            if not cancelled:  # the poll ended otherwise: take the cancel back
+                                poller.uncancel()
                     self._kafka_failed = False
                     poll_failures = 0
                     if self._acl_refused:  # an ACL was granted: on with the group
@@ -478,9 +508,10 @@ class ConsumerRunner:
 
     def _wake(self) -> None:
         """End a waiting poll now: the loop has something to do before the next one."""
-        poll = self._poll
-        if poll is not None and not poll.done():
-            poll.cancel()
+        poller = self._polling
+        if poller is not None and not self._woken and poller is not asyncio.current_task():
+            self._woken = True
+            poller.cancel()
 
     @property
     def kafka_ok(self) -> bool:
@@ -706,6 +737,7 @@ class ConsumerRunner:
         if self._counting is None and self._queued and self._due():
             assert self._stop_event is not None
             self._counting = asyncio.create_task(self._count_queued(self._stop_event))
+            self._hand_over = True  # the poll loop lets it send its call before polling on
 
     def _due(self) -> bool:
         return self._flush or coalesce_due(len(self._queued), time.monotonic() - self._queued_at)
