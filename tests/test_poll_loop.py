@@ -68,6 +68,28 @@ def _watch_polls(monkeypatch: pytest.MonkeyPatch, seen: list[int], ticker: Ticke
     monkeypatch.setattr(AIOKafkaConsumer, "getmany", watched)
 
 
+async def _count_a_backlog(
+    services: EmbeddedServices,
+    kafka: KafkaHelper,
+    redis_client: aredis.Redis,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    events: int,
+    seen: list[int],
+) -> None:
+    """``events`` on one partition, counted by consumer ``<unique>-c`` of an engine started
+    after them (a backlog); ``seen`` gets a :class:`Ticker`'s count as each poll returns."""
+    cid = f"{unique}-c"
+    await kafka.create_topic(unique, 1)
+    await kafka.produce(unique, ({"i": i} for i in range(events)), partitions=1)
+    with Ticker() as ticker:
+        _watch_polls(monkeypatch, seen, ticker)
+        async with running_engine(_config(services, unique, cid), snapshot_interval=60):
+            await wait_for(
+                lambda: _is(_counted(redis_client, unique, cid), events), 30, what="all counted"
+            )
+
+
 async def test_the_poll_loop_hands_the_event_loop_over_between_polls(
     services: EmbeddedServices,
     kafka: KafkaHelper,
@@ -80,15 +102,7 @@ async def test_the_poll_loop_hands_the_event_loop_over_between_polls(
     records fetched already."""
     monkeypatch.setattr(consumer_mod, "HAND_OVER_S", 0.0)
     seen: list[int] = []
-    cid = f"{unique}-c"
-    await kafka.create_topic(unique, 1)
-    await kafka.produce(unique, ({"i": i} for i in range(20_000)), partitions=1)
-    with Ticker() as ticker:
-        _watch_polls(monkeypatch, seen, ticker)
-        async with running_engine(_config(services, unique, cid), snapshot_interval=60):
-            await wait_for(
-                lambda: _is(_counted(redis_client, unique, cid), 20_000), 30, what="all counted"
-            )
+    await _count_a_backlog(services, kafka, redis_client, unique, monkeypatch, 20_000, seen)
     assert len(seen) >= 20_000 // 500
     assert all(b > a for a, b in itertools.pairwise(seen)), seen
 
@@ -116,14 +130,7 @@ async def test_a_counting_call_starts_before_the_next_poll(
         return await apply(self, deltas, *args, **kwargs)
 
     monkeypatch.setattr(WindowCounter, "apply", counting_apply)
-    await kafka.create_topic(unique, 1)
-    await kafka.produce(unique, ({"i": i} for i in range(40_000)), partitions=1)
-    with Ticker() as ticker:
-        _watch_polls(monkeypatch, polls, ticker)
-        async with running_engine(_config(services, unique, cid), snapshot_interval=60):
-            await wait_for(
-                lambda: _is(_counted(redis_client, unique, cid), 40_000), 30, what="all counted"
-            )
+    await _count_a_backlog(services, kafka, redis_client, unique, monkeypatch, 40_000, polls)
     assert at_call[0] == COALESCE_POLLS, (at_call, len(polls))
     assert await _counted(redis_client, unique, cid) == 40_000
 
